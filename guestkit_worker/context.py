@@ -1,0 +1,133 @@
+"""The object handed to every handler: job identity, cancellation, progress, children, metrics."""
+
+import json
+import logging
+import os
+import subprocess
+import threading
+import time
+from datetime import datetime, timezone
+
+from .errors import JobCancelled
+from .procs import ChildProcess
+
+log = logging.getLogger(__name__)
+
+
+class HandlerContext:
+    """Per-job view of the worker for a handler.
+
+    Handlers use it instead of touching the worker: ``cancelled``/``check_cancelled()`` to
+    honour timeouts and shutdown, ``progress()`` to report phases, ``run()`` to start child
+    processes that die with the job, and ``record_*`` to feed the metrics.
+    """
+
+    def __init__(self, job, *, worker_id, work_dir, metrics, progress_path=None,
+                 deadline=None, allowed_paths=None, protected_paths=()):
+        self.job = job
+        self.job_id = job.job_id
+        self.worker_id = worker_id
+        self.work_dir = str(work_dir)
+        self.cancel_event = threading.Event()
+        self.cancel_reason = None
+        self.deadline = deadline  # time.monotonic() value, or None
+        self.allowed_paths = allowed_paths  # None: everything allowed
+        self.protected_paths = tuple(protected_paths)
+        self._metrics = metrics
+        self._progress_path = progress_path
+        self._children = set()
+        self._lock = threading.Lock()
+        self._seq = 0
+        self.disk_read_bytes = 0
+        self.disk_write_bytes = 0
+
+    # -- cancellation -------------------------------------------------------------------
+    @property
+    def cancelled(self):
+        return self.cancel_event.is_set()
+
+    def cancel(self, reason):
+        """Set the cancellation event and stop every child process (called by the worker)."""
+        with self._lock:
+            if self.cancel_reason is None:
+                self.cancel_reason = reason
+            children = list(self._children)
+        self.cancel_event.set()
+        for child in children:
+            child.kill()
+
+    def check_cancelled(self):
+        """Raise JobCancelled when the job was cancelled; call it between units of work."""
+        if self.cancel_event.is_set():
+            raise JobCancelled(self.cancel_reason or "cancelled")
+
+    def remaining(self):
+        """Seconds left before the job's timeout, or None when it has none."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    # -- progress -----------------------------------------------------------------------
+    def progress(self, phase, percent=None, message=""):
+        """Log a progress event and append it (JSON line) to the job's progress file."""
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        log.info("job %s: [%s] %s%s", self.job_id, phase,
+                 "" if percent is None else f"{percent:.0f}% ", message)
+        if not self._progress_path:
+            return
+        event = {"job_id": self.job_id, "timestamp": datetime.now(timezone.utc).isoformat(),
+                 "sequence": seq, "phase": phase, "message": message}
+        if percent is not None:
+            event["progress_percent"] = round(float(percent), 1)
+        try:
+            with open(self._progress_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(event) + "\n")
+        except OSError as exc:
+            log.warning("job %s: cannot append progress to %s: %s", self.job_id, self._progress_path, exc)
+
+    # -- child processes ----------------------------------------------------------------
+    def run(self, argv, *, env=None, cwd=None, on_stdout_line=None, on_stderr_line=None):
+        """Run argv in its own process group under the job's timeout.
+
+        Returns a CompletedProcess (bytes stdout/stderr).  Raises JobCancelled when the job
+        is cancelled or times out meanwhile; the child and all its descendants are killed.
+        """
+        self.check_cancelled()
+        child = ChildProcess(argv, env=env, cwd=cwd, on_stdout_line=on_stdout_line,
+                             on_stderr_line=on_stderr_line, job_id=self.job_id)
+        with self._lock:
+            self._children.add(child)
+        log.debug("job %s: started pid %s: %s", self.job_id, child.pid, " ".join(map(str, argv)))
+        try:
+            if self.cancel_event.is_set():  # cancelled between check and registration
+                child.kill()
+            rc = child.wait(self.cancel_event)
+        finally:
+            with self._lock:
+                self._children.discard(child)
+        if rc is None or self.cancel_event.is_set():
+            raise JobCancelled(self.cancel_reason or "cancelled")
+        return subprocess.CompletedProcess(child.argv, rc, child.stdout, child.stderr)
+
+    @property
+    def child_pids(self):
+        with self._lock:
+            return [c.pid for c in self._children]
+
+    # -- metrics ------------------------------------------------------------------------
+    def record_checksum_verification(self, status):
+        """Count one checksum verification: 'success', 'failure' or 'skipped'."""
+        self._metrics.checksum(status)
+
+    def record_disk_io(self, read_bytes=0, write_bytes=0):
+        """Add bytes read from / written to disk images."""
+        self.disk_read_bytes += read_bytes
+        self.disk_write_bytes += write_bytes
+        self._metrics.disk_io(read_bytes, write_bytes)
+
+    # -- paths --------------------------------------------------------------------------
+    def check_path(self, path, field, *, for_output=False):
+        """Resolve path; reject it (PATH_NOT_ALLOWED) outside --allow-path or on worker files."""
+        from .paths import check_path
+        return check_path(path, field, allowed=self.allowed_paths,
+                          protected=self.protected_paths if for_output else ())

@@ -1,0 +1,107 @@
+"""The handler plugin interface and the registry that maps operations to handlers.
+
+A handler is an object with:
+
+* ``name`` -- its name, used as the ``handler`` metric label;
+* ``operations`` -- the operation names it serves (``guestkit.inspect``);
+* ``payload_types`` -- the accepted ``payload.type`` values (``guestkit.inspect.v1``);
+* ``engine_status()`` -- ``(available, detail)`` for the system tool it needs;
+* ``validate(data)`` -- checks ``payload.data`` before anything runs, raising
+  :class:`~guestkit_worker.errors.JobValidationError` naming the field;
+* ``execute(context, data)`` -- does the work and returns a :class:`HandlerResult`;
+* ``cleanup(context)`` -- always called after ``execute``, even when it failed.
+
+Third-party handlers register through the entry-point group ``guestkit_worker.handlers``;
+each entry point names a Handler subclass or a factory returning a handler instance.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from importlib import metadata
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "guestkit_worker.handlers"
+
+
+@dataclass
+class HandlerResult:
+    """What a handler returns: result ``data``, the primary output file and other artifacts."""
+
+    data: object = None
+    output: str = None
+    artifacts: list = field(default_factory=list)
+
+
+class Handler:
+    """Base class for handlers; subclasses set the class attributes and override execute."""
+
+    name = "base"
+    operations = ()
+    payload_types = ()
+
+    def engine_status(self):
+        return True, "built in"
+
+    def validate(self, data):
+        """Raise JobValidationError for a payload this handler cannot run."""
+
+    def execute(self, context, data):
+        raise NotImplementedError
+
+    def cleanup(self, context):
+        """Release what execute left behind; must not raise."""
+
+
+class HandlerRegistry:
+    """Maps operation names to handler instances."""
+
+    def __init__(self):
+        self._by_operation = {}
+        self._handlers = []
+
+    def register(self, handler):
+        for op in handler.operations:
+            if op in self._by_operation:
+                raise ValueError(f"operation {op} already served by {self._by_operation[op].name}")
+        for op in handler.operations:
+            self._by_operation[op] = handler
+        self._handlers.append(handler)
+        return handler
+
+    def get(self, operation):
+        return self._by_operation.get(operation)
+
+    @property
+    def operations(self):
+        return sorted(self._by_operation)
+
+    @property
+    def handlers(self):
+        return list(self._handlers)
+
+    def load_entry_points(self):
+        """Register third-party handlers; a broken plugin is logged and skipped."""
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                obj = ep.load()
+                handler = obj() if callable(obj) else obj
+                self.register(handler)
+                log.info("loaded handler %s from entry point %s", handler.name, ep.name)
+            except Exception as exc:  # a plugin must not take the worker down
+                log.error("cannot load handler entry point %s: %s", ep.name, exc)
+
+
+def default_registry(load_plugins=True):
+    """A registry holding the built-in handlers (and plugins when asked)."""
+    from .echo import EchoHandler
+    from .inspect import InspectHandler
+    from .convert import ConvertHandler
+
+    reg = HandlerRegistry()
+    reg.register(EchoHandler())
+    reg.register(InspectHandler())
+    reg.register(ConvertHandler())
+    if load_plugins:
+        reg.load_entry_points()
+    return reg
