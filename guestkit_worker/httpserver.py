@@ -255,6 +255,8 @@ class _RequestHandler(WSGIRequestHandler):
     timeout = CONNECTION_TIMEOUT
     wbufsize = -1  # buffer the reply so status line, headers and body leave in one send
     server_version = _SERVER_NAME
+    # Error replies to unparsable request lines get a real status line; no HTTP/0.9 bodies-only.
+    default_request_version = "HTTP/1.0"
 
     def version_string(self):
         """The ``Server`` header of error replies: no Python version on the wire."""
