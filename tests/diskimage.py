@@ -129,8 +129,8 @@ def _dpkg_status():
             f"Package: {name}\nStatus: install ok installed\nPriority: optional\n"
             f"Section: misc\nInstalled-Size: 100\nMaintainer: Test <test@example.invalid>\n"
             f"Architecture: {arch}\nVersion: {version}\nDescription: {name} test package\n"
-            f" Placeholder package written by the guestkit-worker tests.\n")
-    return "\n".join(stanzas)
+            f" Placeholder package written by the guestkit-worker tests.\n\n")
+    return "".join(stanzas)  # dpkg ends every stanza, the last one too, with a blank line
 
 
 def make_root_tree(root):
