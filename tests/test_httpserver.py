@@ -431,10 +431,11 @@ def test_request_log_goes_to_logger_not_stderr(serve, caplog, capfd):
             if "/health?probe=1" in record.getMessage():
                 logged.set()
 
-    log = logging.getLogger("guestkit_worker.httpserver")
+    caplog.set_level(logging.DEBUG, logger="guestkit_worker.httpserver")
+    # Root handlers run in order, so this one fires after caplog's has stored the record.
+    log = logging.getLogger()
     signal = Signal(level=logging.DEBUG)
     log.addHandler(signal)
-    caplog.set_level(logging.DEBUG, logger="guestkit_worker.httpserver")
     try:
         server = serve()
         capfd.readouterr()
