@@ -1,0 +1,371 @@
+"""Command line: ``guestkit-worker [run|submit|validate|list-operations]``.
+
+:func:`get_parser` only builds the parser (argparse-manpage imports it); reading the
+environment, logging set-up and everything else happens in :func:`main`.
+"""
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+from . import __version__
+
+log = logging.getLogger(__name__)
+
+#: every job completed (or was a duplicate of a completed one); a daemon stopped cleanly
+EXIT_OK = 0
+#: --once: at least one job failed, timed out, was rejected or cancelled; validate: a file is invalid
+EXIT_JOBS_FAILED = 1
+#: usage or configuration error (bad flag, port in use, unwritable directory)
+EXIT_USAGE = 2
+#: a second SIGTERM/SIGINT stopped the worker at once
+EXIT_ABORTED = 130
+
+ENV_PREFIX = "GUESTKIT_WORKER_"
+COMMANDS = ("run", "submit", "validate", "list-operations")
+
+
+def _bool(text):
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def _nonneg_float(text):
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+# (flags, dest, type, default, metavar, help) of the run options; each also reads GUESTKIT_WORKER_<DEST>
+RUN_OPTIONS = [
+    (("--worker-id",), "worker_id", str, None, "ID", "worker identity in results and metrics "
+     "(default: host name plus a short random suffix)"),
+    (("--pool",), "pool", str, "default", "NAME", "worker pool; jobs routed to another pool are left alone"),
+    (("--jobs-dir",), "jobs_dir", str, "./jobs", "DIR", "directory of incoming job files"),
+    (("--results-dir",), "results_dir", str, "./results", "DIR", "directory for result and progress files"),
+    (("--work-dir",), "work_dir", str, "./work", "DIR", "scratch and default output directory for handlers"),
+    (("--max-concurrent",), "max_concurrent", _positive_int, 4, "N", "jobs run at once"),
+    (("--poll-interval",), "poll_interval", _positive_float, 1.0, "SECONDS", "how often the jobs dir is scanned"),
+    (("--shutdown-timeout",), "shutdown_timeout", _nonneg_float, 30.0, "SECONDS",
+     "on SIGTERM, how long running jobs may finish before they are cancelled"),
+    (("--max-job-timeout",), "max_job_timeout", _positive_float, None, "SECONDS",
+     "cap on every job's execution.timeout_seconds"),
+    (("--max-job-size",), "max_job_size", _positive_int, 1048576, "BYTES",
+     "job files larger than this are rejected unread"),
+    (("--allow-path",), "allow_path", str, None, "DIR", "image paths and outputs must resolve inside DIR "
+     "(repeatable; the environment variable takes a colon-separated list)"),
+    (("--metrics-enabled",), "metrics_enabled", _bool, True, "true|false", "serve /metrics and /health"),
+    (("--metrics-addr",), "metrics_addr", str, "0.0.0.0:9090", "HOST:PORT",
+     "listen address of /metrics and /health ([::]:PORT for IPv6 and dual stack)"),
+    (("--metrics-tls-cert",), "metrics_tls_cert", str, None, "FILE", "serve the endpoint over TLS with this certificate"),
+    (("--metrics-tls-key",), "metrics_tls_key", str, None, "FILE", "private key for --metrics-tls-cert"),
+    (("--textfile-dir",), "textfile_dir", str, None, "DIR", "with --once: write DIR/guestkit_worker.prom "
+     "for node_exporter's textfile collector"),
+    (("--log-level",), "log_level", str.upper, "INFO", "LEVEL", "DEBUG, INFO, WARNING or ERROR"),
+]
+
+
+def _env_name(dest):
+    return ENV_PREFIX + dest.upper()
+
+
+def _add_run_options(p):
+    p.add_argument("--once", action="store_true", default=None,
+                   help=f"run the jobs present at start, wait for them, exit (env {_env_name('once')})")
+    for flags, dest, typ, default, metavar, text in RUN_OPTIONS:
+        shown = f"default: {default}; " if default is not None else ""
+        p.add_argument(*flags, dest=dest, type=typ, default=None, metavar=metavar,
+                       action="append" if dest == "allow_path" else "store",
+                       help=f"{text} ({shown}env {_env_name(dest)})")
+
+
+def get_parser():
+    """Build the argument parser; no side effects (argparse-manpage imports this)."""
+    parser = argparse.ArgumentParser(
+        prog="guestkit-worker",
+        description="Run guestkit job protocol v1.0 jobs (VM disk inspection and conversion) from a jobs "
+                    "directory, with Prometheus metrics, a health endpoint and cron-friendly one-shot runs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run the worker (the default command)",
+                         description="Run the worker: claim job files, run their handlers, write results.")
+    _add_run_options(run)
+    run.add_argument("--list-operations", action="store_true",
+                     help="print each operation and whether its engine is installed, then exit")
+    submit = sub.add_parser("submit", help="validate a job file and place it in the jobs dir atomically",
+                            description="Validate JOB and place it in the jobs directory as JOB_ID.json "
+                                        "(written beside, then renamed), so the worker never reads it half-way.")
+    submit.add_argument("job", metavar="JOB.json", help="job document to submit ('-' reads standard input)")
+    submit.add_argument("--jobs-dir", dest="jobs_dir", default=None, metavar="DIR",
+                        help=f"jobs directory (default: ./jobs; env {_env_name('jobs_dir')})")
+    validate = sub.add_parser("validate", help="check job files and print every problem",
+                              description="Check each FILE against the job protocol and the operations this "
+                                          "worker serves; print one line per file; exit 1 if any is invalid.")
+    validate.add_argument("files", nargs="+", metavar="FILE", help="job documents")
+    sub.add_parser("list-operations", help="print each operation and whether its engine is installed",
+                   description="Print each operation this worker serves and whether its engine is installed.")
+    return parser
+
+
+def _resolve(args):
+    """Fill options not given on the command line from GUESTKIT_WORKER_* or the default."""
+    for flags, dest, typ, default, metavar, text in RUN_OPTIONS:
+        if getattr(args, dest, None) is not None:
+            continue
+        env = os.environ.get(_env_name(dest))
+        if env is not None and env != "":
+            try:
+                value = [p for p in env.split(":") if p] if dest == "allow_path" else typ(env)
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                raise SystemExit(_usage_error(f"{_env_name(dest)}: {exc}"))
+        else:
+            value = default
+        setattr(args, dest, value)
+    if args.once is None:
+        env = os.environ.get(_env_name("once"))
+        args.once = _bool(env) if env else False
+    return args
+
+
+def _usage_error(message):
+    print(f"guestkit-worker: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _setup_logging(level):
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s")
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "run")
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.command == "submit":
+        return cmd_submit(args)
+    if args.command == "validate":
+        return cmd_validate(args)
+    if args.command == "list-operations" or getattr(args, "list_operations", False):
+        return cmd_list_operations()
+    args = _resolve(args)
+    args.metrics_addr_given = any(a == "--metrics-addr" or a.startswith("--metrics-addr=") for a in argv) \
+        or bool(os.environ.get(_env_name("metrics_addr")))
+    return cmd_run(args)
+
+
+def cmd_list_operations():
+    from .handlers import default_registry
+    reg = default_registry()
+    for op in reg.operations:
+        handler = reg.get(op)
+        try:
+            ok, detail = handler.engine_status()
+        except Exception as exc:
+            ok, detail = False, str(exc)
+        print(f"{op:<20} {'available' if ok else 'UNAVAILABLE':<12} {detail}")
+    return EXIT_OK
+
+
+def _check_file(path, registry):
+    """List of problems of one job file (empty when valid), and the parsed job."""
+    from .errors import GuestkitWorkerError, JobValidationError
+    from .protocol import DEFAULT_MAX_JOB_BYTES, decode_job_bytes, validate_document
+    try:
+        if path == "-":
+            raw = sys.stdin.buffer.read(DEFAULT_MAX_JOB_BYTES + 1)
+        else:
+            with open(path, "rb") as fh:
+                raw = fh.read(DEFAULT_MAX_JOB_BYTES + 1)
+        job = validate_document(decode_job_bytes(raw))
+    except OSError as exc:
+        return [f"cannot read: {exc.strerror}"], None
+    except JobValidationError as exc:
+        return [str(exc)], None
+    problems = []
+    handler = registry.get(job.operation)
+    if handler is None:
+        problems.append(f"operation: no handler for {job.operation!r} (served: {', '.join(registry.operations)})")
+    else:
+        if job.payload_type not in handler.payload_types:
+            problems.append(f"payload.type: {job.payload_type!r} is not accepted by {job.operation}")
+        if not isinstance(job.data, dict):
+            problems.append("payload.data: must be an object")
+        else:
+            try:
+                handler.validate(job.data)
+            except JobValidationError as exc:
+                problems.append(f"payload.data.{exc}" if exc.field and not exc.field.startswith("payload") else str(exc))
+            except GuestkitWorkerError as exc:
+                problems.append(str(exc))
+    if job.expired():
+        problems.append("execution.deadline: already in the past")
+    return problems, job
+
+
+def cmd_validate(args):
+    from .handlers import default_registry
+    reg = default_registry()
+    bad = 0
+    for path in args.files:
+        problems, job = _check_file(path, reg)
+        if problems:
+            bad += 1
+            for problem in problems:
+                print(f"{path}: {problem}")
+        else:
+            print(f"{path}: ok ({job.job_id}, {job.operation})")
+    return EXIT_JOBS_FAILED if bad else EXIT_OK
+
+
+def cmd_submit(args):
+    from . import atomic
+    from .handlers import default_registry
+    jobs_dir = args.jobs_dir or os.environ.get(_env_name("jobs_dir")) or "./jobs"
+    problems, job = _check_file(args.job, default_registry())
+    if problems:
+        for problem in problems:
+            print(f"{args.job}: {problem}", file=sys.stderr)
+        return EXIT_JOBS_FAILED
+    os.makedirs(jobs_dir, exist_ok=True)
+    dest = os.path.join(jobs_dir, f"{job.job_id}.json")
+    data = (json.dumps(job.doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    try:
+        atomic.write_bytes(dest, data, mode=0o640, overwrite=False)
+    except FileExistsError:
+        print(f"{args.job}: a job file {dest} is already waiting", file=sys.stderr)
+        return EXIT_JOBS_FAILED
+    except OSError as exc:
+        print(f"{args.job}: cannot write {dest}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    print(dest)
+    return EXIT_OK
+
+
+class _Signals:
+    """First SIGTERM/SIGINT: drain.  Second: exit at once.  The handler only sets flags."""
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.count = 0
+
+    def __call__(self, signum, frame):
+        self.count += 1
+        if self.count == 1:
+            self.worker.request_stop()
+        else:
+            self.worker.hard_stop = True
+
+
+def cmd_run(args):
+    _setup_logging(args.log_level)
+    from prometheus_client import REGISTRY, disable_created_metrics
+
+    from .errors import ConfigError
+    from .worker import Worker, WorkerConfig, default_worker_id
+    disable_created_metrics()
+    if args.textfile_dir and not args.once:
+        return _usage_error("--textfile-dir needs --once (a daemon is scraped on /metrics instead)")
+    if bool(args.metrics_tls_cert) != bool(args.metrics_tls_key):
+        return _usage_error("--metrics-tls-cert and --metrics-tls-key go together")
+    cfg = WorkerConfig(jobs_dir=args.jobs_dir, results_dir=args.results_dir, work_dir=args.work_dir,
+                       worker_id=args.worker_id or default_worker_id(), pool=args.pool,
+                       max_concurrent=args.max_concurrent, poll_interval=args.poll_interval,
+                       shutdown_timeout=args.shutdown_timeout, max_job_timeout=args.max_job_timeout,
+                       max_job_bytes=args.max_job_size, allow_paths=args.allow_path, once=args.once,
+                       metrics_enabled=args.metrics_enabled or bool(args.textfile_dir))
+    if args.textfile_dir and not os.path.isdir(args.textfile_dir):
+        return _usage_error(f"--textfile-dir {args.textfile_dir}: not a directory")
+    try:
+        worker = Worker(cfg, registry=REGISTRY)
+    except ValueError as exc:
+        return _usage_error(str(exc))
+    serve = args.metrics_enabled and (not args.once or args.metrics_addr_given)
+    server = None
+    try:
+        if serve:
+            from .httpserver import start_server
+            server = start_server(args.metrics_addr, registry=REGISTRY, health=worker.health,
+                                  tls_cert=args.metrics_tls_cert, tls_key=args.metrics_tls_key)
+            log.info("serving /metrics and /health on %s", server.url)
+        worker.open()
+    except ConfigError as exc:
+        return _usage_error(str(exc))
+    except BlockingIOError:
+        if server:
+            server.shutdown()
+        return _usage_error(f"another worker with id {cfg.worker_id} is running")
+    except OSError as exc:
+        if server:
+            server.shutdown()
+        return _usage_error(f"cannot set up the job directories: {exc}")
+    signals = _Signals(worker)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signals)
+        signal.signal(signal.SIGINT, signals)
+    watcher = threading.Thread(target=_hard_stop_watch, args=(worker,), name="signals", daemon=True)
+    watcher.start()
+    try:
+        status = worker.run()
+    finally:
+        if server:
+            server.shutdown()
+    if args.once and args.textfile_dir:
+        from .metrics import write_textfile
+        try:
+            write_textfile(args.textfile_dir, worker.metrics, succeeded=status == EXIT_OK)
+        except OSError as exc:
+            log.error("cannot write the textfile in %s: %s", args.textfile_dir, exc)
+            status = status or EXIT_JOBS_FAILED
+    if not args.once:
+        status = EXIT_OK
+    logging.shutdown()
+    if getattr(worker, "stuck_threads", 0):
+        os._exit(status)  # do not wait for handler threads that ignore cancellation
+    return status
+
+
+def _hard_stop_watch(worker):
+    """Second signal: kill every child of every running job, exit without waiting."""
+    import time
+    while not worker.hard_stop:
+        time.sleep(0.2)
+    log.warning("second signal: exiting now; running jobs are recovered by the next start")
+    with worker._lock:
+        runs = list(worker._runs.values())
+    for run in runs:
+        for pid in run.ctx.child_pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    logging.shutdown()
+    os._exit(EXIT_ABORTED)
+
+
+def entry_point():
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Prometheus metric families of the worker, with labelled children cached for the hot path.
+
+The worker records through :class:`WorkerMetrics` (or :class:`NullMetrics` when metrics are
+off); handlers record through their context, never through prometheus_client directly.
+Label values are bounded: an operation that no handler serves is recorded as ``unknown``.
+"""
+
+import logging
+import os
+import re
+import tempfile
+import time
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info  # noqa: F401
+from prometheus_client.exposition import generate_latest
+
+log = logging.getLogger(__name__)
+
+JOB_STATUSES = ("completed", "failed", "timeout", "cancelled", "rejected", "duplicate")
+HANDLER_STATUSES = ("success", "error", "timeout")
+CHECKSUM_STATUSES = ("success", "failure", "skipped")
+UNKNOWN_OPERATION = "unknown"
+#: 1, 2, 4, ... 2048 seconds (12 exponential buckets); +Inf is added by prometheus_client.
+DURATION_BUCKETS = tuple(float(2 ** i) for i in range(12))
+#: queue wait: one second to a day
+QUEUE_WAIT_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
+TEXTFILE_NAME = "guestkit_worker.prom"
+
+
+class WorkerMetrics:
+    """Every metric family of the worker, registered in one registry."""
+
+    def __init__(self, *, operations, handlers, worker_id, pool, version, max_concurrent,
+                 registry=REGISTRY, track_last_success=True):
+        self.registry = registry
+        self.track_last_success = track_last_success
+        r = registry
+        self.jobs_total = Counter("guestkit_worker_jobs", "Jobs that ended, by operation and final status.",
+                                  ["operation", "status"], registry=r)
+        self.jobs_duration = Histogram("guestkit_worker_jobs_duration_seconds",
+                                       "Wall time of ended jobs, by operation and final status.",
+                                       ["operation", "status"], buckets=DURATION_BUCKETS, registry=r)
+        self.active = Gauge("guestkit_worker_active_jobs",
+                            "Handlers running now (a timed-out handler counts until its thread returns).",
+                            registry=r)
+        self.depth = Gauge("guestkit_worker_queue_depth",
+                           "Jobs waiting, including those claimed but not yet started.", registry=r)
+        self.handler_total = Counter("guestkit_handler_executions", "Handler runs, by handler and outcome.",
+                                     ["handler", "status"], registry=r)
+        self.handler_duration = Histogram("guestkit_handler_duration_seconds",
+                                          "Handler run time, by handler and outcome.",
+                                          ["handler", "status"], buckets=DURATION_BUCKETS, registry=r)
+        self.checksums = Counter("guestkit_checksum_verifications", "Image checksum verifications by outcome.",
+                                 ["status"], registry=r)
+        self.disk_read = Counter("guestkit_worker_disk_read_bytes", "Bytes handlers read from disk images.",
+                                 registry=r)
+        self.disk_write = Counter("guestkit_worker_disk_write_bytes", "Bytes handlers wrote to disk images.",
+                                  registry=r)
+        self.info = Gauge("guestkit_worker_info", "Worker identity; always 1.", ["worker_id", "pool", "version"],
+                          registry=r)
+        self.capacity = Gauge("guestkit_worker_max_concurrent_jobs", "Jobs this worker runs at once at most.",
+                              registry=r)
+        self.queue_wait = Histogram("guestkit_worker_queue_wait_seconds",
+                                    "Time from job creation (or claim, if later) to handler start.",
+                                    buckets=QUEUE_WAIT_BUCKETS, registry=r)
+        self.last_success = Gauge("guestkit_worker_last_success_timestamp_seconds",
+                                  "Unix time of the last completed job (one-shot: of the last successful run).",
+                                  registry=r)
+        self.result_errors = Counter("guestkit_worker_result_write_errors",
+                                     "Results that could not be written (job returned to the queue).", registry=r)
+        self.info.labels(worker_id, pool, version).set(1)
+        self.capacity.set(max_concurrent)
+        self.operations = set(operations)
+        # cached children: no .labels() lookup on the hot path
+        self._job_children = {}
+        for op in list(operations) + [UNKNOWN_OPERATION]:
+            for st in JOB_STATUSES:
+                self._job_children[(op, st)] = (self.jobs_total.labels(op, st), self.jobs_duration.labels(op, st))
+        self._handler_children = {}
+        for h in handlers:
+            for st in HANDLER_STATUSES:
+                self._handler_children[(h, st)] = (self.handler_total.labels(h, st),
+                                                   self.handler_duration.labels(h, st))
+        self._checksum_children = {st: self.checksums.labels(st) for st in CHECKSUM_STATUSES}
+
+    def collectors(self):
+        """The worker's own collectors (not process_* / python_*), for the textfile export."""
+        return [self.jobs_total, self.jobs_duration, self.active, self.depth, self.handler_total,
+                self.handler_duration, self.checksums, self.disk_read, self.disk_write, self.info,
+                self.capacity, self.queue_wait, self.last_success, self.result_errors]
+
+    def label_operation(self, operation):
+        return operation if operation in self.operations else UNKNOWN_OPERATION
+
+    def job_finished(self, operation, status, duration):
+        children = self._job_children.get((operation, status))
+        if children is None:
+            children = self._job_children[(UNKNOWN_OPERATION, status)]
+        children[0].inc()
+        children[1].observe(duration)
+        if status == "completed" and self.track_last_success:
+            self.last_success.set(time.time())
+
+    def handler_started(self, queue_wait=None):
+        self.active.inc()
+        if queue_wait is not None:
+            self.queue_wait.observe(max(0.0, queue_wait))
+
+    def handler_returned(self, handler, status, duration):
+        self.active.dec()
+        children = self._handler_children.get((handler, status))
+        if children is None:  # a handler registered after start: create once, then cached
+            children = self._handler_children[(handler, status)] = (
+                self.handler_total.labels(handler, status), self.handler_duration.labels(handler, status))
+        children[0].inc()
+        children[1].observe(duration)
+
+    def set_queue_depth(self, n):
+        self.depth.set(n)
+
+    def checksum(self, status):
+        self._checksum_children[status].inc()
+
+    def disk_io(self, read_bytes=0, write_bytes=0):
+        if read_bytes:
+            self.disk_read.inc(read_bytes)
+        if write_bytes:
+            self.disk_write.inc(write_bytes)
+
+    def result_write_failed(self):
+        self.result_errors.inc()
+
+
+class NullMetrics:
+    """Stand-in used when metrics are disabled: every recording call does nothing."""
+
+    def __getattr__(self, name):
+        return _noop
+
+    def label_operation(self, operation):
+        return operation
+
+
+def _noop(*args, **kwargs):
+    return None
+
+
+_LAST_SUCCESS_RE = re.compile(r"^guestkit_worker_last_success_timestamp_seconds\s+(\S+)\s*$", re.M)
+
+
+def previous_last_success(path):
+    """The last_success value stored in an earlier textfile, or None."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            m = _LAST_SUCCESS_RE.search(fh.read())
+    except OSError:
+        return None
+    try:
+        return float(m.group(1)) if m else None
+    except ValueError:
+        return None
+
+
+def _sample_name(line):
+    """Metric name of an exposition line ('# HELP name ...', 'name{...} v' or 'name v')."""
+    if line.startswith(b"#"):
+        parts = line.split(b" ", 3)
+        return parts[2] if len(parts) > 2 else b""
+    return re.split(rb"[{ ]", line, maxsplit=1)[0]
+
+
+def write_textfile(directory, metrics, *, succeeded, now=None):
+    """Write DIR/guestkit_worker.prom for node_exporter's textfile collector, atomically.
+
+    Holds the worker's own families (no process_*/python_*, which node_exporter exports for
+    itself), last_run = now and last_success = now only when the run succeeded (otherwise the
+    value of the previous file is kept), no timestamps and no ``_created`` series.
+    """
+    now = time.time() if now is None else now
+    path = os.path.join(directory, TEXTFILE_NAME)
+    registry = CollectorRegistry(auto_describe=True)
+    for c in metrics.collectors():
+        registry.register(c)
+    last_run = Gauge("guestkit_worker_last_run_timestamp_seconds",
+                     "Unix time the last one-shot run ended.", registry=registry)
+    last_run.set(now)
+    if succeeded:
+        metrics.last_success.set(now)
+    else:
+        prev = previous_last_success(path)
+        if prev is not None:
+            metrics.last_success.set(prev)
+    text = b"".join(line + b"\n" for line in generate_latest(registry).splitlines()
+                    if not _sample_name(line).endswith(b"_created"))
+    fd, tmp = tempfile.mkstemp(prefix=".guestkit_worker.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    log.info("wrote %s (%d bytes)", path, len(text))
+    return path

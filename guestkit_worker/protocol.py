@@ -1,0 +1,276 @@
+"""The guestkit job protocol v1.0: parsing and validating job documents.
+
+Every failure raises :class:`~guestkit_worker.errors.JobValidationError` naming the field and
+the reason, e.g. ``execution.priority: must be 1-10, got 12``.
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from . import PROTOCOL_VERSION
+from .errors import JobFileError, JobValidationError
+
+#: Job files larger than this are rejected before they are parsed.
+DEFAULT_MAX_JOB_BYTES = 1024 * 1024
+#: The longest per-job timeout a document may ask for (7 days).
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+
+JOB_ID_RE = re.compile(r"[A-Za-z0-9._-]{8,128}")
+PAYLOAD_TYPE_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+\.v[0-9]+")
+OPERATION_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
+RFC3339_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+TOP_LEVEL_FIELDS = {"$schema", "version", "job_id", "created_at", "kind", "operation", "metadata",
+                    "execution", "constraints", "routing", "payload", "observability", "audit"}
+REQUIRED_FIELDS = ("version", "job_id", "created_at", "kind", "operation", "payload")
+
+EXECUTION_DEFAULTS = {"attempt": 1, "max_attempts": 1, "timeout_seconds": 3600, "priority": 5,
+                      "cancellable": True, "idempotency_key": None, "deadline": None}
+
+
+@dataclass
+class Job:
+    """A validated job document, with protocol defaults filled in."""
+
+    job_id: str
+    operation: str
+    payload_type: str
+    data: object
+    created_at: datetime
+    execution: dict
+    doc: dict
+    metadata: dict = field(default_factory=dict)
+    constraints: dict = field(default_factory=dict)
+    routing: dict = field(default_factory=dict)
+    observability: dict = None
+
+    @property
+    def attempt(self):
+        return self.execution["attempt"]
+
+    @property
+    def max_attempts(self):
+        return self.execution["max_attempts"]
+
+    @property
+    def timeout_seconds(self):
+        return self.execution["timeout_seconds"]
+
+    @property
+    def idempotency_key(self):
+        return self.execution["idempotency_key"]
+
+    @property
+    def deadline(self):
+        return self.execution["deadline"]
+
+    def expired(self, now=None):
+        """True when execution.deadline lies in the past."""
+        d = self.deadline
+        return d is not None and d <= (now or datetime.now(timezone.utc))
+
+
+def _type_name(value):
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
+            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _want(value, kind, where):
+    """Check JSON type; bool is never accepted as an integer."""
+    ok = {
+        "string": isinstance(value, str),
+        "object": isinstance(value, dict),
+        "array": isinstance(value, list),
+        "boolean": isinstance(value, bool),
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+    }[kind]
+    if not ok:
+        raise JobValidationError(where, f"must be a {kind}, got {_type_name(value)} {_short(value)}")
+    return value
+
+
+def _short(value, limit=40):
+    text = json.dumps(value, ensure_ascii=True) if not isinstance(value, (dict, list)) else _type_name(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def parse_timestamp(value, where):
+    """Parse an RFC 3339 timestamp into an aware datetime."""
+    _want(value, "string", where)
+    if not RFC3339_RE.fullmatch(value):
+        raise JobValidationError(where, f"must be an RFC 3339 timestamp like 2026-01-30T16:00:00Z, got {_short(value)}")
+    text = value[:-1] + "+00:00" if value[-1] in "Zz" else value
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise JobValidationError(where, f"not a valid date/time ({exc}), got {_short(value)}") from None
+
+
+def check_job_id(value, where="job_id"):
+    _want(value, "string", where)
+    if len(value) < 8:
+        raise JobValidationError(where, f"must be at least 8 characters, got {len(value)}")
+    if len(value) > 128:
+        raise JobValidationError(where, f"must be at most 128 characters, got {len(value)}")
+    if not JOB_ID_RE.fullmatch(value) or set(value) <= {"."}:
+        raise JobValidationError(where, "may only contain letters, digits, '.', '_' and '-' "
+                                        f"(it becomes part of file names), got {_short(value)}")
+    return value
+
+
+def decode_job_bytes(raw, max_bytes=DEFAULT_MAX_JOB_BYTES):
+    """Turn a job file's bytes into a dict, or raise JobFileError saying what is wrong."""
+    if len(raw) > max_bytes:
+        raise JobFileError("file", f"larger than the limit of {max_bytes} bytes")
+    if not raw.strip():
+        raise JobFileError("file", "empty file")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise JobFileError("file", "starts with a UTF-8 byte order mark; write JSON without a BOM")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobFileError("file", f"not valid UTF-8 (byte offset {exc.start})") from None
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise JobFileError("file", "JSON nested too deeply") from None
+    except ValueError as exc:
+        raise JobFileError("file", f"invalid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise JobFileError("file", f"must hold a JSON object, got {_type_name(doc)}")
+    return doc
+
+
+def _validate_execution(ex):
+    out = dict(EXECUTION_DEFAULTS)
+    if ex is None:
+        return out
+    _want(ex, "object", "execution")
+    for key in ("attempt", "max_attempts", "timeout_seconds", "priority"):
+        if key in ex:
+            out[key] = _want(ex[key], "integer", f"execution.{key}")
+    if "cancellable" in ex:
+        out["cancellable"] = _want(ex["cancellable"], "boolean", "execution.cancellable")
+    if ex.get("idempotency_key") is not None:
+        key = _want(ex["idempotency_key"], "string", "execution.idempotency_key")
+        if not key or len(key) > 256:
+            raise JobValidationError("execution.idempotency_key", "must be 1-256 characters")
+        out["idempotency_key"] = key
+    if ex.get("deadline") is not None:
+        out["deadline"] = parse_timestamp(ex["deadline"], "execution.deadline")
+    if not 1 <= out["priority"] <= 10:
+        raise JobValidationError("execution.priority", f"must be 1-10, got {out['priority']}")
+    if out["max_attempts"] < 1:
+        raise JobValidationError("execution.max_attempts", f"must be at least 1, got {out['max_attempts']}")
+    if out["attempt"] < 1:
+        raise JobValidationError("execution.attempt", f"must be at least 1, got {out['attempt']}")
+    if out["attempt"] > out["max_attempts"]:
+        raise JobValidationError("execution.attempt", f"attempt ({out['attempt']}) cannot exceed "
+                                                      f"max_attempts ({out['max_attempts']})")
+    t = out["timeout_seconds"]
+    if not 1 <= t <= MAX_TIMEOUT_SECONDS:
+        raise JobValidationError("execution.timeout_seconds", f"must be 1-{MAX_TIMEOUT_SECONDS}, got {t}")
+    return out
+
+
+def _optional_object(doc, key):
+    value = doc.get(key)
+    if value is None:
+        return {}
+    return _want(value, "object", key)
+
+
+def _string_list(value, where):
+    _want(value, "array", where)
+    for i, item in enumerate(value):
+        _want(item, "string", f"{where}[{i}]")
+    return value
+
+
+def validate_document(doc):
+    """Validate a decoded job document; return a :class:`Job`."""
+    _want(doc, "object", "document")
+    unknown = sorted(set(doc) - TOP_LEVEL_FIELDS)
+    if unknown:
+        raise JobValidationError(unknown[0], "unknown top-level field")
+    for key in REQUIRED_FIELDS:
+        if key not in doc:
+            raise JobValidationError(key, "required field is missing")
+    job_id = check_job_id(doc["job_id"])
+    if "$schema" in doc:
+        _want(doc["$schema"], "string", "$schema")
+    version = _want(doc["version"], "string", "version")
+    if version != PROTOCOL_VERSION:
+        raise JobValidationError("version", f"unsupported protocol version {_short(version)}, expected \"1.0\"")
+    kind = _want(doc["kind"], "string", "kind")
+    if kind != "VMOperation":
+        raise JobValidationError("kind", f"must be 'VMOperation', got {_short(kind)}")
+    created_at = parse_timestamp(doc["created_at"], "created_at")
+    operation = _want(doc["operation"], "string", "operation")
+    if not OPERATION_RE.fullmatch(operation) or len(operation) > 128:
+        raise JobValidationError("operation", f"must be namespaced like 'guestkit.inspect', got {_short(operation)}")
+    payload = _want(doc["payload"], "object", "payload")
+    for key in ("type", "data"):
+        if key not in payload:
+            raise JobValidationError(f"payload.{key}", "required field is missing")
+    ptype = _want(payload["type"], "string", "payload.type")
+    if not PAYLOAD_TYPE_RE.fullmatch(ptype):
+        raise JobValidationError("payload.type", "must be namespaced with a version suffix like "
+                                                 f"'guestkit.inspect.v1', got {_short(ptype)}")
+    execution = _validate_execution(doc.get("execution"))
+    metadata = _optional_object(doc, "metadata")
+    for key in ("name", "namespace"):
+        if metadata.get(key) is not None:
+            _want(metadata[key], "string", f"metadata.{key}")
+    for key in ("labels", "annotations"):
+        if metadata.get(key) is not None:
+            for k, v in _want(metadata[key], "object", f"metadata.{key}").items():
+                _want(v, "string", f"metadata.{key}.{k}")
+    constraints = _optional_object(doc, "constraints")
+    for key in ("required_capabilities", "required_features", "allowed_worker_pools"):
+        if constraints.get(key) is not None:
+            _string_list(constraints[key], f"constraints.{key}")
+    routing = _optional_object(doc, "routing")
+    for key in ("worker_id", "worker_pool"):
+        if routing.get(key) is not None:
+            _want(routing[key], "string", f"routing.{key}")
+    observability = doc.get("observability")
+    if observability is not None:
+        for k, v in _want(observability, "object", "observability").items():
+            if v is not None:
+                _want(v, "string", f"observability.{k}")
+    if doc.get("audit") is not None:
+        _want(doc["audit"], "object", "audit")
+    return Job(job_id=job_id, operation=operation, payload_type=ptype, data=payload["data"],
+               created_at=created_at, execution=execution, doc=doc, metadata=metadata,
+               constraints=constraints, routing=routing, observability=observability)
+
+
+def peek_job_id(doc):
+    """The document's job_id if it is a safe one, else None (used to name result files)."""
+    try:
+        return check_job_id(doc.get("job_id")) if isinstance(doc, dict) else None
+    except JobValidationError:
+        return None
+
+
+def pool_accepts(job_doc, pool):
+    """False when routing.worker_pool / constraints.allowed_worker_pools exclude this pool.
+
+    Looks at the raw document so that a job for another pool is left alone even when the
+    rest of it would not validate here.
+    """
+    if not isinstance(job_doc, dict):
+        return True
+    routing = job_doc.get("routing")
+    if isinstance(routing, dict) and isinstance(routing.get("worker_pool"), str):
+        if routing["worker_pool"] != pool:
+            return False
+    constraints = job_doc.get("constraints")
+    if isinstance(constraints, dict) and isinstance(constraints.get("allowed_worker_pools"), list):
+        if pool not in constraints["allowed_worker_pools"]:
+            return False
+    return True

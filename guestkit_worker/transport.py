@@ -1,0 +1,329 @@
+"""Job transports.  The executor only uses the :class:`Transport` interface; :class:`FileTransport`
+implements it on a directory tree shared by any number of workers:
+
+    jobs/                     incoming *.json (producers write NAME.tmp, then rename)
+    jobs/.processing/<worker>/ jobs claimed by one worker (NAME.json; NAME.json.running once started)
+    jobs/.processing/<worker>.lock   flock held while that worker lives
+    jobs/done/                finished jobs (completed, duplicate)
+    jobs/failed/              failed, timed out and rejected jobs, each with NAME.reason.json
+    results/<job_id>-result.json     one result per job, written atomically
+    results/<job_id>-progress.jsonl  progress events
+    results/.idempotency/     idempotency key -> result records
+
+A claim is an atomic rename, so two workers never run the same job file.  Nothing is ever
+deleted: every job file ends in done/ or failed/, or goes back to jobs/.
+"""
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import stat
+import time
+
+from . import atomic
+from .errors import JobFileError, TransportError
+
+log = logging.getLogger(__name__)
+
+PROCESSING = ".processing"
+RUNNING_SUFFIX = ".running"
+
+
+class Claim:
+    """A job file this worker owns until finish/fail/requeue/release."""
+
+    __slots__ = ("name", "path", "claimed_at", "started", "job_id", "attempt")
+
+    def __init__(self, name, path):
+        self.name = name
+        self.path = path
+        self.claimed_at = time.time()
+        self.started = False
+        self.job_id = None
+        self.attempt = None
+
+    def __repr__(self):
+        return f"Claim({self.name!r})"
+
+
+class Transport:
+    """What the executor needs from a job source.  A queue transport (e.g. Redis Streams
+    consumer groups) implements the same methods."""
+
+    def scan(self):
+        """Names of the jobs waiting now, oldest first."""
+        raise NotImplementedError
+
+    def claim(self, name):
+        """Take ownership of one waiting job; None when another worker was faster."""
+        raise NotImplementedError
+
+    def read(self, claim):
+        """The claimed job's bytes; JobFileError when it is not a readable regular file."""
+        raise NotImplementedError
+
+    def mark_started(self, claim):
+        """Record durably that the handler is about to run (crash recovery counts attempts)."""
+
+    def finish(self, claim, result, reason=None, failed=False):
+        """Store the result and archive the job (done/, or failed/ with the reason)."""
+        raise NotImplementedError
+
+    def requeue(self, claim, doc=None):
+        """Put the job back in the queue (doc: a rewritten document, e.g. attempt + 1)."""
+        raise NotImplementedError
+
+    def release(self, claim):
+        """Give an untouched job back (it is meant for another worker)."""
+        raise NotImplementedError
+
+    def health(self):
+        """{check name: (ok, detail)}."""
+        return {}
+
+    def recover(self):
+        """Bring back jobs claimed by workers that died; return what was done."""
+        return []
+
+
+def _json_bytes(obj):
+    return (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+class FileTransport(Transport):
+    def __init__(self, jobs_dir, results_dir, worker_id, *, max_job_bytes, durable=True):
+        self.jobs_dir = os.path.abspath(jobs_dir)
+        self.results_dir = os.path.abspath(results_dir)
+        self.worker_id = worker_id
+        self.max_job_bytes = max_job_bytes
+        self.durable = durable
+        self.processing_root = os.path.join(self.jobs_dir, PROCESSING)
+        self.processing = os.path.join(self.processing_root, worker_id)
+        self.done_dir = os.path.join(self.jobs_dir, "done")
+        self.failed_dir = os.path.join(self.jobs_dir, "failed")
+        self.idem_dir = os.path.join(self.results_dir, ".idempotency")
+        self._lock_fd = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def open(self):
+        """Create the directory layout and take this worker's liveness lock."""
+        for d in (self.jobs_dir, self.results_dir, self.processing, self.done_dir, self.failed_dir,
+                  self.idem_dir):
+            os.makedirs(d, exist_ok=True)
+        self._lock_fd = os.open(self.processing + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def close(self):
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        for path in (self.processing, self.processing + ".lock"):
+            try:
+                (os.rmdir if path == self.processing else os.unlink)(path)
+            except OSError:
+                pass  # not empty (a stuck job): left for recovery
+
+    @property
+    def own_dirs(self):
+        """Directories a job's output must never be written into."""
+        return (self.jobs_dir, self.results_dir)
+
+    # -- queue --------------------------------------------------------------------------
+    def scan(self):
+        try:
+            with os.scandir(self.jobs_dir) as it:
+                names = [e.name for e in it if e.name.endswith(".json") and not e.name.startswith(".")]
+        except OSError as exc:
+            log.error("cannot list jobs dir %s: %s", self.jobs_dir, exc)
+            return []
+        names.sort()
+        return names
+
+    def claim(self, name):
+        src = os.path.join(self.jobs_dir, name)
+        dst = os.path.join(self.processing, name)
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            return None  # another worker claimed it, or the producer removed it
+        except OSError as exc:
+            log.error("cannot claim %s: %s", name, exc)
+            return None
+        return Claim(name, dst)
+
+    def read(self, claim):
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(claim.path, flags)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise JobFileError("file", "is a symbolic link; job files must be regular files "
+                                           "(the link was not followed)") from None
+            if exc.errno == errno.EACCES:
+                raise JobFileError("file", "permission denied reading the job file") from None
+            raise JobFileError("file", f"cannot open: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = ("directory" if stat.S_ISDIR(st.st_mode) else
+                        "FIFO" if stat.S_ISFIFO(st.st_mode) else "special file")
+                raise JobFileError("file", f"is a {kind}, not a regular file")
+            if st.st_size > self.max_job_bytes:
+                raise JobFileError("file", f"is {st.st_size} bytes, larger than the limit of "
+                                           f"{self.max_job_bytes} bytes (--max-job-size)")
+            chunks, left = [], self.max_job_bytes + 1
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            return b"".join(chunks)
+        except OSError as exc:
+            raise JobFileError("file", f"cannot read: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+
+    def mark_started(self, claim):
+        running = claim.path + RUNNING_SUFFIX
+        os.rename(claim.path, running)
+        claim.path = running
+        claim.started = True
+
+    # -- results ------------------------------------------------------------------------
+    def result_path(self, job_id):
+        return os.path.join(self.results_dir, f"{job_id}-result.json")
+
+    def progress_path(self, job_id):
+        return os.path.join(self.results_dir, f"{job_id}-progress.jsonl")
+
+    def write_result(self, result):
+        path = self.result_path(result["job_id"])
+        atomic.write_bytes(path, _json_bytes(result), durable=self.durable)
+        return path
+
+    def read_result(self, job_id):
+        try:
+            with open(self.result_path(job_id), "rb") as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return None
+
+    # -- archive ------------------------------------------------------------------------
+    def _archive(self, claim, directory):
+        dst = os.path.join(directory, claim.name)
+        if os.path.lexists(dst):
+            dst = os.path.join(directory, f"{claim.name}.{time.time_ns()}")
+        os.rename(claim.path, dst)
+        return dst
+
+    def finish(self, claim, result, reason=None, failed=False):
+        """Write result (if any), then archive; the job file moves only after the result is stored."""
+        if result is not None:
+            self.write_result(result)
+        dst = self._archive(claim, self.failed_dir if failed else self.done_dir)
+        if reason is not None:
+            try:
+                atomic.write_bytes(dst + ".reason.json", _json_bytes(reason), durable=False)
+            except OSError as exc:
+                log.error("job %s: cannot write reason file for %s: %s", claim.job_id or "-", dst, exc)
+        return dst
+
+    def requeue(self, claim, doc=None):
+        dst = os.path.join(self.jobs_dir, claim.name)
+        if doc is None:
+            os.rename(claim.path, dst)
+        else:
+            atomic.write_bytes(dst, _json_bytes(doc), durable=self.durable, mode=0o640)
+            os.unlink(claim.path)
+
+    def release(self, claim):
+        os.rename(claim.path, os.path.join(self.jobs_dir, claim.name))
+
+    # -- idempotency --------------------------------------------------------------------
+    def _idem_path(self, key):
+        return os.path.join(self.idem_dir, hashlib.sha256(key.encode("utf-8")).hexdigest() + ".json")
+
+    def idempotency_lookup(self, key):
+        try:
+            with open(self._idem_path(key), "rb") as fh:
+                rec = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        return rec if rec.get("key") == key else None
+
+    def idempotency_store(self, key, job_id, completed_at):
+        rec = {"key": key, "job_id": job_id, "result": self.result_path(job_id), "completed_at": completed_at}
+        atomic.write_bytes(self._idem_path(key), _json_bytes(rec), durable=self.durable)
+
+    # -- health -------------------------------------------------------------------------
+    def health(self):
+        checks = {}
+        for label, path in (("jobs_dir", self.jobs_dir), ("results_dir", self.results_dir)):
+            checks[label] = _probe_dir(path, readable=label == "jobs_dir")
+        return checks
+
+    # -- recovery -----------------------------------------------------------------------
+    def recover(self, decide):
+        """Recover jobs of dead workers (their lock is free).
+
+        ``decide(claim, started)`` is called for each orphaned job and disposes of it
+        (requeue, or finish as failed).  Returns the number of jobs recovered.
+        """
+        count = 0
+        try:
+            entries = os.listdir(self.processing_root)
+        except OSError:
+            return 0
+        for entry in entries:
+            path = os.path.join(self.processing_root, entry)
+            if entry.endswith(".lock") or entry == self.worker_id or not os.path.isdir(path):
+                continue
+            lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                try:
+                    fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # that worker is alive
+                for name in sorted(os.listdir(path)):
+                    started = name.endswith(RUNNING_SUFFIX)
+                    job_name = name[:-len(RUNNING_SUFFIX)] if started else name
+                    if name.startswith("."):
+                        continue
+                    # move it into our own processing area first: we own it now
+                    own = os.path.join(self.processing, name)
+                    try:
+                        os.rename(os.path.join(path, name), own)
+                    except FileNotFoundError:
+                        continue
+                    claim = Claim(job_name, own)
+                    claim.started = started
+                    log.warning("recovering %s left by dead worker %s (%s)", job_name, entry,
+                                "handler had started" if started else "not started")
+                    decide(claim, entry)
+                    count += 1
+                try:
+                    os.rmdir(path)
+                    os.unlink(path + ".lock")
+                except OSError:
+                    pass
+            finally:
+                os.close(lock_fd)
+        return count
+
+
+def _probe_dir(path, readable):
+    """(ok, detail) after really listing and creating a file in path (access() lies for root)."""
+    try:
+        if readable:
+            os.listdir(path)
+        probe = os.path.join(path, f".health-{os.getpid()}.tmp")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return False, f"{path}: {exc.strerror}"
+    return True, path
