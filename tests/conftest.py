@@ -1,0 +1,128 @@
+"""Shared fixtures: job documents, job directories, running the real CLI."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGIN_DIR = os.path.join(ROOT, "tests", "plugin")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(condition, reason):
+    """Skip outside CI, fail in CI (CI=true): a missing real dependency must not pass silently."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required dependency missing in CI: {reason}")
+    pytest.skip(reason)
+
+
+def require_tool(name):
+    path = shutil.which(name)
+    require(path is not None, f"{name} is not installed")
+    return path
+
+
+def make_job(job_id=None, operation="system.echo", data=None, payload_type=None, **top):
+    doc = {
+        "version": "1.0",
+        "job_id": job_id or f"job-{uuid.uuid4().hex[:12]}",
+        "created_at": "2026-11-01T00:00:00Z",
+        "kind": "VMOperation",
+        "operation": operation,
+        "payload": {"type": payload_type or f"{operation}.v1", "data": {} if data is None else data},
+    }
+    doc.update(top)
+    return doc
+
+
+def write_job(jobs_dir, doc, name=None):
+    os.makedirs(jobs_dir, exist_ok=True)
+    name = name or f"{doc['job_id'] if isinstance(doc, dict) else uuid.uuid4().hex}.json"
+    path = os.path.join(jobs_dir, name)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(doc if isinstance(doc, bytes) else json.dumps(doc).encode())
+    os.rename(tmp, path)
+    return path
+
+
+class Dirs:
+    def __init__(self, base):
+        self.base = str(base)
+        self.jobs = os.path.join(self.base, "jobs")
+        self.results = os.path.join(self.base, "results")
+        self.work = os.path.join(self.base, "work")
+        for d in (self.jobs, self.results, self.work):
+            os.makedirs(d, exist_ok=True)
+
+    def args(self):
+        return ["--jobs-dir", self.jobs, "--results-dir", self.results, "--work-dir", self.work]
+
+    def result(self, job_id):
+        with open(os.path.join(self.results, f"{job_id}-result.json")) as fh:
+            return json.load(fh)
+
+    def results(self):
+        out = {}
+        for name in os.listdir(self.results):
+            if name.endswith("-result.json"):
+                with open(os.path.join(self.results, name)) as fh:
+                    doc = json.load(fh)
+                out[doc["job_id"]] = doc
+        return out
+
+    def listing(self, sub):
+        path = os.path.join(self.jobs, sub)
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+    def reason(self, name):
+        with open(os.path.join(self.jobs, "failed", name + ".reason.json")) as fh:
+            return json.load(fh)
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    return Dirs(tmp_path)
+
+
+def worker_env(**extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([PLUGIN_DIR, ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.pop("GUESTKIT_WORKER_JOBS_DIR", None)
+    env.update(extra)
+    return env
+
+
+def cli(*args, env=None, timeout=120, check=None):
+    """Run `python -m guestkit_worker ARGS` and return the CompletedProcess."""
+    proc = subprocess.run([sys.executable, "-m", "guestkit_worker", *args], env=env or worker_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check is not None:
+        assert proc.returncode == check, proc.stderr
+    return proc
+
+
+def start_worker(dirs, *args, env=None):
+    """Start a daemon worker (metrics off unless asked) and return the Popen."""
+    return subprocess.Popen([sys.executable, "-m", "guestkit_worker", "run", *dirs.args(),
+                             "--poll-interval", "0.1", *args],
+                            env=env or worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, timeout=60, interval=0.05, what="condition"):
+    """Poll predicate until true; bounded (never an open-ended sleep)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,81 @@
+"""Handlers used by the tests, discovered through the guestkit_worker.handlers entry point.
+
+Put this directory on PYTHONPATH and the worker finds them like any third-party plugin.
+"""
+
+import os
+import sys
+import time
+
+from guestkit_worker.errors import HandlerError
+from guestkit_worker.handlers.base import Handler, HandlerResult
+
+
+class _Test(Handler):
+    def __init__(self):
+        self.payload_types = (self.name + ".v1",)
+        self.operations = (self.name,)
+
+
+class SleepHandler(_Test):
+    """Waits payload.seconds, honouring cancellation; reports when it ran."""
+    name = "test.sleep"
+
+    def execute(self, context, data):
+        start = time.time()
+        if context.cancel_event.wait(float(data.get("seconds", 0))):
+            context.check_cancelled()
+        return HandlerResult(data={"start": start, "end": time.time(), "pid": os.getpid()})
+
+
+class ChildHandler(_Test):
+    """Starts a long child through the context (optionally one that ignores SIGTERM)."""
+    name = "test.child"
+
+    def execute(self, context, data):
+        script = "import time,sys\n"
+        if data.get("ignore_sigterm"):
+            script += "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        script += "time.sleep(600)\n"
+        pid_file = data["pid_file"]
+
+        def started(line):
+            pass
+        argv = [sys.executable, "-c", f"import os; open({pid_file!r}, 'w').write(str(os.getpid()))\n" + script]
+        context.run(argv, on_stdout_line=started)
+        return HandlerResult(data={"unreachable": True})
+
+
+class HangHandler(_Test):
+    """Ignores cancellation: sleeps payload.seconds whatever happens."""
+    name = "test.hang"
+
+    def execute(self, context, data):
+        time.sleep(float(data.get("seconds", 5)))
+        return HandlerResult(data={"woke": True})
+
+
+class RaiseHandler(_Test):
+    """Raises a plain exception (a handler bug)."""
+    name = "test.raise"
+
+    def execute(self, context, data):
+        raise RuntimeError(data.get("message", "boom"))
+
+
+class FlakyHandler(_Test):
+    """Fails recoverably until the job's attempt reaches payload.succeed_on."""
+    name = "test.flaky"
+
+    def execute(self, context, data):
+        if context.job.attempt < int(data.get("succeed_on", 2)):
+            raise HandlerError("FLAKY", f"attempt {context.job.attempt} fails on purpose", recoverable=True)
+        return HandlerResult(data={"attempt": context.job.attempt})
+
+
+class BadResultHandler(_Test):
+    """Returns data that JSON cannot hold."""
+    name = "test.badresult"
+
+    def execute(self, context, data):
+        return HandlerResult(data={"value": object()})
