@@ -88,7 +88,10 @@ def _want(value, kind, where):
         "integer": isinstance(value, int) and not isinstance(value, bool),
     }[kind]
     if not ok:
-        raise JobValidationError(where, f"must be a {kind}, got {_type_name(value)} {_short(value)}")
+        article = "an" if kind[0] in "aeiou" else "a"
+        got = _type_name(value)
+        raise JobValidationError(where, f"must be {article} {kind}, got {got}"
+                                        + ("" if got in ("object", "array") else f" {_short(value)}"))
     return value
 
 

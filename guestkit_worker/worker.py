@@ -619,7 +619,7 @@ class Worker:
         while self._busy() and time.monotonic() < deadline and not self.hard_stop:
             time.sleep(0.05)
         with self._lock:
-            runs = list(self._runs.values())
+            runs = [r for r in self._runs.values() if not r.finalized]
         if runs:
             log.warning("stopping: cancelling %d job(s) still running after %ss", len(runs), cfg.shutdown_timeout)
             for run in runs:
@@ -631,6 +631,8 @@ class Worker:
                 runs = list(self._runs.values())
             for run in runs:
                 self._abandon(run, "cancelled")
+        with self._lock:
+            runs = list(self._runs.values())  # threads still inside a handler that ignores cancellation
         self._watchdog_stop.set()
         self._watchdog_wake.set()
         for _ in range(cfg.max_concurrent):
@@ -642,8 +644,9 @@ class Worker:
                  ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())) or "no jobs")
 
     def _busy(self):
+        """True while a job is claimed but not started, or running without a stored outcome."""
         with self._lock:
-            return bool(self._runs) or self._claimed_not_started > 0
+            return self._claimed_not_started > 0 or any(not r.finalized for r in self._runs.values())
 
     # -- health -------------------------------------------------------------------------
     def health(self):

@@ -70,7 +70,7 @@ class Dirs:
         with open(os.path.join(self.results, f"{job_id}-result.json")) as fh:
             return json.load(fh)
 
-    def results(self):
+    def all_results(self):
         out = {}
         for name in os.listdir(self.results):
             if name.endswith("-result.json"):
@@ -82,6 +82,13 @@ class Dirs:
     def listing(self, sub):
         path = os.path.join(self.jobs, sub)
         return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+    def running(self):
+        """Names of job files some worker has started (NAME.json.running in .processing/*/)."""
+        out = []
+        for root, _, files in os.walk(os.path.join(self.jobs, ".processing")):
+            out += [f for f in files if f.endswith(".running")]
+        return sorted(out)
 
     def reason(self, name):
         with open(os.path.join(self.jobs, "failed", name + ".reason.json")) as fh:

@@ -1,0 +1,293 @@
+"""The real CLI in subprocesses against real directories: concurrency, timeouts, signals,
+multiple workers, crash recovery, idempotency, retries and invalid documents."""
+
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+from conftest import Dirs, cli, make_job, start_worker, wait_for, write_job
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def pid_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_once_runs_bundled_examples(dirs):
+    examples = os.path.join(os.path.dirname(__file__), "..", "examples", "jobs")
+    for name in os.listdir(examples):
+        with open(os.path.join(examples, name), "rb") as fh:
+            write_job(dirs.jobs, fh.read(), name)
+    proc = cli("--once", *dirs.args(), check=0)
+    results = dirs.all_results()
+    assert sorted(results) == ["example-hello-0001", "example-idempotent-0002", "example-routed-0003"]
+    assert results["example-hello-0001"]["data"] == {"greeting": "hello from guestkit-worker"}
+    assert results["example-idempotent-0002"]["observability"]["correlation_id"] == "example-batch"
+    assert all(r["status"] == "completed" for r in results.values())
+    assert dirs.listing("done") == ["01-hello.json", "02-idempotent.json", "03-routed.json"]
+    assert "completed 3" in proc.stderr
+
+
+def test_python_dash_m_and_version():
+    proc = cli("--version", check=0)
+    assert proc.stdout.startswith("guestkit-worker 0.")
+
+
+def test_max_concurrent_four_overlap(dirs):
+    for i in range(8):
+        write_job(dirs.jobs, make_job(f"overlap-{i:04d}", "test.sleep", {"seconds": 0.6}))
+    cli("--once", "--max-concurrent", "4", *dirs.args(), check=0)
+    spans = sorted((r["data"]["start"], r["data"]["end"]) for r in dirs.all_results().values())
+    assert len(spans) == 8
+    peak = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert peak == 4
+
+
+def test_timeout_kills_child_process(dirs):
+    pid_file = os.path.join(dirs.base, "child.pid")
+    write_job(dirs.jobs, make_job("timeout-child-01", "test.child", {"pid_file": pid_file},
+                                  execution={"timeout_seconds": 1}))
+    proc = cli("--once", *dirs.args(), check=1)
+    result = dirs.result("timeout-child-01")
+    assert result["status"] == "timeout"
+    assert result["error"]["code"] == "TIMEOUT"
+    child = int(open(pid_file).read())
+    assert not pid_alive(child)
+    assert dirs.listing("failed") == ["timeout-child-01.json", "timeout-child-01.json.reason.json"]
+    assert "timeout after 1s" in proc.stderr
+
+
+def test_timeout_kills_child_ignoring_sigterm(dirs):
+    pid_file = os.path.join(dirs.base, "child.pid")
+    write_job(dirs.jobs, make_job("timeout-stubborn", "test.child", {"pid_file": pid_file, "ignore_sigterm": True},
+                                  execution={"timeout_seconds": 1}))
+    cli("--once", *dirs.args(), check=1)
+    assert dirs.result("timeout-stubborn")["status"] == "timeout"
+    assert not pid_alive(int(open(pid_file).read()))
+
+
+def test_max_job_timeout_caps_document(dirs):
+    write_job(dirs.jobs, make_job("capped-timeout", "test.sleep", {"seconds": 30}, execution={"timeout_seconds": 600}))
+    cli("--once", "--max-job-timeout", "0.5", *dirs.args(), check=1)
+    result = dirs.result("capped-timeout")
+    assert result["status"] == "timeout"
+    assert result["execution_summary"]["duration_seconds"] < 10
+
+
+def test_sigterm_with_jobs_in_flight_loses_nothing(dirs):
+    for i in range(6):
+        write_job(dirs.jobs, make_job(f"inflight-{i:04d}", "test.sleep", {"seconds": 30}))
+    proc = start_worker(dirs, "--max-concurrent", "2", "--shutdown-timeout", "0.5", "--metrics-enabled", "false")
+    wait_for(lambda: len(dirs.running()) == 2, what="two running jobs")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    waiting = sorted(n for n in os.listdir(dirs.jobs) if n.endswith(".json"))
+    assert waiting == [f"inflight-{i:04d}.json" for i in range(6)]  # every job back in the queue
+    cancelled = [r for r in dirs.all_results().values() if r["status"] == "cancelled"]
+    assert len(cancelled) == 2 and all(r["error"]["code"] == "CANCELLED" for r in cancelled)
+    assert not os.listdir(os.path.join(dirs.jobs, ".processing"))
+
+
+def test_second_signal_exits_at_once(dirs):
+    write_job(dirs.jobs, make_job("hang-second-sig", "test.hang", {"seconds": 60}))
+    proc = start_worker(dirs, "--shutdown-timeout", "60", "--metrics-enabled", "false")
+    wait_for(lambda: dirs.running(), what="job running")
+    proc.send_signal(signal.SIGTERM)
+    for line in proc.stderr:  # the second signal must come after the first was handled
+        if "stopping: waiting up to" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    assert proc.returncode == 130
+    # the claimed job is recovered by the next start (handler had started: attempt exhausted)
+    cli("--once", *dirs.args(), check=1)
+    result = dirs.result("hang-second-sig")
+    assert result["error"]["code"] == "WORKER_CRASHED"
+
+
+def test_two_workers_one_jobs_dir_200_jobs(dirs):
+    for i in range(200):
+        write_job(dirs.jobs, make_job(f"shared-{i:04d}", "test.sleep", {"seconds": 0.005}))
+    procs = [subprocess.Popen(["python3", "-m", "guestkit_worker", "--once", *dirs.args(), "--max-concurrent", "4",
+                               "--worker-id", f"w{n}"], env=__import__("conftest").worker_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(2)]
+    for p in procs:
+        p.communicate(timeout=120)
+        assert p.returncode == 0
+    results = dirs.all_results()
+    assert len(results) == 200
+    assert sorted(dirs.listing("done")) == sorted(f"shared-{i:04d}.json" for i in range(200))
+    by_worker = {}
+    for r in results.values():
+        by_worker[r["worker_id"]] = by_worker.get(r["worker_id"], 0) + 1
+    assert sum(by_worker.values()) == 200
+
+
+def test_recovery_after_sigkill_mid_job(dirs):
+    write_job(dirs.jobs, make_job("crash-retry-001", "test.sleep", {"seconds": 60}, execution={"max_attempts": 2}))
+    write_job(dirs.jobs, make_job("crash-final-001", "test.sleep", {"seconds": 60}))
+    write_job(dirs.jobs, make_job("crash-waiting1", "test.sleep", {"seconds": 0}), "zz-waiting.json")
+    proc = start_worker(dirs, "--max-concurrent", "2", "--metrics-enabled", "false", "--worker-id", "doomed")
+    running = os.path.join(dirs.jobs, ".processing", "doomed")
+    wait_for(lambda: len([n for n in os.listdir(running) if n.endswith(".running")]) == 2 if os.path.isdir(running)
+             else False, what="both jobs running")
+    proc.kill()
+    proc.wait(timeout=10)
+    assert sorted(os.listdir(running)) == ["crash-final-001.json.running", "crash-retry-001.json.running"]
+    # a new worker finds the dead worker's claims (its lock is free) and recovers them;
+    # the recovered attempt keeps its 60 s payload, so cap its timeout to finish quickly
+    cli("--once", "--max-job-timeout", "1", *dirs.args(), check=1)
+    retry = dirs.result("crash-retry-001")
+    final = dirs.result("crash-final-001")
+    assert retry["execution_summary"]["attempt"] == 2  # re-run as attempt 2 after the crash
+    assert retry["status"] == "timeout"
+    assert final["status"] == "failed" and final["error"]["code"] == "WORKER_CRASHED"
+    assert "doomed" in final["error"]["message"]
+    assert dirs.result("crash-waiting1")["status"] == "completed"
+    assert not os.path.exists(running)
+
+
+def test_idempotent_duplicate_not_run_again(dirs):
+    key = {"idempotency_key": "nightly-web-01"}
+    write_job(dirs.jobs, make_job("idem-first-001", data={"n": 1}, execution=key))
+    cli("--once", *dirs.args(), check=0)
+    write_job(dirs.jobs, make_job("idem-second-01", data={"n": 2}, execution=key))
+    proc = cli("--once", *dirs.args(), check=0)
+    second = dirs.result("idem-second-01")
+    assert second["duplicate_of"]["job_id"] == "idem-first-001"
+    assert second["data"] == {"n": 1}  # the earlier result, not a new run
+    assert "already completed by job idem-first-001" in proc.stderr
+    assert dirs.result("idem-first-001")["data"] == {"n": 1}
+
+
+def test_retry_until_success(dirs):
+    write_job(dirs.jobs, make_job("flaky-job-0001", "test.flaky", {"succeed_on": 3}, execution={"max_attempts": 3}))
+    proc = cli("--once", *dirs.args(), check=0)
+    result = dirs.result("flaky-job-0001")
+    assert result["status"] == "completed"
+    assert result["execution_summary"]["attempt"] == 3
+    assert proc.stderr.count("re-queued as attempt") == 2
+
+
+def test_retry_exhausted_fails(dirs):
+    write_job(dirs.jobs, make_job("flaky-job-0002", "test.flaky", {"succeed_on": 9}, execution={"max_attempts": 2}))
+    cli("--once", *dirs.args(), check=1)
+    result = dirs.result("flaky-job-0002")
+    assert (result["status"], result["error"]["code"], result["execution_summary"]["attempt"]) == ("failed", "FLAKY", 2)
+
+
+def test_handler_errors_end_with_clear_results(dirs):
+    write_job(dirs.jobs, make_job("raises-0000001", "test.raise", {"message": "kaput"}))
+    write_job(dirs.jobs, make_job("badresult-00001", "test.badresult"))
+    write_job(dirs.jobs, make_job("after-errors-01"))
+    cli("--once", "--max-concurrent", "1", *dirs.args(), check=1)
+    assert dirs.result("raises-0000001")["error"]["message"] == "RuntimeError: kaput"
+    bad = dirs.result("badresult-00001")
+    assert bad["error"]["code"] == "INVALID_RESULT" and "not JSON serializable" in bad["error"]["message"]
+    assert dirs.result("after-errors-01")["status"] == "completed"
+
+
+def test_hung_handler_gets_timeout_result_and_stays_busy(dirs):
+    write_job(dirs.jobs, make_job("hung-handler-01", "test.hang", {"seconds": 12}, execution={"timeout_seconds": 1}))
+    proc = cli("--once", "--shutdown-timeout", "0", *dirs.args(), check=1, timeout=60)
+    result = dirs.result("hung-handler-01")
+    assert result["status"] == "timeout"
+    assert result["execution_summary"]["duration_seconds"] < 11
+    assert "ignores cancellation" in proc.stderr
+
+
+INVALID = {
+    "bad-json.json": (b"{nope", "INVALID_JOB_FILE", "invalid JSON"),
+    "empty.json": (b"", "INVALID_JOB_FILE", "empty file"),
+    "array.json": (b"[]", "INVALID_JOB_FILE", "must hold a JSON object"),
+    "bom.json": (b"\xef\xbb\xbf" + json.dumps(make_job("bom-job-00001")).encode(), "INVALID_JOB_FILE", "byte order mark"),
+    "version.json": (make_job("bad-version-01", version="9"), "INVALID_JOB", "version: unsupported"),
+    "priority.json": (make_job("bad-priority-1", execution={"priority": 12}), "INVALID_JOB",
+                      "execution.priority: must be 1-10, got 12"),
+    "unknown-op.json": (make_job("unknown-op-001", "guestkit.teleport"), "HANDLER_NOT_FOUND", "guestkit.teleport"),
+    "ptype.json": (make_job("bad-ptype-0001", payload_type="system.other.v1"), "PAYLOAD_TYPE_MISMATCH", "system.other.v1"),
+    "caps.json": (make_job("bad-caps-00001", constraints={"required_capabilities": ["gpu.render"]}),
+                  "CAPABILITY_MISMATCH", "gpu.render"),
+    "expired.json": (make_job("expired-job-01", execution={"deadline": "2020-01-01T00:00:00Z"}),
+                     "DEADLINE_EXCEEDED", "has passed"),
+    "traversal.json": (make_job("../../etc/passwd"), "INVALID_JOB", "job_id: may only contain"),
+    "extra.json": (make_job("extra-field-01", sneaky=True), "INVALID_JOB", "sneaky: unknown top-level field"),
+}
+
+
+def test_invalid_documents_rejected_and_worker_continues(dirs):
+    for name, (doc, _, _) in INVALID.items():
+        write_job(dirs.jobs, doc, name)
+    write_job(dirs.jobs, make_job("good-after-bad"), "zz-good.json")
+    cli("--once", *dirs.args(), check=1)
+    for name, (doc, code, text) in INVALID.items():
+        reason = dirs.reason(name)
+        assert reason["error"]["code"] == code, name
+        assert text in reason["error"]["message"], name
+    # a result file too, wherever the job id was usable
+    assert dirs.result("bad-priority-1")["error"]["message"] == "execution.priority: must be 1-10, got 12"
+    assert not os.path.exists(os.path.join(dirs.base, "etc"))
+    assert dirs.result("good-after-bad")["status"] == "completed"
+    assert sorted(n for n in dirs.listing("failed") if not n.endswith(".reason.json")) == sorted(INVALID)
+
+
+def test_job_for_other_pool_left_untouched(dirs):
+    doc = make_job("other-pool-001", routing={"worker_pool": "gpu"})
+    path = write_job(dirs.jobs, doc)
+    before = os.stat(path)
+    cli("--once", *dirs.args(), check=0)
+    after = os.stat(path)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert json.load(open(path)) == doc
+    cli("--once", "--pool", "gpu", *dirs.args(), check=0)
+    assert dirs.result("other-pool-001")["status"] == "completed"
+
+
+def test_validate_and_submit(dirs, tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(make_job("submit-me-0001")))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(make_job("bad-one-00001", execution={"priority": 0})))
+    proc = cli("validate", str(good), str(bad), check=1)
+    assert f"{bad}: execution.priority: must be 1-10, got 0" in proc.stdout
+    assert f"{good}: ok (submit-me-0001, system.echo)" in proc.stdout
+    proc = cli("submit", str(good), "--jobs-dir", dirs.jobs, check=0)
+    placed = os.path.join(dirs.jobs, "submit-me-0001.json")
+    assert proc.stdout.strip() == placed
+    assert json.load(open(placed))["job_id"] == "submit-me-0001"
+    assert cli("submit", str(good), "--jobs-dir", dirs.jobs).returncode == 1  # already waiting
+    assert cli("submit", str(bad), "--jobs-dir", dirs.jobs).returncode == 1
+    assert not [n for n in os.listdir(dirs.jobs) if n.startswith(".") and n.endswith(".tmp")]
+
+
+def test_usage_errors_exit_2(dirs):
+    assert cli("--max-concurrent", "0", *dirs.args()).returncode == 2
+    assert cli("--textfile-dir", dirs.base, *dirs.args()).returncode == 2  # needs --once
+    env = __import__("conftest").worker_env(GUESTKIT_WORKER_MAX_CONCURRENT="many")
+    proc = cli("--once", *dirs.args(), env=env)
+    assert proc.returncode == 2 and "GUESTKIT_WORKER_MAX_CONCURRENT" in proc.stderr
+
+
+def test_environment_variables_configure(dirs):
+    write_job(dirs.jobs, make_job("env-config-001"))
+    env = __import__("conftest").worker_env(GUESTKIT_WORKER_JOBS_DIR=dirs.jobs, GUESTKIT_WORKER_RESULTS_DIR=dirs.results,
+                                            GUESTKIT_WORKER_WORK_DIR=dirs.work, GUESTKIT_WORKER_ONCE="true",
+                                            GUESTKIT_WORKER_WORKER_ID="from-env-1")
+    cli(env=env, check=0)
+    assert dirs.result("env-config-001")["worker_id"] == "from-env-1"
+
+
+def test_list_operations_shows_engines():
+    proc = cli("list-operations", check=0)
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
+    assert lines["system.echo"].split()[1] == "available"
+    assert {"guestkit.inspect", "guestkit.convert", "test.sleep"} <= set(lines)
