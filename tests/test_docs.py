@@ -1,0 +1,101 @@
+"""The man page, the wheel's data files and the README cannot drift from the code."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import ROOT, require_tool
+from guestkit_worker.cli import RUN_OPTIONS
+
+pytestmark = pytest.mark.timeout(300)
+MAN = os.path.join(ROOT, "man", "guestkit-worker.1")
+README = os.path.join(ROOT, "README.md")
+SECTIONS = ("JOB FILES", "METRICS", "HTTP ENDPOINTS", "SIGNALS", "ENVIRONMENT", "FILES", "EXIT STATUS",
+            "EXAMPLES", "SEE ALSO")
+
+
+def test_committed_man_page_matches_parser():
+    env = dict(os.environ, SOURCE_DATE_EPOCH="1793491200")
+    page = subprocess.run([sys.executable, os.path.join(ROOT, "man", "build"), "--stdout"], env=env,
+                          capture_output=True, text=True, check=True).stdout
+    with open(MAN) as fh:
+        committed = fh.read()
+    assert page == committed, "man/guestkit-worker.1 is stale: run man/build and commit it"
+
+
+def test_man_page_renders_without_warnings():
+    groff = require_tool("groff")
+    proc = subprocess.run([groff, "-man", "-Tutf8", "-ww", MAN], capture_output=True, text=True,
+                          env=dict(os.environ, LC_ALL="C.UTF-8"))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    text = re.sub(r".\x08", "", proc.stdout)
+    for section in SECTIONS:
+        assert re.search(rf"^{section}$", text, re.M), section
+    for flags, dest, *_ in RUN_OPTIONS:
+        assert flags[0] in text, flags[0]
+    assert "guestkit_worker_jobs_total{operation,status}" in text
+
+
+def test_man_l_renders(tmp_path):
+    man = require_tool("man")
+    proc = subprocess.run([man, "-l", MAN], capture_output=True, text=True,
+                          env=dict(os.environ, MANPAGER="cat", MANWIDTH="80", LC_ALL="C.UTF-8"))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert re.search(r"guestkit-worker\s+-\s+run guestkit VM disk-image jobs", proc.stdout)
+
+
+def test_wheel_installs_man_page(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                           "-w", str(tmp_path), ROOT], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    wheel = [p for p in os.listdir(tmp_path) if p.endswith(".whl")][0]
+    names = zipfile.ZipFile(tmp_path / wheel).namelist()
+    page = [n for n in names if n.endswith("data/share/man/man1/guestkit-worker.1")]
+    assert page, names
+    assert zipfile.ZipFile(tmp_path / wheel).read(page[0]).decode() == open(MAN).read()
+    assert "guestkit_worker/engines/guestfs_probe.py" in names
+
+
+def test_readme_lists_every_option():
+    text = open(README).read()
+    for flags, dest, *_ in RUN_OPTIONS:
+        env = "GUESTKIT_WORKER_" + dest.upper()
+        assert re.search(rf"^\| `{flags[0]}[^\n]*?\| `{env}`", text, re.M), flags[0]
+
+
+def runnable_blocks():
+    text = open(README).read()
+    return re.findall(r"<!-- runnable -->\n```sh\n(.*?)```", text, re.S)
+
+
+def test_readme_runnable_commands(tmp_path):
+    """Run the README's runnable blocks in a copy of the repository, in a fresh virtualenv."""
+    blocks = runnable_blocks()
+    assert blocks, "README has no runnable block"
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout")
+    repo = tmp_path / "repo"
+    for f in files:
+        src = os.path.join(ROOT, f)
+        if os.path.isfile(src):
+            os.makedirs(repo / os.path.dirname(f), exist_ok=True)
+            shutil.copy2(src, repo / f)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    env = dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", VIRTUAL_ENV=str(venv))
+    env.pop("PYTHONPATH", None)
+    for block in blocks:
+        proc = subprocess.run(["sh", "-ec", block], cwd=repo, env=env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the quick-start ran the bundled examples: their results are there and completed
+    results = sorted(os.listdir(repo / "demo" / "results"))
+    assert [r for r in results if r.endswith("-result.json")] == [
+        "example-hello-0001-result.json", "example-idempotent-0002-result.json", "example-routed-0003-result.json"]
+    assert '"status": "completed"' in proc.stdout
+    assert os.path.exists(venv / "share" / "man" / "man1" / "guestkit-worker.1")
