@@ -205,7 +205,7 @@ def _check_file(path, registry):
     except OSError as exc:
         return [f"cannot read: {exc.strerror}"], None
     except JobValidationError as exc:
-        return [str(exc)], None
+        return [str(p) for p in getattr(exc, "problems", [exc])], None
     problems = []
     handler = registry.get(job.operation)
     if handler is None:

@@ -193,28 +193,26 @@ def _string_list(value, where):
     return value
 
 
-def validate_document(doc):
-    """Validate a decoded job document; return a :class:`Job`."""
-    _want(doc, "object", "document")
-    unknown = sorted(set(doc) - TOP_LEVEL_FIELDS)
-    if unknown:
-        raise JobValidationError(unknown[0], "unknown top-level field")
-    for key in REQUIRED_FIELDS:
-        if key not in doc:
-            raise JobValidationError(key, "required field is missing")
-    job_id = check_job_id(doc["job_id"])
-    if "$schema" in doc:
-        _want(doc["$schema"], "string", "$schema")
+def _check_version(doc):
     version = _want(doc["version"], "string", "version")
     if version != PROTOCOL_VERSION:
         raise JobValidationError("version", f"unsupported protocol version {_short(version)}, expected \"1.0\"")
+
+
+def _check_kind(doc):
     kind = _want(doc["kind"], "string", "kind")
     if kind != "VMOperation":
         raise JobValidationError("kind", f"must be 'VMOperation', got {_short(kind)}")
-    created_at = parse_timestamp(doc["created_at"], "created_at")
+
+
+def _check_operation(doc):
     operation = _want(doc["operation"], "string", "operation")
     if not OPERATION_RE.fullmatch(operation) or len(operation) > 128:
         raise JobValidationError("operation", f"must be namespaced like 'guestkit.inspect', got {_short(operation)}")
+    return operation
+
+
+def _check_payload(doc):
     payload = _want(doc["payload"], "object", "payload")
     for key in ("type", "data"):
         if key not in payload:
@@ -223,7 +221,10 @@ def validate_document(doc):
     if not PAYLOAD_TYPE_RE.fullmatch(ptype):
         raise JobValidationError("payload.type", "must be namespaced with a version suffix like "
                                                  f"'guestkit.inspect.v1', got {_short(ptype)}")
-    execution = _validate_execution(doc.get("execution"))
+    return ptype
+
+
+def _check_metadata(doc):
     metadata = _optional_object(doc, "metadata")
     for key in ("name", "namespace"):
         if metadata.get(key) is not None:
@@ -232,24 +233,79 @@ def validate_document(doc):
         if metadata.get(key) is not None:
             for k, v in _want(metadata[key], "object", f"metadata.{key}").items():
                 _want(v, "string", f"metadata.{key}.{k}")
+    return metadata
+
+
+def _check_constraints(doc):
     constraints = _optional_object(doc, "constraints")
     for key in ("required_capabilities", "required_features", "allowed_worker_pools"):
         if constraints.get(key) is not None:
             _string_list(constraints[key], f"constraints.{key}")
+    return constraints
+
+
+def _check_routing(doc):
     routing = _optional_object(doc, "routing")
     for key in ("worker_id", "worker_pool"):
         if routing.get(key) is not None:
             _want(routing[key], "string", f"routing.{key}")
+    return routing
+
+
+def _check_observability(doc):
     observability = doc.get("observability")
     if observability is not None:
         for k, v in _want(observability, "object", "observability").items():
             if v is not None:
                 _want(v, "string", f"observability.{k}")
+    return observability
+
+
+def _check_audit(doc):
     if doc.get("audit") is not None:
         _want(doc["audit"], "object", "audit")
-    return Job(job_id=job_id, operation=operation, payload_type=ptype, data=payload["data"],
-               created_at=created_at, execution=execution, doc=doc, metadata=metadata,
-               constraints=constraints, routing=routing, observability=observability)
+
+
+def validate_document(doc):
+    """Validate a decoded job document; return a :class:`Job`.
+
+    Every field is checked; the JobValidationError raised names the first problem and
+    carries all of them in ``.problems`` (``guestkit-worker validate`` prints each).
+    """
+    _want(doc, "object", "document")
+    problems = [JobValidationError(k, "unknown top-level field") for k in sorted(set(doc) - TOP_LEVEL_FIELDS)]
+    problems += [JobValidationError(k, "required field is missing") for k in REQUIRED_FIELDS if k not in doc]
+    runners = {
+        "job_id": lambda: check_job_id(doc["job_id"]),
+        "$schema": lambda: _want(doc["$schema"], "string", "$schema"),
+        "version": lambda: _check_version(doc),
+        "kind": lambda: _check_kind(doc),
+        "created_at": lambda: parse_timestamp(doc["created_at"], "created_at"),
+        "operation": lambda: _check_operation(doc),
+        "payload": lambda: _check_payload(doc),
+        "execution": lambda: _validate_execution(doc.get("execution")),
+        "metadata": lambda: _check_metadata(doc),
+        "constraints": lambda: _check_constraints(doc),
+        "routing": lambda: _check_routing(doc),
+        "observability": lambda: _check_observability(doc),
+        "audit": lambda: _check_audit(doc),
+    }
+    values = {}
+    for key, run in runners.items():
+        if key not in doc and key in REQUIRED_FIELDS + ("$schema",):
+            continue
+        try:
+            values[key] = run()
+        except JobValidationError as exc:
+            problems.append(exc)
+    if problems:
+        first = problems[0]
+        first.problems = problems
+        raise first
+    return Job(job_id=values["job_id"], operation=values["operation"], payload_type=values["payload"],
+               data=doc["payload"]["data"], created_at=values["created_at"], execution=values["execution"],
+               doc=doc, metadata=values["metadata"], constraints=values["constraints"],
+               routing=values["routing"], observability=values["observability"])
 
 
 def peek_job_id(doc):

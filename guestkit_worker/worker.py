@@ -363,6 +363,8 @@ class Worker:
                  "retry_recommended": False}
         if getattr(err, "field", None):
             error["details"] = {"field": err.field}
+            if len(getattr(err, "problems", ())) > 1:
+                error["details"]["problems"] = [str(p) for p in err.problems]
         result = self._result_doc(run, "failed", error=error) if (job_id and write_result) else None
         reason = {"job_file": claim.name, "job_id": job_id, "status": "rejected", "worker_id": self.cfg.worker_id,
                   "at": iso(utcnow()), "error": error}

@@ -260,6 +260,14 @@ def test_validate_and_submit(dirs, tmp_path):
     proc = cli("validate", str(good), str(bad), check=1)
     assert f"{bad}: execution.priority: must be 1-10, got 0" in proc.stdout
     assert f"{good}: ok (submit-me-0001, system.echo)" in proc.stdout
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps(make_job("a/b", kind="Pod", execution={"priority": 11}, extra=1)))
+    proc = cli("validate", str(many), check=1)
+    assert proc.stdout.splitlines() == [
+        f"{many}: extra: unknown top-level field",
+        f"{many}: job_id: must be at least 8 characters, got 3",
+        f"{many}: kind: must be 'VMOperation', got \"Pod\"",
+        f"{many}: execution.priority: must be 1-10, got 11"]
     proc = cli("submit", str(good), "--jobs-dir", dirs.jobs, check=0)
     placed = os.path.join(dirs.jobs, "submit-me-0001.json")
     assert proc.stdout.strip() == placed
