@@ -16,14 +16,18 @@ system block and the mountpoints are always reported.
 Output: ``{"probe_version": 1, "engine": {...}, "operating_system": {...}, ...}``; an
 expected failure prints ``{"error": {"code": ..., "message": ...}}`` instead (exit status 0 in
 both cases).  Progress goes to stderr as ``@progress {"phase": ..., "percent": ..., "message": ...}``
-lines; anything else on stderr is libguestfs chatter (set LIBGUESTFS_DEBUG=1 for a lot of it).
+lines, and ``@sockdir PATH`` names the socket directory libguestfs made outside TMPDIR (the
+worker removes it should it have to kill the probe); anything else on stderr is libguestfs chatter (set LIBGUESTFS_DEBUG=1 for a lot of it).
 """
 
 import argparse
 import json
+import os
 import posixpath
 import re
 import sys
+import threading
+import time
 
 PROBE_VERSION = 1
 ALL_SECTIONS = ("packages", "services", "users", "network", "security", "storage", "databases")
@@ -44,6 +48,36 @@ def progress(phase, percent=None, message=""):
         event["percent"] = round(float(percent), 1)
     sys.stderr.write("@progress " + json.dumps(event) + "\n")
     sys.stderr.flush()
+
+
+def report_sockdir(timeout=120.0, poll=0.05):
+    """Print ``@sockdir DIR`` once qemu (our child) shows its guestfsd socket directory.
+
+    For root, libguestfs makes its socket directory in /tmp whatever TMPDIR says, and leaves it
+    behind when it is killed; the worker removes what this line names.
+    """
+    me = str(os.getpid())
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % pid, "rb") as fh:
+                    stat = fh.read()
+                if stat[stat.rfind(b")") + 2:].split()[1].decode() != me:
+                    continue
+                with open("/proc/%s/cmdline" % pid, "rb") as fh:
+                    args = fh.read().split(b"\0")
+            except (OSError, IndexError):
+                continue
+            for arg in args:
+                m = re.search(rb"path=([^,]+)/guestfsd\.sock", arg)
+                if m:
+                    sys.stderr.write("@sockdir %s\n" % m.group(1).decode("utf-8", "replace"))
+                    sys.stderr.flush()
+                    return
+        time.sleep(poll)
 
 
 def known(value):
@@ -368,6 +402,8 @@ def inspect(image, fmt, sections, deep):
             v["major"], v["minor"], v["release"], v.get("extra", "")),
             "backend": g.get_backend()}
         g.add_drive_opts(image, format=fmt, readonly=True)
+        watcher = threading.Thread(target=report_sockdir, name="sockdir", daemon=True)
+        watcher.start()
         progress("launch", 0, "launching the libguestfs appliance")
         try:
             g.launch()

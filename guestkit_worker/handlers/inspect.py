@@ -1,9 +1,380 @@
-"""Placeholder: replaced by the real handler."""
+"""guestkit.inspect: what operating system, packages, users and services a disk image holds.
 
-from .base import Handler
+Payload (``guestkit.inspect.v1``)::
+
+    image:   {path, format, checksum?, read_only?}   format is required: raw, qcow2, vmdk,
+                                                    vdi, vhdx or vpc (a raw image is never probed)
+    options: {include_packages, include_services, include_users, include_network,
+              include_security, include_storage, include_databases, deep_scan}
+    output:  {format: json, destination?, overwrite?}
+
+Options: when the ``options`` object is absent every section is reported; when it is given,
+only the sections whose ``include_*`` flag is true (the protocol's default for each flag is
+false).  The operating-system block and the mountpoints are always reported.
+``include_storage`` adds filesystems (device, type, UUID, label), block devices, partitions
+and LVM volumes; ``deep_scan`` adds package summaries, kernels found in /boot and counts of
+SSH authorized keys per login account.  ``read_only`` is accepted, but the image is always
+opened read-only.
+
+Steps, each reported as a progress phase: ``validation`` (paths, --allow-path, engine),
+``checksum`` (SHA-256 when ``image.checksum`` is given; a mismatch fails with
+CHECKSUM_MISMATCH before any appliance starts), ``launch`` and ``inspection`` (one libguestfs
+appliance run by :mod:`guestkit_worker.engines.guestfs_probe` in a child process through
+``context.run``, so timeouts and shutdown kill it together with its qemu), ``export`` (the full
+report written atomically to ``output.destination`` or ``<work-dir>/<job_id>-inspection.json``).
+The job result's ``data`` is a summary: the OS block, counts and at most SAMPLE_LIMIT entries
+per list; ``HandlerResult.output`` names the full report.
+
+Environment:
+
+* ``GUESTKIT_WORKER_GUESTFS_PYTHON`` -- interpreter that has the ``guestfs`` binding
+  (default ``/usr/bin/python3``; Debian package python3-guestfs).
+* The worker's environment is passed to the probe, so the libguestfs knobs apply:
+  ``LIBGUESTFS_BACKEND=direct`` and ``LIBGUESTFS_BACKEND_SETTINGS=force_tcg`` on machines
+  where nested KVM is broken (an appliance launch then takes 12-25 s), ``LIBGUESTFS_DEBUG=1``
+  to log the appliance's chatter at debug level.
+* Each job gets its own TMPDIR under the work dir (libguestfs puts the read-only overlay
+  there); it is removed, with the appliance's socket directory, even after a kill.  The appliance cache stays in
+  ``LIBGUESTFS_CACHEDIR`` (default: the inherited TMPDIR or /var/tmp).
+
+Disk I/O accounting: only the checksum pass is counted as disk reads; reads made by qemu
+inside the appliance are not measured.
+"""
+
+import collections
+import glob
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+
+from ..checksum import parse_checksum, verify_sha256
+from ..engines import probe_script
+from ..engines.images import (check_destination, fsync_path, image_size, publish, remove_quietly,
+                              require_bool, require_dict, require_format, require_image_file, temp_name)
+from ..errors import EngineUnavailable, HandlerError, JobValidationError
+from .base import Handler, HandlerResult
+
+log = logging.getLogger(__name__)
+
+SECTIONS = ("packages", "services", "users", "network", "security", "storage", "databases")
+OPTION_FLAGS = {f"include_{s}": s for s in SECTIONS}
+SAMPLE_LIMIT = 25
+DEFAULT_GUESTFS_PYTHON = "/usr/bin/python3"
+ENGINE_CACHE_SECONDS_NEGATIVE = 300.0
+INSTALL_HINT = ("install the Debian packages python3-guestfs and libguestfs-tools "
+                "(and a kernel for the appliance: linux-image-amd64)")
+
+# the socket directory libguestfs makes outside TMPDIR (in /tmp or $XDG_RUNTIME_DIR)
+SOCKDIR_RE = re.compile(r"/[^\0]*/libguestfs[A-Za-z0-9]{6}")
+
+_engine_cache = {}
+_engine_lock = threading.Lock()
+
+
+def guestfs_python():
+    """The interpreter that runs the probe (must be able to import guestfs)."""
+    return os.environ.get("GUESTKIT_WORKER_GUESTFS_PYTHON") or DEFAULT_GUESTFS_PYTHON
+
+
+def _probe_engine(python):
+    """(ok, detail): can python import guestfs, and is there a kernel for the appliance?"""
+    code = ("import guestfs; v = guestfs.GuestFS(python_return_dict=True).version(); "
+            "print('%d.%d.%d' % (v['major'], v['minor'], v['release']))")
+    try:
+        proc = subprocess.run([python, "-c", code], stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=30, text=True)
+    except FileNotFoundError:
+        return False, f"{python} not found; {INSTALL_HINT}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"cannot run {python}: {exc}; {INSTALL_HINT}"
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return False, f"{python} cannot import guestfs ({last}); {INSTALL_HINT}"
+    version = proc.stdout.strip()
+    if not (os.environ.get("SUPERMIN_KERNEL") or os.environ.get("LIBGUESTFS_PATH")):
+        kernels = [k for k in glob.glob("/boot/vmlinuz-*") if os.access(k, os.R_OK)]
+        if not kernels:
+            return False, (f"libguestfs {version} found, but no readable kernel in /boot for its "
+                           "appliance; install linux-image-amd64 (or set SUPERMIN_KERNEL)")
+    return True, f"libguestfs {version} via {python}"
+
+
+def engine_status():
+    """Cached (available, detail) for libguestfs; never launches an appliance."""
+    python = guestfs_python()
+    now = time.monotonic()
+    with _engine_lock:
+        cached = _engine_cache.get(python)
+        if cached and (cached[0] or now - cached[2] < ENGINE_CACHE_SECONDS_NEGATIVE):
+            return cached[0], cached[1]
+    ok, detail = _probe_engine(python)
+    with _engine_lock:
+        _engine_cache[python] = (ok, detail, now)
+    log.info("libguestfs engine: %s", detail)
+    return ok, detail
+
+
+def effective_sections(options):
+    """The set of report sections for the payload's options (see the module docstring)."""
+    if options is None:
+        return set(SECTIONS)
+    return {section for flag, section in OPTION_FLAGS.items() if options.get(flag) is True}
+
+
+def _sample(items, limit=SAMPLE_LIMIT):
+    items = list(items or [])
+    return items[:limit], len(items) > limit
+
+
+def summarize(report):
+    """The job result's data: OS block, counts, and at most SAMPLE_LIMIT entries per list."""
+    out = {key: report[key] for key in ("image", "engine", "sections", "operating_system",
+                                        "mountpoints", "report_path") if key in report}
+    if "packages" in report:
+        pk = report["packages"]
+        sample, more = _sample(pk.get("packages"))
+        out["packages"] = {"count": pk.get("count", 0), "manager": pk.get("manager"),
+                           "sample": [{k: p.get(k) for k in ("name", "version", "release", "arch")}
+                                      for p in sample], "truncated": more}
+    if "users" in report:
+        us = report["users"]
+        accounts = us.get("accounts", [])
+        sample, more = _sample(accounts)
+        out["users"] = {"count": us.get("count", 0), "login_count": us.get("login_count", 0),
+                        "login_users": [a["name"] for a in accounts if a.get("login")][:SAMPLE_LIMIT],
+                        "accounts": [{k: a.get(k) for k in ("name", "uid", "home", "shell", "login", "system")}
+                                     for a in sample], "truncated": more}
+    if "services" in report:
+        sv = report["services"]
+        sample, more = _sample(u["name"] for u in sv.get("enabled", []))
+        out["services"] = {"count": sv.get("count", 0), "manager": sv.get("manager"),
+                           "enabled": sample, "truncated": more}
+    if "network" in report:
+        nw = report["network"]
+        out["network"] = {"hostname": nw.get("hostname"),
+                          "dns_servers": _sample(nw.get("dns_servers"))[0],
+                          "interfaces": _sample(nw.get("interfaces"))[0]}
+    if "security" in report:
+        out["security"] = report["security"]
+    if "filesystems" in report:
+        sample, more = _sample(report["filesystems"])
+        out["filesystems"] = {"count": len(report["filesystems"]), "sample": sample, "truncated": more}
+    if "databases" in report:
+        out["databases"] = report["databases"]
+    warnings = report.get("warnings") or []
+    out["warnings"] = {"count": len(warnings), "sample": warnings[:5]}
+    return out
 
 
 class InspectHandler(Handler):
+    """Inspects a disk image with libguestfs (see the module docstring)."""
+
     name = "guestkit.inspect"
     operations = ("guestkit.inspect",)
     payload_types = ("guestkit.inspect.v1",)
+
+    def __init__(self):
+        self._leftovers = {}  # job_id -> [paths to remove in cleanup]
+        self._lock = threading.Lock()
+
+    def engine_status(self):
+        return engine_status()
+
+    # -- validation ---------------------------------------------------------------------
+    def validate(self, data):
+        data = require_dict(data, "payload.data")
+        image = require_dict(data.get("image"), "payload.data.image")
+        require_format(image.get("format"), "payload.data.image.format")
+        if image.get("checksum") is not None:
+            parse_checksum(image["checksum"], "payload.data.image.checksum")
+        require_bool(image.get("read_only"), "payload.data.image.read_only", True)
+        options = require_dict(data.get("options"), "payload.data.options", required=False)
+        if options is not None:
+            for key in list(OPTION_FLAGS) + ["deep_scan"]:
+                require_bool(options.get(key), f"payload.data.options.{key}", False)
+        output = require_dict(data.get("output"), "payload.data.output", required=False)
+        if output is not None:
+            fmt = output.get("format")
+            if fmt is not None and fmt != "json":
+                raise JobValidationError("payload.data.output.format", f"only 'json' is supported, got {fmt!r}")
+            if output.get("compression") not in (None, False, "none"):
+                raise JobValidationError("payload.data.output.compression", "compression is not supported")
+            dest = output.get("destination")
+            if dest is not None and (not isinstance(dest, str) or not dest.strip()):
+                raise JobValidationError("payload.data.output.destination", "must be a non-empty path")
+            require_bool(output.get("overwrite"), "payload.data.output.overwrite", False)
+        require_image_file(image.get("path"), "payload.data.image.path")
+
+    # -- execution ----------------------------------------------------------------------
+    def execute(self, context, data):
+        self.validate(data)
+        job_id = context.job_id
+        image = data["image"]
+        fmt = require_format(image.get("format"), "payload.data.image.format")
+        options = data.get("options")
+        sections = effective_sections(options)
+        deep = bool(options and options.get("deep_scan"))
+        output = data.get("output") or {}
+        overwrite = bool(output.get("overwrite"))
+
+        context.progress("validation", 0, "checking paths and engine")
+        path = context.check_path(image["path"], "payload.data.image.path")
+        require_image_file(path, "payload.data.image.path")
+        if output.get("destination"):
+            dest = context.check_path(output["destination"], "payload.data.output.destination",
+                                      for_output=True)
+        else:
+            dest = os.path.join(os.path.realpath(context.work_dir), f"{job_id}-inspection.json")
+        check_destination(dest, "payload.data.output.destination", overwrite)
+        ok, detail = self.engine_status()
+        if not ok:
+            log.error("job %s: libguestfs unavailable: %s", job_id, detail)
+            raise EngineUnavailable(f"guestkit.inspect needs libguestfs: {detail}")
+        size = image_size(path)
+        context.progress("validation", 100, f"{path} ({fmt}, {size} bytes)")
+
+        checksum_state = "skipped"
+        if image.get("checksum"):
+            context.progress("checksum", 0, f"verifying sha256 of {path}")
+            verify_sha256(path, image["checksum"], context)
+            checksum_state = "verified"
+            context.progress("checksum", 100, "checksum verified")
+        else:
+            context.record_checksum_verification("skipped")
+            log.info("job %s: no checksum given for %s, verification skipped", job_id, path)
+
+        started = time.monotonic()
+        doc = self._run_probe(context, path, fmt, sections, deep)
+        elapsed = time.monotonic() - started
+
+        context.progress("export", 0, f"writing {dest}")
+        report = {
+            "schema": "guestkit.inspect.report.v1",
+            "job_id": job_id,
+            "generated_at": datetime.now(timezone.utc).isoformat(),
+            "image": {"path": path, "format": fmt, "size_bytes": size, "checksum": checksum_state},
+            "engine": dict(doc.get("engine") or {}, inspection_seconds=round(elapsed, 2)),
+            "sections": sorted(sections),
+            "deep_scan": deep,
+            "report_path": dest,
+        }
+        for key, value in doc.items():
+            if key not in ("engine", "probe_version"):
+                report[key] = value
+        if options is not None:
+            ignored = sorted(set(options) - set(OPTION_FLAGS) - {"deep_scan"})
+            if ignored:
+                report["ignored_options"] = ignored
+        self._write_report(context, dest, report, overwrite)
+        context.progress("export", 100, f"report written to {dest}")
+        return HandlerResult(data=summarize(report), output=dest)
+
+    def _run_probe(self, context, path, fmt, sections, deep):
+        """Launch the appliance once (child process through the context); return the JSON doc."""
+        job_id = context.job_id
+        tmpdir = tempfile.mkdtemp(prefix=f".{job_id}.guestfs-", dir=context.work_dir)
+        self._remember(job_id, tmpdir)
+        env = dict(os.environ)
+        env.setdefault("LIBGUESTFS_CACHEDIR", os.environ.get("TMPDIR") or "/var/tmp")
+        env["TMPDIR"] = tmpdir
+        argv = [guestfs_python(), probe_script(), "--image", path, "--format", fmt,
+                "--sections", ",".join(s for s in SECTIONS if s in sections)]
+        if deep:
+            argv.append("--deep-scan")
+        tail = collections.deque(maxlen=40)
+
+        def on_stderr(line):
+            if line.startswith("@sockdir "):
+                sockdir = line[len("@sockdir "):].strip()
+                if SOCKDIR_RE.fullmatch(sockdir) and os.path.dirname(sockdir) in (
+                        "/tmp", os.environ.get("XDG_RUNTIME_DIR")):
+                    self._remember(job_id, sockdir)
+                return
+            if line.startswith("@progress "):
+                try:
+                    ev = json.loads(line[len("@progress "):])
+                    context.progress(ev.get("phase", "inspection"), ev.get("percent"), ev.get("message", ""))
+                    return
+                except ValueError:
+                    pass
+            tail.append(line)
+            log.debug("job %s: libguestfs: %s", job_id, line)
+
+        log.info("job %s: inspecting %s (%s) with sections %s", job_id, path, fmt, ",".join(sorted(sections)))
+        try:
+            proc = context.run(argv, env=env, on_stderr_line=on_stderr)
+        finally:
+            self._remove_tree(job_id, tmpdir)
+            for sockdir in self._forget(job_id, SOCKDIR_RE):
+                self._remove_tree(job_id, sockdir)
+        try:
+            doc = json.loads(proc.stdout.decode("utf-8", "replace"))
+        except ValueError:
+            doc = None
+        if proc.returncode != 0 or not isinstance(doc, dict):
+            msg = "; ".join(list(tail)[-5:]) or "no diagnostics"
+            log.error("job %s: probe exited with status %s: %s", job_id, proc.returncode, msg)
+            raise HandlerError("INSPECTION_FAILED",
+                               f"libguestfs probe exited with status {proc.returncode}: {msg}",
+                               phase="inspection")
+        err = doc.get("error")
+        if err:
+            code, message = err.get("code", "INSPECTION_FAILED"), err.get("message", "inspection failed")
+            log.error("job %s: inspection of %s failed: %s %s", job_id, path, code, message)
+            if code == "ENGINE_UNAVAILABLE":
+                raise EngineUnavailable(f"{message}; {INSTALL_HINT}")
+            if code == "ENGINE_LAUNCH_FAILED":
+                message = (f"libguestfs could not open {path} as {fmt} (is image.format right?): "
+                           f"{message}")
+            raise HandlerError(code, message, phase="inspection",
+                               details={k: v for k, v in err.items() if k not in ("code", "message")} or None)
+        return doc
+
+    def _write_report(self, context, dest, report, overwrite):
+        tmp = temp_name(dest, context.job_id)
+        self._remember(context.job_id, tmp)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(report, fh, indent=2, sort_keys=True)
+                fh.write("\n")
+            fsync_path(tmp)
+            publish(tmp, dest, overwrite, context.job_id)
+        except OSError as exc:
+            raise HandlerError("OUTPUT_WRITE_FAILED", f"cannot write {dest}: {exc}", phase="export") from exc
+        finally:
+            remove_quietly(tmp)
+
+    # -- cleanup ------------------------------------------------------------------------
+    def _remember(self, job_id, path):
+        with self._lock:
+            self._leftovers.setdefault(job_id, []).append(path)
+
+    def _forget(self, job_id, pattern):
+        with self._lock:
+            return [p for p in self._leftovers.get(job_id, []) if pattern.fullmatch(p)]
+
+    def _remove_tree(self, job_id, path):
+        shutil.rmtree(path, ignore_errors=True)
+        with self._lock:
+            paths = self._leftovers.get(job_id, [])
+            if path in paths:
+                paths.remove(path)
+
+    def cleanup(self, context):
+        with self._lock:
+            paths = self._leftovers.pop(context.job_id, [])
+        for path in paths:
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    remove_quietly(path, context.job_id)
+            except Exception as exc:  # cleanup must not raise
+                log.warning("job %s: cleanup of %s failed: %s", context.job_id, path, exc)

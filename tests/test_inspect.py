@@ -1,0 +1,354 @@
+"""Tests of the guestkit.inspect handler.
+
+Three tests launch a real libguestfs appliance (raw with checksum, qcow2 from the basic example
+job, and a 2 s timeout); everything else runs without an appliance.
+"""
+
+import copy
+import glob
+import json
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from diskimage import EXPECTED, require_tool
+from fixtures_disk import debian_image, guestfs_env, make_context  # noqa: F401 (fixtures)
+from guestkit_worker.checksum import sha256_file
+from guestkit_worker.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
+from guestkit_worker.handlers import inspect as inspect_mod
+from guestkit_worker.handlers.inspect import InspectHandler, effective_sections, summarize
+
+pytestmark = pytest.mark.timeout(300)
+
+EXAMPLES = os.environ.get("GUESTKIT_EXAMPLES_DIR", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "examples", "worker-jobs"))
+
+
+def example(name):
+    path = os.path.join(EXAMPLES, name)
+    if not os.path.exists(path):
+        pytest.skip(f"example job {path} not present")
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def sha256_of(path):
+    return sha256_file(path)
+
+
+def record_runs(ctx):
+    """Wrap ctx.run so the test can tell whether a child process (the probe) was started."""
+    calls = []
+    orig = ctx.run
+
+    def run(argv, **kw):
+        calls.append(list(argv))
+        return orig(argv, **kw)
+
+    ctx.run = run
+    return calls
+
+
+def job_processes(*needles):
+    """(pid, cmdline) of live processes whose command line contains any needle."""
+    found = []
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode("utf-8", "replace")
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                st = fh.read()
+        except OSError:
+            continue
+        if st[st.rfind(b")") + 2:st.rfind(b")") + 3] in (b"Z", b"X"):
+            continue
+        if any(n in cmd for n in needles):
+            found.append((int(name), cmd))
+    return found
+
+
+def fake_guestfs_python(tmp_path, probe_output, rc=0):
+    """A stand-in 'python' that claims to have guestfs and prints probe_output as the probe."""
+    script = tmp_path / "fake-python"
+    script.write_text("#!/bin/sh\nif [ \"$1\" = \"-c\" ]; then echo 1.48.6; exit 0; fi\n"
+                      f"cat <<'EOF'\n{probe_output}\nEOF\nexit {rc}\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script)
+
+
+@pytest.fixture
+def fresh_engine_cache(monkeypatch):
+    monkeypatch.setattr(inspect_mod, "_engine_cache", {})
+
+
+# -- validation -------------------------------------------------------------------------------
+def test_example_full_job_fails_validation_on_missing_image():
+    data = example("guestkit-inspect-full.json")["payload"]["data"]
+    with pytest.raises(JobValidationError) as exc:
+        InspectHandler().validate(data)
+    assert exc.value.field == "payload.data.image.path"
+    assert "/mnt/vms/prod-web-01.qcow2 does not exist" in exc.value.reason
+
+
+def test_example_jobs_validate_with_a_real_image(debian_image):
+    for name in ("guestkit-inspect-basic.json", "guestkit-inspect-full.json"):
+        data = copy.deepcopy(example(name)["payload"]["data"])
+        data["image"]["path"] = debian_image["qcow2"]
+        InspectHandler().validate(data)
+
+
+@pytest.mark.parametrize("mutate, field, words", [
+    (lambda d: d.pop("image"), "payload.data.image", "required"),
+    (lambda d: d["image"].update(format="iso"), "payload.data.image.format", "known: raw, qcow2"),
+    (lambda d: d["image"].pop("format"), "payload.data.image.format", "required"),
+    (lambda d: d["image"].update(checksum="md5:d41d8cd98f00b204e9800998ecf8427e"),
+     "payload.data.image.checksum", "supported: sha256"),
+    (lambda d: d["image"].update(checksum="sha256:1234"), "payload.data.image.checksum", "64 hexadecimal"),
+    (lambda d: d["image"].update(path="/nonexistent/disk.raw"), "payload.data.image.path", "does not exist"),
+    (lambda d: d["image"].update(path="/"), "payload.data.image.path", "not a regular file"),
+    (lambda d: d.update(options={"include_users": "yes"}), "payload.data.options.include_users", "true or false"),
+    (lambda d: d.update(output={"format": "yaml"}), "payload.data.output.format", "json"),
+    (lambda d: d.update(output={"destination": ""}), "payload.data.output.destination", "non-empty"),
+])
+def test_validation_errors(debian_image, mutate, field, words):
+    data = {"image": {"path": debian_image["raw"], "format": "raw"}}
+    mutate(data)
+    with pytest.raises(JobValidationError) as exc:
+        InspectHandler().validate(data)
+    assert exc.value.field == field
+    assert words in exc.value.reason
+
+
+def test_effective_sections():
+    assert effective_sections(None) == set(inspect_mod.SECTIONS)
+    basic = example("guestkit-inspect-basic.json")["payload"]["data"]["options"]
+    assert effective_sections(basic) == {"packages", "services", "network", "security"}
+    assert effective_sections({}) == set()
+
+
+def test_summary_caps_lists():
+    report = {"operating_system": {"type": "linux"},
+              "packages": {"count": 100, "manager": "apt",
+                           "packages": [{"name": f"p{i}", "version": "1"} for i in range(100)]},
+              "services": {"count": 30, "enabled": [{"name": f"u{i}.service"} for i in range(30)]}}
+    s = summarize(report)
+    assert s["packages"]["count"] == 100 and len(s["packages"]["sample"]) == inspect_mod.SAMPLE_LIMIT
+    assert s["packages"]["truncated"] is True
+    assert len(s["services"]["enabled"]) == inspect_mod.SAMPLE_LIMIT
+
+
+# -- failures before any appliance ------------------------------------------------------------
+def test_engine_unavailable(tmp_path, debian_image, monkeypatch, fresh_engine_cache):
+    monkeypatch.setenv("GUESTKIT_WORKER_GUESTFS_PYTHON", str(tmp_path / "no-such-python"))
+    handler = InspectHandler()
+    ok, detail = handler.engine_status()
+    assert not ok and "python3-guestfs" in detail
+    ctx, metrics = make_context(tmp_path)
+    calls = record_runs(ctx)
+    with pytest.raises(EngineUnavailable) as exc:
+        handler.execute(ctx, {"image": {"path": debian_image["raw"], "format": "raw"}})
+    assert exc.value.code == "ENGINE_UNAVAILABLE"
+    assert "python3-guestfs" in exc.value.message and "linux-image-amd64" in exc.value.message
+    assert calls == [] and metrics.checksums == []
+
+
+def test_engine_status_is_cached(monkeypatch, fresh_engine_cache):
+    require_tool("guestfs")
+    ok, detail = InspectHandler().engine_status()
+    assert ok, detail
+    assert "libguestfs 1." in detail
+    monkeypatch.setattr(inspect_mod, "_probe_engine", lambda python: pytest.fail("not cached"))
+    assert InspectHandler().engine_status() == (ok, detail)
+
+
+def test_checksum_mismatch_fails_before_launch(tmp_path, debian_image, guestfs_env, fresh_engine_cache):
+    ctx, metrics = make_context(tmp_path)
+    calls = record_runs(ctx)
+    wrong = "sha256:" + "0" * 64
+    dest = tmp_path / "report.json"
+    with pytest.raises(HandlerError) as exc:
+        InspectHandler().execute(ctx, {"image": {"path": debian_image["raw"], "format": "raw",
+                                                 "checksum": wrong},
+                                       "output": {"destination": str(dest)}})
+    err = exc.value
+    assert err.code == "CHECKSUM_MISMATCH"
+    assert err.details["expected"] == "0" * 64
+    assert err.details["actual"] == sha256_of(debian_image["raw"])
+    assert metrics.checksums == ["failure"]
+    assert calls == []  # the probe (and so the appliance) never started
+    assert not dest.exists()
+
+
+def test_existing_output_refused_before_launch(tmp_path, debian_image, guestfs_env, fresh_engine_cache):
+    dest = tmp_path / "report.json"
+    dest.write_text("keep me")
+    ctx, _ = make_context(tmp_path)
+    calls = record_runs(ctx)
+    with pytest.raises(HandlerError) as exc:
+        InspectHandler().execute(ctx, {"image": {"path": debian_image["raw"], "format": "raw"},
+                                       "output": {"destination": str(dest)}})
+    assert exc.value.code == "OUTPUT_EXISTS"
+    assert dest.read_text() == "keep me" and calls == []
+
+
+def test_path_outside_allowed_dirs(tmp_path, debian_image, guestfs_env):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    ctx, _ = make_context(tmp_path, allowed_paths=[str(allowed)])
+    with pytest.raises(HandlerError) as exc:
+        InspectHandler().execute(ctx, {"image": {"path": debian_image["raw"], "format": "raw"}})
+    assert exc.value.code == "PATH_NOT_ALLOWED" and "payload.data.image.path" in exc.value.message
+
+
+def test_no_operating_system_error_is_mapped(tmp_path, debian_image, monkeypatch, fresh_engine_cache):
+    doc = {"error": {"code": "NO_OPERATING_SYSTEM", "message": "no operating system found in x",
+                     "filesystems": []}}
+    monkeypatch.setenv("GUESTKIT_WORKER_GUESTFS_PYTHON", fake_guestfs_python(tmp_path, json.dumps(doc)))
+    ctx, metrics = make_context(tmp_path)
+    handler = InspectHandler()
+    with pytest.raises(HandlerError) as exc:
+        try:
+            handler.execute(ctx, {"image": {"path": debian_image["raw"], "format": "raw"}})
+        finally:
+            handler.cleanup(ctx)
+    assert exc.value.code == "NO_OPERATING_SYSTEM"
+    assert metrics.checksums == ["skipped"]
+    assert not os.path.exists(os.path.join(str(tmp_path), "test-job-0001-inspection.json"))
+    assert not [n for n in os.listdir(tmp_path) if ".guestfs-" in n]
+
+
+def test_probe_crash_is_inspection_failed(tmp_path, debian_image, monkeypatch, fresh_engine_cache):
+    monkeypatch.setenv("GUESTKIT_WORKER_GUESTFS_PYTHON", fake_guestfs_python(tmp_path, "Traceback: boom", rc=1))
+    ctx, _ = make_context(tmp_path)
+    with pytest.raises(HandlerError) as exc:
+        InspectHandler().execute(ctx, {"image": {"path": debian_image["raw"], "format": "raw"}})
+    assert exc.value.code == "INSPECTION_FAILED" and "status 1" in exc.value.message
+
+
+# -- real appliance launches (3) --------------------------------------------------------------
+def _progress_phases(ctx):
+    with open(ctx._progress_path, encoding="utf-8") as fh:
+        return [json.loads(line)["phase"] for line in fh]
+
+
+def test_inspect_raw_with_checksum(tmp_path, debian_image, guestfs_env):
+    ctx, metrics = make_context(tmp_path, job_id="test-inspect-raw")
+    calls = record_runs(ctx)
+    dest = tmp_path / "out" / "raw-inspection.json"
+    dest.parent.mkdir()
+    handler = InspectHandler()
+    data = {"image": {"path": debian_image["raw"], "format": "raw",
+                      "checksum": "sha256:" + sha256_of(debian_image["raw"])},
+            "output": {"format": "json", "destination": str(dest)}}
+    handler.validate(data)
+    try:
+        result = handler.execute(ctx, data)
+    finally:
+        handler.cleanup(ctx)
+
+    assert len(calls) == 1  # one appliance launch
+    assert metrics.checksums == ["success"]
+    assert metrics.read_bytes == debian_image["raw_size"] == ctx.disk_read_bytes
+    assert result.output == str(dest)
+    phases = _progress_phases(ctx)
+    seen = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+    assert seen == ["validation", "checksum", "launch", "inspection", "export"]
+
+    s = result.data
+    osb = s["operating_system"]
+    assert (osb["type"], osb["distribution"], osb["version"]) == ("linux", "debian", EXPECTED["version"])
+    assert (osb["major_version"], osb["minor_version"]) == (12, 5)
+    assert osb["hostname"] == EXPECTED["hostname"] and osb["arch"] == "x86_64"
+    assert osb["package_format"] == "deb" and osb["package_management"] == "apt"
+    assert osb["osinfo"] == "debian12"
+    assert s["mountpoints"] == [{"mountpoint": "/", "device": "/dev/sda1"}]
+    assert s["packages"]["count"] == EXPECTED["package_count"]
+    assert sorted(p["name"] for p in s["packages"]["sample"]) == EXPECTED["package_names"]
+    assert s["users"]["count"] == EXPECTED["user_count"]
+    assert s["users"]["login_users"] == EXPECTED["login_users"]
+    alice = next(a for a in s["users"]["accounts"] if a["name"] == "alice")
+    assert alice == {"name": "alice", "uid": 1000, "home": "/home/alice", "shell": "/bin/bash",
+                     "login": True, "system": False}
+    apt = next(a for a in s["users"]["accounts"] if a["name"] == "_apt")
+    assert apt["login"] is False and apt["system"] is True
+    assert s["services"]["enabled"] == [EXPECTED["enabled_unit"]]
+    assert s["network"]["dns_servers"] == EXPECTED["dns_servers"]
+    assert s["security"]["selinux"]["mode"] == EXPECTED["selinux_mode"]
+    assert s["filesystems"]["sample"] == [{"device": "/dev/sda1", "type": "ext4",
+                                           "uuid": EXPECTED["fs_uuid"], "label": EXPECTED["fs_label"]}]
+    assert s["image"]["checksum"] == "verified"
+
+    full = json.loads(dest.read_text())
+    assert full["job_id"] == "test-inspect-raw"
+    assert full["operating_system"] == osb
+    bash = next(p for p in full["packages"]["packages"] if p["name"] == "bash")
+    assert (bash["version"], bash["release"], bash["arch"]) == ("5.2.15", "2+b2", "amd64")
+    assert full["services"]["enabled"][0]["wanted_by"] == ["multi-user.target"]
+    assert full["storage"]["devices"][0]["partition_table"] == "msdos"
+    assert [n for n in os.listdir(dest.parent)] == ["raw-inspection.json"]  # no temp left
+    assert not [n for n in os.listdir(tmp_path) if ".guestfs-" in n]
+
+
+def test_inspect_qcow2_basic_example(tmp_path, debian_image, guestfs_env):
+    data = copy.deepcopy(example("guestkit-inspect-basic.json")["payload"]["data"])
+    data["image"]["path"] = debian_image["qcow2"]
+    del data["output"]  # default destination in the work dir
+    ctx, metrics = make_context(tmp_path, job_id="test-inspect-qcow2")
+    handler = InspectHandler()
+    handler.validate(data)
+    try:
+        result = handler.execute(ctx, data)
+    finally:
+        handler.cleanup(ctx)
+    assert metrics.checksums == ["skipped"] and metrics.read_bytes == 0
+    assert result.output == os.path.join(os.path.realpath(tmp_path), "test-inspect-qcow2-inspection.json")
+    s = result.data
+    assert s["operating_system"]["distribution"] == "debian"
+    assert s["operating_system"]["version"] == EXPECTED["version"]
+    assert s["operating_system"]["hostname"] == EXPECTED["hostname"]
+    assert s["sections"] == ["network", "packages", "security", "services"]
+    assert "users" not in s and "filesystems" not in s  # not asked for by the basic job
+    assert s["packages"]["count"] == EXPECTED["package_count"]
+    assert s["services"]["enabled"] == [EXPECTED["enabled_unit"]]
+    full = json.loads(open(result.output, encoding="utf-8").read())
+    assert full["image"]["format"] == "qcow2" and "users" not in full
+
+
+def test_inspect_timeout_leaves_no_processes(tmp_path, debian_image, guestfs_env):
+    job_id = "test-inspect-timeout"
+    ctx, _ = make_context(tmp_path, job_id=job_id)
+    needles = (debian_image["raw"], f".{job_id}.guestfs-")
+    seen_at_cancel = []
+    sockdirs_before = set(glob.glob("/tmp/libguestfs*"))
+
+    def fire():
+        seen_at_cancel.extend(job_processes(*needles))
+        ctx.cancel("timeout")
+
+    timer = threading.Timer(2.0, fire)
+    handler = InspectHandler()
+    started = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(JobCancelled) as exc:
+            handler.execute(ctx, {"image": {"path": debian_image["raw"], "format": "raw"}})
+    finally:
+        timer.cancel()
+        handler.cleanup(ctx)
+    elapsed = time.monotonic() - started
+    assert exc.value.code == "TIMEOUT"
+    assert elapsed < 15, elapsed  # stopped long before the appliance would have finished
+    assert any("guestfs_probe.py" in cmd for _, cmd in seen_at_cancel), seen_at_cancel
+    deadline = time.monotonic() + 5
+    while job_processes(*needles) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert job_processes(*needles) == []
+    assert not any("qemu" in cmd and job_id in cmd for _, cmd in job_processes("qemu"))
+    assert not [n for n in os.listdir(tmp_path) if ".guestfs-" in n or n.endswith(".json")]
+    assert set(glob.glob("/tmp/libguestfs*")) <= sockdirs_before  # socket directory removed too
