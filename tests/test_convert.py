@@ -1,0 +1,191 @@
+"""Tests of the guestkit.convert handler with the real qemu-img (and one fake for a hang)."""
+
+import json
+import os
+import stat
+import subprocess
+import threading
+
+import pytest
+
+from diskimage import require_tool
+from fixtures_disk import debian_image, make_context  # noqa: F401 (fixture)
+from guestkit_worker.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
+from guestkit_worker.handlers import convert as convert_mod
+from guestkit_worker.handlers.convert import ConvertHandler
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(autouse=True)
+def _qemu_img():
+    require_tool("qemu-img")
+
+
+def run_job(tmp_path, data, job_id="test-convert-0001"):
+    ctx, metrics = make_context(tmp_path, job_id=job_id)
+    handler = ConvertHandler()
+    handler.validate(data)
+    try:
+        return handler.execute(ctx, data), ctx, metrics
+    finally:
+        handler.cleanup(ctx)
+
+
+def progress_events(ctx):
+    with open(ctx._progress_path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def qemu_compare(a, fa, b, fb):
+    return subprocess.run(["qemu-img", "compare", "-f", fa, "-F", fb, a, b],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("data, field, words", [
+    ({"image": {"format": "raw"}, "target_format": "qcow2"}, "payload.data.image.path", "non-empty"),
+    ({"image": {"format": "iso"}, "target_format": "qcow2"}, "payload.data.image.format", "known"),
+    ({"image": {"format": "raw"}}, "payload.data.target_format", "required"),
+    ({"image": {"format": "raw"}, "target_format": "qed"}, "payload.data.target_format", "known"),
+    ({"image": {"format": "raw"}, "target_format": "vmdk", "compression": True},
+     "payload.data.compression", "only supported for qcow2"),
+    ({"image": {"format": "raw"}, "target_format": "qcow2", "compression": "yes"},
+     "payload.data.compression", "true or false"),
+    ({"image": {"format": "raw"}, "target_format": "qcow2", "output": {"overwrite": 1}},
+     "payload.data.output.overwrite", "true or false"),
+])
+def test_validation_errors(data, field, words):
+    with pytest.raises(JobValidationError) as exc:
+        ConvertHandler().validate(data)
+    assert exc.value.field == field and words in exc.value.reason
+
+
+def test_missing_source_rejected(tmp_path):
+    with pytest.raises(JobValidationError) as exc:
+        ConvertHandler().validate({"image": {"path": str(tmp_path / "nope.qcow2")}, "target_format": "raw"})
+    assert exc.value.field == "payload.data.image.path" and "does not exist" in exc.value.reason
+
+
+def test_round_trip_raw_qcow2_raw(tmp_path, debian_image):
+    raw = debian_image["raw"]
+    q = tmp_path / "rt.qcow2"
+    res1, ctx1, m1 = run_job(tmp_path, {"image": {"path": raw, "format": "raw"}, "target_format": "qcow2",
+                                        "compression": True, "output": {"destination": str(q)}})
+    assert res1.output == str(q)
+    d = res1.data
+    assert (d["target_format"], d["compression"], d["virtual_size"]) == ("qcow2", True, debian_image["raw_size"])
+    assert 0 < d["actual_size"] < debian_image["raw_size"]
+    assert m1.write_bytes > 0 and m1.write_bytes == d["write_bytes"] == ctx1.disk_write_bytes
+    assert m1.read_bytes > 0
+    events = progress_events(ctx1)
+    assert [e for e in events if e["phase"] == "convert" and e.get("progress_percent") == 100.0]
+    assert [e["phase"] for e in events][-1] == "export"
+
+    back = tmp_path / "rt.raw"
+    res2, _, m2 = run_job(tmp_path, {"image": {"path": str(q), "format": "qcow2"}, "target_format": "raw",
+                                     "output": {"destination": str(back)}}, job_id="test-convert-0002")
+    assert res2.data["virtual_size"] == debian_image["raw_size"] == os.path.getsize(back)
+    assert m2.write_bytes > 0 and m2.read_bytes > 0
+    cmp = qemu_compare(raw, "raw", str(back), "raw")
+    assert cmp.returncode == 0 and "Images are identical" in cmp.stdout
+    assert qemu_compare(raw, "raw", str(q), "qcow2").returncode == 0
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["rt.qcow2", "rt.raw", "test-convert-0001.progress.jsonl", "test-convert-0002.progress.jsonl"])
+
+
+def test_default_destination_in_work_dir(tmp_path, debian_image):
+    res, _, _ = run_job(tmp_path, {"image": {"path": debian_image["qcow2"]}, "target_format": "vmdk"})
+    assert res.output == os.path.join(os.path.realpath(tmp_path), "test-convert-0001.vmdk")
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", "vmdk", res.output],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["format"] == "vmdk" and info["virtual-size"] == debian_image["raw_size"]
+
+
+def test_existing_destination_refused_and_untouched(tmp_path, debian_image):
+    dest = tmp_path / "exists.qcow2"
+    dest.write_bytes(b"precious")
+    ctx, metrics = make_context(tmp_path)
+    with pytest.raises(HandlerError) as exc:
+        ConvertHandler().execute(ctx, {"image": {"path": debian_image["raw"], "format": "raw"},
+                                       "target_format": "qcow2", "output": {"destination": str(dest)}})
+    assert exc.value.code == "OUTPUT_EXISTS"
+    assert dest.read_bytes() == b"precious"
+    assert metrics.write_bytes == 0 and metrics.read_bytes == 0
+
+
+def test_overwrite_replaces(tmp_path, debian_image):
+    dest = tmp_path / "exists.qcow2"
+    dest.write_bytes(b"old")
+    res, _, _ = run_job(tmp_path, {"image": {"path": debian_image["raw"], "format": "raw"},
+                                   "target_format": "qcow2",
+                                   "output": {"destination": str(dest), "overwrite": True}})
+    assert res.output == str(dest) and dest.read_bytes()[:4] == b"QFI\xfb"
+
+
+def test_destination_is_source_refused(tmp_path, debian_image):
+    ctx, _ = make_context(tmp_path)
+    with pytest.raises(HandlerError) as exc:
+        ConvertHandler().execute(ctx, {"image": {"path": debian_image["raw"], "format": "raw"},
+                                       "target_format": "raw",
+                                       "output": {"destination": debian_image["raw"], "overwrite": True}})
+    assert exc.value.code == "OUTPUT_EXISTS" and "is the source" in exc.value.message
+
+
+def test_wrong_source_format_fails_without_partial(tmp_path, debian_image):
+    dest = tmp_path / "out.raw"
+    ctx, metrics = make_context(tmp_path)
+    handler = ConvertHandler()
+    with pytest.raises(HandlerError) as exc:
+        try:
+            handler.execute(ctx, {"image": {"path": debian_image["raw"], "format": "qcow2"},
+                                  "target_format": "raw", "output": {"destination": str(dest)}})
+        finally:
+            handler.cleanup(ctx)
+    assert exc.value.code == "CONVERSION_FAILED" and "qcow2" in exc.value.message
+    assert os.listdir(tmp_path) == ["test-job-0001.progress.jsonl"]
+    assert metrics.write_bytes == 0
+
+
+def test_qemu_img_missing(tmp_path, debian_image, monkeypatch):
+    monkeypatch.setattr(convert_mod, "QEMU_IMG", "qemu-img-not-installed")
+    handler = ConvertHandler()
+    ok, detail = handler.engine_status()
+    assert not ok and "qemu-utils" in detail
+    ctx, _ = make_context(tmp_path)
+    with pytest.raises(EngineUnavailable) as exc:
+        handler.execute(ctx, {"image": {"path": debian_image["raw"], "format": "raw"}, "target_format": "qcow2"})
+    assert exc.value.code == "ENGINE_UNAVAILABLE" and "qemu-utils" in exc.value.message
+
+
+def test_timeout_kills_qemu_img_and_removes_partial(tmp_path, debian_image, monkeypatch):
+    fake = tmp_path / "bin" / "qemu-img"
+    fake.parent.mkdir()
+    # writes part of its output, reports progress, then hangs like a stuck conversion
+    fake.write_text("#!/bin/sh\nfor last; do :; done\nhead -c 1048576 /dev/zero > \"$last\"\n"
+                    "printf '    (10.00/100%%)\\r'\nexec sleep 300\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(convert_mod, "QEMU_IMG", str(fake))
+    dest = tmp_path / "out" / "never.qcow2"
+    dest.parent.mkdir()
+    ctx, metrics = make_context(tmp_path, job_id="test-convert-timeout")
+    handler = ConvertHandler()
+    timer = threading.Timer(1.0, ctx.cancel, args=("timeout",))
+    timer.start()
+    try:
+        with pytest.raises(JobCancelled) as exc:
+            handler.execute(ctx, {"image": {"path": debian_image["raw"], "format": "raw"},
+                                  "target_format": "qcow2", "output": {"destination": str(dest)}})
+    finally:
+        timer.cancel()
+        handler.cleanup(ctx)
+    assert exc.value.code == "TIMEOUT"
+    assert os.listdir(dest.parent) == []  # the partial output is gone
+    assert metrics.write_bytes == 0
+    assert any(e["phase"] == "convert" and e.get("progress_percent") == 10.0 for e in progress_events(ctx))
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as fh:
+                    assert str(dest.parent).encode() not in fh.read()
+            except OSError:
+                pass
