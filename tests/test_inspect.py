@@ -352,3 +352,17 @@ def test_inspect_timeout_leaves_no_processes(tmp_path, debian_image, guestfs_env
     assert not any("qemu" in cmd and job_id in cmd for _, cmd in job_processes("qemu"))
     assert not [n for n in os.listdir(tmp_path) if ".guestfs-" in n or n.endswith(".json")]
     assert set(glob.glob("/tmp/libguestfs*")) <= sockdirs_before  # socket directory removed too
+
+
+def test_declared_format_is_used_not_probed(tmp_path, debian_image, guestfs_env):
+    """A raw image declared as qcow2 is opened as qcow2 and fails (before any appliance boots)."""
+    ctx, metrics = make_context(tmp_path, job_id="test-inspect-badfmt")
+    handler = InspectHandler()
+    try:
+        with pytest.raises(HandlerError) as exc:
+            handler.execute(ctx, {"image": {"path": debian_image["raw"], "format": "qcow2"}})
+    finally:
+        handler.cleanup(ctx)
+    assert exc.value.code == "IMAGE_OPEN_FAILED"
+    assert "is image.format right?" in exc.value.message and "qcow2" in exc.value.message
+    assert not [n for n in os.listdir(tmp_path) if ".guestfs-" in n or n.endswith(".json")]

@@ -80,6 +80,11 @@ def report_sockdir(timeout=120.0, poll=0.05):
         time.sleep(poll)
 
 
+def first_line(exc):
+    """libguestfs appends a paragraph of debugging advice to errors: keep the first line."""
+    return (str(exc).strip().splitlines() or ["unknown error"])[0]
+
+
 def known(value):
     """libguestfs says 'unknown' for what it could not find: report that as None."""
     return None if value in ("unknown", "", None) else value
@@ -401,14 +406,17 @@ def inspect(image, fmt, sections, deep):
         doc["engine"] = {"name": "libguestfs", "version": "%s.%s.%s%s" % (
             v["major"], v["minor"], v["release"], v.get("extra", "")),
             "backend": g.get_backend()}
-        g.add_drive_opts(image, format=fmt, readonly=True)
+        try:
+            g.add_drive_opts(image, format=fmt, readonly=True)
+        except RuntimeError as exc:
+            return {"error": {"code": "IMAGE_OPEN_FAILED", "message": first_line(exc)}}
         watcher = threading.Thread(target=report_sockdir, name="sockdir", daemon=True)
         watcher.start()
         progress("launch", 0, "launching the libguestfs appliance")
         try:
             g.launch()
         except RuntimeError as exc:
-            return {"error": {"code": "ENGINE_LAUNCH_FAILED", "message": str(exc).strip()}}
+            return {"error": {"code": "ENGINE_LAUNCH_FAILED", "message": first_line(exc)}}
         progress("launch", 100, "appliance running")
         progress("inspection", 0, "looking for operating systems")
         roots = g.inspect_os()
@@ -477,7 +485,7 @@ def main(argv=None):
     except ImportError as exc:
         doc = {"error": {"code": "ENGINE_UNAVAILABLE", "message": "cannot import guestfs: %s" % exc}}
     except RuntimeError as exc:
-        doc = {"error": {"code": "INSPECTION_FAILED", "message": str(exc).strip()}}
+        doc = {"error": {"code": "INSPECTION_FAILED", "message": first_line(exc)}}
     sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
     sys.stdout.flush()
     return 0

@@ -330,7 +330,7 @@ class InspectHandler(Handler):
             log.error("job %s: inspection of %s failed: %s %s", job_id, path, code, message)
             if code == "ENGINE_UNAVAILABLE":
                 raise EngineUnavailable(f"{message}; {INSTALL_HINT}")
-            if code == "ENGINE_LAUNCH_FAILED":
+            if code in ("ENGINE_LAUNCH_FAILED", "IMAGE_OPEN_FAILED"):
                 message = (f"libguestfs could not open {path} as {fmt} (is image.format right?): "
                            f"{message}")
             raise HandlerError(code, message, phase="inspection",
