@@ -83,8 +83,7 @@ _TOOL_CHECKS = {
     "sfdisk": (["sfdisk", "--version"], "fdisk"),
     "mkfs.ext4": (["mkfs.ext4", "-V"], "e2fsprogs"),
     "virt-inspector": (["virt-inspector", "--version"], "guestfs-tools"),
-    "guestfs": ([os.environ.get("GUESTKIT_WORKER_GUESTFS_PYTHON", "/usr/bin/python3"),
-                 "-c", "import guestfs"], "python3-guestfs"),
+    "guestfs": (["{guestfs_python}", "-c", "import guestfs"], "python3-guestfs"),
 }
 
 
@@ -104,6 +103,8 @@ def require_tool(*names):
     """
     for name in names:
         argv, package = _TOOL_CHECKS.get(name, ([name], name))
+        python = os.environ.get("GUESTKIT_WORKER_GUESTFS_PYTHON") or "/usr/bin/python3"
+        argv = [a.replace("{guestfs_python}", python) for a in argv]
         found = _tool_ok(argv) if name in _TOOL_CHECKS else shutil.which(name) is not None
         if found:
             continue
