@@ -10,6 +10,9 @@ import uuid
 
 import pytest
 
+#: session fixtures for disk images (debian_image, guestfs_env) live in tests/fixtures_disk.py
+pytest_plugins = ["fixtures_disk"]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN_DIR = os.path.join(ROOT, "tests", "plugin")
 IN_CI = os.environ.get("CI", "").lower() == "true"

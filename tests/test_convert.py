@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from diskimage import require_tool
-from fixtures_disk import debian_image, make_context  # noqa: F401 (fixture)
+from fixtures_disk import make_context
 from guestkit_worker.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
 from guestkit_worker.handlers import convert as convert_mod
 from guestkit_worker.handlers.convert import ConvertHandler

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.parse
 
@@ -161,7 +160,7 @@ def test_node_exporter_serves_textfile(dirs, tmp_path):
     assert value(s, "guestkit_worker_jobs_total", operation="system.echo", status="completed") == 2
     run_ts = value(s, "guestkit_worker_last_run_timestamp_seconds")
     assert value(s, "guestkit_worker_last_success_timestamp_seconds") == run_ts
-    node, port = start_and_find_port([exporter, f"--web.listen-address=127.0.0.1:0", "--collector.disable-defaults",
+    node, port = start_and_find_port([exporter, "--web.listen-address=127.0.0.1:0", "--collector.disable-defaults",
                                       "--collector.textfile", f"--collector.textfile.directory={textdir}"],
                                      "node_exporter")
     try:

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import Dirs, cli, make_job, start_worker, wait_for, write_job
+from conftest import cli, make_job, start_worker, wait_for, write_job
 
 pytestmark = pytest.mark.timeout(180)
 
