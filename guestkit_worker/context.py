@@ -2,7 +2,6 @@
 
 import json
 import logging
-import os
 import subprocess
 import threading
 import time

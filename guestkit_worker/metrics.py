@@ -11,7 +11,7 @@ import re
 import tempfile
 import time
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info  # noqa: F401
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 log = logging.getLogger(__name__)

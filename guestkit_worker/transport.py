@@ -24,7 +24,7 @@ import stat
 import time
 
 from . import atomic
-from .errors import JobFileError, TransportError
+from .errors import JobFileError
 
 log = logging.getLogger(__name__)
 
