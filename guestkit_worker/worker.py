@@ -569,6 +569,9 @@ class Worker:
         log.warning("job %s: handler thread %s ignores cancellation; writing the %s result now, the thread "
                     "stays counted as busy until it returns", run.job_id, run.thread, status)
         self._conclude(run, status)
+        with self._lock:  # the job is done with, even if its thread is not: a one-shot run may end
+            self._queued.discard(run.claim.name)
+        self._wake.set()
 
     # -- recovery -----------------------------------------------------------------------
     def _recover_one(self, claim, dead_worker):
@@ -614,7 +617,7 @@ class Worker:
         cfg = self.cfg
         self._stop.set()
         with self._lock:
-            running = len(self._runs)
+            running = sum(1 for r in self._runs.values() if not r.finalized)
         if running:
             log.info("stopping: waiting up to %ss for %d running job(s)", cfg.shutdown_timeout, running)
         deadline = time.monotonic() + cfg.shutdown_timeout
