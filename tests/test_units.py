@@ -1,0 +1,95 @@
+"""Small units: the job state machine, atomic writes, the process-tree killer, metrics children."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from guestkit_worker import atomic
+from guestkit_worker.errors import InvalidTransition
+from guestkit_worker.metrics import NullMetrics, WorkerMetrics
+from guestkit_worker.procs import descendants, kill_tree
+from guestkit_worker.state import JobState, check_transition
+from conftest import wait_for
+from metricskit import parse, value
+
+
+def test_state_machine_happy_paths():
+    s = JobState.PENDING
+    for nxt in (JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING, JobState.TIMEOUT):
+        s = check_transition(s, nxt)
+    assert s is JobState.TIMEOUT
+    assert check_transition(JobState.ASSIGNED, JobState.FAILED) is JobState.FAILED  # rejected
+
+
+@pytest.mark.parametrize("old, new", [
+    (JobState.PENDING, JobState.RUNNING),
+    (JobState.COMPLETED, JobState.RUNNING),
+    (JobState.TIMEOUT, JobState.COMPLETED),
+    (JobState.RUNNING, JobState.ASSIGNED),
+])
+def test_invalid_transitions_raise(old, new):
+    with pytest.raises(InvalidTransition) as info:
+        check_transition(old, new)
+    assert str(info.value) == f"job state cannot go from {old.value} to {new.value}"
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "r.json"
+    with pytest.raises(TypeError):
+        atomic.write_json(str(target), {"x": object()})
+    assert os.listdir(tmp_path) == []
+    atomic.write_json(str(target), {"x": 1})
+    assert target.read_text() == '{\n  "x": 1\n}\n'
+    with pytest.raises(FileExistsError):
+        atomic.write_bytes(str(target), b"other", overwrite=False)
+    assert target.read_text() == '{\n  "x": 1\n}\n' and os.listdir(tmp_path) == ["r.json"]
+
+
+def test_kill_tree_reaches_children_in_other_process_groups():
+    # a child that starts a grandchild in its own session (as qemu under libguestfs), both ignoring SIGTERM
+    code = ("import os, signal, subprocess, sys, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import signal,time; signal.signal(signal.SIGTERM, "
+            "signal.SIG_IGN); time.sleep(600)'], start_new_session=True)\n"
+            "print(p.pid, flush=True); time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    grandchild = int(proc.stdout.readline())
+    assert grandchild in descendants(proc.pid)
+    kill_tree(proc, grace=0.5)
+    assert proc.returncode == -signal.SIGKILL
+    wait_for(lambda: not _alive(grandchild), timeout=10, what="grandchild gone")
+
+
+def _alive(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_metrics_children_cached_and_unknown_bounded():
+    reg = CollectorRegistry()
+    m = WorkerMetrics(operations=["system.echo"], handlers=["system.echo"], worker_id="u", pool="p",
+                      version="0", max_concurrent=2, registry=reg)
+    m.job_finished("system.echo", "completed", 0.5)
+    m.job_finished(m.label_operation("made.up"), "rejected", 0.1)
+    m.handler_started(queue_wait=3.0)
+    m.handler_returned("system.echo", "success", 0.5)
+    m.checksum("failure")
+    m.disk_io(read_bytes=10, write_bytes=5)
+    s = parse(generate_latest(reg).decode())
+    assert value(s, "guestkit_worker_jobs_total", operation="system.echo", status="completed") == 1
+    assert value(s, "guestkit_worker_jobs_total", operation="unknown", status="rejected") == 1
+    assert value(s, "guestkit_worker_jobs_duration_seconds_bucket", operation="system.echo", status="completed",
+                 le="1.0") == 1
+    assert value(s, "guestkit_worker_queue_wait_seconds_sum") == 3.0
+    assert value(s, "guestkit_worker_active_jobs") == 0
+    assert value(s, "guestkit_checksum_verifications_total", status="failure") == 1
+    assert (value(s, "guestkit_worker_disk_read_bytes_total"), value(s, "guestkit_worker_disk_write_bytes_total")) \
+        == (10, 5)
+    assert m.label_operation("made.up") == "unknown"
+    assert NullMetrics().job_finished("x", "completed", 1) is None
