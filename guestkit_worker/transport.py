@@ -80,13 +80,41 @@ class Transport:
         """Give an untouched job back (it is meant for another worker)."""
         raise NotImplementedError
 
+    def write_result(self, result):
+        """Store a result document (replacing an earlier attempt's)."""
+        raise NotImplementedError
+
+    def read_result(self, job_id):
+        """The stored result of job_id, or None."""
+        raise NotImplementedError
+
+    def idempotency_lookup(self, key):
+        """{key, job_id, result, completed_at} of the completed job with this key, or None."""
+        raise NotImplementedError
+
+    def idempotency_store(self, key, job_id, completed_at):
+        """Remember that key completed as job_id."""
+        raise NotImplementedError
+
+    def progress_path(self, job_id):
+        """A local file progress events of job_id are appended to, or None."""
+        return None
+
+    own_dirs = ()  #: local directories handler outputs must never be written into
+
+    def open(self):
+        """Connect / create what is needed and announce this worker as alive."""
+
+    def close(self):
+        """Release what open() took."""
+
     def health(self):
         """{check name: (ok, detail)}."""
         return {}
 
-    def recover(self):
-        """Bring back jobs claimed by workers that died; return what was done."""
-        return []
+    def recover(self, decide):
+        """Hand each job claimed by a dead worker to decide(claim, dead_worker_id); return the count."""
+        return 0
 
 
 def _json_bytes(obj):
