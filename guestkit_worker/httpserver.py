@@ -11,12 +11,14 @@ server with three routes:
 
 Anything else is 404; methods other than GET, HEAD and OPTIONS are 405.  Nothing else is
 exposed: no file access and no way to submit work.  Every connection gets a socket timeout so
-idle or slow clients cannot pin threads forever, request lines longer than 64 KiB get 414,
+idle or slow clients cannot pin threads forever (plus an overall deadline for reading the
+request, against clients that trickle a byte at a time), request lines longer than 64 KiB get 414,
 and request logs go to ``logging.getLogger(__name__)`` at DEBUG, never to stderr.  With a
 certificate and key the port speaks TLS (1.2 minimum); the handshake runs on the connection's
 own thread, so a stalled TLS client cannot hold up the accept loop.
 """
 
+import io
 import ipaddress
 import json
 import logging
@@ -38,6 +40,8 @@ __all__ = ["MetricsServer", "parse_addr", "start_server"]
 
 #: Seconds a connection may stay silent (per socket operation) before it is dropped.
 CONNECTION_TIMEOUT = 10.0
+#: Seconds a client gets to deliver its whole request, so trickling bytes cannot pin a thread.
+REQUEST_DEADLINE = 30.0
 #: Longest request line accepted; longer ones get 414 (same limit as http.server).
 MAX_REQUEST_LINE = 65536
 #: Bounds on reading and discarding what a rejected client still sends (see _discard_input).
@@ -238,6 +242,30 @@ class _LogStream:
 _ERRORS = _LogStream()
 
 
+class _DeadlineReader(io.RawIOBase):
+    """Raw reader over a socket that gives up once the request's overall deadline passes."""
+
+    def __init__(self, sock, deadline, timeout):
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+        self._timeout = timeout
+
+    def readable(self):
+        """Always readable."""
+        return True
+
+    def readinto(self, buffer):
+        """recv_into, with the socket timeout shortened to what is left of the deadline."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request not received within the deadline")
+        if left < self._timeout:
+            self._timeout = left
+            self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
 class _ServerHandler(ServerHandler):
     """wsgiref's per-request handler with our software name and logging instead of stderr."""
 
@@ -252,7 +280,6 @@ class _ServerHandler(ServerHandler):
 class _RequestHandler(WSGIRequestHandler):
     """One connection, one request: timeout, TLS handshake in this thread, quiet logging."""
 
-    timeout = CONNECTION_TIMEOUT
     wbufsize = -1  # buffer the reply so status line, headers and body leave in one send
     server_version = _SERVER_NAME
     # Error replies to unparsable request lines get a real status line; no HTTP/0.9 bodies-only.
@@ -263,11 +290,14 @@ class _RequestHandler(WSGIRequestHandler):
         return self.server_version
 
     def setup(self):
-        """Arm the connection timeout, finish a pending TLS handshake, then build the files."""
-        self.request.settimeout(self.timeout)
-        if isinstance(self.request, ssl.SSLSocket):
-            self.request.do_handshake()
-        super().setup()
+        """Arm the timeouts, finish a pending TLS handshake, then build the buffered files."""
+        conn = self.connection = self.request
+        conn.settimeout(CONNECTION_TIMEOUT)
+        if isinstance(conn, ssl.SSLSocket):
+            conn.do_handshake()
+        self.rfile = io.BufferedReader(
+            _DeadlineReader(conn, time.monotonic() + REQUEST_DEADLINE, CONNECTION_TIMEOUT))
+        self.wfile = conn.makefile("wb", self.wbufsize)
 
     def handle(self):
         """Read one request; answer 414 to over-long request lines and 400 to garbage."""
@@ -352,9 +382,10 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
             try:
                 conn = self.ssl_context.wrap_socket(conn, server_side=True,
                                                     do_handshake_on_connect=False)
-            except (OSError, ValueError):
+            except Exception as exc:
                 conn.close()
-                raise
+                # socketserver only survives OSError from get_request.
+                raise OSError(f"cannot set up TLS for {addr[0]}: {exc}") from exc
         return conn, addr
 
     def handle_error(self, request, client_address):

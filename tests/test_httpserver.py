@@ -14,11 +14,13 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
+from guestkit_worker import httpserver
 from guestkit_worker.errors import ConfigError, GuestkitWorkerError
 from guestkit_worker.httpserver import parse_addr, start_server
 
@@ -305,6 +307,56 @@ def test_idle_connections_do_not_block_a_scrape(serve):
             sock.setblocking(False)
             with pytest.raises(BlockingIOError):
                 sock.recv(1)
+
+
+def _wait_for_server_close(sock):
+    """Block (bounded by the socket timeout) until the server closes; returns seconds waited."""
+    start = time.monotonic()
+    assert sock.recv(65536) == b""
+    return time.monotonic() - start
+
+
+def test_idle_connection_is_dropped_after_timeout(serve, monkeypatch):
+    monkeypatch.setattr(httpserver, "CONNECTION_TIMEOUT", 0.2)
+    server = serve()
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        assert _wait_for_server_close(sock) < TIMEOUT
+    assert request(server, "/health")[0] == 200
+
+
+def test_trickling_client_is_dropped_at_request_deadline(serve, monkeypatch):
+    monkeypatch.setattr(httpserver, "REQUEST_DEADLINE", 0.3)
+    server = serve()
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        # An unfinished request line: the 10 s per-read timeout alone would keep waiting.
+        sock.sendall(b"GET /metr")
+        assert _wait_for_server_close(sock) < TIMEOUT
+    assert request(server, "/health")[0] == 200
+
+
+def test_broken_collector_gives_500_and_server_survives(serve, caplog):
+    class Broken:
+        def collect(self):
+            raise ValueError("collector broke")
+
+    bad_registry = CollectorRegistry()
+    bad_registry.register(Broken())
+    server = serve(registry=bad_registry)
+    status, _, _ = request(server, "/metrics")
+    assert status == 500
+    assert "collector broke" in caplog.text  # logged before the 500 was sent
+    assert request(server, "/health")[0] == 200
+
+
+@pytest.mark.parametrize("head, code", [
+    (b"GET / HTTP/1.1\r\n" + b"X-Many: y\r\n" * 200, b"431"),
+    (b"GET / HTTP/1.1\r\nX-Long: " + b"y" * 70_000 + b"\r\n", b"431"),
+])
+def test_oversized_headers_are_rejected(serve, head, code):
+    server = serve()
+    reply = raw_exchange(server, head + b"\r\n")
+    assert reply.split(b" ", 2)[1] == code
+    assert request(server, "/health")[0] == 200
 
 
 # -- binding ------------------------------------------------------------------------------
