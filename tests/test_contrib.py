@@ -67,13 +67,13 @@ REQUIRED_ALERTS = {"HighJobFailureRate", "WorkerStalled", "ChecksumFailures", "W
 
 # ----------------------------------------------------------------------------------------- tools
 
-def _need(tool, *, fail_in_ci):
+def _need(tool, *, fail_in_ci, package="prometheus"):
     path = shutil.which(tool)
     if path:
         return path
     reason = f"{tool} not installed"
     if fail_in_ci and os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (required in CI: apt-get install prometheus)")
+        pytest.fail(f"{reason} (required in CI: apt-get install {package})")
     pytest.skip(reason)
 
 
@@ -84,7 +84,7 @@ def promtool():
 
 @pytest.fixture(scope="session")
 def systemd_analyze(tmp_path_factory):
-    tool = _need("systemd-analyze", fail_in_ci=False)
+    tool = _need("systemd-analyze", fail_in_ci=False, package="systemd")
     probe = tmp_path_factory.mktemp("probe") / "probe.service"
     probe.write_text("[Service]\nType=oneshot\nExecStart=/bin/true\n")
     r = subprocess.run([tool, "verify", "--man=no", str(probe)], capture_output=True, text=True, timeout=60)
@@ -644,7 +644,7 @@ def test_textfile_through_node_exporter(tmp_path):
     Proves the contract contrib/ relies on: the file name and directory flag work together, and every
     guestkit_* family the alerts and the dashboard use is really exported by a one-shot run.
     """
-    exporter = _need("prometheus-node-exporter", fail_in_ci=True)
+    exporter = _need("prometheus-node-exporter", fail_in_ci=True, package="prometheus-node-exporter")
     textfile_dir = tmp_path / "textfile"
     textfile_dir.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
