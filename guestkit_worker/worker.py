@@ -134,6 +134,7 @@ class Worker:
         self._pool = None
         self._watchdog = None
         self._watchdog_wake = threading.Event()
+        self._watchdog_due = 0.0              # when the watchdog looks next (0: it is looking now)
         self._watchdog_stop = threading.Event()
         self.hard_stop = False                # set by a second signal
 
@@ -391,7 +392,8 @@ class Worker:
         self.metrics.handler_started(time.time() - waited_since)
         with self._lock:
             self._runs[job.job_id] = run
-        self._watchdog_wake.set()
+        if ctx.deadline < self._watchdog_due or not self._watchdog_due:
+            self._watchdog_wake.set()  # only when this deadline comes before the watchdog's next look
         log.info("job %s: running %s (attempt %d/%d, timeout %ss)", job.job_id, job.operation,
                  job.attempt, job.max_attempts, timeout)
         outcome = None
@@ -538,6 +540,7 @@ class Worker:
     # -- timeouts -----------------------------------------------------------------------
     def _watch(self):
         while not self._watchdog_stop.is_set():
+            self._watchdog_due = 0.0  # runs added from now on wake us
             now = time.monotonic()
             nearest = now + 1.0
             with self._lock:
@@ -557,6 +560,7 @@ class Worker:
                     self._abandon(run, "timeout")
                 else:
                     nearest = min(nearest, run.timeout_at + ABANDON_GRACE_SECONDS)
+            self._watchdog_due = nearest
             self._watchdog_wake.wait(max(0.01, nearest - time.monotonic()))
             self._watchdog_wake.clear()
 
