@@ -1,0 +1,178 @@
+"""Shared helpers of the benchmarks: statistics, tables, fresh directories, job files,
+running the real CLI, machine description.
+
+Every benchmark prints its own table and, with ``--json PATH``, writes its goal lines
+(``{"goal", "value", "target", "ok", "note"}``) for ``bench/run``.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH_DIR)
+
+#: All benchmark files live under one scratch root.  Nothing is deleted while a benchmark
+#: runs (file creation right after mass deletion is slow on this unjournalled ext4); bench/run
+#: removes the root only after the last benchmark.
+SCRATCH_ENV = "GKW_BENCH_SCRATCH"
+
+
+def scratch_root():
+    root = os.environ.get(SCRATCH_ENV)
+    if not root:
+        root = os.path.join(tempfile.gettempdir(), "gkw-bench")
+    os.makedirs(root, exist_ok=True)
+    return root
+
+
+def fresh_dir(tag):
+    """A new, empty directory under the scratch root (one per side per round)."""
+    return tempfile.mkdtemp(prefix=f"{tag}-", dir=scratch_root())
+
+
+def worker_exe():
+    """The installed console script (not a pyenv shim: a shim adds ~50 ms of bash)."""
+    path = os.path.join(sysconfig.get_path("scripts"), "guestkit-worker")
+    if os.path.exists(path):
+        return [path]
+    found = shutil.which("guestkit-worker")
+    return [found] if found else [sys.executable, "-m", "guestkit_worker"]
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+def med(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values, fmt="{:.0f}"):
+    if not values:
+        return "-"
+    return f"{fmt.format(min(values))}–{fmt.format(max(values))}"
+
+
+def summary(values, fmt="{:.0f}"):
+    """'median (min–max)'"""
+    return f"{fmt.format(med(values))} ({spread(values, fmt)})"
+
+
+def table(headers, rows):
+    """Plain-text table, left-aligned first column, right-aligned others."""
+    cells = [list(map(str, headers))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    out = []
+    for n, r in enumerate(cells):
+        out.append("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+# -- job documents --------------------------------------------------------------------------
+
+def echo_job(job_id, n):
+    """A minimal valid system.echo job (the no-op job of the benchmarks)."""
+    return {
+        "version": "1.0",
+        "job_id": job_id,
+        "created_at": "2026-11-01T00:00:00Z",
+        "kind": "VMOperation",
+        "operation": "system.echo",
+        "payload": {"type": "system.echo.v1", "data": {"n": n, "text": "no-op"}},
+    }
+
+
+def write_jobs(jobs_dir, count, prefix="bench"):
+    """Write count job files the way a producer does (NAME.tmp, then rename); return names."""
+    os.makedirs(jobs_dir, exist_ok=True)
+    names = []
+    for i in range(count):
+        job_id = f"{prefix}-{i:06d}"
+        name = f"{job_id}.json"
+        path = os.path.join(jobs_dir, name)
+        with open(path + ".tmp", "wb") as fh:
+            fh.write(json.dumps(echo_job(job_id, i)).encode())
+        os.rename(path + ".tmp", path)
+        names.append(name)
+    return names
+
+
+def settle():
+    """Flush dirty pages so a timed part does not pay for the set-up's writeback."""
+    os.sync()
+    time.sleep(0.05)
+
+
+# -- results for bench/run ------------------------------------------------------------------
+
+def goal(name, ok, value, target, note=""):
+    return {"goal": name, "ok": ok, "value": value, "target": target, "note": note}
+
+
+def finish(args, goals, text):
+    print(text)
+    print()
+    for g in goals:
+        print(format_goal(g))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"goals": goals, "table": text}, fh, indent=2)
+
+
+def format_goal(g):
+    verdict = {True: "PASS", False: "FALL SHORT", None: "SKIPPED"}[g["ok"]]
+    note = f"  [{g['note']}]" if g.get("note") else ""
+    return f"{verdict:<10}  {g['goal']:<22} {g['value']}  (goal {g['target']}){note}"
+
+
+def parser(description):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--json", help="write goal lines and the table to this file (for bench/run)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds per side (default: the benchmark's own)")
+    return p
+
+
+# -- machine ---------------------------------------------------------------------------------
+
+def machine():
+    import prometheus_client  # noqa: F401
+    from importlib import metadata
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            m = re.search(r"^model name\s*:\s*(.+)$", fh.read(), re.M)
+            cpu = m.group(1).strip() if m else cpu
+    except OSError:
+        pass
+    try:
+        fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,OPTIONS", "--target", scratch_root()],
+                            capture_output=True, text=True).stdout.strip()
+    except OSError:
+        fs = "?"
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "prometheus_client": metadata.version("prometheus_client"),
+        "huey": _version("huey"),
+        "kernel": platform.release(),
+        "scratch": f"{scratch_root()} ({fs})",
+    }
+
+
+def _version(dist):
+    from importlib import metadata
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
