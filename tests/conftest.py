@@ -15,6 +15,8 @@ pytest_plugins = ["fixtures_disk"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN_DIR = os.path.join(ROOT, "tests", "plugin")
+#: the upstream protocol's example jobs, kept unchanged as test inputs
+UPSTREAM_JOBS = os.path.join(ROOT, "tests", "data", "upstream-worker-jobs")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 

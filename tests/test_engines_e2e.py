@@ -14,13 +14,13 @@ import subprocess
 
 import pytest
 
-from conftest import cli, make_job, worker_env, write_job
+from conftest import UPSTREAM_JOBS, cli, make_job, worker_env, write_job
 from diskimage import EXPECTED, GUESTFS_ENV
 from metricskit import parse, value
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.engine]
 
-SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "examples", "worker-jobs")
+SHARED = UPSTREAM_JOBS
 
 
 def sha256(path):
@@ -32,14 +32,8 @@ def sha256(path):
 
 
 def basic_example_data(image):
-    path = os.path.join(SHARED, "guestkit-inspect-basic.json")
-    if os.path.exists(path):
-        with open(path) as fh:
-            data = copy.deepcopy(json.load(fh)["payload"]["data"])
-    else:  # the same payload, for checkouts without the shared examples
-        data = {"image": {"format": "qcow2", "read_only": True},
-                "options": {"deep_scan": False, "include_packages": True, "include_services": True,
-                            "include_network": True, "include_security": True}}
+    with open(os.path.join(SHARED, "guestkit-inspect-basic.json")) as fh:
+        data = copy.deepcopy(json.load(fh)["payload"]["data"])
     data["image"]["path"] = image
     data.pop("output", None)  # default destination: the work dir
     return data

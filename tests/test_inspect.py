@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from conftest import UPSTREAM_JOBS
+
 from diskimage import require_tool
 from fixtures_disk import make_context
 from guestkit_worker.checksum import sha256_file
@@ -24,15 +26,11 @@ from guestkit_worker.handlers.inspect import InspectHandler, effective_sections,
 
 pytestmark = pytest.mark.timeout(300)
 
-EXAMPLES = os.environ.get("GUESTKIT_EXAMPLES_DIR", os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "examples", "worker-jobs"))
+EXAMPLES = UPSTREAM_JOBS
 
 
 def example(name):
-    path = os.path.join(EXAMPLES, name)
-    if not os.path.exists(path):
-        pytest.skip(f"example job {path} not present")
-    with open(path, encoding="utf-8") as fh:
+    with open(os.path.join(EXAMPLES, name), encoding="utf-8") as fh:
         return json.load(fh)
 
 

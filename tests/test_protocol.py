@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from conftest import make_job
+from conftest import UPSTREAM_JOBS, make_job
 from guestkit_worker.errors import JobFileError, JobValidationError
 from guestkit_worker.protocol import decode_job_bytes, pool_accepts, validate_document
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "examples", "worker-jobs")
+SHARED = UPSTREAM_JOBS
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples", "jobs")
 
 
@@ -29,7 +29,6 @@ def test_bundled_examples_are_valid():
     assert jobs[1].max_attempts == 3
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED), reason="shared upstream examples not present")
 def test_upstream_examples():
     verdicts = {}
     for path in sorted(glob.glob(os.path.join(SHARED, "*.json"))):
