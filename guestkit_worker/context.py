@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import subprocess
 import threading
 import time
@@ -79,7 +80,9 @@ class HandlerContext:
         if percent is not None:
             event["progress_percent"] = round(float(percent), 1)
         try:
-            with open(self._progress_path, "a", encoding="utf-8") as fh:
+            # 0640 before the umask, like results (open(..., "a") would ask for 0666)
+            fd = os.open(self._progress_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            with open(fd, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(event) + "\n")
         except OSError as exc:
             log.warning("job %s: cannot append progress to %s: %s", self.job_id, self._progress_path, exc)

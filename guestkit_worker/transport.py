@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 PROCESSING = ".processing"
 RUNNING_SUFFIX = ".running"
+#: Longest job file name (bytes) admitted: room for ".running", a collision suffix and
+#: ".reason.json" within the 255-byte limit of file names.
+MAX_NAME_BYTES = 200
 
 
 class Claim:
@@ -118,7 +121,10 @@ class Transport:
 
 
 def _json_bytes(obj):
-    return (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    # backslashreplace: a job file name that is not UTF-8 (surrogate-escaped by os.fsdecode)
+    # becomes a \udcXX escape inside its JSON string instead of failing the whole write
+    return (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8",
+                                                                                         "backslashreplace")
 
 
 class FileTransport(Transport):
@@ -134,15 +140,19 @@ class FileTransport(Transport):
         self.failed_dir = os.path.join(self.jobs_dir, "failed")
         self.idem_dir = os.path.join(self.results_dir, ".idempotency")
         self._lock_fd = None
+        self._own_leftovers = []
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self):
         """Create the directory layout and take this worker's liveness lock."""
         for d in (self.jobs_dir, self.results_dir, self.processing, self.done_dir, self.failed_dir,
                   self.idem_dir):
-            os.makedirs(d, exist_ok=True)
+            os.makedirs(d, mode=0o770, exist_ok=True)  # never world access, whatever the umask
         self._lock_fd = os.open(self.processing + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Holding our lock, whatever is in our own processing dir was left by an earlier
+        # process with this worker id (a stable id such as the host name) that died.
+        self._own_leftovers = sorted(n for n in os.listdir(self.processing) if not n.startswith("."))
 
     def close(self):
         if self._lock_fd is not None:
@@ -183,6 +193,25 @@ class FileTransport(Transport):
         return Claim(name, dst)
 
     def read(self, claim):
+        size = len(os.fsencode(claim.name))
+        if size > MAX_NAME_BYTES:
+            raise JobFileError("file", f"name is {size} bytes long; job file names may have at most "
+                                       f"{MAX_NAME_BYTES} bytes")
+        # Look before opening: a link is never followed and a FIFO, socket or device is never
+        # opened (opening some devices has side effects).  The claim sits in our own
+        # processing directory, so nobody else swaps it between lstat and open.
+        try:
+            st = os.lstat(claim.path)
+        except OSError as exc:
+            raise JobFileError("file", f"cannot stat: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            if stat.S_ISLNK(st.st_mode):
+                raise JobFileError("file", "is a symbolic link; job files must be regular files "
+                                           "(the link was not followed)")
+            kind = ("directory" if stat.S_ISDIR(st.st_mode) else "FIFO" if stat.S_ISFIFO(st.st_mode) else
+                    "socket" if stat.S_ISSOCK(st.st_mode) else "device" if stat.S_ISCHR(st.st_mode) or
+                    stat.S_ISBLK(st.st_mode) else "special file")
+            raise JobFileError("file", f"is a {kind}, not a regular file")
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             fd = os.open(claim.path, flags)
@@ -242,9 +271,14 @@ class FileTransport(Transport):
 
     # -- archive ------------------------------------------------------------------------
     def _archive(self, claim, directory):
-        dst = os.path.join(directory, claim.name)
+        name = claim.name
+        raw = os.fsencode(name)
+        if len(raw) > MAX_NAME_BYTES:  # keep room for the suffixes (the reason names the original)
+            name = os.fsdecode(raw[:MAX_NAME_BYTES - 30] + b"~" + hashlib.sha256(raw).hexdigest()[:16].encode()
+                               + b".json")
+        dst = os.path.join(directory, name)
         if os.path.lexists(dst):
-            dst = os.path.join(directory, f"{claim.name}.{time.time_ns()}")
+            dst = os.path.join(directory, f"{name}.{time.time_ns()}")
         os.rename(claim.path, dst)
         return dst
 
@@ -302,10 +336,21 @@ class FileTransport(Transport):
         (requeue, or finish as failed).  Returns the number of jobs recovered.
         """
         count = 0
+        leftovers, self._own_leftovers = self._own_leftovers, []
+        for name in leftovers:
+            started = name.endswith(RUNNING_SUFFIX)
+            claim = Claim(name[:-len(RUNNING_SUFFIX)] if started else name, os.path.join(self.processing, name))
+            claim.started = started
+            if not os.path.lexists(claim.path):
+                continue
+            log.warning("recovering %s left by an earlier run of this worker id (%s)", claim.name,
+                        "handler had started" if started else "not started")
+            decide(claim, self.worker_id)
+            count += 1
         try:
             entries = os.listdir(self.processing_root)
         except OSError:
-            return 0
+            return count
         for entry in entries:
             path = os.path.join(self.processing_root, entry)
             if entry.endswith(".lock") or entry == self.worker_id or not os.path.isdir(path):
