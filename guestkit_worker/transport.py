@@ -145,8 +145,8 @@ class FileTransport(Transport):
     # -- lifecycle ----------------------------------------------------------------------
     def open(self):
         """Create the directory layout and take this worker's liveness lock."""
-        for d in (self.jobs_dir, self.results_dir, self.processing, self.done_dir, self.failed_dir,
-                  self.idem_dir):
+        for d in (self.jobs_dir, self.results_dir, self.processing_root, self.processing, self.done_dir,
+                  self.failed_dir, self.idem_dir):
             os.makedirs(d, mode=0o770, exist_ok=True)  # never world access, whatever the umask
         self._lock_fd = os.open(self.processing + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
