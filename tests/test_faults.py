@@ -1,0 +1,288 @@
+"""Faults: SIGKILL at random moments, several workers on one jobs dir, results that cannot be
+written (permissions, injected ENOSPC), handlers that misbehave, SIGTERM during a burst.
+
+Every job's runs are counted through the fault.journal handler (tests/faultkit.py), which
+appends 'JOB_ID ATTEMPT PID' before doing anything else.  docs/reliability.md maps every case
+to its test.
+"""
+
+import os
+import random
+import shutil
+import signal
+import time
+
+import pytest
+
+from conftest import make_job, wait_for, write_job
+from faultkit import (Worker, archived, cap_drop_prefix, journal_job, load_results, plugin_env, processing,
+                      read_journal, temp_files, total, waiting)
+from metricskit import get
+
+pytestmark = pytest.mark.timeout(240)
+
+#: Seed of the random kill moments; printed in assertion messages, settable to replay a run.
+SEED = int(os.environ.get("GKW_FAULT_SEED", time.time_ns() % 1_000_000))
+
+
+def _write_jobs(dirs, journal, n, prefix, seconds=lambda i: 0.0, **top):
+    for i in range(n):
+        write_job(dirs.jobs, journal_job(f"{prefix}-{i:05d}", journal, seconds(i), **top))
+
+
+def _finished(dirs):
+    return archived(dirs, "done") + archived(dirs, "failed")
+
+
+# -- SIGKILL at random moments ------------------------------------------------------------
+
+@pytest.mark.parametrize("ids", ["stable", "fresh"])
+def test_sigkill_at_random_moments_loses_nothing(dirs, ids):
+    """300 jobs; SIGKILL the worker at a random moment, restart, five times; then let it finish.
+
+    ids=stable restarts with the same --worker-id (as the systemd unit does with %H), fresh
+    with a new one each time; both must recover the dead process's claims.
+    """
+    rng = random.Random(SEED)
+    n, kills = 300, 5
+    journal = os.path.join(dirs.base, "journal")
+    env = plugin_env(dirs.base)
+    _write_jobs(dirs, journal, n, "kill", seconds=lambda i: rng.choice((0.0, 0.01, 0.03, 0.08)),
+                execution={"max_attempts": kills + 2})
+    killed_running = []
+    for round_ in range(kills):
+        wid = "crashy" if ids == "stable" else f"crashy-{round_}"
+        before = sum(len(v) for v in read_journal(journal).values())
+        w = Worker(dirs, "--worker-id", wid, "--max-concurrent", "4", env=env, metrics=False,
+                   log_name=f"kill-{round_}.log")
+        try:
+            target = before + rng.randint(0, 40)  # kill once some more handlers have started (0: at start-up) ...
+            wait_for(lambda: sum(len(v) for v in read_journal(journal).values()) >= target or
+                     len(_finished(dirs)) == n, timeout=60, what=f"progress before kill {round_}")
+            time.sleep(rng.uniform(0, 0.05))  # ... plus a random fraction of a job
+            killed_running.append(len([p for p in processing(dirs) if p.endswith(".running")]))
+        finally:
+            w.kill()
+        assert w.proc.returncode == -signal.SIGKILL
+    final = Worker(dirs, "--worker-id", "crashy" if ids == "stable" else "survivor", env=env, metrics=False,
+                   log_name="final.log")
+    try:
+        wait_for(lambda: len(_finished(dirs)) == n and not processing(dirs), timeout=120,
+                 what=f"all jobs finished (seed {SEED})")
+    finally:
+        assert final.stop() == 0
+    results, broken = load_results(dirs)
+    runs = read_journal(journal)
+    msg = f"seed {SEED}, running at kills {killed_running}"
+    assert not broken, msg
+    assert sorted(results) == [f"kill-{i:05d}" for i in range(n)], msg  # none lost
+    assert sorted(archived(dirs, "done")) == [f"kill-{i:05d}.json" for i in range(n)], msg  # each archived once
+    assert archived(dirs, "failed") == [] and waiting(dirs) == [] and processing(dirs) == [], msg
+    extra_attempts = 0
+    for job_id, result in results.items():
+        attempts = runs.get(job_id, [])
+        assert result["status"] == "completed", (job_id, result["error"], msg)
+        # no attempt ran twice; a job ran again only as a later attempt (after a crash), and
+        # its result is that of its last attempt
+        assert len(attempts) == len(set(attempts)) >= 1, (job_id, attempts, msg)
+        assert result["execution_summary"]["attempt"] == max(attempts), (job_id, attempts, msg)
+        extra_attempts += max(attempts) - 1
+    # each kill interrupts at most --max-concurrent started jobs
+    assert extra_attempts <= kills * 4, msg
+    assert sum(len(a) for a in runs.values()) <= n + extra_attempts, msg
+
+
+# -- several workers on one jobs dir ------------------------------------------------------
+
+@pytest.mark.parametrize("nworkers", [2, 4])
+def test_workers_sharing_a_jobs_dir_run_each_job_once(dirs, nworkers):
+    n = 1000
+    journal = os.path.join(dirs.base, "journal")
+    env = plugin_env(dirs.base)
+    _write_jobs(dirs, journal, n, "shared")
+    workers = [Worker(dirs, "--worker-id", f"share-{k}", "--max-concurrent", "2", env=env,
+                      log_name=f"share-{k}.log") for k in range(nworkers)]
+    try:
+        wait_for(lambda: len(archived(dirs, "done")) == n, timeout=150, what="1000 jobs done")
+        # a job is archived just before it is counted: wait (bounded) for the last counts
+        samples = wait_for(lambda: (lambda ss: ss if sum(total(s, "guestkit_worker_jobs_total") for s in ss) >= n
+                                    else None)([w.samples() for w in workers]), timeout=10, what="counts")
+        assert all(w.alive() for w in workers)
+    finally:
+        for w in workers:
+            w.stop()
+    results, broken = load_results(dirs)
+    assert not broken and len(results) == n
+    runs = read_journal(journal)
+    assert sorted(runs) == sorted(results) and all(a == [1] for a in runs.values())  # each ran once
+    per_worker = [total(s, "guestkit_worker_jobs_total") for s in samples]
+    assert sum(per_worker) == n, per_worker
+    assert [total(s, "guestkit_worker_jobs_total", status="completed") for s in samples] == per_worker
+    by_result = {}
+    for r in results.values():
+        by_result[r["worker_id"]] = by_result.get(r["worker_id"], 0) + 1
+    assert [by_result.get(f"share-{k}", 0) for k in range(nworkers)] == per_worker
+    assert processing(dirs) == [] and waiting(dirs) == []
+
+
+# -- results that cannot be written -------------------------------------------------------
+
+def _assert_nothing_half_written(dirs):
+    assert temp_files(dirs.results) == []
+    assert [n for n in os.listdir(dirs.results) if n.endswith("-result.json")] == []
+
+
+def test_results_dir_not_writable_then_writable_again(dirs):
+    prefix = cap_drop_prefix()  # root without CAP_DAC_OVERRIDE: modes apply to the worker
+    w = Worker(dirs, "--worker-id", "ro-results", prefix=prefix)
+    try:
+        assert get(w.url + "/health")[0] == 200
+        idem = os.path.join(dirs.results, ".idempotency")
+        os.chmod(dirs.results, 0o555)
+        os.chmod(idem, 0o555)
+        write_job(dirs.jobs, make_job("ro-results-0001", execution={"idempotency_key": "ro-k"}))
+        write_job(dirs.jobs, make_job("ro-rejected-001", execution={"priority": 0}))
+        s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_result_write_errors_total") >= 4 else None)(
+            w.samples()), timeout=60, what="write errors counted")
+        assert total(s, "guestkit_worker_jobs_total") == 0  # not counted as ended
+        assert archived(dirs, "done") == [] and archived(dirs, "failed") == []  # not marked done
+        _assert_nothing_half_written(dirs)
+        status, _, body = get(w.url + "/health")
+        assert status == 503 and '"results_dir": {"detail":' in body and "Permission denied" in body
+        assert "cannot store the outcome ([Errno 13] Permission denied" in w.log()
+        os.chmod(dirs.results, 0o755)
+        os.chmod(idem, 0o755)
+        wait_for(lambda: len(_finished(dirs)) == 2, timeout=60, what="jobs finish once writable")
+        assert dirs.result("ro-results-0001")["status"] == "completed"
+        assert dirs.result("ro-rejected-001")["error"]["message"] == "execution.priority: must be 1-10, got 0"
+        assert len(os.listdir(idem)) == 1
+        s = w.samples()
+        assert total(s, "guestkit_worker_jobs_total", status="completed") == 1  # counted once, not per try
+        assert total(s, "guestkit_worker_jobs_total", status="rejected") == 1
+        assert get(w.url + "/health")[0] == 200
+    finally:
+        os.chmod(dirs.results, 0o755)
+        w.ensure_stopped()
+
+
+def test_disk_full_while_writing_results(dirs):
+    """ENOSPC injected at the write call (tests/faultkit.py install_write_faults): the first
+    write of each result temp file stores half the bytes, the next fails with ENOSPC."""
+    flag = os.path.join(dirs.base, "disk-full")
+    open(flag, "w").close()
+    journal = os.path.join(dirs.base, "journal")
+    env = plugin_env(dirs.base, GKW_FAULT_DIR=dirs.results, GKW_FAULT_FLAG=flag)
+    w = Worker(dirs, "--worker-id", "enospc", shim=True, env=env)
+    try:
+        write_job(dirs.jobs, journal_job("full-journal-01", journal))
+        write_job(dirs.jobs, make_job("full-echo-0001", data={"n": 1}, execution={"idempotency_key": "full-k"}))
+        write_job(dirs.jobs, make_job("full-reject-001", execution={"timeout_seconds": 0}))
+        s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_result_write_errors_total") >= 6 else None)(
+            w.samples()), timeout=60, what="ENOSPC counted")
+        assert total(s, "guestkit_worker_jobs_total") == 0
+        assert archived(dirs, "done") == [] and archived(dirs, "failed") == []
+        _assert_nothing_half_written(dirs)
+        assert "cannot store the outcome ([Errno 28] No space left on device)" in w.log()
+        wait_for(lambda: len(read_journal(journal)["full-journal-01"]) >= 2, what="retried after the back-off")
+        os.unlink(flag)  # space returns
+        wait_for(lambda: len(_finished(dirs)) == 3, timeout=60, what="jobs finish once space returns")
+        results, broken = load_results(dirs)
+        assert not broken
+        assert {k: r["status"] for k, r in results.items()} == {
+            "full-journal-01": "completed", "full-echo-0001": "completed", "full-reject-001": "failed"}
+        assert results["full-echo-0001"]["data"] == {"n": 1}
+        assert temp_files(dirs.results) == []
+        s = w.samples()
+        assert total(s, "guestkit_worker_jobs_total", status="completed") == 2
+        assert total(s, "guestkit_worker_jobs_total", status="rejected") == 1
+        errors = total(s, "guestkit_worker_result_write_errors_total")
+        assert errors >= 6
+        # the idempotency record was written too: a duplicate is recognised
+        write_job(dirs.jobs, make_job("full-echo-0002", execution={"idempotency_key": "full-k"}))
+        wait_for(lambda: "full-echo-0002.json" in archived(dirs, "done"), what="duplicate")
+        assert dirs.result("full-echo-0002")["duplicate_of"]["job_id"] == "full-echo-0001"
+        assert w.alive()
+    finally:
+        w.ensure_stopped()
+
+
+# -- handlers that misbehave: results and capacity accounting -------------------------------
+
+def test_misbehaving_handlers_keep_capacity_accounting_honest(dirs):
+    pid_file = os.path.join(dirs.base, "child.pid")
+    w = Worker(dirs, "--worker-id", "misbehave", "--max-concurrent", "3")
+    try:
+        write_job(dirs.jobs, make_job("hangs-00000001", "test.hang", {"seconds": 8}, execution={"timeout_seconds": 1}))
+        wait_for(lambda: os.path.exists(os.path.join(dirs.results, "hangs-00000001-result.json")), timeout=30,
+                 what="timeout result of the hung handler")
+        assert dirs.result("hangs-00000001")["status"] == "timeout"
+        s = w.samples()
+        assert total(s, "guestkit_worker_active_jobs") == 1  # its thread is still busy
+        status, _, body = get(w.url + "/health")
+        assert status == 200 and '"active_jobs": 1' in body
+        # the two free slots keep working while it hangs
+        write_job(dirs.jobs, make_job("raises-0000001", "test.raise", {"message": "kaput"}))
+        write_job(dirs.jobs, make_job("badresult-0001", "test.badresult"))
+        write_job(dirs.jobs, make_job("stubborn-child", "test.child", {"pid_file": pid_file, "ignore_sigterm": True},
+                                      execution={"timeout_seconds": 1}))
+        write_job(dirs.jobs, make_job("plain-echo-001"))
+        wait_for(lambda: len(_finished(dirs)) == 5, timeout=60, what="five results")
+        r = dirs.all_results()
+        assert r["raises-0000001"]["error"]["message"] == "RuntimeError: kaput"
+        assert r["badresult-0001"]["error"]["code"] == "INVALID_RESULT"
+        assert (r["stubborn-child"]["status"], r["stubborn-child"]["error"]["code"]) == ("timeout", "TIMEOUT")
+        assert r["plain-echo-001"]["status"] == "completed"
+        child = int(open(pid_file).read())
+        assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split(")")[1].split()[0] == "Z"
+        # once the hung handler returns: nothing active, and its late outcome is discarded
+        s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_active_jobs") == 0 else None)(w.samples()),
+                     timeout=30, what="hung handler returned")
+        assert dirs.result("hangs-00000001")["status"] == "timeout"
+        assert "late outcome (completed) is discarded" in w.log()
+        assert total(s, "guestkit_handler_executions_total", handler="test.hang", status="success") == 1
+        assert total(s, "guestkit_handler_executions_total", handler="test.raise", status="error") == 1
+        assert total(s, "guestkit_handler_executions_total", handler="test.child", status="timeout") == 1
+        assert total(s, "guestkit_handler_executions_total") == 5
+        assert total(s, "guestkit_worker_jobs_total", status="timeout") == 2
+        assert total(s, "guestkit_worker_jobs_total", status="failed") == 2
+        assert total(s, "guestkit_worker_jobs_total", status="completed") == 1
+        # the full capacity is back: three jobs run at once again
+        for i in range(3):
+            write_job(dirs.jobs, make_job(f"capacity-{i:05d}", "test.sleep", {"seconds": 1.5}))
+        s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_active_jobs") == 3 else None)(w.samples()),
+                     timeout=30, what="three active at once")
+        wait_for(lambda: len(_finished(dirs)) == 8, timeout=30, what="capacity jobs done")
+        assert total(w.samples(), "guestkit_worker_active_jobs") == 0
+    finally:
+        w.ensure_stopped()
+
+
+# -- SIGTERM during a burst ---------------------------------------------------------------
+
+def test_sigterm_during_a_burst_drains_or_returns_every_job(dirs):
+    n = 300
+    journal = os.path.join(dirs.base, "journal")
+    env = plugin_env(dirs.base)
+    _write_jobs(dirs, journal, n, "burst", seconds=lambda i: 0.02)
+    w = Worker(dirs, "--worker-id", "burst-1", "--max-concurrent", "4", "--shutdown-timeout", "30", env=env,
+               metrics=False)
+    try:
+        wait_for(lambda: len(archived(dirs, "done")) >= 30, timeout=60, what="burst under way")
+    finally:
+        rc = w.stop()
+    assert rc == 0
+    done, left = archived(dirs, "done"), waiting(dirs)
+    assert 30 <= len(done) < n, "the burst was over before SIGTERM arrived"
+    assert sorted(done + left) == [f"burst-{i:05d}.json" for i in range(n)]  # drained or back in the queue
+    assert processing(dirs) == [] and archived(dirs, "failed") == []
+    results, _ = load_results(dirs)
+    assert sorted(results) == sorted(d[:-5] for d in done)
+    assert all(r["status"] == "completed" for r in results.values())
+    assert sum(len(a) for a in read_journal(journal).values()) == len(done)  # only the drained ones ran
+    assert "stopped: completed" in open(w.log_path).read()
+    # the rest runs on the next start, each job exactly once overall
+    again = Worker(dirs, "--once", env=env, metrics=False, log_name="again.log")
+    assert again.proc.wait(timeout=120) == 0
+    runs = read_journal(journal)
+    assert sorted(runs) == [f"burst-{i:05d}" for i in range(n)] and all(a == [1] for a in runs.values())
+    assert len(archived(dirs, "done")) == n and waiting(dirs) == [] and processing(dirs) == []
