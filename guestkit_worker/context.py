@@ -80,8 +80,10 @@ class HandlerContext:
         if percent is not None:
             event["progress_percent"] = round(float(percent), 1)
         try:
-            # 0640 before the umask, like results (open(..., "a") would ask for 0666)
-            fd = os.open(self._progress_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            # 0640 before the umask, like results (open(..., "a") would ask for 0666); a link
+            # planted at this name is not followed
+            fd = os.open(self._progress_path,
+                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
             with open(fd, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(event) + "\n")
         except OSError as exc:

@@ -148,6 +148,10 @@ class FileTransport(Transport):
         for d in (self.jobs_dir, self.results_dir, self.processing_root, self.processing, self.done_dir,
                   self.failed_dir, self.idem_dir):
             os.makedirs(d, mode=0o770, exist_ok=True)  # never world access, whatever the umask
+            # a link planted at an inner directory by whoever can write jobs/ would send archived
+            # files elsewhere: checked before anything is created below it
+            if d not in (self.jobs_dir, self.results_dir) and not stat.S_ISDIR(os.lstat(d).st_mode):
+                raise OSError(errno.ENOTDIR, f"{d} is a symbolic link or not a directory; refusing to use it")
         self._lock_fd = os.open(self.processing + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         # Holding our lock, whatever is in our own processing dir was left by an earlier

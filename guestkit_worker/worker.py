@@ -478,14 +478,24 @@ class Worker:
         job = run.job
         doc = dict(job.doc)
         doc["execution"] = dict(doc.get("execution") or {}, attempt=job.attempt + 1)
-        log.warning("job %s: attempt %d/%d failed (%s); re-queued as attempt %d", job.job_id, job.attempt,
-                    job.max_attempts, err, job.attempt + 1)
         run.to(JobState.FAILED)
         try:
             self.transport.requeue(run.claim, doc)
         except OSError as exc:
-            log.error("job %s: cannot re-queue for retry (%s); failing it instead", job.job_id, exc)
+            # e.g. ENOSPC writing the new attempt: give the job file back unchanged (this attempt
+            # runs again after the back-off) rather than leave it claimed and unfinished
+            log.error("job %s: attempt %d/%d failed (%s) and cannot be re-queued as attempt %d (%s); job file "
+                      "returned to the queue as it was", job.job_id, job.attempt, job.max_attempts, err,
+                      job.attempt + 1, exc)
+            self._backoff_until = time.monotonic() + max(1.0, 5 * self.cfg.poll_interval)
+            try:
+                self.transport.release(run.claim)
+            except OSError as exc2:
+                log.error("job %s: cannot return %s to the queue (%s); it stays in %s for recovery",
+                          job.job_id, run.claim.name, exc2, run.claim.path)
             return False
+        log.warning("job %s: attempt %d/%d failed (%s); re-queued as attempt %d", job.job_id, job.attempt,
+                    job.max_attempts, err, job.attempt + 1)
         return True
 
     def _store(self, run, result, reason, *, failed, status, requeue=False):

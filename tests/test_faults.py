@@ -286,3 +286,26 @@ def test_sigterm_during_a_burst_drains_or_returns_every_job(dirs):
     runs = read_journal(journal)
     assert sorted(runs) == [f"burst-{i:05d}" for i in range(n)] and all(a == [1] for a in runs.values())
     assert len(archived(dirs, "done")) == n and waiting(dirs) == [] and processing(dirs) == []
+
+
+def test_disk_full_when_requeueing_a_retry(dirs):
+    """A recoverable failure whose next attempt cannot be written (ENOSPC in jobs/): the job file
+    goes back unchanged instead of staying claimed; once space returns attempt 2 runs."""
+    flag = os.path.join(dirs.base, "disk-full")
+    open(flag, "w").close()
+    env = plugin_env(dirs.base, GKW_FAULT_DIR=dirs.jobs, GKW_FAULT_FLAG=flag)
+    write_job(dirs.jobs, make_job("flaky-enospc-01", "test.flaky", {"succeed_on": 2}, execution={"max_attempts": 2}))
+    w = Worker(dirs, "--worker-id", "enospc-retry", shim=True, env=env, metrics=False)
+    try:
+        wait_for(lambda: w.log().count("cannot be re-queued as attempt 2 ([Errno 28] No space left on device)") >= 2,
+                 timeout=30, what="two failed re-queues")
+        assert archived(dirs, "done") == [] and archived(dirs, "failed") == []
+        assert not os.path.exists(os.path.join(dirs.results, "flaky-enospc-01-result.json"))
+        assert temp_files(dirs.jobs) == []
+        os.unlink(flag)
+        wait_for(lambda: archived(dirs, "done") == ["flaky-enospc-01.json"], timeout=30, what="retry completed")
+        result = dirs.result("flaky-enospc-01")
+        assert (result["status"], result["execution_summary"]["attempt"]) == ("completed", 2)
+        assert processing(dirs) == [] and waiting(dirs) == []
+    finally:
+        w.ensure_stopped()

@@ -386,6 +386,34 @@ def test_outputs_never_overwrite_the_workers_own_files(dirs):
     assert not os.path.exists(os.path.join(dirs.jobs, "sneaky.json"))
 
 
+@pytest.mark.parametrize("sub", ["failed", "done", ".processing"])
+def test_planted_link_for_an_archive_dir_is_refused(dirs, sub):
+    """Whoever may write jobs/ could put a link where done/ or failed/ belong, sending archived
+    job files (names and contents of their choosing) into another directory."""
+    target = os.path.join(dirs.base, "elsewhere")
+    os.makedirs(target)
+    os.symlink(target, os.path.join(dirs.jobs, sub))
+    write_job(dirs.jobs, b"{not json", "daemon.json")
+    proc = cli("--once", *dirs.args(), timeout=60)
+    assert proc.returncode == 2
+    assert f"{os.path.join(dirs.jobs, sub)} is a symbolic link or not a directory; refusing to use it" in proc.stderr
+    assert os.listdir(target) == [] and waiting(dirs) == ["daemon.json"]
+
+
+def test_planted_progress_link_is_not_followed(dirs):
+    victim = os.path.join(dirs.base, "victim.txt")
+    with open(victim, "w") as fh:
+        fh.write("untouched\n")
+    os.symlink(victim, os.path.join(dirs.results, "progress-link-01-progress.jsonl"))
+    journal = os.path.join(dirs.base, "journal")
+    write_job(dirs.jobs, journal_job("progress-link-01", journal, data={"progress": True}))
+    w = Worker(dirs, "--once", env=plugin_env(dirs.base), metrics=False)
+    assert w.proc.wait(timeout=60) == 0
+    assert open(victim).read() == "untouched\n"
+    assert dirs.result("progress-link-01")["status"] == "completed"
+    assert "cannot append progress" in w.log()
+
+
 # -- modes of what the worker creates -----------------------------------------------------
 
 @pytest.mark.parametrize("umask, files, dirs_mode", [(0o000, 0o640, 0o770), (0o022, 0o640, 0o750),
