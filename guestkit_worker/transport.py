@@ -145,28 +145,36 @@ class FileTransport(Transport):
     # -- lifecycle ----------------------------------------------------------------------
     def open(self):
         """Create the directory layout and take this worker's liveness lock."""
-        for d in (self.jobs_dir, self.results_dir, self.processing_root, self.processing, self.done_dir,
-                  self.failed_dir, self.idem_dir):
-            os.makedirs(d, mode=0o770, exist_ok=True)  # never world access, whatever the umask
-            # a link planted at an inner directory by whoever can write jobs/ would send archived
-            # files elsewhere: checked before anything is created below it
-            if d not in (self.jobs_dir, self.results_dir) and not stat.S_ISDIR(os.lstat(d).st_mode):
-                raise OSError(errno.ENOTDIR, f"{d} is a symbolic link or not a directory; refusing to use it")
+        for d in (self.jobs_dir, self.results_dir, self.processing_root, self.done_dir, self.failed_dir,
+                  self.idem_dir):
+            self._make_dir(d)
+        # lock before our processing dir exists: a worker recovering dead workers' claims must
+        # never take a starting worker's empty dir (and its lock) for a dead one's
         self._lock_fd = os.open(self.processing + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._make_dir(self.processing)
         # Holding our lock, whatever is in our own processing dir was left by an earlier
         # process with this worker id (a stable id such as the host name) that died.
         self._own_leftovers = sorted(n for n in os.listdir(self.processing) if not n.startswith("."))
 
+    def _make_dir(self, d):
+        os.makedirs(d, mode=0o770, exist_ok=True)  # never world access, whatever the umask
+        # a link planted at an inner directory by whoever can write jobs/ would send archived
+        # files elsewhere: checked before anything is created below it
+        if d not in (self.jobs_dir, self.results_dir) and not stat.S_ISDIR(os.lstat(d).st_mode):
+            raise OSError(errno.ENOTDIR, f"{d} is a symbolic link or not a directory; refusing to use it")
+
     def close(self):
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        # remove the dir and the lock file while still holding the lock, so nobody locks the
+        # file we are about to unlink
         for path in (self.processing, self.processing + ".lock"):
             try:
                 (os.rmdir if path == self.processing else os.unlink)(path)
             except OSError:
                 pass  # not empty (a stuck job): left for recovery
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @property
     def own_dirs(self):
@@ -365,7 +373,17 @@ class FileTransport(Transport):
                     fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # that worker is alive
-                for name in sorted(os.listdir(path)):
+                try:
+                    names = sorted(os.listdir(path))
+                except FileNotFoundError:
+                    # another worker recovered it between our listing and our lock (and removed
+                    # the lock file we have just created again)
+                    try:
+                        os.unlink(path + ".lock")
+                    except OSError:
+                        pass
+                    continue
+                for name in names:
                     started = name.endswith(RUNNING_SUFFIX)
                     job_name = name[:-len(RUNNING_SUFFIX)] if started else name
                     if name.startswith("."):

@@ -199,7 +199,11 @@ class Worker:
         now = time.monotonic()
         if now - self._last_recovery > RECOVERY_INTERVAL_SECONDS:
             self._last_recovery = now
-            self.transport.recover(self._recover_one)
+            try:
+                self.transport.recover(self._recover_one)
+            except Exception:  # e.g. a storage error: tried again next interval, the loop keeps going
+                log.exception("recovering jobs of dead workers failed; trying again in %ss",
+                              RECOVERY_INTERVAL_SECONDS)
         names = self.transport.scan()
         self._update_depth(names)
         if now < self._backoff_until:

@@ -160,7 +160,11 @@ class Worker:
                                      stdout=subprocess.DEVNULL, stderr=self._log,
                                      preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
         self.pid = self.proc.pid
-        self.url = self._find_url(60) if metrics else None
+        try:
+            self.url = self._find_url(60) if metrics else None
+        except BaseException:
+            self.ensure_stopped()  # never leave a worker running behind a failed start
+            raise
 
     def log(self):
         with open(self.log_path, errors="replace") as fh:

@@ -8,13 +8,15 @@ to its test.
 
 import os
 import random
-import shutil
+import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import make_job, wait_for, write_job
+from conftest import Dirs, make_job, wait_for, write_job
 from faultkit import (Worker, archived, cap_drop_prefix, journal_job, load_results, plugin_env, processing,
                       read_journal, temp_files, total, waiting)
 from metricskit import get
@@ -309,3 +311,35 @@ def test_disk_full_when_requeueing_a_retry(dirs):
         assert processing(dirs) == [] and waiting(dirs) == []
     finally:
         w.ensure_stopped()
+
+
+def test_workers_starting_together_recover_dead_claims_once(dirs):
+    """Four workers start at once over the claims of 30 dead workers (half of them started):
+    they race to recover the same directories; every claim is recovered by exactly one, none
+    fails to start, nothing is left in .processing/."""
+    rounds, dead, per_dead = 4, 30, 3
+    for r in range(rounds):
+        base = os.path.join(dirs.base, f"round-{r}")
+        d = Dirs(base)
+        journal = os.path.join(base, "journal")
+        for k in range(dead):
+            claims = os.path.join(d.jobs, ".processing", f"dead-{k}")
+            os.makedirs(claims)
+            for j in range(per_dead):
+                name = write_job(claims, journal_job(f"dead-{k}-{j:05d}", journal, execution={"max_attempts": 2}))
+                if j == 0:
+                    os.rename(name, name + ".running")  # its handler had started
+        env = plugin_env(base)
+        procs = [subprocess.Popen([sys.executable, "-m", "guestkit_worker", "--once", *d.args(),
+                                   "--worker-id", f"live-{n}", "--metrics-enabled", "false"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for n in range(4)]
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], [e[-1500:] for e in errs]
+        assert os.listdir(os.path.join(d.jobs, ".processing")) == [], r
+        results, broken = load_results(d)
+        assert not broken and len(results) == dead * per_dead
+        runs = read_journal(journal)
+        for job_id, result in results.items():
+            expect = 2 if job_id.endswith("-00000") else 1
+            assert result["execution_summary"]["attempt"] == expect and runs[job_id] == [expect], (r, job_id)
+        assert sum(len(re.findall(r"recovering \S+ left by dead worker dead-", e)) for e in errs) == dead * per_dead, r
