@@ -1,5 +1,7 @@
 """Atomic file writes: temp file in the same directory, fsync, rename, fsync of the directory."""
 
+import ctypes
+import errno
 import json
 import os
 
@@ -48,6 +50,34 @@ def write_bytes(path, data, *, mode=0o640, durable=True, overwrite=True):
     if durable:
         fsync_dir(directory or ".")
     return path
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+_renameat2 = None
+
+
+def rename_noreplace(src, dst):
+    """os.rename that raises FileExistsError instead of replacing dst (renameat2 with
+    RENAME_NOREPLACE; where the kernel or file system lacks it, a check then a rename)."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+        except (AttributeError, OSError):
+            fn = False
+        _renameat2 = fn
+    if _renameat2:
+        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(err, os.strerror(err), src, None, dst)
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+    os.rename(src, dst)
 
 
 def write_json(path, obj, **kwargs):

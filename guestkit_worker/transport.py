@@ -195,10 +195,14 @@ class FileTransport(Transport):
     def claim(self, name):
         src = os.path.join(self.jobs_dir, name)
         dst = os.path.join(self.processing, name)
+        if os.path.lexists(dst + RUNNING_SUFFIX):
+            return None  # a job file of this name is still running here: claim it after that one
         try:
-            os.rename(src, dst)
+            atomic.rename_noreplace(src, dst)  # never over a claim of the same name
         except FileNotFoundError:
             return None  # another worker claimed it, or the producer removed it
+        except FileExistsError:
+            return None  # a job file of this name is claimed here and not yet started
         except OSError as exc:
             log.error("cannot claim %s: %s", name, exc)
             return None
@@ -258,7 +262,7 @@ class FileTransport(Transport):
 
     def mark_started(self, claim):
         running = claim.path + RUNNING_SUFFIX
-        os.rename(claim.path, running)
+        atomic.rename_noreplace(claim.path, running)
         claim.path = running
         claim.started = True
 
@@ -289,9 +293,11 @@ class FileTransport(Transport):
             name = os.fsdecode(raw[:MAX_NAME_BYTES - 30] + b"~" + hashlib.sha256(raw).hexdigest()[:16].encode()
                                + b".json")
         dst = os.path.join(directory, name)
-        if os.path.lexists(dst):
+        try:
+            atomic.rename_noreplace(claim.path, dst)  # two workers archiving the same name: both kept
+        except FileExistsError:
             dst = os.path.join(directory, f"{name}.{time.time_ns()}")
-        os.rename(claim.path, dst)
+            atomic.rename_noreplace(claim.path, dst)
         return dst
 
     def finish(self, claim, result, reason=None, failed=False):
@@ -307,15 +313,33 @@ class FileTransport(Transport):
         return dst
 
     def requeue(self, claim, doc=None):
-        dst = os.path.join(self.jobs_dir, claim.name)
         if doc is None:
-            os.rename(claim.path, dst)
-        else:
-            atomic.write_bytes(dst, _json_bytes(doc), durable=self.durable, mode=0o640)
-            os.unlink(claim.path)
+            self.release(claim)
+            return
+        data = _json_bytes(doc)
+        for dst in self._queue_names(claim.name):
+            try:
+                atomic.write_bytes(dst, data, durable=self.durable, mode=0o640, overwrite=False)
+                break
+            except FileExistsError:
+                continue
+        os.unlink(claim.path)
 
     def release(self, claim):
-        os.rename(claim.path, os.path.join(self.jobs_dir, claim.name))
+        for dst in self._queue_names(claim.name):
+            try:
+                atomic.rename_noreplace(claim.path, dst)
+                return
+            except FileExistsError:
+                continue
+
+    def _queue_names(self, name):
+        """Where a job file goes back to: its own name, or, when a producer has meanwhile put a
+        new job file under that name, a fresh one (never over someone else's job)."""
+        yield os.path.join(self.jobs_dir, name)
+        stem = name[:-len(".json")] if name.endswith(".json") else name
+        while True:
+            yield os.path.join(self.jobs_dir, f"{stem}.{time.time_ns()}.json")
 
     # -- idempotency --------------------------------------------------------------------
     def _idem_path(self, key):
@@ -391,8 +415,10 @@ class FileTransport(Transport):
                     # move it into our own processing area first: we own it now
                     own = os.path.join(self.processing, name)
                     try:
-                        os.rename(os.path.join(path, name), own)
+                        atomic.rename_noreplace(os.path.join(path, name), own)
                     except FileNotFoundError:
+                        continue
+                    except FileExistsError:  # a job file of that name is ours right now: next time
                         continue
                     claim = Claim(job_name, own)
                     claim.started = started

@@ -260,7 +260,7 @@ class Worker:
         """Claim, validate and run one job file.  Returns True when it was re-queued for a retry."""
         claim = self.transport.claim(name)
         if claim is None:
-            log.debug("job file %s: gone before it could be claimed", name)
+            log.debug("job file %s: not claimed (gone, or a file of that name is still being processed here)", name)
             return False
         run = _Run(claim)
         with self._lock:

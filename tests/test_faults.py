@@ -6,6 +6,7 @@ appends 'JOB_ID ATTEMPT PID' before doing anything else.  docs/reliability.md ma
 to its test.
 """
 
+import json
 import os
 import random
 import re
@@ -343,3 +344,30 @@ def test_workers_starting_together_recover_dead_claims_once(dirs):
             expect = 2 if job_id.endswith("-00000") else 1
             assert result["execution_summary"]["attempt"] == expect and runs[job_id] == [expect], (r, job_id)
         assert sum(len(re.findall(r"recovering \S+ left by dead worker dead-", e)) for e in errs) == dead * per_dead, r
+
+
+def test_a_reused_job_file_name_never_replaces_a_job(dirs):
+    """A producer writes x.json again while the first x.json runs: the second waits until the
+    first is done, and a first one sent back to the queue (SIGTERM) takes a fresh name instead
+    of replacing the waiting one."""
+    w = Worker(dirs, "--worker-id", "reuse", "--max-concurrent", "2", "--shutdown-timeout", "0.5")
+    try:
+        write_job(dirs.jobs, make_job("reuse-first-001", "test.sleep", {"seconds": 1.5}), "x.json")
+        wait_for(lambda: dirs.running() == ["x.json.running"], what="first x.json running")
+        write_job(dirs.jobs, make_job("reuse-second-01"), "x.json")
+        wait_for(lambda: len(archived(dirs, "done")) == 2, timeout=30, what="both x.json done")
+        assert {r["job_id"]: r["status"] for r in dirs.all_results().values()} == {
+            "reuse-first-001": "completed", "reuse-second-01": "completed"}
+        assert dirs.listing("done")[0] == "x.json" and dirs.listing("done")[1].startswith("x.json.")
+        write_job(dirs.jobs, make_job("reuse-long-0001", "test.sleep", {"seconds": 60}), "y.json")
+        wait_for(lambda: dirs.running() == ["y.json.running"], what="y.json running")
+        write_job(dirs.jobs, make_job("reuse-waiting01", "test.sleep", {"seconds": 60}), "y.json")
+        # the worker sees the second y.json (queue depth 1) and leaves it waiting
+        wait_for(lambda: total(w.samples(), "guestkit_worker_queue_depth") == 1, what="second y.json seen")
+        assert dirs.running() == ["y.json.running"] and waiting(dirs) == ["y.json"]
+    finally:
+        assert w.stop() == 0
+    back = {n: json.load(open(os.path.join(dirs.jobs, n)))["job_id"] for n in waiting(dirs)}
+    assert sorted(back.values()) == ["reuse-long-0001", "reuse-waiting01"], back
+    assert back["y.json"] == "reuse-waiting01"
+    assert processing(dirs) == []
