@@ -159,7 +159,13 @@ def machine():
                             capture_output=True, text=True).stdout.strip()
     except OSError:
         fs = "?"
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
+                             text=True).stdout.strip() or "?"
+    except OSError:
+        rev = "?"
     return {
+        "commit": rev,
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "python": f"{platform.python_implementation()} {platform.python_version()}",

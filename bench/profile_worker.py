@@ -27,6 +27,7 @@ def main():
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--rate", type=int, default=1000)
     p.add_argument("--no-idle", action="store_true")
+    p.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL")
     args = p.parse_args()
     spy = shutil.which("py-spy") or sys.exit("py-spy missing: pip install py-spy")
     base = common.fresh_dir("profile")
@@ -34,7 +35,9 @@ def main():
     common.settle()
     raw = os.path.join(base, "spy.txt")
     argv = [spy, "record", "-r", str(args.rate), "-f", "raw", "-o", raw, "--threads", "--nonblocking"]
-    if not args.no_idle:
+    if args.gil:
+        argv.append("--gil")
+    elif not args.no_idle:
         argv.append("--idle")
     argv += ["--", sys.executable] + common.worker_exe() + [
         "--once", "--jobs-dir", os.path.join(base, "jobs"), "--results-dir", os.path.join(base, "results"),

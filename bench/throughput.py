@@ -5,11 +5,12 @@ For each thread count C (1 and 4) and each round, four sides run back to back in
 order, each in a fresh directory with N freshly written job files (written, then os.sync()):
 
 * floor      -- C plain threads in this process doing exactly the worker's file operations per
-               job: claim rename into a processing dir, open+read, json parse and a
+               job: claim rename into a processing dir, open+fstat+read, json parse and a
                validation-equivalent check, result document -> temp file, fsync, rename, fsync
                of the results dir, rename of the job file into done/;
 * worker     -- ``guestkit-worker --once --max-concurrent C --metrics-enabled true`` (real CLI);
-* worker-off -- the same with ``--metrics-enabled false``;
+* worker-off -- the same with ``--metrics-enabled false`` (only with --sides; bench_onoff.py
+               compares metrics on and off with more rounds);
 * huey       -- huey's SqliteHuey, default settings, thread consumer with C workers, the same
                number of no-op tasks (each returns its payload, stored as the result).
 
@@ -24,6 +25,8 @@ import itertools
 import json
 import os
 import re
+import resource
+import stat
 import subprocess
 import sys
 import threading
@@ -33,6 +36,9 @@ from datetime import datetime
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
+#: CPU seconds (user + system) of the last worker process run_worker ran
+LAST_CPU = [0.0]
+MAX_JOB_BYTES = 1 << 20
 JOB_ID_RE = re.compile(r"[A-Za-z0-9._-]{8,128}")
 DOTTED_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
 
@@ -74,7 +80,10 @@ def run_floor(base, names, threads):
         os.rename(src, dst)
         fd = os.open(dst, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            raw = os.read(fd, 1 << 20)
+            st = os.fstat(fd)  # regular file, size limit: what the worker checks before reading
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_JOB_BYTES:
+                raise ValueError("not a regular file or too large")
+            raw = os.read(fd, st.st_size + 1)  # one read: a short read of a regular file is its end
         finally:
             os.close(fd)
         doc = _check(json.loads(raw.decode("utf-8")))
@@ -135,9 +144,12 @@ def run_worker(base, names, threads, metrics, alt=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUESTKIT_WORKER_")}
     if alt:
         env["PYTHONPATH"] = alt
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=base)
     wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    LAST_CPU[0] = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
     stamps = []
@@ -187,9 +199,9 @@ def main():
     rounds = args.rounds or 5
     counts = [int(x) for x in args.threads.split(",")]
     with_huey = huey_available()
-    sides = ["floor", "worker", "worker-off"] + (["huey"] if with_huey else [])
+    sides = ["floor", "worker"] + (["huey"] if with_huey else [])
     if args.sides:
-        sides = [s for s in args.sides.split(",") if s in sides]
+        sides = [s for s in args.sides.split(",") if s in sides + ["worker-off"]]
     if args.alt:
         sides.append("worker-alt")
     rates = {(c, s): [] for c in counts for s in sides}
@@ -240,7 +252,7 @@ def main():
             goals.append(common.goal(f"durable C={c}", ratio >= 0.8,
                                      f"{common.med(rates[(c, 'worker')]):.0f} jobs/s = {ratio:.2f} × floor "
                                      f"({common.med(rates[(c, 'floor')]):.0f})", "≥ 0.80 ×"))
-    if "worker" in have and not args.sides:
+    if "worker" in have and (not args.sides or "huey" in have):
         for c in counts:
             if with_huey:
                 ratio = common.med(rates[(c, "worker")]) / common.med(rates[(c, "huey")])
