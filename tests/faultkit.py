@@ -181,6 +181,18 @@ class Worker:
             time.sleep(0.02)
         raise AssertionError(f"worker did not start serving metrics:\n{self.log()[-3000:]}")
 
+    def wait_running(self, timeout=60):
+        """Wait for the log line run() writes once its job threads and watchdog have started
+        (the metrics URL is logged earlier, before the worker opens its directories)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if re.search(r"serving .* at once", self.log()):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"worker did not start running:\n{self.log()[-3000:]}")
+
     def samples(self):
         from metricskit import parse, scrape
         return parse(scrape(self.url))

@@ -507,6 +507,7 @@ def test_http_garbage_long_urls_and_idle_connections_do_not_stop_a_scrape(dirs):
         url = w.url
         host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
         port = int(port)
+        w.wait_running()
         baseline = w.threads()
         # 100 idle connections held open, and 10 that trickle a request one byte at a time
         for _ in range(100):

@@ -60,8 +60,9 @@ def test_soak_20000_jobs_flat_memory_no_leaks(dirs):
     w = Worker(dirs, "--worker-id", "soak", "--max-concurrent", "4", log_name="soak.log")
     scraper = Scraper(w)
     try:
-        wait_for(lambda: get(w.url + "/health")[0] == 200, what="worker up")
-        threads0, fds0 = w.threads(), w.fds()
+        w.wait_running()
+        threads0, fds0 = w.threads(), w.fds()  # before any HTTP connection exists
+        assert get(w.url + "/health")[0] == 200
         scraper.start()
         started = time.monotonic()
         written = 0
