@@ -6,16 +6,15 @@ import json
 import os
 import socket
 import stat
-import subprocess
 import threading
 import time
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from conftest import cli, make_job, require, require_tool, wait_for, write_job
+from conftest import cli, make_job, require_tool, wait_for, write_job
 from faultkit import (OpenWatch, Worker, archived, cap_drop_prefix, journal_job, load_results, plugin_env,
-                      processing, read_journal, temp_files, total, waiting)
+                      processing, read_journal, total, waiting)
 from metricskit import get
 
 pytestmark = pytest.mark.timeout(240)
@@ -363,8 +362,9 @@ def test_outputs_never_overwrite_the_workers_own_files(dirs):
         fh.truncate(1 << 20)
     write_job(dirs.jobs, make_job("earlier-result1", execution={"idempotency_key": "k-earlier"}))
     cli("--once", *dirs.args(), check=0)
+    idem = os.path.join(dirs.results, ".idempotency")
     own = {p: _sha(p) for p in [os.path.join(dirs.results, "earlier-result1-result.json")] +
-           [os.path.join(dirs.results, ".idempotency", n) for n in os.listdir(os.path.join(dirs.results, ".idempotency"))]}
+           [os.path.join(idem, n) for n in os.listdir(idem)]}
     assert len(own) == 2
     os.symlink(dirs.results, os.path.join(base, "allowed", "results-link"))
     targets = {
