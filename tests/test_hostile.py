@@ -100,6 +100,8 @@ def hostile_cases(base):
         "x.json": (os.mkfifo, "INVALID_JOB_FILE", "is a FIFO, not a regular file"),
         "dir.json": (os.mkdir, "INVALID_JOB_FILE", "is a directory, not a regular file"),
         "socket.json": (_bind_socket, "INVALID_JOB_FILE", "is a socket, not a regular file"),
+        "device.json": (lambda p: os.mknod(p, 0o600 | stat.S_IFCHR, os.makedev(1, 3)), "INVALID_JOB_FILE",
+                        "is a device, not a regular file"),  # /dev/null's numbers; never opened
         "n" * 245 + ".json": (_raw(_doc("long-file-name1")), "INVALID_JOB_FILE",
                               "name is 250 bytes long; job file names may have at most 200 bytes"),
         os.fsdecode(b"\xff\xfe-not-utf8.json"): (b"{oops", "INVALID_JOB_FILE", "invalid JSON"),
