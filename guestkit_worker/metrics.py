@@ -12,6 +12,8 @@ import tempfile
 import time
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from prometheus_client.exposition import generate_latest
 
 log = logging.getLogger(__name__)
@@ -35,21 +37,21 @@ class WorkerMetrics:
         self.registry = registry
         self.track_last_success = track_last_success
         r = registry
-        self.jobs_total = Counter("guestkit_worker_jobs", "Jobs that ended, by operation and final status.",
-                                  ["operation", "status"], registry=r)
         self.jobs_duration = Histogram("guestkit_worker_jobs_duration_seconds",
                                        "Wall time of ended jobs, by operation and final status.",
                                        ["operation", "status"], buckets=DURATION_BUCKETS, registry=r)
+        self.jobs_total = CountOf("guestkit_worker_jobs", "Jobs that ended, by operation and final status.",
+                                  self.jobs_duration, registry=r)
         self.active = Gauge("guestkit_worker_active_jobs",
                             "Handlers running now (a timed-out handler counts until its thread returns).",
                             registry=r)
         self.depth = Gauge("guestkit_worker_queue_depth",
                            "Jobs waiting, including those claimed but not yet started.", registry=r)
-        self.handler_total = Counter("guestkit_handler_executions", "Handler runs, by handler and outcome.",
-                                     ["handler", "status"], registry=r)
         self.handler_duration = Histogram("guestkit_handler_duration_seconds",
                                           "Handler run time, by handler and outcome.",
                                           ["handler", "status"], buckets=DURATION_BUCKETS, registry=r)
+        self.handler_total = CountOf("guestkit_handler_executions", "Handler runs, by handler and outcome.",
+                                     self.handler_duration, registry=r)
         self.checksums = Counter("guestkit_checksum_verifications", "Image checksum verifications by outcome.",
                                  ["status"], registry=r)
         self.disk_read = Counter("guestkit_worker_disk_read_bytes", "Bytes handlers read from disk images.",
@@ -70,17 +72,23 @@ class WorkerMetrics:
                                      "Results that could not be written (job returned to the queue).", registry=r)
         self.info.labels(worker_id, pool, version).set(1)
         self.capacity.set(max_concurrent)
+        # Two gauges are read when scraped instead of updated per job (each update is a locked
+        # method chain): active jobs from the owner's table of running handlers, last success
+        # from a plain attribute (assigning a float is atomic).
+        self._active_fn = _zero
+        self.active.set_function(lambda: self._active_fn())
+        self.last_success_value = 0.0
+        self.last_success.set_function(lambda: self.last_success_value)
         self.operations = set(operations)
         # cached children: no .labels() lookup on the hot path
         self._job_children = {}
         for op in list(operations) + [UNKNOWN_OPERATION]:
             for st in JOB_STATUSES:
-                self._job_children[(op, st)] = (self.jobs_total.labels(op, st), self.jobs_duration.labels(op, st))
+                self._job_children[(op, st)] = self.jobs_duration.labels(op, st)
         self._handler_children = {}
         for h in handlers:
             for st in HANDLER_STATUSES:
-                self._handler_children[(h, st)] = (self.handler_total.labels(h, st),
-                                                   self.handler_duration.labels(h, st))
+                self._handler_children[(h, st)] = self.handler_duration.labels(h, st)
         self._checksum_children = {st: self.checksums.labels(st) for st in CHECKSUM_STATUSES}
 
     def collectors(self):
@@ -89,31 +97,31 @@ class WorkerMetrics:
                 self.handler_duration, self.checksums, self.disk_read, self.disk_write, self.info,
                 self.capacity, self.queue_wait, self.last_success, self.result_errors]
 
+    def track_active(self, count):
+        """Serve ``guestkit_worker_active_jobs`` from ``count()``: the number of handlers whose
+        thread has not returned yet (the worker's table of running handlers)."""
+        self._active_fn = count
+
     def label_operation(self, operation):
         return operation if operation in self.operations else UNKNOWN_OPERATION
 
     def job_finished(self, operation, status, duration):
-        children = self._job_children.get((operation, status))
-        if children is None:
-            children = self._job_children[(UNKNOWN_OPERATION, status)]
-        children[0].inc()
-        children[1].observe(duration)
+        child = self._job_children.get((operation, status))
+        if child is None:
+            child = self._job_children[(UNKNOWN_OPERATION, status)]
+        child.observe(duration)  # also counts guestkit_worker_jobs_total
         if status == "completed" and self.track_last_success:
-            self.last_success.set(time.time())
+            self.last_success_value = time.time()
 
     def handler_started(self, queue_wait=None):
-        self.active.inc()
         if queue_wait is not None:
-            self.queue_wait.observe(max(0.0, queue_wait))
+            self.queue_wait.observe(queue_wait if queue_wait > 0.0 else 0.0)
 
     def handler_returned(self, handler, status, duration):
-        self.active.dec()
-        children = self._handler_children.get((handler, status))
-        if children is None:  # a handler registered after start: create once, then cached
-            children = self._handler_children[(handler, status)] = (
-                self.handler_total.labels(handler, status), self.handler_duration.labels(handler, status))
-        children[0].inc()
-        children[1].observe(duration)
+        child = self._handler_children.get((handler, status))
+        if child is None:  # a handler registered after start: create once, then cached
+            child = self._handler_children[(handler, status)] = self.handler_duration.labels(handler, status)
+        child.observe(duration)  # also counts guestkit_handler_executions_total
 
     def set_queue_depth(self, n):
         self.depth.set(n)
@@ -131,6 +139,34 @@ class WorkerMetrics:
         self.result_errors.inc()
 
 
+class CountOf(Collector):
+    """A counter family served from the ``_count`` series of a labelled histogram.
+
+    A job's end is recorded once, in the duration histogram, whose count is by definition the
+    number of such ends; exposing that count as ``NAME_total`` (type counter, same labels)
+    saves a second locked update per event on the hot path.  It is read at scrape time, so
+    the counter and the histogram's count never disagree.
+    """
+
+    def __init__(self, name, documentation, histogram, *, registry=REGISTRY):
+        self.name, self.documentation, self.histogram = name, documentation, histogram
+        self.labelnames = tuple(histogram._labelnames)
+        self._count_name = histogram._name + "_count"
+        if registry is not None:
+            registry.register(self)
+
+    def describe(self):
+        return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self):
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for metric in self.histogram.collect():
+            for sample in metric.samples:
+                if sample.name == self._count_name:
+                    family.add_metric([sample.labels[n] for n in self.labelnames], sample.value)
+        yield family
+
+
 class NullMetrics:
     """Stand-in used when metrics are disabled: every recording call does nothing."""
 
@@ -143,6 +179,10 @@ class NullMetrics:
 
 def _noop(*args, **kwargs):
     return None
+
+
+def _zero():
+    return 0
 
 
 _LAST_SUCCESS_RE = re.compile(r"^guestkit_worker_last_success_timestamp_seconds\s+(\S+)\s*$", re.M)
@@ -185,11 +225,11 @@ def write_textfile(directory, metrics, *, succeeded, now=None):
                      "Unix time the last one-shot run ended.", registry=registry)
     last_run.set(now)
     if succeeded:
-        metrics.last_success.set(now)
+        metrics.last_success_value = now
     else:
         prev = previous_last_success(path)
         if prev is not None:
-            metrics.last_success.set(prev)
+            metrics.last_success_value = prev
     text = b"".join(line + b"\n" for line in generate_latest(registry).splitlines()
                     if not _sample_name(line).endswith(b"_created"))
     fd, tmp = tempfile.mkstemp(prefix=".guestkit_worker.", suffix=".tmp", dir=directory)

@@ -125,6 +125,8 @@ class Worker:
         self._foreign = {}                    # name -> time it was found to belong elsewhere
         self._lock = threading.Lock()
         self._runs = {}                       # job_id -> _Run, handler running
+        if hasattr(self.metrics, "track_active"):
+            self.metrics.track_active(self._runs.__len__)  # until its thread returns, not its timeout
         self._claimed_not_started = 0
         self._outcomes = {}
         self._depth = 0
