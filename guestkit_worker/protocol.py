@@ -78,15 +78,15 @@ def _type_name(value):
             float: "number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
+_KIND_TYPES = {"string": str, "object": dict, "array": list, "boolean": bool}
+
+
 def _want(value, kind, where):
     """Check JSON type; bool is never accepted as an integer."""
-    ok = {
-        "string": isinstance(value, str),
-        "object": isinstance(value, dict),
-        "array": isinstance(value, list),
-        "boolean": isinstance(value, bool),
-        "integer": isinstance(value, int) and not isinstance(value, bool),
-    }[kind]
+    if kind == "integer":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, _KIND_TYPES[kind])
     if not ok:
         article = "an" if kind[0] in "aeiou" else "a"
         got = _type_name(value)
@@ -266,6 +266,25 @@ def _check_audit(doc):
         _want(doc["audit"], "object", "audit")
 
 
+#: (field, check) in the order problems are reported; each check takes the whole document
+_FIELD_CHECKS = (
+    ("job_id", lambda doc: check_job_id(doc["job_id"])),
+    ("$schema", lambda doc: _want(doc["$schema"], "string", "$schema")),
+    ("version", _check_version),
+    ("kind", _check_kind),
+    ("created_at", lambda doc: parse_timestamp(doc["created_at"], "created_at")),
+    ("operation", _check_operation),
+    ("payload", _check_payload),
+    ("execution", lambda doc: _validate_execution(doc.get("execution"))),
+    ("metadata", _check_metadata),
+    ("constraints", _check_constraints),
+    ("routing", _check_routing),
+    ("observability", _check_observability),
+    ("audit", _check_audit),
+)
+_SKIP_WHEN_ABSENT = frozenset(REQUIRED_FIELDS + ("$schema",))
+
+
 def validate_document(doc):
     """Validate a decoded job document; return a :class:`Job`.
 
@@ -275,27 +294,12 @@ def validate_document(doc):
     _want(doc, "object", "document")
     problems = [JobValidationError(k, "unknown top-level field") for k in sorted(set(doc) - TOP_LEVEL_FIELDS)]
     problems += [JobValidationError(k, "required field is missing") for k in REQUIRED_FIELDS if k not in doc]
-    runners = {
-        "job_id": lambda: check_job_id(doc["job_id"]),
-        "$schema": lambda: _want(doc["$schema"], "string", "$schema"),
-        "version": lambda: _check_version(doc),
-        "kind": lambda: _check_kind(doc),
-        "created_at": lambda: parse_timestamp(doc["created_at"], "created_at"),
-        "operation": lambda: _check_operation(doc),
-        "payload": lambda: _check_payload(doc),
-        "execution": lambda: _validate_execution(doc.get("execution")),
-        "metadata": lambda: _check_metadata(doc),
-        "constraints": lambda: _check_constraints(doc),
-        "routing": lambda: _check_routing(doc),
-        "observability": lambda: _check_observability(doc),
-        "audit": lambda: _check_audit(doc),
-    }
     values = {}
-    for key, run in runners.items():
-        if key not in doc and key in REQUIRED_FIELDS + ("$schema",):
+    for key, run in _FIELD_CHECKS:
+        if key not in doc and key in _SKIP_WHEN_ABSENT:
             continue
         try:
-            values[key] = run()
+            values[key] = run(doc)
         except JobValidationError as exc:
             problems.append(exc)
     if problems:

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
 
 from . import atomic
@@ -141,6 +142,12 @@ class FileTransport(Transport):
         self.idem_dir = os.path.join(self.results_dir, ".idempotency")
         self._lock_fd = None
         self._own_leftovers = []
+        # Names of the job files in our processing dir.  Only this process writes there (the
+        # flock keeps out anyone else with our worker id, and recovery by other workers starts
+        # only once we are dead), so a name is reserved here before a file is moved in and
+        # plain renames cannot replace anything.
+        self._here = set()
+        self._here_lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self):
@@ -156,6 +163,7 @@ class FileTransport(Transport):
         # Holding our lock, whatever is in our own processing dir was left by an earlier
         # process with this worker id (a stable id such as the host name) that died.
         self._own_leftovers = sorted(n for n in os.listdir(self.processing) if not n.startswith("."))
+        self._here = {n[:-len(RUNNING_SUFFIX)] if n.endswith(RUNNING_SUFFIX) else n for n in self._own_leftovers}
 
     def _make_dir(self, d):
         os.makedirs(d, mode=0o770, exist_ok=True)  # never world access, whatever the umask
@@ -192,19 +200,28 @@ class FileTransport(Transport):
         names.sort()
         return names
 
+    def _reserve(self, name):
+        """Reserve a name in our processing dir; False while a job file of that name is here."""
+        with self._here_lock:
+            if name in self._here:
+                return False
+            self._here.add(name)
+            return True
+
+    def _unreserve(self, name):
+        with self._here_lock:
+            self._here.discard(name)
+
     def claim(self, name):
-        src = os.path.join(self.jobs_dir, name)
-        dst = os.path.join(self.processing, name)
-        if os.path.lexists(dst + RUNNING_SUFFIX):
-            return None  # a job file of this name is still running here: claim it after that one
+        if not self._reserve(name):
+            return None  # a job file of this name is claimed or running here: claim it after that one
+        dst = f"{self.processing}/{name}"
         try:
-            atomic.rename_noreplace(src, dst)  # never over a claim of the same name
-        except FileNotFoundError:
-            return None  # another worker claimed it, or the producer removed it
-        except FileExistsError:
-            return None  # a job file of this name is claimed here and not yet started
+            os.rename(f"{self.jobs_dir}/{name}", dst)  # the name is reserved: nothing to replace
         except OSError as exc:
-            log.error("cannot claim %s: %s", name, exc)
+            self._unreserve(name)
+            if exc.errno != errno.ENOENT:  # ENOENT: another worker claimed it, or its producer removed it
+                log.error("cannot claim %s: %s", name, exc)
             return None
         return Claim(name, dst)
 
@@ -247,7 +264,13 @@ class FileTransport(Transport):
             if st.st_size > self.max_job_bytes:
                 raise JobFileError("file", f"is {st.st_size} bytes, larger than the limit of "
                                            f"{self.max_job_bytes} bytes (--max-job-size)")
-            chunks, left = [], self.max_job_bytes + 1
+            # one read of the size fstat reports (+1 to see a file still growing); a short
+            # read of a regular file is its end
+            want = min(st.st_size + 1, self.max_job_bytes + 1)
+            data = os.read(fd, want)
+            if len(data) < want:
+                return data
+            chunks, left = [data], self.max_job_bytes + 1 - len(data)
             while left > 0:
                 chunk = os.read(fd, min(left, 1 << 20))
                 if not chunk:
@@ -262,16 +285,16 @@ class FileTransport(Transport):
 
     def mark_started(self, claim):
         running = claim.path + RUNNING_SUFFIX
-        atomic.rename_noreplace(claim.path, running)
+        os.rename(claim.path, running)  # within our processing dir, under a reserved name
         claim.path = running
         claim.started = True
 
     # -- results ------------------------------------------------------------------------
     def result_path(self, job_id):
-        return os.path.join(self.results_dir, f"{job_id}-result.json")
+        return f"{self.results_dir}/{job_id}-result.json"
 
     def progress_path(self, job_id):
-        return os.path.join(self.results_dir, f"{job_id}-progress.jsonl")
+        return f"{self.results_dir}/{job_id}-progress.jsonl"
 
     def write_result(self, result):
         path = self.result_path(result["job_id"])
@@ -292,12 +315,13 @@ class FileTransport(Transport):
         if len(raw) > MAX_NAME_BYTES:  # keep room for the suffixes (the reason names the original)
             name = os.fsdecode(raw[:MAX_NAME_BYTES - 30] + b"~" + hashlib.sha256(raw).hexdigest()[:16].encode()
                                + b".json")
-        dst = os.path.join(directory, name)
+        dst = f"{directory}/{name}"
         try:
             atomic.rename_noreplace(claim.path, dst)  # two workers archiving the same name: both kept
         except FileExistsError:
-            dst = os.path.join(directory, f"{name}.{time.time_ns()}")
+            dst = f"{directory}/{name}.{time.time_ns()}"
             atomic.rename_noreplace(claim.path, dst)
+        self._unreserve(claim.name)
         return dst
 
     def finish(self, claim, result, reason=None, failed=False):
@@ -324,11 +348,13 @@ class FileTransport(Transport):
             except FileExistsError:
                 continue
         os.unlink(claim.path)
+        self._unreserve(claim.name)
 
     def release(self, claim):
         for dst in self._queue_names(claim.name):
             try:
                 atomic.rename_noreplace(claim.path, dst)
+                self._unreserve(claim.name)
                 return
             except FileExistsError:
                 continue
@@ -378,6 +404,7 @@ class FileTransport(Transport):
             claim = Claim(name[:-len(RUNNING_SUFFIX)] if started else name, os.path.join(self.processing, name))
             claim.started = started
             if not os.path.lexists(claim.path):
+                self._unreserve(claim.name)
                 continue
             log.warning("recovering %s left by an earlier run of this worker id (%s)", claim.name,
                         "handler had started" if started else "not started")
@@ -414,11 +441,12 @@ class FileTransport(Transport):
                         continue
                     # move it into our own processing area first: we own it now
                     own = os.path.join(self.processing, name)
+                    if not self._reserve(job_name):  # a job file of that name is ours right now: next time
+                        continue
                     try:
                         atomic.rename_noreplace(os.path.join(path, name), own)
-                    except FileNotFoundError:
-                        continue
-                    except FileExistsError:  # a job file of that name is ours right now: next time
+                    except OSError:
+                        self._unreserve(job_name)
                         continue
                     claim = Claim(job_name, own)
                     claim.started = started
