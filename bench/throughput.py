@@ -95,7 +95,7 @@ def run_floor(base, names, threads):
                                         "idempotency_key": None},
                   "outputs": {"primary": None, "artifacts": []}, "error": None, "observability": None,
                   "data": doc["payload"]["data"]}
-        body = (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode()
+        body = (json.dumps(result, ensure_ascii=False) + "\n").encode()  # serialised as the worker does
         path = os.path.join(results, f"{doc['job_id']}-result.json")
         tmp = os.path.join(results, f".{doc['job_id']}-result.json.{pid}.{next(counter)}.tmp")
         wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)

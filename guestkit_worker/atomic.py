@@ -16,13 +16,14 @@ def fsync_dir(directory):
         os.close(fd)
 
 
-def write_bytes(path, data, *, mode=0o640, durable=True, overwrite=True):
+def write_bytes(path, data, *, mode=0o640, durable=True, overwrite=True, sync_dir=True):
     """Write data to path so that a reader sees either the old file or the whole new one.
 
     The temp name starts with '.' and ends with '.tmp', so a directory scan for '*.json'
     never picks it up.  Nothing half-written is left behind when the write fails (ENOSPC,
     EACCES): the temp file is removed and the error re-raised.  With overwrite=False an
-    existing file is never replaced (FileExistsError).
+    existing file is never replaced (FileExistsError).  With sync_dir=False the caller
+    fsyncs the directory itself (several files, one directory fsync).
     """
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}.{next(_counter)}.tmp")
@@ -47,7 +48,7 @@ def write_bytes(path, data, *, mode=0o640, durable=True, overwrite=True):
         except OSError:
             pass
         raise
-    if durable:
+    if durable and sync_dir:
         fsync_dir(directory or ".")
     return path
 

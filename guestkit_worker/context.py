@@ -28,7 +28,8 @@ class HandlerContext:
         self.job_id = job.job_id
         self.worker_id = worker_id
         self.work_dir = str(work_dir)
-        self.cancel_event = threading.Event()
+        self._cancel_event = None  # created when a handler first asks for it
+        self._cancelled = False
         self.cancel_reason = None
         self.deadline = deadline  # time.monotonic() value, or None
         self.allowed_paths = allowed_paths  # None: everything allowed
@@ -43,22 +44,38 @@ class HandlerContext:
 
     # -- cancellation -------------------------------------------------------------------
     @property
+    def cancel_event(self):
+        """A threading.Event set when the job is cancelled (to wait on instead of sleeping)."""
+        event = self._cancel_event
+        if event is None:
+            with self._lock:
+                if self._cancel_event is None:
+                    self._cancel_event = threading.Event()
+                    if self._cancelled:
+                        self._cancel_event.set()
+                event = self._cancel_event
+        return event
+
+    @property
     def cancelled(self):
-        return self.cancel_event.is_set()
+        return self._cancelled
 
     def cancel(self, reason):
         """Set the cancellation event and stop every child process (called by the worker)."""
         with self._lock:
             if self.cancel_reason is None:
                 self.cancel_reason = reason
+            self._cancelled = True
+            event = self._cancel_event
             children = list(self._children)
-        self.cancel_event.set()
+        if event is not None:
+            event.set()
         for child in children:
             child.kill()
 
     def check_cancelled(self):
         """Raise JobCancelled when the job was cancelled; call it between units of work."""
-        if self.cancel_event.is_set():
+        if self._cancelled:
             raise JobCancelled(self.cancel_reason or "cancelled")
 
     def remaining(self):
