@@ -1,25 +1,58 @@
-"""Path policy: --allow-path confinement and protection of the worker's own directories."""
+"""Path policy: --allow-path confinement and protection of the worker's own directories.
+
+A path is judged in two steps.  First without touching the file system: the path made
+absolute, with ``..`` folded away as text, must lie inside an allowed directory (as given, or
+as it resolves).  A path outside is refused with the same words whether or not anything
+exists there, so a job learns nothing about the file system outside the allowed directories.
+Only then is it resolved (symbolic links followed): the resolved path must still lie inside
+an allowed directory, and an output must not lie inside one of the worker's own directories.
+
+Handlers call this while validating a payload (:func:`validate_path`, before any other look
+at the path), so a refusal ends the job as ``rejected``; :func:`check_path` repeats the check
+when the handler runs, with the path resolved again at that moment.
+"""
 
 import os
 
-from .errors import HandlerError
+from .errors import HandlerError, JobValidationError
+
+CODE = "PATH_NOT_ALLOWED"
 
 
 def _inside(path, root):
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def check_path(path, field, *, allowed=None, protected=()):
-    """Return the resolved path, or raise HandlerError PATH_NOT_ALLOWED naming the field."""
-    real = os.path.realpath(path)
+def refusal(path, *, allowed=None, protected=()):
+    """(resolved path, None) when path may be used, else (None, the reason it may not)."""
     if allowed is not None:
-        roots = [os.path.realpath(a) for a in allowed]
-        if not any(_inside(real, r) for r in roots):
-            raise HandlerError("PATH_NOT_ALLOWED",
-                               f"{field}: {path} resolves to {real}, outside the allowed directories "
-                               f"({', '.join(roots)})")
+        given = [os.path.abspath(a) for a in allowed]
+        resolved_roots = [os.path.realpath(a) for a in allowed]
+        roots = ", ".join(dict.fromkeys(given))
+        if not any(_inside(os.path.abspath(path), r) for r in given + resolved_roots):
+            return None, f"{path} is outside the allowed directories ({roots})"
+        real = os.path.realpath(path)
+        if not any(_inside(real, r) for r in resolved_roots):
+            return None, f"{path} leads outside the allowed directories ({roots}) through a symbolic link"
+    else:
+        real = os.path.realpath(path)
     for p in protected:
         if _inside(real, os.path.realpath(p)):
-            raise HandlerError("PATH_NOT_ALLOWED",
-                               f"{field}: {path} resolves to {real}, inside the worker's own directory {p}")
+            return None, f"{path} leads inside the worker's own directory {p}"
+    return real, None
+
+
+def check_path(path, field, *, allowed=None, protected=()):
+    """Return the resolved path, or raise HandlerError PATH_NOT_ALLOWED naming the field."""
+    real, reason = refusal(path, allowed=allowed, protected=protected)
+    if reason:
+        raise HandlerError(CODE, f"{field}: {reason}", phase="validation", details={"field": field})
+    return real
+
+
+def validate_path(path, field, *, allowed=None, protected=()):
+    """Return the resolved path, or raise JobValidationError PATH_NOT_ALLOWED (job rejected)."""
+    real, reason = refusal(path, allowed=allowed, protected=protected)
+    if reason:
+        raise JobValidationError(field, reason, code=CODE)
     return real

@@ -161,6 +161,9 @@ class Worker:
         """Create directories, take the liveness lock, recover jobs of dead workers."""
         os.makedirs(self.work_dir, exist_ok=True)
         self.transport.open()
+        # handlers check a job's paths against --allow-path while validating it: a refused
+        # path rejects the job before anything looks at the file system
+        self.handlers.configure_paths(self.cfg.allow_paths, self.transport.own_dirs)
         n = self.transport.recover(self._recover_one)
         if n:
             log.warning("recovered %d job(s) left by dead workers", n)

@@ -66,6 +66,46 @@ def test_missing_source_rejected(tmp_path):
     assert exc.value.field == "payload.data.image.path" and "does not exist" in exc.value.reason
 
 
+def test_allow_path_refuses_before_looking_at_the_path(tmp_path):
+    """With a path policy, validate() refuses a path outside before anything stats it: the
+    same code and words for an existing file, a directory and nothing at all; a symbolic link
+    inside that leads out and an output onto the worker's own files are refused too."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    image = allowed / "disk.raw"
+    image.write_bytes(b"\0" * 4096)
+    (allowed / "out-link").symlink_to("/etc")
+    handler = ConvertHandler()
+    handler.configure_paths([str(allowed)], protected=[str(tmp_path / "results")])
+
+    def refusal(data):
+        with pytest.raises(JobValidationError) as exc:
+            handler.validate(data)
+        assert exc.value.code == "PATH_NOT_ALLOWED"
+        return exc.value.field, exc.value.reason
+
+    for path in ("/etc/passwd", "/etc", "/no-such-dir-c0ffee/disk.raw"):
+        assert refusal({"image": {"path": path, "format": "raw"}, "target_format": "qcow2"}) == (
+            "payload.data.image.path", f"{path} is outside the allowed directories ({allowed})")
+        assert refusal({"image": {"path": str(image), "format": "raw"}, "target_format": "qcow2",
+                        "output": {"destination": path}}) == (
+            "payload.data.output.destination", f"{path} is outside the allowed directories ({allowed})")
+    linked = str(allowed / "out-link" / "x.qcow2")
+    assert refusal({"image": {"path": str(image), "format": "raw"}, "target_format": "qcow2",
+                    "output": {"destination": linked}})[1] == (
+        f"{linked} leads outside the allowed directories ({allowed}) through a symbolic link")
+    handler.configure_paths(None, protected=[str(allowed)])  # no --allow-path: own dirs still off limits
+    assert "inside the worker's own directory" in refusal(
+        {"image": {"path": str(image), "format": "raw"}, "target_format": "qcow2",
+         "output": {"destination": str(allowed / "o.qcow2")}})[1]
+    handler.configure_paths([str(allowed)])
+    handler.validate({"image": {"path": str(image), "format": "raw"}, "target_format": "qcow2",
+                      "output": {"destination": str(allowed / "o.qcow2")}})  # inside: fine
+    with pytest.raises(JobValidationError) as exc:  # inside but missing: the usual error
+        handler.validate({"image": {"path": str(allowed / "nope.raw"), "format": "raw"}, "target_format": "qcow2"})
+    assert exc.value.code == "INVALID_JOB" and "does not exist" in exc.value.reason
+
+
 def test_round_trip_raw_qcow2_raw(tmp_path, debian_image):
     raw = debian_image["raw"]
     q = tmp_path / "rt.qcow2"

@@ -339,8 +339,10 @@ def test_allow_path_confines_images_and_outputs(dirs):
     }
     for job_id, (doc, _) in jobs.items():
         write_job(dirs.jobs, doc)
+    textfile = os.path.join(base, "textfile")
+    os.makedirs(textfile)
     proc = cli("--once", "--allow-path", allowed, "--allow-path", os.path.join(base, "also-allowed"),
-               *dirs.args(), timeout=120)
+               "--textfile-dir", textfile, *dirs.args(), timeout=120)
     assert proc.returncode == 1, proc.stderr[-3000:]
     results = dirs.all_results()
     assert results["allowed-convert"]["status"] == "completed", results["allowed-convert"]["error"]
@@ -349,11 +351,90 @@ def test_allow_path_confines_images_and_outputs(dirs):
         if field is None:
             continue
         error = results[job_id]["error"]
-        assert (results[job_id]["status"], error["code"]) == ("failed", "PATH_NOT_ALLOWED"), job_id
+        assert (results[job_id]["status"], error["code"], error["phase"]) == (
+            "failed", "PATH_NOT_ALLOWED", "validation"), job_id
         assert error["message"].startswith(field + ": ") and "outside the allowed directories" in error["message"]
+        # refused while validating: rejected, archived in failed/ with the same reason
+        reason = dirs.reason(f"{job_id}.json")
+        assert (reason["status"], reason["error"]["message"]) == (REJECTED, error["message"]), job_id
+    s = _textfile_samples(textfile)
+    assert total(s, "guestkit_worker_jobs_total", status=REJECTED) == len(jobs) - 1
+    assert total(s, "guestkit_worker_jobs_total", status="failed") == 0
+    assert total(s, "guestkit_worker_jobs_total", status="completed") == 1
     assert os.listdir(outside) == ["disk.raw"]  # nothing written outside
     assert watch.events() == []  # the image outside was never opened
     watch.close()
+
+
+def _textfile_samples(directory):
+    """Samples of the exposition a one-shot run wrote for node_exporter (--textfile-dir)."""
+    from metricskit import parse
+    with open(os.path.join(directory, "guestkit_worker.prom")) as fh:
+        return parse(fh.read())
+
+
+def test_allow_path_refusal_does_not_tell_whether_a_path_exists(dirs):
+    """With --allow-path a path outside is refused before anything looks at it: an existing
+    file (/etc/shadow), a directory, a device, a FIFO and a path that does not exist get the
+    same reason, for the image of both disk handlers and for output destinations.  Each job is
+    rejected while validating (reason file in failed/, counted as rejected, never run)."""
+    base = dirs.base
+    allowed, outside = os.path.join(base, "allowed"), os.path.join(base, "outside")
+    os.makedirs(allowed)
+    os.makedirs(outside)
+    image = os.path.join(allowed, "disk.raw")
+    with open(image, "wb") as fh:
+        fh.truncate(1 << 20)
+    secret = os.path.join(outside, "secret.raw")
+    with open(secret, "wb") as fh:
+        fh.truncate(1 << 20)
+    fifo = os.path.join(outside, "fifo.raw")
+    os.mkfifo(fifo)
+    # what is there: an existing file, a directory, a device, a FIFO, nothing, nothing (no parent)
+    images = {"shadow": "/etc/shadow", "secret": secret, "dir": "/etc", "device": "/dev/null", "fifo": fifo,
+              "missing": "/etc/no-such-file-a7f3.raw", "noparent": "/no-such-dir-a7f3/x.raw",
+              "dotdot": os.path.join(allowed, "..", "outside", "nothing.raw")}
+    # outputs only under outside/: a regression must not be able to write anywhere that matters
+    outputs = {"secret": secret, "dir": outside, "fifo": fifo, "missing": os.path.join(outside, "new.qcow2"),
+               "noparent": os.path.join(outside, "no-dir", "x.qcow2"),
+               "dotdot": os.path.join(allowed, "..", "outside", "new.json")}
+    watch = OpenWatch(secret, outside)
+    jobs = {}  # job_id -> (field, probed path, document)
+    for kind, path in images.items():
+        jobs[f"cv-img-{kind}"] = ("payload.data.image.path", path,
+                                  _convert_job(f"cv-img-{kind}", path, os.path.join(allowed, f"{kind}.qcow2")))
+        jobs[f"in-img-{kind}"] = ("payload.data.image.path", path, _inspect_job(f"in-img-{kind}", path))
+    for kind, path in outputs.items():
+        jobs[f"cv-out-{kind}"] = ("payload.data.output.destination", path, _convert_job(f"cv-out-{kind}", image, path))
+        inspect_out = _inspect_job(f"in-out-{kind}", image)
+        inspect_out["payload"]["data"]["output"] = {"destination": path}
+        jobs[f"in-out-{kind}"] = ("payload.data.output.destination", path, inspect_out)
+    for job_id, (_, _, doc) in jobs.items():
+        write_job(dirs.jobs, doc)
+    textfile = os.path.join(base, "textfile")
+    os.makedirs(textfile)
+    proc = cli("--once", "--allow-path", allowed, "--textfile-dir", textfile, *dirs.args(), timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    shapes = set()
+    for job_id, (field, path, _) in jobs.items():
+        reason = dirs.reason(f"{job_id}.json")
+        error = reason["error"]
+        assert (reason["status"], error["code"], error["phase"]) == (REJECTED, "PATH_NOT_ALLOWED", "validation"), \
+            (job_id, error)
+        assert error["message"] == f"{field}: {path} is outside the allowed directories ({allowed})", job_id
+        assert error["details"] == {"field": field}
+        assert dirs.result(job_id)["error"] == error
+        shapes.add(error["message"].replace(path, "PATH").replace(field, "FIELD"))
+    assert shapes == {f"FIELD: PATH is outside the allowed directories ({allowed})"}
+    assert sorted(archived(dirs, "failed")) == sorted(f"{j}.json" for j in jobs)
+    s = _textfile_samples(textfile)
+    assert total(s, "guestkit_worker_jobs_total", status=REJECTED) == len(jobs)
+    assert total(s, "guestkit_worker_jobs_total", status="failed") == 0
+    assert total(s, "guestkit_handler_executions_total") == 0  # no handler ever ran
+    assert watch.events() == []  # nothing outside opened (the FIFO would block), not even listed
+    watch.close()
+    assert sorted(os.listdir(outside)) == ["fifo.raw", "secret.raw"]  # nothing written outside
+    assert not os.path.exists("/etc/no-such-file-a7f3.raw") and not os.path.exists("/no-such-dir-a7f3")
 
 
 def test_outputs_never_overwrite_the_workers_own_files(dirs):

@@ -124,6 +124,21 @@ def test_validation_errors(debian_image, mutate, field, words):
     assert words in exc.value.reason
 
 
+def test_allow_path_refuses_before_looking_at_the_image(tmp_path):
+    """An existing file, a directory and a missing path outside --allow-path: one reason."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    handler = InspectHandler()
+    handler.configure_paths([str(allowed)])
+    reasons = set()
+    for path in ("/etc/shadow", "/etc", "/no-such-dir-c0ffee/disk.raw"):
+        with pytest.raises(JobValidationError) as exc:
+            handler.validate({"image": {"path": path, "format": "raw"}})
+        assert (exc.value.code, exc.value.field) == ("PATH_NOT_ALLOWED", "payload.data.image.path")
+        reasons.add(exc.value.reason.replace(path, "PATH"))
+    assert reasons == {f"PATH is outside the allowed directories ({allowed})"}
+
+
 def test_effective_sections():
     assert effective_sections(None) == set(inspect_mod.SECTIONS)
     basic = example("guestkit-inspect-basic.json")["payload"]["data"]["options"]

@@ -43,12 +43,21 @@ def require_format(value, field, default=None):
     return value.strip().lower()
 
 
-def require_image_file(path, field):
-    """The path must name an existing readable regular file or block device; returns it."""
+def require_path(path, field):
+    """A non-empty path string without NUL bytes; looks at nothing on the file system."""
     if not isinstance(path, str) or not path.strip():
         raise JobValidationError(field, "must be a non-empty path")
     if "\0" in path:
         raise JobValidationError(field, "must not contain NUL bytes")
+    return path
+
+
+def require_image_file(path, field):
+    """The path must name an existing readable regular file or block device; returns it.
+
+    With --allow-path, check the path against the policy before calling this (its errors
+    tell whether something exists there)."""
+    require_path(path, field)
     try:
         st = os.stat(path)
     except FileNotFoundError:

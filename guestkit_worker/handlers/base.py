@@ -7,7 +7,10 @@ A handler is an object with:
 * ``payload_types`` -- the accepted ``payload.type`` values (``guestkit.inspect.v1``);
 * ``engine_status()`` -- ``(available, detail)`` for the system tool it needs;
 * ``validate(data)`` -- checks ``payload.data`` before anything runs, raising
-  :class:`~guestkit_worker.errors.JobValidationError` naming the field;
+  :class:`~guestkit_worker.errors.JobValidationError` naming the field; paths the job names
+  go through ``check_payload_path`` first, before anything looks at the file system (a
+  path outside ``--allow-path`` is then rejected as PATH_NOT_ALLOWED with the same words
+  whether or not it exists);
 * ``execute(context, data)`` -- does the work and returns a :class:`HandlerResult`;
 * ``cleanup(context)`` -- always called after ``execute``, even when it failed.
 
@@ -39,6 +42,25 @@ class Handler:
     name = "base"
     operations = ()
     payload_types = ()
+    #: --allow-path directories (None: every path allowed) and the worker's own directories
+    #: (outputs never go there); set by the worker before its first job, see configure_paths
+    allowed_paths = None
+    protected_paths = ()
+
+    def configure_paths(self, allowed=None, protected=()):
+        """Take the worker's path policy, which validate() applies through check_payload_path."""
+        self.allowed_paths = None if allowed is None else tuple(allowed)
+        self.protected_paths = tuple(protected)
+
+    def check_payload_path(self, path, field, *, for_output=False):
+        """The resolved path, or JobValidationError PATH_NOT_ALLOWED when the policy refuses it.
+
+        Call it in validate() before anything else looks at the path (exists, regular file,
+        size): the refusal never depends on what exists outside the allowed directories.
+        """
+        from ..paths import validate_path
+        return validate_path(path, field, allowed=self.allowed_paths,
+                             protected=self.protected_paths if for_output else ())
 
     def engine_status(self):
         return True, "built in"
@@ -79,6 +101,13 @@ class HandlerRegistry:
     @property
     def handlers(self):
         return list(self._handlers)
+
+    def configure_paths(self, allowed=None, protected=()):
+        """Hand the worker's path policy to every handler that takes one."""
+        for handler in self._handlers:
+            configure = getattr(handler, "configure_paths", None)
+            if configure is not None:
+                configure(allowed, protected)
 
     def load_entry_points(self):
         """Register third-party handlers; a broken plugin is logged and skipped."""

@@ -31,7 +31,8 @@ import threading
 import time
 
 from ..engines.images import (IMAGE_FORMATS, check_destination, fsync_path, image_size, publish, remove_quietly,
-                              require_bool, require_dict, require_format, require_image_file, temp_name)
+                              require_bool, require_dict, require_format, require_image_file, require_path,
+                              temp_name)
 from ..errors import EngineUnavailable, HandlerError, JobValidationError
 from .base import Handler, HandlerResult
 
@@ -74,6 +75,17 @@ class ConvertHandler(Handler):
 
     # -- validation ---------------------------------------------------------------------
     def validate(self, data):
+        data = self._check_payload(data)
+        output = data.get("output") or {}
+        # the path policy before anything looks at the file system: a refused path gets the
+        # same PATH_NOT_ALLOWED whether or not something exists there (and the job is rejected)
+        self.check_payload_path(data["image"]["path"], "payload.data.image.path")
+        if output.get("destination") is not None:
+            self.check_payload_path(output["destination"], "payload.data.output.destination", for_output=True)
+        require_image_file(data["image"]["path"], "payload.data.image.path")
+
+    def _check_payload(self, data):
+        """The payload's shape and values; looks at nothing on the file system."""
         data = require_dict(data, "payload.data")
         image = require_dict(data.get("image"), "payload.data.image")
         require_format(image.get("format"), "payload.data.image.format", default="qcow2")
@@ -86,15 +98,15 @@ class ConvertHandler(Handler):
                                      f"compression is only supported for qcow2 targets, not {target}")
         output = require_dict(data.get("output"), "payload.data.output", required=False)
         if output is not None:
-            dest = output.get("destination")
-            if dest is not None and (not isinstance(dest, str) or not dest.strip()):
-                raise JobValidationError("payload.data.output.destination", "must be a non-empty path")
+            if output.get("destination") is not None:
+                require_path(output["destination"], "payload.data.output.destination")
             require_bool(output.get("overwrite"), "payload.data.output.overwrite", False)
-        require_image_file(image.get("path"), "payload.data.image.path")
+        require_path(image.get("path"), "payload.data.image.path")
+        return data
 
     # -- execution ----------------------------------------------------------------------
     def execute(self, context, data):
-        self.validate(data)
+        self._check_payload(data)  # the paths are checked below, resolved again now
         job_id = context.job_id
         src_fmt = require_format(data["image"].get("format"), "payload.data.image.format", default="qcow2")
         target = require_format(data["target_format"], "payload.data.target_format")

@@ -57,7 +57,8 @@ from datetime import datetime, timezone
 from ..checksum import parse_checksum, verify_sha256
 from ..engines import probe_script
 from ..engines.images import (check_destination, fsync_path, image_size, publish, remove_quietly,
-                              require_bool, require_dict, require_format, require_image_file, temp_name)
+                              require_bool, require_dict, require_format, require_image_file, require_path,
+                              temp_name)
 from ..errors import EngineUnavailable, HandlerError, JobValidationError
 from .base import Handler, HandlerResult
 
@@ -189,6 +190,17 @@ class InspectHandler(Handler):
 
     # -- validation ---------------------------------------------------------------------
     def validate(self, data):
+        data = self._check_payload(data)
+        output = data.get("output") or {}
+        # the path policy before anything looks at the file system: a refused path gets the
+        # same PATH_NOT_ALLOWED whether or not something exists there (and the job is rejected)
+        self.check_payload_path(data["image"]["path"], "payload.data.image.path")
+        if output.get("destination") is not None:
+            self.check_payload_path(output["destination"], "payload.data.output.destination", for_output=True)
+        require_image_file(data["image"]["path"], "payload.data.image.path")
+
+    def _check_payload(self, data):
+        """The payload's shape and values; looks at nothing on the file system."""
         data = require_dict(data, "payload.data")
         image = require_dict(data.get("image"), "payload.data.image")
         require_format(image.get("format"), "payload.data.image.format")
@@ -206,15 +218,15 @@ class InspectHandler(Handler):
                 raise JobValidationError("payload.data.output.format", f"only 'json' is supported, got {fmt!r}")
             if output.get("compression") not in (None, False, "none"):
                 raise JobValidationError("payload.data.output.compression", "compression is not supported")
-            dest = output.get("destination")
-            if dest is not None and (not isinstance(dest, str) or not dest.strip()):
-                raise JobValidationError("payload.data.output.destination", "must be a non-empty path")
+            if output.get("destination") is not None:
+                require_path(output["destination"], "payload.data.output.destination")
             require_bool(output.get("overwrite"), "payload.data.output.overwrite", False)
-        require_image_file(image.get("path"), "payload.data.image.path")
+        require_path(image.get("path"), "payload.data.image.path")
+        return data
 
     # -- execution ----------------------------------------------------------------------
     def execute(self, context, data):
-        self.validate(data)
+        self._check_payload(data)  # the paths are checked below, resolved again now
         job_id = context.job_id
         image = data["image"]
         fmt = require_format(image.get("format"), "payload.data.image.format")
