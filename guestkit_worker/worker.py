@@ -33,6 +33,7 @@ from .metrics import NullMetrics, WorkerMetrics
 from .procs import KILL_GRACE_SECONDS
 from .protocol import DEFAULT_MAX_JOB_BYTES, decode_job_bytes, peek_job_id, pool_accepts, validate_document
 from .state import JobState, check_transition
+from .tempfiles import TEMP_SWEEP_INTERVAL_SECONDS, sweep_temp_files
 from .transport import FileTransport
 
 log = logging.getLogger(__name__)
@@ -158,16 +159,35 @@ class Worker:
         return 1 if any(bad.values()) else 0
 
     def open(self):
-        """Create directories, take the liveness lock, recover jobs of dead workers."""
+        """Create directories, take the liveness lock, remove stale temp files, recover jobs of
+        dead workers."""
         os.makedirs(self.work_dir, exist_ok=True)
         self.transport.open()
         # handlers check a job's paths against --allow-path while validating it: a refused
         # path rejects the job before anything looks at the file system
         self.handlers.configure_paths(self.cfg.allow_paths, self.transport.own_dirs)
+        self._sweep_temp_files()
         n = self.transport.recover(self._recover_one)
         if n:
             log.warning("recovered %d job(s) left by dead workers", n)
         self._last_recovery = time.monotonic()
+
+    _sweeper = None
+
+    def _sweep_temp_files(self, background=False):
+        """Remove atomic-write temp files that killed workers left in the shared directories
+        (see guestkit_worker.tempfiles); a daemon does it again every
+        TEMP_SWEEP_INTERVAL_SECONDS in a thread of its own, never blocking the main loop."""
+        self._last_sweep = time.monotonic()
+        t = self.transport
+        dirs = [d for d in (getattr(t, "jobs_dir", None), getattr(t, "failed_dir", None),
+                            getattr(t, "results_dir", None), getattr(t, "idem_dir", None)) if d]
+        if not background:
+            sweep_temp_files(dirs)
+        elif self._sweeper is None or not self._sweeper.is_alive():
+            self._sweeper = threading.Thread(target=sweep_temp_files, args=(dirs,), name="temp-sweep",
+                                             daemon=True)
+            self._sweeper.start()
 
     def run(self):
         """Run until stopped (daemon) or until the jobs present at start are done (--once)."""
@@ -209,6 +229,8 @@ class Worker:
             except Exception:  # e.g. a storage error: tried again next interval, the loop keeps going
                 log.exception("recovering jobs of dead workers failed; trying again in %ss",
                               RECOVERY_INTERVAL_SECONDS)
+        if now - self._last_sweep > TEMP_SWEEP_INTERVAL_SECONDS:
+            self._sweep_temp_files(background=True)
         names = self.transport.scan()
         self._update_depth(names)
         if now < self._backoff_until:

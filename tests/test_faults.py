@@ -372,3 +372,88 @@ def test_a_reused_job_file_name_never_replaces_a_job(dirs):
     assert sorted(back.values()) == ["reuse-long-0001", "reuse-waiting01"], back
     assert back["y.json"] == "reuse-waiting01"
     assert processing(dirs) == []
+
+
+# -- temp files left by a SIGKILL between create and rename ------------------------------
+
+def _touch(path, age, data=b"{}"):
+    with open(path, "wb") as fh:
+        fh.write(data)
+    t = time.time() - age
+    os.utime(path, (t, t), follow_symlinks=False)
+    return path
+
+
+def test_stale_temp_files_are_removed_at_start(dirs):
+    """atomic.write_bytes' temp files ('.NAME.PID.N.tmp') older than the threshold go when a
+    worker starts; fresh ones (a write in progress on another host) and anything not of
+    exactly that pattern stay: producers' temp files, links (not followed), directories, other
+    directories' files."""
+    from guestkit_worker.tempfiles import TEMP_FILE_MAX_AGE_SECONDS
+    old, fresh = TEMP_FILE_MAX_AGE_SECONDS + 60, TEMP_FILE_MAX_AGE_SECONDS - 60
+    idem = os.path.join(dirs.results, ".idempotency")
+    failed = os.path.join(dirs.jobs, "failed")
+    done = os.path.join(dirs.jobs, "done")
+    for d in (idem, failed, done):
+        os.makedirs(d, exist_ok=True)
+    stale = [_touch(os.path.join(dirs.results, ".gone-0000001-result.json.4242.0.tmp"), old),
+             _touch(os.path.join(dirs.results, ".gone-0000002-result.json.7.1234567.tmp"), 86400 * 30),
+             _touch(os.path.join(idem, "." + "a" * 64 + ".json.99999.3.tmp"), old),
+             _touch(os.path.join(dirs.jobs, ".gone-0000003.json.1.0.tmp"), old),  # a re-queue
+             _touch(os.path.join(dirs.jobs, ".gone.1776000000.json.31337.12.tmp"), old),
+             _touch(os.path.join(failed, ".x.json.reason.json.555.2.tmp"), old)]
+    victim = _touch(os.path.join(dirs.base, "victim.json"), old, b"untouched")
+    link = os.path.join(dirs.results, ".link-000001-result.json.4242.9.tmp")
+    os.symlink(victim, link)
+    os.utime(link, (time.time() - old,) * 2, follow_symlinks=False)
+    a_dir = os.path.join(dirs.jobs, ".dir-0000001.json.12.3.tmp")
+    os.mkdir(a_dir)
+    os.utime(a_dir, (time.time() - old,) * 2)
+    kept = [_touch(os.path.join(dirs.results, ".fresh-000001-result.json.4242.5.tmp"), fresh),  # being written
+            _touch(os.path.join(idem, "." + "b" * 64 + ".json.8.0.tmp"), 1),
+            _touch(os.path.join(dirs.jobs, ".fresh-000002.json.77.1.tmp"), fresh),
+            _touch(os.path.join(dirs.jobs, "producer-0001.json.tmp"), old),   # write NAME.tmp, then rename
+            _touch(os.path.join(dirs.jobs, ".producer-0002.json.tmp"), old),  # no pid and counter
+            _touch(os.path.join(dirs.jobs, ".producer-0003.json.12345.tmp"), old),  # one number only
+            _touch(os.path.join(dirs.jobs, ".producer-0004.json.pid.1.tmp"), old),  # pid not digits
+            _touch(os.path.join(dirs.jobs, ".producer-0005.json.1.2.tmp~"), old),
+            _touch(os.path.join(dirs.jobs, "..1.2.tmp"), old),  # no name
+            _touch(os.path.join(dirs.results, "gone-0000004-result.json.1.2.tmp"), old),  # no leading dot
+            _touch(os.path.join(done, ".old-0000001.json.1.2.tmp"), old),  # not a directory writes go to
+            _touch(os.path.join(dirs.work, ".old-0000002.json.1.2.tmp"), old),
+            link, a_dir, victim]
+    write_job(dirs.jobs, make_job("sweep-echo-0001"))
+    w = Worker(dirs, "--once", "--worker-id", "sweeper", metrics=False)
+    assert w.proc.wait(timeout=60) == 0, w.log()[-3000:]
+    assert dirs.result("sweep-echo-0001")["status"] == "completed"
+    assert [p for p in stale if os.path.lexists(p)] == []
+    assert [p for p in kept if not os.path.lexists(p)] == []
+    assert os.path.islink(link) and open(victim, "rb").read() == b"untouched"
+    log = w.log()
+    for p in stale:
+        assert re.search(rf"WARNING .*removed stale temp file {re.escape(p)} ", log), p
+    assert log.count("removed stale temp file") == len(stale)
+
+
+def test_a_daemon_sweeps_temp_files_again_while_it_runs(dirs, monkeypatch):
+    """A worker killed after this one started leaves temp files: the daemon's main loop
+    sweeps again every TEMP_SWEEP_INTERVAL_SECONDS (in a thread of its own)."""
+    from prometheus_client import CollectorRegistry
+
+    from guestkit_worker import worker as worker_mod
+    from guestkit_worker.tempfiles import TEMP_FILE_MAX_AGE_SECONDS
+    cfg = worker_mod.WorkerConfig(jobs_dir=dirs.jobs, results_dir=dirs.results, work_dir=dirs.work,
+                                  worker_id="sweep-daemon", poll_interval=0.05, durable=False)
+    w = worker_mod.Worker(cfg, registry=CollectorRegistry())
+    w.open()
+    try:
+        left = _touch(os.path.join(dirs.results, ".late-000001-result.json.999.0.tmp"),
+                      TEMP_FILE_MAX_AGE_SECONDS + 1)
+        w._poll()  # within the interval: not yet
+        assert os.path.exists(left)
+        monkeypatch.setattr(worker_mod, "TEMP_SWEEP_INTERVAL_SECONDS", 0.0)
+        w._poll()
+        w._sweeper.join(timeout=10)
+        assert not os.path.exists(left)
+    finally:
+        w.transport.close()
