@@ -429,8 +429,11 @@ def test_units_facts():
         assert "kvm" in _one(unit, "Service", "SupplementaryGroups").split()
         assert _one(unit, "Service", "EnvironmentFile") == "-/etc/default/guestkit-worker"
         state = _one(unit, "Service", "StateDirectory").split()
-        assert {"guestkit-worker", "guestkit-worker/jobs", "guestkit-worker/results",
-                "guestkit-worker/work"} <= set(state)
+        assert {"guestkit-worker", "guestkit-worker/results", "guestkit-worker/work"} <= set(state)
+        # systemd would reset a listed jobs/ to StateDirectoryMode= at every start, undoing the
+        # shared 3770 of tmpfiles.d; it lies inside StateDirectory=guestkit-worker, so it is writable
+        assert "guestkit-worker/jobs" not in state
+        assert _one(unit, "Service", "StateDirectoryMode") == "0750"
         for flag, sub in (("--jobs-dir", "jobs"), ("--results-dir", "results"), ("--work-dir", "work")):
             assert argv[argv.index(flag) + 1] == f"%S/guestkit-worker/{sub}"
         assert "LIBGUESTFS_CACHEDIR=%C/guestkit-worker" in unit[("Service", "Environment")]
@@ -509,12 +512,23 @@ def test_sysusers_and_tmpfiles(tmp_path):
     assert user[5] == "/var/lib/guestkit-worker" and user[6] == "/usr/sbin/nologin"
     groups = {line.split(":")[0]: line.split(":") for line in (root / "etc/group").read_text().splitlines()}
     assert "guestkit-worker" in groups["kvm"][3].split(",")
+    (root / "var/lib/guestkit-worker/jobs").mkdir(parents=True)  # as the worker makes it without tmpfiles
+    (root / "var/lib/guestkit-worker/jobs").chmod(0o750)
     rc, out = _run([tmpfiles, f"--root={root}", "--create"])
     print(out)
-    for sub in ("var/lib/guestkit-worker", "var/lib/guestkit-worker/jobs", "var/lib/guestkit-worker/results",
-                "var/lib/guestkit-worker/work", "var/cache/guestkit-worker"):
+    uid, gid = int(user[2]), int(groups["guestkit-worker"][2])
+    for sub in ("var/lib/guestkit-worker", "var/lib/guestkit-worker/results", "var/lib/guestkit-worker/work",
+                "var/cache/guestkit-worker", "var/lib/guestkit-worker/jobs/done", "var/lib/guestkit-worker/jobs/failed",
+                "var/lib/guestkit-worker/jobs/.processing"):
         st = (root / sub).stat()
-        assert stat.S_IMODE(st.st_mode) == 0o750 and st.st_uid == int(user[2]), sub
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o750, uid, gid), sub
+    # jobs/, shared with the producers (group guestkit-worker): group write; sticky, so a producer
+    # cannot delete or rename another's files (the worker owns the directory and claims by
+    # rename); setgid, so job files get the worker's group whatever the producer's umask group
+    st = (root / "var/lib/guestkit-worker/jobs").stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o3770, uid, gid)
+    assert st.st_mode & stat.S_ISVTX and st.st_mode & stat.S_ISGID and st.st_mode & stat.S_IWGRP
+    assert not st.st_mode & stat.S_IRWXO
     # The ACL line names the user, which systemd-tmpfiles resolves on the host, not in --root.
     try:
         pwd.getpwnam("guestkit-worker")
@@ -525,6 +539,78 @@ def test_sysusers_and_tmpfiles(tmp_path):
         assert rc == 0, out
     else:
         assert all("ACL" in line for line in out.splitlines() if "ailed" in line), out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as the worker and two producers needs root")
+def test_shared_jobs_dir_producers_submit_but_cannot_touch_each_others_jobs():
+    """The jobs dir exactly as tmpfiles.d makes it; two producers (other users, members of group
+    guestkit-worker, umask 027) submit; neither can delete or rename the other's job file; the
+    worker, as the service user, claims, reads and runs both."""
+    sysusers, tmpfiles, setpriv = (shutil.which(t) for t in ("systemd-sysusers", "systemd-tmpfiles", "setpriv"))
+    if not (sysusers and tmpfiles and setpriv):
+        pytest.skip("systemd-sysusers / systemd-tmpfiles / setpriv not installed")
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="gkw-shared-", dir="/tmp"))  # not under pytest's 0700 dir
+    try:
+        base.chmod(0o755)
+        root = base / "root"
+        for sub in ("etc", "usr/lib/sysusers.d", "usr/lib/tmpfiles.d"):
+            (root / sub).mkdir(parents=True)
+        shutil.copy(CONTRIB / "sysusers.d" / "guestkit-worker.conf", root / "usr/lib/sysusers.d")
+        conf = (CONTRIB / "tmpfiles.d" / "guestkit-worker.conf").read_text()
+        (root / "usr/lib/tmpfiles.d/guestkit-worker.conf").write_text(
+            "".join(line + "\n" for line in conf.splitlines() if "/var/lib/guestkit-worker" in line))
+        assert _run([sysusers, f"--root={root}"])[0] == 0
+        assert _run([tmpfiles, f"--root={root}", "--create"])[0] == 0
+        user = next(line.split(":") for line in (root / "etc/passwd").read_text().splitlines()
+                    if line.startswith("guestkit-worker:"))
+        uid, gid = int(user[2]), int(user[3])
+        state = root / "var/lib/guestkit-worker"
+        jobs = state / "jobs"
+        # an interpreter the other users can run (this one may live under /root), with a copy of
+        # prometheus_client (pure Python) where they can read it
+        python = "/usr/bin/python3"
+        if not os.access(python, os.X_OK):
+            pytest.skip("/usr/bin/python3 missing")
+        import prometheus_client
+        shutil.copytree(os.path.dirname(prometheus_client.__file__), base / "site" / "prometheus_client")
+        env = dict(os.environ, PYTHONPATH=f"{ROOT}:{base / 'site'}", HOME=str(base))
+
+        def as_user(uid_, gid_, groups, script):
+            return subprocess.run([setpriv, f"--reuid={uid_}", f"--regid={gid_}", f"--groups={groups}",
+                                   "/bin/sh", "-c", "umask 027; " + script], env=env, capture_output=True,
+                                  text=True, timeout=120)
+
+        for n, producer in ((1, 61001), (2, 61002)):
+            doc = base / f"job{n}.json"
+            doc.write_text(json.dumps({"version": "1.0", "job_id": f"shared-job-{n:04d}",
+                                       "created_at": "2026-11-01T00:00:00Z", "kind": "VMOperation",
+                                       "operation": "system.echo",
+                                       "payload": {"type": "system.echo.v1", "data": {"from": producer}}}))
+            doc.chmod(0o644)
+            r = as_user(producer, producer, gid, f"{python} -m guestkit_worker submit "
+                                                 f"--jobs-dir {shlex.quote(str(jobs))} {shlex.quote(str(doc))}")
+            assert r.returncode == 0, r.stdout + r.stderr
+        for n, producer in ((1, 61001), (2, 61002)):  # 0640 as written, group the worker's (setgid)
+            st = (jobs / f"shared-job-{n:04d}.json").stat()
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (producer, gid, 0o640)
+        one = shlex.quote(str(jobs / "shared-job-0001.json"))
+        r = as_user(61002, 61002, gid, f"rm -f {one}; mv {one} {shlex.quote(str(jobs / 'stolen.json'))}; "
+                                       f"mv {shlex.quote(str(jobs / 'done'))} {shlex.quote(str(jobs / 'moved'))}")
+        assert r.stderr.count("Operation not permitted") == 3, r.stderr
+        assert (jobs / "shared-job-0001.json").exists() and not (jobs / "stolen.json").exists()
+        assert (jobs / "done").is_dir() and not (jobs / "moved").exists()
+        r = as_user(uid, gid, gid, f"{python} -m guestkit_worker run --once "
+                                   f"--metrics-enabled false --worker-id shared-w --jobs-dir {shlex.quote(str(jobs))} "
+                                   f"--results-dir {shlex.quote(str(state / 'results'))} "
+                                   f"--work-dir {shlex.quote(str(state / 'work'))}")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert sorted(os.listdir(jobs / "done")) == ["shared-job-0001.json", "shared-job-0002.json"]
+        for n, producer in ((1, 61001), (2, 61002)):
+            result = json.loads((state / "results" / f"shared-job-{n:04d}-result.json").read_text())
+            assert (result["status"], result["data"]) == ("completed", {"from": producer})
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ cron
