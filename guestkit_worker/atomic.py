@@ -6,6 +6,8 @@ import json
 import os
 
 _counter = iter(range(1 << 62))
+_pid = [os.getpid()]  # part of temp names; kept current across fork without a getpid() per write
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 def fsync_dir(directory):
@@ -26,7 +28,7 @@ def write_bytes(path, data, *, mode=0o640, durable=True, overwrite=True, sync_di
     fsyncs the directory itself (several files, one directory fsync).
     """
     directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{next(_counter)}.tmp")
+    tmp = os.path.join(directory, f".{name}.{_pid[0]}.{next(_counter)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:

@@ -154,6 +154,7 @@ class FileTransport(Transport):
         self.failed_dir = os.path.join(self.jobs_dir, "failed")
         self.idem_dir = os.path.join(self.results_dir, ".idempotency")
         self._lock_fd = None
+        self._results_fd = None  # kept open for the group commit's directory fsync
         self._own_leftovers = []
         # Names of the job files in our processing dir.  Only this process writes there (the
         # flock keeps out anyone else with our worker id, and recovery by other workers starts
@@ -173,6 +174,7 @@ class FileTransport(Transport):
         self._lock_fd = os.open(self.processing + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._make_dir(self.processing)
+        self._results_fd = os.open(self.results_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         # Holding our lock, whatever is in our own processing dir was left by an earlier
         # process with this worker id (a stable id such as the host name) that died.
         self._own_leftovers = sorted(n for n in os.listdir(self.processing) if not n.startswith("."))
@@ -196,6 +198,9 @@ class FileTransport(Transport):
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._results_fd is not None:
+            os.close(self._results_fd)
+            self._results_fd = None
 
     @property
     def own_dirs(self):
@@ -320,7 +325,10 @@ class FileTransport(Transport):
 
     def sync_results(self):
         if self.durable:
-            atomic.fsync_dir(self.results_dir)
+            if self._results_fd is not None:
+                os.fsync(self._results_fd)
+            else:
+                atomic.fsync_dir(self.results_dir)
 
     def read_result(self, job_id):
         try:

@@ -9,7 +9,14 @@ Threads:
   never holds more claimed jobs than it has free threads;
 * the watchdog cancels a job at its deadline (context event + kill of its process groups) and,
   when a handler ignores that, writes the ``timeout`` result itself; the thread stays counted
-  as busy until it really returns.
+  as busy until it really returns;
+* the committer finishes storing outcomes: a job thread writes and fsyncs its result file,
+  then hands the job over; the committer makes every result handed over so far durable with
+  one fsync of the results directory (group commit) and only then moves each job file to
+  done/ or failed/.  The job thread takes its next job meanwhile.  Until its outcome is
+  stored a job stays ``.running`` in the processing dir, so a crash in between is recovered
+  like a crash during its handler (at most COMMIT_BACKLOG_PER_THREAD x --max-concurrent
+  jobs wait for the committer).
 """
 
 import logging
@@ -44,6 +51,18 @@ ABANDON_GRACE_SECONDS = KILL_GRACE_SECONDS + 2.0
 RECOVERY_INTERVAL_SECONDS = 30.0
 #: How long a job meant for another pool is not looked at again.
 FOREIGN_RECHECK_SECONDS = 60.0
+#: Outcomes waiting for the committer, per job thread, before job threads wait for it.
+COMMIT_BACKLOG_PER_THREAD = 4
+
+
+class _Commit:
+    """An outcome handed to the committer."""
+
+    __slots__ = ("run", "result", "reason", "failed", "status", "error")
+
+    def __init__(self, run, result, reason, failed, status):
+        self.run, self.result, self.reason, self.failed, self.status = run, result, reason, failed, status
+        self.error = None
 
 
 def default_worker_id():
@@ -139,6 +158,10 @@ class Worker:
         self._watchdog_wake = threading.Event()
         self._watchdog_due = 0.0              # when the watchdog looks next (0: it is looking now)
         self._watchdog_stop = threading.Event()
+        self._commits = queue.Queue(maxsize=max(8, COMMIT_BACKLOG_PER_THREAD * config.max_concurrent))
+        self._committer = None
+        self._commit_closed = False           # from now on outcomes are stored by their own thread
+        self._pending_commits = 0             # outcomes handed to the committer, not yet stored
         self.hard_stop = False                # set by a second signal
 
     # -- public -------------------------------------------------------------------------
@@ -192,6 +215,8 @@ class Worker:
     def run(self):
         """Run until stopped (daemon) or until the jobs present at start are done (--once)."""
         cfg = self.cfg
+        self._committer = threading.Thread(target=self._commit_loop, name="committer", daemon=True)
+        self._committer.start()
         self._pool = ThreadPoolExecutor(max_workers=cfg.max_concurrent, thread_name_prefix="job")
         for _ in range(cfg.max_concurrent):
             self._pool.submit(self._job_thread)
@@ -207,7 +232,7 @@ class Worker:
                 self._heartbeat = time.monotonic()
                 if cfg.once:
                     with self._lock:
-                        idle = not self._queued
+                        idle = not self._queued and not self._pending_commits
                     if idle:
                         break
                     self._update_depth(self.transport.scan())
@@ -530,26 +555,100 @@ class Worker:
         return True
 
     def _store(self, run, result, reason, *, failed, status, requeue=False):
-        """Persist the outcome; on a storage error put the job back and back off (nothing lost)."""
-        claim = run.claim
-        job_id = run.job_id
+        """Persist the outcome: through the committer while it runs, else right here."""
+        if not requeue and self._committer is not None and not self._commit_closed:
+            if result is not None:
+                # serialised first, so a result that cannot be stored fails in the caller
+                encoded = self.transport.encode_result(result)
+                try:
+                    self.transport.write_result(result, sync=False, encoded=encoded)
+                except OSError as exc:
+                    self._store_failed(run, exc)
+                    return
+            with self._lock:
+                queued = not self._commit_closed
+                if queued:
+                    self._pending_commits += 1
+            if queued:
+                self._commits.put(_Commit(run, result, reason, failed, status))
+                return
+            # closed meanwhile (shutdown): finished right here, the result written once more
         try:
             if requeue:
                 if result is not None:
                     self.transport.write_result(result)
-                self.transport.requeue(claim)
+                self.transport.requeue(run.claim)
             else:
-                self.transport.finish(claim, result, reason, failed=failed)
+                self.transport.finish(run.claim, result, reason, failed=failed)
         except OSError as exc:
-            log.error("job %s: cannot store the outcome (%s); job file returned to the queue", job_id, exc)
-            self.metrics.result_write_failed()
-            self._backoff_until = time.monotonic() + max(1.0, 5 * self.cfg.poll_interval)
-            try:
-                self.transport.release(claim)
-            except OSError as exc2:
-                log.error("job %s: cannot return %s to the queue (%s); it stays in %s for recovery",
-                          job_id, claim.name, exc2, claim.path)
+            self._store_failed(run, exc)
             return
+        self._stored(run, result, status)
+
+    # -- committer ----------------------------------------------------------------------
+    def _commit_loop(self):
+        """Store handed-over outcomes in batches until closed and nothing is pending."""
+        limit = self._commits.maxsize
+        while True:
+            try:
+                batch = [self._commits.get(timeout=0.5)]
+            except queue.Empty:
+                batch = []
+            while batch and len(batch) < limit:
+                try:
+                    batch.append(self._commits.get_nowait())
+                except queue.Empty:
+                    break
+            batch = [c for c in batch if c is not None]  # None: a wake-up at shutdown
+            if batch:
+                try:
+                    self._commit(batch)
+                except Exception:  # the committer must not die; unstored jobs stay for recovery
+                    log.exception("storing %d outcome(s) failed unexpectedly", len(batch))
+            with self._lock:
+                self._pending_commits -= len(batch)
+                done = self._commit_closed and self._pending_commits == 0
+                idle = not self._queued and self._pending_commits == 0
+            if done:
+                return
+            if batch and idle:
+                self._wake.set()  # a one-shot run may end
+
+    def _commit(self, batch):
+        """One fsync of the results dir for the whole batch (each result file is written and
+        fsynced already), then archive each job."""
+        if any(c.result is not None for c in batch):
+            try:
+                self.transport.sync_results()
+            except OSError as exc:
+                for c in batch:
+                    if c.result is not None:
+                        c.error = exc
+        for c in batch:
+            if c.error is None:
+                try:
+                    self.transport.finish(c.run.claim, None, c.reason, failed=c.failed)
+                except OSError as exc:
+                    c.error = exc
+            if c.error is None:
+                self._stored(c.run, c.result, c.status)
+            else:
+                self._store_failed(c.run, c.error)
+
+    def _store_failed(self, run, exc):
+        """A storage error: put the job back and back off (nothing lost)."""
+        claim, job_id = run.claim, run.job_id
+        log.error("job %s: cannot store the outcome (%s); job file returned to the queue", job_id, exc)
+        self.metrics.result_write_failed()
+        self._backoff_until = time.monotonic() + max(1.0, 5 * self.cfg.poll_interval)
+        try:
+            self.transport.release(claim)
+        except OSError as exc2:
+            log.error("job %s: cannot return %s to the queue (%s); it stays in %s for recovery",
+                      job_id, claim.name, exc2, claim.path)
+
+    def _stored(self, run, result, status):
+        job_id = run.job_id
         if status == "completed" and run.job is not None and run.job.idempotency_key:
             try:
                 self.transport.idempotency_store(run.job.idempotency_key, run.job.job_id, result.get("completed_at"))
@@ -685,6 +784,14 @@ class Worker:
             runs = list(self._runs.values())  # threads still inside a handler that ignores cancellation
         self._watchdog_stop.set()
         self._watchdog_wake.set()
+        if self._committer is not None:
+            with self._lock:
+                self._commit_closed = True  # outcomes from now on are stored by their own thread
+            self._commits.put(None)
+            self._committer.join(cfg.shutdown_timeout + 30.0)
+            if self._committer.is_alive():
+                log.error("stopping: outcomes still not stored after %ss; their jobs stay in %s for "
+                          "recovery", cfg.shutdown_timeout + 30.0, self.transport.jobs_dir)
         for _ in range(cfg.max_concurrent):
             self._names.put(None)  # wake idle job threads now instead of at their next poll
         self._pool.shutdown(wait=not runs, cancel_futures=True)
@@ -694,9 +801,10 @@ class Worker:
                  ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())) or "no jobs")
 
     def _busy(self):
-        """True while a job is claimed but not started, or running without a stored outcome."""
+        """True while a job is claimed but not started, running, or its outcome not stored yet."""
         with self._lock:
-            return self._claimed_not_started > 0 or any(not r.finalized for r in self._runs.values())
+            return (self._claimed_not_started > 0 or self._pending_commits > 0
+                    or any(not r.finalized for r in self._runs.values()))
 
     # -- health -------------------------------------------------------------------------
     def health(self):
