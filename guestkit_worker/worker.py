@@ -73,6 +73,21 @@ def utcnow():
     return datetime.now(timezone.utc)
 
 
+_second = (None, "")  # (whole second, its formatted prefix), replaced as one tuple
+
+
+def stamp(t=None):
+    """RFC 3339 UTC time stamp with microseconds of time.time() (or t), e.g.
+    2026-11-28T10:10:30.342027Z; the date part is formatted once per second."""
+    global _second
+    t = time.time() if t is None else t
+    sec = int(t)
+    cached = _second
+    if cached[0] != sec:
+        cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{cached[1]}.{int((t - sec) * 1e6):06d}Z"
+
+
 def iso(dt):
     return dt.isoformat().replace("+00:00", "Z")
 
@@ -108,7 +123,7 @@ class _Run:
         self.job = self.handler = self.ctx = None
         self.state = JobState.ASSIGNED
         self.started_mono = time.monotonic()
-        self.started_at = utcnow()
+        self.started_at = time.time()
         self.lock = threading.Lock()
         self.finalized = False
         self.timeout_at = None
@@ -443,7 +458,7 @@ class Worker:
         self.transport.mark_started(run.claim)
         run.to(JobState.RUNNING)
         run.thread = threading.current_thread().name
-        run.started_mono, run.started_at = time.monotonic(), utcnow()
+        run.started_mono, run.started_at = time.monotonic(), time.time()
         waited_since = max(job.created_at.timestamp(), run.claim.claimed_at)
         self.metrics.handler_started(time.time() - waited_since)
         with self._lock:
@@ -661,13 +676,12 @@ class Worker:
 
     def _result_doc(self, run, status, *, data=None, outputs=None, error=None):
         job = run.job
-        now = utcnow()
         doc = {"job_id": job.job_id if job else run.claim.job_id, "status": status,
-               ("completed_at" if status == "completed" else "failed_at"): iso(now),
+               ("completed_at" if status == "completed" else "failed_at"): stamp(),
                "worker_id": self.cfg.worker_id,
                "operation": job.operation if job else None,
                "execution_summary": {
-                   "started_at": iso(run.started_at),
+                   "started_at": stamp(run.started_at),
                    "duration_seconds": round(time.monotonic() - run.started_mono, 6),
                    "attempt": job.attempt if job else 1,
                    "idempotency_key": job.idempotency_key if job else None},
