@@ -13,7 +13,10 @@ Threads:
 * the committer finishes storing outcomes: a job thread writes and fsyncs its result file,
   then hands the job over; the committer makes every result handed over so far durable with
   one fsync of the results directory (group commit) and only then moves each job file to
-  done/ or failed/.  The job thread takes its next job meanwhile.  Until its outcome is
+  done/ or failed/.  The job thread takes its next job meanwhile.  With a single job thread
+  (``--max-concurrent 1``) the committer writes the result file as well, so that the one job
+  thread's next job overlaps all of the previous one's disk waits; with more, job threads
+  write their own results and their fsyncs overlap each other.  Until its outcome is
   stored a job stays ``.running`` in the processing dir, so a crash in between is recovered
   like a crash during its handler (at most COMMIT_BACKLOG_PER_THREAD x --max-concurrent
   jobs wait for the committer).
@@ -58,10 +61,11 @@ COMMIT_BACKLOG_PER_THREAD = 4
 class _Commit:
     """An outcome handed to the committer."""
 
-    __slots__ = ("run", "result", "reason", "failed", "status", "error")
+    __slots__ = ("run", "result", "encoded", "reason", "failed", "status", "error")
 
-    def __init__(self, run, result, reason, failed, status):
-        self.run, self.result, self.reason, self.failed, self.status = run, result, reason, failed, status
+    def __init__(self, run, result, encoded, reason, failed, status):
+        self.run, self.result, self.encoded, self.reason = run, result, encoded, reason
+        self.failed, self.status = failed, status  # encoded: bytes still to write, or None
         self.error = None
 
 
@@ -572,20 +576,23 @@ class Worker:
     def _store(self, run, result, reason, *, failed, status, requeue=False):
         """Persist the outcome: through the committer while it runs, else right here."""
         if not requeue and self._committer is not None and not self._commit_closed:
+            encoded = None
             if result is not None:
                 # serialised first, so a result that cannot be stored fails in the caller
                 encoded = self.transport.encode_result(result)
-                try:
-                    self.transport.write_result(result, sync=False, encoded=encoded)
-                except OSError as exc:
-                    self._store_failed(run, exc)
-                    return
+                if self.cfg.max_concurrent > 1:
+                    try:
+                        self.transport.write_result(result, sync=False, encoded=encoded)
+                    except OSError as exc:
+                        self._store_failed(run, exc)
+                        return
+                    encoded = None
             with self._lock:
                 queued = not self._commit_closed
                 if queued:
                     self._pending_commits += 1
             if queued:
-                self._commits.put(_Commit(run, result, reason, failed, status))
+                self._commits.put(_Commit(run, result, encoded, reason, failed, status))
                 return
             # closed meanwhile (shutdown): finished right here, the result written once more
         try:
@@ -630,14 +637,20 @@ class Worker:
                 self._wake.set()  # a one-shot run may end
 
     def _commit(self, batch):
-        """One fsync of the results dir for the whole batch (each result file is written and
-        fsynced already), then archive each job."""
-        if any(c.result is not None for c in batch):
+        """Write the results not written yet (each fsynced), one fsync of the results dir for
+        the whole batch, then archive each job."""
+        for c in batch:
+            if c.encoded is not None:
+                try:
+                    self.transport.write_result(c.result, sync=False, encoded=c.encoded)
+                except OSError as exc:
+                    c.error = exc
+        if any(c.result is not None and c.error is None for c in batch):
             try:
                 self.transport.sync_results()
             except OSError as exc:
                 for c in batch:
-                    if c.result is not None:
+                    if c.result is not None and c.error is None:
                         c.error = exc
         for c in batch:
             if c.error is None:

@@ -170,14 +170,16 @@ def test_results_dir_not_writable_then_writable_again(dirs):
         w.ensure_stopped()
 
 
-def test_disk_full_while_writing_results(dirs):
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_disk_full_while_writing_results(dirs, threads):
     """ENOSPC injected at the write call (tests/faultkit.py install_write_faults): the first
-    write of each result temp file stores half the bytes, the next fails with ENOSPC."""
+    write of each result temp file stores half the bytes, the next fails with ENOSPC.  With
+    one job thread the committer writes results, with four the job threads do."""
     flag = os.path.join(dirs.base, "disk-full")
     open(flag, "w").close()
     journal = os.path.join(dirs.base, "journal")
     env = plugin_env(dirs.base, GKW_FAULT_DIR=dirs.results, GKW_FAULT_FLAG=flag)
-    w = Worker(dirs, "--worker-id", "enospc", shim=True, env=env)
+    w = Worker(dirs, "--worker-id", "enospc", "--max-concurrent", threads, shim=True, env=env)
     try:
         write_job(dirs.jobs, journal_job("full-journal-01", journal))
         write_job(dirs.jobs, make_job("full-echo-0001", data={"n": 1}, execution={"idempotency_key": "full-k"}))
