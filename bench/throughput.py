@@ -39,6 +39,7 @@ import common  # noqa: E402
 #: CPU seconds (user + system) of the last worker process run_worker ran
 LAST_CPU = [0.0]
 MAX_JOB_BYTES = 1 << 20
+ENCODER = json.JSONEncoder(ensure_ascii=False)  # one shared encoder, as the worker has
 JOB_ID_RE = re.compile(r"[A-Za-z0-9._-]{8,128}")
 DOTTED_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
 
@@ -95,7 +96,7 @@ def run_floor(base, names, threads):
                                         "idempotency_key": None},
                   "outputs": {"primary": None, "artifacts": []}, "error": None, "observability": None,
                   "data": doc["payload"]["data"]}
-        body = (json.dumps(result, ensure_ascii=False) + "\n").encode()  # serialised as the worker does
+        body = (ENCODER.encode(result) + "\n").encode()  # serialised as the worker does
         path = os.path.join(results, f"{doc['job_id']}-result.json")
         tmp = os.path.join(results, f".{doc['job_id']}-result.json.{pid}.{next(counter)}.tmp")
         wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
