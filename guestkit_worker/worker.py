@@ -653,21 +653,27 @@ class Worker:
                     if c.result is not None and c.error is None:
                         c.error = exc
         for c in batch:
-            if c.error is None:
-                try:
-                    self.transport.finish(c.run.claim, None, c.reason, failed=c.failed)
-                except OSError as exc:
-                    c.error = exc
-            if c.error is None:
-                self._stored(c.run, c.result, c.status)
-            else:
-                self._store_failed(c.run, c.error)
+            try:
+                if c.error is None:
+                    try:
+                        self.transport.finish(c.run.claim, None, c.reason, failed=c.failed)
+                    except OSError as exc:
+                        c.error = exc
+                if c.error is None:
+                    self._stored(c.run, c.result, c.status)
+                else:
+                    self._store_failed(c.run, c.error)
+            except Exception:  # one job's trouble must not leave the rest of the batch unstored
+                log.exception("job %s: storing the outcome failed unexpectedly; the job file stays in %s "
+                              "for recovery", c.run.job_id, c.run.claim.path)
 
     def _store_failed(self, run, exc):
         """A storage error: put the job back and back off (nothing lost)."""
         claim, job_id = run.claim, run.job_id
         log.error("job %s: cannot store the outcome (%s); job file returned to the queue", job_id, exc)
         self.metrics.result_write_failed()
+        with self._lock:  # a one-shot run that leaves a job undone does not exit 0
+            self._outcomes["unstored"] = self._outcomes.get("unstored", 0) + 1
         self._backoff_until = time.monotonic() + max(1.0, 5 * self.cfg.poll_interval)
         try:
             self.transport.release(claim)

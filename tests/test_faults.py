@@ -19,8 +19,8 @@ import pytest
 
 from conftest import Dirs, make_job, wait_for, write_job
 from guestkit_worker.worker import COMMIT_BACKLOG_PER_THREAD
-from faultkit import (Worker, archived, cap_drop_prefix, journal_job, load_results, plugin_env, processing,
-                      read_journal, temp_files, total, waiting)
+from faultkit import (SHIM_MAIN, Worker, archived, cap_drop_prefix, journal_job, load_results, plugin_env,
+                      processing, read_journal, temp_files, total, waiting)
 from metricskit import get
 
 pytestmark = pytest.mark.timeout(240)
@@ -294,6 +294,31 @@ def test_sigterm_during_a_burst_drains_or_returns_every_job(dirs):
     runs = read_journal(journal)
     assert sorted(runs) == [f"burst-{i:05d}" for i in range(n)] and all(a == [1] for a in runs.values())
     assert len(archived(dirs, "done")) == n and waiting(dirs) == [] and processing(dirs) == []
+
+
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_one_shot_run_with_disk_full_exits_1_and_keeps_the_job(dirs, threads):
+    """--once while results cannot be written: the job goes back to jobs/ untouched, no result
+    or archive is left, and the run exits 1 (the job did not complete), not 0."""
+    flag = os.path.join(dirs.base, "disk-full")
+    open(flag, "w").close()
+    env = plugin_env(dirs.base, GKW_FAULT_DIR=dirs.results, GKW_FAULT_FLAG=flag)
+    write_job(dirs.jobs, make_job("once-full-0001", data={"n": 1}), name="once-full.json")
+    proc = subprocess.run([sys.executable, "-c", SHIM_MAIN, "run", *dirs.args(), "--once", "--max-concurrent",
+                           threads, "--metrics-enabled", "false"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "cannot store the outcome ([Errno 28] No space left on device)" in proc.stderr
+    assert waiting(dirs) == ["once-full.json"] and processing(dirs) == []
+    assert archived(dirs, "done") == [] and archived(dirs, "failed") == []
+    assert not os.path.exists(os.path.join(dirs.results, "once-full-0001-result.json"))
+    _assert_nothing_half_written(dirs)
+    os.unlink(flag)  # space returns: the next run completes it
+    proc = subprocess.run([sys.executable, "-c", SHIM_MAIN, "run", *dirs.args(), "--once", "--metrics-enabled",
+                           "false"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert dirs.result("once-full-0001")["status"] == "completed"
+    assert archived(dirs, "done") == ["once-full.json"]
 
 
 def test_disk_full_when_requeueing_a_retry(dirs):
