@@ -479,6 +479,10 @@ class Worker:
             outcome = (ctx.cancel_reason or err.reason, None, err)
         except HandlerError as err:
             outcome = (ctx.cancel_reason or "failed", None, err)
+        except JobValidationError as err:  # a handler's re-check, e.g. the image vanished since admission
+            outcome = (ctx.cancel_reason or "failed", None,
+                       HandlerError(err.code, str(err), phase="execution",
+                                    details={"field": err.field} if err.field else None))
         except Exception as err:
             log.exception("job %s: handler %s raised", job.job_id, handler.name)
             outcome = (ctx.cancel_reason or "failed", None,

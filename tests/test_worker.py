@@ -189,8 +189,13 @@ def test_handler_errors_end_with_clear_results(dirs):
     write_job(dirs.jobs, make_job("raises-0000001", "test.raise", {"message": "kaput"}))
     write_job(dirs.jobs, make_job("badresult-00001", "test.badresult"))
     write_job(dirs.jobs, make_job("after-errors-01"))
+    write_job(dirs.jobs, make_job("late-invalid-01", "test.raise",
+                                  {"field": "image.path", "message": "/img/gone.raw does not exist"}))
     cli("--once", "--max-concurrent", "1", *dirs.args(), check=1)
     assert dirs.result("raises-0000001")["error"]["message"] == "RuntimeError: kaput"
+    late = dirs.result("late-invalid-01")  # a check that fails while running keeps its own code
+    assert (late["status"], late["error"]["code"], late["error"]["message"], late["error"]["details"]) == (
+        "failed", "INVALID_JOB", "image.path: /img/gone.raw does not exist", {"field": "image.path"})
     bad = dirs.result("badresult-00001")
     assert bad["error"]["code"] == "INVALID_RESULT" and "not JSON serializable" in bad["error"]["message"]
     assert dirs.result("after-errors-01")["status"] == "completed"

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from guestkit_worker.errors import HandlerError
+from guestkit_worker.errors import HandlerError, JobValidationError
 from guestkit_worker.handlers.base import Handler, HandlerResult
 
 
@@ -56,10 +56,13 @@ class HangHandler(_Test):
 
 
 class RaiseHandler(_Test):
-    """Raises a plain exception (a handler bug)."""
+    """Raises a plain exception (a handler bug), or with payload.field a JobValidationError
+    (what a handler's re-check finds when, say, an image vanished after admission)."""
     name = "test.raise"
 
     def execute(self, context, data):
+        if "field" in data:
+            raise JobValidationError(data["field"], data.get("message", "boom"), code=data.get("code"))
         raise RuntimeError(data.get("message", "boom"))
 
 
