@@ -22,6 +22,8 @@ import logging
 from dataclasses import dataclass, field
 from importlib import metadata
 
+from ..engines.images import require_image_file
+
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "guestkit_worker.handlers"
@@ -73,6 +75,26 @@ class Handler:
 
     def cleanup(self, context):
         """Release what execute left behind; must not raise."""
+
+
+class ImageHandler(Handler):
+    """A handler whose payload names a disk image (``image.path``) and may name an output
+    (``output.destination``); subclasses check the payload's shape in ``_check_payload``."""
+
+    def validate(self, data):
+        data = self._check_payload(data)
+        output = data.get("output") or {}
+        # the path policy before anything looks at the file system: a refused path gets the
+        # same PATH_NOT_ALLOWED whether or not something exists there (and the job is rejected)
+        self.check_payload_path(data["image"]["path"], "payload.data.image.path")
+        if output.get("destination") is not None:
+            self.check_payload_path(output["destination"], "payload.data.output.destination", for_output=True)
+        require_image_file(data["image"]["path"], "payload.data.image.path")
+
+    def _check_payload(self, data):
+        """The payload's shape and values (returned as the dict to use); looks at nothing on
+        the file system."""
+        raise NotImplementedError
 
 
 class HandlerRegistry:

@@ -34,7 +34,7 @@ from ..engines.images import (IMAGE_FORMATS, check_destination, fsync_path, imag
                               require_bool, require_dict, require_format, require_image_file, require_path,
                               temp_name)
 from ..errors import EngineUnavailable, HandlerError, JobValidationError
-from .base import Handler, HandlerResult
+from .base import HandlerResult, ImageHandler
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _tail(stderr, lines=5):
     return "; ".join(text.splitlines()[-lines:]) or "no diagnostics"
 
 
-class ConvertHandler(Handler):
+class ConvertHandler(ImageHandler):
     """Converts disk images with qemu-img (see the module docstring)."""
 
     name = "guestkit.convert"
@@ -74,16 +74,6 @@ class ConvertHandler(Handler):
         return True, f"qemu-img at {path}"
 
     # -- validation ---------------------------------------------------------------------
-    def validate(self, data):
-        data = self._check_payload(data)
-        output = data.get("output") or {}
-        # the path policy before anything looks at the file system: a refused path gets the
-        # same PATH_NOT_ALLOWED whether or not something exists there (and the job is rejected)
-        self.check_payload_path(data["image"]["path"], "payload.data.image.path")
-        if output.get("destination") is not None:
-            self.check_payload_path(output["destination"], "payload.data.output.destination", for_output=True)
-        require_image_file(data["image"]["path"], "payload.data.image.path")
-
     def _check_payload(self, data):
         """The payload's shape and values; looks at nothing on the file system."""
         data = require_dict(data, "payload.data")

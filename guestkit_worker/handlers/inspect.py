@@ -60,7 +60,7 @@ from ..engines.images import (check_destination, fsync_path, image_size, publish
                               require_bool, require_dict, require_format, require_image_file, require_path,
                               temp_name)
 from ..errors import EngineUnavailable, HandlerError, JobValidationError
-from .base import Handler, HandlerResult
+from .base import HandlerResult, ImageHandler
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def summarize(report):
     return out
 
 
-class InspectHandler(Handler):
+class InspectHandler(ImageHandler):
     """Inspects a disk image with libguestfs (see the module docstring)."""
 
     name = "guestkit.inspect"
@@ -189,16 +189,6 @@ class InspectHandler(Handler):
         return engine_status()
 
     # -- validation ---------------------------------------------------------------------
-    def validate(self, data):
-        data = self._check_payload(data)
-        output = data.get("output") or {}
-        # the path policy before anything looks at the file system: a refused path gets the
-        # same PATH_NOT_ALLOWED whether or not something exists there (and the job is rejected)
-        self.check_payload_path(data["image"]["path"], "payload.data.image.path")
-        if output.get("destination") is not None:
-            self.check_payload_path(output["destination"], "payload.data.output.destination", for_output=True)
-        require_image_file(data["image"]["path"], "payload.data.image.path")
-
     def _check_payload(self, data):
         """The payload's shape and values; looks at nothing on the file system."""
         data = require_dict(data, "payload.data")
