@@ -605,7 +605,10 @@ class Worker:
                     self.transport.write_result(result)
                 self.transport.requeue(run.claim)
             else:
-                self.transport.finish(run.claim, result, reason, failed=failed)
+                if result is not None:
+                    self.transport.write_result(result)
+                self._remember_key(run, result, status)
+                self.transport.finish(run.claim, None, reason, failed=failed)
         except OSError as exc:
             self._store_failed(run, exc)
             return
@@ -659,6 +662,7 @@ class Worker:
         for c in batch:
             try:
                 if c.error is None:
+                    self._remember_key(c.run, c.result, c.status)
                     try:
                         self.transport.finish(c.run.claim, None, c.reason, failed=c.failed)
                     except OSError as exc:
@@ -685,13 +689,19 @@ class Worker:
             log.error("job %s: cannot return %s to the queue (%s); it stays in %s for recovery",
                       job_id, claim.name, exc2, claim.path)
 
-    def _stored(self, run, result, status):
-        job_id = run.job_id
+    def _remember_key(self, run, result, status):
+        """Record a completed job's idempotency key once its result is durable and before the
+        job file is archived: a crash in between finds the key on recovery (run again as a
+        duplicate of itself, result kept) instead of a done job whose key was never kept."""
         if status == "completed" and run.job is not None and run.job.idempotency_key:
             try:
                 self.transport.idempotency_store(run.job.idempotency_key, run.job.job_id, result.get("completed_at"))
             except OSError as exc:
-                log.error("job %s: cannot record idempotency key: %s", job_id, exc)
+                log.error("job %s: cannot record idempotency key: %s", run.job_id, exc)
+
+    def _stored(self, run, result, status):
+        """Count and log an outcome once its job file is archived."""
+        job_id = run.job_id
         self.metrics.job_finished(run.operation_label, status, time.monotonic() - run.started_mono)
         with self._lock:
             self._outcomes[status] = self._outcomes.get(status, 0) + 1
@@ -774,6 +784,7 @@ class Worker:
                 (earlier.get("execution_summary") or {}).get("attempt") == job.attempt:
             log.info("job %s: result was stored before worker %s died; archiving", job.job_id, dead_worker)
             status = earlier.get("status")
+            self._remember_key(run, earlier, status)  # it may have died before keeping the key
             self.transport.finish(claim, None, None if status == "completed" else
                                   {"job_file": claim.name, "job_id": job.job_id, "status": status,
                                    "error": earlier.get("error")}, failed=status != "completed")

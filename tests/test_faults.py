@@ -157,11 +157,13 @@ def test_results_dir_not_writable_then_writable_again(dirs):
         assert "cannot store the outcome ([Errno 13] Permission denied" in w.log()
         os.chmod(dirs.results, 0o755)
         os.chmod(idem, 0o755)
-        wait_for(lambda: len(_finished(dirs)) == 2, timeout=60, what="jobs finish once writable")
+        # an outcome is counted right after its job file is archived: wait for the count
+        s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_jobs_total") == 2 else None)(w.samples()),
+                     timeout=60, what="jobs finish once writable")
+        assert len(_finished(dirs)) == 2
         assert dirs.result("ro-results-0001")["status"] == "completed"
         assert dirs.result("ro-rejected-001")["error"]["message"] == "execution.priority: must be 1-10, got 0"
         assert len(os.listdir(idem)) == 1
-        s = w.samples()
         assert total(s, "guestkit_worker_jobs_total", status="completed") == 1  # counted once, not per try
         assert total(s, "guestkit_worker_jobs_total", status="rejected") == 1
         assert get(w.url + "/health")[0] == 200
@@ -199,7 +201,7 @@ def test_disk_full_while_writing_results(dirs, threads):
             "full-journal-01": "completed", "full-echo-0001": "completed", "full-reject-001": "failed"}
         assert results["full-echo-0001"]["data"] == {"n": 1}
         assert temp_files(dirs.results) == []
-        s = w.samples()
+        s = w.counted(3)
         assert total(s, "guestkit_worker_jobs_total", status="completed") == 2
         assert total(s, "guestkit_worker_jobs_total", status="rejected") == 1
         errors = total(s, "guestkit_worker_result_write_errors_total")
@@ -243,7 +245,8 @@ def test_misbehaving_handlers_keep_capacity_accounting_honest(dirs):
         assert not os.path.exists(f"/proc/{child}") or \
             open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"  # gone, or a zombie
         # once the hung handler returns: nothing active, and its late outcome is discarded
-        s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_active_jobs") == 0 else None)(w.samples()),
+        s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_active_jobs") == 0
+                              and total(s, "guestkit_worker_jobs_total") == 5 else None)(w.samples()),
                      timeout=30, what="hung handler returned")
         assert dirs.result("hangs-00000001")["status"] == "timeout"
         assert "late outcome (completed) is discarded" in w.log()
@@ -260,7 +263,7 @@ def test_misbehaving_handlers_keep_capacity_accounting_honest(dirs):
         s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_active_jobs") == 3 else None)(w.samples()),
                      timeout=30, what="three active at once")
         wait_for(lambda: len(_finished(dirs)) == 8, timeout=30, what="capacity jobs done")
-        assert total(w.samples(), "guestkit_worker_active_jobs") == 0
+        wait_for(lambda: total(w.samples(), "guestkit_worker_active_jobs") == 0, timeout=30, what="none active")
     finally:
         w.ensure_stopped()
 

@@ -201,7 +201,7 @@ def test_hostile_job_files_rejected_and_worker_keeps_serving(dirs):
         assert waiting(dirs) == [] and processing(dirs) == []
 
         # counted as rejected, once each; the worker still serves
-        s = w.samples()
+        s = w.counted(len(cases) + 2)
         assert total(s, "guestkit_worker_jobs_total", status=REJECTED) == len(cases)
         assert total(s, "guestkit_worker_jobs_total", status="completed") == 2
         assert total(s, "guestkit_worker_jobs_total", status="failed") == 0
@@ -235,7 +235,7 @@ def test_duplicate_job_id_of_a_running_job_is_rejected(dirs):
         result = dirs.result("dup-running-01")
         assert (result["status"], result["data"]["tag"]) == ("completed", "first")
         assert read_journal(journal) == {"dup-running-01": [1]}  # the duplicate never ran
-        s = w.samples()
+        s = w.counted(2)
         assert total(s, "guestkit_worker_jobs_total", status=REJECTED) == 1
         assert total(s, "guestkit_worker_jobs_total", status="completed") == 1
     finally:
@@ -620,6 +620,7 @@ def test_http_garbage_long_urls_and_idle_connections_do_not_stop_a_scrape(dirs):
         # a job flows and a scrape answers promptly while all of that is going on
         write_job(dirs.jobs, make_job("during-storm-01"))
         wait_for(lambda: "during-storm-01.json" in dirs.listing("done"), what="job during the storm")
+        w.counted(1)
         started = time.monotonic()
         s = w.samples()
         assert time.monotonic() - started < 2.0

@@ -51,9 +51,10 @@ def test_exact_values_after_scripted_jobs(dirs, daemon):
     wait_for(lambda: len(dirs.all_results()) == 6, what="six results")
     write_job(dirs.jobs, make_job("metrics-dup-0001", execution={"idempotency_key": "k0"}))
     wait_for(lambda: "metrics-dup-0001" in dirs.all_results(), what="duplicate result")
-    s = wait_for(lambda: (lambda m: m if value(m, "guestkit_worker_jobs_total", operation="system.echo",
-                                               status="duplicate") == 1 else None)(parse(scrape(url))),
-                 what="duplicate counted")
+    # outcomes are counted just after their job files are archived: wait for all seven
+    s = wait_for(lambda: (lambda m: m if sum(v for (n, _), v in m.items() if n == "guestkit_worker_jobs_total") == 7
+                          else None)(parse(scrape(url))), what="seven outcomes counted")
+    assert value(s, "guestkit_worker_jobs_total", operation="system.echo", status="duplicate") == 1
     echo = "system.echo"
     assert value(s, "guestkit_worker_jobs_total", operation=echo, status="completed") == 3
     assert value(s, "guestkit_worker_jobs_total", operation=echo, status="rejected") == 1

@@ -169,6 +169,33 @@ def test_idempotent_duplicate_not_run_again(dirs):
     assert dirs.result("idem-first-001")["data"] == {"n": 1}
 
 
+def test_crash_after_the_result_before_the_archive_keeps_result_and_key(dirs):
+    """A worker died after its completed result was durable but before it kept the idempotency
+    key and archived the job: recovery archives the job, keeps the result and the key, so a
+    resubmission with that key is a duplicate and never runs again."""
+    key = {"idempotency_key": "after-crash-k"}
+    job = make_job("crashed-after-1", data={"n": 1}, execution=key)
+    dead = os.path.join(dirs.jobs, ".processing", "gone-worker")
+    os.makedirs(dead)
+    with open(os.path.join(dead, "a.json.running"), "w") as fh:
+        json.dump(job, fh)
+    stored = {"job_id": "crashed-after-1", "status": "completed", "completed_at": "2026-11-28T10:00:00Z",
+              "worker_id": "gone-worker", "operation": "system.echo",
+              "execution_summary": {"attempt": 1}, "data": {"stored": "before the crash"}}
+    os.makedirs(dirs.results, exist_ok=True)
+    with open(os.path.join(dirs.results, "crashed-after-1-result.json"), "w") as fh:
+        json.dump(stored, fh)
+    proc = cli("--once", *dirs.args(), check=0)
+    assert "result was stored before worker gone-worker died; archiving" in proc.stderr
+    assert dirs.listing("done") == ["a.json"]
+    assert dirs.result("crashed-after-1") == stored  # not run again, not overwritten
+    write_job(dirs.jobs, make_job("resubmitted-01", data={"n": 2}, execution=key))
+    cli("--once", *dirs.args(), check=0)
+    again = dirs.result("resubmitted-01")
+    assert again["duplicate_of"]["job_id"] == "crashed-after-1"
+    assert again["data"] == {"stored": "before the crash"}
+
+
 def test_retry_until_success(dirs):
     write_job(dirs.jobs, make_job("flaky-job-0001", "test.flaky", {"succeed_on": 3}, execution={"max_attempts": 3}))
     proc = cli("--once", *dirs.args(), check=0)
