@@ -139,8 +139,9 @@ def test_prometheus_scrapes_worker(dirs, daemon, tmp_path):
                 if status == 200 and data["status"] == "success" else {}
         up = wait_for(lambda: query('up{job="guestkit-worker"}') or None, timeout=90, what="a scrape")
         assert list(up.values()) == [1.0]
-        got = wait_for(lambda: query('sum by (status) (guestkit_worker_jobs_total{operation="system.echo"}) > 0')
-                       or None, timeout=30, what="job counts")
+        got = wait_for(lambda: (lambda r: r if len(r) >= 2 else None)(
+            query('sum by (status) (guestkit_worker_jobs_total{operation="system.echo"}) > 0')),
+            timeout=30, what="job counts of both statuses")
         assert got == {'{"status": "completed"}': 2.0, '{"status": "rejected"}': 1.0}
     finally:
         stop(prom)
