@@ -102,6 +102,20 @@ def _add_run_options(p):
                        help=f"{text} ({shown}env {_env_name(dest)})")
 
 
+def _add_allow_path(p):
+    """--allow-path for validate and submit: judge paths as a worker with that policy would."""
+    p.add_argument("--allow-path", dest="allow_path", action="append", default=None, metavar="DIR",
+                   help="judge image paths and outputs as a worker run with this --allow-path would "
+                        f"(repeatable; env {_env_name('allow_path')}, colon-separated)")
+
+
+def _allowed_paths(args):
+    if args.allow_path is not None:
+        return args.allow_path
+    env = os.environ.get(_env_name("allow_path"))
+    return [p for p in env.split(":") if p] if env else None
+
+
 def get_parser():
     """Build the argument parser; no side effects (argparse-manpage imports this)."""
     parser = argparse.ArgumentParser(
@@ -121,10 +135,12 @@ def get_parser():
     submit.add_argument("job", metavar="JOB.json", help="job document to submit ('-' reads standard input)")
     submit.add_argument("--jobs-dir", dest="jobs_dir", default=None, metavar="DIR",
                         help=f"jobs directory (default: ./jobs; env {_env_name('jobs_dir')})")
+    _add_allow_path(submit)
     validate = sub.add_parser("validate", help="check job files and print every problem",
                               description="Check each FILE against the job protocol and the operations this "
                                           "worker serves; print one line per file; exit 1 if any is invalid.")
     validate.add_argument("files", nargs="+", metavar="FILE", help="job documents")
+    _add_allow_path(validate)
     sub.add_parser("list-operations", help="print each operation and whether its engine is installed",
                    description="Print each operation this worker serves and whether its engine is installed.")
     return parser
@@ -230,6 +246,7 @@ def _check_file(path, registry):
 def cmd_validate(args):
     from .handlers import default_registry
     reg = default_registry()
+    reg.configure_paths(_allowed_paths(args))
     bad = 0
     for path in args.files:
         problems, job = _check_file(path, reg)
@@ -246,7 +263,9 @@ def cmd_submit(args):
     from . import atomic
     from .handlers import default_registry
     jobs_dir = args.jobs_dir or os.environ.get(_env_name("jobs_dir")) or "./jobs"
-    problems, job = _check_file(args.job, default_registry())
+    reg = default_registry()
+    reg.configure_paths(_allowed_paths(args))
+    problems, job = _check_file(args.job, reg)
     if problems:
         for problem in problems:
             print(f"{args.job}: {problem}", file=sys.stderr)

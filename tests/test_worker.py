@@ -309,6 +309,31 @@ def test_validate_and_submit(dirs, tmp_path):
     assert not [n for n in os.listdir(dirs.jobs) if n.startswith(".") and n.endswith(".tmp")]
 
 
+def test_validate_and_submit_judge_paths_like_the_worker(dirs, tmp_path):
+    """validate/submit --allow-path (or GUESTKIT_WORKER_ALLOW_PATH) give the PATH_NOT_ALLOWED
+    verdict a worker with that policy would give, before the job is queued."""
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "disk.raw").write_bytes(b"\0" * 4096)
+    job = tmp_path / "inspect.json"
+    job.write_text(json.dumps(make_job("allowpath-0001", "guestkit.inspect", {"image": {"path": str(images / "disk.raw"),
+                                                                                       "format": "raw"}})))
+    assert cli("validate", str(job), check=0).stdout.strip() == f"{job}: ok (allowpath-0001, guestkit.inspect)"
+    proc = cli("validate", "--allow-path", str(images), str(job), check=0)
+    assert proc.stdout.strip() == f"{job}: ok (allowpath-0001, guestkit.inspect)"
+    other = tmp_path / "elsewhere"
+    proc = cli("validate", "--allow-path", str(other), str(job), check=1)
+    assert proc.stdout.strip() == (f"{job}: payload.data.image.path: {images / 'disk.raw'} is outside the allowed "
+                                   f"directories ({other})")
+    env = __import__("conftest").worker_env(GUESTKIT_WORKER_ALLOW_PATH=f"{other}:{tmp_path / 'also'}")
+    proc = cli("submit", str(job), "--jobs-dir", dirs.jobs, env=env, check=1)
+    assert "is outside the allowed directories" in proc.stderr
+    assert os.listdir(dirs.jobs) == []  # nothing queued
+    env = __import__("conftest").worker_env(GUESTKIT_WORKER_ALLOW_PATH=f"{other}:{images}")
+    proc = cli("submit", str(job), "--jobs-dir", dirs.jobs, env=env, check=0)
+    assert proc.stdout.strip() == os.path.join(dirs.jobs, "allowpath-0001.json")
+
+
 def test_usage_errors_exit_2(dirs):
     assert cli("--max-concurrent", "0", *dirs.args()).returncode == 2
     assert cli("--textfile-dir", dirs.base, *dirs.args()).returncode == 2  # needs --once
