@@ -109,11 +109,16 @@ def _add_allow_path(p):
                         f"(repeatable; env {_env_name('allow_path')}, colon-separated)")
 
 
+def _path_list(value):
+    """GUESTKIT_WORKER_ALLOW_PATH: colon-separated directories, empty parts ignored."""
+    return [p for p in value.split(":") if p]
+
+
 def _allowed_paths(args):
     if args.allow_path is not None:
         return args.allow_path
     env = os.environ.get(_env_name("allow_path"))
-    return [p for p in env.split(":") if p] if env else None
+    return _path_list(env) if env else None
 
 
 def get_parser():
@@ -154,7 +159,7 @@ def _resolve(args):
         env = os.environ.get(_env_name(dest))
         if env is not None and env != "":
             try:
-                value = [p for p in env.split(":") if p] if dest == "allow_path" else typ(env)
+                value = _path_list(env) if dest == "allow_path" else typ(env)
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 raise SystemExit(_usage_error(f"{_env_name(dest)}: {exc}"))
         else:

@@ -72,8 +72,8 @@ class Transport:
     def mark_started(self, claim):
         """Record durably that the handler is about to run (crash recovery counts attempts)."""
 
-    def finish(self, claim, result, reason=None, failed=False):
-        """Store the result and archive the job (done/, or failed/ with the reason)."""
+    def finish(self, claim, reason=None, failed=False):
+        """Archive the job (done/, or failed/ with the reason); its result is stored before."""
         raise NotImplementedError
 
     def requeue(self, claim, doc=None):
@@ -356,10 +356,8 @@ class FileTransport(Transport):
         self._unreserve(claim.name)
         return dst
 
-    def finish(self, claim, result, reason=None, failed=False):
-        """Write result (if any), then archive; the job file moves only after the result is stored."""
-        if result is not None:
-            self.write_result(result)
+    def finish(self, claim, reason=None, failed=False):
+        """Archive the job file (callers store its result first)."""
         dst = self._archive(claim, self.failed_dir if failed else self.done_dir)
         if reason is not None:
             try:

@@ -608,7 +608,7 @@ class Worker:
                 if result is not None:
                     self.transport.write_result(result)
                 self._remember_key(run, result, status)
-                self.transport.finish(run.claim, None, reason, failed=failed)
+                self.transport.finish(run.claim, reason, failed=failed)
         except OSError as exc:
             self._store_failed(run, exc)
             return
@@ -664,7 +664,7 @@ class Worker:
                 if c.error is None:
                     self._remember_key(c.run, c.result, c.status)
                     try:
-                        self.transport.finish(c.run.claim, None, c.reason, failed=c.failed)
+                        self.transport.finish(c.run.claim, c.reason, failed=c.failed)
                     except OSError as exc:
                         c.error = exc
                 if c.error is None:
@@ -785,7 +785,7 @@ class Worker:
             log.info("job %s: result was stored before worker %s died; archiving", job.job_id, dead_worker)
             status = earlier.get("status")
             self._remember_key(run, earlier, status)  # it may have died before keeping the key
-            self.transport.finish(claim, None, None if status == "completed" else
+            self.transport.finish(claim, None if status == "completed" else
                                   {"job_file": claim.name, "job_id": job.job_id, "status": status,
                                    "error": earlier.get("error")}, failed=status != "completed")
             return
