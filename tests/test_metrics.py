@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from conftest import cli, make_job, require_tool, start_worker, wait_for, write_job
+from faultkit import total
 from metricskit import (get, parse, scrape, series, start_and_find_port, stop, value, worker_url)
 
 pytestmark = pytest.mark.timeout(240)
@@ -52,8 +53,8 @@ def test_exact_values_after_scripted_jobs(dirs, daemon):
     write_job(dirs.jobs, make_job("metrics-dup-0001", execution={"idempotency_key": "k0"}))
     wait_for(lambda: "metrics-dup-0001" in dirs.all_results(), what="duplicate result")
     # outcomes are counted just after their job files are archived: wait for all seven
-    s = wait_for(lambda: (lambda m: m if sum(v for (n, _), v in m.items() if n == "guestkit_worker_jobs_total") == 7
-                          else None)(parse(scrape(url))), what="seven outcomes counted")
+    s = wait_for(lambda: (lambda m: m if total(m, "guestkit_worker_jobs_total") == 7 else None)(parse(scrape(url))),
+                 what="seven outcomes counted")
     assert value(s, "guestkit_worker_jobs_total", operation="system.echo", status="duplicate") == 1
     echo = "system.echo"
     assert value(s, "guestkit_worker_jobs_total", operation=echo, status="completed") == 3
