@@ -1,0 +1,303 @@
+"""The two seams between the worker and the outside world: where jobs come from (a
+:class:`JobQueue`) and where results go (a :class:`ResultStore`).  A transport implements
+both in one object (:class:`Transport`), because a crash-safe outcome needs the result stored
+and the delivery acknowledged in one step (one Lua script for Redis; result file, directory
+fsync, then the job file's archive for files).
+
+Roles:
+
+* the **worker** owns policy: admission, the retry decision, attempts, timeouts,
+  ``WORKER_CRASHED``, and every result and reason document (``guestkit_worker.outcomes``);
+* the **queue** owns delivery, leases, orphan detection and atomic requeue;
+* the **store** owns durability, progress events and the atomicity of idempotency
+  reservations.
+
+A :class:`Delivery` is an opaque token: the worker reads its attributes for logs and
+decisions, and hands it back to the transport that made it; it never looks inside.
+
+Errors: storage trouble (disk full, permission, a queue server gone) raises
+:class:`TransportUnavailable` (or ``OSError`` for local files); a job document that cannot be
+read as JSON raises :class:`guestkit_worker.errors.JobFileError` from :meth:`JobQueue.read`.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+from ..errors import GuestkitWorkerError
+
+#: Every status a job can be seen in (the API's and ``status``'s vocabulary).
+JOB_STATUSES = ("pending", "running", "completed", "failed", "timeout", "cancelled", "rejected")
+#: Statuses after which nothing more happens to a job.
+FINAL_STATUSES = frozenset({"completed", "failed", "timeout", "cancelled", "rejected"})
+
+
+class TransportUnavailable(GuestkitWorkerError):
+    """The queue or store cannot be reached or written right now (retry later; nothing is lost)."""
+
+
+class LeaseLost(GuestkitWorkerError):
+    """This worker no longer owns a delivery (another worker reclaimed it): its outcome must not
+    be stored and its handler should stop."""
+
+
+class Delivery:
+    """One delivery of one job to this worker.  Transports subclass it and add their own slots.
+
+    Attributes the worker may read:
+
+    * ``name``: short text naming the delivery in logs (a file name, a stream entry id);
+    * ``job_id``: the job's id once known (set by the worker after :meth:`JobQueue.read`);
+    * ``attempt``: the job's ``execution.attempt`` once known;
+    * ``started``: True once :meth:`JobQueue.mark_started` ran (or a reclaimed delivery whose
+      handler had started in a worker that died);
+    * ``delivered_at``: wall-clock time of this delivery (for the queue-wait metric);
+    * ``delivery_count``: how many times the queue has handed this entry out (1 the first time).
+    """
+
+    __slots__ = ("name", "job_id", "attempt", "started", "delivered_at", "delivery_count")
+
+    def __init__(self, name: str, *, started: bool = False, delivery_count: int = 1) -> None:
+        self.name = name
+        self.job_id: Optional[str] = None
+        self.attempt: Optional[int] = None
+        self.started = started
+        self.delivered_at = time.time()
+        self.delivery_count = delivery_count
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+@dataclass
+class Outcome:
+    """How one delivery ends, handed to :meth:`Transport.commit`.
+
+    ``status`` is the result's status (``completed failed timeout cancelled``) or
+    ``rejected`` / ``duplicate``; ``result`` the result document to store (None when no
+    result is stored, e.g. a duplicate of the job itself, or a rejected file without a job
+    id); ``encoded`` its bytes from :meth:`ResultStore.encode_result` when already
+    serialised; ``reason`` the reason document kept beside a failed job; ``failed`` whether
+    the job is archived as failed; ``idempotency_key`` a key to mark completed with this
+    result (``status == "completed"`` only) or to release otherwise.
+    """
+
+    delivery: Delivery
+    status: str
+    result: Optional[dict] = None
+    encoded: Optional[bytes] = None
+    reason: Optional[dict] = None
+    failed: bool = False
+    idempotency_key: Optional[str] = None
+    error: Optional[BaseException] = None  #: set by commit() when this outcome was not stored
+
+
+@dataclass
+class SubmitReceipt:
+    """What :meth:`JobQueue.submit` did: ``created`` (a new job), ``exists`` (the same document
+    was submitted before: nothing new was created) or ``conflict`` (another document already
+    has this job id).  ``status`` is the job's current status (one of JOB_STATUSES)."""
+
+    job_id: str
+    outcome: str
+    status: str = "pending"
+    location: Optional[str] = None  #: where it waits, for messages (a file path, a stream id)
+
+
+@dataclass
+class JobStatus:
+    """One job as the API and the ``status``/``list`` commands show it."""
+
+    job_id: str
+    status: str
+    operation: Optional[str] = None
+    attempt: Optional[int] = None
+    worker_id: Optional[str] = None
+    submitted_at: Optional[str] = None
+    started_at: Optional[str] = None
+    completed_at: Optional[str] = None
+    error: Optional[dict] = None
+    cancellable: bool = False
+
+    def to_dict(self) -> dict:
+        return {"job_id": self.job_id, "status": self.status, "operation": self.operation,
+                "attempt": self.attempt, "worker_id": self.worker_id, "submitted_at": self.submitted_at,
+                "started_at": self.started_at, "completed_at": self.completed_at, "error": self.error}
+
+
+@dataclass
+class Reservation:
+    """The answer of :meth:`ResultStore.reserve_idempotency_key`.
+
+    ``won`` True: this job holds the key now and may run.  Otherwise ``holder_job_id`` holds
+    it, ``state`` is ``running`` (another delivery is running it) or ``completed`` (then
+    ``result`` is that job's stored result document)."""
+
+    won: bool
+    holder_job_id: Optional[str] = None
+    state: Optional[str] = None
+    result: Optional[dict] = None
+
+
+@dataclass
+class Page:
+    """One page of :meth:`Transport.list_jobs`."""
+
+    jobs: list = field(default_factory=list)
+    next_page_token: Optional[str] = None
+
+
+#: decide(delivery, dead_worker_id): called by JobQueue.reclaim for each delivery it took back
+ReclaimDecision = Callable[[Delivery, str], None]
+
+
+class JobQueue(abc.ABC):
+    """Delivery of job documents to workers."""
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Connect or create what is needed and announce this worker as alive.  Raises
+        ConfigError for a misconfiguration an operator must fix (exit 2)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release what open() took; deliveries still held stay for reclaim."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """One line for logs saying where jobs come from (no secrets)."""
+
+    @abc.abstractmethod
+    def submit(self, doc: Mapping[str, Any], raw: Optional[bytes] = None) -> SubmitReceipt:
+        """Queue a validated job document; never creates two jobs for one job id (see
+        SubmitReceipt).  ``raw``: the document's bytes as received, if any."""
+
+    @abc.abstractmethod
+    def fetch(self, max_count: int, timeout: float) -> Sequence[Delivery]:
+        """Take up to max_count waiting jobs for this worker (no prefetch beyond that), waiting
+        up to timeout seconds for the first one.  An empty list when none came."""
+
+    @abc.abstractmethod
+    def read(self, delivery: Delivery) -> bytes:
+        """The delivered job document's bytes; JobFileError when they cannot be a job (not a
+        regular file, over --max-job-size, ...)."""
+
+    @abc.abstractmethod
+    def mark_started(self, delivery: Delivery) -> None:
+        """Record durably that the job's handler is about to run (reclaim then counts it as an
+        attempt).  Sets ``delivery.started``."""
+
+    def extend_lease(self, delivery: Delivery) -> bool:
+        """Renew this worker's claim on a running delivery; False when the lease was lost
+        (another worker owns it now).  A no-op (True) where liveness is not lease-based."""
+        return True
+
+    @abc.abstractmethod
+    def retry(self, delivery: Delivery, doc: Mapping[str, Any]) -> None:
+        """Atomically replace the delivered job by ``doc`` (the same job, its attempt + 1) at
+        the back of the queue."""
+
+    @abc.abstractmethod
+    def release(self, delivery: Delivery, *, not_for_me: bool = False) -> None:
+        """Give a delivery back unstarted and unchanged.  not_for_me: it is meant for another
+        pool or worker, so do not hand it to this worker again soon."""
+
+    @abc.abstractmethod
+    def reclaim(self, decide: ReclaimDecision, limit: int) -> int:
+        """Take over up to ``limit`` deliveries of workers that died (or lost their lease) and
+        hand each to ``decide``, which must dispose of it (commit, retry or release).  Returns
+        how many were handed over.  Exceptions raised by decide for one delivery must not stop
+        the others; such a delivery is disposed of as poison by the transport."""
+
+    @abc.abstractmethod
+    def depth(self) -> int:
+        """Jobs waiting to be delivered to this worker's pool."""
+
+    def cancel_requests(self, job_ids: Iterable[str]) -> set:
+        """The subset of these running job ids for which a cancel was requested."""
+        return set()
+
+    def maintain(self) -> None:
+        """Periodic housekeeping (stale temp files, trimming); called from the worker's main
+        loop every few minutes, never concurrently with itself."""
+
+    def health(self) -> dict:
+        """{check name: (ok, detail)}; detail must not reveal absolute paths or secrets."""
+        return {}
+
+    #: local directories a job's output must never be written into
+    protected_paths: Sequence[str] = ()
+
+
+class ResultStore(abc.ABC):
+    """Results, progress events and idempotency records."""
+
+    @abc.abstractmethod
+    def encode_result(self, result: Mapping[str, Any]) -> bytes:
+        """The stored form of a result; TypeError/ValueError when it cannot be stored."""
+
+    @abc.abstractmethod
+    def get_result(self, job_id: str) -> Optional[dict]:
+        """The stored result of job_id (the last attempt's), or None."""
+
+    def wait_result(self, job_id: str, timeout: float) -> Optional[dict]:
+        """Like get_result, but wait up to timeout seconds for a final result.  Implementations
+        should be woken by the commit rather than poll; this default polls."""
+        end = time.monotonic() + timeout
+        while True:
+            result = self.get_result(job_id)
+            if result is not None and result.get("status") in FINAL_STATUSES:
+                return result
+            left = end - time.monotonic()
+            if left <= 0:
+                return result
+            time.sleep(min(0.05, left))
+
+    @abc.abstractmethod
+    def append_progress(self, job_id: str, event: Mapping[str, Any]) -> None:
+        """Append one progress event of a running job (best effort: may drop on storage error)."""
+
+    @abc.abstractmethod
+    def read_progress(self, job_id: str, after: int = 0) -> list:
+        """The job's progress events after the first ``after`` ones, oldest first."""
+
+    @abc.abstractmethod
+    def reserve_idempotency_key(self, key: str, job_id: str) -> Reservation:
+        """Atomically reserve key for job_id before its handler runs; exactly one of two racing
+        reservations wins.  A reservation held by a worker that died is taken over."""
+
+    @abc.abstractmethod
+    def release_idempotency_key(self, key: str, job_id: str) -> None:
+        """Drop job_id's reservation of key (it did not complete: the key may run again)."""
+
+
+class Transport(JobQueue, ResultStore):
+    """A queue and a store in one object: what the worker, the API and the CLI commands use."""
+
+    @abc.abstractmethod
+    def commit(self, outcomes: Sequence[Outcome]) -> None:
+        """Durably store each outcome's result, mark its idempotency key, and acknowledge its
+        delivery (archive the job), in an order a crash cannot break: a job is never
+        acknowledged before its result is durable.  Several outcomes may share one fsync or
+        round trip.  An outcome that could not be stored gets ``error`` set and its delivery
+        stays held (the worker keeps it and commits it again later); the others go on.
+        Raises LeaseLost through ``error`` when this worker no longer owns the delivery."""
+
+    @abc.abstractmethod
+    def job_status(self, job_id: str) -> Optional[JobStatus]:
+        """Where job_id is now, or None when no such job is known."""
+
+    @abc.abstractmethod
+    def list_jobs(self, *, status: Optional[str] = None, operation: Optional[str] = None,
+                  limit: int = 100, page_token: Optional[str] = None) -> Page:
+        """One page of known jobs, newest first; page_token from the previous page."""
+
+    @abc.abstractmethod
+    def cancel(self, job_id: str) -> str:
+        """Cancel a job: ``cancelled`` (it was waiting: it will never run and has a cancelled
+        result now), ``cancelling`` (it is running and cancellable: its worker is asked to stop
+        it), ``finished`` (it already ended), ``not_cancellable`` (running, and its document
+        does not allow it) or ``not_found``."""
