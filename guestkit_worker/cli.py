@@ -22,6 +22,8 @@ EXIT_OK = 0
 EXIT_JOBS_FAILED = 1
 #: usage or configuration error (bad flag, port in use, unwritable directory)
 EXIT_USAGE = 2
+#: --once --textfile-dir: the run's metrics could not be written at the end (not a success)
+EXIT_TEXTFILE = 3
 #: a second SIGTERM/SIGINT stopped the worker at once
 EXIT_ABORTED = 130
 
@@ -38,24 +40,41 @@ def _bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _number(kind, text):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}")
+
+
 def _positive_int(text):
-    value = int(text)
+    value = _number(int, text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def _positive_float(text):
-    value = float(text)
-    if not value > 0:
+    value = _number(float, text)
+    if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return value
 
 
 def _nonneg_float(text):
-    value = float(text)
-    if value < 0:
+    value = _number(float, text)
+    if not value >= 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(text):
+    value = str(text).strip().upper()
+    if value not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"expected {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}, got {text!r}")
     return value
 
 
@@ -84,7 +103,7 @@ RUN_OPTIONS = [
     (("--metrics-tls-key",), "metrics_tls_key", str, None, "FILE", "private key for --metrics-tls-cert"),
     (("--textfile-dir",), "textfile_dir", str, None, "DIR", "with --once: write DIR/guestkit_worker.prom "
      "for node_exporter's textfile collector"),
-    (("--log-level",), "log_level", str.upper, "INFO", "LEVEL", "DEBUG, INFO, WARNING or ERROR"),
+    (("--log-level",), "log_level", _log_level, "INFO", "LEVEL", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
 
@@ -167,7 +186,10 @@ def _resolve(args):
         setattr(args, dest, value)
     if args.once is None:
         env = os.environ.get(_env_name("once"))
-        args.once = _bool(env) if env else False
+        try:
+            args.once = _bool(env) if env else False
+        except argparse.ArgumentTypeError as exc:
+            raise SystemExit(_usage_error(f"{_env_name('once')}: {exc}"))
     return args
 
 
@@ -183,9 +205,13 @@ def _setup_logging(level):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
-        argv.insert(0, "run")
     parser = get_parser()
+    commands = _commands(parser)
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        return _usage_error(f"unknown command {argv[0]!r} (commands: {', '.join(commands)}; "
+                            "run 'guestkit-worker COMMAND --help' for one)")
+    if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "run")
     args = parser.parse_args(argv)
     if args.command == "submit":
         return cmd_submit(args)
@@ -197,6 +223,14 @@ def main(argv=None):
     args.metrics_addr_given = any(a == "--metrics-addr" or a.startswith("--metrics-addr=") for a in argv) \
         or bool(os.environ.get(_env_name("metrics_addr")))
     return cmd_run(args)
+
+
+def _commands(parser):
+    """The command names the parser has (a command added to get_parser is listed by itself)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return list(COMMANDS)
 
 
 def cmd_list_operations():
@@ -267,7 +301,13 @@ def cmd_validate(args):
 def cmd_submit(args):
     from . import atomic
     from .handlers import default_registry
+    from .errors import ConfigError
+    from .preflight import existing_dir
     jobs_dir = args.jobs_dir or os.environ.get(_env_name("jobs_dir")) or "./jobs"
+    try:  # a typo must not create a directory no worker reads
+        existing_dir("--jobs-dir", jobs_dir)
+    except ConfigError as exc:
+        return _usage_error(str(exc))
     reg = default_registry()
     reg.configure_paths(_allowed_paths(args))
     problems, job = _check_file(args.job, reg)
@@ -275,7 +315,6 @@ def cmd_submit(args):
         for problem in problems:
             print(f"{args.job}: {problem}", file=sys.stderr)
         return EXIT_JOBS_FAILED
-    os.makedirs(jobs_dir, exist_ok=True)
     dest = os.path.join(jobs_dir, f"{job.job_id}.json")
     data = (json.dumps(job.doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     try:
@@ -322,10 +361,16 @@ def cmd_run(args):
                        shutdown_timeout=args.shutdown_timeout, max_job_timeout=args.max_job_timeout,
                        max_job_bytes=args.max_job_size, allow_paths=args.allow_path, once=args.once,
                        metrics_enabled=args.metrics_enabled or bool(args.textfile_dir))
-    if args.textfile_dir and not os.path.isdir(args.textfile_dir):
-        return _usage_error(f"--textfile-dir {args.textfile_dir}: not a directory")
+    from .preflight import prepare_dir, writable_dir
     try:
+        if args.textfile_dir:  # before any job runs: a run whose metrics cannot be written is not started
+            writable_dir("--textfile-dir", args.textfile_dir)
+        for flag, path in (("--jobs-dir", cfg.jobs_dir), ("--results-dir", cfg.results_dir),
+                           ("--work-dir", cfg.work_dir)):
+            prepare_dir(flag, path)
         worker = Worker(cfg, registry=REGISTRY)
+    except ConfigError as exc:
+        return _usage_error(str(exc))
     except ValueError as exc:
         return _usage_error(str(exc))
     serve = args.metrics_enabled and (not args.once or args.metrics_addr_given)
@@ -363,8 +408,8 @@ def cmd_run(args):
         try:
             write_textfile(args.textfile_dir, worker.metrics, succeeded=status == EXIT_OK)
         except OSError as exc:
-            log.error("cannot write the textfile in %s: %s", args.textfile_dir, exc)
-            status = status or EXIT_JOBS_FAILED
+            log.error("cannot write the textfile in %s: %s; exiting %d", args.textfile_dir, exc, EXIT_TEXTFILE)
+            status = EXIT_TEXTFILE
     if not args.once:
         status = EXIT_OK
     logging.shutdown()

@@ -99,3 +99,42 @@ def test_readme_runnable_commands(tmp_path):
         "example-hello-0001-result.json", "example-idempotent-0002-result.json", "example-routed-0003-result.json"]
     assert '"status": "completed"' in proc.stdout
     assert os.path.exists(venv / "share" / "man" / "man1" / "guestkit-worker.1")
+
+
+def _cron_lines(text):
+    return [line for line in text.splitlines() if re.match(r"^(\*|\d)\S* \S+ \S+ \S+ \S+ ", line)]
+
+
+def test_man_page_cron_example_is_the_readmes_valid_cron_d_line():
+    readme = _cron_lines(open(README).read())
+    with open(os.path.join(ROOT, "man", "guestkit-worker.1.in")) as fh:
+        man = _cron_lines(fh.read().replace("\\-", "-"))
+    assert len(readme) == 1 and man == readme, (man, readme)
+    fields = readme[0].split(None, 6)
+    # /etc/cron.d syntax: five time fields, then the user, then the command
+    assert len(fields) == 7 and fields[5] == "guestkit-worker", fields
+    argv = fields[6].split()
+    assert argv[:3] == ["flock", "-n", "/run/lock/guestkit-worker-once.lock"]
+    assert argv[3].startswith("/") and argv[4:6] == ["run", "--once"]
+    for flag in ("--jobs-dir", "--results-dir", "--work-dir", "--textfile-dir"):
+        assert argv[argv.index(flag) + 1].startswith("/"), flag
+    # a fixed id: the default (host name + random suffix) would orphan claims run after run
+    assert argv[argv.index("--worker-id") + 1] == '"$(hostname)"'
+    assert "%" not in readme[0]  # cron turns % into a newline
+
+
+def test_tests_run_installs_without_upgrading_and_readme_says_what():
+    with open(os.path.join(ROOT, "tests", "run")) as fh:
+        script = fh.read()
+    install = re.search(r"apt-get install ([^\n]*\\\n)*[^\n]*", script).group(0)
+    assert "--no-upgrade" in install
+    packages = [w for w in install.replace("\\", " ").split()[2:] if not w.startswith("-") and w != ">/dev/null"]
+    readme = " ".join(open(README).read().split())
+    sentence = re.search(r"installs the real engines the tests use, with `apt-get install --no-upgrade`.*?\)",
+                         readme).group(0)
+    for package in packages:
+        assert package in sentence, package
+
+
+def test_readme_flag_table_has_list_operations():
+    assert re.search(r"^\| `--list-operations` \|", open(README).read(), re.M)
