@@ -766,6 +766,25 @@ class Worker:
 
     # -- recovery -----------------------------------------------------------------------
     def _recover_one(self, claim, dead_worker):
+        """Recover one claim; whatever goes wrong with it fails that claim alone, never the
+        start-up or the other claims."""
+        try:
+            self._recover_claim(claim, dead_worker)
+        except Exception as exc:
+            log.exception("job file %s: recovering it from worker %s failed; moving it to failed/",
+                          claim.name, dead_worker)
+            error = {"code": "RECOVERY_FAILED", "message": f"recovering the job left by worker {dead_worker} "
+                     f"failed: {type(exc).__name__}: {exc}", "phase": "recovery", "recoverable": False,
+                     "retry_recommended": False}
+            try:
+                self.transport.finish(claim, {"job_file": claim.name, "job_id": claim.job_id, "status": "failed",
+                                              "worker_id": self.cfg.worker_id, "at": iso(utcnow()),
+                                              "error": error}, failed=True)
+            except Exception:
+                log.exception("job file %s: cannot move it to failed/ either; it stays in %s", claim.name,
+                              claim.path)
+
+    def _recover_claim(self, claim, dead_worker):
         """Dispose of a job a dead worker had claimed: finish, re-queue, or fail it."""
         run = _Run(claim)
         try:

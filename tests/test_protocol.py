@@ -115,3 +115,22 @@ def test_pool_routing():
     doc = make_job("routing-0002", constraints={"allowed_worker_pools": ["a", "b"]})
     assert pool_accepts(doc, "b") and not pool_accepts(doc, "default")
     assert json.loads(json.dumps(doc))  # untouched
+
+
+@pytest.mark.parametrize("text,field,literal", [
+    (b'"audit": {"score": NaN}', "audit.score", "NaN"),
+    (b'"audit": {"history": [1, 2, Infinity]}', "audit.history[2]", "Infinity"),
+    (b'"metadata": {"annotations": {"x": -Infinity}}', "metadata.annotations.x", "-Infinity"),
+    (b'"audit": {"big": 1e999}', "audit.big", "1e999"),
+])
+def test_nonfinite_numbers_refused_anywhere_with_the_field_named(text, field, literal):
+    raw = json.dumps(make_job("nan-refused-01")).encode()[:-1] + b", " + text + b"}"
+    with pytest.raises(JobFileError) as info:
+        decode_job_bytes(raw)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: {literal} is not a JSON number")
+
+
+def test_finite_floats_and_nan_strings_still_decode():
+    doc = decode_job_bytes(b'{"a": 1.5, "b": "NaN", "c": [-2e10], "Infinity": 0}')
+    assert doc == {"a": 1.5, "b": "NaN", "c": [-2e10], "Infinity": 0}
