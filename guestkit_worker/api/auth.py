@@ -1,0 +1,85 @@
+"""Bearer tokens for the REST API: loaded from ``--api-token-file``, checked in constant time.
+
+Only SHA-256 digests of the tokens are kept in memory, and a presented token is compared with
+every configured one (no early exit), so neither the position of a matching token nor the
+length of a wrong one shows in the time an answer takes.  Tokens never reach logs or answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Callable, Iterable, Optional
+
+from ..errors import ConfigError
+
+#: The ``WWW-Authenticate`` challenge of a 401 answer (RFC 6750).
+CHALLENGE = 'Bearer realm="guestkit-worker"'
+#: ... and of a 401 answer to a token that was presented but is not valid.
+CHALLENGE_INVALID = 'Bearer realm="guestkit-worker", error="invalid_token"'
+#: A token file larger than this is refused (it is a list of secrets, not data).
+MAX_TOKEN_FILE_BYTES = 65536
+
+
+def _digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
+
+
+class TokenSet:
+    """The accepted tokens.  ``compare`` is the equality of two digests (injectable so a test
+    can observe that every token is compared); it must be constant-time."""
+
+    def __init__(self, tokens: Iterable[str],
+                 compare: Callable[[bytes, bytes], bool] = hmac.compare_digest) -> None:
+        self._digests = tuple(_digest(t.encode("utf-8")) for t in tokens)
+        self._compare = compare
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def accepts(self, presented: str) -> bool:
+        """True when ``presented`` is one of the tokens; compares with all of them."""
+        candidate = _digest(presented.encode("utf-8", "surrogateescape"))
+        found = False
+        for digest in self._digests:
+            found |= bool(self._compare(candidate, digest))
+        return found
+
+    @classmethod
+    def from_file(cls, path: str) -> "TokenSet":
+        """One token a line; blank lines and lines starting with ``#`` are skipped.
+        ConfigError when the file cannot be read or holds no token."""
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read(MAX_TOKEN_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"--api-token-file {path}: {exc.strerror}") from None
+        if len(raw) > MAX_TOKEN_FILE_BYTES:
+            raise ConfigError(f"--api-token-file {path}: larger than {MAX_TOKEN_FILE_BYTES} bytes")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"--api-token-file {path}: not UTF-8 text") from None
+        tokens = []
+        for number, line in enumerate(text.splitlines(), 1):
+            token = line.strip()
+            if not token or token.startswith("#"):
+                continue
+            if any(ch.isspace() for ch in token) or not token.isprintable():
+                raise ConfigError(f"--api-token-file {path}: line {number}: a token may not contain "
+                                  "spaces or control characters")
+            tokens.append(token)
+        if not tokens:
+            raise ConfigError(f"--api-token-file {path}: no token in the file")
+        return cls(tokens)
+
+
+def bearer_token(header: Optional[str]) -> Optional[str]:
+    """The token of an ``Authorization: Bearer TOKEN`` header, or None."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token

@@ -1,0 +1,64 @@
+"""The REST API's JSON answers: ``{"success": true, "data": ...}`` or
+``{"success": false, "error": CODE, "message": ..., "details": {"field": ...}}``."""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any, Optional, Sequence, Tuple
+
+Headers = Sequence[Tuple[str, str]]
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, error code, message, optional field and extra headers."""
+
+    def __init__(self, status: int, code: str, message: str, *, field: Optional[str] = None,
+                 details: Optional[dict] = None, headers: Headers = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = dict(details or {})
+        if field is not None:
+            self.details["field"] = field
+        self.headers = list(headers)
+
+
+class Answer:
+    """A successful (or raw) answer: status, JSON body, extra headers."""
+
+    __slots__ = ("status", "body", "headers")
+
+    def __init__(self, status: int, body: Any, headers: Headers = ()) -> None:
+        self.status = status
+        self.body = body
+        self.headers = list(headers)
+
+
+def ok(data: Any, status: int = 200, headers: Headers = ()) -> Answer:
+    """``{"success": true, "data": data}``."""
+    return Answer(status, {"success": True, "data": data}, headers)
+
+
+def error_body(err: ApiError) -> dict:
+    body = {"success": False, "error": err.code, "message": err.message}
+    if err.details:
+        body["details"] = err.details
+    return body
+
+
+def status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Unknown"
+
+
+def encode(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, default=str).encode("utf-8") + b"\n"
+
+
+def busy(code: str, message: str, retry_after: int = 1) -> ApiError:
+    """503 with Retry-After: a limit was reached; nothing was done."""
+    return ApiError(503, code, message, headers=[("Retry-After", str(retry_after))])

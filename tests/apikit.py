@@ -1,0 +1,106 @@
+"""Helpers for the REST API tests: JSON requests over real sockets, openssl-made certificates."""
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+
+from conftest import require_tool
+
+TIMEOUT = 20
+
+
+class Reply:
+    """One HTTP answer: ``status``, ``headers`` (lower-case names), ``body`` bytes, ``json``."""
+
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return f"<Reply {self.status} {self.body[:300]!r}>"
+
+
+def call(url, method, path, *, doc=None, body=None, token=None, headers=None, context=None,
+         timeout=TIMEOUT):
+    """One request to the API at ``url`` (http://host:port or https://...); ``doc`` is sent as
+    a JSON body with Content-Type application/json."""
+    scheme, _, hostport = url.partition("://")
+    host, _, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    send = dict(headers or {})
+    if doc is not None:
+        body = json.dumps(doc).encode()
+        send.setdefault("Content-Type", "application/json")
+    if token is not None:
+        send["Authorization"] = f"Bearer {token}"
+    if scheme == "https":
+        conn = http.client.HTTPSConnection(host, int(port), timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=send)
+        resp = conn.getresponse()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def raw(url, data, *, timeout=TIMEOUT):
+    """Send raw bytes and read the answer until the server closes."""
+    host, _, port = url.partition("://")[2].rpartition(":")
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+        sock.sendall(data)
+        with sock.makefile("rb") as stream:
+            return stream.read()
+
+
+def _openssl(*args):
+    subprocess.run([require_tool("openssl"), *args], check=True, capture_output=True, timeout=60)
+
+
+class Pki:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate signed by the CA, and
+    a second client certificate signed by another CA; all made by openssl in ``directory``."""
+
+    def __init__(self, directory):
+        self.dir = str(directory)
+        self.ca, self.ca_key = self._path("ca.pem"), self._path("ca.key")
+        self._self_signed(self.ca, self.ca_key, "guestkit test CA")
+        self.cert, self.key = self._signed("server", "/CN=localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost")
+        self.client_cert, self.client_key = self._signed("client", "/CN=api-client", "extendedKeyUsage=clientAuth")
+        other_ca, other_key = self._path("other-ca.pem"), self._path("other-ca.key")
+        self._self_signed(other_ca, other_key, "some other CA")
+        self.stranger_cert, self.stranger_key = self._signed("stranger", "/CN=stranger",
+                                                             "extendedKeyUsage=clientAuth", other_ca, other_key)
+
+    def _path(self, name):
+        return os.path.join(self.dir, name)
+
+    def _self_signed(self, cert, key, cn):
+        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-subj", f"/CN={cn}", "-days", "2", "-keyout", key, "-out", cert)
+
+    def _signed(self, name, subject, ext, ca=None, ca_key=None):
+        cert, key, csr = self._path(f"{name}.pem"), self._path(f"{name}.key"), self._path(f"{name}.csr")
+        extfile = self._path(f"{name}.ext")
+        with open(extfile, "w") as fh:
+            fh.write(ext + "\n")
+        _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-subj", subject, "-keyout", key, "-out", csr)
+        _openssl("x509", "-req", "-in", csr, "-CA", ca or self.ca, "-CAkey", ca_key or self.ca_key,
+                 "-CAcreateserial", "-days", "2", "-extfile", extfile, "-out", cert)
+        return cert, key
+
+    def client_context(self, cert=None, key=None):
+        import ssl
+        context = ssl.create_default_context(cafile=self.ca)
+        if cert:
+            context.load_cert_chain(cert, key)
+        return context
