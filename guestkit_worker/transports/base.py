@@ -92,6 +92,11 @@ class Outcome:
     reason: Optional[dict] = None
     failed: bool = False
     idempotency_key: Optional[str] = None
+    #: store the result, then give the delivery back unchanged instead of acknowledging it (a
+    #: job cancelled by a worker's shutdown runs again)
+    release: bool = False
+    #: set by ResultStore.stage_result once the result is written ahead of commit()
+    staged: bool = False
     error: Optional[BaseException] = None  #: set by commit() when this outcome was not stored
 
 
@@ -231,6 +236,11 @@ class JobQueue(abc.ABC):
     #: local directories a job's output must never be written into
     protected_paths: Sequence[str] = ()
 
+    #: seconds a delivery stays owned without :meth:`extend_lease`; None when liveness is not
+    #: lease-based.  With a lease the worker renews every running delivery every lease/4 from
+    #: a thread that does nothing else, and stops a run whose renewal returns False.
+    lease_seconds: Optional[float] = None
+
 
 class ResultStore(abc.ABC):
     """Results, progress events and idempotency records."""
@@ -255,6 +265,12 @@ class ResultStore(abc.ABC):
             if left <= 0:
                 return result
             time.sleep(min(0.05, left))
+
+    def stage_result(self, outcome: Outcome) -> None:
+        """Optionally store outcome's result ahead of :meth:`Transport.commit`, from the job's
+        own thread, so that many job threads' writes overlap and commit() only has to make them
+        durable together (sets ``outcome.staged``).  Raises like commit would; default: nothing
+        (commit stores it)."""
 
     @abc.abstractmethod
     def append_progress(self, job_id: str, event: Mapping[str, Any]) -> None:

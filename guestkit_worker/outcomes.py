@@ -1,0 +1,125 @@
+"""Every document that says how a job ended: results, their error objects and the reason kept
+beside a failed job file, and the one vocabulary of statuses they use.
+
+Result statuses: ``completed failed timeout cancelled``.  Outcome statuses (metrics, reasons,
+``--once`` exit status) add ``rejected`` (refused at admission) and ``duplicate`` (an
+idempotency key that had already completed).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Mapping, Optional
+
+RESULT_STATUSES = ("completed", "failed", "timeout", "cancelled")
+OUTCOME_STATUSES = RESULT_STATUSES + ("rejected", "duplicate")
+
+_second = (None, "")  # (whole second, its formatted prefix), replaced as one tuple
+
+
+def stamp(t: Optional[float] = None) -> str:
+    """RFC 3339 UTC time stamp with microseconds of time.time() (or t), e.g.
+    2026-11-28T10:10:30.342027Z; the date part is formatted once per second."""
+    global _second
+    t = time.time() if t is None else t
+    sec = int(t)
+    cached = _second
+    if cached[0] != sec:
+        cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{cached[1]}.{int((t - sec) * 1e6):06d}Z"
+
+
+def iso(dt: datetime) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def error_document(code: str, message: str, *, phase: str, recoverable: bool = False,
+                   retry_recommended: bool = False, details: Optional[dict] = None) -> dict:
+    error = {"code": code, "message": message, "phase": phase, "recoverable": recoverable,
+             "retry_recommended": retry_recommended}
+    if details:
+        error["details"] = details
+    return error
+
+
+def rejection_error(err: BaseException) -> dict:
+    """The error object of a job refused at admission (JobValidationError or HandlerError)."""
+    details = None
+    field = getattr(err, "field", None)
+    if field:
+        details = {"field": field}
+        problems = getattr(err, "problems", ())
+        if len(problems) > 1:
+            details["problems"] = [str(p) for p in problems]
+    return error_document(getattr(err, "code", "INVALID_JOB"), str(err), phase="validation", details=details)
+
+
+def execution_error(status: str, err: Optional[BaseException], *, timeout: Optional[float] = None,
+                    on_request: bool = False) -> dict:
+    """The error object of a run that started and did not complete."""
+    recoverable = bool(getattr(err, "recoverable", False))
+    error = error_document(getattr(err, "code", "HANDLER_ERROR"), getattr(err, "message", str(err)),
+                           phase=getattr(err, "phase", None) or "execution", recoverable=recoverable,
+                           retry_recommended=status == "cancelled" or recoverable,
+                           details=getattr(err, "details", None))
+    if status == "timeout":
+        error.update(code="TIMEOUT", message=f"job exceeded its timeout of {timeout}s; its processes were killed")
+    elif status == "cancelled" and on_request:
+        error.update(code="CANCELLED", message="job was cancelled on request while it ran; it will not be run again",
+                     recoverable=False, retry_recommended=False)
+    elif status == "cancelled":
+        error.update(code="CANCELLED", message="worker shut down before the job finished; "
+                                               "the job file was returned to the queue")
+    return error
+
+
+def crash_error(dead_worker: str, attempt: int, max_attempts: int) -> dict:
+    return error_document("WORKER_CRASHED", f"worker {dead_worker} died while running attempt {attempt} of "
+                          f"{max_attempts}; no attempts left", phase="execution", recoverable=True,
+                          retry_recommended=True)
+
+
+def result_document(*, job_id: Optional[str], status: str, worker_id: str, job: Any = None,
+                    started_at: Optional[float] = None, duration: float = 0.0, data: Any = None,
+                    outputs: Optional[dict] = None, error: Optional[dict] = None) -> dict:
+    """A result document (``job``: the validated Job when there is one)."""
+    return {"job_id": job_id, "status": status,
+            ("completed_at" if status == "completed" else "failed_at"): stamp(),
+            "worker_id": worker_id,
+            "operation": job.operation if job else None,
+            "execution_summary": {
+                "started_at": stamp(started_at) if started_at is not None else None,
+                "duration_seconds": round(duration, 6),
+                "attempt": job.attempt if job else 1,
+                "idempotency_key": job.idempotency_key if job else None},
+            "outputs": outputs or {"primary": None, "artifacts": []},
+            "error": error,
+            "observability": job.observability if job else None,
+            "data": data}
+
+
+def reason_document(job_file: str, job_id: Optional[str], status: str, worker_id: str,
+                    error: Optional[dict]) -> dict:
+    """What is kept beside a job file archived in failed/."""
+    return {"job_file": job_file, "job_id": job_id, "status": status, "worker_id": worker_id,
+            "at": iso(utcnow()), "error": error}
+
+
+def cancelled_before_start(doc: Mapping, job_file: str, worker_id: str) -> tuple:
+    """(result, reason) of a waiting job cancelled on request: it never ran."""
+    from .protocol import validate_document
+    from .errors import JobValidationError
+    try:
+        job = validate_document(dict(doc))
+    except JobValidationError:
+        job = None
+    error = error_document("CANCELLED", "job was cancelled on request before it started; it will not be run",
+                           phase="queue")
+    job_id = job.job_id if job else doc.get("job_id")
+    result = result_document(job_id=job_id, status="cancelled", worker_id=worker_id, job=job, error=error)
+    return result, reason_document(job_file, job_id, "cancelled", worker_id, error)

@@ -1,0 +1,238 @@
+"""Finding jobs by id in the file transport: submit (never two jobs for one id), job_status,
+list_jobs and cancel.  A job is found under its conventional file name JOB_ID.json (what
+``submit`` and the API write) or a retry's JOB_ID.NNN.json; a job file placed under another
+name by a producer still runs, but only its result is found by id."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from typing import Any, Iterable, Mapping, Optional
+
+from ... import atomic
+from ..base import FINAL_STATUSES, JobStatus, Outcome, Page, SubmitReceipt, TransportUnavailable
+from .layout import RUNNING_SUFFIX, json_bytes, read_json
+
+_RESULT_SUFFIX = "-result.json"
+
+
+def _is_name_of(name: str, job_id: str) -> bool:
+    if name == f"{job_id}.json":
+        return True
+    stem = name[len(job_id) + 1:-len(".json")] if name.startswith(job_id + ".") and name.endswith(".json") else ""
+    return stem.isdigit()  # a retry that found its own name taken: JOB_ID.<time_ns>.json
+
+
+class FileIndex:
+    """Mixin of FileTransport."""
+
+    # -- locating -----------------------------------------------------------------------
+    def _locate(self, job_id: str) -> Optional[tuple]:
+        """(status, path, worker_id) of a job file waiting or held by a worker, or None."""
+        L = self.layout
+        try:
+            holders = [e for e in os.listdir(L.processing_root) if not e.endswith(".lock")]
+        except OSError:
+            holders = []
+        for worker in holders:
+            base = os.path.join(L.processing_root, worker, f"{job_id}.json")
+            if os.path.lexists(base + RUNNING_SUFFIX):
+                return "running", base + RUNNING_SUFFIX, worker
+            if os.path.lexists(base):
+                return "pending", base, worker
+        for name in self._list_jobs_dir():
+            if _is_name_of(name, job_id):
+                return "pending", os.path.join(L.jobs_dir, name), None
+        return None
+
+    def _archived_doc(self, job_id: str) -> Any:
+        for d in (self.layout.done_dir, self.layout.failed_dir):
+            doc = read_json(os.path.join(d, f"{job_id}.json"))
+            if doc is not None:
+                return doc
+        return None
+
+    # -- submit -------------------------------------------------------------------------
+    def submit(self, doc: Mapping[str, Any], raw: Optional[bytes] = None) -> SubmitReceipt:
+        job_id = doc["job_id"]
+        L = self.layout
+        found = self._locate(job_id)
+        if found is not None:
+            return self._receipt(job_id, read_json(found[1]), doc, found[0], found[1])
+        result = self.get_result(job_id)
+        if result is not None:
+            return self._receipt(job_id, self._archived_doc(job_id), doc, str(result.get("status")),
+                                 L.result_path(job_id))
+        os.makedirs(L.jobs_dir, mode=0o770, exist_ok=True)
+        dest = os.path.join(L.jobs_dir, f"{job_id}.json")
+        try:
+            atomic.write_bytes(dest, json_bytes(dict(doc)), mode=0o640, overwrite=False, durable=self.durable)
+        except FileExistsError:
+            return self._receipt(job_id, read_json(dest), doc, "pending", dest)
+        return SubmitReceipt(job_id, "created", "pending", dest)
+
+    @staticmethod
+    def _receipt(job_id: str, stored: Any, doc: Mapping, status: str, where: str) -> SubmitReceipt:
+        same = isinstance(stored, dict) and _canonical(stored) == _canonical(doc)
+        return SubmitReceipt(job_id, "exists" if same else "conflict", status, where)
+
+    # -- status -------------------------------------------------------------------------
+    def job_status(self, job_id: str) -> Optional[JobStatus]:
+        found = self._locate(job_id)
+        if found is not None:
+            status, path, worker = found
+            doc = read_json(path)
+            doc = doc if isinstance(doc, dict) else {}
+            ex = doc.get("execution") if isinstance(doc.get("execution"), dict) else {}
+            return JobStatus(job_id, status, operation=doc.get("operation"), attempt=ex.get("attempt", 1),
+                             worker_id=worker, submitted_at=doc.get("created_at"),
+                             started_at=_mtime_stamp(path) if status == "running" else None,
+                             cancellable=ex.get("cancellable", True) is not False)
+        result = self.get_result(job_id)
+        if result is None:
+            return None
+        return _status_of_result(job_id, result)
+
+    def list_jobs(self, *, status: Optional[str] = None, operation: Optional[str] = None,
+                  limit: int = 100, page_token: Optional[str] = None) -> Page:
+        entries = {}
+        for job_id, mtime in self._known():
+            if job_id not in entries:  # live places come first
+                entries[job_id] = mtime
+        order = sorted(((m, j) for j, m in entries.items()), reverse=True)
+        after = _decode_token(page_token)
+        page, last = Page(), None
+        for mtime, job_id in order:
+            if after is not None and (mtime, job_id) >= after:
+                continue
+            st = self.job_status(job_id)
+            if st is None or (status and st.status != status) or (operation and st.operation != operation):
+                continue
+            if len(page.jobs) == limit:
+                page.next_page_token = _encode_token(last)
+                break
+            page.jobs.append(st)
+            last = (mtime, job_id)
+        return page
+
+    def _known(self) -> Iterable[tuple]:
+        """(job_id, mtime_ns) of every job found by id: held, waiting, then with a result."""
+        L = self.layout
+        dirs = []
+        try:
+            dirs = [os.path.join(L.processing_root, e) for e in os.listdir(L.processing_root)
+                    if not e.endswith(".lock")]
+        except OSError:
+            pass
+        for d in dirs + [L.jobs_dir]:
+            try:
+                with os.scandir(d) as it:
+                    entries = [e for e in it if not e.name.startswith(".")]
+            except OSError:
+                continue
+            for e in entries:
+                name = e.name[:-len(RUNNING_SUFFIX)] if e.name.endswith(RUNNING_SUFFIX) else e.name
+                if not name.endswith(".json"):
+                    continue
+                job_id = name[:-len(".json")]
+                head, _, tail = job_id.rpartition(".")
+                if head and tail.isdigit():
+                    job_id = head
+                yield job_id, _mtime_ns(e)
+        try:
+            with os.scandir(L.results_dir) as it:
+                for e in it:
+                    if e.name.endswith(_RESULT_SUFFIX) and not e.name.startswith("."):
+                        yield e.name[:-len(_RESULT_SUFFIX)], _mtime_ns(e)
+        except OSError:
+            pass
+
+    # -- cancel -------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> str:
+        from ...outcomes import cancelled_before_start
+        for _ in range(3):  # the job may move between looking and acting: look again
+            found = self._locate(job_id)
+            if found is None:
+                return "finished" if self.get_result(job_id) is not None else "not_found"
+            status, path, _worker = found
+            if status == "pending" and os.path.dirname(path) == self.layout.jobs_dir:
+                if self._lock_fd is None:
+                    raise TransportUnavailable("cancelling a waiting job needs an open transport")
+                delivery = self._claim(os.path.basename(path))
+                if delivery is None:
+                    continue
+                delivery.job_id = job_id
+                doc = read_json(delivery.path)
+                result, reason = cancelled_before_start(doc if isinstance(doc, dict) else {"job_id": job_id},
+                                                        delivery.name, self.layout.worker_id)
+                outcome = Outcome(delivery, "cancelled", result=result, reason=reason, failed=True)
+                self.commit([outcome])
+                if outcome.error is not None:
+                    self.release(delivery)
+                    raise TransportUnavailable(f"cannot store the cancelled result: {outcome.error}")
+                return "cancelled"
+            doc = read_json(path)
+            ex = doc.get("execution") if isinstance(doc, dict) and isinstance(doc.get("execution"), dict) else {}
+            if ex.get("cancellable", True) is False:
+                return "not_cancellable"
+            marker = os.path.join(self.layout.cancel_dir, job_id)
+            try:
+                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+                os.close(fd)
+            except FileExistsError:
+                pass
+            return "cancelling"
+        return "cancelling"
+
+    def cancel_requests(self, job_ids: Iterable[str]) -> set:
+        d = self.layout.cancel_dir
+        asked = {j for j in job_ids if os.path.lexists(os.path.join(d, j))}
+        self._cancel_seen |= asked
+        return asked
+
+
+def _canonical(doc: Mapping) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+def _mtime_ns(entry) -> int:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _mtime_stamp(path: str) -> Optional[str]:
+    from ...outcomes import stamp
+    try:
+        return stamp(os.lstat(path).st_mtime)
+    except OSError:
+        return None
+
+
+def _status_of_result(job_id: str, result: dict) -> JobStatus:
+    status = result.get("status")
+    error = result.get("error") if isinstance(result.get("error"), dict) else None
+    if status == "failed" and error and error.get("phase") == "validation":
+        status = "rejected"
+    if status not in FINAL_STATUSES:
+        status = "failed"
+    summary = result.get("execution_summary") if isinstance(result.get("execution_summary"), dict) else {}
+    return JobStatus(job_id, status, operation=result.get("operation"), attempt=summary.get("attempt"),
+                     worker_id=result.get("worker_id"), started_at=summary.get("started_at"),
+                     completed_at=result.get("completed_at") or result.get("failed_at"), error=error)
+
+
+def _encode_token(pos: tuple) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(pos)).encode()).decode().rstrip("=")
+
+
+def _decode_token(token: Optional[str]) -> Optional[tuple]:
+    if not token:
+        return None
+    try:
+        mtime, job_id = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        return int(mtime), str(job_id)
+    except (ValueError, TypeError):
+        raise ValueError("invalid page token") from None

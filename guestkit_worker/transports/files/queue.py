@@ -1,0 +1,210 @@
+"""The queue half of the file transport: listing jobs/, claiming a job file by renaming it into
+this worker's processing directory, marking it started, putting it back (retry, release) and
+archiving it.  A claim is an atomic rename, so two workers never run the same job file."""
+
+from __future__ import annotations
+
+import collections
+import errno
+import hashlib
+import logging
+import os
+import threading
+import time
+from typing import Iterator, Mapping, Optional, Sequence
+
+from ... import atomic
+from ..base import Delivery
+from .jobfile import read_job_file
+from .layout import RUNNING_SUFFIX, MAX_NAME_BYTES, json_bytes
+
+log = logging.getLogger(__name__)
+
+#: How long a job meant for another pool or worker is not looked at again.
+FOREIGN_RECHECK_SECONDS = 60.0
+#: At most this many such names are remembered (the oldest are forgotten first).
+MAX_FOREIGN_NAMES = 10000
+
+
+class FileDelivery(Delivery):
+    """A job file this worker owns until it is archived, retried or released."""
+
+    __slots__ = ("path", "cancel_marker")
+
+    def __init__(self, name: str, path: str, *, started: bool = False) -> None:
+        super().__init__(name, started=started)
+        self.path = path
+        self.cancel_marker: Optional[str] = None
+
+
+class FileQueue:
+    """Mixin of FileTransport: needs self.layout, self.max_job_bytes, self.durable, self.once,
+    self.poll_interval (set by FileTransport.__init__)."""
+
+    def _init_queue(self) -> None:
+        # Names of the job files in our processing dir.  Only this process writes there (the
+        # flock keeps out anyone else with our worker id, and recovery by other workers starts
+        # only once we are dead), so a name is reserved here before a file is moved in and
+        # plain renames cannot replace anything.
+        self._here: set = set()
+        self._here_lock = threading.Lock()
+        self._scan_lock = threading.Lock()
+        self._pending: collections.deque = collections.deque()  # names to try, file-name order
+        self._scanned_at = float("-inf")
+        self._waiting = 0                      # jobs/ names not meant for others at the last scan
+        self._foreign: "collections.OrderedDict[str, float]" = collections.OrderedDict()
+        self._eligible: Optional[set] = None   # --once: the names present at start (and retries)
+
+    # -- listing ------------------------------------------------------------------------
+    def _list_jobs_dir(self) -> list:
+        try:
+            with os.scandir(self.layout.jobs_dir) as it:
+                names = [e.name for e in it if e.name.endswith(".json") and not e.name.startswith(".")]
+        except OSError as exc:
+            log.error("cannot list jobs dir %s: %s", self.layout.jobs_dir, exc)
+            return []
+        names.sort()
+        return names
+
+    def _rescan(self) -> None:
+        """List jobs/ again (called with _scan_lock held)."""
+        names = self._list_jobs_dir()
+        now = time.monotonic()
+        foreign = self._foreign
+        while foreign and now - next(iter(foreign.values())) >= FOREIGN_RECHECK_SECONDS:
+            foreign.popitem(last=False)  # oldest first: entries are added in time order
+        if self._eligible is None and self.once:
+            self._eligible = set(names)
+        pending = [n for n in names if n not in foreign]
+        self._waiting = len(pending)
+        if self._eligible is not None:
+            pending = [n for n in pending if n in self._eligible]
+        with self._here_lock:
+            self._pending = collections.deque(n for n in pending if n not in self._here)
+        self._scanned_at = now
+
+    def _refresh_after(self) -> float:
+        return min(self.poll_interval, 0.5)
+
+    def depth(self) -> int:
+        with self._scan_lock:
+            self._rescan()
+            return self._waiting
+
+    # -- claiming -----------------------------------------------------------------------
+    def fetch(self, max_count: int, timeout: float) -> Sequence[Delivery]:
+        end = time.monotonic() + timeout
+        out: list = []
+        first = True
+        while True:
+            with self._scan_lock:
+                # after a wait always list again; at first only when nothing is left to try
+                if not first or not self._pending or \
+                        time.monotonic() - self._scanned_at >= self._refresh_after():
+                    self._rescan()
+                first = False
+                while self._pending and len(out) < max_count:
+                    delivery = self._claim(self._pending.popleft())
+                    if delivery is not None:
+                        out.append(delivery)
+                exhausted = self._eligible is not None and not self._pending
+            left = end - time.monotonic()
+            if out or exhausted or left <= 0:
+                return out
+            self._idle_wait(min(self._refresh_after(), left))
+
+    def _idle_wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def _reserve(self, name: str) -> bool:
+        """Reserve a name in our processing dir; False while a job file of that name is here."""
+        with self._here_lock:
+            if name in self._here:
+                return False
+            self._here.add(name)
+            return True
+
+    def _unreserve(self, name: str) -> None:
+        with self._here_lock:
+            self._here.discard(name)
+
+    def _claim(self, name: str) -> Optional[FileDelivery]:
+        if self._eligible is not None:
+            self._eligible.discard(name)
+        if not self._reserve(name):
+            return None  # a job file of this name is claimed or running here: claim it after that one
+        dst = f"{self.layout.processing}/{name}"
+        try:
+            os.rename(f"{self.layout.jobs_dir}/{name}", dst)  # the name is reserved: nothing to replace
+        except OSError as exc:
+            self._unreserve(name)
+            if exc.errno != errno.ENOENT:  # ENOENT: another worker claimed it, or its producer removed it
+                log.error("cannot claim %s: %s", name, exc)
+            return None
+        return FileDelivery(name, dst)
+
+    def read(self, delivery: Delivery) -> bytes:
+        return read_job_file(delivery.path, delivery.name, self.max_job_bytes)
+
+    def mark_started(self, delivery: Delivery) -> None:
+        running = delivery.path + RUNNING_SUFFIX
+        os.rename(delivery.path, running)  # within our processing dir, under a reserved name
+        delivery.path = running
+        delivery.started = True
+
+    # -- giving back --------------------------------------------------------------------
+    def retry(self, delivery: Delivery, doc: Mapping) -> None:
+        data = json_bytes(doc)
+        for dst in self._queue_names(delivery.name):
+            try:
+                atomic.write_bytes(dst, data, durable=self.durable, mode=0o640, overwrite=False)
+                break
+            except FileExistsError:
+                continue
+        os.unlink(delivery.path)
+        self._unreserve(delivery.name)
+        if self._eligible is not None:
+            self._eligible.add(os.path.basename(dst))  # a one-shot run waits for its retries
+
+    def release(self, delivery: Delivery, *, not_for_me: bool = False) -> None:
+        for dst in self._queue_names(delivery.name):
+            try:
+                atomic.rename_noreplace(delivery.path, dst)
+                break
+            except FileExistsError:
+                continue
+        self._unreserve(delivery.name)
+        if not_for_me:
+            with self._scan_lock:
+                self._foreign[os.path.basename(dst)] = time.monotonic()
+                while len(self._foreign) > MAX_FOREIGN_NAMES:
+                    self._foreign.popitem(last=False)
+
+    def _queue_names(self, name: str) -> Iterator[str]:
+        """Where a job file goes back to: its own name, or, when a producer has meanwhile put a
+        new job file under that name, a fresh one (never over someone else's job)."""
+        yield os.path.join(self.layout.jobs_dir, name)
+        stem = name[:-len(".json")] if name.endswith(".json") else name
+        while True:
+            yield os.path.join(self.layout.jobs_dir, f"{stem}.{time.time_ns()}.json")
+
+    def _archive(self, delivery: Delivery, failed: bool, reason: Optional[dict]) -> str:
+        """Move the job file to done/ or failed/ (with its reason beside it)."""
+        name = delivery.name
+        raw = os.fsencode(name)
+        if len(raw) > MAX_NAME_BYTES:  # keep room for the suffixes (the reason names the original)
+            name = os.fsdecode(raw[:MAX_NAME_BYTES - 30] + b"~" + hashlib.sha256(raw).hexdigest()[:16].encode()
+                               + b".json")
+        dst = f"{self.layout.failed_dir if failed else self.layout.done_dir}/{name}"
+        try:
+            atomic.rename_noreplace(delivery.path, dst)  # two workers archiving the same name: both kept
+        except FileExistsError:
+            dst = f"{dst}.{time.time_ns()}"
+            atomic.rename_noreplace(delivery.path, dst)
+        self._unreserve(delivery.name)
+        if reason is not None:
+            try:
+                atomic.write_bytes(dst + ".reason.json", json_bytes(reason), durable=False)
+            except OSError as exc:
+                log.error("job %s: cannot write reason file for %s: %s", delivery.job_id or "-", dst, exc)
+        return dst

@@ -1,0 +1,340 @@
+"""Behaviour every transport must have (see conftest.py for how transports join)."""
+
+import json
+import threading
+import time
+import uuid
+
+import pytest
+
+from guestkit_worker.errors import JobFileError, JobValidationError
+from guestkit_worker.protocol import decode_job_bytes
+from guestkit_worker.transports.base import FINAL_STATUSES, Outcome
+
+
+def job(job_id=None, **execution):
+    doc = {"version": "1.0", "job_id": job_id or f"contract-{uuid.uuid4().hex[:12]}",
+           "created_at": "2026-11-01T00:00:00Z", "kind": "VMOperation", "operation": "system.echo",
+           "payload": {"type": "system.echo.v1", "data": {}}}
+    if execution:
+        doc["execution"] = execution
+    return doc
+
+
+def result(job_id, status="completed", worker_id="contract-w1", attempt=1):
+    return {"job_id": job_id, "status": status, "completed_at": "2026-11-01T00:00:01Z", "worker_id": worker_id,
+            "operation": "system.echo", "execution_summary": {"attempt": attempt},
+            "error": None if status == "completed" else {"code": "X", "message": "x", "phase": "execution"},
+            "data": {"n": 1}}
+
+
+def take(t, n=1, timeout=5.0):
+    """Fetch until n deliveries came (bounded); each gets its job id and attempt read."""
+    got, end = [], time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < end:
+        for d in t.fetch(n - len(got), 0.2):
+            doc = json.loads(t.read(d))
+            d.job_id, d.attempt = doc["job_id"], doc.get("execution", {}).get("attempt", 1)
+            got.append(d)
+    return got
+
+
+def done(t, d, status="completed", **kw):
+    o = Outcome(d, status, result=result(d.job_id, status), failed=status != "completed", **kw)
+    t.commit([o])
+    assert o.error is None, o.error
+    return o
+
+
+@pytest.fixture
+def t(transport_factory):
+    tr = transport_factory.make("contract-w1")
+    tr.open()
+    return tr
+
+
+def test_submit_creates_one_job_per_id(t):
+    doc = job()
+    assert t.submit(doc).outcome == "created"
+    assert t.submit(doc).outcome == "exists"
+    other = dict(doc, metadata={"name": "another"})
+    assert t.submit(other).outcome == "conflict"
+    assert t.depth() == 1
+    [d] = take(t)
+    assert t.submit(doc).outcome == "exists" and t.submit(other).outcome == "conflict"  # while it is held
+    done(t, d)
+    assert t.submit(other).outcome == "conflict"  # and once it has a result
+    assert t.depth() == 0 and t.fetch(4, 0.1) == []
+
+
+def test_depth_counts_waiting_jobs(t):
+    for _ in range(3):
+        t.submit(job())
+    assert t.depth() == 3
+    [d] = take(t, 1)
+    assert t.depth() == 2
+    done(t, d)
+    assert t.depth() == 2
+
+
+def test_each_delivery_taken_once_under_four_concurrent_consumers(transport_factory):
+    producer = transport_factory.make("contract-producer")
+    ids = [f"contract-many-{i:04d}" for i in range(60)]
+    for i in ids:
+        producer.submit(job(i))
+    consumers = [transport_factory.make(f"contract-c{n}") for n in range(4)]
+    for c in consumers:
+        c.open()
+    seen, lock, errors = [], threading.Lock(), []
+    start = threading.Barrier(4)
+
+    def consume(c):
+        try:
+            start.wait(10)
+            end = time.monotonic() + 30
+            while time.monotonic() < end:
+                got = c.fetch(3, 0.1)
+                if not got and c.depth() == 0:
+                    return
+                for d in got:
+                    d.job_id = json.loads(c.read(d))["job_id"]
+                    with lock:
+                        seen.append(d.job_id)
+                    o = Outcome(d, "completed", result=result(d.job_id, worker_id=c.worker_id))
+                    c.commit([o])
+                    assert o.error is None
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=consume, args=(c,)) for c in consumers]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not errors
+    assert sorted(seen) == ids  # every job once, none twice
+    assert all(producer.get_result(i)["status"] == "completed" for i in ids)
+
+
+def test_ack_stores_the_result_and_archives(t):
+    doc = job()
+    t.submit(doc)
+    assert t.job_status(doc["job_id"]).status == "pending"
+    [d] = take(t)
+    t.mark_started(d)
+    assert d.started and t.job_status(doc["job_id"]).status == "running"
+    done(t, d)
+    assert t.get_result(doc["job_id"])["data"] == {"n": 1}
+    assert t.job_status(doc["job_id"]).status == "completed"
+    assert t.fetch(4, 0.1) == [] and t.depth() == 0
+
+
+def test_failed_outcome_is_final(t):
+    doc = job()
+    t.submit(doc)
+    [d] = take(t)
+    done(t, d, "failed", reason={"status": "failed"})
+    assert t.job_status(doc["job_id"]).status == "failed"
+    assert t.fetch(4, 0.1) == []
+
+
+def test_retry_rewrites_the_attempt(t):
+    doc = job(max_attempts=3)
+    t.submit(doc)
+    [d] = take(t)
+    t.mark_started(d)
+    again = dict(doc, execution={"max_attempts": 3, "attempt": 2})
+    t.retry(d, again)
+    assert t.depth() == 1
+    [d2] = take(t)
+    assert d2.job_id == doc["job_id"] and d2.attempt == 2
+    assert not d2.started
+    done(t, d2)
+    assert t.fetch(4, 0.1) == []
+
+
+def test_release_gives_the_job_back_unchanged(t):
+    doc = job()
+    t.submit(doc)
+    [d] = take(t)
+    t.release(d)
+    [d2] = take(t)
+    assert json.loads(t.read(d2)) == doc
+
+
+def test_release_with_a_stored_result(t):
+    """A shutdown cancel: the result is stored, the job waits again."""
+    doc = job()
+    t.submit(doc)
+    [d] = take(t)
+    t.mark_started(d)
+    done(t, d, "cancelled", release=True)
+    assert t.get_result(doc["job_id"])["status"] == "cancelled"
+    [d2] = take(t)
+    assert d2.job_id == doc["job_id"]
+
+
+def test_reclaim_after_a_consumer_dies(transport_factory):
+    a, b = transport_factory.make("contract-dies"), transport_factory.make("contract-lives")
+    a.open()
+    b.open()
+    started, waiting = job(), job()
+    a.submit(started)
+    a.submit(waiting)
+    ds = take(a, 2)
+    assert len(ds) == 2
+    a.mark_started(next(d for d in ds if d.job_id == started["job_id"]))
+    transport_factory.kill(a)
+    handed = []
+
+    def decide(delivery, dead):
+        delivery.job_id = json.loads(b.read(delivery))["job_id"]
+        handed.append((delivery.job_id, delivery.started, dead))
+        b.release(delivery)
+    end = time.monotonic() + 30
+    while len(handed) < 2 and time.monotonic() < end:
+        b.reclaim(decide, 10)
+        time.sleep(0.05)
+    assert sorted(handed) == sorted([(started["job_id"], True, "contract-dies"),
+                                     (waiting["job_id"], False, "contract-dies")])
+    assert sorted(d.job_id for d in take(b, 2)) == sorted([started["job_id"], waiting["job_id"]])
+
+
+def test_two_racing_reservations_of_one_key_exactly_one_wins(transport_factory):
+    a, b = transport_factory.make("contract-ra"), transport_factory.make("contract-rb")
+    a.open()
+    b.open()
+    for round_ in range(10):
+        key = f"key-{round_}-{uuid.uuid4().hex}"
+        answers = {}
+        barrier = threading.Barrier(2)
+
+        def reserve(tr, job_id):
+            barrier.wait(10)
+            answers[job_id] = tr.reserve_idempotency_key(key, job_id)
+        threads = [threading.Thread(target=reserve, args=(a, "contract-job-a")),
+                   threading.Thread(target=reserve, args=(b, "contract-job-b"))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(10)
+        won = [j for j, r in answers.items() if r.won]
+        assert len(won) == 1, answers
+        lost = answers[({"contract-job-a", "contract-job-b"} - set(won)).pop()]
+        assert lost.holder_job_id == won[0] and lost.state == "running"
+
+
+def test_a_key_completed_is_not_reserved_again_and_a_released_key_is(t):
+    doc = job(idempotency_key="contract-key")
+    t.submit(doc)
+    [d] = take(t)
+    assert t.reserve_idempotency_key("contract-key", d.job_id).won
+    done(t, d, idempotency_key="contract-key")
+    r = t.reserve_idempotency_key("contract-key", "contract-other-job")
+    assert not r.won and r.state == "completed" and r.holder_job_id == d.job_id
+    assert r.result["data"] == {"n": 1}
+    assert t.reserve_idempotency_key("contract-key-2", "contract-j1").won
+    t.release_idempotency_key("contract-key-2", "contract-j1")
+    assert t.reserve_idempotency_key("contract-key-2", "contract-j2").won
+
+
+def test_a_reservation_of_a_dead_worker_is_taken_over(transport_factory):
+    a, b = transport_factory.make("contract-ka"), transport_factory.make("contract-kb")
+    a.open()
+    b.open()
+    assert a.reserve_idempotency_key("contract-dead-key", "contract-j1").won
+    assert not b.reserve_idempotency_key("contract-dead-key", "contract-j2").won
+    transport_factory.kill(a)
+    assert b.reserve_idempotency_key("contract-dead-key", "contract-j2").won
+
+
+@pytest.mark.parametrize("poison", ["bad-json", "oversize"])
+def test_poison_input_is_rejected_once_and_never_redelivered(transport_factory, poison):
+    t = transport_factory.make("contract-poison", max_job_bytes=4096)
+    t.open()
+    data = b'{"job_id": "contract-poison-1", ' if poison == "bad-json" else b" " * 8192
+    transport_factory.inject_raw(data, "contract-poison-1")
+    [d] = t.fetch(1, 5.0)
+    with pytest.raises(JobValidationError):
+        decode_job_bytes(t.read(d), 4096)  # oversize: JobFileError from read already
+    o = Outcome(d, "rejected", reason={"status": "rejected"}, failed=True)
+    t.commit([o])
+    assert o.error is None
+    assert t.fetch(4, 0.3) == [] and t.depth() == 0
+
+
+def test_oversize_is_refused_unread(transport_factory):
+    t = transport_factory.make("contract-big", max_job_bytes=100)
+    t.open()
+    transport_factory.inject_raw(b"{" + b" " * 200 + b"}", "contract-big-1")
+    [d] = t.fetch(1, 5.0)
+    with pytest.raises(JobFileError):
+        t.read(d)
+
+
+def test_cancel(t):
+    waiting, running, fixed = job(), job(), job(cancellable=False)
+    for doc in (waiting, running, fixed):
+        t.submit(doc)
+    assert t.cancel(waiting["job_id"]) == "cancelled"
+    assert t.get_result(waiting["job_id"])["status"] == "cancelled"
+    assert t.job_status(waiting["job_id"]).status == "cancelled"
+    ds = take(t, 2)
+    assert sorted(d.job_id for d in ds) == sorted([running["job_id"], fixed["job_id"]])
+    for d in ds:
+        t.mark_started(d)
+    assert t.cancel(running["job_id"]) == "cancelling"
+    assert t.cancel(fixed["job_id"]) == "not_cancellable"
+    assert t.cancel_requests([running["job_id"], fixed["job_id"]]) == {running["job_id"]}
+    for d in ds:
+        done(t, d, "cancelled" if d.job_id == running["job_id"] else "completed")
+    assert t.cancel_requests([running["job_id"]]) == set()
+    assert t.cancel(running["job_id"]) == "finished"
+    assert t.cancel("contract-never-submitted") == "not_found"
+    assert t.job_status("contract-never-submitted") is None
+
+
+def test_list_jobs_newest_first_in_pages(t):
+    ids = []
+    for i in range(5):
+        doc = job(f"contract-list-{i}")
+        t.submit(doc)
+        ids.append(doc["job_id"])
+        time.sleep(0.01)  # distinct submission times (the order under test), not a synchronisation
+    [d] = take(t)
+    done(t, d)
+    seen, token = [], None
+    for _ in range(10):
+        page = t.list_jobs(limit=2, page_token=token)
+        seen += [j.job_id for j in page.jobs]
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(seen) == sorted(ids) and len(seen) == 5
+    assert [j.job_id for j in t.list_jobs(status="completed").jobs] == [d.job_id]
+    pending = [j.job_id for j in t.list_jobs(status="pending").jobs]
+    assert pending == sorted(set(ids) - {d.job_id}, reverse=True)
+
+
+def test_wait_result_returns_once_committed(t):
+    doc = job()
+    t.submit(doc)
+    [d] = take(t)
+    committer = threading.Timer(0.2, done, args=(t, d))
+    committer.start()
+    try:
+        got = t.wait_result(doc["job_id"], 30)
+    finally:
+        committer.join(30)
+    assert got is not None and got["status"] in FINAL_STATUSES
+
+
+def test_progress_events_in_order(t):
+    for n in range(3):
+        t.append_progress("contract-progress", {"sequence": n + 1, "phase": f"p{n}"})
+    assert [e["phase"] for e in t.read_progress("contract-progress")] == ["p0", "p1", "p2"]
+    assert [e["sequence"] for e in t.read_progress("contract-progress", after=2)] == [3]
+
+
+def test_health_reports_each_check(t):
+    checks = t.health()
+    assert checks and all(ok for ok, _detail in checks.values())

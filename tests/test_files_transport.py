@@ -1,0 +1,62 @@
+"""The file transport's own guarantees, beside the contract suite (tests/contract/)."""
+
+import os
+
+from guestkit_worker.transports.files import FileTransport
+
+
+def _transport(tmp_path, worker_id="files-w1"):
+    t = FileTransport(str(tmp_path / "jobs"), str(tmp_path / "results"), worker_id, max_job_bytes=1 << 20,
+                      durable=False)
+    t.open()
+    return t
+
+
+def test_health_probe_creates_nothing_at_a_predictable_name_and_follows_no_link(tmp_path):
+    """A link planted where the old probe wrote (.health-PID.tmp) keeps its target intact, and
+    the probe leaves no file behind."""
+    t = _transport(tmp_path)
+    try:
+        victim = tmp_path / "victim"
+        victim.write_bytes(b"precious")
+        for d in (t.layout.jobs_dir, t.layout.results_dir):
+            os.symlink(victim, os.path.join(d, f".health-{os.getpid()}.tmp"))
+        before = {d: sorted(os.listdir(d)) for d in (t.layout.jobs_dir, t.layout.results_dir)}
+        checks = t.health()
+        assert checks["jobs_dir"][0] and checks["results_dir"][0], checks
+        assert victim.read_bytes() == b"precious"
+        assert {d: sorted(os.listdir(d)) for d in before} == before
+        assert all(str(tmp_path) not in detail for _ok, detail in checks.values())  # no paths revealed
+    finally:
+        t.close()
+
+
+def test_health_reports_an_unwritable_results_dir(tmp_path):
+    t = _transport(tmp_path)
+    try:
+        os.chmod(t.layout.results_dir, 0o500)
+        if os.access(t.layout.results_dir, os.W_OK) and os.geteuid() == 0:
+            os.chmod(t.layout.results_dir, 0o700)
+            os.rename(t.layout.results_dir, t.layout.results_dir + ".gone")  # root ignores modes
+        ok, detail = t.health()["results_dir"]
+        assert not ok and detail
+    finally:
+        t.close()
+
+
+def test_foreign_names_are_remembered_within_a_bound(tmp_path, monkeypatch):
+    """Jobs meant for other pools are skipped for a while; the memory of them is bounded."""
+    from guestkit_worker.transports.files import queue as queue_mod
+    monkeypatch.setattr(queue_mod, "MAX_FOREIGN_NAMES", 5)
+    t = _transport(tmp_path)
+    try:
+        for i in range(8):
+            with open(os.path.join(t.layout.jobs_dir, f"foreign-{i}.json"), "w") as fh:
+                fh.write("{}")
+        for d in t.fetch(8, 1.0):
+            t.release(d, not_for_me=True)
+        assert len(t._foreign) == 5
+        # the three forgotten ones are offered again; the remembered ones are not
+        assert sorted(d.name for d in t.fetch(8, 0.2)) == [f"foreign-{i}.json" for i in range(3)]
+    finally:
+        t.close()
