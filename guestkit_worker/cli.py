@@ -99,6 +99,9 @@ RUN_OPTIONS = [
     (("--metrics-enabled",), "metrics_enabled", _bool, True, "true|false", "serve /metrics and /health"),
     (("--metrics-addr",), "metrics_addr", str, "0.0.0.0:9090", "HOST:PORT",
      "listen address of /metrics and /health ([::]:PORT for IPv6 and dual stack)"),
+    (("--http-max-connections",), "http_max_connections", _positive_int, 64, "N",
+     "connections the HTTP port serves at once; the longest-idle one makes room for a newcomer, "
+     "and when all are busy newcomers get 503 at once"),
     (("--metrics-tls-cert",), "metrics_tls_cert", str, None, "FILE", "serve the endpoint over TLS with this certificate"),
     (("--metrics-tls-key",), "metrics_tls_key", str, None, "FILE", "private key for --metrics-tls-cert"),
     (("--textfile-dir",), "textfile_dir", str, None, "DIR", "with --once: write DIR/guestkit_worker.prom "
@@ -377,10 +380,14 @@ def cmd_run(args):
     server = None
     try:
         if serve:
+            # bind now (a port in use stops us before anything is claimed), accept only once the
+            # worker's own threads run, so connections can never take their place
             from .httpserver import start_server
             server = start_server(args.metrics_addr, registry=REGISTRY, health=worker.health,
-                                  tls_cert=args.metrics_tls_cert, tls_key=args.metrics_tls_key)
+                                  tls_cert=args.metrics_tls_cert, tls_key=args.metrics_tls_key,
+                                  max_connections=args.http_max_connections, start=False)
             log.info("serving /metrics and /health on %s", server.url)
+            worker.on_running = server.start
         worker.open()
     except ConfigError as exc:
         return _usage_error(str(exc))

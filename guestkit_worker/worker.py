@@ -215,6 +215,8 @@ class Worker:
         self._last_recovery = time.monotonic()
 
     _sweeper = None
+    #: called once run() has started the worker's own threads
+    on_running = None
 
     def _sweep_temp_files(self, background=False):
         """Remove atomic-write temp files that killed workers left in the shared directories
@@ -241,6 +243,8 @@ class Worker:
             self._pool.submit(self._job_thread)
         self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         self._watchdog.start()
+        if self.on_running is not None:  # e.g. the HTTP port starts accepting only now
+            self.on_running()
         log.info("worker %s (pool %s) serving %s from %s, %d at once%s", cfg.worker_id, cfg.pool,
                  ", ".join(self.handlers.operations), self.transport.jobs_dir, cfg.max_concurrent,
                  " (one-shot)" if cfg.once else "")
