@@ -171,6 +171,7 @@ def machine():
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "prometheus_client": metadata.version("prometheus_client"),
         "huey": _version("huey"),
+        "peers": ", ".join(f"{d} {_version(d)}" for d in ("dramatiq", "rq", "celery", "redis")),
         "kernel": platform.release(),
         "scratch": f"{scratch_root()} ({fs})",
     }

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Fleet throughput on one redis-server: guestkit-worker --transport redis vs its Redis floor vs
+dramatiq, rq, huey and Celery, no-op jobs whose results are stored in Redis.
+
+One redis-server for the whole benchmark (AOF, appendfsync everysec), emptied (FLUSHALL and an
+AOF rewrite) before every side of every round.  Per round and shape (P processes x T threads),
+every side in a rotating order: N jobs enqueued, then the side's P worker processes started
+(rq: P x T processes, one job at a time each), and the rate taken between the first and the
+last completion: (N - 1) / (last - first).  A completion is the moment the no-op's result is
+made: the worker's ``completed_at`` and the floor's, the peers' task body (which writes
+``time.time()`` into a shared stamp file).  Afterwards every side must have N results stored
+in Redis.  CPU µs per job: user + system time of the side's worker processes (start-up
+included) over N.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+import fleetpeers  # noqa: E402
+from redisserver import RedisServer  # noqa: E402
+
+LAUNCHER = os.path.join(common.BENCH_DIR, "_fleet_worker.py")
+PEER_ORDER = ["dramatiq", "rq", "rq-fork", "huey", "celery"]
+
+
+class SideFailed(Exception):
+    pass
+
+
+def _stop(procs, grace=10.0):
+    for p in procs:
+        for f in (p.stdin, p.stdout):
+            f.close()
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    end = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+
+def _wait_stored(count, n, timeout=30.0):
+    end = time.monotonic() + timeout
+    got = count()
+    while got < n and time.monotonic() < end:
+        time.sleep(0.05)
+        got = count()
+    return got
+
+
+def run_peer(srv, name, n, procs, threads):
+    """One side of one round for a peer; returns (jobs/s, CPU µs per job)."""
+    peer = fleetpeers.PEERS[name]
+    n //= peer.jobs_divisor
+    timeout = max(60.0, n / 20)
+    path = os.path.join(common.fresh_dir(f"fleet-{name}"), "stamps")
+    with open(path, "wb") as fh:
+        fh.truncate(8 * n)
+    with open(path, "r+b") as fh:
+        mm = mmap.mmap(fh.fileno(), 0)
+    view = memoryview(mm).cast("d")
+    count, per = (procs * threads, 1) if peer.processes_per_thread else (procs, threads)
+    env = dict(os.environ, **{fleetpeers.STAMPS_ENV: path})
+    log = open(path + ".log", "wb")
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ps = [subprocess.Popen([sys.executable, LAUNCHER, name, srv.url, str(per)], env=env, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=log) for _ in range(count)]
+    try:
+        peer.enqueue(srv.url, n)  # while the workers start up
+        for p in ps:  # each says "ready" once set up, then waits for a line on stdin
+            if p.stdout.readline() != b"ready\n":
+                raise SideFailed(f"{name}: a worker process did not start (log {path}.log)")
+        for p in ps:
+            p.stdin.write(b"go\n")
+            p.stdin.flush()
+        end = time.monotonic() + timeout
+        while min(view) == 0.0:
+            if time.monotonic() > end:
+                raise SideFailed(f"{name}: {sum(1 for x in view if x)} of {n} done after {timeout:.0f} s")
+            if all(p.poll() is not None for p in ps) and min(view) == 0.0:
+                raise SideFailed(f"{name}: workers exited with {sum(1 for x in view if x)} of {n} done "
+                                 f"(log {path}.log)")
+            time.sleep(0.02)
+        client = srv.client()
+        try:
+            stored = _wait_stored(lambda: peer.stored(client), n)
+        finally:
+            client.close()
+        if stored != n:
+            raise SideFailed(f"{name}: {stored} results stored for {n} jobs")
+    finally:
+        _stop(ps)
+        log.close()
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    stamps = list(view)
+    view.release()
+    mm.close()
+    return (n - 1) / (max(stamps) - min(stamps)), cpu / n * 1e6
+
+
+def main():
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=2000, help="jobs per side per round (default 2000)")
+    p.add_argument("--shapes", default="1x4,2x4", help="PROCESSESxTHREADS list (default 1x4,2x4)")
+    p.add_argument("--sides", help="comma-separated subset of the sides")
+    p.add_argument("--quick", action="store_true", help="1 round of 500 jobs (development only)")
+    args = p.parse_args()
+    rounds = args.rounds or (1 if args.quick else 5)
+    n = 500 if args.quick else args.jobs
+    shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    sides = [s for s in PEER_ORDER if fleetpeers.PEERS[s].version()]
+    missing = [s for s in PEER_ORDER if s not in sides]
+    if args.sides:
+        sides = [s for s in args.sides.split(",") if s in sides]
+    fleetpeers.quiet_logging()
+    rates = {(sh, s): [] for sh in shapes for s in sides}
+    cpus = {(sh, s): [] for sh in shapes for s in sides}
+    failures = []
+    with RedisServer() as srv:
+        redis_version = srv.version()
+        for r in range(rounds):
+            for sh in shapes:
+                order = sides[r % len(sides):] + sides[:r % len(sides)]
+                for side in order:
+                    srv.fresh()
+                    try:
+                        rate, cpu = run_peer(srv, side, n, sh[0], sh[1])
+                    except SideFailed as e:
+                        failures.append(str(e))
+                        print(f"round {r + 1} {sh[0]}x{sh[1]} {side}: FAILED {e}", file=sys.stderr, flush=True)
+                        continue
+                    rates[(sh, side)].append(rate)
+                    cpus[(sh, side)].append(cpu)
+                print(f"round {r + 1}/{rounds} {sh[0]}x{sh[1]}: " + ", ".join(
+                    f"{s} {rates[(sh, s)][-1]:.0f}/s" for s in sides if rates[(sh, s)]), file=sys.stderr, flush=True)
+
+    versions = [f"redis-server {redis_version}"] + [
+        f"{s} {fleetpeers.PEERS[s].version()}" for s in sides if s != "rq-fork"]
+    rows = []
+    for sh in shapes:
+        for s in sides:
+            v = rates[(sh, s)]
+            jobs = n // fleetpeers.PEERS[s].jobs_divisor if s in fleetpeers.PEERS else n
+            rows.append([f"{sh[0]}x{sh[1]} {s}", common.summary(v) if v else "failed",
+                         common.summary(cpus[(sh, s)]) if v else "-", jobs])
+    text = (f"Fleet no-op jobs/s on one redis-server (AOF everysec), {n} jobs per side per round, "
+            f"{rounds} rounds, sides alternating\n" + "versions: " + ", ".join(versions) + "\n"
+            + common.table(["shape side", "jobs/s median (min–max)", "CPU µs/job median (min–max)", "jobs"],
+                           rows)
+            + "\nrq runs one job at a time per process: P x T processes at shape PxT.")
+    if missing:
+        text += "\nnot installed (pip install -e .[bench]): " + ", ".join(missing)
+    if failures:
+        text += "\nfailed sides:\n" + "\n".join("  " + f for f in failures)
+    goals = fleet_goals(rates, shapes, sides)
+    common.finish(args, goals, text)
+
+
+def fleet_goals(rates, shapes, sides):
+    """worker >= 0.8 x floor and >= 1.0 x every peer, per shape."""
+    goals = []
+    for sh in shapes:
+        tag = f"{sh[0]}x{sh[1]}"
+        if "worker" not in sides or not rates[(sh, "worker")]:
+            goals.append(common.goal(f"fleet {tag}", None, "-", "≥ 0.80 × floor, ≥ 1.00 × each peer",
+                                     "no guestkit-worker --transport redis side"))
+            continue
+        ours = common.med(rates[(sh, "worker")])
+        for other, target in [("floor", 0.8)] + [(s, 1.0) for s in PEER_ORDER]:
+            if other not in sides:
+                continue
+            if not rates[(sh, other)]:
+                goals.append(common.goal(f"fleet {tag} vs {other}", None, "-", f"≥ {target:.2f} ×",
+                                         f"{other} side failed"))
+                continue
+            theirs = common.med(rates[(sh, other)])
+            goals.append(common.goal(f"fleet {tag} vs {other}", ours / theirs >= target,
+                                     f"{ours:.0f} jobs/s = {ours / theirs:.2f} × {other} ({theirs:.0f})",
+                                     f"≥ {target:.2f} ×"))
+    return goals
+
+
+if __name__ == "__main__":
+    main()
