@@ -27,6 +27,13 @@ DURATION_BUCKETS = tuple(float(2 ** i) for i in range(12))
 #: queue wait: one second to a day
 QUEUE_WAIT_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
 TEXTFILE_NAME = "guestkit_worker.prom"
+#: why a queue entry went to the dead letters (Redis transport), each exported from the start
+DEAD_LETTER_REASONS = ("not_json", "too_large", "no_job_field", "no_job_id", "duplicate_job_id",
+                       "max_deliveries", "rejected", "not_for_this_pool", "reclaim_failed")
+#: transport operations whose errors are counted (a queue server unreachable, in trouble)
+TRANSPORT_OPERATIONS = ("open", "fetch", "start", "renew", "commit", "retry", "release", "reclaim",
+                        "dead_letter", "depth", "submit", "get_result", "status", "list", "cancel",
+                        "cancel_requests", "idempotency", "progress", "health", "maintain", "close")
 
 
 class WorkerMetrics:
@@ -70,6 +77,20 @@ class WorkerMetrics:
                                   registry=r)
         self.result_errors = Counter("guestkit_worker_result_write_errors",
                                      "Results that could not be written (job returned to the queue).", registry=r)
+        self.reclaimed = Counter("guestkit_worker_jobs_reclaimed",
+                                 "Deliveries taken over from workers that died or lost their lease.", registry=r)
+        self.leases_lost = Counter("guestkit_worker_leases_lost",
+                                   "Deliveries this worker found taken over by another (its outcome not stored).",
+                                   registry=r)
+        self.dead_letters = Counter("guestkit_worker_dead_lettered",
+                                    "Queue entries moved to the dead letters, by reason.", ["reason"], registry=r)
+        self.transport_errors = Counter("guestkit_worker_transport_errors",
+                                        "Queue or store operations that failed (server unreachable or in trouble).",
+                                        ["operation"], registry=r)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+        for op in TRANSPORT_OPERATIONS:
+            self.transport_errors.labels(op)
         self.info.labels(worker_id, pool, version).set(1)
         self.capacity.set(max_concurrent)
         # Two gauges are read when scraped instead of updated per job (each update is a locked
@@ -95,7 +116,8 @@ class WorkerMetrics:
         """The worker's own collectors (not process_* / python_*), for the textfile export."""
         return [self.jobs_total, self.jobs_duration, self.active, self.depth, self.handler_total,
                 self.handler_duration, self.checksums, self.disk_read, self.disk_write, self.info,
-                self.capacity, self.queue_wait, self.last_success, self.result_errors]
+                self.capacity, self.queue_wait, self.last_success, self.result_errors, self.reclaimed,
+                self.leases_lost, self.dead_letters, self.transport_errors]
 
     def track_active(self, count):
         """Serve ``guestkit_worker_active_jobs`` from ``count()``: the number of handlers whose
@@ -137,6 +159,19 @@ class WorkerMetrics:
 
     def result_write_failed(self):
         self.result_errors.inc()
+
+    # -- transports (injected into them: they call these, never prometheus_client) ---------
+    def jobs_reclaimed(self, n=1):
+        self.reclaimed.inc(n)
+
+    def lease_lost(self):
+        self.leases_lost.inc()
+
+    def dead_lettered(self, reason):
+        self.dead_letters.labels(reason if reason in DEAD_LETTER_REASONS else "rejected").inc()
+
+    def transport_error(self, operation):
+        self.transport_errors.labels(operation if operation in TRANSPORT_OPERATIONS else "other").inc()
 
 
 class CountOf(Collector):

@@ -1,0 +1,131 @@
+"""Where a job is and what can be done to it: ``job_status``, ``list_jobs`` (newest first, from
+the pool's index sorted set) and ``cancel``, read from the per-job state hashes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from ..base import FINAL_STATUSES, JobStatus, Page
+from .keys import GROUP
+from .queue import now_iso
+
+#: how many index members list_jobs reads per round while filtering
+_CHUNK = 200
+
+
+def _text(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _status_of(job_id: str, h: dict) -> JobStatus:
+    g = {(_text(a) or ""): _text(b) for a, b in h.items()}
+    status = g.get("status") or "pending"
+    try:
+        attempt = int(g["attempt"]) if g.get("attempt") else None
+    except ValueError:
+        attempt = None
+    try:
+        error = json.loads(g["error"]) if g.get("error") else None
+    except ValueError:
+        error = None
+    return JobStatus(job_id=job_id, status=status, operation=g.get("operation") or None, attempt=attempt,
+                     worker_id=g.get("worker_id"), submitted_at=g.get("submitted_at"),
+                     started_at=g.get("started_at"), completed_at=g.get("completed_at"), error=error,
+                     cancellable=status not in FINAL_STATUSES and g.get("cancellable") != "0")
+
+
+def cancelled_result(job_id: str, operation: Optional[str], attempt: Optional[int]) -> dict:
+    """The result of a job cancelled while it waited in the stream (it never ran)."""
+    at = now_iso()
+    return {"job_id": job_id, "status": "cancelled", "failed_at": at, "worker_id": None, "operation": operation,
+            "execution_summary": {"started_at": None, "duration_seconds": 0.0, "attempt": attempt or 1,
+                                  "idempotency_key": None},
+            "outputs": {"primary": None, "artifacts": []},
+            "error": {"code": "CANCELLED", "message": "cancelled while waiting in the queue; it never ran",
+                      "phase": "queued", "recoverable": False, "retry_recommended": False},
+            "observability": None, "data": None}
+
+
+class IndexMixin:
+    """job_status, list_jobs and cancel; state and clients come from the transport."""
+
+    def job_status(self, job_id: str) -> Optional[JobStatus]:
+        with self._guard("status"):
+            h = self.r.hgetall(self.k.job(job_id))
+        return _status_of(job_id, h) if h else None
+
+    def list_jobs(self, *, status: Optional[str] = None, operation: Optional[str] = None,
+                  limit: int = 100, page_token: Optional[str] = None) -> Page:
+        """Newest first.  The page token is ``SCORE:JOB_ID`` of the last job shown: the next
+        page starts after it even when newer jobs arrived meanwhile."""
+        limit = max(1, min(int(limit), 1000))
+        top, after = "+inf", None
+        if page_token:
+            score, _, after = page_token.partition(":")
+            top = str(int(score))  # ValueError on a token this transport did not make
+        jobs, nxt = [], None
+        with self._guard("list"):
+            offset = 0
+            while len(jobs) < limit:
+                members = self.r.zrevrangebyscore(self.k.index, top, "-inf", start=offset, num=_CHUNK,
+                                                  withscores=True)
+                if not members:
+                    break
+                offset += len(members)
+                rows = [(_text(m), int(s)) for m, s in members]
+                if after is not None:  # same score: members come in descending order
+                    rows = [(m, s) for m, s in rows if not (str(s) == top and m >= after)]
+                pipe = self.r.pipeline(transaction=False)
+                for m, _ in rows:
+                    pipe.hgetall(self.k.job(m))
+                for (m, s), h in zip(rows, pipe.execute()):
+                    if not h:
+                        continue  # expired with its result; maintain() drops it from the index
+                    js = _status_of(m, h)
+                    if (status and js.status != status) or (operation and js.operation != operation):
+                        continue
+                    if len(jobs) == limit:
+                        break
+                    jobs.append(js)
+                    nxt = f"{s}:{m}"
+                if len(members) < _CHUNK:
+                    break
+        return Page(jobs=jobs, next_page_token=nxt if len(jobs) == limit else None)
+
+    def cancel(self, job_id: str) -> str:
+        k = self.k
+        with self._guard("cancel"):
+            h = self.r.hmget(k.job(job_id), "operation", "attempt")
+            op, attempt = _text(h[0]), _text(h[1])
+            result = cancelled_result(job_id, op or None, int(attempt) if attempt and attempt.isdigit() else None)
+            answer = self.s.cancel(keys=[k.jobs, k.job(job_id), k.result(job_id)],
+                                   args=[GROUP, self.encode_result(result), self.result_ttl, result["failed_at"],
+                                         json.dumps(result["error"])])
+        return _text(answer)
+
+    def maintain(self) -> None:
+        """Drop index members whose job has expired; remove consumers of workers long gone
+        (no pending entries, idle over an hour or ten leases)."""
+        k = self.k
+        with self._guard("maintain"):
+            cutoff = int((self._redis_time() - self.result_ttl) * 1000)
+            old = [_text(m) for m in self.r.zrangebyscore(k.index, "-inf", cutoff, start=0, num=1000)]
+            if old:
+                pipe = self.r.pipeline(transaction=False)
+                for m in old:
+                    pipe.exists(k.job(m))
+                gone = [m for m, e in zip(old, pipe.execute()) if not e]
+                if gone:
+                    self.r.zrem(k.index, *gone)
+            idle_ms = max(3600.0, 10 * self.lease_seconds) * 1000
+            for c in self.r.xinfo_consumers(k.jobs, GROUP):
+                name = _text(c.get("name"))
+                if name != self.worker_id and not c.get("pending") and int(c.get("idle") or 0) > idle_ms:
+                    self.s.leave(keys=[k.jobs], args=[GROUP, name])
+
+    def _redis_time(self) -> float:
+        sec, usec = self.r.time()
+        return sec + usec / 1e6

@@ -1,0 +1,324 @@
+"""Delivery of jobs from the pool's stream: submit, fetch, leases, retry, release, reclaim,
+dead letters and the queue depth (the :class:`~..base.JobQueue` half of the transport)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any, List, Mapping, Optional, Sequence
+
+from ...errors import JobFileError
+from ...protocol import decode_job_bytes, peek_job_id, pool_accepts
+from ..base import Delivery, LeaseLost, ReclaimDecision, SubmitReceipt
+from .connection import MAX_BLOCK_SECONDS
+from .keys import GROUP
+from .scripts import DEAD_MAXLEN
+
+log = logging.getLogger(__name__)
+
+#: how many idle pending entries one reclaim looks at (it takes at most ``limit`` of them)
+RECLAIM_SCAN = 100
+
+
+class RedisDelivery(Delivery):
+    """One stream entry delivered to this worker (``name`` is the entry id)."""
+
+    __slots__ = ("raw", "doc", "renewed")
+
+    def __init__(self, entry: str, raw: bytes, doc: dict, *, started: bool = False,
+                 delivery_count: int = 1) -> None:
+        super().__init__(entry, started=started, delivery_count=delivery_count)
+        self.raw, self.doc = raw, doc
+        self.job_id = peek_job_id(doc)
+        attempt = (doc.get("execution") or {}).get("attempt") if isinstance(doc.get("execution"), dict) else None
+        self.attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 1
+        self.renewed = time.monotonic()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def digest(doc: Mapping[str, Any]) -> str:
+    """What makes two submissions of one job id 'the same document'."""
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def job_facts(doc: Mapping[str, Any]) -> tuple:
+    """(operation, cancellable '1'|'0', attempt) of a job document, as kept in its job hash."""
+    ex = doc.get("execution") if isinstance(doc.get("execution"), dict) else {}
+    op = doc.get("operation") if isinstance(doc.get("operation"), str) else ""
+    attempt = ex.get("attempt") if isinstance(ex.get("attempt"), int) else 1
+    return op, "0" if ex.get("cancellable") is False else "1", str(attempt)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class QueueMixin:
+    """The JobQueue methods; state and clients come from :class:`.transport.RedisTransport`."""
+
+    # -- submission ---------------------------------------------------------------------
+    def submit(self, doc: Mapping[str, Any], raw: Optional[bytes] = None) -> SubmitReceipt:
+        job_id = doc["job_id"]
+        body = raw if raw is not None else json.dumps(doc, ensure_ascii=False).encode()
+        op, cancellable, attempt = job_facts(doc)
+        k = self.k
+        with self._guard("submit"):
+            outcome, status, entry = self.s.submit(
+                keys=[k.jobs, k.job(job_id), k.index],
+                args=[body, job_id, digest(doc), op, cancellable, attempt, now_iso()])
+        return SubmitReceipt(job_id, _text(outcome), _text(status), location=f"{k.jobs} {_text(entry)}")
+
+    # -- delivery -----------------------------------------------------------------------
+    def fetch(self, max_count: int, timeout: float) -> Sequence[Delivery]:
+        if max_count <= 0:
+            return []
+        self._ensure_group()
+        block = int(max(0.0, min(timeout, MAX_BLOCK_SECONDS)) * 1000)
+        with self._guard("fetch"):
+            reply = self.rb.xreadgroup(GROUP, self.worker_id, {self.k.jobs: ">"}, count=max_count,
+                                       block=block or None)
+        entries = [(_text(eid), fields) for _, batch in (reply or []) for eid, fields in batch]
+        return self._admit(entries, [1] * len(entries), [""] * len(entries))
+
+    def _admit(self, entries: list, counts: list, started_by: list) -> List[RedisDelivery]:
+        """Turn delivered entries into deliveries: poison ones and duplicates of a known job
+        go to the dead letters here (acknowledged and deleted), never to the worker."""
+        k, out, calls = self.k, [], []
+        with self._guard("fetch"):
+            pipe = self.r.pipeline(transaction=False)
+            for (entry, fields), count, starter in zip(entries, counts, started_by):
+                raw = (fields or {}).get(b"job")
+                doc, problem = self._decode(raw)
+                if problem:
+                    reason, detail = problem
+                    self.s.dead(keys=[k.jobs, k.dead, k.running],
+                                args=[GROUP, self.worker_id, entry, reason, detail, DEAD_MAXLEN, self.result_ttl, ""],
+                                client=pipe)
+                    calls.append((reason, None))
+                    continue
+                d = RedisDelivery(entry, raw, doc, started=bool(starter), delivery_count=count)
+                op, cancellable, attempt = job_facts(doc)
+                self.s.admit(keys=[k.jobs, k.dead, k.running, k.job(d.job_id), k.index],
+                             args=[GROUP, self.worker_id, entry, d.job_id, digest(doc), op, cancellable, attempt,
+                                   now_iso(), DEAD_MAXLEN], client=pipe)
+                calls.append((None, d))
+            replies = pipe.execute(raise_on_error=False) if calls else []
+        for (reason, d), reply in zip(calls, replies):
+            if isinstance(reply, Exception):
+                log.error("stream entry %s: admitting it failed (%s); it stays pending for reclaim",
+                          d.name if d else "?", reply)
+                self.metrics.transport_error("fetch")
+                continue
+            if reason is not None:
+                if reply:
+                    self._dead_lettered(reason)
+                continue
+            answer = _text(reply)
+            if answer == "ok":
+                with self._lock:
+                    self._held[d.name] = d
+                out.append(d)
+            elif answer == "duplicate":
+                log.warning("stream entry %s: job %s already exists; moved to the dead letters", d.name, d.job_id)
+                self._dead_lettered("duplicate_job_id")
+            else:
+                self._lease_lost(d)
+        return out
+
+    def _decode(self, raw: Optional[bytes]) -> tuple:
+        """(document, None), or (None, (reason, detail)) when an entry cannot be a job."""
+        if raw is None:
+            return None, ("no_job_field", "the entry has no field 'job'")
+        if len(raw) > self.max_job_bytes:
+            return None, ("too_large", f"{len(raw)} bytes, larger than the limit of {self.max_job_bytes} "
+                          "(--max-job-size)")
+        try:
+            doc = decode_job_bytes(raw, self.max_job_bytes)
+        except JobFileError as exc:
+            return None, ("not_json", str(exc))
+        if peek_job_id(doc) is None:
+            return None, ("no_job_id", "the job document has no usable job_id")
+        return doc, None
+
+    def read(self, delivery: Delivery) -> bytes:
+        return delivery.raw
+
+    def mark_started(self, delivery: Delivery) -> None:
+        k = self.k
+        with self._guard("start"):
+            ok = self.s.start(keys=[k.jobs, k.running, k.job(delivery.job_id)],
+                              args=[GROUP, self.worker_id, delivery.name, delivery.attempt or 1, now_iso()])
+        if not ok:
+            self._lease_lost(delivery)
+            raise LeaseLost(f"stream entry {delivery.name} (job {delivery.job_id}) now belongs to another worker")
+        delivery.started = True
+        delivery.renewed = time.monotonic()
+
+    def extend_lease(self, delivery: Delivery) -> bool:
+        """Renew the claim (reset the entry's idle time) if this worker still owns it.  While
+        Redis cannot be reached the lease counts as held until ``lease_seconds`` have passed
+        since the last renewal (by then others may have taken the entry over)."""
+        try:
+            with self._guard("renew"):
+                ok = self.s.renew(keys=[self.k.jobs], args=[GROUP, self.worker_id, delivery.name])
+        except Exception:  # TransportUnavailable, or anything else the client raises
+            return time.monotonic() - delivery.renewed < self.lease_seconds
+        if not ok:
+            self._lease_lost(delivery)
+            return False
+        delivery.renewed = time.monotonic()
+        return True
+
+    def retry(self, delivery: Delivery, doc: Mapping[str, Any]) -> None:
+        attempt = (doc.get("execution") or {}).get("attempt", 1)
+        self._requeue(delivery, json.dumps(doc, ensure_ascii=False).encode(), attempt, "retry")
+
+    def release(self, delivery: Delivery, *, not_for_me: bool = False) -> None:
+        if not_for_me and not pool_accepts(delivery.doc, self.pool):
+            self._dead_letter(delivery, "not_for_this_pool",
+                              f"routing or constraints exclude pool {self.pool}, whose stream holds it")
+            return
+        self._requeue(delivery, delivery.raw, delivery.attempt or 1, "release")
+
+    def _requeue(self, delivery: Delivery, body: bytes, attempt: int, operation: str) -> None:
+        k = self.k
+        with self._guard(operation):
+            new = self.s.requeue(keys=[k.jobs, k.running, k.job(delivery.job_id)],
+                                 args=[GROUP, self.worker_id, delivery.name, body, attempt])
+        self._forget(delivery)
+        if new == 0:
+            self._lease_lost(delivery)
+            raise LeaseLost(f"stream entry {delivery.name} (job {delivery.job_id}) now belongs to another worker")
+
+    def _dead_letter(self, delivery: Delivery, reason: str, detail: str) -> bool:
+        k = self.k
+        error = json.dumps({"code": "DEAD_LETTERED", "message": f"{reason}: {detail}"})
+        keys = [k.jobs, k.dead, k.running] + ([k.job(delivery.job_id)] if delivery.job_id else [])
+        with self._guard("dead_letter"):
+            ok = self.s.dead(keys=keys, args=[GROUP, self.worker_id, delivery.name, reason, detail, DEAD_MAXLEN,
+                                              self.result_ttl, error])
+        self._forget(delivery)
+        if ok:
+            log.warning("stream entry %s (job %s): moved to the dead letters: %s: %s", delivery.name,
+                        delivery.job_id, reason, detail)
+            self._dead_lettered(reason)
+        return bool(ok)
+
+    # -- reclaim ------------------------------------------------------------------------
+    def reclaim(self, decide: ReclaimDecision, limit: int) -> int:
+        """First this worker's own entries left pending by its previous life (same worker
+        id), then entries of other consumers idle longer than the lease."""
+        if limit <= 0:
+            return 0
+        self._ensure_group()
+        k, found = self.k, []
+        with self._guard("reclaim"):
+            while not self._own_done and len(found) < limit:
+                rows = self.s.own(keys=[k.jobs, k.running], args=[GROUP, self.worker_id, self._own_cursor, limit])
+                if not rows:
+                    self._own_done = True
+                    break
+                self._own_cursor = "(" + _text(rows[-1][0])
+                with self._lock:
+                    found += [r for r in rows if r[1] and _text(r[0]) not in self._held]
+            if len(found) < limit:
+                found += self.s.reclaim(keys=[k.jobs, k.running],
+                                        args=[GROUP, self.worker_id, int(self.lease_seconds * 1000),
+                                              limit - len(found), RECLAIM_SCAN])
+        return self._hand_over(found, decide)
+
+    def _hand_over(self, rows: list, decide: ReclaimDecision) -> int:
+        over = [r for r in rows if int(r[2]) > self.max_deliveries]
+        for entry, fields, count, owner, _ in over:
+            d = RedisDelivery(_text(entry), b"", {}, delivery_count=int(count))
+            d.job_id = self._job_id_of(fields)
+            self._dead_letter(d, "max_deliveries", f"delivered {int(count)} times (--max-deliveries "
+                              f"{self.max_deliveries}); last owner {_text(owner)}")
+        rows = [r for r in rows if int(r[2]) <= self.max_deliveries]
+        entries = [(_text(r[0]), _fields(r[1])) for r in rows]
+        deliveries = self._admit(entries, [int(r[2]) for r in rows], [_text(r[4]) for r in rows])
+        owners = {_text(r[0]): _text(r[4]) or _text(r[3]) for r in rows}
+        n = 0
+        for d in deliveries:
+            self.metrics.jobs_reclaimed()
+            n += 1
+            log.warning("stream entry %s (job %s): taken over from worker %s (delivery %d%s)", d.name, d.job_id,
+                        owners[d.name], d.delivery_count, ", its handler had started" if d.started else "")
+            try:
+                decide(d, owners[d.name])
+            except Exception as exc:  # one bad decision must not stop the others
+                log.exception("stream entry %s: disposing of the reclaimed job failed", d.name)
+                with self._lock:
+                    still = d.name in self._held
+                if still:
+                    try:
+                        self._dead_letter(d, "reclaim_failed", f"{type(exc).__name__}: {exc}")
+                    except Exception:
+                        log.exception("stream entry %s: cannot move it to the dead letters", d.name)
+        return n
+
+    def _job_id_of(self, fields: Any) -> Optional[str]:
+        raw = _fields(fields).get(b"job")
+        try:
+            return peek_job_id(json.loads(raw)) if raw else None
+        except ValueError:
+            return None
+
+    # -- depth --------------------------------------------------------------------------
+    def depth(self) -> int:
+        """Entries not yet delivered: the group's ``lag``; when Redis cannot tell (null after a
+        deletion) the stream length minus the pending count, exact because every acknowledged
+        entry is deleted."""
+        with self._guard("depth"):
+            pipe = self.r.pipeline(transaction=False)
+            pipe.xinfo_groups(self.k.jobs)
+            pipe.xlen(self.k.jobs)
+            groups, length = pipe.execute()
+        for g in groups:
+            if _text(g.get("name")) == GROUP:
+                lag = g.get("lag")
+                return int(lag) if lag is not None else max(0, int(length) - int(g.get("pending") or 0))
+        return int(length)
+
+    def cancel_requests(self, job_ids) -> set:
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        try:
+            with self._guard("cancel_requests"):
+                pipe = self.r.pipeline(transaction=False)
+                for job_id in ids:
+                    pipe.hget(self.k.job(job_id), "cancel")
+                flags = pipe.execute()
+        except Exception:
+            return set()
+        return {j for j, f in zip(ids, flags) if f}
+
+    # -- bookkeeping --------------------------------------------------------------------
+    def _forget(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._held.pop(delivery.name, None)
+
+    def _lease_lost(self, delivery: Delivery) -> None:
+        self._forget(delivery)
+        self.metrics.lease_lost()
+        log.warning("stream entry %s (job %s): this worker no longer owns it (lease lost)", delivery.name,
+                    delivery.job_id)
+
+    def _dead_lettered(self, reason: str) -> None:
+        self.metrics.dead_lettered(reason)
+
+
+def _fields(fields: Any) -> dict:
+    """Entry fields as a dict: a Lua reply gives a flat [k, v, k, v] list."""
+    if isinstance(fields, dict):
+        return fields
+    flat = list(fields or [])
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}

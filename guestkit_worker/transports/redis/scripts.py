@@ -1,0 +1,254 @@
+"""The Lua scripts of the Redis transport: every step that must be atomic on the server.
+
+Each script that changes a delivered entry first checks, with ``XPENDING stream group ID ID
+1 ME``, that this worker still owns it: a worker that lost its lease (stopped, cut off, its
+entry reclaimed by another) can no longer renew, store a result or acknowledge.
+
+:func:`load_scripts` is the stable entry point (the bench's floor consumer imports it to do
+exactly the per-job Redis work of a worker).  Arguments are documented per script as
+``KEYS`` / ``ARGV``; every key comes from :class:`.keys.Keys`, so one pool's keys share a
+Cluster slot.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+#: dead-letter stream length bound (approximate: MAXLEN ~)
+DEAD_MAXLEN = 100000
+
+_PRELUDE = r"""
+local function owned(stream, group, id, me)
+  return #redis.call('XPENDING', stream, group, id, id, 1, me) == 1
+end
+local FINAL = {completed=true, failed=true, timeout=true, cancelled=true, rejected=true}
+-- copy entry id of stream into the dead-letter stream with the reason, then ack and delete it
+local function dead_letter(stream, dead, running, group, id, me, reason, detail, maxlen)
+  local args = {dead, 'MAXLEN', '~', maxlen, '*', 'reason', reason, 'detail', detail,
+                'entry', id, 'worker', me, 'stream', stream}
+  local e = redis.call('XRANGE', stream, id, id)
+  if #e == 1 then
+    local f = e[1][2]
+    for i = 1, math.min(#f, 64) do args[#args + 1] = f[i] end
+  end
+  redis.call('XADD', unpack(args))
+  redis.call('XACK', stream, group, id)
+  redis.call('XDEL', stream, id)
+  redis.call('HDEL', running, id)
+end
+"""
+
+SOURCES: Dict[str, str] = {
+    # KEYS jobs, job, index; ARGV doc, job_id, digest, operation, cancellable(1|0), attempt,
+    # submitted_at -> {created|exists|conflict, status, entry}
+    "submit": r"""
+local h = redis.call('HMGET', KEYS[2], 'status', 'digest', 'entry')
+if h[1] then
+  if h[2] == ARGV[3] then return {'exists', h[1], h[3] or ''} end
+  return {'conflict', h[1], h[3] or ''}
+end
+local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
+redis.call('HSET', KEYS[2], 'job_id', ARGV[2], 'status', 'pending', 'entry', id, 'digest', ARGV[3],
+           'operation', ARGV[4], 'cancellable', ARGV[5], 'attempt', ARGV[6], 'submitted_at', ARGV[7])
+redis.call('ZADD', KEYS[3], tonumber(string.match(id, '^(%d+)')), ARGV[2])
+return {'created', 'pending', id}
+""",
+    # KEYS jobs, dead, running, job, index; ARGV group, me, entry, job_id, digest, operation,
+    # cancellable, attempt, submitted_at, maxlen -> ok | duplicate | lost
+    # A delivered entry becomes a known job (entries XADDed by other producers have no job
+    # hash yet); an entry whose job id another entry already holds is a duplicate: dead letter.
+    "admit": r"""
+if not owned(KEYS[1], ARGV[1], ARGV[3], ARGV[2]) then return 'lost' end
+local e = redis.call('HGET', KEYS[4], 'entry')
+if not e then
+  redis.call('HSET', KEYS[4], 'job_id', ARGV[4], 'status', 'pending', 'entry', ARGV[3], 'digest', ARGV[5],
+             'operation', ARGV[6], 'cancellable', ARGV[7], 'attempt', ARGV[8], 'submitted_at', ARGV[9])
+  redis.call('ZADD', KEYS[5], tonumber(string.match(ARGV[3], '^(%d+)')), ARGV[4])
+  return 'ok'
+end
+if e == ARGV[3] then return 'ok' end
+dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[2], 'duplicate_job_id',
+            'job ' .. ARGV[4] .. ' is already known as entry ' .. e, ARGV[10])
+return 'duplicate'
+""",
+    # KEYS jobs, dead, running[, job]; ARGV group, me, entry, reason, detail, maxlen, ttl,
+    # error json -> 1 | 0 (not owned)
+    "dead": r"""
+if not owned(KEYS[1], ARGV[1], ARGV[3], ARGV[2]) then return 0 end
+dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[2], ARGV[4], ARGV[5], ARGV[6])
+if KEYS[4] and redis.call('HGET', KEYS[4], 'entry') == ARGV[3] then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[4], 'status', 'failed', 'error', ARGV[8], 'completed_at', t[1])
+  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[7]))
+end
+return 1
+""",
+    # KEYS jobs; ARGV group, me, entry -> 1 (idle time reset) | 0 (lost)
+    "renew": r"""
+if not owned(KEYS[1], ARGV[1], ARGV[3], ARGV[2]) then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+""",
+    # KEYS jobs, running, job; ARGV group, me, entry, attempt, started_at -> 1 | 0 (lost)
+    "start": r"""
+if not owned(KEYS[1], ARGV[1], ARGV[3], ARGV[2]) then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[2])
+if redis.call('HGET', KEYS[3], 'entry') == ARGV[3] then
+  redis.call('HSET', KEYS[3], 'status', 'running', 'worker_id', ARGV[2], 'attempt', ARGV[4],
+             'started_at', ARGV[5])
+end
+return 1
+""",
+    # KEYS jobs, dead, running, job, result, progress, idem; ARGV group, me, entry, result,
+    # ttl, status, ended_at, error json, idem mode (complete|release|''), job_id, dead reason
+    # ('' for none), dead detail, maxlen -> 1 | 0 (lost)
+    # Result stored, job state set, idempotency key kept or released, entry acked and deleted:
+    # one step.  Only the entry the job hash names may write the job's state and result (a
+    # duplicate delivery never replaces the real job's result).
+    "commit": r"""
+if not owned(KEYS[1], ARGV[1], ARGV[3], ARGV[2]) then return 0 end
+local ttl = tonumber(ARGV[5])
+if ARGV[10] ~= '' and redis.call('HGET', KEYS[4], 'entry') == ARGV[3] then
+  if ARGV[4] ~= '' then redis.call('SET', KEYS[5], ARGV[4], 'EX', ttl) end
+  redis.call('HSET', KEYS[4], 'status', ARGV[6], 'completed_at', ARGV[7], 'error', ARGV[8])
+  redis.call('HDEL', KEYS[4], 'cancel')
+  redis.call('EXPIRE', KEYS[4], ttl)
+  redis.call('EXPIRE', KEYS[6], ttl)
+  if ARGV[9] == 'complete' then
+    redis.call('HSET', KEYS[7], 'job_id', ARGV[10], 'state', 'completed')
+    redis.call('EXPIRE', KEYS[7], ttl)
+  end
+end
+if ARGV[9] == 'release' then
+  local h = redis.call('HMGET', KEYS[7], 'job_id', 'state')
+  if h[1] == ARGV[10] and h[2] ~= 'completed' then redis.call('DEL', KEYS[7]) end
+end
+if ARGV[11] ~= '' then
+  dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[2], ARGV[11], ARGV[12], ARGV[13])
+else
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('XDEL', KEYS[1], ARGV[3])
+  redis.call('HDEL', KEYS[3], ARGV[3])
+end
+return 1
+""",
+    # KEYS jobs, running, job; ARGV group, me, entry, doc, attempt -> new entry id | 0 (lost)
+    # Retry and release: ack + delete + XADD of the (rewritten) document, atomically.
+    "requeue": r"""
+if not owned(KEYS[1], ARGV[1], ARGV[3], ARGV[2]) then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+redis.call('HDEL', KEYS[2], ARGV[3])
+local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[4])
+if redis.call('HGET', KEYS[3], 'entry') == ARGV[3] then
+  redis.call('HSET', KEYS[3], 'entry', id, 'status', 'pending', 'attempt', ARGV[5])
+  redis.call('HDEL', KEYS[3], 'worker_id', 'started_at')
+end
+return id
+""",
+    # KEYS jobs, running; ARGV group, me, min idle ms, how many, how many to look at
+    # -> {{entry, fields, delivery count, previous owner, worker that started it or ''}, ...}
+    # Takes over entries of other consumers idle longer than the lease (XCLAIM with that
+    # min idle, so an entry renewed meanwhile stays with its owner); entries deleted from
+    # the stream are dropped from the pending list.
+    "reclaim": r"""
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[5])
+local out, want = {}, tonumber(ARGV[4])
+for _, e in ipairs(p) do
+  if #out >= want then break end
+  local id, owner = e[1], e[2]
+  if owner ~= ARGV[2] then
+    local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], id)
+    if type(c[1]) == 'table' then
+      out[#out + 1] = {id, c[1][2], e[4] + 1, owner, redis.call('HGET', KEYS[2], id) or ''}
+    elseif #redis.call('XRANGE', KEYS[1], id, id) == 0 then
+      redis.call('XACK', KEYS[1], ARGV[1], id)
+      redis.call('HDEL', KEYS[2], id)
+    end
+  end
+end
+return out
+""",
+    # KEYS jobs, running; ARGV group, me, start (id, '(' id for after), how many
+    # -> like reclaim: this consumer's own pending entries (left by its previous life)
+    "own": r"""
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], '+', ARGV[4], ARGV[2])
+local out = {}
+for _, e in ipairs(p) do
+  local id = e[1]
+  local r = redis.call('XRANGE', KEYS[1], id, id)
+  if #r == 1 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id)
+    out[#out + 1] = {id, r[1][2], e[4] + 1, ARGV[2], redis.call('HGET', KEYS[2], id) or ''}
+  else
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    redis.call('HDEL', KEYS[2], id)
+    out[#out + 1] = {id, {}, 0, ARGV[2], ''}
+  end
+end
+return out
+""",
+    # KEYS idem, jobs, job (of the reserving job); ARGV group, job_id, lease ms, ttl
+    # -> {won} | {running, holder} | {completed, holder}
+    # A reservation whose holder's entry is no longer pending, or idle past the lease (its
+    # worker died), is taken over.
+    "reserve": r"""
+local h = redis.call('HMGET', KEYS[1], 'job_id', 'state', 'entry')
+if h[2] == 'completed' then return {'completed', h[1]} end
+if h[1] and h[1] ~= ARGV[2] and h[3] and h[3] ~= '' then
+  local p = redis.call('XPENDING', KEYS[2], ARGV[1], h[3], h[3], 1)
+  if #p == 1 and p[1][3] < tonumber(ARGV[3]) then return {'running', h[1]} end
+end
+redis.call('HSET', KEYS[1], 'job_id', ARGV[2], 'state', 'running',
+           'entry', redis.call('HGET', KEYS[3], 'entry') or '')
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return {'won'}
+""",
+    # KEYS idem; ARGV job_id -> 1 released | 0 not held by job_id
+    "release_key": r"""
+local h = redis.call('HMGET', KEYS[1], 'job_id', 'state')
+if h[1] == ARGV[1] and h[2] ~= 'completed' then redis.call('DEL', KEYS[1]) return 1 end
+return 0
+""",
+    # KEYS jobs, job, result; ARGV group, result json, ttl, ended_at, error json
+    # -> cancelled | cancelling | finished | not_cancellable | not_found
+    # A job still waiting in the stream (not delivered) is deleted and gets its result now;
+    # a delivered or running one is flagged for its worker (cancel_requests).
+    "cancel": r"""
+local h = redis.call('HMGET', KEYS[2], 'status', 'entry', 'cancellable')
+if not h[1] then return 'not_found' end
+if FINAL[h[1]] then return 'finished' end
+if h[1] == 'pending' and h[2] and #redis.call('XPENDING', KEYS[1], ARGV[1], h[2], h[2], 1) == 0 then
+  redis.call('XDEL', KEYS[1], h[2])
+  redis.call('SET', KEYS[3], ARGV[2], 'EX', tonumber(ARGV[3]))
+  redis.call('HSET', KEYS[2], 'status', 'cancelled', 'completed_at', ARGV[4], 'error', ARGV[5])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+  return 'cancelled'
+end
+if h[3] == '0' then return 'not_cancellable' end
+redis.call('HSET', KEYS[2], 'cancel', '1')
+return 'cancelling'
+""",
+    # KEYS jobs; ARGV group, me -> 1 consumer deleted | 0 it still holds entries
+    "leave": r"""
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #p > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+""",
+}
+
+
+class Scripts:
+    """The registered scripts, one attribute per name of :data:`SOURCES` (redis-py Script
+    objects: called as ``scripts.commit(keys=[...], args=[...], client=pipe_or_client)``)."""
+
+    def __init__(self, client: Any) -> None:
+        for name, body in SOURCES.items():
+            setattr(self, name, client.register_script(_PRELUDE + body))
+
+
+def load_scripts(client: Any) -> Scripts:
+    """Register every script with a redis-py client (EVALSHA, loaded again after a restart)."""
+    return Scripts(client)

@@ -1,0 +1,128 @@
+"""Results, job state, progress events and idempotency keys in Redis, and the atomic
+outcome (the :class:`~..base.ResultStore` half of the transport plus ``commit``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Mapping, Optional, Sequence
+
+from ..base import LeaseLost, Outcome, Reservation, TransportUnavailable
+from .keys import GROUP
+from .queue import now_iso
+from .scripts import DEAD_MAXLEN
+
+log = logging.getLogger(__name__)
+
+#: one shared encoder (stateless, so threads share it): compact, UTF-8, no NaN
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class StoreMixin:
+    """The ResultStore methods and commit; state and clients come from the transport."""
+
+    def encode_result(self, result: Mapping[str, Any]) -> bytes:
+        return _ENCODER.encode(result).encode("utf-8", "surrogatepass")
+
+    def get_result(self, job_id: str) -> Optional[dict]:
+        with self._guard("get_result"):
+            raw = self.r.get(self.k.result(job_id))
+        return json.loads(raw) if raw else None
+
+    def append_progress(self, job_id: str, event: Mapping[str, Any]) -> None:
+        key = self.k.progress(job_id)
+        try:
+            with self._guard("progress"):
+                pipe = self.r.pipeline(transaction=False)
+                pipe.rpush(key, _ENCODER.encode(event))
+                pipe.expire(key, self.result_ttl)
+                pipe.execute()
+        except (TransportUnavailable, TypeError, ValueError) as exc:  # best effort
+            log.debug("job %s: progress event dropped (%s)", job_id, exc)
+
+    def read_progress(self, job_id: str, after: int = 0) -> list:
+        with self._guard("progress"):
+            items = self.r.lrange(self.k.progress(job_id), max(0, int(after)), -1)
+        return [json.loads(i) for i in items]
+
+    def reserve_idempotency_key(self, key: str, job_id: str) -> Reservation:
+        k = self.k
+        with self._guard("idempotency"):
+            reply = self.s.reserve(keys=[k.idem(key), k.jobs, k.job(job_id)],
+                                   args=[GROUP, job_id, int(self.lease_seconds * 1000), self.result_ttl])
+        answer = _text(reply[0])
+        if answer == "won":
+            return Reservation(True)
+        holder = _text(reply[1])
+        return Reservation(False, holder_job_id=holder, state=answer,
+                           result=self.get_result(holder) if answer == "completed" else None)
+
+    def release_idempotency_key(self, key: str, job_id: str) -> None:
+        with self._guard("idempotency"):
+            self.s.release_key(keys=[self.k.idem(key)], args=[job_id])
+
+    # -- the outcome --------------------------------------------------------------------
+    def commit(self, outcomes: Sequence[Outcome]) -> None:
+        """One Lua script per outcome, all in one round trip: result stored (kept
+        ``result_ttl``), job state set, idempotency key kept or released, entry acknowledged
+        and deleted; rejected entries without a result go to the dead letters instead."""
+        calls = []
+        try:
+            with self._guard("commit"):
+                pipe = self.r.pipeline(transaction=False)
+                for o in outcomes:
+                    o.error = None
+                    try:
+                        keys, args = self._commit_call(o)
+                    except (TypeError, ValueError) as exc:  # a result JSON cannot hold
+                        o.error = exc
+                        continue
+                    self.s.commit(keys=keys, args=args, client=pipe)
+                    calls.append(o)
+                replies = pipe.execute(raise_on_error=False) if calls else []
+        except TransportUnavailable as exc:
+            for o in calls:
+                o.error = exc
+            return
+        for o, reply in zip(calls, replies):
+            d = o.delivery
+            if isinstance(reply, Exception):
+                self.metrics.transport_error("commit")
+                o.error = TransportUnavailable(f"redis commit: {reply}")
+            elif reply == 1:
+                self._forget(d)
+                if o.status == "rejected" and o.result is None:
+                    self._dead_lettered("rejected")
+            else:
+                self._lease_lost(d)
+                o.error = LeaseLost(f"stream entry {d.name} (job {d.job_id}) now belongs to another worker; "
+                                    "its outcome was not stored")
+
+    def _commit_call(self, o: Outcome) -> tuple:
+        k, d = self.k, o.delivery
+        job_id = d.job_id or ""
+        result = o.result
+        body = o.encoded if o.encoded is not None else (self.encode_result(result) if result is not None else b"")
+        status = "completed" if o.status == "duplicate" else o.status
+        ended = None
+        if isinstance(result, dict):
+            ended = result.get("completed_at") or result.get("failed_at")
+        error = (result or {}).get("error") if isinstance(result, dict) else None
+        if error is None and isinstance(o.reason, dict):
+            error = o.reason.get("error")
+        mode = ""
+        if o.idempotency_key:
+            mode = "complete" if o.status == "completed" else "release"
+        dead_reason = detail = ""
+        if o.status == "rejected" and result is None:
+            dead_reason = "rejected"
+            detail = (error or {}).get("message", "") if isinstance(error, dict) else ""
+        idem = k.idem(o.idempotency_key) if o.idempotency_key else k.result(job_id)
+        keys = [k.jobs, k.dead, k.running, k.job(job_id), k.result(job_id), k.progress(job_id), idem]
+        args = [GROUP, self.worker_id, d.name, body, self.result_ttl, status, ended or now_iso(),
+                _ENCODER.encode(error) if error is not None else "", mode, job_id, dead_reason, detail, DEAD_MAXLEN]
+        return keys, args

@@ -1,0 +1,164 @@
+"""The Redis Streams transport: a fleet of workers on many hosts shares one pool's stream.
+
+:class:`RedisTransport` joins the queue (:mod:`.queue`), the store (:mod:`.store`) and the
+index (:mod:`.index`) over two redis-py clients (:mod:`.connection`) and the Lua scripts
+(:mod:`.scripts`).  Leases: an entry delivered to this worker is its while the entry's idle
+time in the consumer group's pending list stays below ``lease_seconds``; the worker renews
+it (``extend_lease``) every lease/4 while the job runs, and other workers take over entries
+idle longer than that (``reclaim``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Any, Dict, Iterator, Optional
+
+from ...errors import ConfigError
+from ...metrics import NullMetrics
+from ...protocol import DEFAULT_MAX_JOB_BYTES
+from ..base import Transport, TransportUnavailable
+from . import connection
+from .index import IndexMixin
+from .keys import GROUP, Keys
+from .queue import QueueMixin
+from .scripts import Scripts, load_scripts
+from .store import StoreMixin
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE_SECONDS = 60.0
+DEFAULT_MAX_DELIVERIES = 5
+DEFAULT_RESULT_TTL = 7 * 24 * 3600
+#: oldest Redis with XPENDING IDLE and XAUTOCLAIM
+MIN_REDIS = (6, 2)
+#: replies that mean "storage trouble, try again later" rather than a bug
+_TRANSIENT_REPLIES = ("MISCONF", "READONLY", "LOADING", "OOM", "NOGROUP", "MASTERDOWN", "TRYAGAIN",
+                      "CLUSTERDOWN", "BUSY ")
+
+
+class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
+    """Jobs, results and job state of worker pool ``pool`` on the Redis at ``url``."""
+
+    protected_paths = ()
+
+    def __init__(self, url: str, worker_id: str, *, pool: str = "default", password_file: Optional[str] = None,
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS, max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+                 result_ttl: int = DEFAULT_RESULT_TTL, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
+                 metrics: Any = None) -> None:
+        connection.check_url(url)
+        if lease_seconds < 1:
+            raise ConfigError(f"--lease-seconds must be at least 1, got {lease_seconds}")
+        if max_deliveries < 1:
+            raise ConfigError(f"--max-deliveries must be at least 1, got {max_deliveries}")
+        if result_ttl < 1:
+            raise ConfigError(f"--result-ttl must be at least 1 second, got {result_ttl}")
+        self.url, self.password_file = url, password_file
+        self.worker_id, self.pool = worker_id, pool
+        self.k = Keys(pool)
+        self.lease_seconds = float(lease_seconds)
+        self.max_deliveries = int(max_deliveries)
+        self.result_ttl = int(result_ttl)
+        self.max_job_bytes = int(max_job_bytes)
+        self.metrics = metrics if metrics is not None else NullMetrics()
+        self._redis = connection.import_redis()
+        self.r: Any = None
+        self.rb: Any = None
+        self.s: Optional[Scripts] = None
+        self._lock = threading.Lock()
+        self._held: Dict[str, Any] = {}     # entry id -> delivery held by this worker
+        self._own_done = False              # own pending entries of a previous life taken back
+        self._own_cursor = "-"
+        self._group_ok = False
+
+    # -- connection ---------------------------------------------------------------------
+    def open(self) -> None:
+        password = connection.password_from(self.url, self.password_file)
+        self.r, self.rb = connection.make_clients(self.url, password)
+        self.s = load_scripts(self.r)
+        with self._guard("open"):
+            try:
+                info = self.r.info("server")
+            except self._redis.exceptions.AuthenticationError as exc:
+                raise ConfigError(f"redis at {self.where}: authentication failed ({exc}); check the "
+                                  "password (--redis-password-file or the URL)") from None
+            except self._redis.exceptions.ResponseError as exc:
+                if "NOAUTH" in str(exc) or "NOPERM" in str(exc):
+                    raise ConfigError(f"redis at {self.where}: {exc}") from None
+                raise
+        version = tuple(int(x) for x in str(info.get("redis_version", "0.0")).split(".")[:2])
+        if version < MIN_REDIS:
+            raise ConfigError(f"redis at {self.where} is version {info.get('redis_version')}; the Redis "
+                              f"transport needs {MIN_REDIS[0]}.{MIN_REDIS[1]} or later")
+        self._ensure_group()
+        log.info("redis transport: %s, lease %ss, at most %d deliveries, results kept %ss", self.describe(),
+                 self.lease_seconds, self.max_deliveries, self.result_ttl)
+
+    def _ensure_group(self) -> None:
+        """Create the stream and the consumer group (from the stream's start, so entries a
+        producer added before any worker existed are delivered) and this consumer."""
+        if self._group_ok:
+            return
+        with self._guard("open"):
+            try:
+                self.r.xgroup_create(self.k.jobs, GROUP, id="0", mkstream=True)
+            except self._redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self.r.xgroup_createconsumer(self.k.jobs, GROUP, self.worker_id)
+        self._group_ok = True
+
+    def close(self) -> None:
+        """Leave the group when this consumer holds nothing; held entries stay for reclaim."""
+        if self.r is None:
+            return
+        try:
+            with self._guard("close"):
+                self.s.leave(keys=[self.k.jobs], args=[GROUP, self.worker_id])
+        except Exception as exc:
+            log.debug("redis transport: leaving the group failed (%s)", exc)
+        for client in (self.r, self.rb):
+            try:
+                client.close()
+            except Exception:
+                pass
+
+    @property
+    def where(self) -> str:
+        return connection.describe(self.url)
+
+    def describe(self) -> str:
+        return f"redis stream {self.k.jobs} at {self.where}, consumer {self.worker_id} of group {GROUP}"
+
+    def health(self) -> dict:
+        try:
+            with self._guard("health"):
+                self.r.ping()
+        except TransportUnavailable as exc:
+            return {"transport": (False, f"redis at {self.where} unreachable: {exc}")}
+        return {"transport": (True, f"redis at {self.where} reachable")}
+
+    @contextlib.contextmanager
+    def _guard(self, operation: str) -> Iterator[None]:
+        """Turn the client's connection errors (and replies meaning a server in trouble) into
+        TransportUnavailable, counted in guestkit_worker_transport_errors_total{operation}."""
+        exc_mod = self._redis.exceptions
+        try:
+            yield
+        except (exc_mod.ConnectionError, exc_mod.TimeoutError) as exc:
+            if isinstance(exc, exc_mod.AuthenticationError) and operation == "open":
+                raise
+            self._unavailable(operation)
+            raise TransportUnavailable(f"redis {operation}: {type(exc).__name__}: {exc}") from None
+        except exc_mod.ResponseError as exc:
+            text = str(exc)
+            if not text.startswith(_TRANSIENT_REPLIES):
+                raise
+            self._unavailable(operation)
+            if text.startswith("NOGROUP"):
+                self._group_ok = False  # the stream was deleted (or Redis lost its data): recreate
+            raise TransportUnavailable(f"redis {operation}: {text}") from None
+
+    def _unavailable(self, operation: str) -> None:
+        self.metrics.transport_error(operation)

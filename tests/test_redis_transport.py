@@ -1,0 +1,400 @@
+"""The Redis Streams transport against a real redis-server (tests/redisfixture.py): submission
+without duplicates, delivery without prefetch, fenced leases, reclaim, retries, dead letters,
+idempotency keys, status/list/cancel, and Redis going away and coming back."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import ROOT, make_job, wait_for
+from redisfixture import require_redis_py, start_redis
+
+from guestkit_worker.errors import ConfigError
+from guestkit_worker.transports.base import LeaseLost, Outcome, TransportUnavailable
+from guestkit_worker.transports.redis import GROUP, Keys, RedisTransport
+
+
+@pytest.fixture(autouse=True)
+def _redis_py():
+    require_redis_py()
+
+
+class Recorder:
+    """Stands in for WorkerMetrics: counts what the transport reports."""
+
+    def __init__(self):
+        self.counts = {}
+
+    def _add(self, key, n=1):
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def jobs_reclaimed(self, n=1):
+        self._add("reclaimed", n)
+
+    def lease_lost(self):
+        self._add("lease_lost")
+
+    def dead_lettered(self, reason):
+        self._add(("dead", reason))
+
+    def transport_error(self, operation):
+        self._add(("error", operation))
+
+
+@pytest.fixture
+def make(redis_url, pool):
+    made = []
+
+    def _make(worker_id="w1", url=None, **kw):
+        kw.setdefault("metrics", Recorder())
+        t = RedisTransport(url or redis_url, worker_id, pool=pool, **kw)
+        t.open()
+        made.append(t)
+        return t
+    yield _make
+    for t in made:
+        t.close()
+
+
+def completed(t, d, data=None, key=None):
+    result = {"job_id": d.job_id, "status": "completed", "completed_at": "2026-12-01T00:00:00Z",
+              "worker_id": t.worker_id, "execution_summary": {"attempt": d.attempt}, "error": None, "data": data}
+    o = Outcome(d, "completed", result=result, idempotency_key=key)
+    t.commit([o])
+    return o
+
+
+def test_submit_never_creates_two_jobs_for_one_id(make, redis_server, pool):
+    t = make()
+    doc = make_job("race-job-0001")
+    other = make_job("race-job-0001", data={"x": 1})
+    receipts, barrier = [], threading.Barrier(8)
+
+    def producer(d):
+        p = RedisTransport(redis_server.url, "producer", pool=pool)
+        p.open()
+        barrier.wait(10)
+        receipts.append(p.submit(d).outcome)
+        p.close()
+    threads = [threading.Thread(target=producer, args=(doc if i % 2 else other,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert receipts.count("created") == 1, receipts
+    assert sorted(set(receipts) - {"created"}) <= ["conflict", "exists"]
+    assert redis_server.client().xlen(Keys(pool).jobs) == 1
+    again = t.submit(doc if receipts.count("exists") == 3 else other)
+    assert again.outcome == "exists" and again.status == "pending"
+
+
+def test_fetch_takes_only_what_was_asked_and_commit_stores_acks_and_deletes(make, redis_server, pool):
+    t = make(result_ttl=3600)
+    for i in range(5):
+        t.submit(make_job(f"fetch-job-{i:04d}"))
+    got = t.fetch(2, 0.1)
+    assert [d.job_id for d in got] == ["fetch-job-0000", "fetch-job-0001"]
+    assert t.depth() == 3  # no prefetch beyond the free threads
+    t.mark_started(got[0])
+    assert t.job_status("fetch-job-0000").status == "running"
+    completed(t, got[0], data={"n": 0})
+    assert got[0] and t.get_result("fetch-job-0000")["data"] == {"n": 0}
+    r, k = redis_server.client(), Keys(pool)
+    assert 3500 < r.ttl(k.result("fetch-job-0000")) <= 3600
+    st = t.job_status("fetch-job-0000")
+    assert (st.status, st.worker_id, st.attempt) == ("completed", "w1", 1)
+    assert r.xpending(k.jobs, GROUP)["pending"] == 1  # the other one is still held
+    assert r.xlen(k.jobs) == 4  # acknowledged and deleted
+    completed(t, got[1])
+    rest = t.fetch(10, 0.1)
+    assert len(rest) == 3
+    for d in rest:
+        completed(t, d)
+    assert r.xlen(k.jobs) == 0 and r.xpending(k.jobs, GROUP)["pending"] == 0 and t.depth() == 0
+
+
+def test_poison_entries_go_to_the_dead_letters(make, redis_server, pool):
+    t = make(max_job_bytes=1000)
+    k = Keys(pool)
+    redis_server.cli("XADD", k.jobs, "*", "job", "this is not json")
+    redis_server.cli("XADD", k.jobs, "*", "job", json.dumps({"hello": "no job id"}))
+    redis_server.cli("XADD", k.jobs, "*", "job", json.dumps(make_job("big-job-0001", data={"pad": "x" * 2000})))
+    redis_server.cli("XADD", k.jobs, "*", "payload", "no job field")
+    redis_server.cli("XADD", k.jobs, "*", "job", json.dumps(make_job("good-job-0001")))
+    got = t.fetch(10, 0.1)
+    assert [d.job_id for d in got] == ["good-job-0001"]
+    r = redis_server.client()
+    dead = [{a.decode(): b.decode() for a, b in f.items()} for _, f in r.xrange(k.dead)]
+    assert [d["reason"] for d in dead] == ["not_json", "no_job_id", "too_large", "no_job_field"]
+    assert dead[0]["job"] == "this is not json" and dead[0]["worker"] == "w1"
+    assert "invalid JSON" in dead[0]["detail"]
+    assert r.xpending(k.jobs, GROUP)["pending"] == 1 and r.xlen(k.jobs) == 1
+    assert t.metrics.counts[("dead", "not_json")] == 1 and t.metrics.counts[("dead", "too_large")] == 1
+
+
+def test_a_plain_xadd_of_a_known_job_id_is_a_dead_lettered_duplicate(make, redis_server, pool):
+    t = make()
+    k = Keys(pool)
+    doc = make_job("dup-job-00001")
+    assert t.submit(doc).outcome == "created"
+    redis_server.cli("XADD", k.jobs, "*", "job", json.dumps(doc))
+    got = t.fetch(10, 0.1)
+    assert [d.job_id for d in got] == ["dup-job-00001"]
+    dead = redis_server.client().xrange(k.dead)
+    assert len(dead) == 1 and dead[0][1][b"reason"] == b"duplicate_job_id"
+    assert t.metrics.counts[("dead", "duplicate_job_id")] == 1
+
+
+def test_a_lost_lease_fences_renewal_and_outcome(make, redis_server, pool):
+    a = make("worker-a", lease_seconds=1)
+    b = make("worker-b", lease_seconds=1)
+    a.submit(make_job("lease-job-0001"))
+    (da,) = a.fetch(1, 0.1)
+    a.mark_started(da)
+    taken = []
+
+    def decide(d, dead):
+        taken.append((d.job_id, d.started, dead, d.delivery_count))
+        b.mark_started(d)
+        completed(b, d, data={"by": "b"})
+    wait_for(lambda: b.reclaim(decide, 2), timeout=10, what="worker-b to take over the idle entry")
+    assert taken == [("lease-job-0001", True, "worker-a", 2)]
+    assert a.extend_lease(da) is False
+    o = completed(a, da, data={"by": "a"})
+    assert isinstance(o.error, LeaseLost)
+    assert b.get_result("lease-job-0001")["data"] == {"by": "b"}
+    assert a.metrics.counts["lease_lost"] >= 1 and b.metrics.counts["reclaimed"] == 1
+    assert redis_server.client().xpending(Keys(pool).jobs, GROUP)["pending"] == 0
+
+
+def test_renewed_lease_is_never_taken_over(make, pool):
+    a = make("worker-a", lease_seconds=1)
+    b = make("worker-b", lease_seconds=1)
+    a.submit(make_job("long-job-0001"))
+    (da,) = a.fetch(1, 0.1)
+    a.mark_started(da)
+    end = time.monotonic() + 3.0  # three leases
+    while time.monotonic() < end:
+        assert a.extend_lease(da)
+        assert b.reclaim(lambda d, w: pytest.fail("a renewed lease was taken over"), 2) == 0
+        time.sleep(0.25)
+    completed(a, da)
+    assert a.get_result("long-job-0001")["worker_id"] == "worker-a"
+
+
+def test_retry_requeues_the_rewritten_document_atomically(make, redis_server, pool):
+    t = make()
+    doc = make_job("retry-job-0001", execution={"max_attempts": 3})
+    t.submit(doc)
+    (d,) = t.fetch(1, 0.1)
+    t.mark_started(d)
+    doc2 = dict(doc, execution={"max_attempts": 3, "attempt": 2})
+    t.retry(d, doc2)
+    st = t.job_status("retry-job-0001")
+    assert (st.status, st.attempt, st.worker_id) == ("pending", 2, None)
+    (d2,) = t.fetch(1, 0.1)
+    assert d2.attempt == 2 and d2.name != d.name and json.loads(t.read(d2)) == doc2
+    assert redis_server.client().xlen(Keys(pool).jobs) == 1
+
+
+def test_entries_delivered_too_often_are_dead_lettered(make, redis_server, pool):
+    a = make("worker-a", lease_seconds=1, max_deliveries=2)
+    b = make("worker-b", lease_seconds=1, max_deliveries=2)
+    c = make("worker-c", lease_seconds=1, max_deliveries=2)
+    a.submit(make_job("crashy-job-001"))
+    assert len(a.fetch(1, 0.1)) == 1                     # delivery 1; a "dies"
+    wait_for(lambda: b.reclaim(lambda d, w: None, 1), timeout=10, what="delivery 2")  # b "dies" too
+    wait_for(lambda: c.metrics.counts.get(("dead", "max_deliveries")) or c.reclaim(
+        lambda d, w: pytest.fail("delivered a third time"), 1), timeout=10, what="the dead letter")
+    k = Keys(pool)
+    r = redis_server.client()
+    (entry,) = r.xrange(k.dead)
+    assert entry[1][b"reason"] == b"max_deliveries" and b"delivered 3 times" in entry[1][b"detail"]
+    assert r.xpending(k.jobs, GROUP)["pending"] == 0 and r.xlen(k.jobs) == 0
+    st = c.job_status("crashy-job-001")
+    assert st.status == "failed" and st.error["code"] == "DEAD_LETTERED"
+
+
+def test_a_restarted_worker_first_takes_back_its_own_entries(make, redis_url, pool):
+    old = make("fixed-id")
+    old.submit(make_job("own-job-00001"))
+    old.submit(make_job("own-job-00002"))
+    d1, d2 = old.fetch(2, 0.1)
+    old.mark_started(d1)
+    new = RedisTransport(redis_url, "fixed-id", pool=pool)  # same worker id, a new process
+    new.open()
+    try:
+        seen = []
+
+        def decide(d, dead):
+            seen.append((d.job_id, d.started, dead))
+            new.release(d)
+        assert new.reclaim(decide, 4) == 2  # no lease to wait for: they were its own
+        assert sorted(seen) == [("own-job-00001", True, "fixed-id"), ("own-job-00002", False, "fixed-id")]
+        assert {d.job_id for d in new.fetch(4, 0.1)} == {"own-job-00001", "own-job-00002"}
+    finally:
+        new.close()
+
+
+def test_idempotency_keys_reserve_complete_and_release(make):
+    t = make()
+    for i in (1, 2):
+        t.submit(make_job(f"idem-job-000{i}"))
+    d1, d2 = t.fetch(2, 0.1)
+    assert t.reserve_idempotency_key("key-1", "idem-job-0001").won
+    r = t.reserve_idempotency_key("key-1", "idem-job-0002")
+    assert (r.won, r.state, r.holder_job_id) == (False, "running", "idem-job-0001")
+    t.release_idempotency_key("key-1", "idem-job-0002")  # not the holder: nothing happens
+    assert not t.reserve_idempotency_key("key-1", "idem-job-0002").won
+    t.mark_started(d1)
+    completed(t, d1, data={"v": 1}, key="key-1")
+    r = t.reserve_idempotency_key("key-1", "idem-job-0002")
+    assert (r.won, r.state, r.holder_job_id, r.result["data"]) == (False, "completed", "idem-job-0001", {"v": 1})
+    assert t.reserve_idempotency_key("key-2", "idem-job-0002").won
+    t.release_idempotency_key("key-2", "idem-job-0002")
+    assert t.reserve_idempotency_key("key-2", "idem-job-0001").won
+
+
+def test_a_reservation_of_a_dead_holder_is_taken_over(make):
+    a = make("worker-a", lease_seconds=1)
+    a.submit(make_job("holder-job-001"))
+    a.submit(make_job("second-job-001"))
+    a.fetch(1, 0.1)
+    assert a.reserve_idempotency_key("key-x", "holder-job-001").won
+    # the holder's entry is never renewed (its worker died): past the lease the key is free
+    wait_for(lambda: a.reserve_idempotency_key("key-x", "second-job-001").won, timeout=10,
+             what="the reservation to be taken over")
+
+
+def test_cancel_status_and_list(make, redis_server, pool):
+    t = make()
+    t.submit(make_job("cancel-wait-01"))
+    t.submit(make_job("cancel-run-001"))
+    t.submit(make_job("no-cancel-001", execution={"cancellable": False}))
+    assert t.cancel("cancel-wait-01") == "cancelled"   # still waiting: deleted from the stream
+    assert t.get_result("cancel-wait-01")["error"]["code"] == "CANCELLED"
+    assert t.depth() == 2  # the group's lag is null after the deletion: length minus pending
+    running = t.fetch(5, 0.1)
+    assert [d.job_id for d in running] == ["cancel-run-001", "no-cancel-001"]
+    for d in running:
+        t.mark_started(d)
+    assert t.cancel("cancel-run-001") == "cancelling"
+    assert t.cancel("no-cancel-001") == "not_cancellable"
+    assert t.cancel_requests(["cancel-run-001", "no-cancel-001"]) == {"cancel-run-001"}
+    assert t.cancel("cancel-wait-01") == "finished"
+    assert t.cancel("never-was-0001") == "not_found"
+    assert t.job_status("never-was-0001") is None
+    st = t.job_status("cancel-run-001")
+    assert (st.status, st.worker_id, st.cancellable) == ("running", "w1", True)
+    assert t.job_status("cancel-wait-01").status == "cancelled"
+
+
+def test_list_jobs_pages_newest_first_and_filters(make):
+    t = make()
+    ids = [f"list-job-{i:04d}" for i in range(25)]
+    for job_id in ids:
+        t.submit(make_job(job_id, operation="system.echo" if int(job_id[-2:]) % 2 else "test.sleep"))
+    seen, token = [], None
+    for _ in range(5):
+        page = t.list_jobs(limit=10, page_token=token)
+        seen += [j.job_id for j in page.jobs]
+        token = page.next_page_token
+        if token is None:
+            break
+    assert sorted(seen) == ids and len(seen) == 25
+    first = t.list_jobs(limit=25).jobs
+    assert [j.submitted_at for j in first] == sorted((j.submitted_at for j in first), reverse=True)
+    echo = t.list_jobs(operation="system.echo", limit=100).jobs
+    assert sorted(j.job_id for j in echo) == [j for j in ids if int(j[-2:]) % 2]
+    assert t.list_jobs(status="completed").jobs == []
+
+
+def test_progress_events(make):
+    t = make()
+    t.append_progress("prog-job-0001", {"step": 1})
+    t.append_progress("prog-job-0001", {"step": 2})
+    assert t.read_progress("prog-job-0001") == [{"step": 1}, {"step": 2}]
+    assert t.read_progress("prog-job-0001", after=1) == [{"step": 2}]
+
+
+def test_redis_down_then_restarted_loses_nothing(tmp_path, pool):
+    server = start_redis(tmp_path / "redis")
+    try:
+        t = RedisTransport(server.url, "w1", pool=pool, metrics=Recorder())
+        t.open()
+        t.submit(make_job("outage-job-001"))
+        (d,) = t.fetch(1, 0.1)
+        t.mark_started(d)
+        assert t.health()["transport"][0] is True
+        server.kill()
+        ok, detail = t.health()["transport"]
+        assert ok is False and "unreachable" in detail
+        assert t.extend_lease(d) is True  # within the lease the run goes on
+        o = completed(t, d)
+        assert isinstance(o.error, TransportUnavailable)
+        assert t.metrics.counts[("error", "commit")] >= 1
+        with pytest.raises(TransportUnavailable):
+            t.fetch(1, 0.1)
+        server.restart()  # the append-only file still holds the pending entry
+        wait_for(lambda: t.health()["transport"][0], timeout=20, what="redis back")
+        o = completed(t, d)  # the same outcome, committed again
+        assert o.error is None and t.get_result("outage-job-001")["status"] == "completed"
+        assert t.depth() == 0 and t.fetch(1, 0.1) == []
+        t.close()
+    finally:
+        server.stop()
+
+
+def test_password_from_file_or_url_never_shown(tmp_path, pool):
+    secret = "s3cret-Pa55"
+    server = start_redis(tmp_path / "redis", extra_args=["--requirepass", secret])
+    try:
+        pw = tmp_path / "pw"
+        pw.write_text(secret + "\n")
+        t = RedisTransport(server.url, "w1", pool=pool, password_file=str(pw))
+        t.open()
+        assert t.submit(make_job("auth-job-0001")).outcome == "created"
+        assert secret not in t.describe() and t.health()["transport"][0]
+        t.close()
+        url = f"redis://:{secret}@127.0.0.1:{server.port}/0"
+        t2 = RedisTransport(url, "w2", pool=pool)
+        t2.open()
+        assert t2.job_status("auth-job-0001").status == "pending"
+        assert secret not in t2.describe() and secret not in str(t2.health())
+        t2.close()
+        wrong = tmp_path / "wrong"
+        wrong.write_text("nope\n")
+        with pytest.raises(ConfigError) as err:
+            RedisTransport(server.url, "w3", pool=pool, password_file=str(wrong)).open()
+        assert "authentication failed" in str(err.value) and secret not in str(err.value)
+        with pytest.raises(ConfigError) as err:
+            RedisTransport(server.url, "w3", pool=pool, password_file=str(tmp_path / "missing")).open()
+        assert "missing" in str(err.value)
+    finally:
+        server.stop()
+
+
+def test_without_the_redis_package_a_clear_error_names_the_extra():
+    code = ("import sys; sys.modules['redis'] = None\n"
+            "from guestkit_worker.transports.redis import RedisTransport\n"
+            "try:\n    RedisTransport('redis://127.0.0.1:6379/0', 'w')\n"
+            "except Exception as e:\n    print(type(e).__name__, e)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert "ConfigError" in p.stdout and "guestkit-worker[redis]" in p.stdout, p.stdout + p.stderr
+
+
+def test_bad_urls_and_settings_are_config_errors():
+    for url in ("http://x/", "redis://", "unix://", "", "redis://:pw@"):
+        with pytest.raises(ConfigError) as err:
+            RedisTransport(url, "w")
+        assert "pw" not in str(err.value) or ":***@" in str(err.value)
+    with pytest.raises(ConfigError):
+        RedisTransport("redis://127.0.0.1/0", "w", pool="a{b}")
+    with pytest.raises(ConfigError):
+        RedisTransport("redis://127.0.0.1/0", "w", lease_seconds=0)
