@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, make_job, wait_for
 from redisfixture import require_redis_py, start_redis
 
-from guestkit_worker.errors import ConfigError
+from guestkit_worker.errors import ConfigError, JobFileError
 from guestkit_worker.transports.base import LeaseLost, Outcome, TransportUnavailable
 from guestkit_worker.transports.redis import GROUP, Keys, RedisTransport
 
@@ -79,18 +79,18 @@ def test_submit_never_creates_two_jobs_for_one_id(make, redis_server, pool):
         p = RedisTransport(redis_server.url, "producer", pool=pool)
         p.open()
         barrier.wait(10)
-        receipts.append(p.submit(d).outcome)
+        receipts.append((d is doc, p.submit(d).outcome))
         p.close()
     threads = [threading.Thread(target=producer, args=(doc if i % 2 else other,)) for i in range(8)]
     for th in threads:
         th.start()
     for th in threads:
         th.join(30)
-    assert receipts.count("created") == 1, receipts
-    assert sorted(set(receipts) - {"created"}) <= ["conflict", "exists"]
+    (winner,) = [is_doc for is_doc, outcome in receipts if outcome == "created"]
+    # the other three with the winning document: exists; the four with the other one: conflict
+    assert sorted(o for is_doc, o in receipts if is_doc == winner) == ["created"] + ["exists"] * 3, receipts
+    assert [o for is_doc, o in receipts if is_doc != winner] == ["conflict"] * 4, receipts
     assert redis_server.client().xlen(Keys(pool).jobs) == 1
-    again = t.submit(doc if receipts.count("exists") == 3 else other)
-    assert again.outcome == "exists" and again.status == "pending"
 
 
 def test_fetch_takes_only_what_was_asked_and_commit_stores_acks_and_deletes(make, redis_server, pool):
@@ -127,7 +127,14 @@ def test_poison_entries_go_to_the_dead_letters(make, redis_server, pool):
     redis_server.cli("XADD", k.jobs, "*", "payload", "no job field")
     redis_server.cli("XADD", k.jobs, "*", "job", json.dumps(make_job("good-job-0001")))
     got = t.fetch(10, 0.1)
-    assert [d.job_id for d in got] == ["good-job-0001"]
+    assert [d.job_id for d in got] == [None, None, None, None, "good-job-0001"]
+    for d in got[2:4]:  # over --max-job-size, no job field: refused unread
+        with pytest.raises(JobFileError):
+            t.read(d)
+    assert t.read(got[0]) == b"this is not json"  # the worker's decoder names the problem
+    outcomes = [Outcome(d, "rejected", reason={"error": {"message": "bad"}}, failed=True) for d in got[:4]]
+    t.commit(outcomes)
+    assert [o.error for o in outcomes] == [None] * 4
     r = redis_server.client()
     dead = [{a.decode(): b.decode() for a, b in f.items()} for _, f in r.xrange(k.dead)]
     assert [d["reason"] for d in dead] == ["not_json", "no_job_id", "too_large", "no_job_field"]
@@ -135,6 +142,17 @@ def test_poison_entries_go_to_the_dead_letters(make, redis_server, pool):
     assert "invalid JSON" in dead[0]["detail"]
     assert r.xpending(k.jobs, GROUP)["pending"] == 1 and r.xlen(k.jobs) == 1
     assert t.metrics.counts[("dead", "not_json")] == 1 and t.metrics.counts[("dead", "too_large")] == 1
+    assert t.fetch(10, 0.1) == []
+
+
+def test_poison_taken_over_from_a_dead_worker_goes_straight_to_the_dead_letters(make, redis_server, pool):
+    a = make("worker-a", lease_seconds=1)
+    b = make("worker-b", lease_seconds=1)
+    redis_server.cli("XADD", Keys(pool).jobs, "*", "job", "{not json")
+    assert len(a.fetch(1, 0.1)) == 1  # and a dies before rejecting it
+    wait_for(lambda: b.metrics.counts.get(("dead", "not_json")) or b.reclaim(
+        lambda d, w: pytest.fail("poison handed over"), 2), timeout=10, what="the dead letter")
+    assert redis_server.client().xpending(Keys(pool).jobs, GROUP)["pending"] == 0
 
 
 def test_a_plain_xadd_of_a_known_job_id_is_a_dead_lettered_duplicate(make, redis_server, pool):
@@ -260,15 +278,15 @@ def test_idempotency_keys_reserve_complete_and_release(make):
     assert t.reserve_idempotency_key("key-2", "idem-job-0001").won
 
 
-def test_a_reservation_of_a_dead_holder_is_taken_over(make):
+def test_a_reservation_of_a_dead_worker_is_taken_over_a_lease_later(make, redis_server, pool):
     a = make("worker-a", lease_seconds=1)
-    a.submit(make_job("holder-job-001"))
-    a.submit(make_job("second-job-001"))
-    a.fetch(1, 0.1)
+    b = make("worker-b", lease_seconds=1)
     assert a.reserve_idempotency_key("key-x", "holder-job-001").won
-    # the holder's entry is never renewed (its worker died): past the lease the key is free
-    wait_for(lambda: a.reserve_idempotency_key("key-x", "second-job-001").won, timeout=10,
+    assert not b.reserve_idempotency_key("key-x", "second-job-001").won  # a is alive
+    a._alive_at = float("inf")  # a dies: its liveness key is no longer refreshed
+    wait_for(lambda: b.reserve_idempotency_key("key-x", "second-job-001").won, timeout=10,
              what="the reservation to be taken over")
+    assert redis_server.client().hget(Keys(pool).idem("key-x"), "job_id") == b"second-job-001"
 
 
 def test_cancel_status_and_list(make, redis_server, pool):

@@ -45,6 +45,10 @@ class Keys:
         """List: the job's progress events (JSON), oldest first."""
         return f"{self.prefix}progress:{job_id}"
 
+    def alive(self, worker_id: str) -> str:
+        """String with a lease-long expiry, refreshed while worker_id runs: its liveness."""
+        return f"{self.prefix}worker:{worker_id}"
+
     def idem(self, key: str) -> str:
-        """Hash: who holds an idempotency key (job_id, state running|completed, entry)."""
+        """Hash: who holds an idempotency key (job_id, state running|completed, worker)."""
         return f"{self.prefix}idem:{key}"

@@ -26,12 +26,13 @@ RECLAIM_SCAN = 100
 class RedisDelivery(Delivery):
     """One stream entry delivered to this worker (``name`` is the entry id)."""
 
-    __slots__ = ("raw", "doc", "renewed")
+    __slots__ = ("raw", "doc", "renewed", "poison")
 
     def __init__(self, entry: str, raw: bytes, doc: dict, *, started: bool = False,
-                 delivery_count: int = 1) -> None:
+                 delivery_count: int = 1, poison: Optional[tuple] = None) -> None:
         super().__init__(entry, started=started, delivery_count=delivery_count)
         self.raw, self.doc = raw, doc
+        self.poison = poison  # (reason, detail) when the entry cannot be a job
         self.job_id = peek_job_id(doc)
         attempt = (doc.get("execution") or {}).get("attempt") if isinstance(doc.get("execution"), dict) else None
         self.attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 1
@@ -80,6 +81,7 @@ class QueueMixin:
         if max_count <= 0:
             return []
         self._ensure_group()
+        self._alive()
         block = int(max(0.0, min(timeout, MAX_BLOCK_SECONDS)) * 1000)
         with self._guard("fetch"):
             reply = self.rb.xreadgroup(GROUP, self.worker_id, {self.k.jobs: ">"}, count=max_count,
@@ -87,9 +89,12 @@ class QueueMixin:
         entries = [(_text(eid), fields) for _, batch in (reply or []) for eid, fields in batch]
         return self._admit(entries, [1] * len(entries), [""] * len(entries))
 
-    def _admit(self, entries: list, counts: list, started_by: list) -> List[RedisDelivery]:
-        """Turn delivered entries into deliveries: poison ones and duplicates of a known job
-        go to the dead letters here (acknowledged and deleted), never to the worker."""
+    def _admit(self, entries: list, counts: list, started_by: list, *, poison_to_worker: bool = True) -> list:
+        """Turn delivered entries into deliveries.  A job is registered in its job hash (an
+        entry XADDed by another producer has none yet); an entry whose job id another entry
+        already holds is a duplicate and goes to the dead letters here.  An entry that cannot
+        be a job (poison) is handed to the worker, which rejects it, and commit() moves it to
+        the dead letters with the reason (or, poison_to_worker False, moved there right away)."""
         k, out, calls = self.k, [], []
         with self._guard("fetch"):
             pipe = self.r.pipeline(transaction=False)
@@ -97,11 +102,16 @@ class QueueMixin:
                 raw = (fields or {}).get(b"job")
                 doc, problem = self._decode(raw)
                 if problem:
-                    reason, detail = problem
-                    self.s.dead(keys=[k.jobs, k.dead, k.running],
-                                args=[GROUP, self.worker_id, entry, reason, detail, DEAD_MAXLEN, self.result_ttl, ""],
-                                client=pipe)
-                    calls.append((reason, None))
+                    d = RedisDelivery(entry, raw or b"", {}, delivery_count=count, poison=problem)
+                    if poison_to_worker:
+                        with self._lock:
+                            self._held[entry] = d
+                        out.append(d)
+                    else:
+                        self.s.dead(keys=[k.jobs, k.dead, k.running],
+                                    args=[GROUP, self.worker_id, entry, problem[0], problem[1], DEAD_MAXLEN,
+                                          self.result_ttl, ""], client=pipe)
+                        calls.append((problem[0], d))
                     continue
                 d = RedisDelivery(entry, raw, doc, started=bool(starter), delivery_count=count)
                 op, cancellable, attempt = job_facts(doc)
@@ -112,12 +122,12 @@ class QueueMixin:
             replies = pipe.execute(raise_on_error=False) if calls else []
         for (reason, d), reply in zip(calls, replies):
             if isinstance(reply, Exception):
-                log.error("stream entry %s: admitting it failed (%s); it stays pending for reclaim",
-                          d.name if d else "?", reply)
+                log.error("stream entry %s: admitting it failed (%s); it stays pending for reclaim", d.name, reply)
                 self.metrics.transport_error("fetch")
                 continue
             if reason is not None:
                 if reply:
+                    log.warning("stream entry %s: moved to the dead letters: %s", d.name, reason)
                     self._dead_lettered(reason)
                 continue
             answer = _text(reply)
@@ -148,6 +158,10 @@ class QueueMixin:
         return doc, None
 
     def read(self, delivery: Delivery) -> bytes:
+        """The entry's ``job`` field; JobFileError when it has none or it is over --max-job-size
+        (text that is not JSON is returned: the worker's decoder says what is wrong)."""
+        if delivery.poison and delivery.poison[0] in ("too_large", "no_job_field"):
+            raise JobFileError("file", delivery.poison[1])
         return delivery.raw
 
     def mark_started(self, delivery: Delivery) -> None:
@@ -161,6 +175,20 @@ class QueueMixin:
         delivery.started = True
         delivery.renewed = time.monotonic()
 
+    def _alive(self, force: bool = False) -> None:
+        """Refresh this worker's liveness key (expires a lease after the last refresh), at most
+        every lease/4; idempotency reservations of a worker whose key expired are taken over."""
+        now = time.monotonic()
+        if not force and now - self._alive_at < self.lease_seconds / 4:
+            return
+        self._alive_at = now
+        try:
+            with self._guard("renew"):
+                self.r.set(self.k.alive(self.worker_id), "1", px=int(self.lease_seconds * 1000))
+        except Exception as exc:  # counted by the guard; the next call tries again
+            self._alive_at = 0.0
+            log.debug("refreshing the liveness key failed: %s", exc)
+
     def extend_lease(self, delivery: Delivery) -> bool:
         """Renew the claim (reset the entry's idle time) if this worker still owns it.  While
         Redis cannot be reached the lease counts as held until ``lease_seconds`` have passed
@@ -170,6 +198,7 @@ class QueueMixin:
                 ok = self.s.renew(keys=[self.k.jobs], args=[GROUP, self.worker_id, delivery.name])
         except Exception:  # TransportUnavailable, or anything else the client raises
             return time.monotonic() - delivery.renewed < self.lease_seconds
+        self._alive()
         if not ok:
             self._lease_lost(delivery)
             return False
@@ -218,6 +247,7 @@ class QueueMixin:
         if limit <= 0:
             return 0
         self._ensure_group()
+        self._alive()
         k, found = self.k, []
         with self._guard("reclaim"):
             while not self._own_done and len(found) < limit:
@@ -243,7 +273,8 @@ class QueueMixin:
                               f"{self.max_deliveries}); last owner {_text(owner)}")
         rows = [r for r in rows if int(r[2]) <= self.max_deliveries]
         entries = [(_text(r[0]), _fields(r[1])) for r in rows]
-        deliveries = self._admit(entries, [int(r[2]) for r in rows], [_text(r[4]) for r in rows])
+        deliveries = self._admit(entries, [int(r[2]) for r in rows], [_text(r[4]) for r in rows],
+                                 poison_to_worker=False)
         owners = {_text(r[0]): _text(r[4]) or _text(r[3]) for r in rows}
         n = 0
         for d in deliveries:

@@ -102,7 +102,7 @@ return 1
 """,
     # KEYS jobs, dead, running, job, result, progress, idem; ARGV group, me, entry, result,
     # ttl, status, ended_at, error json, idem mode (complete|release|''), job_id, dead reason
-    # ('' for none), dead detail, maxlen -> 1 | 0 (lost)
+    # ('' for none), dead detail, maxlen, document to queue again ('' for none) -> 1 | 0 (lost)
     # Result stored, job state set, idempotency key kept or released, entry acked and deleted:
     # one step.  Only the entry the job hash names may write the job's state and result (a
     # duplicate delivery never replaces the real job's result).
@@ -126,6 +126,17 @@ if ARGV[9] == 'release' then
 end
 if ARGV[11] ~= '' then
   dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[2], ARGV[11], ARGV[12], ARGV[13])
+elseif ARGV[14] ~= '' then
+  local mine = redis.call('HGET', KEYS[4], 'entry') == ARGV[3]
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('XDEL', KEYS[1], ARGV[3])
+  redis.call('HDEL', KEYS[3], ARGV[3])
+  local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[14])
+  if mine then
+    redis.call('HSET', KEYS[4], 'entry', id, 'status', 'pending')
+    redis.call('HDEL', KEYS[4], 'worker_id', 'started_at', 'completed_at')
+    redis.call('PERSIST', KEYS[4])
+  end
 else
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
   redis.call('XDEL', KEYS[1], ARGV[3])
@@ -189,19 +200,16 @@ for _, e in ipairs(p) do
 end
 return out
 """,
-    # KEYS idem, jobs, job (of the reserving job); ARGV group, job_id, lease ms, ttl
-    # -> {won} | {running, holder} | {completed, holder}
-    # A reservation whose holder's entry is no longer pending, or idle past the lease (its
-    # worker died), is taken over.
+    # KEYS idem, alive key of the holder's worker as read before (or of this worker);
+    # ARGV job_id, me, holder's worker as read before ('' none), ttl
+    # -> {won} | {running, holder} | {completed, holder} | {again} (the holder changed meanwhile)
+    # A reservation whose worker's liveness key has expired (the worker died) is taken over.
     "reserve": r"""
-local h = redis.call('HMGET', KEYS[1], 'job_id', 'state', 'entry')
+local h = redis.call('HMGET', KEYS[1], 'job_id', 'state', 'worker')
 if h[2] == 'completed' then return {'completed', h[1]} end
-if h[1] and h[1] ~= ARGV[2] and h[3] and h[3] ~= '' then
-  local p = redis.call('XPENDING', KEYS[2], ARGV[1], h[3], h[3], 1)
-  if #p == 1 and p[1][3] < tonumber(ARGV[3]) then return {'running', h[1]} end
-end
-redis.call('HSET', KEYS[1], 'job_id', ARGV[2], 'state', 'running',
-           'entry', redis.call('HGET', KEYS[3], 'entry') or '')
+if (h[3] or '') ~= ARGV[3] then return {'again'} end
+if h[1] and h[1] ~= ARGV[1] and h[3] and redis.call('EXISTS', KEYS[2]) == 1 then return {'running', h[1]} end
+redis.call('HSET', KEYS[1], 'job_id', ARGV[1], 'state', 'running', 'worker', ARGV[2])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 return {'won'}
 """,

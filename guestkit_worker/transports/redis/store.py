@@ -50,13 +50,22 @@ class StoreMixin:
         return [json.loads(i) for i in items]
 
     def reserve_idempotency_key(self, key: str, job_id: str) -> Reservation:
+        """Atomic on the server; a key whose holder's worker is no longer alive (its liveness
+        key expired a lease after its last sign of life) is taken over."""
         k = self.k
+        self._alive()
         with self._guard("idempotency"):
-            reply = self.s.reserve(keys=[k.idem(key), k.jobs, k.job(job_id)],
-                                   args=[GROUP, job_id, int(self.lease_seconds * 1000), self.result_ttl])
+            for _ in range(10):  # the holder changed between the read and the script: read again
+                holder_worker = _text(self.r.hget(k.idem(key), "worker") or b"")
+                reply = self.s.reserve(keys=[k.idem(key), k.alive(holder_worker or self.worker_id)],
+                                       args=[job_id, self.worker_id, holder_worker, self.result_ttl])
+                if _text(reply[0]) != "again":
+                    break
         answer = _text(reply[0])
         if answer == "won":
             return Reservation(True)
+        if answer == "again":
+            raise TransportUnavailable(f"idempotency key {key}: its holder keeps changing; try again")
         holder = _text(reply[1])
         return Reservation(False, holder_job_id=holder, state=answer,
                            result=self.get_result(holder) if answer == "completed" else None)
@@ -96,7 +105,7 @@ class StoreMixin:
             elif reply == 1:
                 self._forget(d)
                 if o.status == "rejected" and o.result is None:
-                    self._dead_lettered("rejected")
+                    self._dead_lettered((getattr(d, "poison", None) or ("rejected",))[0])
             else:
                 self._lease_lost(d)
                 o.error = LeaseLost(f"stream entry {d.name} (job {d.job_id}) now belongs to another worker; "
@@ -117,12 +126,16 @@ class StoreMixin:
         mode = ""
         if o.idempotency_key:
             mode = "complete" if o.status == "completed" else "release"
-        dead_reason = detail = ""
-        if o.status == "rejected" and result is None:
-            dead_reason = "rejected"
-            detail = (error or {}).get("message", "") if isinstance(error, dict) else ""
+        dead_reason = detail = requeue = ""
+        if o.status == "rejected" and result is None:  # nowhere else to keep it: a dead letter
+            dead_reason, detail = getattr(d, "poison", None) or ("rejected", "")
+            if not detail and isinstance(error, dict):
+                detail = str(error.get("message", ""))
+        elif o.release:
+            requeue = d.raw
         idem = k.idem(o.idempotency_key) if o.idempotency_key else k.result(job_id)
         keys = [k.jobs, k.dead, k.running, k.job(job_id), k.result(job_id), k.progress(job_id), idem]
         args = [GROUP, self.worker_id, d.name, body, self.result_ttl, status, ended or now_iso(),
-                _ENCODER.encode(error) if error is not None else "", mode, job_id, dead_reason, detail, DEAD_MAXLEN]
+                _ENCODER.encode(error) if error is not None else "", mode, job_id, dead_reason, detail, DEAD_MAXLEN,
+                requeue]
         return keys, args

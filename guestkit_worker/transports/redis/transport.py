@@ -71,12 +71,19 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
         self._own_done = False              # own pending entries of a previous life taken back
         self._own_cursor = "-"
         self._group_ok = False
+        self._alive_at = 0.0                # last refresh of this worker's liveness key
 
     # -- connection ---------------------------------------------------------------------
+    def _connect(self) -> None:
+        """Make the clients (no round trip yet).  open() does it, and so does the first use
+        by a producer or a reader that never calls open()."""
+        if self.r is None:
+            password = connection.password_from(self.url, self.password_file)
+            self.r, self.rb = connection.make_clients(self.url, password)
+            self.s = load_scripts(self.r)
+
     def open(self) -> None:
-        password = connection.password_from(self.url, self.password_file)
-        self.r, self.rb = connection.make_clients(self.url, password)
-        self.s = load_scripts(self.r)
+        self._connect()
         with self._guard("open"):
             try:
                 info = self.r.info("server")
@@ -92,6 +99,7 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
             raise ConfigError(f"redis at {self.where} is version {info.get('redis_version')}; the Redis "
                               f"transport needs {MIN_REDIS[0]}.{MIN_REDIS[1]} or later")
         self._ensure_group()
+        self._alive(force=True)
         log.info("redis transport: %s, lease %ss, at most %d deliveries, results kept %ss", self.describe(),
                  self.lease_seconds, self.max_deliveries, self.result_ttl)
 
@@ -116,6 +124,10 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
         try:
             with self._guard("close"):
                 self.s.leave(keys=[self.k.jobs], args=[GROUP, self.worker_id])
+                with self._lock:
+                    held = bool(self._held)
+                if not held:  # reservations of jobs still held stay with this worker until it expires
+                    self.r.delete(self.k.alive(self.worker_id))
         except Exception as exc:
             log.debug("redis transport: leaving the group failed (%s)", exc)
         for client in (self.r, self.rb):
@@ -144,6 +156,8 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
         """Turn the client's connection errors (and replies meaning a server in trouble) into
         TransportUnavailable, counted in guestkit_worker_transport_errors_total{operation}."""
         exc_mod = self._redis.exceptions
+        if self.r is None:
+            self._connect()
         try:
             yield
         except (exc_mod.ConnectionError, exc_mod.TimeoutError) as exc:
