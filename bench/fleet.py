@@ -15,6 +15,7 @@ included) over N.
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import resource
@@ -22,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -29,7 +31,90 @@ import fleetpeers  # noqa: E402
 from redisserver import RedisServer  # noqa: E402
 
 LAUNCHER = os.path.join(common.BENCH_DIR, "_fleet_worker.py")
+FLOOR = os.path.join(common.BENCH_DIR, "_fleet_floor.py")
 PEER_ORDER = ["dramatiq", "rq", "rq-fork", "huey", "celery"]
+POOL = "default"
+
+
+def worker_has_redis():
+    """True when the installed CLI has ``--transport redis`` (and redis-py is importable)."""
+    try:
+        import redis  # noqa: F401
+        from guestkit_worker.transports.redis import scripts  # noqa: F401
+    except ImportError:
+        return False
+    out = subprocess.run(common.worker_exe() + ["--help"], capture_output=True, text=True).stdout
+    return "--transport" in out
+
+
+def worker_argv(url, threads, i, base):
+    return common.worker_exe() + [
+        "--transport", "redis", "--redis-url", url, "--max-concurrent", str(threads),
+        "--worker-id", f"bench-{i}", "--log-level", "WARNING", "--metrics-enabled", "true",
+        "--metrics-addr", "127.0.0.1:0", "--work-dir", os.path.join(base, f"work-{i}"),
+        "--jobs-dir", os.path.join(base, f"jobs-{i}"), "--results-dir", os.path.join(base, f"results-{i}")]
+
+
+def submit_jobs(url, n):
+    """N echo jobs through the transport's own submit (what the API and `submit` do)."""
+    from guestkit_worker.transports.redis import RedisTransport
+    t = RedisTransport(url, "bench-producer", pool=POOL)
+    try:
+        for i in range(n):
+            doc = common.echo_job(f"bench-{i:06d}", i)
+            t.submit(doc, json.dumps(doc).encode())
+    finally:
+        t.close()
+
+
+def run_native(srv, side, n, procs, threads):
+    """The floor or guestkit-worker: N jobs submitted, P processes; completion times are the
+    stored results' completed_at.  Returns (jobs/s, CPU µs per job)."""
+    from guestkit_worker.transports.redis.keys import Keys
+    k = Keys(POOL)
+    base = common.fresh_dir(f"fleet-{side}")
+    log = open(os.path.join(base, "stderr.log"), "wb")
+    env = {kk: v for kk, v in os.environ.items() if not kk.startswith("GUESTKIT_WORKER_")}
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if side == "floor":
+        ps = [subprocess.Popen([sys.executable, FLOOR, srv.url, str(threads), f"floor-{i}"], env=env,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log) for i in range(procs)]
+        submit_jobs(srv.url, n)
+        for p in ps:
+            if p.stdout.readline() != b"ready\n":
+                raise SideFailed(f"floor: a process did not start (log {base}/stderr.log)")
+        for p in ps:
+            p.stdin.write(b"go\n")
+            p.stdin.flush()
+    else:
+        submit_jobs(srv.url, n)
+        ps = [subprocess.Popen(worker_argv(srv.url, threads, i, base), env=env, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=log) for i in range(procs)]
+    client = srv.client()
+    try:
+        end = time.monotonic() + max(60.0, n / 20)
+        while client.xlen(k.jobs) > 0:
+            if time.monotonic() > end:
+                raise SideFailed(f"{side}: {client.xlen(k.jobs)} of {n} jobs left after the time limit")
+            if all(p.poll() is not None for p in ps):
+                raise SideFailed(f"{side}: processes exited (log {base}/stderr.log)")
+            time.sleep(0.02)
+        raw = client.mget([k.result(f"bench-{i:06d}") for i in range(n)])
+    finally:
+        client.close()
+        _stop(ps)
+        log.close()
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    if any(x is None for x in raw):
+        raise SideFailed(f"{side}: {sum(x is None for x in raw)} of {n} results missing")
+    stamps = []
+    for x in raw:
+        doc = json.loads(x)
+        if doc["status"] != "completed":
+            raise SideFailed(f"{side}: job {doc['job_id']} {doc['status']}")
+        stamps.append(datetime.fromisoformat(doc["completed_at"].replace("Z", "+00:00")).timestamp())
+    return (n - 1) / (max(stamps) - min(stamps)), cpu / n * 1e6
 
 
 class SideFailed(Exception):
@@ -59,6 +144,15 @@ def _wait_stored(count, n, timeout=30.0):
         time.sleep(0.05)
         got = count()
     return got
+
+
+def _have_scripts():
+    try:
+        import redis  # noqa: F401
+        from guestkit_worker.transports.redis import scripts  # noqa: F401
+        return True
+    except ImportError:
+        return False
 
 
 def run_peer(srv, name, n, procs, threads):
@@ -122,7 +216,8 @@ def main():
     rounds = args.rounds or (1 if args.quick else 5)
     n = 500 if args.quick else args.jobs
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
-    sides = [s for s in PEER_ORDER if fleetpeers.PEERS[s].version()]
+    native = ["floor", "worker"] if worker_has_redis() else (["floor"] if _have_scripts() else [])
+    sides = native + [s for s in PEER_ORDER if fleetpeers.PEERS[s].version()]
     missing = [s for s in PEER_ORDER if s not in sides]
     if args.sides:
         sides = [s for s in args.sides.split(",") if s in sides]
@@ -138,7 +233,10 @@ def main():
                 for side in order:
                     srv.fresh()
                     try:
-                        rate, cpu = run_peer(srv, side, n, sh[0], sh[1])
+                        if side in ("floor", "worker"):
+                            rate, cpu = run_native(srv, side, n, sh[0], sh[1])
+                        else:
+                            rate, cpu = run_peer(srv, side, n, sh[0], sh[1])
                     except SideFailed as e:
                         failures.append(str(e))
                         print(f"round {r + 1} {sh[0]}x{sh[1]} {side}: FAILED {e}", file=sys.stderr, flush=True)
@@ -149,17 +247,19 @@ def main():
                     f"{s} {rates[(sh, s)][-1]:.0f}/s" for s in sides if rates[(sh, s)]), file=sys.stderr, flush=True)
 
     versions = [f"redis-server {redis_version}"] + [
-        f"{s} {fleetpeers.PEERS[s].version()}" for s in sides if s != "rq-fork"]
+        f"{s} {fleetpeers.PEERS[s].version()}" for s in sides if s in fleetpeers.PEERS and s != "rq-fork"]
     rows = []
     for sh in shapes:
+        floor = common.med(rates[(sh, "floor")]) if "floor" in sides and rates[(sh, "floor")] else None
         for s in sides:
             v = rates[(sh, s)]
             jobs = n // fleetpeers.PEERS[s].jobs_divisor if s in fleetpeers.PEERS else n
             rows.append([f"{sh[0]}x{sh[1]} {s}", common.summary(v) if v else "failed",
+                         f"{common.med(v) / floor:.2f}" if v and floor else "-",
                          common.summary(cpus[(sh, s)]) if v else "-", jobs])
     text = (f"Fleet no-op jobs/s on one redis-server (AOF everysec), {n} jobs per side per round, "
             f"{rounds} rounds, sides alternating\n" + "versions: " + ", ".join(versions) + "\n"
-            + common.table(["shape side", "jobs/s median (min–max)", "CPU µs/job median (min–max)", "jobs"],
+            + common.table(["shape side", "jobs/s median (min–max)", "× floor", "CPU µs/job median (min–max)", "jobs"],
                            rows)
             + "\nrq runs one job at a time per process: P x T processes at shape PxT.")
     if missing:
