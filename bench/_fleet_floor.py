@@ -12,15 +12,11 @@ hand-over.  Prints "ready" once connected, starts on a line on stdin, stops on S
 
 import hashlib
 import json
-import os
 import signal
 import sys
 import threading
 import time
 from datetime import datetime, timezone
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import redis  # noqa: E402
 

@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,13 @@ def scratch_root():
 def fresh_dir(tag):
     """A new, empty directory under the scratch root (one per side per round)."""
     return tempfile.mkdtemp(prefix=f"{tag}-", dir=scratch_root())
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 free right now (for a server that must be told its port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def worker_exe():

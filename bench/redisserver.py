@@ -15,12 +15,6 @@ from typing import Optional
 import common
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RedisServer:
     """``with RedisServer() as srv: srv.url``; one per benchmark process."""
 
@@ -40,7 +34,7 @@ class RedisServer:
             raise SystemExit("redis-server not found (Debian package redis-server)")
         self.dir = common.fresh_dir("redis")
         for _ in range(5):  # another process may take the port between the probe and the bind
-            self.port = free_port()
+            self.port = common.free_port()
             self.proc = subprocess.Popen(
                 [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.dir, "--save", "",
                  "--appendonly", "yes", "--appendfsync", self.fsync, "--daemonize", "no",
