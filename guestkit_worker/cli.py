@@ -8,9 +8,7 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 
 from . import __version__
 
@@ -78,6 +76,13 @@ def _log_level(text):
     return value
 
 
+def _log_format(text):
+    value = str(text).strip().lower()
+    if value not in ("text", "json"):
+        raise argparse.ArgumentTypeError(f"expected text or json, got {text!r}")
+    return value
+
+
 # (flags, dest, type, default, metavar, help) of the run options; each also reads GUESTKIT_WORKER_<DEST>
 RUN_OPTIONS = [
     (("--worker-id",), "worker_id", str, None, "ID", "worker identity in results and metrics "
@@ -107,6 +112,8 @@ RUN_OPTIONS = [
     (("--textfile-dir",), "textfile_dir", str, None, "DIR", "with --once: write DIR/guestkit_worker.prom "
      "for node_exporter's textfile collector"),
     (("--log-level",), "log_level", _log_level, "INFO", "LEVEL", "DEBUG, INFO, WARNING or ERROR"),
+    (("--log-format",), "log_format", _log_format, "text", "text|json",
+     "log lines as text, or as JSON objects (time, level, worker_id, job_id, event, message)"),
 ]
 
 
@@ -201,9 +208,9 @@ def _usage_error(message):
     return EXIT_USAGE
 
 
-def _setup_logging(level):
-    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s")
+def _setup_logging(args):
+    from .logsetup import setup
+    setup(args.log_level, args.log_format, worker_id=args.worker_id)
 
 
 def main(argv=None):
@@ -332,34 +339,21 @@ def cmd_submit(args):
     return EXIT_OK
 
 
-class _Signals:
-    """First SIGTERM/SIGINT: drain.  Second: exit at once.  The handler only sets flags."""
-
-    def __init__(self, worker):
-        self.worker = worker
-        self.count = 0
-
-    def __call__(self, signum, frame):
-        self.count += 1
-        if self.count == 1:
-            self.worker.request_stop()
-        else:
-            self.worker.hard_stop = True
-
-
 def cmd_run(args):
-    _setup_logging(args.log_level)
+    from .worker import default_worker_id
+    args.worker_id = args.worker_id or default_worker_id()  # known to every log record
+    _setup_logging(args)
     from prometheus_client import REGISTRY, disable_created_metrics
 
     from .errors import ConfigError
-    from .worker import Worker, WorkerConfig, default_worker_id
+    from .worker import Worker, WorkerConfig
     disable_created_metrics()
     if args.textfile_dir and not args.once:
         return _usage_error("--textfile-dir needs --once (a daemon is scraped on /metrics instead)")
     if bool(args.metrics_tls_cert) != bool(args.metrics_tls_key):
         return _usage_error("--metrics-tls-cert and --metrics-tls-key go together")
     cfg = WorkerConfig(jobs_dir=args.jobs_dir, results_dir=args.results_dir, work_dir=args.work_dir,
-                       worker_id=args.worker_id or default_worker_id(), pool=args.pool,
+                       worker_id=args.worker_id, pool=args.pool,
                        max_concurrent=args.max_concurrent, poll_interval=args.poll_interval,
                        shutdown_timeout=args.shutdown_timeout, max_job_timeout=args.max_job_timeout,
                        max_job_bytes=args.max_job_size, allow_paths=args.allow_path, once=args.once,
@@ -399,12 +393,8 @@ def cmd_run(args):
         if server:
             server.shutdown()
         return _usage_error(f"cannot set up the job directories: {exc}")
-    signals = _Signals(worker)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signals)
-        signal.signal(signal.SIGINT, signals)
-    watcher = threading.Thread(target=_hard_stop_watch, args=(worker,), name="signals", daemon=True)
-    watcher.start()
+    from .signals import SignalWatcher
+    SignalWatcher(worker, shutdown_timeout=cfg.shutdown_timeout).install()
     try:
         status = worker.run()
     finally:
@@ -423,24 +413,6 @@ def cmd_run(args):
     if getattr(worker, "stuck_threads", 0):
         os._exit(status)  # do not wait for handler threads that ignore cancellation
     return status
-
-
-def _hard_stop_watch(worker):
-    """Second signal: kill every child of every running job, exit without waiting."""
-    import time
-    while not worker.hard_stop:
-        time.sleep(0.2)
-    log.warning("second signal: exiting now; running jobs are recovered by the next start")
-    with worker._lock:
-        runs = list(worker._runs.values())
-    for run in runs:
-        for pid in run.ctx.child_pids:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
-    logging.shutdown()
-    os._exit(EXIT_ABORTED)
 
 
 def entry_point():

@@ -88,8 +88,8 @@ class HandlerContext:
         with self._lock:
             self._seq += 1
             seq = self._seq
-        log.info("job %s: [%s] %s%s", self.job_id, phase,
-                 "" if percent is None else f"{percent:.0f}% ", message)
+        log.log(self._progress_level(phase, percent), "job %s: [%s] %s%s", self.job_id, phase,
+                "" if percent is None else f"{percent:.0f}% ", message)
         if not self._progress_path:
             return
         event = {"job_id": self.job_id, "timestamp": datetime.now(timezone.utc).isoformat(),
@@ -105,6 +105,23 @@ class HandlerContext:
                 fh.write(json.dumps(event) + "\n")
         except OSError as exc:
             log.warning("job %s: cannot append progress to %s: %s", self.job_id, self._progress_path, exc)
+
+    #: progress inside a phase is logged at INFO at most every this many percent and seconds
+    PROGRESS_LOG_PERCENT, PROGRESS_LOG_SECONDS = 10.0, 30.0
+    _clock = staticmethod(time.monotonic)
+    _logged = (None, None, 0.0)  # phase, percent and time of the last progress logged at INFO
+
+    def _progress_level(self, phase, percent):
+        """INFO for a new phase, its end and a step of 10 % and 30 s; DEBUG for the rest
+        (every event still goes to the progress file)."""
+        last_phase, last_percent, last_time = self._logged
+        now = self._clock()
+        if (phase != last_phase or percent is None or percent >= 100 or last_percent is None
+                or (percent - last_percent >= self.PROGRESS_LOG_PERCENT
+                    and now - last_time >= self.PROGRESS_LOG_SECONDS)):
+            self._logged = (phase, percent, now)
+            return logging.INFO
+        return logging.DEBUG
 
     # -- child processes ----------------------------------------------------------------
     def run(self, argv, *, env=None, cwd=None, on_stdout_line=None, on_stderr_line=None):

@@ -86,6 +86,15 @@ def kill_tree(proc, grace=KILL_GRACE_SECONDS, job_id="-"):
         log.error("job %s: child pid %s did not exit after SIGKILL", job_id, proc.pid)
 
 
+def kill_tree_now(pid):
+    """SIGKILL pid's process group and every descendant at once, no grace period (a second
+    signal to the worker).  The children are reaped by their own waiters."""
+    pids = [pid] + descendants(pid)
+    _signal(pid, signal.SIGKILL, group=True)
+    for p in pids:
+        _signal(p, signal.SIGKILL)
+
+
 def _alive(pid):
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:

@@ -40,7 +40,7 @@ from .context import HandlerContext
 from .errors import HandlerError, JobCancelled, JobValidationError
 from .handlers import default_registry
 from .metrics import NullMetrics, WorkerMetrics
-from .procs import KILL_GRACE_SECONDS
+from .procs import KILL_GRACE_SECONDS, kill_tree_now
 from .protocol import DEFAULT_MAX_JOB_BYTES, decode_job_bytes, peek_job_id, pool_accepts, validate_document
 from .state import JobState, check_transition
 from .tempfiles import TEMP_SWEEP_INTERVAL_SECONDS, sweep_temp_files
@@ -189,6 +189,36 @@ class Worker:
         self._stop_requested = True
 
     _stop_requested = False
+
+    def cancel_all_now(self):
+        """A second signal: stop every running job at once, without the shutdown timeout.
+
+        Each job's processes are SIGKILLed (whole trees), its ``cancelled`` result is written
+        and its job file goes back to the queue, right here; a handler returning later is
+        discarded.  Returns the number of jobs cancelled.  Jobs claimed but not started stay
+        claimed and are given back by the next start's recovery (no attempt is used up).
+        """
+        self.hard_stop = True
+        self._stop.set()
+        with self._lock:
+            runs = list(self._runs.values())
+        mine = []
+        for run in runs:
+            with run.lock:
+                if run.finalized:
+                    continue
+                run.finalized = True
+            mine.append(run)
+        for run in mine:
+            for pid in run.ctx.child_pids:
+                kill_tree_now(pid)
+            threading.Thread(target=run.ctx.cancel, args=("shutdown",), daemon=True).start()
+        for run in mine:
+            try:
+                self._conclude(run, "cancelled")
+            except Exception:
+                log.exception("job %s: cannot return it to the queue; the next start recovers it", run.job_id)
+        return len(mine)
 
     @property
     def outcomes(self):
@@ -709,7 +739,7 @@ class Worker:
         self.metrics.job_finished(run.operation_label, status, time.monotonic() - run.started_mono)
         with self._lock:
             self._outcomes[status] = self._outcomes.get(status, 0) + 1
-        log.info("job %s: %s", job_id, status)
+        log.info("job %s: %s", job_id, status, extra={"event": f"job_{status}"})
 
     def _result_doc(self, run, status, *, data=None, outputs=None, error=None):
         job = run.job

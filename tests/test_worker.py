@@ -97,21 +97,30 @@ def test_sigterm_with_jobs_in_flight_loses_nothing(dirs):
     assert not os.listdir(os.path.join(dirs.jobs, ".processing"))
 
 
-def test_second_signal_exits_at_once(dirs):
-    write_job(dirs.jobs, make_job("hang-second-sig", "test.hang", {"seconds": 60}))
+def test_second_signal_exits_at_once(dirs, tmp_path):
+    """A second SIGTERM cancels running jobs at once: processes killed, job returned, exit 130."""
+    pid_file = str(tmp_path / "child.pid")
+    write_job(dirs.jobs, make_job("child-second-sig", "test.child", {"pid_file": pid_file},
+                                  execution={"max_attempts": 1}))
     proc = start_worker(dirs, "--shutdown-timeout", "60", "--metrics-enabled", "false")
-    wait_for(lambda: dirs.running(), what="job running")
+    wait_for(lambda: dirs.running() and os.path.exists(pid_file) and open(pid_file).read(), what="child running")
+    child = int(open(pid_file).read())
     proc.send_signal(signal.SIGTERM)
     for line in proc.stderr:  # the second signal must come after the first was handled
-        if "stopping: waiting up to" in line:
+        if "SIGTERM received: stopping" in line:
             break
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=20)
+    _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130
-    # the claimed job is recovered by the next start (handler had started: attempt exhausted)
-    cli("--once", *dirs.args(), check=1)
-    result = dirs.result("hang-second-sig")
-    assert result["error"]["code"] == "WORKER_CRASHED"
+    assert "second signal (SIGTERM): cancelling running jobs now" in err
+    assert "1 job(s) cancelled and returned to the queue" in err
+    wait_for(lambda: not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split(") ")[1][0]
+             in "ZX", timeout=10, what="child killed")
+    result = dirs.result("child-second-sig")
+    assert result["status"] == "cancelled" and result["error"]["code"] == "CANCELLED"
+    # the job is back in the queue, not left claimed: the next start runs it as the same attempt
+    assert os.listdir(dirs.jobs).count("child-second-sig.json") == 1
+    assert dirs.running() == []
 
 
 def test_two_workers_one_jobs_dir_200_jobs(dirs):

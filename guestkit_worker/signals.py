@@ -1,0 +1,88 @@
+"""Signals of ``guestkit-worker run``.
+
+* first SIGTERM or SIGINT: stop claiming; running jobs get ``--shutdown-timeout`` to finish;
+* second SIGTERM or SIGINT: cancel every running job now (its processes SIGKILLed, a
+  ``cancelled`` result written, its job file back in the queue), then exit 130;
+* SIGHUP: logged and otherwise ignored (logs go to standard error: nothing to reopen), so a
+  closed terminal or a stray ``kill -HUP`` never ends the worker.
+
+The handlers only record the signal and wake a watcher thread; logging, killing and exiting
+happen in that thread (a signal handler that logged could deadlock on the logging lock held
+by the thread it interrupted).
+"""
+
+import logging
+import os
+import signal
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+#: exit status after a second SIGTERM/SIGINT
+EXIT_ABORTED = 130
+
+
+class SignalWatcher:
+    """Installs the handlers and runs the watcher thread for one worker."""
+
+    def __init__(self, worker, *, shutdown_timeout: float, exit=os._exit):
+        self.worker = worker
+        self.shutdown_timeout = shutdown_timeout
+        self._exit = exit
+        self._pending = []              # signal numbers, appended by the handler
+        self._event = threading.Event()
+        self._stops = 0
+        self._thread = None
+
+    def install(self) -> "SignalWatcher":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, self._handle)
+        self._thread = threading.Thread(target=self._watch, name="signals", daemon=True)
+        self._thread.start()
+        return self
+
+    def _handle(self, signum, frame):
+        if signum != signal.SIGHUP:
+            self._stops += 1
+            if self._stops == 1:
+                self.worker.request_stop()
+            else:
+                self.worker.hard_stop = True
+        self._pending.append(signum)
+        self._event.set()
+
+    def _watch(self):
+        while True:
+            self._event.wait()
+            self._event.clear()
+            while self._pending:
+                signum = self._pending.pop(0)
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP received: ignored (logs go to standard error, nothing to reopen)",
+                             extra={"event": "signal_hup_ignored"})
+                    continue
+                if self.worker.hard_stop:
+                    self._abort(name)
+                    return
+                log.info("%s received: stopping; no new jobs are claimed, running jobs get up to %ss "
+                         "(a second SIGTERM or SIGINT cancels them at once)", name, self.shutdown_timeout,
+                         extra={"event": "signal_stop"})
+
+    def _abort(self, name):
+        started = time.monotonic()
+        log.warning("second signal (%s): cancelling running jobs now, killing their processes and "
+                    "returning their jobs to the queue; exit status %d", name, EXIT_ABORTED,
+                    extra={"event": "signal_abort"})
+        try:
+            n = self.worker.cancel_all_now()
+        except Exception:
+            log.exception("cancelling running jobs failed; the next start recovers them")
+            n = -1
+        log.warning("second signal: %s in %.2fs; exiting %d",
+                    f"{n} job(s) cancelled and returned to the queue" if n >= 0 else "cancelling failed",
+                    time.monotonic() - started, EXIT_ABORTED, extra={"event": "signal_abort_done"})
+        logging.shutdown()
+        self._exit(EXIT_ABORTED)
