@@ -380,7 +380,6 @@ def cmd_run(args):
             server = start_server(args.metrics_addr, registry=REGISTRY, health=worker.health,
                                   tls_cert=args.metrics_tls_cert, tls_key=args.metrics_tls_key,
                                   max_connections=args.http_max_connections, start=False)
-            log.info("serving /metrics and /health on %s", server.url)
             worker.on_running = server.start
         worker.open()
     except ConfigError as exc:
