@@ -114,8 +114,12 @@ class RequestHandler(WSGIRequestHandler):
         if isinstance(conn, ssl.SSLSocket):
             conn.do_handshake()
         self.rfile = io.BufferedReader(
-            _DeadlineReader(conn, time.monotonic() + REQUEST_DEADLINE, CONNECTION_TIMEOUT))
+            _DeadlineReader(conn, time.monotonic() + self.request_deadline(), CONNECTION_TIMEOUT))
         self.wfile = conn.makefile("wb", self.wbufsize)
+
+    def request_deadline(self):
+        """Seconds the whole request may take: the server's ``request_deadline`` or the default."""
+        return getattr(self.server, "request_deadline", None) or REQUEST_DEADLINE
 
     def handle(self):
         """Read one request; answer 414 to over-long request lines and 400 to garbage."""

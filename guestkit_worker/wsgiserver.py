@@ -156,8 +156,10 @@ class WSGIService:
     a context manager.  :meth:`stats` counts connections for tests and diagnostics.
     """
 
-    def __init__(self, server, context, max_connections, name):
+    def __init__(self, server, context, max_connections, name, refusal=_BUSY, on_refused=None):
         self._server = server
+        self._refusal = refusal
+        self._on_refused = on_refused
         self._context = context
         self.max_connections = max_connections
         self._name = name
@@ -302,10 +304,20 @@ class WSGIService:
         if warn:
             logger.warning("%s: all %d connections busy; refusing new ones (next note in %.0f s)",
                            self._name, self.max_connections, _REFUSAL_LOG_SECONDS)
+        if self._on_refused is not None:
+            try:
+                self._on_refused()
+            except Exception:  # a counter must not stop the accept loop
+                logger.exception("%s: on_refused failed", self._name)
         try:
             if self._context is None:
                 conn.setblocking(False)
-                conn.send(_BUSY)
+                try:
+                    conn.recv(65536)  # what already arrived, so closing does not reset the answer
+                except OSError:
+                    pass
+                conn.send(self._refusal)
+                conn.shutdown(socket.SHUT_WR)
         except OSError:
             pass
         finally:
@@ -371,33 +383,42 @@ class WSGIService:
 
 
 def serve_wsgi(app, addr, *, tls_cert=None, tls_key=None, max_connections=DEFAULT_MAX_CONNECTIONS,
-               name="http", option="--metrics-addr", start=True):
+               name="http", option="--metrics-addr", start=True, ssl_context=None,
+               request_deadline=None, handler_class=None, refusal=None, on_refused=None):
     """Bind ``addr`` and serve the WSGI ``app`` with the limits of the module docstring.
 
     ``addr`` is a ``HOST:PORT`` string (see :func:`parse_addr`; ``option`` names the flag in its
     errors) or a ``(host, port)`` tuple.  ``tls_cert``/``tls_key`` (PEM paths, both or neither)
-    switch to HTTPS.  ``max_connections`` bounds open connections and threads.  With
-    ``start=False`` the port is bound but nothing is accepted until :meth:`WSGIService.start`.
-    Raises :class:`ConfigError` before any thread starts when the address cannot be bound or the
-    certificate cannot be loaded.
+    switch to HTTPS, or ``ssl_context`` gives a ready server context (client certificates...).
+    ``max_connections`` bounds open connections and threads.  ``request_deadline`` (seconds;
+    default ``http_request.REQUEST_DEADLINE``) bounds the delivery of a whole request;
+    ``handler_class`` may subclass :class:`http_request.RequestHandler`; ``refusal`` replaces
+    the plain-HTTP 503 sent when every slot is busy, and ``on_refused()`` is called for each
+    refused connection.  With ``start=False`` the port is bound but nothing is accepted until
+    :meth:`WSGIService.start`.  Raises :class:`ConfigError` before any thread starts when the
+    address cannot be bound or the certificate cannot be loaded.
     """
     if not isinstance(max_connections, int) or max_connections < 1:
         raise ConfigError(f"max_connections must be at least 1, got {max_connections!r}")
     host, port = parse_addr(addr, option) if isinstance(addr, str) else addr
-    context = ssl_context(tls_cert, tls_key, name) if (tls_cert or tls_key) else None
+    context = ssl_context
+    if context is None and (tls_cert or tls_key):
+        context = globals()["ssl_context"](tls_cert, tls_key, name)
 
     class Server(_Server):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
+    Server.request_deadline = request_deadline
     try:
-        server = Server((host, port), http_request.RequestHandler)
+        server = Server((host, port), handler_class or http_request.RequestHandler)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {display_addr(host, port)}: "
                           f"{exc.strerror or exc}") from None
     if context is not None:
         server.base_environ["HTTPS"] = "on"
     server.set_app(app)
-    service = WSGIService(server, context, max_connections, name)
+    service = WSGIService(server, context, max_connections, name,
+                          refusal=_BUSY if refusal is None else refusal, on_refused=on_refused)
     if start:
         service.start()
     return service

@@ -264,7 +264,11 @@ def test_connections_beyond_the_cap_get_503_with_retry_after(api):
     server = api(max_connections=3)
     idle = [socket.create_connection((server.host, server.port), timeout=20) for _ in range(3)]
     try:
-        # the three idle connections were accepted first and hold every slot
+        # three requests in progress hold every slot (connections that send nothing would
+        # make room for a newcomer)
+        for sock in idle:
+            sock.sendall(b"GET /api/v1/health HTTP/1.1\r\n")
+        wait_for(lambda: server.stats()["threads"] >= 3, timeout=10, what="three busy slots")
         answer = raw(server.url, b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in head
