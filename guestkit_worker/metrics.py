@@ -87,6 +87,9 @@ class WorkerMetrics:
         self.transport_errors = Counter("guestkit_worker_transport_errors",
                                         "Queue or store operations that failed (server unreachable or in trouble).",
                                         ["operation"], registry=r)
+        self.oldest_waiting = Gauge("guestkit_worker_queue_oldest_waiting_seconds",
+                                    "Age of the oldest job not yet delivered to any worker (Redis transport; "
+                                    "0 when none waits).", registry=r)
         for reason in DEAD_LETTER_REASONS:
             self.dead_letters.labels(reason)
         for op in TRANSPORT_OPERATIONS:
@@ -117,7 +120,7 @@ class WorkerMetrics:
         return [self.jobs_total, self.jobs_duration, self.active, self.depth, self.handler_total,
                 self.handler_duration, self.checksums, self.disk_read, self.disk_write, self.info,
                 self.capacity, self.queue_wait, self.last_success, self.result_errors, self.reclaimed,
-                self.leases_lost, self.dead_letters, self.transport_errors]
+                self.leases_lost, self.dead_letters, self.transport_errors, self.oldest_waiting]
 
     def track_active(self, count):
         """Serve ``guestkit_worker_active_jobs`` from ``count()``: the number of handlers whose
@@ -169,6 +172,9 @@ class WorkerMetrics:
 
     def dead_lettered(self, reason):
         self.dead_letters.labels(reason if reason in DEAD_LETTER_REASONS else "rejected").inc()
+
+    def set_queue_oldest_age(self, seconds):
+        self.oldest_waiting.set(seconds)
 
     def transport_error(self, operation):
         self.transport_errors.labels(operation if operation in TRANSPORT_OPERATIONS else "other").inc()

@@ -45,6 +45,9 @@ class Recorder:
     def transport_error(self, operation):
         self._add(("error", operation))
 
+    def set_queue_oldest_age(self, seconds):
+        self.counts["oldest"] = seconds
+
 
 @pytest.fixture
 def make(redis_url, pool):
@@ -99,12 +102,16 @@ def test_fetch_takes_only_what_was_asked_and_commit_stores_acks_and_deletes(make
         t.submit(make_job(f"fetch-job-{i:04d}"))
     got = t.fetch(2, 0.1)
     assert [d.job_id for d in got] == ["fetch-job-0000", "fetch-job-0001"]
+    r, k = redis_server.client(), Keys(pool)
+    third = r.xrange(k.jobs, count=3)[2][0].decode()
     assert t.depth() == 3  # no prefetch beyond the free threads
+    # the oldest waiting entry's age, by the server's clock
+    sec, usec = r.time()
+    assert 0 <= t.metrics.counts["oldest"] <= sec + usec / 1e6 - int(third.split("-")[0]) / 1000 + 0.001
     t.mark_started(got[0])
     assert t.job_status("fetch-job-0000").status == "running"
     completed(t, got[0], data={"n": 0})
     assert got[0] and t.get_result("fetch-job-0000")["data"] == {"n": 0}
-    r, k = redis_server.client(), Keys(pool)
     assert 3500 < r.ttl(k.result("fetch-job-0000")) <= 3600
     st = t.job_status("fetch-job-0000")
     assert (st.status, st.worker_id, st.attempt) == ("completed", "w1", 1)
@@ -116,6 +123,7 @@ def test_fetch_takes_only_what_was_asked_and_commit_stores_acks_and_deletes(make
     for d in rest:
         completed(t, d)
     assert r.xlen(k.jobs) == 0 and r.xpending(k.jobs, GROUP)["pending"] == 0 and t.depth() == 0
+    assert t.metrics.counts["oldest"] == 0
 
 
 def test_poison_entries_go_to_the_dead_letters(make, redis_server, pool):

@@ -9,6 +9,6 @@ redis-py is imported only when a :class:`RedisTransport` is created.
 
 from .keys import GROUP, Keys
 from .scripts import load_scripts
-from .transport import RedisTransport
+from .transport import RedisTransport, RedisUnavailable
 
-__all__ = ["GROUP", "Keys", "RedisTransport", "load_scripts"]
+__all__ = ["GROUP", "Keys", "RedisTransport", "RedisUnavailable", "load_scripts"]

@@ -304,19 +304,12 @@ class QueueMixin:
 
     # -- depth --------------------------------------------------------------------------
     def depth(self) -> int:
-        """Entries not yet delivered: the group's ``lag``; when Redis cannot tell (null after a
-        deletion) the stream length minus the pending count, exact because every acknowledged
-        entry is deleted."""
+        """Entries not yet delivered to the group (see the ``waiting`` script); also sets
+        ``guestkit_worker_queue_oldest_waiting_seconds`` from the oldest one's entry id."""
         with self._guard("depth"):
-            pipe = self.r.pipeline(transaction=False)
-            pipe.xinfo_groups(self.k.jobs)
-            pipe.xlen(self.k.jobs)
-            groups, length = pipe.execute()
-        for g in groups:
-            if _text(g.get("name")) == GROUP:
-                lag = g.get("lag")
-                return int(lag) if lag is not None else max(0, int(length) - int(g.get("pending") or 0))
-        return int(length)
+            waiting, age_ms = self.s.waiting(keys=[self.k.jobs], args=[GROUP])
+        self.metrics.set_queue_oldest_age(max(0, int(age_ms)) / 1000.0)
+        return int(waiting)
 
     def cancel_requests(self, job_ids) -> set:
         ids = list(job_ids)

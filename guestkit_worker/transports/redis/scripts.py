@@ -238,6 +238,37 @@ if h[3] == '0' then return 'not_cancellable' end
 redis.call('HSET', KEYS[2], 'cancel', '1')
 return 'cancelling'
 """,
+    # KEYS jobs; ARGV group -> {entries not yet delivered, age in ms of the oldest of them (-1: none)}
+    # Not yet delivered: the group's lag, or when Redis cannot tell (null after a deletion) the
+    # stream length minus the pending count, exact because acknowledged entries are deleted.
+    # The oldest waiting entry is the first after the group's last-delivered-id; its id holds
+    # its enqueue time, compared with the server's clock (no skew between hosts).
+    "waiting": r"""
+local len = redis.call('XLEN', KEYS[1])
+local lag, pending, last = -1, 0, '0-0'
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if ok then
+  for _, g in ipairs(groups) do
+    local f = {}
+    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    if f['name'] == ARGV[1] then
+      pending, last = f['pending'], f['last-delivered-id']
+      if f['lag'] then lag = f['lag'] end
+    end
+  end
+end
+local waiting = lag
+if waiting < 0 then waiting = math.max(0, len - pending) end
+local age = -1
+if waiting > 0 then
+  local e = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
+  if #e == 1 then
+    local t = redis.call('TIME')
+    age = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(string.match(e[1][1], '^(%d+)'))
+  end
+end
+return {waiting, math.max(age, -1)}
+""",
     # KEYS jobs; ARGV group, me -> 1 consumer deleted | 0 it still holds entries
     "leave": r"""
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])

@@ -101,7 +101,7 @@ class StoreMixin:
             d = o.delivery
             if isinstance(reply, Exception):
                 self.metrics.transport_error("commit")
-                o.error = TransportUnavailable(f"redis commit: {reply}")
+                o.error = self._unavailable_error(f"redis commit: {reply}")
             elif reply == 1:
                 self._forget(d)
                 if o.status == "rejected" and o.result is None:

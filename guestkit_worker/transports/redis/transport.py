@@ -38,6 +38,12 @@ _TRANSIENT_REPLIES = ("MISCONF", "READONLY", "LOADING", "OOM", "NOGROUP", "MASTE
                       "CLUSTERDOWN", "BUSY ")
 
 
+class RedisUnavailable(TransportUnavailable, OSError):
+    """Redis cannot be reached or answers that it is in trouble.  An OSError too, so that
+    every path of the worker that handles storage trouble (give the job back, back off, try
+    again later) handles a Redis outage the same way."""
+
+
 class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
     """Jobs, results and job state of worker pool ``pool`` on the Redis at ``url``."""
 
@@ -164,7 +170,7 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
             if isinstance(exc, exc_mod.AuthenticationError) and operation == "open":
                 raise
             self._unavailable(operation)
-            raise TransportUnavailable(f"redis {operation}: {type(exc).__name__}: {exc}") from None
+            raise RedisUnavailable(f"redis {operation}: {type(exc).__name__}: {exc}") from None
         except exc_mod.ResponseError as exc:
             text = str(exc)
             if not text.startswith(_TRANSIENT_REPLIES):
@@ -172,7 +178,11 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
             self._unavailable(operation)
             if text.startswith("NOGROUP"):
                 self._group_ok = False  # the stream was deleted (or Redis lost its data): recreate
-            raise TransportUnavailable(f"redis {operation}: {text}") from None
+            raise RedisUnavailable(f"redis {operation}: {text}") from None
+
+    @staticmethod
+    def _unavailable_error(message: str) -> RedisUnavailable:
+        return RedisUnavailable(message)
 
     def _unavailable(self, operation: str) -> None:
         self.metrics.transport_error(operation)
