@@ -59,6 +59,7 @@ def make(redis_url, pool):
         t.open()
         made.append(t)
         return t
+    _make.made = made
     yield _make
     for t in made:
         t.close()
@@ -79,8 +80,7 @@ def test_submit_never_creates_two_jobs_for_one_id(make, redis_server, pool):
     receipts, barrier = [], threading.Barrier(8)
 
     def producer(d):
-        p = RedisTransport(redis_server.url, "producer", pool=pool)
-        p.open()
+        p = RedisTransport(redis_server.url, "producer", pool=pool)  # a producer needs no open()
         barrier.wait(10)
         receipts.append((d is doc, p.submit(d).outcome))
         p.close()
@@ -246,12 +246,33 @@ def test_entries_delivered_too_often_are_dead_lettered(make, redis_server, pool)
     assert st.status == "failed" and st.error["code"] == "DEAD_LETTERED"
 
 
+def test_a_worker_id_in_use_by_a_live_worker_is_refused(make, redis_url, pool):
+    make("twin-id", lease_seconds=1)
+    twin = RedisTransport(redis_url, "twin-id", pool=pool, lease_seconds=1)
+    stop = threading.Event()
+
+    def keep_alive(t):  # the first worker lives on: it refreshes its key as it fetches
+        while not stop.wait(0.2):
+            t._alive(force=True)
+    live = threading.Thread(target=keep_alive, args=(make.made[-1],))
+    live.start()
+    try:
+        with pytest.raises(ConfigError) as err:
+            twin.open()
+        assert "in use by a live worker" in str(err.value)
+    finally:
+        stop.set()
+        live.join(10)
+
+
 def test_a_restarted_worker_first_takes_back_its_own_entries(make, redis_url, pool):
     old = make("fixed-id")
     old.submit(make_job("own-job-00001"))
     old.submit(make_job("own-job-00002"))
     d1, d2 = old.fetch(2, 0.1)
     old.mark_started(d1)
+    old._alive_at = float("inf")  # the old process is gone: its liveness key expires
+    old.r.delete(old.k.alive("fixed-id"))  # (now rather than a lease later)
     new = RedisTransport(redis_url, "fixed-id", pool=pool)  # same worker id, a new process
     new.open()
     try:

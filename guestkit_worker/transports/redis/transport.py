@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from typing import Any, Dict, Iterator, Optional
 
 from ...errors import ConfigError
@@ -105,7 +106,7 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
             raise ConfigError(f"redis at {self.where} is version {info.get('redis_version')}; the Redis "
                               f"transport needs {MIN_REDIS[0]}.{MIN_REDIS[1]} or later")
         self._ensure_group()
-        self._alive(force=True)
+        self._claim_worker_id()
         log.info("redis transport: %s, lease %ss, at most %d deliveries, results kept %ss", self.describe(),
                  self.lease_seconds, self.max_deliveries, self.result_ttl)
 
@@ -122,6 +123,24 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
                     raise
             self.r.xgroup_createconsumer(self.k.jobs, GROUP, self.worker_id)
         self._group_ok = True
+
+    def _claim_worker_id(self) -> None:
+        """Take this worker id's liveness key.  Two live workers with one id would share one
+        consumer (and each other's deliveries): wait up to a lease for a predecessor's key to
+        expire (a worker that crashed), then refuse (ConfigError) if it is still refreshed."""
+        key = self.k.alive(self.worker_id)
+        ttl_ms = int(self.lease_seconds * 1000)
+        end = time.monotonic() + self.lease_seconds * 1.5
+        with self._guard("open"):
+            while not self.r.set(key, "1", px=ttl_ms, nx=True):
+                if time.monotonic() > end:
+                    raise ConfigError(f"worker id {self.worker_id} is in use by a live worker of pool {self.pool} "
+                                      f"(its liveness key {key} is being refreshed); give every worker of a fleet "
+                                      "its own --worker-id")
+                log.warning("worker id %s: its liveness key %s exists (a predecessor that crashed, or a live "
+                            "worker with the same id); waiting up to a lease for it to expire", self.worker_id, key)
+                time.sleep(min(1.0, self.lease_seconds / 4))
+        self._alive_at = time.monotonic()
 
     def close(self) -> None:
         """Leave the group when this consumer holds nothing; held entries stay for reclaim."""
