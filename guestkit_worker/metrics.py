@@ -11,10 +11,12 @@ import re
 import tempfile
 import time
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.exposition import generate_latest
+
+from .histogram import LeanHistogram
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ class WorkerMetrics:
         self.registry = registry
         self.track_last_success = track_last_success
         r = registry
-        self.jobs_duration = Histogram("guestkit_worker_jobs_duration_seconds",
+        # the three histograms a job updates are LeanHistogram (one lock, bisect): see histogram.py
+        self.jobs_duration = LeanHistogram("guestkit_worker_jobs_duration_seconds",
                                        "Wall time of ended jobs, by operation and final status.",
                                        ["operation", "status"], buckets=DURATION_BUCKETS, registry=r)
         self.jobs_total = CountOf("guestkit_worker_jobs", "Jobs that ended, by operation and final status.",
@@ -54,7 +57,7 @@ class WorkerMetrics:
                             registry=r)
         self.depth = Gauge("guestkit_worker_queue_depth",
                            "Jobs waiting, including those claimed but not yet started.", registry=r)
-        self.handler_duration = Histogram("guestkit_handler_duration_seconds",
+        self.handler_duration = LeanHistogram("guestkit_handler_duration_seconds",
                                           "Handler run time, by handler and outcome.",
                                           ["handler", "status"], buckets=DURATION_BUCKETS, registry=r)
         self.handler_total = CountOf("guestkit_handler_executions", "Handler runs, by handler and outcome.",
@@ -69,7 +72,7 @@ class WorkerMetrics:
                           registry=r)
         self.capacity = Gauge("guestkit_worker_max_concurrent_jobs", "Jobs this worker runs at once at most.",
                               registry=r)
-        self.queue_wait = Histogram("guestkit_worker_queue_wait_seconds",
+        self.queue_wait = LeanHistogram("guestkit_worker_queue_wait_seconds",
                                     "Time from job creation (or claim, if later) to handler start.",
                                     buckets=QUEUE_WAIT_BUCKETS, registry=r)
         self.last_success = Gauge("guestkit_worker_last_success_timestamp_seconds",
@@ -114,6 +117,7 @@ class WorkerMetrics:
             for st in HANDLER_STATUSES:
                 self._handler_children[(h, st)] = self.handler_duration.labels(h, st)
         self._checksum_children = {st: self.checksums.labels(st) for st in CHECKSUM_STATUSES}
+        self._queue_wait_observe = self.queue_wait.labels().observe
 
     def collectors(self):
         """The worker's own collectors (not process_* / python_*), for the textfile export."""
@@ -140,7 +144,7 @@ class WorkerMetrics:
 
     def handler_started(self, queue_wait=None):
         if queue_wait is not None:
-            self.queue_wait.observe(queue_wait if queue_wait > 0.0 else 0.0)
+            self._queue_wait_observe(queue_wait if queue_wait > 0.0 else 0.0)
 
     def handler_returned(self, handler, status, duration):
         child = self._handler_children.get((handler, status))
@@ -191,8 +195,7 @@ class CountOf(Collector):
 
     def __init__(self, name, documentation, histogram, *, registry=REGISTRY):
         self.name, self.documentation, self.histogram = name, documentation, histogram
-        self.labelnames = tuple(histogram._labelnames)
-        self._count_name = histogram._name + "_count"
+        self.labelnames = histogram.labelnames
         if registry is not None:
             registry.register(self)
 
@@ -201,10 +204,8 @@ class CountOf(Collector):
 
     def collect(self):
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for metric in self.histogram.collect():
-            for sample in metric.samples:
-                if sample.name == self._count_name:
-                    family.add_metric([sample.labels[n] for n in self.labelnames], sample.value)
+        for values, count in self.histogram.counts():
+            family.add_metric(list(values), count)
         yield family
 
 
