@@ -218,10 +218,12 @@ class QueueMixin:
 
     def _requeue(self, delivery: Delivery, body: bytes, attempt: int, operation: str) -> None:
         k = self.k
-        with self._guard(operation):
-            new = self.s.requeue(keys=[k.jobs, k.running, k.job(delivery.job_id)],
-                                 args=[GROUP, self.worker_id, delivery.name, body, attempt])
-        self._forget(delivery)
+        try:
+            with self._guard(operation):
+                new = self.s.requeue(keys=[k.jobs, k.running, k.job(delivery.job_id)],
+                                     args=[GROUP, self.worker_id, delivery.name, body, attempt])
+        finally:  # given back, or left for reclaim (by anyone, this worker included) a lease later
+            self._forget(delivery)
         if new == 0:
             self._lease_lost(delivery)
             raise LeaseLost(f"stream entry {delivery.name} (job {delivery.job_id}) now belongs to another worker")
@@ -259,9 +261,11 @@ class QueueMixin:
                 with self._lock:
                     found += [r for r in rows if r[1] and _text(r[0]) not in self._held]
             if len(found) < limit:
+                with self._lock:
+                    held = " ".join(self._held)
                 found += self.s.reclaim(keys=[k.jobs, k.running],
                                         args=[GROUP, self.worker_id, int(self.lease_seconds * 1000),
-                                              limit - len(found), RECLAIM_SCAN])
+                                              min(limit - len(found), RECLAIM_SCAN), RECLAIM_SCAN, held])
         return self._hand_over(found, decide)
 
     def _hand_over(self, rows: list, decide: ReclaimDecision) -> int:

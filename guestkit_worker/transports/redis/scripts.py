@@ -158,18 +158,21 @@ if redis.call('HGET', KEYS[3], 'entry') == ARGV[3] then
 end
 return id
 """,
-    # KEYS jobs, running; ARGV group, me, min idle ms, how many, how many to look at
+    # KEYS jobs, running; ARGV group, me, min idle ms, how many, how many to look at,
+    # entry ids this worker holds (space-separated: skipped)
     # -> {{entry, fields, delivery count, previous owner, worker that started it or ''}, ...}
-    # Takes over entries of other consumers idle longer than the lease (XCLAIM with that
-    # min idle, so an entry renewed meanwhile stays with its owner); entries deleted from
-    # the stream are dropped from the pending list.
+    # Takes over entries idle longer than the lease (XCLAIM with that min idle, so an entry
+    # renewed meanwhile stays with its owner), this worker's own included unless it still
+    # holds them (one it could not give back while Redis was away); entries deleted from the
+    # stream are dropped from the pending list.
     "reclaim": r"""
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[5])
-local out, want = {}, tonumber(ARGV[4])
+local out, want, held = {}, tonumber(ARGV[4]), {}
+for id in string.gmatch(ARGV[6] or '', '%S+') do held[id] = true end
 for _, e in ipairs(p) do
   if #out >= want then break end
   local id, owner = e[1], e[2]
-  if owner ~= ARGV[2] then
+  if not (owner == ARGV[2] and held[id]) then
     local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], id)
     if type(c[1]) == 'table' then
       out[#out + 1] = {id, c[1][2], e[4] + 1, owner, redis.call('HGET', KEYS[2], id) or ''}
