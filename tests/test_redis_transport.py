@@ -372,29 +372,54 @@ def test_progress_events(make):
 def test_redis_down_then_restarted_loses_nothing(tmp_path, pool):
     server = start_redis(tmp_path / "redis")
     try:
-        t = RedisTransport(server.url, "w1", pool=pool, metrics=Recorder())
+        t = RedisTransport(server.url, "w1", pool=pool, metrics=Recorder(), lease_seconds=30)
         t.open()
-        t.submit(make_job("outage-job-001"))
-        (d,) = t.fetch(1, 0.1)
-        t.mark_started(d)
+        for i in (1, 2):
+            t.submit(make_job(f"outage-job-00{i}"))
+        d1, d2 = t.fetch(2, 0.1)
+        t.mark_started(d1)
+        t.mark_started(d2)
         assert t.health()["transport"][0] is True
         server.kill()
         ok, detail = t.health()["transport"]
         assert ok is False and "unreachable" in detail
-        assert t.extend_lease(d) is True  # within the lease the run goes on
-        o = completed(t, d)
-        assert isinstance(o.error, TransportUnavailable)
-        assert t.metrics.counts[("error", "commit")] >= 1
+        assert t.extend_lease(d1) is True  # within the lease the run goes on
         with pytest.raises(TransportUnavailable):
             t.fetch(1, 0.1)
-        server.restart()  # the append-only file still holds the pending entry
+        # an outcome stored while Redis is away: tried again with a pause until it is back
+        box = {}
+        committer = threading.Thread(target=lambda: box.setdefault("o", completed(t, d1)))
+        committer.start()
+        wait_for(lambda: t.metrics.counts.get(("error", "commit"), 0) >= 2, timeout=30, what="commit retries")
+        server.restart()  # the append-only file still holds both pending entries
+        committer.join(60)
+        assert box["o"].error is None and t.get_result("outage-job-001")["status"] == "completed"
+        # past a lease of trying, the outcome comes back with the error (the worker decides)
+        t.lease_seconds = 1
+        server.kill()
+        o = completed(t, d2)
+        assert isinstance(o.error, TransportUnavailable) and isinstance(o.error, OSError)
+        server.restart()
         wait_for(lambda: t.health()["transport"][0], timeout=20, what="redis back")
-        o = completed(t, d)  # the same outcome, committed again
-        assert o.error is None and t.get_result("outage-job-001")["status"] == "completed"
+        o = completed(t, d2)  # the same outcome, committed again
+        assert o.error is None and t.get_result("outage-job-002")["status"] == "completed"
         assert t.depth() == 0 and t.fetch(1, 0.1) == []
         t.close()
     finally:
         server.stop()
+
+
+def test_a_commit_whose_reply_was_lost_is_recognised_when_tried_again(make):
+    t = make()
+    t.submit(make_job("lost-reply-001"))
+    (d,) = t.fetch(1, 0.1)
+    t.mark_started(d)
+    o = completed(t, d)
+    assert o.error is None
+    with t._lock:
+        t._held[d.name] = d  # as if the first reply never arrived
+    again = completed(t, d)
+    assert again.error is None and t.metrics.counts.get("lease_lost") is None
 
 
 def test_password_from_file_or_url_never_shown(tmp_path, pool):

@@ -102,16 +102,24 @@ return 1
 """,
     # KEYS jobs, dead, running, job, result, progress, idem; ARGV group, me, entry, result,
     # ttl, status, ended_at, error json, idem mode (complete|release|''), job_id, dead reason
-    # ('' for none), dead detail, maxlen, document to queue again ('' for none) -> 1 | 0 (lost)
+    # ('' for none), dead detail, maxlen, document to queue again ('' for none)
+    # -> 1 | 2 (stored already by this worker: a retried commit whose reply was lost) | 0 (lost)
     # Result stored, job state set, idempotency key kept or released, entry acked and deleted:
     # one step.  Only the entry the job hash names may write the job's state and result (a
     # duplicate delivery never replaces the real job's result).
     "commit": r"""
-if not owned(KEYS[1], ARGV[1], ARGV[3], ARGV[2]) then return 0 end
+if not owned(KEYS[1], ARGV[1], ARGV[3], ARGV[2]) then
+  if ARGV[10] ~= '' then  -- this very commit ran before and its reply was lost: say so
+    local h = redis.call('HMGET', KEYS[4], 'entry', 'committed_by', 'status')
+    if h[1] == ARGV[3] and h[2] == ARGV[2] and FINAL[h[3]] then return 2 end
+  end
+  return 0
+end
 local ttl = tonumber(ARGV[5])
 if ARGV[10] ~= '' and redis.call('HGET', KEYS[4], 'entry') == ARGV[3] then
   if ARGV[4] ~= '' then redis.call('SET', KEYS[5], ARGV[4], 'EX', ttl) end
-  redis.call('HSET', KEYS[4], 'status', ARGV[6], 'completed_at', ARGV[7], 'error', ARGV[8])
+  redis.call('HSET', KEYS[4], 'status', ARGV[6], 'completed_at', ARGV[7], 'error', ARGV[8],
+             'committed_by', ARGV[2])
   redis.call('HDEL', KEYS[4], 'cancel')
   redis.call('EXPIRE', KEYS[4], ttl)
   redis.call('EXPIRE', KEYS[6], ttl)

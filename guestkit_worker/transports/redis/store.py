@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any, Mapping, Optional, Sequence
 
 from ..base import LeaseLost, Outcome, Reservation, TransportUnavailable
@@ -78,33 +79,47 @@ class StoreMixin:
     def commit(self, outcomes: Sequence[Outcome]) -> None:
         """One Lua script per outcome, all in one round trip: result stored (kept
         ``result_ttl``), job state set, idempotency key kept or released, entry acknowledged
-        and deleted; rejected entries without a result go to the dead letters instead."""
+        and deleted; rejected entries without a result go to the dead letters instead.
+
+        While Redis cannot be reached the round trip is tried again with a growing pause
+        (0.1 s to 2 s) for up to a lease, or until close(); a retry of a commit that had run
+        before its reply was lost is recognised by the script.  After that the outcomes get
+        the error and the worker decides."""
         calls = []
-        try:
-            with self._guard("commit"):
-                pipe = self.r.pipeline(transaction=False)
-                for o in outcomes:
-                    o.error = None
-                    try:
-                        keys, args = self._commit_call(o)
-                    except (TypeError, ValueError) as exc:  # a result JSON cannot hold
-                        o.error = exc
-                        continue
-                    self.s.commit(keys=keys, args=args, client=pipe)
-                    calls.append(o)
-                replies = pipe.execute(raise_on_error=False) if calls else []
-        except TransportUnavailable as exc:
-            for o in calls:
+        for o in outcomes:
+            o.error = None
+            try:
+                calls.append((o, self._commit_call(o)))
+            except (TypeError, ValueError) as exc:  # a result JSON cannot hold
                 o.error = exc
+        if not calls:
             return
-        for o, reply in zip(calls, replies):
+        give_up = time.monotonic() + self.lease_seconds
+        pause = 0.1
+        while True:
+            try:
+                with self._guard("commit"):
+                    pipe = self.r.pipeline(transaction=False)
+                    for o, (keys, args) in calls:
+                        self.s.commit(keys=keys, args=args, client=pipe)
+                    replies = pipe.execute(raise_on_error=False)
+                break
+            except TransportUnavailable as exc:
+                if time.monotonic() + pause > give_up or self._closing.is_set():
+                    for o, _ in calls:
+                        o.error = exc
+                    return
+                log.warning("storing %d outcome(s): %s; trying again in %.1fs", len(calls), exc, pause)
+                self._closing.wait(pause)
+                pause = min(2.0, pause * 2)
+        for (o, _), reply in zip(calls, replies):
             d = o.delivery
             if isinstance(reply, Exception):
                 self.metrics.transport_error("commit")
                 o.error = self._unavailable_error(f"redis commit: {reply}")
-            elif reply == 1:
+            elif reply in (1, 2):
                 self._forget(d)
-                if o.status == "rejected" and o.result is None:
+                if reply == 1 and o.status == "rejected" and o.result is None:
                     self._dead_lettered((getattr(d, "poison", None) or ("rejected",))[0])
             else:
                 self._lease_lost(d)

@@ -79,6 +79,7 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
         self._own_cursor = "-"
         self._group_ok = False
         self._alive_at = 0.0                # last refresh of this worker's liveness key
+        self._closing = threading.Event()   # close() called: stop retrying commits
 
     # -- connection ---------------------------------------------------------------------
     def _connect(self) -> None:
@@ -144,6 +145,7 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
 
     def close(self) -> None:
         """Leave the group when this consumer holds nothing; held entries stay for reclaim."""
+        self._closing.set()
         if self.r is None:
             return
         try:
