@@ -409,6 +409,32 @@ def test_redis_down_then_restarted_loses_nothing(tmp_path, pool):
         server.stop()
 
 
+def test_a_job_rejected_without_a_result_goes_back_to_the_queue(make, redis_server, pool):
+    """What the worker does with a delivery of a job id it is running already: rejected with
+    no result.  On Redis that entry is queued again (the job is not lost), its state untouched."""
+    t = make()
+    t.submit(make_job("twice-here-001"))
+    (d,) = t.fetch(1, 0.1)
+    o = Outcome(d, "rejected", reason={"error": {"code": "DUPLICATE_JOB_ID", "message": "already running"}},
+                failed=True)
+    t.commit([o])
+    assert o.error is None and redis_server.client().xlen(Keys(pool).dead) == 0
+    assert t.job_status("twice-here-001").status == "pending"
+    (d2,) = t.fetch(1, 0.1)
+    assert d2.job_id == "twice-here-001" and d2.name != d.name
+
+
+def test_a_start_after_the_lease_was_lost_stops_the_run(make):
+    a = make("worker-a", lease_seconds=1)
+    b = make("worker-b", lease_seconds=1)
+    a.submit(make_job("late-start-001"))
+    (da,) = a.fetch(1, 0.1)
+    wait_for(lambda: b.reclaim(lambda d, w: b.mark_started(d), 1), timeout=10, what="the takeover")
+    a.mark_started(da)  # too late: no exception, but the lease is gone
+    assert a.extend_lease(da) is False and a.metrics.counts["lease_lost"] == 1
+    assert a.job_status("late-start-001").worker_id == "worker-b"
+
+
 def test_a_commit_whose_reply_was_lost_is_recognised_when_tried_again(make):
     t = make()
     t.submit(make_job("lost-reply-001"))

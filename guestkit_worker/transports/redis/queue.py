@@ -26,13 +26,14 @@ RECLAIM_SCAN = 100
 class RedisDelivery(Delivery):
     """One stream entry delivered to this worker (``name`` is the entry id)."""
 
-    __slots__ = ("raw", "doc", "renewed", "poison")
+    __slots__ = ("raw", "doc", "renewed", "poison", "lost")
 
     def __init__(self, entry: str, raw: bytes, doc: dict, *, started: bool = False,
                  delivery_count: int = 1, poison: Optional[tuple] = None) -> None:
         super().__init__(entry, started=started, delivery_count=delivery_count)
         self.raw, self.doc = raw, doc
         self.poison = poison  # (reason, detail) when the entry cannot be a job
+        self.lost = False     # another worker owns the entry now
         self.job_id = peek_job_id(doc)
         attempt = (doc.get("execution") or {}).get("attempt") if isinstance(doc.get("execution"), dict) else None
         self.attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 1
@@ -165,14 +166,18 @@ class QueueMixin:
         return delivery.raw
 
     def mark_started(self, delivery: Delivery) -> None:
+        """Record in Redis that the handler starts (and renew the lease).  When the entry
+        belongs to another worker by now, the delivery is marked lost instead of raising: the
+        next extend_lease answers False, so the worker stops the run, and every store is
+        fenced anyway."""
         k = self.k
         with self._guard("start"):
             ok = self.s.start(keys=[k.jobs, k.running, k.job(delivery.job_id)],
                               args=[GROUP, self.worker_id, delivery.name, delivery.attempt or 1, now_iso()])
+        delivery.started = True
         if not ok:
             self._lease_lost(delivery)
-            raise LeaseLost(f"stream entry {delivery.name} (job {delivery.job_id}) now belongs to another worker")
-        delivery.started = True
+            return
         delivery.renewed = time.monotonic()
 
     def _alive(self, force: bool = False) -> None:
@@ -193,6 +198,8 @@ class QueueMixin:
         """Renew the claim (reset the entry's idle time) if this worker still owns it.  While
         Redis cannot be reached the lease counts as held until ``lease_seconds`` have passed
         since the last renewal (by then others may have taken the entry over)."""
+        if delivery.lost:
+            return False
         try:
             with self._guard("renew"):
                 ok = self.s.renew(keys=[self.k.jobs], args=[GROUP, self.worker_id, delivery.name])
@@ -210,11 +217,17 @@ class QueueMixin:
         self._requeue(delivery, json.dumps(doc, ensure_ascii=False).encode(), attempt, "retry")
 
     def release(self, delivery: Delivery, *, not_for_me: bool = False) -> None:
+        """Queue the entry again unchanged (a new entry at the back).  A job whose routing or
+        constraints exclude this pool, whose stream holds it, can never run here: it goes to
+        the dead letters.  Releasing an entry another worker owns by now does nothing."""
         if not_for_me and not pool_accepts(delivery.doc, self.pool):
             self._dead_letter(delivery, "not_for_this_pool",
                               f"routing or constraints exclude pool {self.pool}, whose stream holds it")
             return
-        self._requeue(delivery, delivery.raw, delivery.attempt or 1, "release")
+        try:
+            self._requeue(delivery, delivery.raw, delivery.attempt or 1, "release")
+        except LeaseLost:
+            pass  # counted and logged; the new owner disposes of it
 
     def _requeue(self, delivery: Delivery, body: bytes, attempt: int, operation: str) -> None:
         k = self.k
@@ -336,6 +349,10 @@ class QueueMixin:
 
     def _lease_lost(self, delivery: Delivery) -> None:
         self._forget(delivery)
+        if isinstance(delivery, RedisDelivery):
+            if delivery.lost:
+                return  # counted once
+            delivery.lost = True
         self.metrics.lease_lost()
         log.warning("stream entry %s (job %s): this worker no longer owns it (lease lost)", delivery.name,
                     delivery.job_id)

@@ -119,7 +119,8 @@ class StoreMixin:
                 o.error = self._unavailable_error(f"redis commit: {reply}")
             elif reply in (1, 2):
                 self._forget(d)
-                if reply == 1 and o.status == "rejected" and o.result is None:
+                if reply == 1 and o.status == "rejected" and o.result is None and \
+                        (getattr(d, "poison", None) or not d.job_id):
                     self._dead_lettered((getattr(d, "poison", None) or ("rejected",))[0])
             else:
                 self._lease_lost(d)
@@ -128,7 +129,7 @@ class StoreMixin:
 
     def _commit_call(self, o: Outcome) -> tuple:
         k, d = self.k, o.delivery
-        job_id = d.job_id or ""
+        job_id = state_of = d.job_id or ""  # state_of: the job whose state and result this sets
         result = o.result
         body = o.encoded if o.encoded is not None else (self.encode_result(result) if result is not None else b"")
         status = "completed" if o.status == "duplicate" else o.status
@@ -142,15 +143,18 @@ class StoreMixin:
         if o.idempotency_key:
             mode = "complete" if o.status == "completed" else "release"
         dead_reason = detail = requeue = ""
-        if o.status == "rejected" and result is None:  # nowhere else to keep it: a dead letter
-            dead_reason, detail = getattr(d, "poison", None) or ("rejected", "")
-            if not detail and isinstance(error, dict):
-                detail = str(error.get("message", ""))
+        if o.status == "rejected" and result is None:
+            if getattr(d, "poison", None) or not job_id:  # nowhere else to keep it: a dead letter
+                dead_reason, detail = getattr(d, "poison", None) or ("rejected", "")
+                if not detail and isinstance(error, dict):
+                    detail = str(error.get("message", ""))
+            else:  # a job rejected without a result (its id runs here already): back to the queue
+                requeue, state_of = d.raw, ""
         elif o.release:
             requeue = d.raw
         idem = k.idem(o.idempotency_key) if o.idempotency_key else k.result(job_id)
         keys = [k.jobs, k.dead, k.running, k.job(job_id), k.result(job_id), k.progress(job_id), idem]
         args = [GROUP, self.worker_id, d.name, body, self.result_ttl, status, ended or now_iso(),
-                _ENCODER.encode(error) if error is not None else "", mode, job_id, dead_reason, detail, DEAD_MAXLEN,
+                _ENCODER.encode(error) if error is not None else "", mode, state_of, dead_reason, detail, DEAD_MAXLEN,
                 requeue]
         return keys, args
