@@ -1,13 +1,16 @@
 """The floor of the fleet benchmark: one process of a minimal redis-py consumer doing exactly
 the Redis work the transport does per job, and nothing else.
 
-``_fleet_floor.py URL THREADS CONSUMER``: T threads, each in a loop: ``XREADGROUP COUNT 1`` from
+``_fleet_floor.py URL THREADS CONSUMER [min]``: T threads, each in a loop: ``XREADGROUP COUNT 1`` from
 the pool's stream (as consumer CONSUMER of the transport's group), the transport's own Lua
 scripts from ``guestkit_worker.transports.redis.scripts`` with the arguments the transport
 gives them (``admit`` the delivered entry, ``start`` it, ``commit`` the result: store + job
 state + ack + delete in one step), the same result document serialised the same way (compact
 JSON, the transport's encoder settings).  No validation, no metrics, no handler, no thread
 hand-over.  Prints "ready" once connected, starts on a line on stdin, stops on SIGTERM.
+With ``min`` (the side ``floor-min``, for experiments) only the read and the commit script:
+what a transport whose jobs are admitted at submission and marked started in the commit would
+need per job.
 """
 
 import hashlib
@@ -33,6 +36,7 @@ def iso(t):
 
 def main():
     url, threads, me = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    minimal = sys.argv[4:] == ["min"]
     r = redis.Redis.from_url(url)
     s = load_scripts(r)
     k = Keys("default")
@@ -49,11 +53,13 @@ def main():
         doc = json.loads(raw)
         job_id = doc["job_id"]
         jk = k.job(job_id)
-        s.admit(keys=[k.jobs, k.dead, k.running, jk, k.index],
-                args=[GROUP, me, entry, job_id, hashlib.sha256(raw).hexdigest(), doc["operation"], "1", "1",
-                      iso(time.time()), DEAD_MAXLEN])
+        if not minimal:
+            s.admit(keys=[k.jobs, k.dead, k.running, jk, k.index],
+                    args=[GROUP, me, entry, job_id, hashlib.sha256(raw).hexdigest(), doc["operation"], "1", "1",
+                          iso(time.time()), DEAD_MAXLEN])
         started = time.time()
-        s.start(keys=[k.jobs, k.running, jk], args=[GROUP, me, entry, 1, iso(started)])
+        if not minimal:
+            s.start(keys=[k.jobs, k.running, jk], args=[GROUP, me, entry, 1, iso(started)])
         now = time.time()
         done = iso(now)
         result = {"job_id": job_id, "status": "completed", "completed_at": done, "worker_id": me,

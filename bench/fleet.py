@@ -76,8 +76,9 @@ def run_native(srv, side, n, procs, threads):
     log = open(os.path.join(base, "stderr.log"), "wb")
     env = {kk: v for kk, v in os.environ.items() if not kk.startswith("GUESTKIT_WORKER_")}
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if side == "floor":
-        ps = [subprocess.Popen([sys.executable, FLOOR, srv.url, str(threads), f"floor-{i}"], env=env,
+    if side.startswith("floor"):
+        mode = ["min"] if side == "floor-min" else []
+        ps = [subprocess.Popen([sys.executable, FLOOR, srv.url, str(threads), f"floor-{i}"] + mode, env=env,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log) for i in range(procs)]
         submit_jobs(srv.url, n)
         for p in ps:
@@ -220,10 +221,11 @@ def main():
     sides = native + [s for s in PEER_ORDER if fleetpeers.PEERS[s].version()]
     missing = [s for s in PEER_ORDER if s not in sides]
     if args.sides:
-        sides = [s for s in args.sides.split(",") if s in sides]
+        sides = [s for s in args.sides.split(",") if s in sides + (["floor-min"] if native else [])]
     fleetpeers.quiet_logging()
     rates = {(sh, s): [] for sh in shapes for s in sides}
     cpus = {(sh, s): [] for sh in shapes for s in sides}
+    rcpus = {(sh, s): [] for sh in shapes for s in sides}  # redis-server CPU µs per job
     failures = []
     with RedisServer() as srv:
         redis_version = srv.version()
@@ -232,8 +234,9 @@ def main():
                 order = sides[r % len(sides):] + sides[:r % len(sides)]
                 for side in order:
                     srv.fresh()
+                    c0 = srv.cpu_seconds()
                     try:
-                        if side in ("floor", "worker"):
+                        if side in ("floor", "floor-min", "worker"):
                             rate, cpu = run_native(srv, side, n, sh[0], sh[1])
                         else:
                             rate, cpu = run_peer(srv, side, n, sh[0], sh[1])
@@ -243,6 +246,8 @@ def main():
                         continue
                     rates[(sh, side)].append(rate)
                     cpus[(sh, side)].append(cpu)
+                    jobs = n // fleetpeers.PEERS[side].jobs_divisor if side in fleetpeers.PEERS else n
+                    rcpus[(sh, side)].append((srv.cpu_seconds() - c0) / jobs * 1e6)
                 print(f"round {r + 1}/{rounds} {sh[0]}x{sh[1]}: " + ", ".join(
                     f"{s} {rates[(sh, s)][-1]:.0f}/s" for s in sides if rates[(sh, s)]), file=sys.stderr, flush=True)
 
@@ -256,10 +261,12 @@ def main():
             jobs = n // fleetpeers.PEERS[s].jobs_divisor if s in fleetpeers.PEERS else n
             rows.append([f"{sh[0]}x{sh[1]} {s}", common.summary(v) if v else "failed",
                          f"{common.med(v) / floor:.2f}" if v and floor else "-",
-                         common.summary(cpus[(sh, s)]) if v else "-", jobs])
+                         common.summary(cpus[(sh, s)]) if v else "-",
+                         common.summary(rcpus[(sh, s)]) if v else "-", jobs])
     text = (f"Fleet no-op jobs/s on one redis-server (AOF everysec), {n} jobs per side per round, "
             f"{rounds} rounds, sides alternating\n" + "versions: " + ", ".join(versions) + "\n"
-            + common.table(["shape side", "jobs/s median (min–max)", "× floor", "CPU µs/job median (min–max)", "jobs"],
+            + common.table(["shape side", "jobs/s median (min–max)", "× floor", "CPU µs/job median (min–max)",
+                          "redis-server CPU µs/job", "jobs"],
                            rows)
             + "\nrq runs one job at a time per process: P x T processes at shape PxT.")
     if missing:

@@ -87,6 +87,15 @@ class RedisServer:
         finally:
             r.close()
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server has used so far (user + system)."""
+        r = self.client()
+        try:
+            info = r.info("cpu")
+            return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        finally:
+            r.close()
+
     def version(self) -> str:
         r = self.client()
         try:
