@@ -11,6 +11,7 @@ import os
 import sys
 
 from . import __version__
+from .api_command import API_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ EXIT_TEXTFILE = 3
 EXIT_ABORTED = 130
 
 ENV_PREFIX = "GUESTKIT_WORKER_"
-COMMANDS = ("run", "submit", "validate", "list-operations")
+COMMANDS = ("run", "api", "submit", "validate", "list-operations", "status", "result", "list", "cancel")
 
 
 def _bool(text):
@@ -115,16 +116,23 @@ RUN_OPTIONS = [
     (("--log-format",), "log_format", _log_format, "text", "text|json",
      "log lines as text, or as JSON objects (time, level, worker_id, job_id, event, message)"),
 ]
+RUN_OPTIONS += API_OPTIONS  # --api-*: the REST API beside the jobs (and for the api command)
+#: the run options that also apply to ``api`` (the API alone over the same transport)
+API_COMMAND_OPTIONS = {"worker_id", "pool", "jobs_dir", "results_dir", "max_job_size", "allow_path", "metrics_enabled",
+                       "metrics_addr", "metrics_tls_cert", "metrics_tls_key", "log_level", "log_format", "http_max_connections"} | {o[1] for o in API_OPTIONS}
 
 
 def _env_name(dest):
     return ENV_PREFIX + dest.upper()
 
 
-def _add_run_options(p):
-    p.add_argument("--once", action="store_true", default=None,
-                   help=f"run the jobs present at start, wait for them, exit (env {_env_name('once')})")
+def _add_run_options(p, only=None):
+    if only is None:
+        p.add_argument("--once", action="store_true", default=None,
+                       help=f"run the jobs present at start, wait for them, exit (env {_env_name('once')})")
     for flags, dest, typ, default, metavar, text in RUN_OPTIONS:
+        if only is not None and dest not in only:
+            continue
         shown = f"default: {default}; " if default is not None else ""
         p.add_argument(*flags, dest=dest, type=typ, default=None, metavar=metavar,
                        action="append" if dest == "allow_path" else "store",
@@ -163,10 +171,22 @@ def get_parser():
     _add_run_options(run)
     run.add_argument("--list-operations", action="store_true",
                      help="print each operation and whether its engine is installed, then exit")
-    submit = sub.add_parser("submit", help="validate a job file and place it in the jobs dir atomically",
-                            description="Validate JOB and place it in the jobs directory as JOB_ID.json "
-                                        "(written beside, then renamed), so the worker never reads it half-way.")
-    submit.add_argument("job", metavar="JOB.json", help="job document to submit ('-' reads standard input)")
+    api = sub.add_parser("api", help="serve the REST API alone (no job threads) over the jobs and results dirs",
+                         description="Serve the REST API (--api-addr) in front of the jobs and results "
+                                     "directories, without running jobs: a gateway for the workers that share them.")
+    _add_run_options(api, only=API_COMMAND_OPTIONS)
+    api.set_defaults(once=False)
+    submit = sub.add_parser("submit", help="validate job files and queue them (jobs dir, or --api URL)",
+                            description="Validate each JOB and place it in the jobs directory as JOB_ID.json "
+                                        "(written beside, then renamed), so the worker never reads it half-way; "
+                                        "with --api, POST it to a worker's REST API instead.")
+    submit.add_argument("jobs", nargs="+", metavar="JOB.json", help="job documents to submit ('-' reads standard input)")
+    submit.add_argument("--wait", type=float, nargs="?", const=3600.0, default=0, metavar="SECONDS",
+                        help="then wait up to SECONDS (default 3600) for every job to finish; exit 0 only if all "
+                             "completed")
+    submit.add_argument("--results-dir", dest="results_dir", default=None, metavar="DIR",
+                        help=f"with --wait and no --api: results directory (default: ./results; "
+                             f"env {_env_name('results_dir')})")
     submit.add_argument("--jobs-dir", dest="jobs_dir", default=None, metavar="DIR",
                         help=f"jobs directory (default: ./jobs; env {_env_name('jobs_dir')})")
     _add_allow_path(submit)
@@ -177,6 +197,9 @@ def get_parser():
     _add_allow_path(validate)
     sub.add_parser("list-operations", help="print each operation and whether its engine is installed",
                    description="Print each operation this worker serves and whether its engine is installed.")
+    from .commands import add_api_client_options, add_client_commands
+    add_api_client_options(submit)
+    add_client_commands(sub)
     return parser
 
 
@@ -224,12 +247,20 @@ def main(argv=None):
         argv.insert(0, "run")
     args = parser.parse_args(argv)
     if args.command == "submit":
-        return cmd_submit(args)
+        from .commands import cmd_submit_jobs
+        return cmd_submit_jobs(args, cmd_submit, _allowed_paths(args))
+    if args.command in ("status", "result", "list", "cancel"):
+        from .commands import cmd_client
+        return cmd_client(args)
     if args.command == "validate":
         return cmd_validate(args)
     if args.command == "list-operations" or getattr(args, "list_operations", False):
         return cmd_list_operations()
     args = _resolve(args)
+    if args.command == "api":
+        _setup_logging(args)
+        from .api_command import cmd_api
+        return cmd_api(args, _usage_error)
     args.metrics_addr_given = any(a == "--metrics-addr" or a.startswith("--metrics-addr=") for a in argv) \
         or bool(os.environ.get(_env_name("metrics_addr")))
     return cmd_run(args)
@@ -352,6 +383,11 @@ def cmd_run(args):
         return _usage_error("--textfile-dir needs --once (a daemon is scraped on /metrics instead)")
     if bool(args.metrics_tls_cert) != bool(args.metrics_tls_key):
         return _usage_error("--metrics-tls-cert and --metrics-tls-key go together")
+    from .api_command import check_api_options, start_worker_api
+    try:
+        check_api_options(args)
+    except ConfigError as exc:
+        return _usage_error(str(exc))
     cfg = WorkerConfig(jobs_dir=args.jobs_dir, results_dir=args.results_dir, work_dir=args.work_dir,
                        worker_id=args.worker_id, pool=args.pool,
                        max_concurrent=args.max_concurrent, poll_interval=args.poll_interval,
@@ -371,33 +407,32 @@ def cmd_run(args):
     except ValueError as exc:
         return _usage_error(str(exc))
     serve = args.metrics_enabled and (not args.once or args.metrics_addr_given)
-    server = None
+    servers = []
     try:
         if serve:
             # bind now (a port in use stops us before anything is claimed), accept only once the
             # worker's own threads run, so connections can never take their place
             from .httpserver import start_server
-            server = start_server(args.metrics_addr, registry=REGISTRY, health=worker.health,
-                                  tls_cert=args.metrics_tls_cert, tls_key=args.metrics_tls_key,
-                                  max_connections=args.http_max_connections, start=False)
-            worker.on_running = server.start
+            servers.append(start_server(args.metrics_addr, registry=REGISTRY, health=worker.health,
+                                        tls_cert=args.metrics_tls_cert, tls_key=args.metrics_tls_key,
+                                        max_connections=args.http_max_connections, start=False))
+        servers += start_worker_api(args, worker, REGISTRY)
+        worker.on_running = lambda: [server.start() for server in servers]
         worker.open()
-    except ConfigError as exc:
-        return _usage_error(str(exc))
-    except BlockingIOError:
-        if server:
+    except (ConfigError, OSError) as exc:
+        for server in servers:
             server.shutdown()
-        return _usage_error(f"another worker with id {cfg.worker_id} is running")
-    except OSError as exc:
-        if server:
-            server.shutdown()
+        if isinstance(exc, ConfigError):
+            return _usage_error(str(exc))
+        if isinstance(exc, BlockingIOError):
+            return _usage_error(f"another worker with id {cfg.worker_id} is running")
         return _usage_error(f"cannot set up the job directories: {exc}")
     from .signals import SignalWatcher
     SignalWatcher(worker, shutdown_timeout=cfg.shutdown_timeout).install()
     try:
         status = worker.run()
     finally:
-        if server:
+        for server in servers:
             server.shutdown()
     if args.once and args.textfile_dir:
         from .metrics import write_textfile

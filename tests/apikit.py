@@ -104,3 +104,49 @@ class Pki:
         if cert:
             context.load_cert_chain(cert, key)
         return context
+
+
+class Served:
+    """A ``guestkit-worker run|api ... --api-addr 127.0.0.1:0`` process; ``url`` is the API's base
+    URL and ``metrics_url`` the /metrics port's (when served), both read back from its log."""
+
+    def __init__(self, command, dirs, *args, env=None, metrics=False):
+        import sys
+        import tempfile
+
+        from conftest import wait_for, worker_env
+        self.log_path = tempfile.mktemp(prefix="gkw-api-", suffix=".log", dir=dirs.base)
+        argv = [sys.executable, "-m", "guestkit_worker", command, "--jobs-dir", dirs.jobs,
+                "--results-dir", dirs.results, "--api-addr", "127.0.0.1:0"]
+        if command == "run":
+            argv += ["--work-dir", dirs.work, "--poll-interval", "0.1"]
+        argv += ["--metrics-addr", "127.0.0.1:0"] if metrics else ["--metrics-enabled", "false"]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv + list(args), env=env or worker_env(), stdout=subprocess.DEVNULL,
+                                         stderr=log)
+        self.url = wait_for(lambda: self._logged("serving the REST API on "), timeout=60,
+                            what=f"the API of {command} to listen")
+        self.metrics_url = wait_for(lambda: self._logged("serving /metrics and /health on "), timeout=30,
+                                    what="the metrics port") if metrics else None
+
+    def _logged(self, marker):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"exited {self.proc.returncode}: {self.log()}")
+        for line in self.log().splitlines():
+            if marker in line:
+                return line.split(marker, 1)[1].split()[0]
+        return None
+
+    def log(self):
+        with open(self.log_path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode

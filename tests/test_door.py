@@ -78,10 +78,10 @@ def test_a_directory_that_is_a_file_is_named(dirs, tmp_path, flag):
 
 
 def test_unknown_command_lists_the_commands():
-    line = _one_clean_line(cli("status"))
+    line = _one_clean_line(cli("statuz"))
     commands = _commands(get_parser())
     assert {"run", "submit", "validate", "list-operations"} <= set(commands)
-    assert line.startswith("guestkit-worker: error: unknown command 'status' (commands: ")
+    assert line.startswith("guestkit-worker: error: unknown command 'statuz' (commands: ")
     assert ", ".join(commands) in line
 
 

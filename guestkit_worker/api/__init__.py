@@ -1,78 +1,10 @@
 """The REST API: submit, follow, fetch and cancel jobs over HTTP (``--api-addr``).
 
-A front door to whichever transport the worker uses: ``app`` routes and shapes JSON,
-``jobs`` maps the job endpoints onto the transport, ``auth`` checks bearer tokens,
-``server`` serves it with its own bounds, ``metrics`` counts requests by route template.
-:func:`start_api` puts them together; :func:`check_exposure` is the refusal to listen
-beyond loopback without tokens or without ``--allow-path``.
+A front door to whichever transport the worker uses: :mod:`.app` routes and shapes JSON,
+:mod:`.jobs` maps the job endpoints onto the transport, :mod:`.auth` checks bearer tokens,
+:mod:`.server` serves it with its own bounds, :mod:`.metrics` counts requests by route
+template, :mod:`.limits` holds the bounds' defaults, and :mod:`.service` puts them together
+(:func:`~.service.start_api`) and refuses to listen beyond loopback without tokens or without
+``--allow-path`` (:func:`~.service.check_exposure`).  Importing this package imports nothing
+else, so the command line can read the defaults cheaply.
 """
-
-from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Tuple
-
-from .. import __version__
-from ..errors import ConfigError
-from ..transports.base import Transport
-from .admission import admit
-from .app import ApiApp, capabilities_document
-from .auth import TokenSet
-from .jobs import JobsApi
-from .metrics import ApiMetrics
-from .server import DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_DEADLINE, is_loopback, parse_api_addr, \
-    start_api_server
-
-#: Default of --api-max-waits: requests waiting for a result at once.
-DEFAULT_MAX_WAITS = 32
-
-
-@dataclass
-class ApiOptions:
-    """The ``--api-*`` options."""
-
-    addr: str
-    token_file: Optional[str] = None
-    tls_cert: Optional[str] = None
-    tls_key: Optional[str] = None
-    client_ca: Optional[str] = None
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    max_waits: int = DEFAULT_MAX_WAITS
-    request_deadline: float = DEFAULT_REQUEST_DEADLINE
-
-
-def check_exposure(options: ApiOptions, allow_paths: Optional[Sequence[str]]) -> Tuple[str, int]:
-    """The address to bind; ConfigError when a non-loopback address lacks tokens or a path policy."""
-    host, port = parse_api_addr(options.addr)
-    if not is_loopback(host):
-        if not options.token_file:
-            raise ConfigError(f"--api-addr {options.addr} is reachable from other hosts: give "
-                              "--api-token-file too (or listen on 127.0.0.1)")
-        if not allow_paths:
-            raise ConfigError(f"--api-addr {options.addr} is reachable from other hosts and jobs name "
-                              "host paths: give --allow-path too (or listen on 127.0.0.1)")
-    return host, port
-
-
-def start_api(options: ApiOptions, *, transport: Transport, registry: Any,
-              allow_paths: Optional[Sequence[str]], health: Callable[[], Tuple[bool, dict]],
-              worker_id: str, pool: str, max_concurrent: Optional[int], max_job_size: int,
-              metrics_registry: Any = None):
-    """Check the options, load the tokens and serve the API; returns the server handle
-    (``url``, ``port``, ``shutdown()``).  ``registry`` is the handler registry, already
-    configured with the path policy.  Raises ConfigError (exit 2) on any refusal."""
-    addr = check_exposure(options, allow_paths)
-    tokens = TokenSet.from_file(options.token_file) if options.token_file else None
-    metrics = ApiMetrics(metrics_registry)
-    jobs = JobsApi(transport, lambda raw: admit(raw, registry, max_job_size),
-                   max_waits=options.max_waits, on_wait=metrics.waiting.inc)
-    app = ApiApp(jobs, capabilities=capabilities_document(
-                     worker_id=worker_id, pool=pool, version=__version__, registry=registry,
-                     max_concurrent=max_concurrent, max_job_size=max_job_size),
-                 health=health, tokens=tokens, max_body=max_job_size, metrics=metrics)
-    return start_api_server(addr, app, tls_cert=options.tls_cert, tls_key=options.tls_key,
-                            client_ca=options.client_ca, max_connections=options.max_connections,
-                            request_deadline=options.request_deadline, on_refused=metrics.rejected.inc)
-
-
-__all__ = ["ApiOptions", "check_exposure", "start_api", "DEFAULT_MAX_WAITS"]

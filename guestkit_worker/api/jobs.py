@@ -13,15 +13,11 @@ from typing import Callable, Mapping, Optional
 from ..errors import JobFileError, JobValidationError
 from ..protocol import Job, check_job_id
 from ..transports.base import FINAL_STATUSES, JOB_STATUSES, Transport
+from .limits import DEFAULT_MAX_WAITS, DEFAULT_PAGE, MAX_PAGE, MAX_WAIT
 from .responses import Answer, ApiError, busy, ok
 
 log = logging.getLogger(__name__)
 
-#: Longest ``?wait=`` honoured, in seconds.
-MAX_WAIT = 60.0
-#: Largest and default ``limit`` of one page of ``GET /api/v1/jobs``.
-MAX_PAGE = 500
-DEFAULT_PAGE = 100
 
 JOBS_PATH = "/api/v1/jobs"
 
@@ -52,7 +48,7 @@ class JobsApi:
     """``transport``: where jobs go and results come from; ``admit(raw) -> Job`` checks a
     document as the worker would; ``max_waits`` caps concurrent ``?wait=`` requests."""
 
-    def __init__(self, transport: Transport, admit: Callable[[bytes], Job], *, max_waits: int = 32,
+    def __init__(self, transport: Transport, admit: Callable[[bytes], Job], *, max_waits: int = DEFAULT_MAX_WAITS,
                  on_wait: Callable[[int], None] = lambda delta: None) -> None:
         self.transport = transport
         self.admit = admit

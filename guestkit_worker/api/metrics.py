@@ -24,8 +24,8 @@ class ApiMetrics:
             "answer, by route template (result?wait=... includes the wait)", ["route"],
             buckets=_BUCKETS, registry=registry)
         self.rejected = Counter(
-            "guestkit_api_connections_rejected_total", "REST API connections refused at once because "
-            "--api-max-connections were already open", registry=registry)
+            "guestkit_api_connections_rejected_total", "REST API connections refused at once (503, or "
+            "closed on TLS) because --api-max-connections were all busy", registry=registry)
         self.waiting = Gauge(
             "guestkit_api_waiting_requests", "REST API requests waiting for a job's result "
             "(result?wait=...)", registry=registry)
@@ -34,3 +34,4 @@ class ApiMetrics:
         """Count one answered request."""
         self.requests.labels(route, method if method in _METHODS else "other", str(code)).inc()
         self.duration.labels(route).observe(seconds)
+

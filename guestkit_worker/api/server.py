@@ -1,22 +1,23 @@
-"""Serving the REST API: the bounded WSGI server of the metrics port
-(:func:`guestkit_worker.wsgiserver.serve_wsgi`) with the API's own bounds.
+"""Serving the REST API on the bounded WSGI server of the metrics port
+(:func:`guestkit_worker.wsgiserver.serve_wsgi`), on its own address and with its own bounds.
 
 * at most ``max_connections`` connections are open at once, each with at most one thread; a
   connection that has sent nothing waits without a thread and makes room for a newcomer when
   every slot is taken; when every slot is busy with a request, a newcomer is answered ``503``
-  with ``Retry-After`` straight from the accept loop (TLS connections are closed instead, as
-  an answer would need a handshake) and counted in ``guestkit_api_connections_rejected_total``;
-* every connection has the per-operation socket timeout of the metrics port, and the whole
-  request (line, headers, body) must arrive within ``request_deadline`` seconds, so a client
-  that sends one byte a second holds one connection slot for that long at most;
+  with ``Retry-After`` (JSON) straight from the accept loop (TLS connections are closed
+  instead, as an answer would need a handshake) and counted by ``on_refused``;
+* a connection silent for 10 s is closed, and the whole request (line, headers, body) must
+  arrive within ``request_deadline`` seconds (default 30), so a client that sends one byte a
+  second holds one slot for that long at most; headers within 64 KiB and 100 lines;
 * an answer given before the body was read (401, 413, 415...) is followed by a bounded drain
   of what the client still sends, so the client sees the answer rather than a reset;
-* TLS 1.2+ with ``tls_cert``/``tls_key``; ``client_ca`` makes a client certificate signed by
-  that CA mandatory (the handshake fails without one).
+* TLS 1.2+ with ``tls_cert``/``tls_key``, the handshake on the connection's own thread;
+  ``client_ca`` makes a client certificate signed by that CA mandatory.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import ssl
 from typing import Callable, Optional, Tuple, Union
@@ -25,18 +26,15 @@ from .. import wsgiserver
 from ..errors import ConfigError
 from ..http_request import RequestHandler
 from .app import DISCARD_INPUT
+from .limits import DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger(__name__)
 
-#: Defaults of --api-max-connections and of the whole-request deadline.
-DEFAULT_MAX_CONNECTIONS = 64
-DEFAULT_REQUEST_DEADLINE = 30.0
-
-_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            b"Retry-After: 1\r\nConnection: close\r\nCache-Control: no-store\r\n")
 _REFUSAL_BODY = (b'{"success": false, "error": "TOO_MANY_CONNECTIONS", "message": '
                  b'"too many open connections; retry later"}\n')
-_REFUSAL += b"Content-Length: %d\r\n\r\n" % len(_REFUSAL_BODY) + _REFUSAL_BODY
+_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\nCache-Control: no-store\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY))
 
 
 class _ApiRequestHandler(RequestHandler):
@@ -78,36 +76,29 @@ def _tls_context(tls_cert: Optional[str], tls_key: Optional[str],
 
 def start_api_server(addr: Union[str, Tuple[str, int]], app: Callable, *,
                      tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
-                     client_ca: Optional[str] = None,
-                     max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                     request_deadline: float = DEFAULT_REQUEST_DEADLINE,
-                     on_refused: Callable[[], None] = lambda: None) -> wsgiserver.WSGIService:
-    """Serve ``app`` (a WSGI callable) on ``addr``; returns the handle (``host``, ``port``,
-    ``url``, ``shutdown()``).  ConfigError when the address cannot be bound or the TLS files
-    cannot be loaded."""
-    host, port = parse_api_addr(addr) if isinstance(addr, str) else addr
+                     client_ca: Optional[str] = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                     request_deadline: Optional[float] = None,
+                     on_refused: Callable[[], None] = lambda: None,
+                     start: bool = True) -> wsgiserver.WSGIService:
+    """Serve ``app`` (a WSGI callable) on ``addr``; returns the service (``url``, ``port``,
+    ``start()``, ``shutdown()``, ``stats()``).  ConfigError when the address cannot be bound or
+    the TLS files cannot be loaded.  ``start=False``: bound, accepting only after ``start()``."""
+    host, port = wsgiserver.parse_addr(addr, "--api-addr") if isinstance(addr, str) else addr
     context = _tls_context(tls_cert, tls_key, client_ca)
     try:
-        handle = wsgiserver.serve_wsgi(app, (host, port), ssl_context=context,
-                                       max_connections=max_connections, name="api",
-                                       option="--api-addr", request_deadline=request_deadline,
-                                       handler_class=_ApiRequestHandler, refusal=_REFUSAL,
-                                       on_refused=on_refused)
+        service = wsgiserver.serve_wsgi(app, (host, port), ssl_context=context, max_connections=max_connections,
+                                        name="api", option="--api-addr", request_deadline=request_deadline,
+                                        handler_class=_ApiRequestHandler, refusal=_REFUSAL,
+                                        on_refused=on_refused, start=start)
     except ConfigError as exc:
         raise ConfigError(f"--api-addr: {exc}") from None
-    log.info("serving the REST API on %s%s", handle.url,
-             " (client certificates required)" if client_ca else "")
-    return handle
-
-
-def parse_api_addr(text: str) -> Tuple[str, int]:
-    """``--api-addr`` HOST:PORT, [IPV6]:PORT or :PORT (see wsgiserver.parse_addr)."""
-    return wsgiserver.parse_addr(text, "--api-addr")
+    log.info("serving the REST API on %s (at most %d connections at once%s)", service.url, max_connections,
+             "; client certificates required" if client_ca else "")
+    return service
 
 
 def is_loopback(host: str) -> bool:
     """True when ``host`` only ever reaches this machine (127.0.0.0/8, ::1, localhost)."""
-    import ipaddress
     if host.lower() in ("localhost", "localhost."):
         return True
     try:

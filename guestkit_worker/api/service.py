@@ -1,0 +1,71 @@
+"""Putting the REST API together: options, the exposure check, and start_api."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+from .. import __version__
+from ..errors import ConfigError
+from ..transports.base import Transport
+from .admission import admit
+from .app import ApiApp, capabilities_document
+from .auth import TokenSet
+from .jobs import JobsApi
+from .metrics import ApiMetrics
+from ..wsgiserver import parse_addr
+from .limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAITS
+from .server import is_loopback, start_api_server
+
+
+@dataclass
+class ApiOptions:
+    """The ``--api-*`` options."""
+
+    addr: str
+    token_file: Optional[str] = None
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    client_ca: Optional[str] = None
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_waits: int = DEFAULT_MAX_WAITS
+    request_deadline: Optional[float] = None  #: seconds for a whole request (None: the server's 30)
+
+
+def check_exposure(options: ApiOptions, allow_paths: Optional[Sequence[str]]) -> Tuple[str, int]:
+    """The address to bind; ConfigError when a non-loopback address lacks tokens or a path policy."""
+    host, port = parse_addr(options.addr, "--api-addr")
+    if not is_loopback(host):
+        if not options.token_file:
+            raise ConfigError(f"--api-addr {options.addr} is reachable from other hosts: give "
+                              "--api-token-file too (or listen on 127.0.0.1)")
+        if not allow_paths:
+            raise ConfigError(f"--api-addr {options.addr} is reachable from other hosts and jobs name "
+                              "host paths: give --allow-path too (or listen on 127.0.0.1)")
+    return host, port
+
+
+def start_api(options: ApiOptions, *, transport: Transport, registry: Any,
+              allow_paths: Optional[Sequence[str]], health: Callable[[], Tuple[bool, dict]],
+              worker_id: str, pool: str, max_concurrent: Optional[int], max_job_size: int,
+              metrics_registry: Any = None, start: bool = True):
+    """Check the options, load the tokens and serve the API; returns the server handle
+    (``url``, ``port``, ``start()``, ``shutdown()``).  ``registry`` is the handler registry,
+    already configured with the path policy; ``start=False`` binds without accepting until
+    ``start()``.  Raises ConfigError (exit 2) on any refusal."""
+    addr = check_exposure(options, allow_paths)
+    tokens = TokenSet.from_file(options.token_file) if options.token_file else None
+    metrics = ApiMetrics(metrics_registry)
+    jobs = JobsApi(transport, lambda raw: admit(raw, registry, max_job_size),
+                   max_waits=options.max_waits, on_wait=metrics.waiting.inc)
+    app = ApiApp(jobs, capabilities=capabilities_document(
+                     worker_id=worker_id, pool=pool, version=__version__, registry=registry,
+                     max_concurrent=max_concurrent, max_job_size=max_job_size),
+                 health=health, tokens=tokens, max_body=max_job_size, metrics=metrics)
+    return start_api_server(addr, app, tls_cert=options.tls_cert, tls_key=options.tls_key,
+                            client_ca=options.client_ca, max_connections=options.max_connections,
+                            request_deadline=options.request_deadline, on_refused=metrics.rejected.inc,
+                            start=start)
+
+
+__all__ = ["ApiOptions", "check_exposure", "start_api"]

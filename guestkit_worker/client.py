@@ -1,0 +1,96 @@
+"""A small client of the REST API (what ``guestkit-worker status/result/list/cancel/submit
+--api URL`` use): one JSON request per call over http.client, bearer token, TLS with an
+optional CA file and client certificate."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+from typing import Any, Optional, Tuple
+from urllib.parse import quote, urlencode, urlsplit
+
+from .errors import ConfigError, GuestkitWorkerError
+
+
+class ApiUnreachable(GuestkitWorkerError):
+    """The API could not be reached or did not answer with JSON (connection, TLS, garbage)."""
+
+
+def read_token(path: str) -> str:
+    """The first token of a token file (the format the API reads)."""
+    from .api.auth import load_tokens
+    return load_tokens(path)[0]
+
+
+class ApiClient:
+    """``base_url`` like ``http://127.0.0.1:8080`` or ``https://host:8443``."""
+
+    def __init__(self, base_url: str, *, token: Optional[str] = None, ca_file: Optional[str] = None,
+                 client_cert: Optional[str] = None, client_key: Optional[str] = None,
+                 timeout: float = 30.0) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--api: expected http://HOST:PORT or https://HOST:PORT, got {base_url!r}")
+        self.scheme, self.host = parts.scheme, parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.prefix = parts.path.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.context = None
+        if self.scheme == "https":
+            try:
+                self.context = ssl.create_default_context(cafile=ca_file)
+                if client_cert:
+                    self.context.load_cert_chain(client_cert, client_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot load the API client's TLS files: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
+
+    def request(self, method: str, path: str, body: Optional[bytes] = None,
+                timeout: Optional[float] = None) -> Tuple[int, Any]:
+        """(HTTP status, decoded JSON body); ApiUnreachable when there is no JSON answer."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if self.scheme == "https":
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout or self.timeout,
+                                               context=self.context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
+        try:
+            conn.request(method, self.prefix + path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise ApiUnreachable(f"{self.scheme}://{self.host}:{self.port}: {exc}") from None
+        finally:
+            conn.close()
+        try:
+            return resp.status, json.loads(data)
+        except ValueError:
+            raise ApiUnreachable(f"{self.scheme}://{self.host}:{self.port}: answered {resp.status} "
+                                 "without JSON") from None
+
+    @staticmethod
+    def job_path(job_id: str, tail: str = "") -> str:
+        return f"/api/v1/jobs/{quote(job_id, safe='')}{tail}"
+
+    def submit(self, raw: bytes) -> Tuple[int, Any]:
+        return self.request("POST", "/api/v1/jobs", raw)
+
+    def status(self, job_id: str) -> Tuple[int, Any]:
+        return self.request("GET", self.job_path(job_id))
+
+    def result(self, job_id: str, wait: float = 0) -> Tuple[int, Any]:
+        query = f"?wait={wait:g}" if wait > 0 else ""
+        return self.request("GET", self.job_path(job_id, "/result") + query, timeout=self.timeout + wait)
+
+    def cancel(self, job_id: str) -> Tuple[int, Any]:
+        return self.request("DELETE", self.job_path(job_id))
+
+    def list(self, **query: Any) -> Tuple[int, Any]:
+        given = {k: v for k, v in query.items() if v is not None}
+        return self.request("GET", "/api/v1/jobs" + (f"?{urlencode(given)}" if given else ""))

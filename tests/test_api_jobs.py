@@ -1,0 +1,231 @@
+"""Every row of the REST API's table against real processes: ``guestkit-worker api`` (the API
+alone, so jobs stay pending) and ``guestkit-worker run --api-addr`` (the API beside the jobs)."""
+
+import json
+import os
+
+import pytest
+
+from apikit import Served, call
+from conftest import cli, make_job, wait_for
+
+JOBS = "/api/v1/jobs"
+
+
+@pytest.fixture
+def served(dirs):
+    """Factory: start ``guestkit-worker COMMAND`` with the API on a free port; stopped at the end."""
+    procs = []
+
+    def start(command="run", *args, **kwargs):
+        proc = Served(command, dirs, *args, **kwargs)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+def job_files(dirs):
+    return sorted(n for n in os.listdir(dirs.jobs) if n.endswith(".json"))
+
+
+# -- POST /api/v1/jobs ---------------------------------------------------------------------
+
+def test_submit_202_then_retry_200_then_other_document_409(dirs, served):
+    api = served("api")
+    doc = make_job("job-rows-00001")
+    first = call(api.url, "POST", JOBS, doc=doc)
+    assert first.status == 202
+    assert first.headers["location"] == f"{JOBS}/job-rows-00001"
+    assert first.json == {"success": True, "data": {"job_id": "job-rows-00001", "status": "pending"}}
+    again = call(api.url, "POST", JOBS, doc=doc)
+    assert again.status == 200 and again.json["data"] == {"job_id": "job-rows-00001", "status": "pending"}
+    assert job_files(dirs) == ["job-rows-00001.json"], "a retried POST made no second job"
+    other = call(api.url, "POST", JOBS, doc=dict(doc, created_at="2026-11-02T00:00:00Z"))
+    assert other.status == 409
+    assert other.json["error"] == "JOB_ID_CONFLICT" and other.json["details"]["field"] == "job_id"
+    with open(os.path.join(dirs.jobs, "job-rows-00001.json")) as fh:
+        assert json.load(fh) == doc, "the queued document is the one posted first"
+
+
+def test_retry_after_the_job_finished_answers_its_final_status(dirs, served):
+    worker = served("run")
+    doc = make_job("job-rows-00002")
+    assert call(worker.url, "POST", JOBS, doc=doc).status == 202
+    assert call(worker.url, "GET", f"{JOBS}/job-rows-00002/result?wait=30").status == 200
+    again = call(worker.url, "POST", JOBS, doc=doc)
+    assert again.status == 200 and again.json["data"]["status"] == "completed"
+    assert len(os.listdir(os.path.join(dirs.jobs, "done"))) == 1, "the job ran once"
+
+
+@pytest.mark.parametrize("change, field, code", [
+    ({"execution": {"priority": 12}}, "execution.priority", "INVALID_JOB"),
+    ({"operation": "no.such-op", "payload": {"type": "no.such-op.v1", "data": {}}}, "operation", "HANDLER_NOT_FOUND"),
+    ({"kind": 3}, "kind", "INVALID_JOB"),
+    ({"job_id": "../../etc"}, "job_id", "INVALID_JOB"),
+])
+def test_invalid_document_is_422_naming_the_field(dirs, served, change, field, code):
+    api = served("api")
+    reply = call(api.url, "POST", JOBS, doc=dict(make_job("job-rows-00003"), **change))
+    assert reply.status == 422, reply
+    assert reply.json["success"] is False and reply.json["error"] == code
+    assert reply.json["details"]["field"] == field and reply.json["message"].startswith(field)
+    assert job_files(dirs) == []
+
+
+def test_image_outside_allow_path_is_422_path_not_allowed(dirs, served, tmp_path):
+    allowed = tmp_path / "images"
+    allowed.mkdir()
+    api = served("api", "--allow-path", str(allowed))
+    doc = make_job("job-rows-00004", operation="guestkit.inspect",
+                   data={"image": {"path": "/etc/passwd", "format": "raw"}})
+    reply = call(api.url, "POST", JOBS, doc=doc)
+    assert reply.status == 422 and reply.json["error"] == "PATH_NOT_ALLOWED"
+    assert "payload.data.image.path" in reply.json["message"]
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe", b"   "])
+def test_body_that_is_not_json_is_400(dirs, served, body):
+    api = served("api")
+    reply = call(api.url, "POST", JOBS, body=body, headers={"Content-Type": "application/json"})
+    assert reply.status == 400 and reply.json["error"] == "INVALID_JSON"
+
+
+def test_size_and_media_type_limits_of_the_real_process(dirs, served):
+    api = served("api", "--max-job-size", "2000")
+    big = make_job("job-rows-00005", data={"pad": "x" * 3000})
+    reply = call(api.url, "POST", JOBS, doc=big)
+    assert reply.status == 413 and reply.json["details"]["limit"] == 2000
+    reply = call(api.url, "POST", JOBS, body=json.dumps(make_job()).encode(), headers={"Content-Type": "text/plain"})
+    assert reply.status == 415
+    assert job_files(dirs) == []
+
+
+# -- GET /api/v1/jobs/ID and /result -------------------------------------------------------
+
+def test_status_of_pending_then_completed_job_and_unknown_404(dirs, served):
+    api = served("api")
+    assert call(api.url, "POST", JOBS, doc=make_job("job-rows-00006")).status == 202
+    pending = call(api.url, "GET", f"{JOBS}/job-rows-00006")
+    assert pending.status == 200
+    assert set(pending.json["data"]) == {"job_id", "status", "operation", "attempt", "worker_id", "submitted_at",
+                                         "started_at", "completed_at", "error"}
+    assert pending.json["data"]["status"] == "pending" and pending.json["data"]["operation"] == "system.echo"
+    not_yet = call(api.url, "GET", f"{JOBS}/job-rows-00006/result")
+    assert not_yet.status == 202 and not_yet.json["data"] == {"job_id": "job-rows-00006", "status": "pending"}
+    waited = call(api.url, "GET", f"{JOBS}/job-rows-00006/result?wait=1")
+    assert waited.status == 202, "still pending after waiting a second: no worker runs"
+    for path in ("/no-such-job-1", "/no-such-job-1/result", "/no-such-job-1/progress", "/..%2f..%2fetc"):
+        missing = call(api.url, "GET", JOBS + path)
+        assert missing.status == 404 and missing.json["error"] == "NOT_FOUND"
+    worker = served("run")
+    done = call(worker.url, "GET", f"{JOBS}/job-rows-00006/result?wait=30")
+    assert done.status == 200
+    assert done.json["data"] == dirs.result("job-rows-00006"), "the stored result, unchanged"
+    status = call(api.url, "GET", f"{JOBS}/job-rows-00006").json["data"]
+    assert status["status"] == "completed" and status["attempt"] == 1 and status["completed_at"]
+
+
+@pytest.mark.parametrize("query", ["wait=abc", "wait=-1", "wait=nan"])
+def test_bad_wait_is_400(dirs, served, query):
+    api = served("api")
+    call(api.url, "POST", JOBS, doc=make_job("job-rows-00007"))
+    reply = call(api.url, "GET", f"{JOBS}/job-rows-00007/result?{query}")
+    assert reply.status == 400 and reply.json["details"]["field"] == "wait"
+
+
+def test_failed_job_result_is_200_with_its_error(dirs, served):
+    worker = served("run")
+    doc = make_job("job-rows-00008", operation="test.raise", data={"message": "kaboom"})
+    assert call(worker.url, "POST", JOBS, doc=doc).status == 202
+    reply = call(worker.url, "GET", f"{JOBS}/job-rows-00008/result?wait=30")
+    assert reply.status == 200 and reply.json["data"]["status"] == "failed"
+    assert call(worker.url, "GET", f"{JOBS}/job-rows-00008").json["data"]["status"] == "failed"
+
+
+# -- DELETE /api/v1/jobs/ID ----------------------------------------------------------------
+
+def test_cancel_pending_job_200_it_never_runs_then_409(dirs, served):
+    api = served("api")
+    call(api.url, "POST", JOBS, doc=make_job("job-rows-00009"))
+    reply = call(api.url, "DELETE", f"{JOBS}/job-rows-00009")
+    assert reply.status == 200 and reply.json["data"]["status"] == "cancelled"
+    assert dirs.result("job-rows-00009")["status"] == "cancelled"
+    assert call(api.url, "GET", f"{JOBS}/job-rows-00009").json["data"]["status"] == "cancelled"
+    assert call(api.url, "GET", f"{JOBS}/job-rows-00009/result").json["data"]["status"] == "cancelled"
+    again = call(api.url, "DELETE", f"{JOBS}/job-rows-00009")
+    assert again.status == 409 and again.json["error"] == "JOB_FINISHED"
+    assert call(api.url, "DELETE", f"{JOBS}/no-such-job-2").status == 404
+    cli("run", "--once", *dirs.args(), "--metrics-enabled", "false", check=0)
+    assert job_files(dirs) == [] and dirs.result("job-rows-00009")["status"] == "cancelled"
+
+
+def test_cancel_running_not_cancellable_job_is_409(dirs, served):
+    worker = served("run")
+    doc = make_job("job-rows-00010", operation="test.sleep", data={"seconds": 30},
+                   execution={"cancellable": False})
+    call(worker.url, "POST", JOBS, doc=doc)
+    wait_for(lambda: call(worker.url, "GET", f"{JOBS}/job-rows-00010").json["data"]["status"] == "running",
+             timeout=30, what="the job to run")
+    reply = call(worker.url, "DELETE", f"{JOBS}/job-rows-00010")
+    assert reply.status == 409 and reply.json["error"] == "NOT_CANCELLABLE"
+    assert reply.json["details"]["field"] == "execution.cancellable"
+
+
+# -- GET /api/v1/jobs (paging) -------------------------------------------------------------
+
+def test_list_pages_and_filters(dirs, served):
+    api = served("api")
+    ids = [f"job-page-{i:05d}" for i in range(5)]
+    for job_id in ids:
+        assert call(api.url, "POST", JOBS, doc=make_job(job_id)).status == 202
+    assert call(api.url, "DELETE", f"{JOBS}/{ids[0]}").status == 200
+    seen, token = [], None
+    for _ in range(5):
+        reply = call(api.url, "GET", f"{JOBS}?limit=2" + (f"&page_token={token}" if token else ""))
+        assert reply.status == 200 and len(reply.json["data"]["jobs"]) <= 2
+        seen += [j["job_id"] for j in reply.json["data"]["jobs"]]
+        token = reply.json["data"]["next_page_token"]
+        if not token:
+            break
+    assert sorted(seen) == ids and len(seen) == 5
+    cancelled = call(api.url, "GET", f"{JOBS}?status=cancelled").json["data"]
+    assert [j["job_id"] for j in cancelled["jobs"]] == [ids[0]] and cancelled["next_page_token"] is None
+    assert len(call(api.url, "GET", f"{JOBS}?status=pending&operation=system.echo").json["data"]["jobs"]) == 4
+    assert call(api.url, "GET", f"{JOBS}?operation=guestkit.inspect").json["data"]["jobs"] == []
+    for query, field in [("limit=501", "limit"), ("limit=0", "limit"), ("status=done", "status"),
+                         ("page_token=%%%", "page_token")]:
+        bad = call(api.url, "GET", f"{JOBS}?{query}")
+        assert bad.status == 400 and bad.json["details"]["field"] == field, (query, bad)
+
+
+# -- capabilities and health ----------------------------------------------------------------
+
+def test_capabilities(dirs, served):
+    worker = served("run", "--worker-id", "w-caps-1", "--pool", "gpu", "--max-concurrent", "3")
+    data = call(worker.url, "GET", "/api/v1/capabilities").json["data"]
+    assert data["worker_id"] == "w-caps-1" and data["pool"] == "gpu" and data["max_concurrent_jobs"] == 3
+    ops = {op["name"]: op for op in data["operations"]}
+    assert ops["system.echo"]["engine_available"] is True
+    assert {"guestkit.inspect", "guestkit.convert", "test.sleep"} <= set(ops)
+    assert data["version"] and data["protocol_version"] == "1.0"
+
+
+def test_api_health_is_the_health_endpoint(dirs, served):
+    import urllib.request
+    worker = served("run", metrics=True)
+    api = call(worker.url, "GET", "/api/v1/health")
+    with urllib.request.urlopen(worker.metrics_url + "/health", timeout=10) as resp:
+        plain = json.loads(resp.read())
+        assert resp.status == api.status == 200
+    assert set(api.json) == set(plain) and api.json["status"] == plain["status"] == "healthy"
+    assert api.json["worker_id"] == plain["worker_id"] and api.json["checks"].keys() == plain["checks"].keys()
+
+
+def test_unknown_route_404_and_wrong_method_405(dirs, served):
+    api = served("api")
+    assert call(api.url, "GET", "/api/v2/jobs").status == 404
+    reply = call(api.url, "PUT", f"{JOBS}/job-rows-00011")
+    assert reply.status == 405 and reply.headers["allow"] == "GET, DELETE"
