@@ -71,6 +71,7 @@ class Pki:
 
     def __init__(self, directory):
         self.dir = str(directory)
+        os.makedirs(self.dir, exist_ok=True)
         self.ca, self.ca_key = self._path("ca.pem"), self._path("ca.key")
         self._self_signed(self.ca, self.ca_key, "guestkit test CA")
         self.cert, self.key = self._signed("server", "/CN=localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost")
@@ -150,3 +151,18 @@ class Served:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         return self.proc.returncode
+
+
+def scrape_values(base_url, timeout=10):
+    """{'name{k="v",...}' (labels sorted; bare name without labels): value} from /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(base_url + "/metrics", timeout=timeout) as resp:
+        text = resp.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out

@@ -1,0 +1,180 @@
+"""The same flows through the command-line client (``status``, ``result``, ``list``,
+``cancel``, ``submit --api``), through Debian's curl, and the refusals of the real CLI."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from apikit import Pki, Served, call
+from conftest import cli, make_job, require_tool
+
+JOBS = "/api/v1/jobs"
+TOKEN = "cli-token-0123456789abcdef"
+
+
+@pytest.fixture
+def served(dirs):
+    procs = []
+
+    def start(command="run", *args, **kwargs):
+        proc = Served(command, dirs, *args, **kwargs)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
+def token_file(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text(f"{TOKEN}\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+def job_file(tmp_path, doc):
+    path = tmp_path / f"{doc['job_id']}.json"
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+# -- the CLI client over the API ----------------------------------------------------------
+
+def test_cli_client_over_the_api_with_a_token(dirs, served, token_file, tmp_path):
+    worker = served("run", "--api-token-file", token_file)
+    api = ["--api", worker.url, "--api-token-file", token_file]
+    good, bad = make_job("job-cli-good1"), make_job("job-cli-bad01", operation="test.raise")
+    parked = make_job("job-cli-parked", routing={"worker_pool": "elsewhere"})
+    proc = cli("submit", *api, job_file(tmp_path, good), job_file(tmp_path, bad), "--wait", "60")
+    assert proc.returncode == 1, proc.stderr  # one of the two failed
+    assert proc.stdout.splitlines() == ["job-cli-good1 pending", "job-cli-bad01 pending",
+                                        "job-cli-good1 completed", "job-cli-bad01 failed"]
+    again = cli("submit", *api, job_file(tmp_path, good), "--wait", "10", check=0)
+    assert again.stdout.splitlines() == ["job-cli-good1 completed (already submitted)", "job-cli-good1 completed"]
+    status = cli("status", "job-cli-good1", *api, check=0)
+    assert json.loads(status.stdout)["status"] == "completed"
+    result = cli("result", "job-cli-good1", *api, check=0)
+    assert json.loads(result.stdout) == dirs.result("job-cli-good1")
+    assert cli("result", "job-cli-bad01", *api).returncode == 1
+    assert cli("status", "no-such-job-1", *api).returncode == 3
+    assert cli("cancel", "job-cli-good1", *api).returncode == 5
+    cli("submit", *api, job_file(tmp_path, parked), check=0)
+    not_yet = cli("result", "job-cli-parked", *api, "--wait", "1")
+    assert not_yet.returncode == 4 and "not finished (pending)" in not_yet.stderr
+    listing = cli("list", *api, "--status", "pending", check=0)
+    assert listing.stdout.split("\t")[:2] == ["job-cli-parked", "pending"]
+    assert cli("cancel", "job-cli-parked", *api, check=0).stdout.strip() == "job-cli-parked cancelled"
+    assert cli("result", "job-cli-parked", *api).returncode == 1
+    page = json.loads(cli("list", *api, "--json", "--limit", "2", check=0).stdout)
+    assert len(page["jobs"]) == 2 and page["next_page_token"]
+    # without the token, or with a wrong one: unavailable (6), and the token never printed
+    assert cli("status", "job-cli-good1", "--api", worker.url).returncode == 6
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-token\n")
+    proc = cli("status", "job-cli-good1", "--api", worker.url, "--api-token-file", str(wrong))
+    assert proc.returncode == 6 and "UNAUTHORIZED" in proc.stderr and "not-the-token" not in proc.stderr
+
+
+def test_cli_client_environment_and_unreachable_api(dirs, served, token_file):
+    worker = served("api", "--api-token-file", token_file)
+    env = dict(os.environ, GUESTKIT_WORKER_API_URL=worker.url, GUESTKIT_WORKER_API_TOKEN_FILE=token_file)
+    from conftest import worker_env
+    assert cli("status", "no-such-job-2", env=worker_env(**{k: env[k] for k in (
+        "GUESTKIT_WORKER_API_URL", "GUESTKIT_WORKER_API_TOKEN_FILE")})).returncode == 3
+    worker.stop()
+    proc = cli("status", "no-such-job-2", "--api", worker.url)
+    assert proc.returncode == 6 and "unavailable" in proc.stderr
+    assert cli("status", "x" * 10, "--api", "ftp://nowhere").returncode == 2
+
+
+def test_cli_client_on_the_local_directories(dirs, tmp_path):
+    local = ["--jobs-dir", dirs.jobs, "--results-dir", dirs.results]
+    doc, parked = make_job("job-local-0001"), make_job("job-local-0002")
+    proc = cli("submit", job_file(tmp_path, doc), job_file(tmp_path, parked), "--jobs-dir", dirs.jobs, check=0)
+    assert sorted(proc.stdout.split()) == sorted(os.path.join(dirs.jobs, f"{d['job_id']}.json") for d in (doc, parked))
+    assert json.loads(cli("status", "job-local-0001", *local, check=0).stdout)["status"] == "pending"
+    assert cli("result", "job-local-0001", *local).returncode == 4
+    assert cli("cancel", "job-local-0002", *local, check=0).stdout.strip() == "job-local-0002 cancelled"
+    cli("run", "--once", *dirs.args(), "--metrics-enabled", "false", check=0)
+    assert json.loads(cli("result", "job-local-0001", *local, check=0).stdout)["status"] == "completed"
+    assert cli("result", "job-local-0002", *local).returncode == 1
+    lines = cli("list", *local, check=0).stdout.splitlines()
+    assert sorted(line.split("\t")[1] for line in lines) == ["cancelled", "completed"]
+    assert cli("status", "no-such-job-3", *local).returncode == 3
+    proc = cli("submit", job_file(tmp_path, make_job("job-local-0003")), *local, "--wait", "1")
+    assert proc.returncode == 4 and proc.stdout.splitlines() == ["job-local-0003 pending",
+                                                                 "job-local-0003 not finished (pending)"]
+
+
+# -- curl ---------------------------------------------------------------------------------
+
+def curl(*args):
+    proc = subprocess.run([require_tool("curl"), "-sS", "--max-time", "60", *args], capture_output=True,
+                          text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_curl_flow_with_token_and_tls_client_certificate(dirs, served, token_file, tmp_path):
+    pki = Pki(tmp_path / "pki")
+    worker = served("run", "--api-token-file", token_file, "--api-tls-cert", pki.cert, "--api-tls-key", pki.key,
+                    "--api-client-ca", pki.ca)
+    tls = ["--cacert", pki.ca, "--cert", pki.client_cert, "--key", pki.client_key]
+    auth = ["-H", f"Authorization: Bearer {TOKEN}"]
+    path = job_file(tmp_path, make_job("job-curl-00001"))
+    post = ["-H", "Content-Type: application/json", "--data-binary", f"@{path}", f"{worker.url}{JOBS}"]
+    out = curl(*tls, *auth, "-i", *post)
+    head, _, body = out.partition("\n\n")  # text mode: \r\n read as \n
+    assert head.startswith("HTTP/1.0 202") and f"Location: {JOBS}/job-curl-00001" in head
+    assert json.loads(body)["data"] == {"job_id": "job-curl-00001", "status": "pending"}
+    result = json.loads(curl(*tls, *auth, f"{worker.url}{JOBS}/job-curl-00001/result?wait=30"))
+    assert result["data"]["status"] == "completed" and result["data"] == dirs.result("job-curl-00001")
+    assert curl(*tls, *auth, "-o", "/dev/null", "-w", "%{http_code}", *post) == "200"
+    assert len(os.listdir(os.path.join(dirs.jobs, "done"))) == 1, "the retried POST made no second job"
+    no_token = curl(*tls, "-i", f"{worker.url}/api/v1/capabilities")
+    assert no_token.startswith("HTTP/1.0 401") and "WWW-Authenticate: Bearer" in no_token
+    proc = subprocess.run(["curl", "-sS", "--max-time", "20", "--cacert", pki.ca, *auth,
+                           f"{worker.url}/api/v1/capabilities"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0, "no client certificate: the TLS handshake fails"
+
+
+def test_curl_invalid_job_and_cancel(dirs, served, tmp_path):
+    gateway = served("api")
+    out = json.loads(curl("-H", "Content-Type: application/json", "-d", '{"version": "1.0"}', f"{gateway.url}{JOBS}"))
+    assert out["success"] is False and out["details"]["field"] == "job_id"
+    path = job_file(tmp_path, make_job("job-curl-00002"))
+    curl("-H", "Content-Type: application/json", "--data-binary", f"@{path}", f"{gateway.url}{JOBS}")
+    assert json.loads(curl("-X", "DELETE", f"{gateway.url}{JOBS}/job-curl-00002"))["data"]["status"] == "cancelled"
+    assert curl("-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", f"{gateway.url}{JOBS}/job-curl-00002") == "409"
+
+
+# -- refusals of the real CLI ---------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, needle", [([], "--api-token-file"), (["--api-token-file", "TOKENS"], "--allow-path")])
+@pytest.mark.parametrize("command", ["run", "api"])
+def test_api_beyond_loopback_refuses_to_start(dirs, token_file, command, extra, needle):
+    extra = [token_file if e == "TOKENS" else e for e in extra]
+    proc = cli(command, *dirs.args()[:4], "--metrics-enabled", "false", "--api-addr", "0.0.0.0:0", *extra)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("guestkit-worker: error: --api-addr")
+    assert not os.listdir(dirs.jobs), "nothing was created or claimed"
+
+
+def test_api_beyond_loopback_with_tokens_and_allow_path_starts(dirs, served, token_file, tmp_path):
+    worker = served("api", "--api-addr", "0.0.0.0:0", "--api-token-file", token_file, "--allow-path", str(tmp_path))
+    port = worker.url.rpartition(":")[2]
+    assert call(f"http://127.0.0.1:{port}", "GET", "/api/v1/capabilities", token=TOKEN).status == 200
+
+
+@pytest.mark.parametrize("args, needle", [(["--api-addr", "127.0.0.1:0", "--api-tls-cert", "/nonexistent"], "go together"),
+                                          (["--api-addr", "nonsense"], "--api-addr"),
+                                          (["--api-addr", "127.0.0.1:0", "--api-token-file", "/nonexistent"], "--api-token-file"),
+                                          ([], "--api-addr")])
+def test_api_option_errors_exit_2(dirs, args, needle):
+    proc = cli("api", *dirs.args()[:4], "--metrics-enabled", "false", *args)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
