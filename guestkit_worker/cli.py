@@ -101,7 +101,8 @@ RUN_OPTIONS = [
     (("--max-job-size",), "max_job_size", _positive_int, 1048576, "BYTES",
      "job files larger than this are rejected unread"),
     (("--allow-path",), "allow_path", str, None, "DIR", "image paths and outputs must resolve inside DIR "
-     "(repeatable; the environment variable takes a colon-separated list)"),
+     "(repeatable; the environment variable takes a colon-separated list); without it every image "
+     "and output path is refused, and / allows every path"),
     (("--metrics-enabled",), "metrics_enabled", _bool, True, "true|false", "serve /metrics and /health"),
     (("--metrics-addr",), "metrics_addr", str, "0.0.0.0:9090", "HOST:PORT",
      "listen address of /metrics and /health ([::]:PORT for IPv6 and dual stack)"),
@@ -394,6 +395,12 @@ def cmd_run(args):
                        shutdown_timeout=args.shutdown_timeout, max_job_timeout=args.max_job_timeout,
                        max_job_bytes=args.max_job_size, allow_paths=args.allow_path, once=args.once,
                        metrics_enabled=args.metrics_enabled or bool(args.textfile_dir))
+    from .paths import allows_everything
+    if allows_everything(args.allow_path):
+        log.warning("--allow-path /: jobs may read and write any path the worker can; give the image "
+                    "and output directories instead")
+    elif not args.allow_path:
+        log.info("no --allow-path: jobs naming an image or output path are refused (PATH_NOT_ALLOWED)")
     from .preflight import prepare_dir, writable_dir
     try:
         if args.textfile_dir:  # before any job runs: a run whose metrics cannot be written is not started

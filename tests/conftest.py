@@ -106,11 +106,37 @@ def dirs(tmp_path):
     return Dirs(tmp_path)
 
 
+#: pytest's base temporary directory: every test's files (tmp_path, session images) are
+#: under it, so it is the --allow-path the test helpers give workers (set per session)
+TEST_ROOT = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_root(tmp_path_factory):
+    global TEST_ROOT
+    TEST_ROOT = str(tmp_path_factory.getbasetemp())
+    return TEST_ROOT
+
+
+def allowed_roots():
+    """The allowed directories test helpers give workers and handlers: [TEST_ROOT]."""
+    assert TEST_ROOT, "the _test_root session fixture has not run"
+    return [TEST_ROOT]
+
+
 def worker_env(**extra):
+    """The environment for the real CLI: this checkout first on PYTHONPATH, and
+    GUESTKIT_WORKER_ALLOW_PATH set to TEST_ROOT (the worker refuses every path without it);
+    pass NAME=None to remove a variable."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([PLUGIN_DIR, ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.pop("GUESTKIT_WORKER_JOBS_DIR", None)
-    env.update(extra)
+    env["GUESTKIT_WORKER_ALLOW_PATH"] = ":".join(allowed_roots())
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return env
 
 

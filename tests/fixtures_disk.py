@@ -33,8 +33,12 @@ class RecordingMetrics:
 
 
 def make_context(work_dir, job_id="test-job-0001", **kw):
-    """A real HandlerContext for job_id working in work_dir, with a RecordingMetrics."""
+    """A real HandlerContext for job_id working in work_dir, with a RecordingMetrics; its
+    allowed_paths default to the test root (conftest.allowed_roots)."""
     metrics = RecordingMetrics()
+    if "allowed_paths" not in kw:
+        from conftest import allowed_roots
+        kw["allowed_paths"] = allowed_roots()
     ctx = HandlerContext(types.SimpleNamespace(job_id=job_id), worker_id="t",
                          work_dir=str(work_dir), metrics=metrics,
                          progress_path=os.path.join(str(work_dir), f"{job_id}.progress.jsonl"), **kw)

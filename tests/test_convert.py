@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from diskimage import require_tool
+from conftest import allowed_roots
 from fixtures_disk import make_context
 from guestkit_worker.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
 from guestkit_worker.handlers import convert as convert_mod
@@ -25,6 +26,7 @@ def _qemu_img():
 def run_job(tmp_path, data, job_id="test-convert-0001"):
     ctx, metrics = make_context(tmp_path, job_id=job_id)
     handler = ConvertHandler()
+    handler.configure_paths(allowed_roots())
     handler.validate(data)
     try:
         return handler.execute(ctx, data), ctx, metrics
@@ -61,8 +63,10 @@ def test_validation_errors(data, field, words):
 
 
 def test_missing_source_rejected(tmp_path):
+    handler = ConvertHandler()
+    handler.configure_paths([str(tmp_path)])
     with pytest.raises(JobValidationError) as exc:
-        ConvertHandler().validate({"image": {"path": str(tmp_path / "nope.qcow2")}, "target_format": "raw"})
+        handler.validate({"image": {"path": str(tmp_path / "nope.qcow2")}, "target_format": "raw"})
     assert exc.value.field == "payload.data.image.path" and "does not exist" in exc.value.reason
 
 
@@ -94,7 +98,7 @@ def test_allow_path_refuses_before_looking_at_the_path(tmp_path):
     assert refusal({"image": {"path": str(image), "format": "raw"}, "target_format": "qcow2",
                     "output": {"destination": linked}})[1] == (
         f"{linked} leads outside the allowed directories ({allowed}) through a symbolic link")
-    handler.configure_paths(None, protected=[str(allowed)])  # no --allow-path: own dirs still off limits
+    handler.configure_paths(["/"], protected=[str(allowed)])  # everything allowed: own dirs still off limits
     assert "inside the worker's own directory" in refusal(
         {"image": {"path": str(image), "format": "raw"}, "target_format": "qcow2",
          "output": {"destination": str(allowed / "o.qcow2")}})[1]
@@ -104,6 +108,19 @@ def test_allow_path_refuses_before_looking_at_the_path(tmp_path):
     with pytest.raises(JobValidationError) as exc:  # inside but missing: the usual error
         handler.validate({"image": {"path": str(allowed / "nope.raw"), "format": "raw"}, "target_format": "qcow2"})
     assert exc.value.code == "INVALID_JOB" and "does not exist" in exc.value.reason
+
+
+def test_no_allow_path_refuses_every_path(tmp_path):
+    """Secure by default: without a policy an existing image is refused, naming the flag."""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"\0" * 4096)
+    handler = ConvertHandler()
+    for allowed in (None, []):
+        handler.configure_paths(allowed)
+        with pytest.raises(JobValidationError) as exc:
+            handler.validate({"image": {"path": str(image), "format": "raw"}, "target_format": "qcow2"})
+        assert exc.value.code == "PATH_NOT_ALLOWED" and exc.value.field == "payload.data.image.path"
+        assert "no --allow-path is set" in exc.value.reason and "--allow-path /" in exc.value.reason
 
 
 def test_round_trip_raw_qcow2_raw(tmp_path, debian_image):

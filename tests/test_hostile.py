@@ -457,7 +457,7 @@ def test_outputs_never_overwrite_the_workers_own_files(dirs):
         "dest-done-00001": os.path.join(dirs.jobs, "done", "earlier-result1.json"),
         "dest-reslink001": os.path.join(base, "allowed", "results-link", "earlier-result1-result.json"),
     }
-    for flags in (["--allow-path", base], []):  # explicitly allowed or not: own files are off limits
+    for flags in (["--allow-path", base], ["--allow-path", "/"]):  # even with / own files are off limits
         for job_id, dest in targets.items():
             write_job(dirs.jobs, _convert_job(job_id, image, dest, overwrite=True))
         cli("--once", *flags, *dirs.args(), check=1)

@@ -87,10 +87,17 @@ def fresh_engine_cache(monkeypatch):
 
 
 # -- validation -------------------------------------------------------------------------------
+def _allowing_all():
+    """A handler run with --allow-path / (these tests are about other checks)."""
+    handler = InspectHandler()
+    handler.configure_paths(["/"])
+    return handler
+
+
 def test_example_full_job_fails_validation_on_missing_image():
     data = example("guestkit-inspect-full.json")["payload"]["data"]
     with pytest.raises(JobValidationError) as exc:
-        InspectHandler().validate(data)
+        _allowing_all().validate(data)
     assert exc.value.field == "payload.data.image.path"
     assert "/mnt/vms/prod-web-01.qcow2 does not exist" in exc.value.reason
 
@@ -99,7 +106,7 @@ def test_example_jobs_validate_with_a_real_image(debian_image):
     for name in ("guestkit-inspect-basic.json", "guestkit-inspect-full.json"):
         data = copy.deepcopy(example(name)["payload"]["data"])
         data["image"]["path"] = debian_image["qcow2"]
-        InspectHandler().validate(data)
+        _allowing_all().validate(data)
 
 
 @pytest.mark.parametrize("mutate, field, words", [
@@ -119,7 +126,7 @@ def test_validation_errors(debian_image, mutate, field, words):
     data = {"image": {"path": debian_image["raw"], "format": "raw"}}
     mutate(data)
     with pytest.raises(JobValidationError) as exc:
-        InspectHandler().validate(data)
+        _allowing_all().validate(data)
     assert exc.value.field == field
     assert words in exc.value.reason
 
