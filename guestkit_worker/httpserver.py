@@ -148,6 +148,6 @@ def start_server(addr, *, registry, health, tls_cert=None, tls_key=None,
     """
     service = serve_wsgi(_make_app(registry, health), addr, tls_cert=tls_cert, tls_key=tls_key,
                          max_connections=max_connections, name="metrics", start=start)
-    logger.info("serving /metrics and /health on %s (at most %d connections at once)",
+    logger.info("serving /metrics and /health on %s (at most %d connections)",
                 service.url, max_connections)
     return service

@@ -636,6 +636,6 @@ def test_http_garbage_long_urls_and_idle_connections_do_not_stop_a_scrape(dirs):
             s.close()
     try:
         # the held connections' threads go away once the clients are gone
-        wait_for(lambda: w.threads() <= baseline, timeout=30, what="connection threads released")
+        wait_for(lambda: w.threads() <= baseline, timeout=30, what=f"connection threads released ({baseline} at start)")
     finally:
         w.ensure_stopped()
