@@ -6,6 +6,8 @@ import os
 import socket
 import subprocess
 
+import pytest
+
 from conftest import require_tool
 
 TIMEOUT = 20
@@ -166,3 +168,28 @@ def scrape_values(base_url, timeout=10):
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
             out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
     return out
+
+
+@pytest.fixture
+def served(dirs):
+    """Factory: ``served(COMMAND, *args, metrics=False)`` starts ``guestkit-worker COMMAND`` with
+    the API on a free port over ``dirs`` (a :class:`Served`); every one is stopped at the end."""
+    procs = []
+
+    def start(command="run", *args, **kwargs):
+        proc = Served(command, dirs, *args, **kwargs)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+def write_tokens(directory, *tokens):
+    """A token file (mode 0600) holding ``tokens`` after a comment line; its path."""
+    path = os.path.join(str(directory), "tokens")
+    with open(path, "w") as fh:
+        fh.write("# API clients\n" + "".join(f"{t}\n" for t in tokens))
+    os.chmod(path, 0o600)
+    return path

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from apikit import Pki, Served, call
+from apikit import Pki, call, served, write_tokens  # noqa: F401 (fixture)
 from conftest import cli, make_job, require_tool
 
 JOBS = "/api/v1/jobs"
@@ -15,25 +15,8 @@ TOKEN = "cli-token-0123456789abcdef"
 
 
 @pytest.fixture
-def served(dirs):
-    procs = []
-
-    def start(command="run", *args, **kwargs):
-        proc = Served(command, dirs, *args, **kwargs)
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.stop()
-
-
-@pytest.fixture
 def token_file(tmp_path):
-    path = tmp_path / "tokens"
-    path.write_text(f"{TOKEN}\n")
-    path.chmod(0o600)
-    return str(path)
+    return write_tokens(tmp_path, TOKEN)
 
 
 def job_file(tmp_path, doc):

@@ -6,25 +6,10 @@ import os
 
 import pytest
 
-from apikit import Served, call
+from apikit import call, served  # noqa: F401 (fixture)
 from conftest import cli, make_job, wait_for
 
 JOBS = "/api/v1/jobs"
-
-
-@pytest.fixture
-def served(dirs):
-    """Factory: start ``guestkit-worker COMMAND`` with the API on a free port; stopped at the end."""
-    procs = []
-
-    def start(command="run", *args, **kwargs):
-        proc = Served(command, dirs, *args, **kwargs)
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.stop()
 
 
 def job_files(dirs):

@@ -8,24 +8,10 @@ import socket
 
 import pytest
 
-from apikit import Served, call, scrape_values
+from apikit import call, scrape_values, served  # noqa: F401 (fixture)
 from conftest import make_job, wait_for
 
 JOBS = "/api/v1/jobs"
-
-
-@pytest.fixture
-def served(dirs):
-    procs = []
-
-    def start(command="run", *args, **kwargs):
-        proc = Served(command, dirs, *args, **kwargs)
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.stop()
 
 
 def _threads(pid):

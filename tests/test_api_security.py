@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from apikit import Pki, call, raw
+from apikit import Pki, call, raw, write_tokens
 from conftest import make_job, wait_for
 from guestkit_worker.api.service import ApiOptions, check_exposure, start_api
 from guestkit_worker.api.auth import TokenSet, bearer_token
@@ -49,9 +49,7 @@ def api(tmp_path):
 
 @pytest.fixture
 def token_file(tmp_path):
-    path = tmp_path / "tokens"
-    path.write_text(f"# API clients\n{TOKEN}\n\n{OTHER}\n")
-    return str(path)
+    return write_tokens(tmp_path, TOKEN, OTHER)
 
 
 def samples(server):
