@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import ROOT, make_job, wait_for
-from redisfixture import require_redis_py, start_redis
+from redisfixture import RedisServer, require_redis_py, start_redis
 
 from guestkit_worker.errors import ConfigError, JobFileError
 from guestkit_worker.transports.base import LeaseLost, Outcome, TransportUnavailable
@@ -446,6 +446,23 @@ def test_a_commit_whose_reply_was_lost_is_recognised_when_tried_again(make):
         t._held[d.name] = d  # as if the first reply never arrived
     again = completed(t, d)
     assert again.error is None and t.metrics.counts.get("lease_lost") is None
+
+
+def test_open_waits_for_a_redis_that_is_not_up_yet(tmp_path, pool):
+    server = RedisServer(tmp_path / "redis")  # its port chosen, not started
+    t = RedisTransport(server.url, "early-bird", pool=pool)
+    opened = threading.Thread(target=t.open)
+    opened.start()
+    try:
+        time.sleep(1)  # open() is retrying meanwhile (not a synchronisation: any moment would do)
+        assert opened.is_alive()
+        server.start()
+        opened.join(30)
+        assert not opened.is_alive()
+        assert t.submit(make_job("early-job-001")).outcome == "created" and len(t.fetch(1, 0.1)) == 1
+        t.close()
+    finally:
+        server.stop()
 
 
 def test_password_from_file_or_url_never_shown(tmp_path, pool):

@@ -91,7 +91,21 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
             self.s = load_scripts(self.r)
 
     def open(self) -> None:
+        """Connect, check the server, create the stream and group, take the worker id.  While
+        Redis cannot be reached, wait for it (a pause growing to 10 s, each try logged): a
+        fleet may start before its Redis.  A wrong password or a server too old is a
+        ConfigError at once."""
         self._connect()
+        pause = 0.5
+        while True:
+            try:
+                return self._open_once()
+            except TransportUnavailable as exc:
+                log.warning("%s; trying again in %.0fs", exc, pause)
+                time.sleep(pause)
+                pause = min(10.0, pause * 2)
+
+    def _open_once(self) -> None:
         with self._guard("open"):
             try:
                 info = self.r.info("server")
