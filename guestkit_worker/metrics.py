@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.exposition import generate_latest
 
 from .histogram import LeanHistogram
+from .livemetrics import HealthChecks, OldestRunningJob, OptionalTimestamp
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,14 @@ JOB_STATUSES = ("completed", "failed", "timeout", "cancelled", "rejected", "dupl
 HANDLER_STATUSES = ("success", "error", "timeout")
 CHECKSUM_STATUSES = ("success", "failure", "skipped")
 UNKNOWN_OPERATION = "unknown"
-#: 1, 2, 4, ... 2048 seconds (12 exponential buckets); +Inf is added by prometheus_client.
-DURATION_BUCKETS = tuple(float(2 ** i) for i in range(12))
-#: queue wait: one second to a day
-QUEUE_WAIT_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
+#: sub-second buckets before the spec's: quantiles of jobs that take milliseconds are not 0.5-0.99 s
+SUB_SECOND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
+#: the spec's 1, 2, 4, ... 2048 seconds (12 exponential buckets), after the sub-second ones;
+#: +Inf is added by prometheus_client.
+DURATION_BUCKETS = SUB_SECOND_BUCKETS + tuple(float(2 ** i) for i in range(12))
+#: queue wait: sub-second, then one second to a day
+QUEUE_WAIT_BUCKETS = SUB_SECOND_BUCKETS + (1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
+                                           21600.0, 86400.0)
 TEXTFILE_NAME = "guestkit_worker.prom"
 #: why a queue entry went to the dead letters (Redis transport), each exported from the start
 DEAD_LETTER_REASONS = ("not_json", "too_large", "no_job_field", "no_job_id", "duplicate_job_id",
@@ -75,9 +80,17 @@ class WorkerMetrics:
         self.queue_wait = LeanHistogram("guestkit_worker_queue_wait_seconds",
                                     "Time from job creation (or claim, if later) to handler start.",
                                     buckets=QUEUE_WAIT_BUCKETS, registry=r)
-        self.last_success = Gauge("guestkit_worker_last_success_timestamp_seconds",
-                                  "Unix time of the last completed job (one-shot: of the last successful run).",
-                                  registry=r)
+        self.last_success = OptionalTimestamp(
+            "guestkit_worker_last_success_timestamp_seconds",
+            "Unix time of the last completed job (one-shot: of the last successful run); absent before the first.",
+            registry=r)
+        # read when scraped, from functions the owner injects (track_health, track_running)
+        self.health_checks = HealthChecks("guestkit_worker_health_check",
+                                          "Checks of /health: 1 ok, 0 failing (any 0 makes /health answer 503).",
+                                          registry=r)
+        self.oldest_running = OldestRunningJob("guestkit_worker_oldest_running_job_seconds",
+                                               "How long the longest-running handler has been running; 0 when none "
+                                               "runs.", registry=r)
         self.result_errors = Counter("guestkit_worker_result_write_errors",
                                      "Results that could not be written (job returned to the queue).", registry=r)
         self.reclaimed = Counter("guestkit_worker_jobs_reclaimed",
@@ -104,8 +117,6 @@ class WorkerMetrics:
         # from a plain attribute (assigning a float is atomic).
         self._active_fn = _zero
         self.active.set_function(lambda: self._active_fn())
-        self.last_success_value = 0.0
-        self.last_success.set_function(lambda: self.last_success_value)
         self.operations = set(operations)
         # cached children: no .labels() lookup on the hot path
         self._job_children = {}
@@ -125,6 +136,24 @@ class WorkerMetrics:
                 self.handler_duration, self.checksums, self.disk_read, self.disk_write, self.info,
                 self.capacity, self.queue_wait, self.last_success, self.result_errors, self.reclaimed,
                 self.leases_lost, self.dead_letters, self.transport_errors, self.oldest_waiting]
+
+    @property
+    def last_success_value(self):
+        """Unix time of the last success, None before the first (no sample is exported then)."""
+        return self.last_success.value
+
+    @last_success_value.setter
+    def last_success_value(self, value):
+        self.last_success.value = value
+
+    def track_health(self, checks):
+        """Serve ``guestkit_worker_health_check{check}`` from ``checks()`` -> {name: ok}."""
+        self.health_checks.track(checks)
+
+    def track_running(self, starts):
+        """Serve ``guestkit_worker_oldest_running_job_seconds`` from ``starts()``: the
+        ``time.monotonic()`` start times of the running handlers."""
+        self.oldest_running.track(starts)
 
     def track_active(self, count):
         """Serve ``guestkit_worker_active_jobs`` from ``count()``: the number of handlers whose

@@ -166,6 +166,9 @@ class Worker:
         self._runs = {}                       # job_id -> _Run, handler running
         if hasattr(self.metrics, "track_active"):
             self.metrics.track_active(self._runs.__len__)  # until its thread returns, not its timeout
+        if hasattr(self.metrics, "track_health"):
+            self.metrics.track_health(lambda: {name: c["ok"] for name, c in self.health()[1]["checks"].items()})
+            self.metrics.track_running(self._running_starts)
         self._claimed_not_started = 0
         self._outcomes = {}
         self._depth = 0
@@ -900,6 +903,11 @@ class Worker:
         self.stuck_threads = len(runs)
         log.info("worker %s stopped: %s", cfg.worker_id,
                  ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())) or "no jobs")
+
+    def _running_starts(self):
+        """time.monotonic() start times of the handlers running now (for the metrics)."""
+        with self._lock:
+            return [r.started_mono for r in self._runs.values()]
 
     def _busy(self):
         """True while a job is claimed but not started, running, or its outcome not stored yet."""

@@ -102,7 +102,8 @@ def test_readme_runnable_commands(tmp_path):
 
 
 def _cron_lines(text):
-    return [line for line in text.splitlines() if re.match(r"^(\*|\d)\S* \S+ \S+ \S+ \S+ ", line)]
+    field = r"[*\d][\d*/,-]*"
+    return [line for line in text.splitlines() if re.match(rf"^{field}( {field}){{4}} \S", line)]
 
 
 def test_man_page_cron_example_is_the_readmes_valid_cron_d_line():
