@@ -435,12 +435,13 @@ def cmd_run(args):
             return _usage_error(f"another worker with id {cfg.worker_id} is running")
         return _usage_error(f"cannot set up the job directories: {exc}")
     from .signals import SignalWatcher
-    SignalWatcher(worker, shutdown_timeout=cfg.shutdown_timeout).install()
+    signals = SignalWatcher(worker, shutdown_timeout=cfg.shutdown_timeout).install()
     try:
         status = worker.run()
     finally:
         for server in servers:
             server.shutdown()
+    signals.after_run()  # a second signal ends here with 130
     if args.once and args.textfile_dir:
         from .metrics import write_textfile
         try:

@@ -43,6 +43,16 @@ class SignalWatcher:
         self._thread.start()
         return self
 
+    def after_run(self):
+        """Called when the worker's run returns: after a second signal, wait (bounded) for the
+        watcher to finish cancelling and exit 130 -- never return to a normal exit 0."""
+        if not self.worker.hard_stop:
+            return
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        logging.shutdown()
+        self._exit(EXIT_ABORTED)
+
     def _handle(self, signum, frame):
         if signum != signal.SIGHUP:
             self._stops += 1

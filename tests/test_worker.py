@@ -111,7 +111,7 @@ def test_second_signal_exits_at_once(dirs, tmp_path):
             break
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert "second signal (SIGTERM): cancelling running jobs now" in err
     assert "1 job(s) cancelled and returned to the queue" in err
     wait_for(lambda: not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split(") ")[1][0]
