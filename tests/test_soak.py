@@ -1,7 +1,8 @@
 """Soak: 20,000 no-op jobs through one worker (--max-concurrent 4) while /metrics is scraped
 every 100 ms; memory stays flat after warm-up and no thread or file descriptor leaks.
 
-Marked slow (still run in CI: `pytest -m slow`); bounded at 180 s.
+Marked slow (still run in CI: `pytest -m slow`); bounded by pytest's timeout and by a stall check
+(no job completed for 60 s), never by a count of scrapes against wall time.
 """
 
 import os
@@ -66,8 +67,11 @@ def test_soak_20000_jobs_flat_memory_no_leaks(dirs):
         scraper.start()
         started = time.monotonic()
         written = 0
+        progress = (0, time.monotonic())  # (completed, when it last grew): a stall fails, slowness does not
         while written < N:  # keep at most MAX_WAITING jobs waiting: a steady state, not one big queue
-            assert time.monotonic() - started < 170, f"only {scraper.completed} of {N} done"
+            if scraper.completed > progress[0]:
+                progress = (scraper.completed, time.monotonic())
+            assert time.monotonic() - progress[1] < 60, f"no job completed for 60 s ({scraper.completed} of {N})"
             if written - scraper.completed < MAX_WAITING:
                 for i in range(written, min(written + BATCH, N)):
                     write_job(dirs.jobs, make_job(f"soak-{i:06d}", data={"i": i}))
@@ -87,14 +91,16 @@ def test_soak_20000_jobs_flat_memory_no_leaks(dirs):
         scraper.stop.set()
         w.stop()
     assert scraper.failures == 0, scraper.errors[:5]
-    assert scraper.scrapes >= 0.8 * elapsed / 0.1, (scraper.scrapes, elapsed)
+    # what the soak is for: scraped all along (memory sampled through the run), every job done,
+    # memory flat, nothing leaked -- not how many scrapes fit in the wall time of a busy machine
+    assert scraper.scrapes >= 20, scraper.scrapes
     assert total(s, "guestkit_worker_jobs_total", status="completed") == N
     assert total(s, "guestkit_worker_jobs_total") == N
     assert total(s, "guestkit_worker_active_jobs") == 0 and total(s, "guestkit_worker_queue_depth") == 0
     assert len(archived(dirs, "done")) == N and waiting(dirs) == []
     assert sum(1 for n in os.listdir(dirs.results) if n.endswith("-result.json")) == N
     warm = [kib for done, kib in scraper.rss if done >= WARM_UP]
-    assert warm, "no samples after warm-up"
+    assert len(warm) >= 10, f"only {len(warm)} memory samples after warm-up"
     growth = max(warm) - warm[0]
     print(f"soak: {N} jobs in {elapsed:.1f}s ({N / elapsed:.0f}/s), {scraper.scrapes} scrapes, "
           f"RSS after warm-up {warm[0]} KiB, max {max(warm)} KiB, end {warm[-1]} KiB, growth {growth} KiB, "
