@@ -27,7 +27,7 @@ EXIT_TEXTFILE = 3
 EXIT_ABORTED = 130
 
 ENV_PREFIX = "GUESTKIT_WORKER_"
-COMMANDS = ("run", "api", "submit", "validate", "list-operations", "status", "result", "list", "cancel")
+COMMANDS = ("run", "api", "submit", "validate", "list-operations", "status", "result", "list", "cancel", "prune")
 
 
 def _bool(text):
@@ -201,6 +201,8 @@ def get_parser():
     from .commands import add_api_client_options, add_client_commands
     add_api_client_options(submit)
     add_client_commands(sub)
+    from .prune import add_prune_command
+    add_prune_command(sub, _env_name)
     return parser
 
 
@@ -255,6 +257,9 @@ def main(argv=None):
         return cmd_client(args)
     if args.command == "validate":
         return cmd_validate(args)
+    if args.command == "prune":
+        from .prune import cmd_prune
+        return cmd_prune(args, _env_name, _usage_error)
     if args.command == "list-operations" or getattr(args, "list_operations", False):
         return cmd_list_operations()
     args = _resolve(args)

@@ -42,7 +42,8 @@ README = CONTRIB / "README.md"
 
 BINARY = "/usr/bin/guestkit-worker"
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
-UNITS = ("guestkit-worker.service", "guestkit-worker-once.service", "guestkit-worker-once.timer")
+UNITS = ("guestkit-worker.service", "guestkit-worker-once.service", "guestkit-worker-once.timer",
+         "guestkit-worker-prune.service", "guestkit-worker-prune.timer")
 
 COUNTERS = {
     "guestkit_worker_jobs_total", "guestkit_handler_executions_total",
@@ -479,7 +480,8 @@ def test_systemd_analyze_verify(systemd_analyze, tmp_path):
     assert not ours, "systemd-analyze verify complained:\n" + "\n".join(ours)
 
 
-@pytest.mark.parametrize("name", ["guestkit-worker.service", "guestkit-worker-once.service"])
+@pytest.mark.parametrize("name", ["guestkit-worker.service", "guestkit-worker-once.service",
+                                  "guestkit-worker-prune.service"])
 def test_systemd_security_exposure(systemd_analyze, tmp_path, name):
     """The sandbox keeps `systemd-analyze security` at 2.5 or below (0 = locked down, 10 = none)."""
     (tmp_path / name).write_text((SYSTEMD / name).read_text())

@@ -1,0 +1,112 @@
+"""Retention: `guestkit-worker prune --older-than DURATION [--dry-run]` on a layout made by real
+worker runs: what is finished and older goes; waiting and running jobs, the results of such
+jobs, results an idempotency record points to, and anything young stay."""
+
+import fcntl
+import json
+import os
+import time
+
+import pytest
+
+from conftest import cli, make_job, write_job
+from guestkit_worker.prune import parse_duration
+
+
+def _snapshot(root):
+    out = set()
+    for d, _, files in os.walk(root):
+        out |= {os.path.join(d, f) for f in files}
+    return out
+
+
+@pytest.fixture
+def layout(dirs):
+    """Jobs run by a real worker, then made old (by waiting a second: prune --older-than 1)."""
+    write_job(dirs.jobs, make_job("prune-done-0001"))
+    write_job(dirs.jobs, make_job("prune-fail-0001", "test.raise"))
+    write_job(dirs.jobs, make_job("prune-rej-00001", execution={"priority": 42}))
+    write_job(dirs.jobs, make_job("prune-idem-0001", execution={"idempotency_key": "nightly-01"}))
+    write_job(dirs.jobs, make_job("prune-back-0001", "test.sleep", {"seconds": 0}))
+    write_job(dirs.jobs, make_job("prune-wait-0001", "test.sleep", {"seconds": 0}))
+    cli("--once", "--metrics-enabled", "false", *dirs.args(), check=1)
+    # a job sent back to the queue after its first attempt was cancelled: its file waits again
+    # and its earlier result must stay until it ends
+    os.rename(os.path.join(dirs.jobs, "done", "prune-back-0001.json"), os.path.join(dirs.jobs, "prune-back-0001.json"))
+    # a job a live worker is running (claimed, started; the worker's liveness lock held), with
+    # its progress file
+    running = os.path.join(dirs.jobs, ".processing", "live-worker")
+    lock = os.open(running + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.makedirs(running)
+    with open(os.path.join(running, "prune-run-0001.json.running"), "w") as fh:
+        json.dump(make_job("prune-run-0001"), fh)
+    with open(os.path.join(dirs.results, "prune-run-0001-progress.jsonl"), "w") as fh:
+        fh.write('{"phase": "convert"}\n')
+    time.sleep(1.2)  # everything above is now older than one second
+    write_job(dirs.jobs, make_job("prune-young-001"))
+    cli("--once", "--metrics-enabled", "false", *dirs.args(), check=0)  # runs young and back
+    # sent back to the queue and not run yet: waiting, with its old first result
+    os.rename(os.path.join(dirs.jobs, "done", "prune-wait-0001.json"), os.path.join(dirs.jobs, "prune-wait-0001.json"))
+    yield dirs
+    os.close(lock)
+
+
+def test_prune_removes_what_is_finished_and_old_and_nothing_else(layout):
+    dirs = layout
+    res = lambda name: os.path.join(dirs.results, name)  # noqa: E731
+    done = lambda name: os.path.join(dirs.jobs, "done", name)  # noqa: E731
+    failed = lambda name: os.path.join(dirs.jobs, "failed", name)  # noqa: E731
+    expected = {
+        done("prune-done-0001.json"), res("prune-done-0001-result.json"),
+        failed("prune-fail-0001.json"), failed("prune-fail-0001.json.reason.json"), res("prune-fail-0001-result.json"),
+        failed("prune-rej-00001.json"), failed("prune-rej-00001.json.reason.json"), res("prune-rej-00001-result.json"),
+        done("prune-idem-0001.json"),  # the job file goes, its result stays (the key points to it)
+    }
+    before = _snapshot(dirs.base)
+    assert expected <= before
+
+    dry = cli("prune", "--older-than", "1", "--dry-run", "--jobs-dir", dirs.jobs, "--results-dir", dirs.results,
+              check=0)
+    assert {line[len("would remove "):] for line in dry.stdout.splitlines()} == expected
+    assert _snapshot(dirs.base) == before  # a dry run removes nothing
+
+    proc = cli("prune", "--older-than", "1", "--jobs-dir", dirs.jobs, "--results-dir", dirs.results, check=0)
+    assert {line[len("removed "):] for line in proc.stdout.splitlines()} == expected
+    assert "removed 9 file(s); kept 2 of waiting or running jobs and 1 result(s) idempotency records point to" \
+        in proc.stderr
+    after = _snapshot(dirs.base)
+    assert after == before - expected
+    # what stayed, and why
+    assert res("prune-idem-0001-result.json") in after                     # idempotency record points to it
+    assert res("prune-run-0001-progress.jsonl") in after                  # its job is running
+    assert os.path.join(dirs.jobs, ".processing", "live-worker", "prune-run-0001.json.running") in after
+    assert res("prune-young-001-result.json") in after and done("prune-young-001.json") in after  # young
+    assert res("prune-back-0001-result.json") in after                    # re-run since: young again
+    assert res("prune-wait-0001-result.json") in after                    # its job waits again
+    assert os.path.join(dirs.jobs, "prune-wait-0001.json") in after
+    assert any(p.startswith(os.path.join(dirs.results, ".idempotency")) for p in after)  # records kept
+    # the idempotency key still deduplicates after the prune
+    write_job(dirs.jobs, make_job("prune-idem-0002", execution={"idempotency_key": "nightly-01"}))
+    cli("--once", "--metrics-enabled", "false", *dirs.args(), check=0)
+    assert dirs.result("prune-idem-0002")["duplicate_of"]["job_id"] == "prune-idem-0001"
+
+
+def test_prune_refuses_bad_input_at_the_door(tmp_path, dirs):
+    proc = cli("prune", "--older-than", "soon", "--jobs-dir", dirs.jobs, "--results-dir", dirs.results)
+    assert proc.returncode == 2 and "expected a duration such as 30d" in proc.stderr
+    proc = cli("prune", "--older-than", "30d", "--jobs-dir", str(tmp_path / "typo"), "--results-dir", dirs.results)
+    assert proc.returncode == 2 and f"--jobs-dir {tmp_path / 'typo'}: no such directory" in proc.stderr
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("text,seconds", [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("45s", 45),
+                                          ("2w", 1209600), ("3600", 3600), ("0.5", 0.5)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "-5d", "3x", "d", "1e9"])
+def test_parse_duration_refuses(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
