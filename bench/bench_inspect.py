@@ -82,7 +82,8 @@ def main():
             json.dump(doc, fh)
         t0 = time.perf_counter()
         proc = subprocess.run(common.worker_exe() + ["--once", "--jobs-dir", jobs, "--results-dir", results,
-                                                     "--work-dir", work, "--log-level", "WARNING"],
+                                                     "--work-dir", work, "--log-level", "WARNING",
+                                                     "--allow-path", os.path.dirname(image)],
                               env=env, capture_output=True, text=True)
         dt = time.perf_counter() - t0
         with open(os.path.join(results, "bench-inspect-0001-result.json")) as fh:
