@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from apikit import Pki, call, served, write_tokens  # noqa: F401 (fixture)
-from conftest import cli, make_job, require_tool
+from conftest import cli, make_job, require_tool, worker_env
 
 JOBS = "/api/v1/jobs"
 TOKEN = "cli-token-0123456789abcdef"
@@ -64,10 +64,8 @@ def test_cli_client_over_the_api_with_a_token(dirs, served, token_file, tmp_path
 
 def test_cli_client_environment_and_unreachable_api(dirs, served, token_file):
     worker = served("api", "--api-token-file", token_file)
-    env = dict(os.environ, GUESTKIT_WORKER_API_URL=worker.url, GUESTKIT_WORKER_API_TOKEN_FILE=token_file)
-    from conftest import worker_env
-    assert cli("status", "no-such-job-2", env=worker_env(**{k: env[k] for k in (
-        "GUESTKIT_WORKER_API_URL", "GUESTKIT_WORKER_API_TOKEN_FILE")})).returncode == 3
+    env = worker_env(GUESTKIT_WORKER_API_URL=worker.url, GUESTKIT_WORKER_API_TOKEN_FILE=token_file)
+    assert cli("status", "no-such-job-2", env=env).returncode == 3
     worker.stop()
     proc = cli("status", "no-such-job-2", "--api", worker.url)
     assert proc.returncode == 6 and "unavailable" in proc.stderr
@@ -141,7 +139,8 @@ def test_curl_invalid_job_and_cancel(dirs, served, tmp_path):
 @pytest.mark.parametrize("command", ["run", "api"])
 def test_api_beyond_loopback_refuses_to_start(dirs, token_file, command, extra, needle):
     extra = [token_file if e == "TOKENS" else e for e in extra]
-    proc = cli(command, *dirs.args()[:4], "--metrics-enabled", "false", "--api-addr", "0.0.0.0:0", *extra)
+    proc = cli(command, *dirs.args()[:4], "--metrics-enabled", "false", "--api-addr", "0.0.0.0:0", *extra,
+               env=worker_env(GUESTKIT_WORKER_ALLOW_PATH=None), timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("guestkit-worker: error: --api-addr")
