@@ -209,13 +209,13 @@ def run_peer(srv, name, n, procs, threads):
 
 def main():
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--jobs", type=int, default=2000, help="jobs per side per round (default 2000)")
+    p.add_argument("--jobs", type=int, default=None, help="jobs per side per round (default 2000, --quick 500)")
     p.add_argument("--shapes", default="1x4,2x4", help="PROCESSESxTHREADS list (default 1x4,2x4)")
     p.add_argument("--sides", help="comma-separated subset of the sides")
-    p.add_argument("--quick", action="store_true", help="1 round of 500 jobs (development only)")
+    p.add_argument("--quick", action="store_true", help="1 round of 500 jobs (development, smoke test)")
     args = p.parse_args()
     rounds = args.rounds or (1 if args.quick else 5)
-    n = 500 if args.quick else args.jobs
+    n = args.jobs or (500 if args.quick else 2000)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     native = ["floor", "worker"] if worker_has_redis() else (["floor"] if _have_scripts() else [])
     sides = native + [s for s in PEER_ORDER if fleetpeers.PEERS[s].version()]
