@@ -23,7 +23,7 @@ class HandlerContext:
     """
 
     def __init__(self, job, *, worker_id, work_dir, metrics, progress_path=None,
-                 deadline=None, allowed_paths=None, protected_paths=()):
+                 deadline=None, allowed_paths=None, protected_paths=(), children=None):
         self.job = job
         self.job_id = job.job_id
         self.worker_id = worker_id
@@ -37,6 +37,7 @@ class HandlerContext:
         self._metrics = metrics
         self._progress_path = progress_path
         self._children = set()
+        self._registry = children  # orphans.ChildRegistry: children recorded for a crash's clean-up
         self._lock = threading.Lock()
         self._seq = 0
         self.disk_read_bytes = 0
@@ -135,6 +136,8 @@ class HandlerContext:
                              on_stderr_line=on_stderr_line, job_id=self.job_id)
         with self._lock:
             self._children.add(child)
+        if self._registry is not None:
+            self._registry.add(child.pid, self.job_id)
         log.debug("job %s: started pid %s: %s", self.job_id, child.pid, " ".join(map(str, argv)))
         try:
             if self.cancel_event.is_set():  # cancelled between check and registration
@@ -143,6 +146,8 @@ class HandlerContext:
         finally:
             with self._lock:
                 self._children.discard(child)
+            if self._registry is not None:
+                self._registry.remove(child.pid)
         if rc is None or self.cancel_event.is_set():
             raise JobCancelled(self.cancel_reason or "cancelled")
         return subprocess.CompletedProcess(child.argv, rc, child.stdout, child.stderr)

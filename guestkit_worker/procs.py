@@ -14,6 +14,8 @@ import subprocess
 import threading
 import time
 
+from .orphans import pdeathsig_prefix
+
 log = logging.getLogger(__name__)
 
 KILL_GRACE_SECONDS = 3.0
@@ -112,8 +114,10 @@ class ChildProcess:
                  job_id="-"):
         self.argv = list(argv)
         self.job_id = job_id
+        # exec'd through setpriv --pdeathsig KILL: the child dies with the thread that started it,
+        # even when the worker is SIGKILLed (see guestkit_worker.orphans)
         self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pdeathsig_prefix() + self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=env, cwd=cwd, start_new_session=True, close_fds=True)
         self.stdout_chunks, self.stderr_chunks = [], []
         self._readers = [

@@ -40,6 +40,7 @@ from .context import HandlerContext
 from .errors import HandlerError, JobCancelled, JobValidationError
 from .handlers import default_registry
 from .metrics import NullMetrics, WorkerMetrics
+from .orphans import ChildRegistry
 from .procs import KILL_GRACE_SECONDS, kill_tree_now
 from .protocol import DEFAULT_MAX_JOB_BYTES, decode_job_bytes, peek_job_id, pool_accepts, validate_document
 from .state import JobState, check_transition
@@ -238,6 +239,9 @@ class Worker:
         dead workers."""
         os.makedirs(self.work_dir, exist_ok=True)
         self.transport.open()
+        # processes left by workers that were killed (their children's children) go first
+        self._children_registry = ChildRegistry(os.path.join(self.work_dir, ".children"), self.cfg.worker_id)
+        self._children_registry.reap_dead_workers()
         # handlers check a job's paths against --allow-path while validating it: a refused
         # path rejects the job before anything looks at the file system
         self.handlers.configure_paths(self.cfg.allow_paths, self.transport.own_dirs)
@@ -248,6 +252,7 @@ class Worker:
         self._last_recovery = time.monotonic()
 
     _sweeper = None
+    _children_registry = None
     #: called once run() has started the worker's own threads
     on_running = None
 
@@ -495,7 +500,7 @@ class Worker:
         ctx = run.ctx = HandlerContext(job, worker_id=cfg.worker_id, work_dir=self.work_dir, metrics=self.metrics,
                                        progress_path=self.transport.progress_path(job.job_id),
                                        deadline=time.monotonic() + timeout, allowed_paths=cfg.allow_paths,
-                                       protected_paths=self.transport.own_dirs)
+                                       protected_paths=self.transport.own_dirs, children=self._children_registry)
         self.transport.mark_started(run.claim)
         run.to(JobState.RUNNING)
         run.thread = threading.current_thread().name

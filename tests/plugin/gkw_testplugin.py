@@ -36,6 +36,9 @@ class ChildHandler(_Test):
         script = "import time,sys\n"
         if data.get("ignore_sigterm"):
             script += "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        if data.get("grandchild_pid_file"):  # a grandchild in the child's session, as qemu under libguestfs
+            script += ("import subprocess; g = subprocess.Popen(['sleep', '600']); "
+                       f"open({data['grandchild_pid_file']!r}, 'w').write(str(g.pid))\n")
         script += "time.sleep(600)\n"
         pid_file = data["pid_file"]
 
