@@ -214,3 +214,31 @@ def test_unknown_route_404_and_wrong_method_405(dirs, served):
     assert call(api.url, "GET", "/api/v2/jobs").status == 404
     reply = call(api.url, "PUT", f"{JOBS}/job-rows-00011")
     assert reply.status == 405 and reply.headers["allow"] == "GET, DELETE"
+
+
+# -- GET /api/v1/jobs/ID/progress ------------------------------------------------------------
+
+@pytest.mark.engine
+def test_progress_events_of_a_real_convert_job(dirs, served, tmp_path):
+    import subprocess
+
+    from conftest import require_tool
+    qemu_img = require_tool("qemu-img")
+    image = tmp_path / "small.raw"
+    subprocess.run([qemu_img, "create", "-q", "-f", "raw", str(image), "16M"], check=True, timeout=60)
+    worker = served("run")
+    doc = make_job("job-progress-01", operation="guestkit.convert",
+                   data={"image": {"path": str(image), "format": "raw"}, "target_format": "qcow2",
+                         "output": {"destination": str(tmp_path / "small.qcow2")}})
+    assert call(worker.url, "POST", JOBS, doc=doc).status == 202
+    result = call(worker.url, "GET", f"{JOBS}/job-progress-01/result?wait=60", timeout=90)
+    assert result.status == 200 and result.json["data"]["status"] == "completed", result
+    every = call(worker.url, "GET", f"{JOBS}/job-progress-01/progress").json["data"]
+    phases = [e["phase"] for e in every["events"]]
+    assert phases[0] == "validation" and phases[-1] == "export" and "convert" in phases
+    assert every["after"] == 0 and every["next"] == len(phases)
+    with open(os.path.join(dirs.results, "job-progress-01-progress.jsonl")) as fh:
+        assert every["events"] == [json.loads(line) for line in fh], "the stored events, unchanged"
+    tail = call(worker.url, "GET", f"{JOBS}/job-progress-01/progress?after=2").json["data"]
+    assert tail["events"] == every["events"][2:] and tail["next"] == len(phases)
+    assert call(worker.url, "GET", f"{JOBS}/job-progress-01/progress?after=x").status == 400
