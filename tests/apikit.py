@@ -127,10 +127,14 @@ class Served:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(argv + list(args), env=env or worker_env(), stdout=subprocess.DEVNULL,
                                          stderr=log)
-        self.url = wait_for(lambda: self._logged("serving the REST API on "), timeout=60,
-                            what=f"the API of {command} to listen")
-        self.metrics_url = wait_for(lambda: self._logged("serving /metrics and /health on "), timeout=30,
-                                    what="the metrics port") if metrics else None
+        try:
+            self.url = wait_for(lambda: self._logged("serving the REST API on "), timeout=60,
+                                what=f"the API of {command} to listen")
+            self.metrics_url = wait_for(lambda: self._logged("serving /metrics and /health on "), timeout=30,
+                                        what="the metrics port") if metrics else None
+        except BaseException:
+            self.stop()  # never leave a process behind when it did not come up
+            raise
 
     def _logged(self, marker):
         if self.proc.poll() is not None:

@@ -92,7 +92,11 @@ class FileIndex:
         result = self.get_result(job_id)
         if result is None:
             return None
-        return _status_of_result(job_id, result)
+        status = _status_of_result(job_id, result)
+        archived = self._archived_doc(job_id)  # the result does not say when the job was created
+        if isinstance(archived, dict) and isinstance(archived.get("created_at"), str):
+            status.submitted_at = archived["created_at"]
+        return status
 
     def list_jobs(self, *, status: Optional[str] = None, operation: Optional[str] = None,
                   limit: int = 100, page_token: Optional[str] = None) -> Page:
