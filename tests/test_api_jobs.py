@@ -243,3 +243,20 @@ def test_progress_events_of_a_real_convert_job(dirs, served, tmp_path):
     tail = call(worker.url, "GET", f"{JOBS}/job-progress-01/progress?after=2").json["data"]
     assert tail["events"] == every["events"][2:] and tail["next"] == len(phases)
     assert call(worker.url, "GET", f"{JOBS}/job-progress-01/progress?after=x").status == 400
+
+
+def test_job_store_unavailable_is_503_with_retry_after_then_recovers(dirs, served):
+    api = served("api")
+    aside = dirs.jobs + ".aside"
+    os.rename(dirs.jobs, aside)
+    with open(dirs.jobs, "w") as fh:  # the jobs "directory" is now a file: every write fails
+        fh.write("not a directory\n")
+    try:
+        reply = call(api.url, "POST", JOBS, doc=make_job("job-store-00001"))
+        assert reply.status == 503 and reply.headers["retry-after"] == "5"
+        assert reply.json["error"] == "TRANSPORT_UNAVAILABLE" and dirs.jobs not in reply.body.decode()
+    finally:
+        os.remove(dirs.jobs)
+        os.rename(aside, dirs.jobs)
+    assert call(api.url, "POST", JOBS, doc=make_job("job-store-00001")).status == 202
+    assert call(api.url, "GET", "/api/v1/health").status == 200
