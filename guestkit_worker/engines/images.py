@@ -1,6 +1,6 @@
-"""Helpers shared by the disk-image handlers: formats, payload checks, atomic output files."""
+"""Helpers shared by the disk-image handlers: formats, payload checks, file helpers (outputs are
+written through :mod:`guestkit_worker.engines.outputs`)."""
 
-import errno
 import logging
 import os
 import stat
@@ -94,11 +94,6 @@ def check_destination(dest, field, overwrite):
                            phase="validation", details={"path": dest})
 
 
-def temp_name(dest, job_id):
-    """A hidden temporary name next to dest (same filesystem, so rename is atomic)."""
-    return os.path.join(os.path.dirname(dest) or ".", f".{os.path.basename(dest)}.{job_id}.partial")
-
-
 def fsync_path(path):
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
@@ -112,33 +107,6 @@ def fsync_dir(path):
         fsync_path(path)
     except OSError as exc:  # some filesystems refuse fsync on directories
         log.debug("fsync of directory %s failed: %s", path, exc)
-
-
-def publish(tmp, dest, overwrite, job_id="-"):
-    """Move the finished (fsynced) tmp to dest atomically; without overwrite never clobber.
-
-    Without overwrite a hard link does the no-clobber check and the move in one step; on a
-    filesystem without hard links a last existence check precedes the rename.
-    """
-    if overwrite:
-        os.replace(tmp, dest)
-    else:
-        try:
-            os.link(tmp, dest)
-        except FileExistsError:
-            raise HandlerError("OUTPUT_EXISTS", f"{dest} appeared while the job ran; not replaced",
-                               phase="export", details={"path": dest}) from None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
-                raise
-            if os.path.lexists(dest):
-                raise HandlerError("OUTPUT_EXISTS", f"{dest} appeared while the job ran; not replaced",
-                                   phase="export", details={"path": dest}) from None
-            os.rename(tmp, dest)
-        else:
-            os.unlink(tmp)
-    fsync_dir(os.path.dirname(dest) or ".")
-    log.info("job %s: wrote %s", job_id, dest)
 
 
 def remove_quietly(path, job_id="-"):

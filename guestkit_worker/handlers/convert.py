@@ -9,9 +9,11 @@ Payload (``guestkit.convert.v1``)::
 
 Source and target formats are always given explicitly (``-f`` / ``-O``), so no image is
 format-probed.  qemu-img runs in a child process through ``context.run`` (own process group,
-killed on timeout or shutdown) and writes to a hidden temporary name next to the destination;
-only a finished, fsynced conversion is renamed into place, and the temporary file is removed
-after any failure.  An existing destination is refused (OUTPUT_EXISTS) unless
+killed on timeout or shutdown) and writes into a private directory made beside the destination
+(:class:`~guestkit_worker.engines.outputs.PrivateOutput`: unpredictable name, mode 0700, reached
+through a held descriptor, so no link planted in a shared directory is ever followed); only a
+finished, fsynced conversion is renamed into place, and the private directory is removed after
+any failure.  An existing destination is refused (OUTPUT_EXISTS) unless
 ``output.overwrite`` is true.  The default destination is ``<work-dir>/<job_id>.<target_format>``.
 
 ``qemu-img convert -p`` progress is turned into ``convert`` progress events (at most one per
@@ -30,9 +32,9 @@ import stat
 import threading
 import time
 
-from ..engines.images import (IMAGE_FORMATS, check_destination, fsync_path, image_size, publish, remove_quietly,
-                              require_bool, require_dict, require_format, require_image_file, require_path,
-                              temp_name)
+from ..engines.images import (IMAGE_FORMATS, check_destination, image_size, require_bool, require_dict,
+                              require_format, require_image_file, require_path)
+from ..engines.outputs import PrivateOutput
 from ..errors import EngineUnavailable, HandlerError, JobValidationError
 from .base import HandlerResult, ImageHandler
 
@@ -122,20 +124,23 @@ class ConvertHandler(ImageHandler):
             raise EngineUnavailable(f"guestkit.convert needs {detail}")
         context.progress("validation", 100, f"{src} ({src_fmt}) -> {dest} ({target})")
 
-        tmp = temp_name(dest, job_id)
-        with self._lock:
-            self._partials[job_id] = tmp
-        remove_quietly(tmp, job_id)  # a leftover of an earlier, killed attempt
         try:
-            result = self._convert(context, src, src_fmt, tmp, target, compress)
+            out = PrivateOutput(dest, job_id)
+        except OSError as exc:
+            raise HandlerError("OUTPUT_WRITE_FAILED", f"cannot write {dest}: {exc}", phase="export") from exc
+        with self._lock:
+            self._partials[job_id] = out
+        try:
+            result = self._convert(context, src, src_fmt, out.child_path, target, compress)
             context.progress("export", 0, f"moving the result to {dest}")
-            fsync_path(tmp)
-            written = _allocated(tmp)
-            publish(tmp, dest, overwrite, job_id)
+            out.fsync()
+            st = out.stat()
+            written = min(st.st_size, st.st_blocks * 512)
+            out.publish(overwrite)
         except OSError as exc:
             raise HandlerError("OUTPUT_WRITE_FAILED", f"cannot write {dest}: {exc}", phase="export") from exc
         finally:
-            remove_quietly(tmp, job_id)
+            out.close()
             with self._lock:
                 self._partials.pop(job_id, None)
         context.record_disk_io(write_bytes=written)
@@ -189,6 +194,6 @@ class ConvertHandler(ImageHandler):
     # -- cleanup ------------------------------------------------------------------------
     def cleanup(self, context):
         with self._lock:
-            tmp = self._partials.pop(context.job_id, None)
-        if tmp:
-            remove_quietly(tmp, context.job_id)
+            out = self._partials.pop(context.job_id, None)
+        if out is not None:
+            out.close()

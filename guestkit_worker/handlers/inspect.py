@@ -21,7 +21,9 @@ Steps, each reported as a progress phase: ``validation`` (paths, --allow-path, e
 CHECKSUM_MISMATCH before any appliance starts), ``launch`` and ``inspection`` (one libguestfs
 appliance run by :mod:`guestkit_worker.engines.guestfs_probe` in a child process through
 ``context.run``, so timeouts and shutdown kill it together with its qemu), ``export`` (the full
-report written atomically to ``output.destination`` or ``<work-dir>/<job_id>-inspection.json``).
+report written atomically to ``output.destination`` or ``<work-dir>/<job_id>-inspection.json``,
+created in a private directory beside it and renamed into place, never through a link:
+:class:`~guestkit_worker.engines.outputs.PrivateOutput`).
 The job result's ``data`` is a summary: the OS block, counts and at most SAMPLE_LIMIT entries
 per list; ``HandlerResult.output`` names the full report.
 
@@ -56,9 +58,9 @@ from datetime import datetime, timezone
 
 from ..checksum import parse_checksum, verify_sha256
 from ..engines import probe_script
-from ..engines.images import (check_destination, fsync_path, image_size, publish, remove_quietly,
-                              require_bool, require_dict, require_format, require_image_file, require_path,
-                              temp_name)
+from ..engines.images import (check_destination, image_size, remove_quietly, require_bool, require_dict,
+                              require_format, require_image_file, require_path)
+from ..engines.outputs import PrivateOutput
 from ..errors import EngineUnavailable, HandlerError, JobValidationError
 from .base import HandlerResult, ImageHandler
 
@@ -340,18 +342,20 @@ class InspectHandler(ImageHandler):
         return doc
 
     def _write_report(self, context, dest, report, overwrite):
-        tmp = temp_name(dest, context.job_id)
-        self._remember(context.job_id, tmp)
+        data = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode("utf-8")
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(report, fh, indent=2, sort_keys=True)
-                fh.write("\n")
-            fsync_path(tmp)
-            publish(tmp, dest, overwrite, context.job_id)
+            with PrivateOutput(dest, context.job_id) as out:
+                fd = out.create(0o640)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                out.publish(overwrite)
         except OSError as exc:
             raise HandlerError("OUTPUT_WRITE_FAILED", f"cannot write {dest}: {exc}", phase="export") from exc
-        finally:
-            remove_quietly(tmp)
 
     # -- cleanup ------------------------------------------------------------------------
     def _remember(self, job_id, path):
