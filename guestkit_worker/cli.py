@@ -5,7 +5,6 @@ environment, logging set-up and everything else happens in :func:`main`.
 """
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -294,39 +293,19 @@ def cmd_list_operations():
 
 
 def _check_file(path, registry):
-    """List of problems of one job file (empty when valid), and the parsed job."""
-    from .errors import GuestkitWorkerError, JobValidationError
-    from .protocol import DEFAULT_MAX_JOB_BYTES, decode_job_bytes, validate_document
+    """List of problems of one job file (empty when valid), and the parsed job: the worker's
+    own admission verdict (guestkit_worker.admission)."""
+    from .admission import problems
+    from .protocol import DEFAULT_MAX_JOB_BYTES
     try:
         if path == "-":
             raw = sys.stdin.buffer.read(DEFAULT_MAX_JOB_BYTES + 1)
         else:
             with open(path, "rb") as fh:
                 raw = fh.read(DEFAULT_MAX_JOB_BYTES + 1)
-        job = validate_document(decode_job_bytes(raw))
     except OSError as exc:
         return [f"cannot read: {exc.strerror}"], None
-    except JobValidationError as exc:
-        return [str(p) for p in getattr(exc, "problems", [exc])], None
-    problems = []
-    handler = registry.get(job.operation)
-    if handler is None:
-        problems.append(f"operation: no handler for {job.operation!r} (served: {', '.join(registry.operations)})")
-    else:
-        if job.payload_type not in handler.payload_types:
-            problems.append(f"payload.type: {job.payload_type!r} is not accepted by {job.operation}")
-        if not isinstance(job.data, dict):
-            problems.append("payload.data: must be an object")
-        else:
-            try:
-                handler.validate(job.data)
-            except JobValidationError as exc:
-                problems.append(f"payload.data.{exc}" if exc.field and not exc.field.startswith("payload") else str(exc))
-            except GuestkitWorkerError as exc:
-                problems.append(str(exc))
-    if job.expired():
-        problems.append("execution.deadline: already in the past")
-    return problems, job
+    return problems(raw, registry, DEFAULT_MAX_JOB_BYTES)
 
 
 def cmd_validate(args):
@@ -346,7 +325,6 @@ def cmd_validate(args):
 
 
 def cmd_submit(args):
-    from . import atomic
     from .handlers import default_registry
     from .errors import ConfigError
     from .preflight import existing_dir
@@ -362,17 +340,24 @@ def cmd_submit(args):
         for problem in problems:
             print(f"{args.job}: {problem}", file=sys.stderr)
         return EXIT_JOBS_FAILED
-    dest = os.path.join(jobs_dir, f"{job.job_id}.json")
-    data = (json.dumps(job.doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    from .config import WorkerConfig
+    from .transports import open_transport
+    cfg = WorkerConfig(jobs_dir=jobs_dir, results_dir=os.environ.get(_env_name("results_dir")) or "./results",
+                       worker_id=f"submit-{os.getpid()}")
     try:
-        atomic.write_bytes(dest, data, mode=0o640, overwrite=False)
-    except FileExistsError:
-        print(f"{args.job}: a job file {dest} is already waiting", file=sys.stderr)
-        return EXIT_JOBS_FAILED
+        receipt = open_transport(cfg).submit(job.doc)
     except OSError as exc:
-        print(f"{args.job}: cannot write {dest}: {exc.strerror}", file=sys.stderr)
+        print(f"{args.job}: cannot queue it: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(dest)
+    if receipt.outcome == "exists":
+        print(f"{args.job}: job {job.job_id} was submitted before ({receipt.status}: {receipt.location})",
+              file=sys.stderr)
+        return EXIT_JOBS_FAILED
+    if receipt.outcome == "conflict":
+        print(f"{args.job}: job id {job.job_id} is already used by another job ({receipt.status}: "
+              f"{receipt.location})", file=sys.stderr)
+        return EXIT_JOBS_FAILED
+    print(receipt.location)
     return EXIT_OK
 
 
@@ -436,8 +421,6 @@ def cmd_run(args):
             server.shutdown()
         if isinstance(exc, ConfigError):
             return _usage_error(str(exc))
-        if isinstance(exc, BlockingIOError):
-            return _usage_error(f"another worker with id {cfg.worker_id} is running")
         return _usage_error(f"cannot set up the job directories: {exc}")
     from .signals import SignalWatcher
     signals = SignalWatcher(worker, shutdown_timeout=cfg.shutdown_timeout).install()

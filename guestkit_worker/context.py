@@ -2,12 +2,12 @@
 
 import json
 import logging
-import os
 import subprocess
 import threading
 import time
 from datetime import datetime, timezone
 
+from .atomic import append_line
 from .errors import JobCancelled
 from .procs import ChildProcess
 
@@ -22,7 +22,7 @@ class HandlerContext:
     processes that die with the job, and ``record_*`` to feed the metrics.
     """
 
-    def __init__(self, job, *, worker_id, work_dir, metrics, progress_path=None,
+    def __init__(self, job, *, worker_id, work_dir, metrics, progress_path=None, progress_sink=None,
                  deadline=None, allowed_paths=None, protected_paths=(), children=None):
         self.job = job
         self.job_id = job.job_id
@@ -36,6 +36,7 @@ class HandlerContext:
         self.protected_paths = tuple(protected_paths)
         self._metrics = metrics
         self._progress_path = progress_path
+        self._progress_sink = progress_sink  # callable(job_id, event): the transport's progress store
         self._children = set()
         self._registry = children  # orphans.ChildRegistry: children recorded for a crash's clean-up
         self._lock = threading.Lock()
@@ -91,19 +92,17 @@ class HandlerContext:
             seq = self._seq
         log.log(self._progress_level(phase, percent), "job %s: [%s] %s%s", self.job_id, phase,
                 "" if percent is None else f"{percent:.0f}% ", message)
-        if not self._progress_path:
+        if not (self._progress_path or self._progress_sink):
             return
         event = {"job_id": self.job_id, "timestamp": datetime.now(timezone.utc).isoformat(),
                  "sequence": seq, "phase": phase, "message": message}
         if percent is not None:
             event["progress_percent"] = round(float(percent), 1)
+        if self._progress_sink is not None:
+            self._progress_sink(self.job_id, event)
+            return
         try:
-            # 0640 before the umask, like results (open(..., "a") would ask for 0666); a link
-            # planted at this name is not followed
-            fd = os.open(self._progress_path,
-                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
-            with open(fd, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(event) + "\n")
+            append_line(self._progress_path, json.dumps(event))
         except OSError as exc:
             log.warning("job %s: cannot append progress to %s: %s", self.job_id, self._progress_path, exc)
 

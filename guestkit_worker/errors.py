@@ -40,13 +40,21 @@ class HandlerError(GuestkitWorkerError):
         super().__init__(f"{code}: {message}")
 
 
-class JobCancelled(HandlerError):
-    """The job's cancellation event was set (timeout or shutdown) and the handler stopped."""
+class JobCancelled(BaseException):
+    """Raised inside a handler when its job is cancelled (timeout, shutdown, a cancel request or
+    a lost lease).  Like KeyboardInterrupt it derives from BaseException, so a handler's
+    ``except Exception`` cannot swallow it; ``code``, ``message`` and ``recoverable`` are read
+    like a HandlerError's."""
+
+    phase = "execution"
+    details = None
 
     def __init__(self, reason="cancelled"):
-        super().__init__("TIMEOUT" if reason == "timeout" else "CANCELLED",
-                         f"job {reason}", recoverable=reason != "timeout")
         self.reason = reason
+        self.code = "TIMEOUT" if reason == "timeout" else "CANCELLED"
+        self.message = f"job {reason}"
+        self.recoverable = reason != "timeout"
+        super().__init__(f"{self.code}: {self.message}")
 
 
 class EngineUnavailable(HandlerError):
@@ -54,10 +62,6 @@ class EngineUnavailable(HandlerError):
 
     def __init__(self, message):
         super().__init__("ENGINE_UNAVAILABLE", message, recoverable=False)
-
-
-class TransportError(GuestkitWorkerError):
-    """The job transport could not claim, archive or write something (disk full, permissions)."""
 
 
 class InvalidTransition(GuestkitWorkerError):

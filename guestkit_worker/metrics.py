@@ -8,7 +8,6 @@ Label values are bounded: an operation that no handler serves is recorded as ``u
 import logging
 import os
 import re
-import tempfile
 import time
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
@@ -16,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.exposition import generate_latest
 
+from . import atomic
 from .histogram import LeanHistogram
 from .livemetrics import HealthChecks, OldestRunningJob, OptionalTimestamp
 
@@ -303,19 +303,7 @@ def write_textfile(directory, metrics, *, succeeded, now=None):
             metrics.last_success_value = prev
     text = b"".join(line + b"\n" for line in generate_latest(registry).splitlines()
                     if not _sample_name(line).endswith(b"_created"))
-    fd, tmp = tempfile.mkstemp(prefix=".guestkit_worker.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic.write_bytes(path, text, mode=0o644)
+    os.chmod(path, 0o644)  # readable by node_exporter whatever the umask
     log.info("wrote %s (%d bytes)", path, len(text))
     return path

@@ -6,9 +6,8 @@ from .errors import InvalidTransition
 
 
 class JobState(enum.Enum):
-    PENDING = "pending"      # a file in the jobs directory
-    QUEUED = "queued"        # handed to a job thread
-    ASSIGNED = "assigned"    # claimed (renamed into this worker's processing area)
+    PENDING = "pending"      # waiting in the queue
+    ASSIGNED = "assigned"    # delivered to this worker
     RUNNING = "running"      # handler started
     COMPLETED = "completed"
     FAILED = "failed"
@@ -17,12 +16,10 @@ class JobState(enum.Enum):
 
 
 _ALLOWED = {
-    JobState.PENDING: {JobState.QUEUED},
-    JobState.QUEUED: {JobState.ASSIGNED},
+    JobState.PENDING: {JobState.ASSIGNED},
     JobState.ASSIGNED: {JobState.RUNNING, JobState.FAILED, JobState.COMPLETED, JobState.PENDING},
     JobState.RUNNING: {JobState.COMPLETED, JobState.FAILED, JobState.TIMEOUT, JobState.CANCELLED},
 }
-TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.TIMEOUT, JobState.CANCELLED})
 
 
 def check_transition(old, new):

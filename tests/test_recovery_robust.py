@@ -32,7 +32,7 @@ def test_nan_claim_of_a_dead_worker_is_rejected_and_startup_goes_on(dirs):
 
 def test_a_claim_whose_recovery_raises_goes_to_failed_and_the_rest_recover(dirs):
     # a started claim whose stored result is not a JSON object: recovery's look at the earlier
-    # result raised AttributeError out of start-up
+    # result raised (once AttributeError out of start-up; now the store's ValueError)
     _dead_claim(dirs, "dead-odd", "odd-result-001.json", json.dumps(make_job("odd-result-001")).encode())
     with open(os.path.join(dirs.results, "odd-result-001-result.json"), "w") as fh:
         fh.write("[1, 2]\n")
@@ -42,7 +42,7 @@ def test_a_claim_whose_recovery_raises_goes_to_failed_and_the_rest_recover(dirs)
     assert proc.returncode == 0, proc.stderr
     reason = dirs.reason("odd-result-001.json")
     assert reason["status"] == "failed" and reason["error"]["code"] == "RECOVERY_FAILED"
-    assert "AttributeError" in reason["error"]["message"] and "dead-odd" in reason["error"]["message"]
+    assert "not a JSON object" in reason["error"]["message"] and "dead-odd" in reason["error"]["message"]
     assert dirs.result("zz-after-odd1")["status"] == "completed"
     with open(os.path.join(dirs.results, "odd-result-001-result.json")) as fh:
         assert fh.read() == "[1, 2]\n"  # not touched

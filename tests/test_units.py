@@ -19,7 +19,7 @@ from metricskit import parse, value
 
 def test_state_machine_happy_paths():
     s = JobState.PENDING
-    for nxt in (JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING, JobState.TIMEOUT):
+    for nxt in (JobState.ASSIGNED, JobState.RUNNING, JobState.TIMEOUT):
         s = check_transition(s, nxt)
     assert s is JobState.TIMEOUT
     assert check_transition(JobState.ASSIGNED, JobState.FAILED) is JobState.FAILED  # rejected
@@ -39,14 +39,15 @@ def test_invalid_transitions_raise(old, new):
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "r.json"
-    with pytest.raises(TypeError):
-        atomic.write_json(str(target), {"x": object()})
-    assert os.listdir(tmp_path) == []
-    atomic.write_json(str(target), {"x": 1})
-    assert target.read_text() == '{\n  "x": 1\n}\n'
+    os.mkdir(tmp_path / "full")
+    with pytest.raises(IsADirectoryError):  # the rename fails: the temp file must go too
+        atomic.write_bytes(str(tmp_path / "full"), b"x")
+    assert os.listdir(tmp_path) == ["full"]
+    atomic.write_bytes(str(target), b"first\n")
+    assert target.read_text() == "first\n"
     with pytest.raises(FileExistsError):
         atomic.write_bytes(str(target), b"other", overwrite=False)
-    assert target.read_text() == '{\n  "x": 1\n}\n' and os.listdir(tmp_path) == ["r.json"]
+    assert target.read_text() == "first\n" and sorted(os.listdir(tmp_path)) == ["full", "r.json"]
 
 
 def test_kill_tree_reaches_children_in_other_process_groups():
@@ -92,4 +93,7 @@ def test_metrics_children_cached_and_unknown_bounded():
     assert (value(s, "guestkit_worker_disk_read_bytes_total"), value(s, "guestkit_worker_disk_write_bytes_total")) \
         == (10, 5)
     assert m.label_operation("made.up") == "unknown"
-    assert NullMetrics().job_finished("x", "completed", 1) is None
+    # NullMetrics (metrics disabled) answers every call the worker makes on WorkerMetrics
+    public = {n for n in dir(WorkerMetrics) if not n.startswith("_") and callable(getattr(WorkerMetrics, n))}
+    missing = {n for n in public if not callable(getattr(NullMetrics(), n, None))}
+    assert public and not missing, missing

@@ -2,7 +2,7 @@
 :class:`JobQueue`) and where results go (a :class:`ResultStore`).  A transport implements
 both in one object (:class:`Transport`), because a crash-safe outcome needs the result stored
 and the delivery acknowledged in one step (one Lua script for Redis; result file, directory
-fsync, then the job file's archive for files).
+flush, then the job file's archive for files).
 
 Roles:
 
@@ -297,7 +297,7 @@ class Transport(JobQueue, ResultStore):
     def commit(self, outcomes: Sequence[Outcome]) -> None:
         """Durably store each outcome's result, mark its idempotency key, and acknowledge its
         delivery (archive the job), in an order a crash cannot break: a job is never
-        acknowledged before its result is durable.  Several outcomes may share one fsync or
+        acknowledged before its result is durable.  Several outcomes may share one flush to disk or
         round trip.  An outcome that could not be stored gets ``error`` set and its delivery
         stays held (the worker keeps it and commits it again later); the others go on.
         Raises LeaseLost through ``error`` when this worker no longer owns the delivery."""

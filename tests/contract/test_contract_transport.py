@@ -79,6 +79,7 @@ def test_depth_counts_waiting_jobs(t):
 
 def test_each_delivery_taken_once_under_four_concurrent_consumers(transport_factory):
     producer = transport_factory.make("contract-producer")
+    producer.open()
     ids = [f"contract-many-{i:04d}" for i in range(60)]
     for i in ids:
         producer.submit(job(i))

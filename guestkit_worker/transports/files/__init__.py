@@ -28,7 +28,8 @@ class FileTransport(FileQueue, FileLiveness, FileResults, FileIndex, Transport):
     """Jobs from jobs_dir, results into results_dir, as worker_id.
 
     durable: fsync results, retries and idempotency records (off only for tests and benches);
-    once: fetch only the jobs present when opened (and their retries), then report none;
+    once: fetch only the jobs present at the first fetch or depth (after open's recovery) and
+    their retries, then report none;
     poll_interval: how often fetch() lists the jobs directory while it waits."""
 
     lease_seconds: Optional[float] = None  # liveness is the flock, not a lease
@@ -52,17 +53,13 @@ class FileTransport(FileQueue, FileLiveness, FileResults, FileIndex, Transport):
         return f"files: jobs {self.layout.jobs_dir}, results {self.layout.results_dir}"
 
     def open(self) -> None:
-        """Create the directory layout, take this worker's liveness lock (BlockingIOError when a
-        live worker has the same id) and, with once, note the jobs present now."""
+        """Create the directory layout, take this worker's liveness lock (a
+        live worker has the same id: ConfigError)."""
         L = self.layout
         for d in (L.jobs_dir, L.results_dir) + L.inner_dirs():
             L.make_dir(d)
         self._take_lock()
         self._results_fd = os.open(L.results_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        if self.once:
-            with self._scan_lock:
-                self._eligible = None
-                self._rescan()
 
     def close(self) -> None:
         self._drop_lock()

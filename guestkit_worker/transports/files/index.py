@@ -60,11 +60,10 @@ class FileIndex:
         found = self._locate(job_id)
         if found is not None:
             return self._receipt(job_id, read_json(found[1]), doc, found[0], found[1])
-        result = self.get_result(job_id)
+        result = self._result_or_none(job_id)
         if result is not None:
             return self._receipt(job_id, self._archived_doc(job_id), doc, str(result.get("status")),
                                  L.result_path(job_id))
-        os.makedirs(L.jobs_dir, mode=0o770, exist_ok=True)
         dest = os.path.join(L.jobs_dir, f"{job_id}.json")
         try:
             atomic.write_bytes(dest, json_bytes(dict(doc)), mode=0o640, overwrite=False, durable=self.durable)
@@ -89,7 +88,7 @@ class FileIndex:
                              worker_id=worker, submitted_at=doc.get("created_at"),
                              started_at=_mtime_stamp(path) if status == "running" else None,
                              cancellable=ex.get("cancellable", True) is not False)
-        result = self.get_result(job_id)
+        result = self._result_or_none(job_id)
         if result is None:
             return None
         status = _status_of_result(job_id, result)
@@ -158,7 +157,7 @@ class FileIndex:
         for _ in range(3):  # the job may move between looking and acting: look again
             found = self._locate(job_id)
             if found is None:
-                return "finished" if self.get_result(job_id) is not None else "not_found"
+                return "finished" if self._result_or_none(job_id) is not None else "not_found"
             status, path, _worker = found
             if status == "pending" and os.path.dirname(path) == self.layout.jobs_dir:
                 if self._lock_fd is None:

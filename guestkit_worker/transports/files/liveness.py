@@ -9,6 +9,7 @@ import logging
 import os
 
 from ... import atomic
+from ...errors import ConfigError
 from ..base import ReclaimDecision
 from .layout import RUNNING_SUFFIX
 from .queue import FileDelivery
@@ -25,11 +26,14 @@ class FileLiveness:
     def _take_lock(self) -> None:
         """Lock before our processing dir exists: a worker recovering dead workers' claims must
         never take a starting worker's empty dir (and its lock) for a dead one's.  Raises
-        BlockingIOError when a live worker has our id."""
+        ConfigError when a live worker has our id."""
         L = self.layout
         fd = os.open(L.lock_path(L.worker_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"another worker with id {L.worker_id} is running") from None
         except BaseException:
             os.close(fd)
             raise

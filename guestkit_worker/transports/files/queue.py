@@ -54,6 +54,7 @@ class FileQueue:
         self._waiting = 0                      # jobs/ names not meant for others at the last scan
         self._foreign: "collections.OrderedDict[str, float]" = collections.OrderedDict()
         self._eligible: Optional[set] = None   # --once: the names present at start (and retries)
+        self._given_back: dict = {}            # names released unstarted: tried after the others
 
     # -- listing ------------------------------------------------------------------------
     def _list_jobs_dir(self) -> list:
@@ -77,6 +78,9 @@ class FileQueue:
             self._eligible = set(names)
         pending = [n for n in names if n not in foreign]
         self._waiting = len(pending)
+        if self._given_back:  # a job given back (e.g. its outcome could not be stored) goes last
+            back = self._given_back
+            pending.sort(key=lambda n: back.get(n, 0.0))  # the others keep file-name order
         if self._eligible is not None:
             pending = [n for n in pending if n in self._eligible]
         with self._here_lock:
@@ -131,6 +135,7 @@ class FileQueue:
     def _claim(self, name: str) -> Optional[FileDelivery]:
         if self._eligible is not None:
             self._eligible.discard(name)
+        self._given_back.pop(name, None)
         if not self._reserve(name):
             return None  # a job file of this name is claimed or running here: claim it after that one
         dst = f"{self.layout.processing}/{name}"
@@ -174,11 +179,11 @@ class FileQueue:
             except FileExistsError:
                 continue
         self._unreserve(delivery.name)
-        if not_for_me:
-            with self._scan_lock:
-                self._foreign[os.path.basename(dst)] = time.monotonic()
-                while len(self._foreign) > MAX_FOREIGN_NAMES:
-                    self._foreign.popitem(last=False)
+        with self._scan_lock:
+            remembered = self._foreign if not_for_me else self._given_back
+            remembered[os.path.basename(dst)] = time.monotonic()
+            while len(remembered) > MAX_FOREIGN_NAMES:
+                remembered.pop(next(iter(remembered)))
 
     def _queue_names(self, name: str) -> Iterator[str]:
         """Where a job file goes back to: its own name, or, when a producer has meanwhile put a

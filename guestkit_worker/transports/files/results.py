@@ -34,8 +34,18 @@ class FileResults:
         return result_bytes(result)
 
     def get_result(self, job_id: str) -> Optional[dict]:
+        """The stored result; ValueError when the file holds JSON that is not an object (never
+        written by a worker: judging it would be guessing)."""
         doc = read_json(self.layout.result_path(job_id))
-        return doc if isinstance(doc, dict) else None
+        if doc is not None and not isinstance(doc, dict):
+            raise ValueError(f"the stored result of {job_id} is not a JSON object")
+        return doc
+
+    def _result_or_none(self, job_id: str) -> Optional[dict]:
+        try:
+            return self.get_result(job_id)
+        except ValueError:
+            return None
 
     def wait_result(self, job_id: str, timeout: float) -> Optional[dict]:
         """Woken by commit() in this process; results stored by other workers are seen within
@@ -44,7 +54,7 @@ class FileResults:
         while True:
             with self._committed:
                 generation = self._generation
-            result = self.get_result(job_id)
+            result = self._result_or_none(job_id)
             left = end - time.monotonic()
             if (result is not None and result.get("status") in FINAL_STATUSES) or left <= 0:
                 return result
@@ -117,10 +127,7 @@ class FileResults:
     def append_progress(self, job_id: str, event: Mapping) -> None:
         path = self.layout.progress_path(job_id)
         try:
-            # 0640 before the umask, like results; a link planted at this name is not followed
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
-            with open(fd, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(event) + "\n")
+            atomic.append_line(path, json.dumps(event))
         except OSError as exc:
             log.warning("job %s: cannot append progress to %s: %s", job_id, path, exc)
 
@@ -148,8 +155,7 @@ class FileResults:
     def _idem_lock(self):
         """Serialises take-overs and releases of records (creation needs no lock: it is an
         exclusive link)."""
-        fd = os.open(os.path.join(self.layout.idem_dir, ".lock"),
-                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(self.layout.idem_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # no file of its own
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -171,7 +177,7 @@ class FileResults:
             if isinstance(rec, dict) and rec.get("key") == key:
                 holder, state = rec.get("job_id"), rec.get("state", "completed")
                 if state == "completed":
-                    earlier = self.get_result(holder) if isinstance(holder, str) else None
+                    earlier = self._result_or_none(holder) if isinstance(holder, str) else None
                     if earlier and earlier.get("status") == "completed":
                         return Reservation(False, holder, "completed", earlier)
                 elif holder != job_id and self.worker_alive(str(rec.get("worker_id"))):

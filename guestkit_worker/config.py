@@ -1,0 +1,42 @@
+"""The worker's configuration: everything the CLI fills in from flags and the environment."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .protocol import DEFAULT_MAX_JOB_BYTES
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname().split('.')[0]}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class WorkerConfig:
+    """One worker's settings.  ``transport`` names the job transport (see
+    guestkit_worker.transports.open_transport); jobs_dir and results_dir are the file
+    transport's."""
+
+    jobs_dir: str = "jobs"
+    results_dir: str = "results"
+    work_dir: str = "work"
+    worker_id: str = field(default_factory=default_worker_id)
+    pool: str = "default"
+    max_concurrent: int = 4
+    poll_interval: float = 1.0
+    shutdown_timeout: float = 30.0
+    max_job_timeout: Optional[float] = None
+    max_job_bytes: int = DEFAULT_MAX_JOB_BYTES
+    allow_paths: Optional[list] = None
+    once: bool = False
+    metrics_enabled: bool = True
+    durable: bool = True
+    transport: str = "files"
+
+    def timeout_of(self, job) -> float:
+        """A job's timeout under --max-job-timeout."""
+        t = job.timeout_seconds
+        return min(t, self.max_job_timeout) if self.max_job_timeout else t

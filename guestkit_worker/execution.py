@@ -1,0 +1,322 @@
+"""Execution: one delivery from its admission to its outcome, in a job thread.
+
+:meth:`Executor.process` reads and admits the job (guestkit_worker.admission), reserves its
+idempotency key, runs its handler under a HandlerContext, and decides the outcome: completed,
+retried as attempt + 1, failed, timed out or cancelled.  The outcome's documents come from
+guestkit_worker.outcomes; storing it is the ``store`` callable's job (the committer).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from . import outcomes as docs
+from .admission import check_job, routed_elsewhere
+from .context import HandlerContext
+from .errors import HandlerError, JobCancelled, JobValidationError
+from .protocol import decode_job_bytes, peek_job_id, validate_document
+from .runs import Run, RunTable
+from .state import JobState
+from .transports.base import Outcome
+
+log = logging.getLogger(__name__)
+
+#: How often a job whose idempotency key another worker is running looks again.
+KEY_BUSY_RECHECK_SECONDS = 0.2
+
+#: what a stop reason makes of the run: its result status
+_STOP_STATUS = {"timeout": "timeout", "shutdown": "cancelled", "cancelled": "cancelled", "requested": "cancelled",
+                "lease_lost": None}
+#: stop reasons after which the job goes back to the queue (its result says cancelled meanwhile)
+_REQUEUED = ("shutdown", "cancelled")
+
+
+class Executor:
+    def __init__(self, cfg: Any, transport: Any, handlers: Any, metrics: Any, table: RunTable,
+                 store: Callable[[Run, Outcome], None], *, work_dir: str, stopping: Callable[[], bool],
+                 on_start: Callable[[float], None], on_backoff: Callable[[], None]) -> None:
+        self.cfg, self.transport, self.handlers, self.metrics = cfg, transport, handlers, metrics
+        self.table, self.store, self.work_dir = table, store, work_dir
+        self.stopping, self.on_start, self.on_backoff = stopping, on_start, on_backoff
+        self.children: Any = None  # orphans.ChildRegistry, set when the worker opens
+
+    # -- one delivery -------------------------------------------------------------------
+    def process(self, delivery: Any) -> None:
+        run = Run(delivery)
+        started = False
+        try:
+            if self._admit(run):
+                started = True
+                self.table.started()
+                self._execute(run)
+        finally:
+            self.table.done(started, detached=run.detached)
+
+    def _admit(self, run: Run) -> bool:
+        """Parse and check a delivered job; reject, release or mark it duplicate.  True: run it."""
+        d, cfg, doc = run.delivery, self.cfg, None
+        try:
+            doc = decode_job_bytes(self.transport.read(d), cfg.max_job_bytes)
+            d.job_id = peek_job_id(doc)
+            if routed_elsewhere(doc, cfg.pool, cfg.worker_id):
+                log.info("job file %s: meant for another pool or worker; left in the queue", d.name)
+                self.transport.release(d, not_for_me=True)
+                run.to(JobState.PENDING)
+                return False
+            job = run.job = validate_document(doc)
+        except JobValidationError as err:
+            self.reject(run, err, doc)
+            return False
+        d.attempt = job.attempt
+        run.operation_label = self.metrics.label_operation(job.operation)
+        try:
+            run.handler = check_job(job, self.handlers)
+        except (JobValidationError, HandlerError) as err:
+            self.reject(run, err, doc)
+            return False
+        if not self.table.add(run):
+            err = JobValidationError("job_id", f"a job with id {job.job_id} is already running",
+                                     code="DUPLICATE_JOB_ID")
+            self.reject(run, err, doc, write_result=False)
+            return False
+        try:
+            if job.idempotency_key and not self._reserve_key(run):
+                self.table.remove(run)
+                return False
+        except OSError as exc:  # the store cannot be written: back to the queue, after a back-off
+            log.error("job %s: cannot reserve its idempotency key (%s); job returned to the queue", job.job_id, exc)
+            self.table.remove(run)
+            self.metrics.result_write_failed()
+            self.on_backoff()
+            self.give_back(run)
+            return False
+        return True
+
+    def _reserve_key(self, run: Run) -> bool:
+        """Hold the job's idempotency key before it runs; False when it was disposed of (a
+        duplicate of a completed job, or given back at shutdown)."""
+        job = run.job
+        end = time.monotonic() + self.cfg.timeout_of(job)
+        while True:
+            r = self.transport.reserve_idempotency_key(job.idempotency_key, job.job_id)
+            if r.won:
+                run.key_held = True
+                return True
+            if r.state == "completed":
+                self._duplicate(run, r)
+                return False
+            if self.stopping() or time.monotonic() > end:  # another worker runs it: try again later
+                self.transport.release(run.delivery)
+                return False
+            time.sleep(KEY_BUSY_RECHECK_SECONDS)
+
+    def _duplicate(self, run: Run, r: Any) -> None:
+        job, earlier = run.job, r.result
+        log.info("job %s: idempotency key %s already completed by job %s; not run again",
+                 job.job_id, job.idempotency_key, r.holder_job_id)
+        result = None
+        if r.holder_job_id != job.job_id:  # never overwrite the earlier result itself
+            result = self._result(run, "completed", data=earlier.get("data"), outputs=earlier.get("outputs"))
+            result["duplicate_of"] = {"job_id": r.holder_job_id, "completed_at": earlier.get("completed_at")}
+        run.to(JobState.COMPLETED)
+        self._hand_over(run, Outcome(run.delivery, "duplicate", result=result))
+
+    def reject(self, run: Run, err: BaseException, doc: Any, write_result: bool = True) -> None:
+        d = run.delivery
+        job_id = run.job.job_id if run.job else d.job_id
+        error = docs.rejection_error(err)
+        log.warning("job %s: rejected (%s) %s", job_id or d.name, error["code"], err)
+        result = self._result(run, "failed", error=error) if (job_id and write_result) else None
+        reason = docs.reason_document(d.name, job_id, "rejected", self.cfg.worker_id, error)
+        if run.job is None and isinstance(doc, dict) and isinstance(doc.get("operation"), str):
+            run.operation_label = self.metrics.label_operation(doc["operation"])
+        run.to(JobState.FAILED)
+        self._hand_over(run, Outcome(d, "rejected", result=result, reason=reason, failed=True))
+
+    # -- running ------------------------------------------------------------------------
+    def _execute(self, run: Run) -> None:
+        job, handler, cfg = run.job, run.handler, self.cfg
+        timeout = cfg.timeout_of(job)
+        ctx = run.ctx = HandlerContext(job, worker_id=cfg.worker_id, work_dir=self.work_dir, metrics=self.metrics,
+                                       progress_sink=self.transport.append_progress,
+                                       deadline=time.monotonic() + timeout, allowed_paths=cfg.allow_paths,
+                                       protected_paths=self.transport.protected_paths, children=self.children)
+        if run.stop_reason is not None:
+            ctx.cancel(run.stop_reason)
+        self.transport.mark_started(run.delivery)
+        run.to(JobState.RUNNING)
+        run.thread = threading.current_thread().name
+        run.started_mono, run.started_at = time.monotonic(), time.time()
+        self.metrics.handler_started(time.time() - max(job.created_at.timestamp(), run.delivery.delivered_at))
+        self.on_start(ctx.deadline)
+        log.info("job %s: running %s (attempt %d/%d, timeout %ss)", job.job_id, job.operation,
+                 job.attempt, job.max_attempts, timeout)
+        outcome = None
+        try:
+            res = handler.execute(ctx, job.data)
+            outcome = ("completed", res, None)
+        except JobCancelled as err:
+            outcome = (ctx.cancel_reason or err.reason, None, err)
+        except HandlerError as err:
+            outcome = (ctx.cancel_reason or "failed", None, err)
+        except JobValidationError as err:  # a handler's re-check, e.g. the image vanished since admission
+            outcome = (ctx.cancel_reason or "failed", None,
+                       HandlerError(err.code, str(err), phase="execution",
+                                    details={"field": err.field} if err.field else None))
+        except Exception as err:
+            log.exception("job %s: handler %s raised", job.job_id, handler.name)
+            outcome = (ctx.cancel_reason or "failed", None,
+                       HandlerError("HANDLER_ERROR", f"{type(err).__name__}: {err}", phase="execution"))
+        finally:
+            try:
+                handler.cleanup(ctx)
+            except Exception:
+                log.exception("job %s: cleanup of %s failed", job.job_id, handler.name)
+            duration = time.monotonic() - run.started_mono
+            hstatus = {"completed": "success", "timeout": "timeout"}.get(outcome[0] if outcome else "", "error")
+            self.metrics.handler_returned(handler.name, hstatus, duration)
+            self.table.remove(run)
+        if not run.finalize():
+            log.warning("job %s: handler returned %.1fs after it was stopped; its outcome was already written "
+                        "and this late outcome (%s) is discarded", job.job_id,
+                        time.monotonic() - (run.stop_at or run.started_mono), outcome[0])
+            return
+        status, res, err = outcome
+        self.conclude(run, status, res, err)
+
+    def stop(self, run: Run, reason: str) -> None:
+        """Ask a running job to stop (timeout, requested, shutdown, lease_lost): cancel its
+        context and kill its processes, in a thread of its own (a kill may wait)."""
+        with run.lock:
+            if run.stop_at is not None or run.finalized:
+                return
+            run.stop_reason, run.stop_at = reason, time.monotonic()
+            if run.ctx is None:  # not started yet: _execute cancels it as soon as it has a context
+                return
+        if reason == "timeout":
+            log.warning("job %s: timeout after %ss; cancelling and killing its processes", run.job_id,
+                        self.cfg.timeout_of(run.job))
+        else:
+            log.warning("job %s: stopping it (%s)", run.job_id, reason)
+        threading.Thread(target=run.ctx.cancel, args=(reason,), name=f"kill-{run.job_id}", daemon=True).start()
+
+    def abandon(self, run: Run) -> None:
+        """Write the outcome of a handler that ignores cancellation; its thread stays busy."""
+        if not run.finalize():
+            return
+        reason = run.stop_reason or "shutdown"
+        log.warning("job %s: handler thread %s ignores cancellation; writing its outcome now, the thread "
+                    "stays counted as busy until it returns", run.job_id, run.thread)
+        run.detached = True
+        self.conclude(run, reason, None, None)
+        self.table.detach()  # after the outcome is handed over: a one-shot run waits for it
+
+    # -- outcome ------------------------------------------------------------------------
+    def conclude(self, run: Run, status: str, res: Any = None, err: Any = None) -> None:
+        """Decide and hand over the outcome of a run that started (status: completed, failed
+        or a stop reason)."""
+        job, reason_of_stop = run.job, None
+        if status in _STOP_STATUS:
+            reason_of_stop, status = status, _STOP_STATUS[status]
+            if status is None:  # the lease went to another worker: that worker owns the job now
+                log.warning("job %s: lease lost; outcome dropped, the job belongs to another worker", job.job_id)
+                return
+        outcome = None
+        if status == "completed":
+            try:
+                result = self._result(run, "completed", data=res.data,
+                                      outputs={"primary": res.output, "artifacts": list(res.artifacts or [])})
+                outcome = Outcome(run.delivery, "completed", result=result,
+                                  encoded=self.transport.encode_result(result))
+                run.to(JobState.COMPLETED)
+            except (TypeError, ValueError, AttributeError) as exc:  # serialising happens before any write
+                status, err = "failed", HandlerError("INVALID_RESULT", f"handler returned a result that "
+                                                     f"cannot be stored as JSON: {exc}", phase="export")
+        if outcome is None:
+            if status == "failed" and err is not None and err.recoverable and job.attempt < job.max_attempts:
+                self._retry(run, err)
+                return
+            error = docs.execution_error(status, err, timeout=self.cfg.timeout_of(job),
+                                         on_request=reason_of_stop == "requested")
+            result = self._result(run, status, error=error)
+            run.to({"failed": JobState.FAILED, "timeout": JobState.TIMEOUT, "cancelled": JobState.CANCELLED}[status])
+            requeue = reason_of_stop in _REQUEUED
+            reason = None if requeue else docs.reason_document(run.delivery.name, job.job_id, status,
+                                                               self.cfg.worker_id, error)
+            outcome = Outcome(run.delivery, status, result=result, reason=reason, failed=not requeue,
+                              release=requeue)
+        self._hand_over(run, outcome)
+
+    def _retry(self, run: Run, err: Any) -> None:
+        job = run.job
+        doc = dict(job.doc)
+        doc["execution"] = dict(doc.get("execution") or {}, attempt=job.attempt + 1)
+        run.to(JobState.FAILED)
+        self._release_key(run)
+        try:
+            self.transport.retry(run.delivery, doc)
+        except OSError as exc:
+            # e.g. ENOSPC writing the new attempt: give the job back unchanged (this attempt runs
+            # again after the back-off) rather than leave it held and unfinished
+            log.error("job %s: attempt %d/%d failed (%s) and cannot be re-queued as attempt %d (%s); job "
+                      "returned to the queue as it was", job.job_id, job.attempt, job.max_attempts, err,
+                      job.attempt + 1, exc)
+            self.on_backoff()
+            self.give_back(run)
+            return
+        log.warning("job %s: attempt %d/%d failed (%s); re-queued as attempt %d", job.job_id, job.attempt,
+                    job.max_attempts, err, job.attempt + 1)
+
+    def _hand_over(self, run: Run, outcome: Outcome) -> None:
+        if run.key_held:
+            outcome.idempotency_key = run.job.idempotency_key
+        if self.cfg.max_concurrent > 1 and outcome.result is not None and not outcome.release:
+            # job threads store their own results, so their disk waits overlap; the committer
+            # then makes a whole batch durable at once
+            try:
+                self.transport.stage_result(outcome)
+            except OSError as exc:
+                outcome.error = exc
+                self.store_failed(run, outcome)
+                return
+        self.store(run, outcome)
+
+    def _release_key(self, run: Run) -> None:
+        if run.key_held:
+            run.key_held = False
+            try:
+                self.transport.release_idempotency_key(run.job.idempotency_key, run.job.job_id)
+            except OSError as exc:
+                log.error("job %s: cannot release idempotency key: %s", run.job_id, exc)
+
+    def give_back(self, run: Run) -> None:
+        try:
+            self.transport.release(run.delivery)
+        except OSError as exc:
+            log.error("job %s: cannot return %s to the queue (%s); it stays held for recovery",
+                      run.job_id, run.delivery.name, exc)
+
+    # -- after the committer ------------------------------------------------------------
+    def stored(self, run: Run, outcome: Outcome) -> None:
+        """Count and log an outcome once it is stored."""
+        self.metrics.job_finished(run.operation_label, outcome.status, time.monotonic() - run.started_mono)
+        self.table.count(outcome.status)
+        log.info("job %s: %s", run.job_id, outcome.status, extra={"event": f"job_{outcome.status}"})
+
+    def store_failed(self, run: Run, outcome: Outcome) -> None:
+        """A storage error: put the job back and back off (nothing lost)."""
+        log.error("job %s: cannot store the outcome (%s); job returned to the queue", run.job_id, outcome.error)
+        self.metrics.result_write_failed()
+        self.table.count("unstored")  # a one-shot run that leaves a job undone does not exit 0
+        self.on_backoff()
+        self._release_key(run)
+        self.give_back(run)
+
+    def _result(self, run: Run, status: str, **kw: Any) -> dict:
+        job = run.job
+        return docs.result_document(job_id=job.job_id if job else run.delivery.job_id, status=status,
+                                    worker_id=self.cfg.worker_id, job=job, started_at=run.started_at,
+                                    duration=time.monotonic() - run.started_mono, **kw)

@@ -1,0 +1,62 @@
+"""Several workers on one jobs directory: idempotency keys reserved before a handler runs, and
+cancel requests for running jobs."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_job, start_worker, wait_for, worker_env, write_job
+from guestkit_worker.transports.files import FileTransport
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_workers_sharing_a_jobs_dir_never_run_one_idempotency_key_twice(dirs, workers):
+    """Eight jobs with one key, taken at once by several one-shot workers: exactly one handler
+    run; every other job is a duplicate of it."""
+    for i in range(8):
+        write_job(dirs.jobs, make_job(f"samekey-{i:04d}", "test.sleep", {"seconds": 0.3},
+                                      execution={"idempotency_key": "one-key"}))
+    procs = [subprocess.Popen([sys.executable, "-m", "guestkit_worker", "--once", *dirs.args(), "--max-concurrent",
+                               "4", "--worker-id", f"key-w{n}", "--metrics-enabled", "false"],
+                              env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for n in range(workers)]
+    ran = []
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        ran += re.findall(r"job (samekey-[0-9]{4}): running", err)
+    results = dirs.all_results()
+    assert sorted(results) == [f"samekey-{i:04d}" for i in range(8)]
+    assert len(ran) == 1, ran
+    [original] = ran
+    for job_id, r in results.items():
+        assert r["status"] == "completed"
+        if job_id != original:
+            assert r["duplicate_of"]["job_id"] == original and r["data"] == results[original]["data"]
+    assert len(dirs.listing("done")) == 8 and dirs.listing("failed") == []
+
+
+def test_a_running_job_cancelled_on_request_is_archived_not_requeued(dirs):
+    write_job(dirs.jobs, make_job("cancel-me-0001", "test.sleep", {"seconds": 60}))
+    proc = start_worker(dirs, "--metrics-enabled", "false", "--worker-id", "cancel-w")
+    try:
+        wait_for(lambda: dirs.running(), timeout=30, what="job running")
+        api = FileTransport(dirs.jobs, dirs.results, "cancel-api", max_job_bytes=1 << 20)
+        assert api.cancel("cancel-me-0001") == "cancelling"
+        result = wait_for(lambda: os.path.exists(os.path.join(dirs.results, "cancel-me-0001-result.json"))
+                          and dirs.result("cancel-me-0001"), timeout=30, what="cancelled result")
+        assert result["status"] == "cancelled" and result["error"]["code"] == "CANCELLED"
+        assert "on request" in result["error"]["message"]
+        wait_for(lambda: dirs.listing("failed"), timeout=30, what="archived")
+        assert dirs.reason("cancel-me-0001.json")["status"] == "cancelled"
+        assert [n for n in os.listdir(dirs.jobs) if n.endswith(".json")] == []  # not back in the queue
+        assert api.cancel("cancel-me-0001") == "finished"
+        assert os.listdir(os.path.join(dirs.jobs, ".cancel")) == []  # the request is gone with the job
+        assert proc.poll() is None  # the worker goes on
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
