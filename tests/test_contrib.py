@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for
+from metricskit import listening_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRIB = ROOT / "contrib"
@@ -726,29 +727,6 @@ def test_readme_covers_install_facts():
 
 # ------------------------------------------------- one-shot textfile through the real node_exporter
 
-def _listening_port(pid):
-    """The TCP port process pid listens on (read from /proc, so the server can bind port 0 and
-    no port is picked before it is taken), or None while it listens on none."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = open(table).read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                return int(fields[1].rsplit(":", 1)[1], 16)
-    return None
-
-
 def test_textfile_through_node_exporter(tmp_path):
     """`run --once --textfile-dir` as in the units, read back by node_exporter's textfile collector.
 
@@ -773,7 +751,7 @@ def test_textfile_through_node_exporter(tmp_path):
                              "--web.listen-address=127.0.0.1:0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        port = wait_for(lambda: proc.poll() is None and _listening_port(proc.pid), timeout=20,
+        port = wait_for(lambda: proc.poll() is None and min(listening_ports(proc.pid), default=None), timeout=20,
                         what="node_exporter listening")
         body, deadline = None, time.monotonic() + 20
         while body is None and time.monotonic() < deadline:

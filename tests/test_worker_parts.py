@@ -7,6 +7,7 @@ import threading
 import time
 import types
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from conftest import make_job, wait_for, write_job
@@ -217,3 +218,40 @@ def test_a_handler_catching_exception_is_still_cancelled(dirs):
     assert w.stuck_threads == 0  # the handler's thread returned: nothing was abandoned
     result = dirs.result("swallow-0001")
     assert result["status"] == "timeout" and result["error"]["code"] == "TIMEOUT"
+
+
+# -- the worker's threads -----------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread ends on purpose
+def test_a_watchdog_pass_that_raises_is_survived_and_a_dead_thread_makes_health_fail(dirs):
+    cfg = WorkerConfig(jobs_dir=dirs.jobs, results_dir=dirs.results, work_dir=dirs.work, worker_id="threads-w",
+                       durable=False, poll_interval=0.05)
+    w = Worker(cfg, handlers=default_registry(load_plugins=False), registry=CollectorRegistry())
+    w.open()
+    runner = threading.Thread(target=w.run)
+    runner.start()
+    try:
+        wait_for(lambda: w.health()[0], timeout=10, what="healthy")
+        calls = []
+
+        def flaky_clock():  # the first pass fails with a bug, the ones after work
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("a bug in one pass")
+            return time.monotonic()
+        w.watchdog._clock = flaky_clock
+        w.watchdog.notify(0.0)
+        wait_for(lambda: len(calls) >= 3, timeout=10, what="passes after the failing one")
+        assert w.health()[0]
+
+        def fatal_clock():
+            raise SystemExit("the watchdog thread ends")
+        w.watchdog._clock = fatal_clock
+        w.watchdog.notify(0.0)
+        wait_for(lambda: not w.health()[0], timeout=10, what="unhealthy")
+        healthy, body = w.health()
+        assert body["checks"]["threads"] == {"ok": False, "detail": "stopped: watchdog"}
+    finally:
+        w.request_stop()
+        runner.join(30)
+    assert not runner.is_alive()
