@@ -76,7 +76,7 @@ class Worker:
             self.metrics.track_health(lambda: {name: c["ok"] for name, c in self.health()[1]["checks"].items()})
             self.metrics.track_running(self._running_starts)
         self.committer = Committer(self.transport.commit, self._stored, self._store_failed,
-                                   backlog=COMMIT_BACKLOG_PER_THREAD * cfg.max_concurrent, on_idle=self._wake_up)
+                                   backlog=COMMIT_BACKLOG_PER_THREAD * cfg.max_concurrent, on_idle=lambda: self._wake.set())
         self.executor = Executor(cfg, self.transport, self.handlers, self.metrics, self.table, self.committer.put,
                                  work_dir=os.path.abspath(cfg.work_dir), stopping=self._stopping,
                                  on_start=self._job_started, on_backoff=self._back_off)
@@ -214,9 +214,6 @@ class Worker:
                 if run.job_id in asked:
                     self.executor.stop(run, "requested")
 
-    def _wake_up(self) -> None:
-        self._wake.set()
-
     def _stopping(self) -> bool:
         return self._stop.is_set() or self._stop_requested
 
@@ -277,7 +274,7 @@ class Worker:
             self._wake.set()
 
     # -- outcomes -----------------------------------------------------------------------
-    def _stored(self, run: Any, outcome: Any) -> None:
+    def _stored(self, run: Any, outcome: Any) -> None:  # the committer exists before the executor
         self.executor.stored(run, outcome)
 
     def _store_failed(self, run: Any, outcome: Any) -> None:
