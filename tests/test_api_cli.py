@@ -60,6 +60,7 @@ def test_cli_client_over_the_api_with_a_token(dirs, served, token_file, tmp_path
     wrong.write_text("not-the-token\n")
     proc = cli("status", "job-cli-good1", "--api", worker.url, "--api-token-file", str(wrong))
     assert proc.returncode == 6 and "UNAUTHORIZED" in proc.stderr and "not-the-token" not in proc.stderr
+    assert TOKEN not in worker.log() and "not-the-token" not in worker.log()
 
 
 def test_cli_client_environment_and_unreachable_api(dirs, served, token_file):

@@ -175,6 +175,15 @@ def test_non_loopback_needs_tokens_and_allow_path(addr, token_file):
     assert check_exposure(ApiOptions(addr=addr, token_file=token_file), ["/srv/images"])
 
 
+def test_ipv6_loopback(api):
+    try:
+        server = api(addr="[::1]:0")
+    except ConfigError as exc:  # a host without IPv6 on its loopback
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    assert server.url.startswith("http://[::1]:")
+    assert call(server.url, "GET", "/api/v1/health").status == 200
+
+
 @pytest.mark.parametrize("addr", ["127.0.0.1:0", "127.0.0.2:0", "localhost:0", "[::1]:0"])
 def test_loopback_needs_neither(addr):
     assert check_exposure(ApiOptions(addr=addr), None)[1] == 0
