@@ -110,6 +110,8 @@ RUN_OPTIONS = [
      "and when all are busy newcomers get 503 at once"),
     (("--metrics-tls-cert",), "metrics_tls_cert", str, None, "FILE", "serve the endpoint over TLS with this certificate"),
     (("--metrics-tls-key",), "metrics_tls_key", str, None, "FILE", "private key for --metrics-tls-cert"),
+    (("--metrics-token-file",), "metrics_token_file", str, None, "FILE", "/metrics answers only requests "
+     "with one of this file's tokens (one a line) as Authorization: Bearer TOKEN; /health stays open"),
     (("--textfile-dir",), "textfile_dir", str, None, "DIR", "with --once: write DIR/guestkit_worker.prom "
      "for node_exporter's textfile collector"),
     (("--log-level",), "log_level", _log_level, "INFO", "LEVEL", "DEBUG, INFO, WARNING or ERROR"),
@@ -410,9 +412,13 @@ def cmd_run(args):
             # bind now (a port in use stops us before anything is claimed), accept only once the
             # worker's own threads run, so connections can never take their place
             from .httpserver import start_server
+            tokens = None
+            if args.metrics_token_file:
+                from .api.auth import TokenSet
+                tokens = TokenSet.from_file(args.metrics_token_file, "--metrics-token-file")
             servers.append(start_server(args.metrics_addr, registry=REGISTRY, health=worker.health,
                                         tls_cert=args.metrics_tls_cert, tls_key=args.metrics_tls_key,
-                                        max_connections=args.http_max_connections, start=False))
+                                        max_connections=args.http_max_connections, start=False, tokens=tokens))
         servers += start_worker_api(args, worker, REGISTRY)
         worker.on_running = lambda: [server.start() for server in servers]
         worker.open()

@@ -90,9 +90,27 @@ def _discard_body(environ):
             pass
 
 
-def _make_app(registry, health):
+def _bearer_protected(app, tokens):
+    """``app`` answering only requests with one of ``tokens`` as a bearer token; 401 otherwise."""
+    from .api.auth import CHALLENGE_INVALID, bearer_token
+
+    def protected(environ, start_response):
+        presented = bearer_token(environ.get("HTTP_AUTHORIZATION"))
+        if presented is not None and tokens.accepts(presented):
+            return app(environ, start_response)
+        body = b"401 Unauthorized: /metrics needs Authorization: Bearer TOKEN\n"
+        challenge = CHALLENGE_INVALID if presented is not None else 'Bearer realm="guestkit-worker"'
+        start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
+                                            ("Content-Length", str(len(body))), ("WWW-Authenticate", challenge)])
+        return [body] if environ["REQUEST_METHOD"] != "HEAD" else []
+    return protected
+
+
+def _make_app(registry, health, tokens=None):
     """Build the dispatching WSGI app: one dict lookup per request on the fast path."""
     metrics_app = make_wsgi_app(registry)
+    if tokens is not None:
+        metrics_app = _bearer_protected(metrics_app, tokens)
 
     def metrics_head(environ, start_response):
         # prometheus_client answers HEAD with 405: render as GET, keep the length, drop the body.
@@ -136,7 +154,7 @@ def _make_app(registry, health):
 
 
 def start_server(addr, *, registry, health, tls_cert=None, tls_key=None,
-                 max_connections=DEFAULT_MAX_CONNECTIONS, start=True):
+                 max_connections=DEFAULT_MAX_CONNECTIONS, start=True, tokens=None):
     """Serve ``/metrics``, ``/health`` and ``/`` on ``addr``; returns the :class:`WSGIService`.
 
     ``addr`` is a ``HOST:PORT`` string (see :func:`parse_addr`) or a ``(host, port)`` tuple.
@@ -145,8 +163,10 @@ def start_server(addr, *, registry, health, tls_cert=None, tls_key=None,
     the port to HTTPS; ``max_connections`` bounds connections and threads; ``start=False`` binds
     without accepting until ``.start()``.  Raises :class:`ConfigError` before any thread starts
     when the address cannot be bound (e.g. already in use) or the certificate cannot be loaded.
+    ``tokens`` (an api.auth.TokenSet): /metrics answers only requests carrying one of them as
+    ``Authorization: Bearer TOKEN`` (401 otherwise); /health and / stay open.
     """
-    service = serve_wsgi(_make_app(registry, health), addr, tls_cert=tls_cert, tls_key=tls_key,
+    service = serve_wsgi(_make_app(registry, health, tokens), addr, tls_cert=tls_cert, tls_key=tls_key,
                          max_connections=max_connections, name="metrics", start=start)
     logger.info("serving /metrics and /health on %s (at most %d connections)",
                 service.url, max_connections)

@@ -46,36 +46,36 @@ class TokenSet:
         return found
 
     @classmethod
-    def from_file(cls, path: str) -> "TokenSet":
-        """The tokens of a token file (see :func:`load_tokens`)."""
-        return cls(load_tokens(path))
+    def from_file(cls, path: str, flag: str = "--api-token-file") -> "TokenSet":
+        """The tokens of a token file (see :func:`load_tokens`); ``flag`` names it in errors."""
+        return cls(load_tokens(path, flag))
 
 
-def load_tokens(path: str) -> list:
+def load_tokens(path: str, flag: str = "--api-token-file") -> list:
     """One token a line; blank lines and lines starting with ``#`` are skipped.
     ConfigError when the file cannot be read or holds no token."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_TOKEN_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"--api-token-file {path}: {exc.strerror}") from None
+        raise ConfigError(f"{flag} {path}: {exc.strerror}") from None
     if len(raw) > MAX_TOKEN_FILE_BYTES:
-        raise ConfigError(f"--api-token-file {path}: larger than {MAX_TOKEN_FILE_BYTES} bytes")
+        raise ConfigError(f"{flag} {path}: larger than {MAX_TOKEN_FILE_BYTES} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"--api-token-file {path}: not UTF-8 text") from None
+        raise ConfigError(f"{flag} {path}: not UTF-8 text") from None
     tokens = []
     for number, line in enumerate(text.splitlines(), 1):
         token = line.strip()
         if not token or token.startswith("#"):
             continue
         if any(ch.isspace() for ch in token) or not token.isprintable():
-            raise ConfigError(f"--api-token-file {path}: line {number}: a token may not contain "
+            raise ConfigError(f"{flag} {path}: line {number}: a token may not contain "
                               "spaces or control characters")
         tokens.append(token)
     if not tokens:
-        raise ConfigError(f"--api-token-file {path}: no token in the file")
+        raise ConfigError(f"{flag} {path}: no token in the file")
     return tokens
 
 
