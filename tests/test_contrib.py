@@ -315,6 +315,8 @@ def _has(panels, title_rx, expr_rx):
     ("handler errors", r"handler errors", r'guestkit_handler_executions_total\{status=~"error\|timeout"\}'),
     ("disk read/write rate", r"disk", [r"rate\(guestkit_worker_disk_read_bytes_total",
                                        r"rate\(guestkit_worker_disk_write_bytes_total"]),
+    ("failing health checks", r"health", r"guestkit_worker_health_check"),
+    ("oldest running job", r"oldest running", r"guestkit_worker_oldest_running_job_seconds"),
 ])
 def test_dashboard_topic(topic, title_rx, expr_rx):
     assert _has(list(all_panels(dashboard())), title_rx, expr_rx), f"no panel for {topic}"
@@ -373,6 +375,9 @@ def _synthetic_series():
                    (f"guestkit_worker_last_success_timestamp_seconds{{{base}}}", "0+60x15")]
         if job == "node":
             series.append((f"guestkit_worker_last_run_timestamp_seconds{{{base}}}", "0+60x15"))
+        else:  # read at scrape time from a live daemon only
+            series += [(f'guestkit_worker_health_check{{{base}, check="main_loop"}}', "1x15"),
+                       (f"guestkit_worker_oldest_running_job_seconds{{{base}}}", "0+60x15")]
     return series
 
 

@@ -164,6 +164,10 @@ def test_readme_and_dashboard_queries_tell_the_truth(stack):
         'guestkit_worker_oldest_running_job_seconds{job="guestkit-worker"}')
     assert 3 < values["oldest running job seconds"] < 120
     assert prom.query(readme["stuck job"]) == {}
+    values["dashboard Failing health checks"] = prom.scalar(panel_query("Failing health checks"))
+    assert values["dashboard Failing health checks"] == 0
+    values["dashboard Oldest running job"] = prom.scalar(panel_query("Oldest running job"))
+    assert 3 < values["dashboard Oldest running job"] < 120
 
     # every README example parses and runs against the same data
     for label, expr in readme.items():
