@@ -85,45 +85,29 @@ def admission_registry(args: argparse.Namespace, transport: Any):
 
 def serve_api(args: argparse.Namespace, *, transport: Any, worker_id: str,
               health: Callable[[], Tuple[bool, dict]], max_concurrent: Optional[int], metrics_registry: Any,
-              start: bool = True):
-    """Start the API described by args over ``transport``; returns the server handle."""
+              registry: Any = None, start: bool = True):
+    """Start the API described by args over ``transport``, admitting jobs with ``registry``
+    (default: the handlers with --allow-path); returns the server handle."""
     from .api.service import start_api
-    return start_api(api_options(args), transport=transport, registry=admission_registry(args, transport),
+    if registry is None:
+        registry = admission_registry(args, transport)
+    return start_api(api_options(args), transport=transport, registry=registry,
                      allow_paths=args.allow_path, health=health, worker_id=worker_id, pool=args.pool,
                      max_concurrent=max_concurrent, max_job_size=args.max_job_size,
                      metrics_registry=metrics_registry, start=start)
 
 
-class _ApiHandle:
-    """The API server and the transport it opened, stopped together."""
-
-    def __init__(self, server: Any, transport: Any) -> None:
-        self.server, self.transport = server, transport
-        self.url, self.port = server.url, server.port
-
-    def start(self) -> None:
-        self.server.start()
-
-    def shutdown(self) -> None:
-        self.server.shutdown()
-        self.transport.close()
-
-
 def start_worker_api(args: argparse.Namespace, worker: Any, metrics_registry: Any) -> list:
-    """``run --api-addr``: the API beside the worker's jobs, over the same directories; [] without
-    --api-addr, else [handle], bound but accepting only after ``start()`` (once the worker's own
-    threads run).  ConfigError or OSError when it cannot start (nothing left open)."""
+    """``run --api-addr``: the API beside the worker's jobs, over the worker's own transport and
+    handler registry (its path policy); [] without --api-addr, else [server], bound but
+    accepting only after ``start()`` (once the worker has opened its transport and its threads
+    run).  ConfigError when it cannot start."""
     if not args.api_addr:
         return []
     cfg = worker.cfg
-    transport = open_transport(args, f"{cfg.worker_id}-api")
-    try:
-        server = serve_api(args, transport=transport, worker_id=cfg.worker_id, health=worker.health,
-                           max_concurrent=cfg.max_concurrent, metrics_registry=metrics_registry, start=False)
-    except BaseException:
-        transport.close()
-        raise
-    return [_ApiHandle(server, transport)]
+    return [serve_api(args, transport=worker.transport, registry=worker.handlers, worker_id=cfg.worker_id,
+                      health=worker.health, max_concurrent=cfg.max_concurrent,
+                      metrics_registry=metrics_registry, start=False)]
 
 
 def transport_health(transport: Any, worker_id: str, pool: str) -> Callable[[], Tuple[bool, dict]]:

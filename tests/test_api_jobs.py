@@ -148,6 +148,21 @@ def test_cancel_pending_job_200_it_never_runs_then_409(dirs, served):
     assert job_files(dirs) == [] and dirs.result("job-rows-00009")["status"] == "cancelled"
 
 
+def test_cancel_running_cancellable_job_202_then_its_result_is_cancelled(dirs, served):
+    worker = served("run")
+    call(worker.url, "POST", JOBS, doc=make_job("job-rows-00012", operation="test.sleep", data={"seconds": 120}))
+    wait_for(lambda: call(worker.url, "GET", f"{JOBS}/job-rows-00012").json["data"]["status"] == "running",
+             timeout=30, what="the job to run")
+    reply = call(worker.url, "DELETE", f"{JOBS}/job-rows-00012")
+    assert reply.status == 202 and reply.json["data"] == {"job_id": "job-rows-00012", "status": "running",
+                                                          "cancel_requested": True}
+    result = call(worker.url, "GET", f"{JOBS}/job-rows-00012/result?wait=30", timeout=60)
+    assert result.status == 200 and result.json["data"]["status"] == "cancelled", result
+    assert result.json["data"]["error"]["code"] == "CANCELLED"
+    assert call(worker.url, "GET", f"{JOBS}/job-rows-00012").json["data"]["status"] == "cancelled"
+    assert call(worker.url, "DELETE", f"{JOBS}/job-rows-00012").status == 409
+
+
 def test_cancel_running_not_cancellable_job_is_409(dirs, served):
     worker = served("run")
     doc = make_job("job-rows-00010", operation="test.sleep", data={"seconds": 30},
