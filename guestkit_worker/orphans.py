@@ -7,7 +7,9 @@
   group but still in the child's session) can survive it.  Each child is recorded in
   ``WORK_DIR/.children/<pid>.json`` with the worker's pid and both start times; the next
   worker that starts on that work directory kills every process left in the session of an
-  entry whose worker is gone (:meth:`ChildRegistry.reap_dead_workers`), then drops the entry.
+  entry whose worker is gone (:meth:`ChildRegistry.reap_dead_workers`), removes the hidden
+  ``.JOB_ID.*`` directories that job left in the work directory (libguestfs scratch, private
+  output directories) unless a live worker runs that job again, then drops the entry.
   Start times (from /proc) guard against pids reused since.
 """
 
@@ -16,6 +18,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 from typing import List, Optional
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,7 @@ class ChildRegistry:
         except OSError:
             return 0
         killed = 0
+        dead_jobs, live_jobs = set(), set()
         for name in names:
             if not name.endswith(".json"):
                 continue
@@ -104,7 +108,9 @@ class ChildRegistry:
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             if worker_start is not None and start_time(worker_pid) == worker_start:
+                live_jobs.add(entry.get("job_id"))
                 continue  # that worker lives: its children are its own business
+            dead_jobs.add(entry.get("job_id"))
             leader = start_time(pid)
             if start is not None and (leader is None or leader == start):  # else: pid reused since
                 pids = _session_members(pid, start)
@@ -122,4 +128,28 @@ class ChildRegistry:
                 os.unlink(path)
             except OSError:
                 pass
+        for job_id in dead_jobs - live_jobs:
+            self._remove_scratch(job_id)
         return killed
+
+    def _remove_scratch(self, job_id) -> None:
+        """Remove the hidden directories ``.JOB_ID.*`` a dead worker's job left in the work
+        directory (libguestfs scratch, private output directories); never when a live worker
+        on this host runs that job now (it was recovered and re-run meanwhile)."""
+        if not isinstance(job_id, str) or not job_id or "/" in job_id:
+            return
+        work_dir = os.path.dirname(self.directory)
+        prefix = f".{job_id}."
+        try:
+            names = [n for n in os.listdir(work_dir) if n.startswith(prefix)]
+        except OSError:
+            return
+        for name in names:
+            path = os.path.join(work_dir, name)
+            try:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):  # a link is never followed
+                    continue
+                shutil.rmtree(path)
+                log.warning("job %s: removed %s left by a dead worker", job_id, path)
+            except OSError as exc:
+                log.warning("job %s: cannot remove %s left by a dead worker: %s", job_id, path, exc)

@@ -1,5 +1,6 @@
 """No engine outlives its worker: children die with a SIGKILLed worker (PR_SET_PDEATHSIG via
-setpriv), and what their own children left is killed by the next start."""
+setpriv), and what their own children left (processes, scratch directories) is cleaned by the
+next start."""
 
 import os
 import signal
@@ -36,6 +37,9 @@ def test_a_sigkilled_workers_child_dies_and_the_next_start_kills_the_rest(dirs, 
         proc.kill()  # SIGKILL: no handler of the worker runs
         proc.wait(timeout=10)
     child, grandchild = _read_pid(child_file), _read_pid(grand_file)
+    # what an inspect job leaves in work/ (its libguestfs scratch), and another job's that must stay
+    os.makedirs(os.path.join(dirs.work, ".orphan-child-01.guestfs-x1y2z3", "sock"))
+    os.makedirs(os.path.join(dirs.work, ".other-job-0001.guestfs-a1b2c3"))
     try:
         # the kernel kills the child when its worker dies (before: reparented to init, running on)
         wait_for(lambda: not _alive(child), timeout=10, what=f"child {child} killed with its worker")
@@ -45,6 +49,8 @@ def test_a_sigkilled_workers_child_dies_and_the_next_start_kills_the_rest(dirs, 
         assert "killed 1 process(es) left by dead worker orphan-w1" in start.stderr, start.stderr[-2000:]
         wait_for(lambda: not _alive(grandchild), timeout=10, what=f"grandchild {grandchild} killed by the next start")
         assert os.listdir(os.path.join(dirs.work, ".children")) == []
+        assert sorted(n for n in os.listdir(dirs.work) if n.startswith(".") and n != ".children") == \
+            [".other-job-0001.guestfs-a1b2c3"]
     finally:
         for pid in (child, grandchild):
             if pid and _alive(pid):
