@@ -66,11 +66,13 @@ def check_api_options(args: argparse.Namespace) -> None:
 
 
 def open_transport(args: argparse.Namespace, worker_id: str):
-    """The file transport on --jobs-dir/--results-dir as ``worker_id``, opened (it holds a
-    liveness lock so that cancelling a waiting job can claim it)."""
-    from .transports.files import FileTransport
-    transport = FileTransport(args.jobs_dir, args.results_dir, worker_id, max_job_bytes=args.max_job_size,
-                              poll_interval=getattr(args, "poll_interval", None) or 1.0)
+    """The configured transport (today the files on --jobs-dir/--results-dir) as ``worker_id``,
+    opened: it holds a liveness lock, so that cancelling a waiting job can claim it."""
+    from .config import WorkerConfig
+    from .transports import open_transport as build
+    transport = build(WorkerConfig(jobs_dir=args.jobs_dir, results_dir=args.results_dir, worker_id=worker_id,
+                                   max_job_bytes=args.max_job_size,
+                                   transport=getattr(args, "transport", None) or "files"))
     transport.open()
     return transport
 
@@ -127,7 +129,7 @@ def cmd_api(args: argparse.Namespace, usage_error: Callable[[str], int]) -> int:
     """``guestkit-worker api``: serve the API (and /metrics) until SIGTERM or SIGINT."""
     from prometheus_client import REGISTRY, disable_created_metrics
 
-    from .worker import default_worker_id
+    from .config import default_worker_id
     disable_created_metrics()
     if not args.api_addr:
         return usage_error("api needs --api-addr HOST:PORT")

@@ -256,19 +256,20 @@ def submit_many(args: argparse.Namespace, backend: Any) -> int:
 
 
 def local_jobs(args: argparse.Namespace, allow_paths: Optional[list] = None, *, lock: bool = False) -> LocalJobs:
-    """The local file transport (--jobs-dir, --results-dir) behind the API's endpoint code.
+    """The local transport (the files on --jobs-dir, --results-dir) behind the API's endpoint code.
     ``lock``: open it (take a liveness lock), which cancelling a waiting job needs."""
     from .api.admission import admit
     from .api.jobs import JobsApi
     from .preflight import existing_dir
     from .protocol import DEFAULT_MAX_JOB_BYTES
-    from .transports.files import FileTransport
-    from .worker import default_worker_id
+    from .config import WorkerConfig, default_worker_id
+    from .transports import open_transport
     jobs_dir = args.jobs_dir or os.environ.get(_ENV + "JOBS_DIR") or "./jobs"
     results_dir = getattr(args, "results_dir", None) or os.environ.get(_ENV + "RESULTS_DIR") or "./results"
     existing_dir("--jobs-dir", jobs_dir)
     max_bytes = int(os.environ.get(_ENV + "MAX_JOB_SIZE") or DEFAULT_MAX_JOB_BYTES)
-    transport = FileTransport(jobs_dir, results_dir, f"{default_worker_id()}-cli", max_job_bytes=max_bytes)
+    transport = open_transport(WorkerConfig(jobs_dir=jobs_dir, results_dir=results_dir, max_job_bytes=max_bytes,
+                                            worker_id=f"{default_worker_id()}-cli"))
     registry = []
 
     def admit_here(raw: bytes):
