@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional, Set
 
-from .transports.files.layout import PROCESSING, RUNNING_SUFFIX, Layout
+from .transports.files.layout import PROCESSING, RUNNING_SUFFIX, Layout, read_json
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +67,8 @@ def _regular(path: str) -> Optional[os.stat_result]:
 
 
 def _job_id_of(path: str) -> Optional[str]:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                return None
-            doc = json.loads(fh.read(_MAX_PEEK_BYTES + 1)[:_MAX_PEEK_BYTES] or b"null")
-    except (OSError, ValueError):
-        return None
+    st = _regular(path)
+    doc = read_json(path) if st is not None and st.st_size <= _MAX_PEEK_BYTES else None
     job_id = doc.get("job_id") if isinstance(doc, dict) else None
     return job_id if isinstance(job_id, str) else None
 

@@ -86,6 +86,17 @@ def test_text_logs_cannot_be_forged_by_a_job(dirs):
     assert not any(line.startswith("2026-01-01 00:00:00,000") for line in lines)
 
 
+def _sigterm(proc):
+    """SIGTERM a daemon and return its stderr (SIGKILL if it has not exited in 30 s)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_sighup_is_logged_and_never_fatal(dirs):
     write_job(dirs.jobs, make_job("hup-sleep-0001", "test.sleep", {"seconds": 2}))
     proc = start_worker(dirs, "--metrics-enabled", "false")
@@ -96,12 +107,8 @@ def test_sighup_is_logged_and_never_fatal(dirs):
         wait_for(lambda: os.path.exists(os.path.join(dirs.results, "hup-sleep-0001-result.json")), timeout=30,
                  what="job done after SIGHUP")
         assert proc.poll() is None  # still running
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        err = _sigterm(proc)
     assert proc.returncode == 0
     assert err.count("SIGHUP received: ignored") >= 1  # signals sent back to back may coalesce
     assert dirs.result("hup-sleep-0001")["status"] == "completed"
@@ -111,12 +118,8 @@ def test_sigterm_on_an_idle_daemon_is_logged(dirs):
     proc = start_worker(dirs, "--metrics-addr", "127.0.0.1:0")
     try:
         wait_for(lambda: os.path.isdir(os.path.join(dirs.jobs, ".processing")), what="worker started")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        err = _sigterm(proc)
     assert proc.returncode == 0
     assert "SIGTERM received: stopping" in err
     assert len(re.findall(r"serving (/)?metrics", err)) == 1, err  # said once

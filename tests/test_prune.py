@@ -22,7 +22,7 @@ def _snapshot(root):
 
 @pytest.fixture
 def layout(dirs):
-    """Jobs run by a real worker, then made old (by waiting a second: prune --older-than 1)."""
+    """Jobs run by a real worker, old ones before a mark, young ones 2 s after it."""
     write_job(dirs.jobs, make_job("prune-done-0001"))
     write_job(dirs.jobs, make_job("prune-fail-0001", "test.raise"))
     write_job(dirs.jobs, make_job("prune-rej-00001", execution={"priority": 42}))
@@ -43,13 +43,22 @@ def layout(dirs):
         json.dump(make_job("prune-run-0001"), fh)
     with open(os.path.join(dirs.results, "prune-run-0001-progress.jsonl"), "w") as fh:
         fh.write('{"phase": "convert"}\n')
-    time.sleep(1.2)  # everything above is now older than one second
+    # everything above is older than the mark, everything below is 2 s younger: --older-than is
+    # computed from the mark when prune runs (see _age), whatever the machine's load
+    time.sleep(0.1)
+    dirs.mark = time.time()
+    time.sleep(2.0)
     write_job(dirs.jobs, make_job("prune-young-001"))
     cli("--once", "--metrics-enabled", "false", *dirs.args(), check=0)  # runs young and back
     # sent back to the queue and not run yet: waiting, with its old first result
     os.rename(os.path.join(dirs.jobs, "done", "prune-wait-0001.json"), os.path.join(dirs.jobs, "prune-wait-0001.json"))
     yield dirs
     os.close(lock)
+
+
+def _age(dirs):
+    """An age whose cutoff falls between the old and the young files (the CLI starts within 2 s)."""
+    return f"{time.time() - dirs.mark:.3f}"
 
 
 def test_prune_removes_what_is_finished_and_old_and_nothing_else(layout):
@@ -66,12 +75,12 @@ def test_prune_removes_what_is_finished_and_old_and_nothing_else(layout):
     before = _snapshot(dirs.base)
     assert expected <= before
 
-    dry = cli("prune", "--older-than", "1", "--dry-run", "--jobs-dir", dirs.jobs, "--results-dir", dirs.results,
+    dry = cli("prune", "--older-than", _age(dirs), "--dry-run", "--jobs-dir", dirs.jobs, "--results-dir", dirs.results,
               check=0)
     assert {line[len("would remove "):] for line in dry.stdout.splitlines()} == expected
     assert _snapshot(dirs.base) == before  # a dry run removes nothing
 
-    proc = cli("prune", "--older-than", "1", "--jobs-dir", dirs.jobs, "--results-dir", dirs.results, check=0)
+    proc = cli("prune", "--older-than", _age(dirs), "--jobs-dir", dirs.jobs, "--results-dir", dirs.results, check=0)
     assert {line[len("removed "):] for line in proc.stdout.splitlines()} == expected
     assert "removed 9 file(s); kept 2 of waiting or running jobs and 1 result(s) idempotency records point to" \
         in proc.stderr
