@@ -141,10 +141,13 @@ def cmd_api(args: argparse.Namespace, usage_error: Callable[[str], int]) -> int:
         transport = open_transport(args, worker_id)
         health = transport_health(transport, worker_id, args.pool)
         if args.metrics_enabled:
+            from .api.auth import TokenSet
             from .httpserver import start_server
+            tokens = (TokenSet.from_file(args.metrics_token_file, "--metrics-token-file")
+                      if args.metrics_token_file else None)
             servers.append(start_server(args.metrics_addr, registry=REGISTRY, health=health,
                                         tls_cert=args.metrics_tls_cert, tls_key=args.metrics_tls_key,
-                                        max_connections=args.http_max_connections))
+                                        max_connections=args.http_max_connections, tokens=tokens))
         servers.append(serve_api(args, transport=transport, worker_id=worker_id, health=health,
                                  max_concurrent=None, metrics_registry=REGISTRY))
     except (ConfigError, OSError) as exc:

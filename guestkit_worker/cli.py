@@ -120,8 +120,9 @@ RUN_OPTIONS = [
 ]
 RUN_OPTIONS += API_OPTIONS  # --api-*: the REST API beside the jobs (and for the api command)
 #: the run options that also apply to ``api`` (the API alone over the same transport)
-API_COMMAND_OPTIONS = {"worker_id", "pool", "jobs_dir", "results_dir", "max_job_size", "allow_path", "metrics_enabled",
-                       "metrics_addr", "metrics_tls_cert", "metrics_tls_key", "log_level", "log_format", "http_max_connections"} | {o[1] for o in API_OPTIONS}
+#: (every one but those about running jobs, so a transport's own options apply to both)
+API_COMMAND_OPTIONS = {o[1] for o in RUN_OPTIONS} - {"work_dir", "max_concurrent", "poll_interval", "shutdown_timeout",
+                                                     "max_job_timeout", "textfile_dir"}
 
 
 def _env_name(dest):

@@ -275,3 +275,14 @@ def test_job_store_unavailable_is_503_with_retry_after_then_recovers(dirs, serve
         os.rename(aside, dirs.jobs)
     assert call(api.url, "POST", JOBS, doc=make_job("job-store-00001")).status == 202
     assert call(api.url, "GET", "/api/v1/health").status == 200
+
+
+def test_api_alone_serves_metrics_and_health_of_its_transport(dirs, served):
+    from apikit import scrape_values
+    gateway = served("api", "--worker-id", "gw-1", metrics=True)
+    assert call(gateway.url, "GET", f"{JOBS}/no-such-job-9").status == 404
+    health = call(gateway.url, "GET", "/api/v1/health")
+    assert health.status == 200 and health.json["role"] == "api" and health.json["worker_id"] == "gw-1"
+    values = scrape_values(gateway.metrics_url)
+    assert values['guestkit_api_requests_total{code="404",method="GET",route="/api/v1/jobs/{id}"}'] == 1
+    assert "guestkit_worker_jobs_total" not in "".join(values), "no job threads, no job metrics"
