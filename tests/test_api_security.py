@@ -122,6 +122,16 @@ def test_tokens_never_reach_the_log(api, token_file, caplog):
     assert TOKEN not in caplog.text
 
 
+def test_token_file_readable_by_others_is_warned_about(api, token_file, caplog):
+    import os
+    api(token_file=token_file)  # 0600: no warning
+    assert "can be read by its group or others" not in caplog.text
+    os.chmod(token_file, 0o644)
+    with caplog.at_level(logging.WARNING):
+        api(token_file=token_file)
+    assert "can be read by its group or others (mode 0644)" in caplog.text and TOKEN not in caplog.text
+
+
 def test_every_token_is_compared_whichever_matches():
     """Constant time: the presented token's digest is compared with every configured one,
     with no early exit, through a constant-time comparison (hmac.compare_digest by default)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple
 
@@ -16,6 +18,8 @@ from .metrics import ApiMetrics
 from ..wsgiserver import parse_addr
 from .limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAITS
 from .server import is_loopback, start_api_server
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,6 +49,16 @@ def check_exposure(options: ApiOptions, allow_paths: Optional[Sequence[str]]) ->
     return host, port
 
 
+def _warn_if_readable_by_others(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning("--api-token-file %s can be read by its group or others (mode %04o): chmod 0400 it",
+                    path, mode & 0o7777)
+
+
 def start_api(options: ApiOptions, *, transport: Transport, registry: Any,
               allow_paths: Optional[Sequence[str]], health: Callable[[], Tuple[bool, dict]],
               worker_id: str, pool: str, max_concurrent: Optional[int], max_job_size: int,
@@ -54,7 +68,10 @@ def start_api(options: ApiOptions, *, transport: Transport, registry: Any,
     already configured with the path policy; ``start=False`` binds without accepting until
     ``start()``.  Raises ConfigError (exit 2) on any refusal."""
     addr = check_exposure(options, allow_paths)
-    tokens = TokenSet.from_file(options.token_file) if options.token_file else None
+    tokens = None
+    if options.token_file:
+        tokens = TokenSet.from_file(options.token_file)
+        _warn_if_readable_by_others(options.token_file)
     metrics = ApiMetrics(metrics_registry)
     jobs = JobsApi(transport, lambda raw: admit(raw, registry, max_job_size),
                    max_waits=options.max_waits, on_wait=metrics.waiting.inc)
