@@ -286,3 +286,16 @@ def test_api_alone_serves_metrics_and_health_of_its_transport(dirs, served):
     values = scrape_values(gateway.metrics_url)
     assert values['guestkit_api_requests_total{code="404",method="GET",route="/api/v1/jobs/{id}"}'] == 1
     assert "guestkit_worker_jobs_total" not in "".join(values), "no job threads, no job metrics"
+
+
+def test_racing_posts_of_one_job_make_one_job(dirs, served):
+    from concurrent.futures import ThreadPoolExecutor
+    api = served("api")
+    doc = make_job("job-race-00001")
+    others = [dict(doc, created_at=f"2026-11-0{d}T00:00:00Z") for d in range(2, 6)]
+    with ThreadPoolExecutor(24) as pool:
+        same = list(pool.map(lambda _: call(api.url, "POST", JOBS, doc=doc).status, range(20)))
+        different = list(pool.map(lambda d: call(api.url, "POST", JOBS, doc=d).status, others))
+    assert sorted(same).count(202) == 1 and same.count(200) == 19
+    assert different == [409] * 4
+    assert job_files(dirs) == ["job-race-00001.json"]
