@@ -285,6 +285,8 @@ def test_api_alone_serves_metrics_and_health_of_its_transport(dirs, served):
     assert health.status == 200 and health.json["role"] == "api" and health.json["worker_id"] == "gw-1"
     values = scrape_values(gateway.metrics_url)
     assert values['guestkit_api_requests_total{code="404",method="GET",route="/api/v1/jobs/{id}"}'] == 1
+    assert values['guestkit_api_request_duration_seconds_count{route="/api/v1/jobs/{id}"}'] == 1
+    assert values['guestkit_api_request_duration_seconds_count{route="/api/v1/health"}'] == 1
     assert "guestkit_worker_jobs_total" not in "".join(values), "no job threads, no job metrics"
 
 
