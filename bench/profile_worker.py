@@ -28,6 +28,8 @@ def main():
     p.add_argument("--rate", type=int, default=1000)
     p.add_argument("--no-idle", action="store_true")
     p.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL")
+    p.add_argument("--kind", default="job", help="thread kind to report: job (default), committer, consumer, main, "
+                                                 "watchdog")
     args = p.parse_args()
     spy = shutil.which("py-spy") or sys.exit("py-spy missing: pip install py-spy")
     base = common.fresh_dir("profile")
@@ -56,14 +58,14 @@ def main():
         kind = "job" if "job_" in thread else ("watchdog" if "watchdog" in thread else
                                                "main" if "MainThread" in thread else thread.split(" ")[-1][:30])
         per_thread[kind] += n
-        if kind != "job":
+        if kind != args.kind:
             continue
         total += n
         leaf[frames[-1]] += n
         for f in set(frames[1:]):
             incl[f] += n
     print("samples per thread kind:", dict(per_thread))
-    print(f"\njob threads, {total} samples; self time (leaf frames):")
+    print(f"\n{args.kind} threads, {total} samples; self time (leaf frames):")
     for f, n in leaf.most_common(args.top):
         print(f"{100 * n / total:6.1f}%  {f}")
     print("\ninclusive:")

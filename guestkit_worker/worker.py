@@ -94,7 +94,7 @@ class Worker:
         self._depth = 0
         self._heartbeat = self._started_mono = time.monotonic()
         self._backoff_until = 0.0
-        self._last = {"recovery": 0.0, "sweep": 0.0, "cancel": 0.0}
+        self._last = {"recovery": 0.0, "sweep": 0.0, "cancel": 0.0, "depth": 0.0}
         self._sweeper: Optional[threading.Thread] = None
         self.hard_stop = False                 # set by a second signal
         self.stuck_threads = 0
@@ -189,8 +189,10 @@ class Worker:
     def _tick(self) -> None:
         now, last = time.monotonic(), self._last
         try:
-            self._depth = self.transport.depth() + self.table.not_started
-            self.metrics.set_queue_depth(self._depth)
+            if now - last["depth"] >= 0.5 or self._drained.is_set():  # not after every job: O(jobs) for files
+                last["depth"] = now
+                self._depth = self.transport.depth() + self.table.not_started
+                self.metrics.set_queue_depth(self._depth)
             if now - last["cancel"] >= CANCEL_POLL_SECONDS:
                 last["cancel"] = now
                 self._poll_cancel_requests()
