@@ -167,11 +167,16 @@ def _result_exit(data: dict) -> int:
 
 
 def wait_for_result(backend: Any, job_id: str, seconds: float) -> Reply:
-    """Ask for the result until it is final or ``seconds`` have passed (steps of at most 60 s)."""
+    """Ask for the result until it is final or ``seconds`` have passed (steps of at most 60 s);
+    a busy API (503 with Retry-After: too many waiting clients) is asked again after a pause."""
     end = time.monotonic() + seconds
     while True:
         left = end - time.monotonic()
         reply = backend.result(job_id, max(0.0, min(_WAIT_STEP, left)))
+        busy = reply[0] == 503 and isinstance(reply[1], dict) and reply[1].get("error") == "TOO_MANY_WAITS"
+        if busy and left > 1:
+            time.sleep(1.0)
+            continue
         if reply[0] != 202 or left <= _WAIT_STEP:
             return reply
 

@@ -161,3 +161,20 @@ def test_api_beyond_loopback_with_tokens_and_allow_path_starts(dirs, served, tok
 def test_api_option_errors_exit_2(dirs, args, needle):
     proc = cli("api", *dirs.args()[:4], "--metrics-enabled", "false", *args)
     assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+
+
+def test_cli_result_wait_rides_out_a_busy_api(dirs, served):
+    import socket
+
+    from apikit import scrape_values
+    worker = served("run", "--api-max-waits", "1", metrics=True)
+    call(worker.url, "POST", JOBS, doc=make_job("job-busy-parked", routing={"worker_pool": "elsewhere"}))
+    call(worker.url, "POST", JOBS, doc=make_job("job-busy-sleep8", operation="test.sleep", data={"seconds": 8}))
+    host, _, port = worker.url.partition("://")[2].rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=30) as holder:  # takes the only wait slot
+        holder.sendall(b"GET /api/v1/jobs/job-busy-parked/result?wait=6 HTTP/1.1\r\nHost: x\r\n\r\n")
+        proc = cli("result", "job-busy-sleep8", "--api", worker.url, "--wait", "60")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "completed"
+    busy = scrape_values(worker.metrics_url)
+    assert busy['guestkit_api_requests_total{code="503",method="GET",route="/api/v1/jobs/{id}/result"}'] >= 1

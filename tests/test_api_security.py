@@ -194,6 +194,17 @@ def test_ipv6_loopback(api):
     assert call(server.url, "GET", "/api/v1/health").status == 200
 
 
+def test_non_loopback_without_tls_is_warned_about(token_file, caplog):
+    with caplog.at_level(logging.WARNING):
+        check_exposure(ApiOptions(addr="0.0.0.0:0", token_file=token_file), ["/srv"])
+    assert "without TLS" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        check_exposure(ApiOptions(addr="0.0.0.0:0", token_file=token_file, tls_cert="c", tls_key="k"), ["/srv"])
+        check_exposure(ApiOptions(addr="127.0.0.1:0"), None)
+    assert "without TLS" not in caplog.text
+
+
 @pytest.mark.parametrize("addr", ["127.0.0.1:0", "127.0.0.2:0", "localhost:0", "[::1]:0"])
 def test_loopback_needs_neither(addr):
     assert check_exposure(ApiOptions(addr=addr), None)[1] == 0

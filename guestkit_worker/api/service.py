@@ -46,6 +46,9 @@ def check_exposure(options: ApiOptions, allow_paths: Optional[Sequence[str]]) ->
         if not allow_paths:
             raise ConfigError(f"--api-addr {options.addr} is reachable from other hosts and jobs name "
                               "host paths: give --allow-path too (or listen on 127.0.0.1)")
+        if not options.tls_cert:
+            log.warning("--api-addr %s is reachable from other hosts without TLS: tokens and jobs travel "
+                        "in clear text (give --api-tls-cert and --api-tls-key)", options.addr)
     return host, port
 
 
