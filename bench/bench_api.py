@@ -78,7 +78,8 @@ def start_api(base, extra=()):
                                   "--log-level", "WARNING", "--worker-id", "bench-api"] + _dirs(base) + list(extra)
     os.makedirs(os.path.join(base, "jobs"), exist_ok=True)
     proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_port(proc, mport, "guestkit-worker api")
+    _wait_port(proc, mport, "guestkit-worker api (metrics)")
+    _wait_port(proc, port, "guestkit-worker api")
     return proc, port, mport
 
 
@@ -136,7 +137,8 @@ def wait_delays(samples):
     proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     delays, dropped = [], 0
     try:
-        _wait_port(proc, mport, "guestkit-worker run")
+        _wait_port(proc, mport, "guestkit-worker run (metrics)")
+        _wait_port(proc, port, "guestkit-worker run (API)")
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for i in range(samples):
             job_id = f"wait-{i:06d}"
