@@ -8,7 +8,7 @@
   instead, as an answer would need a handshake) and counted by ``on_refused``;
 * a connection silent for 10 s is closed, and the whole request (line, headers, body) must
   arrive within ``request_deadline`` seconds (default 30), so a client that sends one byte a
-  second holds one slot for that long at most; headers within 64 KiB and 100 lines;
+  second holds one slot for that long at most; at most 100 header lines of 64 KiB each;
 * an answer given before the body was read (401, 413, 415...) is followed by a bounded drain
   of what the client still sends, so the client sees the answer rather than a reset;
 * TLS 1.2+ with ``tls_cert``/``tls_key``, the handshake on the connection's own thread;
