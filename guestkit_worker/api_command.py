@@ -66,13 +66,14 @@ def check_api_options(args: argparse.Namespace) -> None:
 
 
 def open_transport(args: argparse.Namespace, worker_id: str):
-    """The configured transport (today the files on --jobs-dir/--results-dir) as ``worker_id``,
-    opened: it holds a liveness lock, so that cancelling a waiting job can claim it."""
+    """The configured transport as ``worker_id``, opened: the files on --jobs-dir/--results-dir
+    (it holds a liveness lock, so that cancelling a waiting job can claim it), or the Redis
+    stream of --pool with --transport redis."""
+    from .cli import transport_settings
     from .config import WorkerConfig
     from .transports import open_transport as build
     transport = build(WorkerConfig(jobs_dir=args.jobs_dir, results_dir=args.results_dir, worker_id=worker_id,
-                                   max_job_bytes=args.max_job_size,
-                                   transport=getattr(args, "transport", None) or "files"))
+                                   pool=args.pool, max_job_bytes=args.max_job_size, **transport_settings(args)))
     transport.open()
     return transport
 

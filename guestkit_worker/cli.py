@@ -69,6 +69,13 @@ def _nonneg_float(text):
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+def _transport(text):
+    value = str(text).strip().lower()
+    if value not in ("file", "redis"):
+        raise argparse.ArgumentTypeError(f"expected file or redis, got {text!r}")
+    return value
+
+
 def _log_level(text):
     value = str(text).strip().upper()
     if value not in LOG_LEVELS:
@@ -88,6 +95,19 @@ RUN_OPTIONS = [
     (("--worker-id",), "worker_id", str, None, "ID", "worker identity in results and metrics "
      "(default: host name plus a short random suffix)"),
     (("--pool",), "pool", str, "default", "NAME", "worker pool; jobs routed to another pool are left alone"),
+    (("--transport",), "transport", _transport, "file", "file|redis",
+     "where jobs come from and results go: a jobs directory, or a Redis stream shared by a fleet"),
+    (("--redis-url",), "redis_url", str, "redis://localhost:6379/0", "URL",
+     "with --transport redis: redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH"),
+    (("--redis-password-file",), "redis_password_file", str, None, "FILE",
+     "with --transport redis: the password is this file's first line (wins over the URL's)"),
+    (("--lease-seconds",), "lease_seconds", _positive_float, 60.0, "SECONDS",
+     "with --transport redis: a running job's claim is renewed every lease/4; a worker silent for "
+     "longer loses its jobs to the others"),
+    (("--max-deliveries",), "max_deliveries", _positive_int, 5, "N",
+     "with --transport redis: entries delivered more often go to the dead letters"),
+    (("--result-ttl",), "result_ttl", _positive_int, 604800, "SECONDS",
+     "with --transport redis: how long results and job states are kept"),
     (("--jobs-dir",), "jobs_dir", str, "./jobs", "DIR", "directory of incoming job files"),
     (("--results-dir",), "results_dir", str, "./results", "DIR", "directory for result and progress files"),
     (("--work-dir",), "work_dir", str, "./work", "DIR", "scratch and default output directory for handlers"),
@@ -149,6 +169,50 @@ def _add_allow_path(p):
                         f"(repeatable; env {_env_name('allow_path')}, colon-separated)")
 
 
+#: the run options of a command that only talks to the queue (submit, status, result, list, cancel)
+TRANSPORT_OPTIONS = ("transport", "redis_url", "redis_password_file", "pool")
+#: ...and what such a command reads from the environment or defaults without a flag
+_QUEUE_SETTINGS = TRANSPORT_OPTIONS + ("jobs_dir", "results_dir", "lease_seconds", "max_deliveries",
+                                       "result_ttl", "max_job_size")
+
+
+def add_transport_options(p):
+    """--transport, --redis-url, --redis-password-file and --pool for a command that submits or
+    reads jobs: the same flags and environment variables as run."""
+    for flags, dest, typ, default, metavar, text in RUN_OPTIONS:
+        if dest in TRANSPORT_OPTIONS:
+            shown = f"default: {default}; " if default is not None else ""
+            p.add_argument(*flags, dest=dest, type=typ, default=None, metavar=metavar,
+                           help=f"{text} ({shown}env {_env_name(dest)})")
+
+
+def transport_settings(args):
+    """WorkerConfig's transport fields from resolved run options."""
+    return {"transport": args.transport, "redis_url": args.redis_url,
+            "redis_password_file": args.redis_password_file, "lease_seconds": args.lease_seconds,
+            "max_deliveries": args.max_deliveries, "result_ttl": args.result_ttl}
+
+
+def queue_config(args, worker_id):
+    """A WorkerConfig for a command that only talks to the queue: each setting from its flag
+    (when the command has it), else GUESTKIT_WORKER_*, else the run option's default."""
+    from .config import WorkerConfig
+    values = {}
+    for flags, dest, typ, default, metavar, text in RUN_OPTIONS:
+        if dest not in _QUEUE_SETTINGS:
+            continue
+        value = getattr(args, dest, None)
+        if value is None:
+            env = os.environ.get(_env_name(dest))
+            try:
+                value = typ(env) if env else default
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                raise SystemExit(_usage_error(f"{_env_name(dest)}: {exc}"))
+        values[dest] = value
+    values["max_job_bytes"] = values.pop("max_job_size")
+    return WorkerConfig(worker_id=worker_id, **values)
+
+
 def _path_list(value):
     """GUESTKIT_WORKER_ALLOW_PATH: colon-separated directories, empty parts ignored."""
     return [p for p in value.split(":") if p]
@@ -193,6 +257,7 @@ def get_parser():
     submit.add_argument("--jobs-dir", dest="jobs_dir", default=None, metavar="DIR",
                         help=f"jobs directory (default: ./jobs; env {_env_name('jobs_dir')})")
     _add_allow_path(submit)
+    add_transport_options(submit)
     validate = sub.add_parser("validate", help="check job files and print every problem",
                               description="Check each FILE against the job protocol and the operations this "
                                           "worker serves; print one line per file; exit 1 if any is invalid.")
@@ -331,9 +396,10 @@ def cmd_submit(args):
     from .handlers import default_registry
     from .errors import ConfigError
     from .preflight import existing_dir
-    jobs_dir = args.jobs_dir or os.environ.get(_env_name("jobs_dir")) or "./jobs"
+    cfg = queue_config(args, f"submit-{os.getpid()}")
     try:  # a typo must not create a directory no worker reads
-        existing_dir("--jobs-dir", jobs_dir)
+        if cfg.transport == "file":
+            existing_dir("--jobs-dir", cfg.jobs_dir)
     except ConfigError as exc:
         return _usage_error(str(exc))
     reg = default_registry()
@@ -343,12 +409,11 @@ def cmd_submit(args):
         for problem in problems:
             print(f"{args.job}: {problem}", file=sys.stderr)
         return EXIT_JOBS_FAILED
-    from .config import WorkerConfig
     from .transports import open_transport
-    cfg = WorkerConfig(jobs_dir=jobs_dir, results_dir=os.environ.get(_env_name("results_dir")) or "./results",
-                       worker_id=f"submit-{os.getpid()}")
     try:
         receipt = open_transport(cfg).submit(job.doc)
+    except ConfigError as exc:
+        return _usage_error(str(exc))
     except OSError as exc:
         print(f"{args.job}: cannot queue it: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -387,7 +452,8 @@ def cmd_run(args):
                        max_concurrent=args.max_concurrent, poll_interval=args.poll_interval,
                        shutdown_timeout=args.shutdown_timeout, max_job_timeout=args.max_job_timeout,
                        max_job_bytes=args.max_job_size, allow_paths=args.allow_path, once=args.once,
-                       metrics_enabled=args.metrics_enabled or bool(args.textfile_dir))
+                       metrics_enabled=args.metrics_enabled or bool(args.textfile_dir),
+                       **transport_settings(args))
     from .paths import allows_everything
     if allows_everything(args.allow_path):
         log.warning("--allow-path /: jobs may read and write any path the worker can; give the image "
@@ -398,8 +464,10 @@ def cmd_run(args):
     try:
         if args.textfile_dir:  # before any job runs: a run whose metrics cannot be written is not started
             writable_dir("--textfile-dir", args.textfile_dir)
-        for flag, path in (("--jobs-dir", cfg.jobs_dir), ("--results-dir", cfg.results_dir),
-                           ("--work-dir", cfg.work_dir)):
+        dirs = [("--work-dir", cfg.work_dir)]
+        if cfg.transport == "file":  # the Redis transport keeps jobs and results in Redis
+            dirs = [("--jobs-dir", cfg.jobs_dir), ("--results-dir", cfg.results_dir)] + dirs
+        for flag, path in dirs:
             prepare_dir(flag, path)
         worker = Worker(cfg, registry=REGISTRY)
     except ConfigError as exc:

@@ -51,7 +51,9 @@ def add_api_client_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_local_options(p: argparse.ArgumentParser) -> None:
+    from .cli import add_transport_options
     g = p.add_argument_group("without --api")
+    add_transport_options(g)
     g.add_argument("--jobs-dir", dest="jobs_dir", metavar="DIR", default=None,
                    help=f"jobs directory (default: ./jobs; env {_ENV}JOBS_DIR)")
     g.add_argument("--results-dir", dest="results_dir", metavar="DIR", default=None,
@@ -262,19 +264,29 @@ def submit_many(args: argparse.Namespace, backend: Any) -> int:
 
 def local_jobs(args: argparse.Namespace, allow_paths: Optional[list] = None, *, lock: bool = False) -> LocalJobs:
     """The local transport (the files on --jobs-dir, --results-dir) behind the API's endpoint code.
-    ``lock``: open it (take a liveness lock), which cancelling a waiting job needs."""
-    from .api.admission import admit
-    from .api.jobs import JobsApi
+    ``lock``: open it (take a liveness lock), which cancelling a waiting job needs.  With
+    --transport redis (or GUESTKIT_WORKER_TRANSPORT=redis): the pool's Redis keys instead."""
     from .preflight import existing_dir
     from .protocol import DEFAULT_MAX_JOB_BYTES
     from .config import WorkerConfig, default_worker_id
     from .transports import open_transport
+    if (getattr(args, "transport", None) or os.environ.get(_ENV + "TRANSPORT")) == "redis":
+        from .cli import queue_config
+        cfg = queue_config(args, f"{default_worker_id()}-cli")
+        return _local(open_transport(cfg), allow_paths, cfg.max_job_bytes, lock)
     jobs_dir = args.jobs_dir or os.environ.get(_ENV + "JOBS_DIR") or "./jobs"
     results_dir = getattr(args, "results_dir", None) or os.environ.get(_ENV + "RESULTS_DIR") or "./results"
     existing_dir("--jobs-dir", jobs_dir)
     max_bytes = int(os.environ.get(_ENV + "MAX_JOB_SIZE") or DEFAULT_MAX_JOB_BYTES)
     transport = open_transport(WorkerConfig(jobs_dir=jobs_dir, results_dir=results_dir, max_job_bytes=max_bytes,
                                             worker_id=f"{default_worker_id()}-cli"))
+    return _local(transport, allow_paths, max_bytes, lock)
+
+
+def _local(transport: Any, allow_paths: Optional[list], max_bytes: int, lock: bool) -> LocalJobs:
+    """The API's endpoint code over ``transport`` in this process (opened when ``lock``)."""
+    from .api.admission import admit
+    from .api.jobs import JobsApi
     registry = []
 
     def admit_here(raw: bytes):

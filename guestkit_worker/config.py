@@ -34,7 +34,13 @@ class WorkerConfig:
     once: bool = False
     metrics_enabled: bool = True
     durable: bool = True
-    transport: str = "files"
+    transport: str = "file"
+    #: the Redis transport's settings (README "A fleet on Redis")
+    redis_url: str = "redis://localhost:6379/0"
+    redis_password_file: Optional[str] = None
+    lease_seconds: float = 60.0
+    max_deliveries: int = 5
+    result_ttl: int = 7 * 24 * 3600
 
     def timeout_of(self, job) -> float:
         """A job's timeout under --max-job-timeout."""

@@ -68,7 +68,7 @@ class Worker:
                                      track_last_success=not cfg.once)
                        if cfg.metrics_enabled else NullMetrics())
         self.metrics = metrics
-        self.transport = transport if transport is not None else open_transport(cfg)
+        self.transport = transport if transport is not None else open_transport(cfg, metrics=self.metrics)
         self.table = RunTable(cfg.max_concurrent)
         if hasattr(self.metrics, "track_active"):
             self.metrics.track_active(self.table.active)  # until its thread returns, not its timeout
@@ -85,6 +85,8 @@ class Worker:
         self.watchdog = Watchdog(self.table.runs, self.executor.stop, self.executor.abandon)
         lease = getattr(self.transport, "lease_seconds", None)
         self.leases = LeaseKeeper(self.transport, self.table.runs, self.executor.stop, lease) if lease else None
+        # leased deliveries (Redis) are taken over a lease after their worker died: look as often
+        self._recovery_interval = min(RECOVERY_INTERVAL_SECONDS, lease / 2) if lease else RECOVERY_INTERVAL_SECONDS
         self._stop = threading.Event()         # stop fetching and taking new jobs
         self._wake = threading.Event()         # wake the main loop early
         self._drained = threading.Event()      # --once: nothing left to fetch or finish
@@ -196,7 +198,7 @@ class Worker:
             if now - last["cancel"] >= CANCEL_POLL_SECONDS:
                 last["cancel"] = now
                 self._poll_cancel_requests()
-            if not self.cfg.once and now - last["recovery"] > RECOVERY_INTERVAL_SECONDS:
+            if not self.cfg.once and now - last["recovery"] > self._recovery_interval:
                 last["recovery"] = now
                 self.recovery.reclaim()
         except Exception:  # e.g. a storage error: tried again at the next interval; the loop goes on

@@ -11,13 +11,21 @@ from typing import Any
 from .base import Transport
 
 #: transport names the configuration may choose
-TRANSPORTS = ("files",)
+TRANSPORTS = ("file", "redis")
 
 
-def open_transport(config: Any) -> Transport:
-    """Build (not yet open) the transport config.transport names (default ``files``)."""
-    name = getattr(config, "transport", None) or "files"
-    if name == "files":
+def open_transport(config: Any, *, metrics: Any = None) -> Transport:
+    """Build (not yet open) the transport config.transport names: ``file`` (the default; also
+    spelt ``files``) or ``redis``.  metrics: where a transport reports what only it sees
+    (reclaims, lost leases, dead letters, its errors)."""
+    name = getattr(config, "transport", None) or "file"
+    if name == "redis":
+        from .redis import RedisTransport  # imports redis-py, only now
+        return RedisTransport(config.redis_url, config.worker_id, pool=config.pool,
+                              password_file=config.redis_password_file, lease_seconds=config.lease_seconds,
+                              max_deliveries=config.max_deliveries, result_ttl=config.result_ttl,
+                              max_job_bytes=config.max_job_bytes, metrics=metrics)
+    if name in ("file", "files"):
         from .files import FileTransport
         return FileTransport(config.jobs_dir, config.results_dir, config.worker_id,
                              max_job_bytes=config.max_job_bytes, durable=config.durable, once=config.once,
