@@ -43,7 +43,7 @@ def worker_has_redis():
         from guestkit_worker.transports.redis import scripts  # noqa: F401
     except ImportError:
         return False
-    out = subprocess.run(common.worker_exe() + ["--help"], capture_output=True, text=True).stdout
+    out = subprocess.run(common.worker_exe() + ["run", "--help"], capture_output=True, text=True).stdout
     return "--transport" in out
 
 
@@ -227,12 +227,14 @@ def main():
     cpus = {(sh, s): [] for sh in shapes for s in sides}
     rcpus = {(sh, s): [] for sh in shapes for s in sides}  # redis-server CPU µs per job
     failures = []
+    walls = {}  # wall seconds per side, set-up and tear-down included
     with RedisServer() as srv:
         redis_version = srv.version()
         for r in range(rounds):
             for sh in shapes:
                 order = sides[r % len(sides):] + sides[:r % len(sides)]
                 for side in order:
+                    t_side = time.monotonic()
                     srv.fresh()
                     c0 = srv.cpu_seconds()
                     try:
@@ -248,6 +250,7 @@ def main():
                     cpus[(sh, side)].append(cpu)
                     jobs = n // fleetpeers.PEERS[side].jobs_divisor if side in fleetpeers.PEERS else n
                     rcpus[(sh, side)].append((srv.cpu_seconds() - c0) / jobs * 1e6)
+                    walls[side] = walls.get(side, 0.0) + time.monotonic() - t_side
                 print(f"round {r + 1}/{rounds} {sh[0]}x{sh[1]}: " + ", ".join(
                     f"{s} {rates[(sh, s)][-1]:.0f}/s" for s in sides if rates[(sh, s)]), file=sys.stderr, flush=True)
 
@@ -269,6 +272,7 @@ def main():
                           "redis-server CPU µs/job", "jobs"],
                            rows)
             + "\nrq runs one job at a time per process: P x T processes at shape PxT.")
+    text += "\nwall time per side, all rounds (s): " + ", ".join(f"{s} {w:.0f}" for s, w in walls.items())
     if missing:
         text += "\nnot installed (pip install -e .[bench]): " + ", ".join(missing)
     if failures:
