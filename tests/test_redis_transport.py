@@ -361,6 +361,28 @@ def test_list_jobs_pages_newest_first_and_filters(make):
     assert t.list_jobs(status="completed").jobs == []
 
 
+def test_maintain_drops_expired_jobs_from_the_index_and_consumers_long_gone(make, redis_server, pool):
+    t = make("maint-w1", result_ttl=1)
+    gone = make("maint-gone")
+    busy = make("maint-busy")
+    t.submit(make_job("short-lived-01"))
+    (d,) = t.fetch(1, 0.1)
+    completed(t, d)
+    busy.submit(make_job("still-held-01"))
+    assert len(busy.fetch(1, 0.1)) == 1  # busy holds an entry: its consumer stays whatever its idle time
+    k = Keys(pool)
+    r = redis_server.client()
+    wait_for(lambda: not r.exists(k.job("short-lived-01")), timeout=10, what="the job's state to expire")
+    assert r.zscore(k.index, "short-lived-01") is not None
+    t.stale_consumer_seconds = 0.5
+    time.sleep(0.6)  # the consumers' idle time must exceed it (this is the condition, not a wait for one)
+    t.maintain()
+    assert r.zscore(k.index, "short-lived-01") is None and t.list_jobs().jobs[0].job_id == "still-held-01"
+    names = {c["name"].decode() for c in r.xinfo_consumers(k.jobs, GROUP)}
+    assert "maint-gone" not in names and {"maint-w1", "maint-busy"} <= names
+    assert gone.fetch(1, 0.1) == []  # a live worker whose consumer was removed just reads on
+
+
 def test_progress_events(make):
     t = make()
     t.append_progress("prog-job-0001", {"step": 1})

@@ -120,7 +120,7 @@ class IndexMixin:
                 gone = [m for m, e in zip(old, pipe.execute()) if not e]
                 if gone:
                     self.r.zrem(k.index, *gone)
-            idle_ms = max(3600.0, 10 * self.lease_seconds) * 1000
+            idle_ms = self.stale_consumer_seconds * 1000
             for c in self.r.xinfo_consumers(k.jobs, GROUP):
                 name = _text(c.get("name"))
                 if name != self.worker_id and not c.get("pending") and int(c.get("idle") or 0) > idle_ms:

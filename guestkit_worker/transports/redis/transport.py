@@ -69,6 +69,8 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
         self.result_ttl = int(result_ttl)
         self.max_job_bytes = int(max_job_bytes)
         self.metrics = metrics if metrics is not None else NullMetrics()
+        #: maintain() removes consumers idle this long with nothing pending (workers long gone)
+        self.stale_consumer_seconds = max(3600.0, 10 * self.lease_seconds)
         self._redis = connection.import_redis()
         self.r: Any = None
         self.rb: Any = None
