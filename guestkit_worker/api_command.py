@@ -11,18 +11,9 @@ from typing import Any, Callable, Optional, Tuple
 
 from .api.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAITS
 from .errors import ConfigError
+from .optiontypes import positive_int as _positive_int
 
 log = logging.getLogger(__name__)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 #: (flags, dest, type, default, metavar, help): the API options of ``run`` and ``api``, in the

@@ -11,6 +11,11 @@ import sys
 
 from . import __version__
 from .api_command import API_OPTIONS
+from .optiontypes import boolean as _bool
+from .optiontypes import choice
+from .optiontypes import nonneg_float as _nonneg_float
+from .optiontypes import positive_float as _positive_float
+from .optiontypes import positive_int as _positive_int
 
 log = logging.getLogger(__name__)
 
@@ -29,65 +34,10 @@ ENV_PREFIX = "GUESTKIT_WORKER_"
 COMMANDS = ("run", "api", "submit", "validate", "list-operations", "status", "result", "list", "cancel", "prune")
 
 
-def _bool(text):
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _number(kind, text):
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}")
-
-
-def _positive_int(text):
-    value = _number(int, text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text):
-    value = _number(float, text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
-
-
-def _nonneg_float(text):
-    value = _number(float, text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-def _transport(text):
-    value = str(text).strip().lower()
-    if value not in ("file", "redis"):
-        raise argparse.ArgumentTypeError(f"expected file or redis, got {text!r}")
-    return value
-
-
-def _log_level(text):
-    value = str(text).strip().upper()
-    if value not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError(f"expected {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}, got {text!r}")
-    return value
-
-
-def _log_format(text):
-    value = str(text).strip().lower()
-    if value not in ("text", "json"):
-        raise argparse.ArgumentTypeError(f"expected text or json, got {text!r}")
-    return value
+_transport = choice("file", "redis")
+_log_level = choice(*LOG_LEVELS, upper=True)
+_log_format = choice("text", "json")
 
 
 # (flags, dest, type, default, metavar, help) of the run options; each also reads GUESTKIT_WORKER_<DEST>

@@ -1,0 +1,58 @@
+"""Types of the values of flags and GUESTKIT_WORKER_* variables: each returns the value or raises
+``argparse.ArgumentTypeError`` with one line saying what was expected and what came, which the
+CLI turns into ``guestkit-worker: error: ...`` and exit status 2 (never a traceback)."""
+
+import argparse
+from typing import Callable
+
+
+def boolean(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def number(kind, text: str):
+    """``kind(text)`` (int or float) or an error naming what was expected."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") \
+            from None
+
+
+def positive_int(text: str) -> int:
+    value = number(int, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = number(float, text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    value = number(float, text)
+    if not value >= 0:  # NaN included
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def choice(*values: str, upper: bool = False) -> Callable[[str], str]:
+    """A type accepting one of ``values`` (case-insensitive; returned upper- or lower-case)."""
+    expected = f"{', '.join(values[:-1])} or {values[-1]}" if len(values) > 1 else values[0]
+
+    def parse(text: str) -> str:
+        value = str(text).strip()
+        value = value.upper() if upper else value.lower()
+        if value not in values:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
