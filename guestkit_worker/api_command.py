@@ -73,7 +73,8 @@ def admission_registry(args: argparse.Namespace, transport: Any):
     """The handler registry the API admits jobs with: the worker's path policy."""
     from .handlers import default_registry
     registry = default_registry()
-    registry.configure_paths(args.allow_path, transport.protected_paths)
+    from .cli import _allow_backing
+    registry.configure_paths(args.allow_path, transport.protected_paths, allow_backing=_allow_backing(args))
     return registry
 
 

@@ -103,6 +103,7 @@ def _add_run_options(p, only=None):
     if only is None:
         p.add_argument("--once", action="store_true", default=None,
                        help=f"run the jobs present at start, wait for them, exit (env {_env_name('once')})")
+        _add_allow_backing(p)
     for flags, dest, typ, default, metavar, text in RUN_OPTIONS:
         if only is not None and dest not in only:
             continue
@@ -112,11 +113,31 @@ def _add_run_options(p, only=None):
                        help=f"{text} ({shown}env {_env_name(dest)})")
 
 
+def _add_allow_backing(p):
+    p.add_argument("--allow-backing-files", dest="allow_backing_files", action="store_true", default=None,
+                   help="let images reference other local files (qcow2 backing and data files, VMDK extents "
+                        "and parents), each of which must resolve inside --allow-path and be a regular file; "
+                        "without it such images are refused with BACKING_FILE_NOT_ALLOWED "
+                        f"(env {_env_name('allow_backing_files')}=true)")
+
+
+def _allow_backing(args):
+    """--allow-backing-files, else GUESTKIT_WORKER_ALLOW_BACKING_FILES (true/false), else off."""
+    if getattr(args, "allow_backing_files", None):
+        return True
+    env = os.environ.get(_env_name("allow_backing_files"))
+    try:
+        return _bool(env) if env else False
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(_usage_error(f"{_env_name('allow_backing_files')}: {exc}"))
+
+
 def _add_allow_path(p):
     """--allow-path for validate and submit: judge paths as a worker with that policy would."""
     p.add_argument("--allow-path", dest="allow_path", action="append", default=None, metavar="DIR",
                    help="judge image paths and outputs as a worker run with this --allow-path would "
                         f"(repeatable; env {_env_name('allow_path')}, colon-separated)")
+    _add_allow_backing(p)
 
 
 #: the run options of a command that only talks to the queue (submit, status, result, list, cancel)
@@ -192,6 +213,7 @@ def get_parser():
                          description="Serve the REST API (--api-addr) in front of the jobs and results "
                                      "directories, without running jobs: a gateway for the workers that share them.")
     _add_run_options(api, only=API_COMMAND_OPTIONS)
+    _add_allow_backing(api)
     api.set_defaults(once=False)
     submit = sub.add_parser("submit", help="validate job files and queue them (jobs dir, or --api URL)",
                             description="Validate each JOB and place it in the jobs directory as JOB_ID.json "
@@ -329,7 +351,7 @@ def _check_file(path, registry):
 def cmd_validate(args):
     from .handlers import default_registry
     reg = default_registry()
-    reg.configure_paths(_allowed_paths(args))
+    reg.configure_paths(_allowed_paths(args), allow_backing=_allow_backing(args))
     bad = 0
     for path in args.files:
         problems, job = _check_file(path, reg)
@@ -353,7 +375,7 @@ def cmd_submit(args):
     except ConfigError as exc:
         return _usage_error(str(exc))
     reg = default_registry()
-    reg.configure_paths(_allowed_paths(args))
+    reg.configure_paths(_allowed_paths(args), allow_backing=_allow_backing(args))
     problems, job = _check_file(args.job, reg)
     if problems:
         for problem in problems:
@@ -402,6 +424,7 @@ def cmd_run(args):
                        max_concurrent=args.max_concurrent, poll_interval=args.poll_interval,
                        shutdown_timeout=args.shutdown_timeout, max_job_timeout=args.max_job_timeout,
                        max_job_bytes=args.max_job_size, allow_paths=args.allow_path, once=args.once,
+                       allow_backing_files=_allow_backing(args),
                        metrics_enabled=args.metrics_enabled or bool(args.textfile_dir),
                        **transport_settings(args))
     from .paths import allows_everything

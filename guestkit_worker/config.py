@@ -31,6 +31,7 @@ class WorkerConfig:
     max_job_timeout: Optional[float] = None
     max_job_bytes: int = DEFAULT_MAX_JOB_BYTES
     allow_paths: Optional[list] = None
+    allow_backing_files: bool = False
     once: bool = False
     metrics_enabled: bool = True
     durable: bool = True

@@ -153,7 +153,8 @@ class Worker:
         self.executor.children.reap_dead_workers()
         # handlers check a job's paths against --allow-path while validating it: a refused
         # path rejects the job before anything looks at the file system
-        self.handlers.configure_paths(self.cfg.allow_paths, self.transport.protected_paths)
+        self.handlers.configure_paths(self.cfg.allow_paths, self.transport.protected_paths,
+                                      allow_backing=self.cfg.allow_backing_files)
         self.transport.maintain()
         self.recovery.reclaim()
         self._last["recovery"] = self._last["sweep"] = time.monotonic()

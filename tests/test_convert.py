@@ -198,7 +198,8 @@ def test_wrong_source_format_fails_without_partial(tmp_path, debian_image):
                                   "target_format": "raw", "output": {"destination": str(dest)}})
         finally:
             handler.cleanup(ctx)
-    assert exc.value.code == "CONVERSION_FAILED" and "qcow2" in exc.value.message
+    # the chain check reads the header first: a raw image is not a valid qcow2
+    assert exc.value.code == "INVALID_IMAGE" and "not a valid qcow2 image" in exc.value.message
     assert os.listdir(tmp_path) == ["test-job-0001.progress.jsonl"]
     assert metrics.write_bytes == 0
 

@@ -293,7 +293,8 @@ def test_inspect_timeout_leaves_no_processes(tmp_path, debian_image, guestfs_env
 
 
 def test_declared_format_is_used_not_probed(tmp_path, debian_image, guestfs_env):
-    """A raw image declared as qcow2 is opened as qcow2 and fails (before any appliance boots)."""
+    """A raw image declared as qcow2 is read as qcow2 and fails (its header is checked before
+    any appliance boots)."""
     ctx, metrics = make_context(tmp_path, job_id="test-inspect-badfmt")
     handler = InspectHandler()
     try:
@@ -301,6 +302,6 @@ def test_declared_format_is_used_not_probed(tmp_path, debian_image, guestfs_env)
             handler.execute(ctx, {"image": {"path": debian_image["raw"], "format": "qcow2"}})
     finally:
         handler.cleanup(ctx)
-    assert exc.value.code == "IMAGE_OPEN_FAILED"
-    assert "is image.format right?" in exc.value.message and "qcow2" in exc.value.message
+    assert exc.value.code == "INVALID_IMAGE"
+    assert "is image.format right?" in exc.value.message and "not a valid qcow2" in exc.value.message
     assert not [n for n in os.listdir(tmp_path) if ".guestfs-" in n or n.endswith(".json")]

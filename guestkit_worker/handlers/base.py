@@ -22,7 +22,8 @@ import logging
 from dataclasses import dataclass, field
 from importlib import metadata
 
-from ..engines.images import require_image_file
+from ..engines.chain import check_chain
+from ..engines.images import require_format, require_image_file
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,16 @@ class Handler:
     #: (outputs never go there); set by the worker before its first job, see configure_paths
     allowed_paths = None
     protected_paths = ()
+    #: --allow-backing-files: images may reference other files (inside allowed_paths)
+    allow_backing_files = False
 
-    def configure_paths(self, allowed=None, protected=()):
-        """Take the worker's path policy, which validate() applies through check_payload_path."""
+    def configure_paths(self, allowed=None, protected=(), allow_backing=None):
+        """Take the worker's path policy, which validate() applies through check_payload_path
+        (``allow_backing`` None keeps the current --allow-backing-files setting)."""
         self.allowed_paths = None if allowed is None else tuple(allowed)
         self.protected_paths = tuple(protected)
+        if allow_backing is not None:
+            self.allow_backing_files = bool(allow_backing)
 
     def check_payload_path(self, path, field, *, for_output=False):
         """The resolved path, or JobValidationError PATH_NOT_ALLOWED when the policy refuses it.
@@ -86,10 +92,15 @@ class ImageHandler(Handler):
         output = data.get("output") or {}
         # the path policy before anything looks at the file system: a refused path gets the
         # same PATH_NOT_ALLOWED whether or not something exists there (and the job is rejected)
-        self.check_payload_path(data["image"]["path"], "payload.data.image.path")
+        real = self.check_payload_path(data["image"]["path"], "payload.data.image.path")
         if output.get("destination") is not None:
             self.check_payload_path(output["destination"], "payload.data.output.destination", for_output=True)
         require_image_file(data["image"]["path"], "payload.data.image.path")
+        # what the image references (backing files, data files, extents), before anything opens it
+        check_chain(real, require_format(data["image"].get("format"), "payload.data.image.format",
+                                         default="qcow2"),
+                    "payload.data.image.path", allowed=self.allowed_paths,
+                    allow_backing=self.allow_backing_files).close()
 
     def _check_payload(self, data):
         """The payload's shape and values (returned as the dict to use); looks at nothing on
@@ -124,12 +135,15 @@ class HandlerRegistry:
     def handlers(self):
         return list(self._handlers)
 
-    def configure_paths(self, allowed=None, protected=()):
+    def configure_paths(self, allowed=None, protected=(), allow_backing=None):
         """Hand the worker's path policy to every handler that takes one."""
         for handler in self._handlers:
             configure = getattr(handler, "configure_paths", None)
             if configure is not None:
-                configure(allowed, protected)
+                if allow_backing is None:
+                    configure(allowed, protected)
+                else:
+                    configure(allowed, protected, allow_backing=allow_backing)
 
     def load_entry_points(self):
         """Register third-party handlers; a broken plugin is logged and skipped."""

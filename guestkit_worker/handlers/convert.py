@@ -7,8 +7,10 @@ Payload (``guestkit.convert.v1``)::
     compression:   bool, qcow2 targets only (default false)
     output:        {destination?, overwrite? (default false)}
 
-Source and target formats are always given explicitly (``-f`` / ``-O``), so no image is
-format-probed.  qemu-img runs in a child process through ``context.run`` (own process group,
+Source and target formats are always given explicitly, so no image is format-probed; the
+source goes to qemu-img as the ``json:`` spec of its checked chain
+(:mod:`guestkit_worker.engines.chain`: no backing file, data file or extent it was not
+allowed to open).  qemu-img runs in a child process through ``context.run`` (own process group,
 killed on timeout or shutdown) and writes into a private directory made beside the destination
 (:class:`~guestkit_worker.engines.outputs.PrivateOutput`: unpredictable name, mode 0700, reached
 through a held descriptor, so no link planted in a shared directory is ever followed); only a
@@ -34,6 +36,7 @@ import time
 
 from ..engines.images import (IMAGE_FORMATS, check_destination, image_size, require_bool, require_dict,
                               require_format, require_image_file, require_path)
+from ..engines.chain import checked_chain
 from ..engines.outputs import PrivateOutput
 from ..errors import EngineUnavailable, HandlerError, JobValidationError
 from .base import HandlerResult, ImageHandler
@@ -124,14 +127,17 @@ class ConvertHandler(ImageHandler):
             raise EngineUnavailable(f"guestkit.convert needs {detail}")
         context.progress("validation", 100, f"{src} ({src_fmt}) -> {dest} ({target})")
 
+        chain = checked_chain(src, src_fmt, "payload.data.image.path", allowed=context.allowed_paths,
+                              allow_backing=self.allow_backing_files)
         try:
             out = PrivateOutput(dest, job_id)
         except OSError as exc:
+            chain.close()
             raise HandlerError("OUTPUT_WRITE_FAILED", f"cannot write {dest}: {exc}", phase="export") from exc
         with self._lock:
             self._partials[job_id] = out
         try:
-            result = self._convert(context, src, src_fmt, out.child_path, target, compress)
+            result = self._convert(context, chain, src, src_fmt, out.child_path, target, compress)
             context.progress("export", 0, f"moving the result to {dest}")
             out.fsync()
             st = out.stat()
@@ -141,6 +147,7 @@ class ConvertHandler(ImageHandler):
             raise HandlerError("OUTPUT_WRITE_FAILED", f"cannot write {dest}: {exc}", phase="export") from exc
         finally:
             out.close()
+            chain.close()
             with self._lock:
                 self._partials.pop(job_id, None)
         context.record_disk_io(write_bytes=written)
@@ -150,13 +157,15 @@ class ConvertHandler(ImageHandler):
                  result["duration_seconds"])
         return HandlerResult(data=result, output=dest)
 
-    def _convert(self, context, src, src_fmt, tmp, target, compress):
-        """Run qemu-img convert then info on tmp; return the result data (without output)."""
+    def _convert(self, context, chain, src, src_fmt, tmp, target, compress):
+        """Run qemu-img convert then info on tmp; return the result data (without output).
+
+        The source is the checked chain's json: spec: its files and nothing else."""
         job_id = context.job_id
-        argv = [QEMU_IMG, "convert", "-p", "-f", src_fmt, "-O", target]
+        argv = [QEMU_IMG, "convert", "-p", "-O", target]
         if compress:
             argv.append("-c")
-        argv += [src, tmp]
+        argv += [chain.qemu_spec(), tmp]
         last = {"pct": -1}
 
         def on_stdout(line):

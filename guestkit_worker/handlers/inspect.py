@@ -60,6 +60,7 @@ from ..checksum import parse_checksum, verify_sha256
 from ..engines import probe_script
 from ..engines.images import (check_destination, image_size, remove_quietly, require_bool, require_dict,
                               require_format, require_image_file, require_path)
+from ..engines.chain import checked_chain
 from ..engines.outputs import PrivateOutput
 from ..errors import EngineUnavailable, HandlerError, JobValidationError
 from .base import HandlerResult, ImageHandler
@@ -71,6 +72,7 @@ OPTION_FLAGS = {f"include_{s}": s for s in SECTIONS}
 SAMPLE_LIMIT = 25
 DEFAULT_GUESTFS_PYTHON = "/usr/bin/python3"
 ENGINE_CACHE_SECONDS_NEGATIVE = 300.0
+QEMU_IMG = "qemu-img"
 INSTALL_HINT = ("install the Debian packages python3-guestfs and libguestfs-tools "
                 "(and a kernel for the appliance: linux-image-amd64)")
 
@@ -242,12 +244,19 @@ class InspectHandler(ImageHandler):
             log.error("job %s: libguestfs unavailable: %s", job_id, detail)
             raise EngineUnavailable(f"guestkit.inspect needs libguestfs: {detail}")
         size = image_size(path)
+        # what the image references, before anything opens it; held open until the probe ends
+        chain = checked_chain(path, fmt, "payload.data.image.path", allowed=context.allowed_paths,
+                              allow_backing=self.allow_backing_files)
         context.progress("validation", 100, f"{path} ({fmt}, {size} bytes)")
 
         checksum_state = "skipped"
         if image.get("checksum"):
             context.progress("checksum", 0, f"verifying sha256 of {path}")
-            verify_sha256(path, image["checksum"], context)
+            try:
+                verify_sha256(path, image["checksum"], context)
+            except BaseException:
+                chain.close()
+                raise
             checksum_state = "verified"
             context.progress("checksum", 100, "checksum verified")
         else:
@@ -255,7 +264,10 @@ class InspectHandler(ImageHandler):
             log.info("job %s: no checksum given for %s, verification skipped", job_id, path)
 
         started = time.monotonic()
-        doc = self._run_probe(context, path, fmt, sections, deep)
+        try:
+            doc = self._run_probe(context, chain, path, fmt, sections, deep)
+        finally:
+            chain.close()
         elapsed = time.monotonic() - started
 
         context.progress("export", 0, f"writing {dest}")
@@ -280,7 +292,28 @@ class InspectHandler(ImageHandler):
         context.progress("export", 100, f"report written to {dest}")
         return HandlerResult(data=summarize(report), output=dest)
 
-    def _run_probe(self, context, path, fmt, sections, deep):
+    def _pinned_overlay(self, context, chain, fmt, tmpdir):
+        """A qcow2 overlay in the job's private tmpdir whose backing is the checked chain's json:
+        spec (pinned top file, "backing": null at the end), so libguestfs's qemu opens nothing
+        else; returns its path."""
+        spec = chain.qemu_spec()
+        info = context.run([QEMU_IMG, "info", "--output=json", spec])
+        try:
+            virtual_size = int(json.loads(info.stdout.decode("utf-8", "replace"))["virtual-size"])
+        except (ValueError, KeyError, TypeError):
+            raise HandlerError("IMAGE_OPEN_FAILED", f"qemu-img could not open the image as {fmt}: "
+                               + (info.stderr.decode("utf-8", "replace").strip()[-500:] or "no diagnostics"),
+                               phase="inspection") from None
+        overlay = os.path.join(tmpdir, "pinned.qcow2")
+        made = context.run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-u", "-b", spec, "-F", fmt,
+                            overlay, str(virtual_size)])
+        if made.returncode != 0:
+            raise HandlerError("IMAGE_OPEN_FAILED", "qemu-img could not make the read-only overlay: "
+                               + (made.stderr.decode("utf-8", "replace").strip()[-500:] or "no diagnostics"),
+                               phase="inspection")
+        return overlay
+
+    def _run_probe(self, context, chain, path, fmt, sections, deep):
         """Launch the appliance once (child process through the context); return the JSON doc."""
         job_id = context.job_id
         tmpdir = tempfile.mkdtemp(prefix=f".{job_id}.guestfs-", dir=context.work_dir)
@@ -288,7 +321,12 @@ class InspectHandler(ImageHandler):
         env = dict(os.environ)
         env.setdefault("LIBGUESTFS_CACHEDIR", os.environ.get("TMPDIR") or "/var/tmp")
         env["TMPDIR"] = tmpdir
-        argv = [guestfs_python(), probe_script(), "--image", path, "--format", fmt,
+        try:
+            overlay = self._pinned_overlay(context, chain, fmt, tmpdir)
+        except BaseException:
+            self._remove_tree(job_id, tmpdir)
+            raise
+        argv = [guestfs_python(), probe_script(), "--image", overlay, "--format", "qcow2",
                 "--sections", ",".join(s for s in SECTIONS if s in sections)]
         if deep:
             argv.append("--deep-scan")
