@@ -56,15 +56,38 @@ def worker_argv(url, threads, i, base):
 
 
 def submit_jobs(url, n):
-    """N echo jobs through the transport's own submit (what the API and `submit` do)."""
-    from guestkit_worker.transports.redis import RedisTransport
-    t = RedisTransport(url, "bench-producer", pool=POOL)
+    """N echo jobs through the transport's own submit script with its arguments (what the API
+    and `submit` do), all in one MULTI/EXEC: they appear at once to workers already waiting."""
+    import redis
+    from guestkit_worker.transports.redis.keys import Keys
+    from guestkit_worker.transports.redis.queue import digest, job_facts, now_iso
+    from guestkit_worker.transports.redis.scripts import load_scripts
+    client = redis.Redis.from_url(url)
+    k = Keys(POOL)
     try:
+        s = load_scripts(client)
+        pipe = client.pipeline(transaction=True)
         for i in range(n):
             doc = common.echo_job(f"bench-{i:06d}", i)
-            t.submit(doc, json.dumps(doc).encode())
+            s.submit(keys=[k.jobs, k.job(doc["job_id"]), k.index],
+                     args=[json.dumps(doc).encode(), doc["job_id"], digest(doc), *job_facts(doc), now_iso()],
+                     client=pipe)
+        replies = pipe.execute()
     finally:
-        t.close()
+        client.close()
+    created = sum(1 for r in replies if r[0] in (b"created", "created"))
+    if created != n:
+        raise SideFailed(f"submit: {created} of {n} jobs created")
+
+
+def _joined(client, k, names):
+    """True once every consumer name is in the transport's group (the worker has opened)."""
+    try:
+        have = {c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                for c in client.xinfo_consumers(k.jobs, "guestkit-workers")}
+    except Exception:  # no stream or group yet
+        return False
+    return set(names) <= have
 
 
 def run_native(srv, side, n, procs, threads):
@@ -76,11 +99,12 @@ def run_native(srv, side, n, procs, threads):
     log = open(os.path.join(base, "stderr.log"), "wb")
     env = {kk: v for kk, v in os.environ.items() if not kk.startswith("GUESTKIT_WORKER_")}
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # every side's processes are up and waiting on the empty stream before the jobs appear
+    client = srv.client()
     if side.startswith("floor"):
         mode = ["min"] if side == "floor-min" else []
         ps = [subprocess.Popen([sys.executable, FLOOR, srv.url, str(threads), f"floor-{i}"] + mode, env=env,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log) for i in range(procs)]
-        submit_jobs(srv.url, n)
         for p in ps:
             if p.stdout.readline() != b"ready\n":
                 raise SideFailed(f"floor: a process did not start (log {base}/stderr.log)")
@@ -88,11 +112,17 @@ def run_native(srv, side, n, procs, threads):
             p.stdin.write(b"go\n")
             p.stdin.flush()
     else:
-        submit_jobs(srv.url, n)
         ps = [subprocess.Popen(worker_argv(srv.url, threads, i, base), env=env, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=log) for i in range(procs)]
-    client = srv.client()
+        end = time.monotonic() + 60
+        while not _joined(client, k, [f"bench-{i}" for i in range(procs)]):
+            if time.monotonic() > end or any(p.poll() is not None for p in ps):
+                _stop(ps)
+                raise SideFailed(f"worker: did not join the group (log {base}/stderr.log)")
+            time.sleep(0.02)
+        time.sleep(0.2)  # its job threads and consumer started just after it joined
     try:
+        submit_jobs(srv.url, n)
         end = time.monotonic() + max(60.0, n / 20)
         while client.xlen(k.jobs) > 0:
             if time.monotonic() > end:
@@ -122,20 +152,17 @@ class SideFailed(Exception):
     pass
 
 
-def _stop(procs, grace=10.0):
+def _stop(procs):
+    """SIGKILL: every result has been checked by now, and a graceful stop (Celery's warm
+    shutdown, joins of idle threads) would only add seconds per side."""
     for p in procs:
         for f in (p.stdin, p.stdout):
             f.close()
     for p in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    end = time.monotonic() + grace
-    for p in procs:
-        try:
-            p.wait(max(0.1, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
             p.kill()
-            p.wait(10)
+    for p in procs:
+        p.wait(10)
 
 
 def _wait_stored(count, n, timeout=30.0):
@@ -159,7 +186,7 @@ def _have_scripts():
 def run_peer(srv, name, n, procs, threads):
     """One side of one round for a peer; returns (jobs/s, CPU µs per job)."""
     peer = fleetpeers.PEERS[name]
-    n //= peer.jobs_divisor
+    n = max(2, n // peer.jobs_divisor)
     timeout = max(60.0, n / 20)
     path = os.path.join(common.fresh_dir(f"fleet-{name}"), "stamps")
     with open(path, "wb") as fh:
@@ -248,7 +275,7 @@ def main():
                         continue
                     rates[(sh, side)].append(rate)
                     cpus[(sh, side)].append(cpu)
-                    jobs = n // fleetpeers.PEERS[side].jobs_divisor if side in fleetpeers.PEERS else n
+                    jobs = max(2, n // fleetpeers.PEERS[side].jobs_divisor) if side in fleetpeers.PEERS else n
                     rcpus[(sh, side)].append((srv.cpu_seconds() - c0) / jobs * 1e6)
                     walls[side] = walls.get(side, 0.0) + time.monotonic() - t_side
                 print(f"round {r + 1}/{rounds} {sh[0]}x{sh[1]}: " + ", ".join(
@@ -261,7 +288,7 @@ def main():
         floor = common.med(rates[(sh, "floor")]) if "floor" in sides and rates[(sh, "floor")] else None
         for s in sides:
             v = rates[(sh, s)]
-            jobs = n // fleetpeers.PEERS[s].jobs_divisor if s in fleetpeers.PEERS else n
+            jobs = max(2, n // fleetpeers.PEERS[s].jobs_divisor) if s in fleetpeers.PEERS else n
             rows.append([f"{sh[0]}x{sh[1]} {s}", common.summary(v) if v else "failed",
                          f"{common.med(v) / floor:.2f}" if v and floor else "-",
                          common.summary(cpus[(sh, s)]) if v else "-",

@@ -190,9 +190,10 @@ def _celery(url: str):
 
 
 def celery_enqueue(url: str, n: int) -> None:
-    _app, echo = _celery(url)
-    for i in range(n):
-        echo.delay(payload(i))
+    app, echo = _celery(url)
+    with app.producer_or_acquire() as producer:  # one producer for all, not one per message
+        for i in range(n):
+            echo.apply_async((payload(i),), producer=producer)
 
 
 def celery_work(url: str, threads: int) -> None:
@@ -247,7 +248,7 @@ PEERS: Dict[str, Peer] = {p.name: p for p in (
          "(abandoned), not run again unless the job asked for retries", processes_per_thread=True,
          jobs_divisor=2),
     Peer("rq-fork", "rq", _rq_setup, rq_enqueue, rq_fork_work, rq_stored,
-         "as rq (the work horse is a forked child per job)", processes_per_thread=True, jobs_divisor=10),
+         "as rq (the work horse is a forked child per job)", processes_per_thread=True, jobs_divisor=20),
     Peer("huey", "huey", _huey_app, huey_enqueue, huey_work, huey_stored,
          "at most once: BRPOP takes the task off the list, no acknowledgement; a task running "
          "in a worker that dies is lost"),

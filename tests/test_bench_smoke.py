@@ -2,7 +2,8 @@
 
 bench/fleet.py starts its own redis-server and, per side, worker processes that must leave one
 result in Redis per job (the harness checks the count and reports a side that did not as
-failed); here every side runs once on 40 jobs at 1 process x 2 threads."""
+failed); here every side (guestkit-worker --transport redis included) runs once on 40 jobs at
+1 process x 2 threads."""
 
 import json
 import os
@@ -33,7 +34,7 @@ def test_fleet_harness_runs_every_side(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     rows = {line.split()[1]: line for line in doc["table"].splitlines() if line.startswith("1x2 ")}
-    for side in ("floor", "dramatiq", "rq", "rq-fork", "huey", "celery"):
+    for side in ("floor", "worker", "dramatiq", "rq", "rq-fork", "huey", "celery"):
         assert side in rows, doc["table"]
         assert "failed" not in rows[side], doc["table"]
     assert "failed sides" not in doc["table"], doc["table"]
