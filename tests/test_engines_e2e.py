@@ -1,8 +1,9 @@
 """guestkit.inspect and guestkit.convert through the whole worker: job files in, results out,
 metrics read back from the one-shot textfile.
 
-One worker run carries four inspect jobs (raw with a verified checksum, the upstream basic
-example on the qcow2 copy, a wrong checksum, a 2 s timeout), so the suite launches the
+One worker run carries five inspect jobs (raw with a verified checksum, the upstream basic
+example on the qcow2 copy, a qcow2 overlay backed by the raw image (--allow-backing-files), a
+wrong checksum, a 2 s timeout), so the suite launches the
 appliance only a handful of times.
 """
 
@@ -74,8 +75,16 @@ def inspect_run(debian_image, tmp_path_factory):
     subprocess.run(["cp", "--reflink=auto", qcow2, str(slow)], check=True)
     write_job(dirs.jobs, make_job("e2e-inspect-timeout", "guestkit.inspect", {
         "image": {"path": str(slow), "format": "qcow2"}}, execution={"timeout_seconds": 2}))
+    # an overlay backed by the raw image: allowed by --allow-backing-files (both under the allowed
+    # test root); libguestfs gets the checked chain as a json: spec behind a pinned overlay
+    backed = base / "backed-overlay.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", raw, "-F", "raw", str(backed)], check=True)
+    write_job(dirs.jobs, make_job("e2e-inspect-backed", "guestkit.inspect", {
+        "image": {"path": str(backed), "format": "qcow2"}, "options": {"include_network": True}},
+        execution={"timeout_seconds": 600}))
     env = worker_env(**GUESTFS_ENV)
-    proc = cli("--once", "--max-concurrent", "2", "--textfile-dir", str(textdir), *dirs.args(), env=env, timeout=540)
+    proc = cli("--once", "--max-concurrent", "2", "--allow-backing-files", "--textfile-dir", str(textdir),
+               *dirs.args(), env=env, timeout=540)
     metrics = parse((textdir / "guestkit_worker.prom").read_text())
     return {"dirs": dirs, "proc": proc, "metrics": metrics, "dest": dest, "slow": str(slow),
             "raw_size": debian_image["raw_size"]}
@@ -84,7 +93,7 @@ def inspect_run(debian_image, tmp_path_factory):
 def test_run_exit_status_and_archive(inspect_run):
     dirs = inspect_run["dirs"]
     assert inspect_run["proc"].returncode == 1, inspect_run["proc"].stderr[-3000:]  # two jobs must fail
-    assert dirs.listing("done") == ["e2e-inspect-qcow2.json", "e2e-inspect-raw.json"]
+    assert dirs.listing("done") == ["e2e-inspect-backed.json", "e2e-inspect-qcow2.json", "e2e-inspect-raw.json"]
     assert [n for n in dirs.listing("failed") if n.endswith(".reason.json")] == [
         "e2e-inspect-badsum.json.reason.json", "e2e-inspect-timeout.json.reason.json"]
 
@@ -129,6 +138,15 @@ def test_qcow2_basic_example_inspected(inspect_run):
     assert json.load(open(result["outputs"]["primary"]))["image"]["format"] == "qcow2"
 
 
+def test_backing_chain_inspected_through_the_checked_spec(inspect_run):
+    """With --allow-backing-files a qcow2 overlay over the raw image is inspected through its
+    checked chain (the appliance reads the backing file named in the json: spec)."""
+    result = inspect_run["dirs"].result("e2e-inspect-backed")
+    assert result["status"] == "completed", result["error"]
+    assert result["data"]["operating_system"]["hostname"] == EXPECTED["hostname"]
+    assert result["data"]["network"]["hostname"] == EXPECTED["hostname"]
+
+
 def test_checksum_metrics_and_mismatch(inspect_run):
     dirs, m = inspect_run["dirs"], inspect_run["metrics"]
     bad = dirs.result("e2e-inspect-badsum")
@@ -138,10 +156,10 @@ def test_checksum_metrics_and_mismatch(inspect_run):
         assert "launch" not in {json.loads(line)["phase"] for line in fh}  # no appliance for a bad image
     assert value(m, "guestkit_checksum_verifications_total", status="success") == 1
     assert value(m, "guestkit_checksum_verifications_total", status="failure") == 1
-    assert value(m, "guestkit_checksum_verifications_total", status="skipped") == 2
+    assert value(m, "guestkit_checksum_verifications_total", status="skipped") == 3
     # two full passes over the raw image: the verified job and the mismatching one
     assert value(m, "guestkit_worker_disk_read_bytes_total") == 2 * inspect_run["raw_size"]
-    assert value(m, "guestkit_worker_jobs_total", operation="guestkit.inspect", status="completed") == 2
+    assert value(m, "guestkit_worker_jobs_total", operation="guestkit.inspect", status="completed") == 3
     assert value(m, "guestkit_worker_jobs_total", operation="guestkit.inspect", status="failed") == 1
     assert value(m, "guestkit_worker_jobs_total", operation="guestkit.inspect", status="timeout") == 1
     assert value(m, "guestkit_handler_executions_total", handler="guestkit.inspect", status="timeout") == 1

@@ -79,14 +79,16 @@ class Chain:
             link = link.backing
         return out
 
-    def qemu_spec(self) -> str:
-        """A ``json:`` filename for qemu naming every file of the chain, and nothing else."""
-        return "json:" + json.dumps(self._node(self.top, pinned=True), sort_keys=True)
+    def qemu_spec(self, backing: bool = True) -> str:
+        """A ``json:`` filename for qemu naming every file of the chain, and nothing else
+        (``backing=False``: the top file alone, for ``qemu-img info``, which never opens backing
+        files and refuses their options)."""
+        return "json:" + json.dumps(self._node(self.top, pinned=True, backing=backing), sort_keys=True)
 
-    def _node(self, link: Link, pinned: bool = False) -> dict:
+    def _node(self, link: Link, pinned: bool = False, backing: bool = True) -> dict:
         path = f"/proc/{os.getpid()}/fd/{self._fd}" if pinned and not link.extents else link.path
         node = {"driver": link.fmt, "file": {"driver": "file", "filename": path},
-                "backing": self._node(link.backing) if link.backing else None}
+                "backing": self._node(link.backing) if link.backing and backing else None}
         if link.data_file:
             node["data-file"] = {"driver": "file", "filename": link.data_file}
         return node

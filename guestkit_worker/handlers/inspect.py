@@ -297,7 +297,7 @@ class InspectHandler(ImageHandler):
         spec (pinned top file, "backing": null at the end), so libguestfs's qemu opens nothing
         else; returns its path."""
         spec = chain.qemu_spec()
-        info = context.run([QEMU_IMG, "info", "--output=json", spec])
+        info = context.run([QEMU_IMG, "info", "--output=json", chain.qemu_spec(backing=False)])
         try:
             virtual_size = int(json.loads(info.stdout.decode("utf-8", "replace"))["virtual-size"])
         except (ValueError, KeyError, TypeError):
