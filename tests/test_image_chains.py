@@ -208,3 +208,32 @@ def test_inspect_of_an_image_backed_by_another_tenants_disk_is_refused_before_an
             handler.cleanup(ctx)
     assert exc.value.code == CODE and "a backing file" in exc.value.message
     assert started == []  # no qemu-img, no probe, no appliance
+
+
+def test_validate_and_submit_judge_chains_like_the_worker(tmp_path):
+    """`validate` (and `submit`) read the chain as a worker would, with or without
+    --allow-backing-files (or GUESTKIT_WORKER_ALLOW_BACKING_FILES=true)."""
+    from conftest import worker_env
+    allowed, secret = _layout(str(tmp_path))
+    base_img = os.path.join(allowed, "base.raw")
+    with open(base_img, "wb") as fh:
+        fh.truncate(1 << 20)
+    inside = _qcow2_backed_by(os.path.join(allowed, "inside.qcow2"), "base.raw")
+    outside = _qcow2_backed_by(os.path.join(allowed, "outside.qcow2"), secret)
+    files = {}
+    for name, image in (("inside", inside), ("outside", outside)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(_convert_job(f"validate-{name}-01", image, "qcow2",
+                                                os.path.join(allowed, f"{name}.raw"))))
+        files[name] = str(path)
+    proc = cli("validate", "--allow-path", allowed, files["inside"], files["outside"], check=1)
+    assert proc.stdout.count("images that reference other files are refused") == 2, proc.stdout
+    proc = cli("validate", "--allow-path", allowed, "--allow-backing-files", files["inside"], check=0)
+    assert "ok (validate-inside-01" in proc.stdout
+    env = worker_env(GUESTKIT_WORKER_ALLOW_BACKING_FILES="true")
+    proc = cli("validate", "--allow-path", allowed, files["outside"], env=env, check=1)
+    assert "outside the allowed directories" in proc.stdout
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    proc = cli("submit", "--jobs-dir", str(jobs), "--allow-path", allowed, files["inside"], check=1)
+    assert "--allow-backing-files" in proc.stderr and os.listdir(jobs) == []
