@@ -82,6 +82,9 @@ class Executor:
                                      code="DUPLICATE_JOB_ID")
             self.reject(run, err, doc, write_result=False)
             return False
+        if self._stored_before(run, doc):
+            self.table.remove(run)
+            return False
         try:
             if job.idempotency_key and not self._reserve_key(run):
                 self.table.remove(run)
@@ -93,6 +96,40 @@ class Executor:
             self.on_backoff()
             self.give_back(run)
             return False
+        return True
+
+    def _stored_before(self, run: Run, doc: Any) -> bool:
+        """A result is stored under this job id already: never overwrite it.  True when the job
+        was disposed of: rejected (DUPLICATE_JOB_ID, recorded in failed/ only), or, for this
+        worker's own outcome whose archive failed, archived now with that result.  A result of
+        an earlier attempt, or a shutdown's ``cancelled`` (the job was given back), is replaced."""
+        job = run.job
+        try:
+            earlier = self.transport.get_result(job.job_id)
+        except ValueError:  # something unreadable is stored under this id: keep it
+            earlier = {}
+        except OSError:  # cannot tell now: storing the outcome will tell
+            return False
+        if earlier is None:
+            return False
+        summary = earlier.get("execution_summary")
+        attempt = summary.get("attempt") if isinstance(summary, dict) else None
+        status, error = earlier.get("status"), earlier.get("error")
+        if isinstance(attempt, int) and attempt < job.attempt:
+            return False
+        if status == "cancelled" and isinstance(error, dict) and error.get("retry_recommended"):
+            return False
+        if earlier.get("worker_id") == self.cfg.worker_id and attempt == job.attempt and status in docs.RESULT_STATUSES:
+            log.info("job %s: its outcome (%s) was stored before; archiving it", job.job_id, status)
+            reason = None if status == "completed" else docs.reason_document(run.delivery.name, job.job_id, status,
+                                                                             self.cfg.worker_id, error)
+            self._hand_over(run, Outcome(run.delivery, status, result=earlier, staged=True, reason=reason,
+                                         failed=status != "completed",
+                                         idempotency_key=job.idempotency_key if status == "completed" else None))
+            return True
+        err = JobValidationError("job_id", f"job id {job.job_id} already has a result ({status}, attempt {attempt}); "
+                                 "a job id is never reused, so this job was not run", code="DUPLICATE_JOB_ID")
+        self.reject(run, err, doc, write_result=False)
         return True
 
     def _reserve_key(self, run: Run) -> bool:
@@ -278,10 +315,10 @@ class Executor:
             # then makes a whole batch durable at once
             try:
                 self.transport.stage_result(outcome)
-            except OSError as exc:
+            except OSError as exc:  # the committer writes it again, and again after pauses
                 outcome.error = exc
-                self.store_failed(run, outcome)
-                return
+                self.store_error(run, outcome)
+                outcome.error = None
         self.store(run, outcome)
 
     def _release_key(self, run: Run) -> None:
@@ -306,12 +343,18 @@ class Executor:
         self.table.count(outcome.status)
         log.info("job %s: %s", run.job_id, outcome.status, extra={"event": f"job_{outcome.status}"})
 
-    def store_failed(self, run: Run, outcome: Outcome) -> None:
-        """A storage error: put the job back and back off (nothing lost)."""
-        log.error("job %s: cannot store the outcome (%s); job returned to the queue", run.job_id, outcome.error)
+    def store_error(self, run: Run, outcome: Outcome) -> None:
+        """One failed try to store an outcome: counted, and no new job is taken for a while."""
+        log.error("job %s: cannot store the outcome (%s); trying again after a pause, without running it again",
+                  run.job_id, outcome.error)
         self.metrics.result_write_failed()
-        self.table.count("unstored")  # a one-shot run that leaves a job undone does not exit 0
         self.on_backoff()
+
+    def store_failed(self, run: Run, outcome: Outcome) -> None:
+        """The outcome could not be stored after all its tries: the job goes back to the queue
+        (it runs again later; nothing is lost)."""
+        log.error("job %s: giving up storing the outcome (%s); job returned to the queue", run.job_id, outcome.error)
+        self.table.count("unstored")  # a one-shot run that leaves a job undone does not exit 0
         self._release_key(run)
         self.give_back(run)
 

@@ -75,8 +75,12 @@ class Worker:
         if hasattr(self.metrics, "track_health"):
             self.metrics.track_health(lambda: {name: c["ok"] for name, c in self.health()[1]["checks"].items()})
             self.metrics.track_running(self._running_starts)
-        self.committer = Committer(self.transport.commit, self._stored, self._store_failed,
-                                   backlog=COMMIT_BACKLOG_PER_THREAD * cfg.max_concurrent, on_idle=lambda: self._wake.set())
+        # the committer's callbacks go to the executor, which is built next (it hands outcomes over)
+        self.committer = Committer(self.transport.commit, lambda r, o: self.executor.stored(r, o),
+                                   lambda r, o: self.executor.store_failed(r, o),
+                                   on_error=lambda r, o: self.executor.store_error(r, o),
+                                   backlog=COMMIT_BACKLOG_PER_THREAD * cfg.max_concurrent,
+                                   on_idle=lambda: self._wake.set())
         self.executor = Executor(cfg, self.transport, self.handlers, self.metrics, self.table, self.committer.put,
                                  work_dir=os.path.abspath(cfg.work_dir), stopping=self._stopping,
                                  on_start=self._job_started, on_backoff=self._back_off)
@@ -277,13 +281,6 @@ class Worker:
             except Exception:
                 log.exception("job %s: unexpected error; the worker keeps running", d.name)
             self._wake.set()
-
-    # -- outcomes -----------------------------------------------------------------------
-    def _stored(self, run: Any, outcome: Any) -> None:  # the committer exists before the executor
-        self.executor.stored(run, outcome)
-
-    def _store_failed(self, run: Any, outcome: Any) -> None:
-        self.executor.store_failed(run, outcome)
 
     # -- shutdown -----------------------------------------------------------------------
     def _shutdown(self) -> None:

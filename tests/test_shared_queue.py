@@ -60,3 +60,21 @@ def test_a_running_job_cancelled_on_request_is_archived_not_requeued(dirs):
         proc.terminate()
         proc.communicate(timeout=60)
     assert proc.returncode == 0
+
+
+def test_a_reused_job_id_never_overwrites_its_result(dirs):
+    """A second job file with the id of a job that has a result: DUPLICATE_JOB_ID, recorded in
+    failed/ only; the stored result stays that of the first job."""
+    write_job(dirs.jobs, make_job("reused-id-0001", data={"n": 1}), "first.json")
+    proc = subprocess.run([sys.executable, "-m", "guestkit_worker", "--once", *dirs.args(), "--metrics-enabled",
+                           "false"], env=worker_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    first = dirs.result("reused-id-0001")
+    write_job(dirs.jobs, make_job("reused-id-0001", data={"n": 2}), "second.json")
+    proc = subprocess.run([sys.executable, "-m", "guestkit_worker", "--once", *dirs.args(), "--metrics-enabled",
+                           "false"], env=worker_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr  # one job rejected
+    assert dirs.result("reused-id-0001") == first
+    reason = dirs.reason("second.json")
+    assert reason["error"]["code"] == "DUPLICATE_JOB_ID" and "already has a result" in reason["error"]["message"]
+    assert dirs.listing("done") == ["first.json"] and "reused-id-0001: running" not in proc.stderr

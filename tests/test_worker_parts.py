@@ -71,37 +71,42 @@ def test_watchdog_abandons_a_run_stopped_for_another_reason():
 
 # -- committer ----------------------------------------------------------------------------
 
-def test_committer_batches_reports_each_outcome_and_survives_a_transport_bug():
-    batches, stored, failed = [], [], []
+def test_committer_batches_retries_unstored_outcomes_and_survives_a_transport_bug():
+    batches, stored, errors, failed = [], [], [], []
     gate = threading.Event()
+    tries = {}
 
     def commit(outcomes):
         gate.wait(10)
         batches.append([o.status for o in outcomes])
         for o in outcomes:
-            if o.status == "bad":
+            n = tries[o.delivery.name] = tries.get(o.delivery.name, 0) + 1
+            if o.status == "full" or (o.status == "once" and n == 1):  # disk full: always, or the first time
                 o.error = OSError(28, "No space left on device")
             if o.status == "bug":
                 raise RuntimeError("transport bug")
 
-    c = Committer(commit, lambda run, o: stored.append(run), lambda run, o: failed.append(run), backlog=8)
+    c = Committer(commit, lambda run, o: stored.append(run), lambda run, o: failed.append(run), backlog=8,
+                  on_error=lambda run, o: errors.append(run), retry_delays=(0.01, 0.01))
     c.start()
-    for n, status in enumerate(["completed", "bad", "completed"]):
+    for n, status in enumerate(["completed", "once", "completed", "full"]):
         c.put(n, Outcome(Delivery(f"d{n}"), status))
     gate.set()
     wait_for(lambda: c.pending == 0, timeout=10, what="batch stored")
-    assert sorted(stored) == [0, 2] and failed == [1]
-    assert sum(len(b) for b in batches) == 3 and len(batches) <= 2  # grouped while the first waited
-    c.put(3, Outcome(Delivery("d3"), "bug"))
+    assert sorted(stored) == [0, 1, 2] and failed == [3]
+    assert tries == {"d0": 1, "d1": 2, "d2": 1, "d3": 3}  # committed again after a pause, up to the last delay
+    assert errors == [1, 3, 3, 3]  # each failed try reported
+    assert len(batches[0]) >= 2  # grouped while the first waited
+    c.put(4, Outcome(Delivery("d4"), "bug"))
     wait_for(lambda: c.pending == 0, timeout=10, what="bug handled")
-    assert failed == [1, 3] and c.alive()
-    c.put(4, Outcome(Delivery("d4"), "completed"))  # still committing after the bug
-    wait_for(lambda: 4 in stored, timeout=10, what="stored after the bug")
+    assert failed == [3, 4] and c.alive()  # a bug is not retried, and the thread survives it
+    c.put(5, Outcome(Delivery("d5"), "completed"))  # still committing after the bug
+    wait_for(lambda: 5 in stored, timeout=10, what="stored after the bug")
     assert c.close(10)
     caller = []
     c2 = Committer(lambda outcomes: caller.append(threading.current_thread().name),
                    lambda run, o: None, lambda run, o: None, backlog=8)
-    c2.put(5, Outcome(Delivery("d5"), "completed"))  # never started: stored in the caller's thread
+    c2.put(6, Outcome(Delivery("d6"), "completed"))  # never started: stored in the caller's thread
     assert caller == [threading.current_thread().name]
 
 
