@@ -55,7 +55,7 @@ class RunTable:
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)  # a slot freed, a job ended
+        self.changed = threading.Condition(self.lock)  # a slot freed (notified only then: it wakes the consumer)
         self.running: dict = {}          # job_id -> Run whose handler runs
         self.in_hand = 0                 # deliveries handed to job threads and not done with
         self.not_started = 0             # of which not started yet (queue depth counts them)
@@ -107,7 +107,6 @@ class RunTable:
         with self.lock:
             if self.running.get(run.job.job_id) is run:
                 del self.running[run.job.job_id]
-            self.changed.notify_all()
 
     def runs(self) -> list:
         with self.lock:
@@ -119,7 +118,6 @@ class RunTable:
     def count(self, status: str) -> None:
         with self.lock:
             self.counts[status] = self.counts.get(status, 0) + 1
-            self.changed.notify_all()
 
     def outcomes(self) -> dict:
         with self.lock:

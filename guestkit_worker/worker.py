@@ -80,7 +80,7 @@ class Worker:
                                    lambda r, o: self.executor.store_failed(r, o),
                                    on_error=lambda r, o: self.executor.store_error(r, o),
                                    backlog=COMMIT_BACKLOG_PER_THREAD * cfg.max_concurrent,
-                                   on_idle=lambda: self._wake.set())
+                                   on_idle=self._outcomes_stored)
         self.executor = Executor(cfg, self.transport, self.handlers, self.metrics, self.table, self.committer.put,
                                  work_dir=os.path.abspath(cfg.work_dir), stopping=self._stopping,
                                  on_start=self._job_started, on_backoff=self._back_off)
@@ -223,6 +223,14 @@ class Worker:
                 if run.job_id in asked:
                     self.executor.stop(run, "requested")
 
+    def _outcomes_stored(self) -> None:
+        """The committer has nothing left: a one-shot run may be over (consumer, then main loop)."""
+        if self.cfg.once:
+            with self.table.changed:
+                self.table.changed.notify_all()
+            if self._drained.is_set():
+                self._wake.set()
+
     def _stopping(self) -> bool:
         return self._stop.is_set() or self._stop_requested
 
@@ -280,7 +288,6 @@ class Worker:
                 self.executor.process(d)
             except Exception:
                 log.exception("job %s: unexpected error; the worker keeps running", d.name)
-            self._wake.set()
 
     # -- shutdown -----------------------------------------------------------------------
     def _shutdown(self) -> None:
