@@ -112,6 +112,10 @@ class RunTable:
         with self.lock:
             return list(self.running.values())
 
+    def running_starts(self) -> list:
+        """time.monotonic() start times of the handlers running now (for the metrics)."""
+        return [r.started_mono for r in self.runs() if r.ctx is not None]
+
     def active(self) -> int:
         return len(self.running)
 

@@ -74,7 +74,7 @@ class Worker:
             self.metrics.track_active(self.table.active)  # until its thread returns, not its timeout
         if hasattr(self.metrics, "track_health"):
             self.metrics.track_health(lambda: {name: c["ok"] for name, c in self.health()[1]["checks"].items()})
-            self.metrics.track_running(self._running_starts)
+            self.metrics.track_running(self.table.running_starts)
         # the committer's callbacks go to the executor, which is built next (it hands outcomes over)
         self.committer = Committer(self.transport.commit, lambda r, o: self.executor.stored(r, o),
                                    lambda r, o: self.executor.store_failed(r, o),
@@ -139,14 +139,6 @@ class Worker:
     def exit_status(self) -> int:
         """0 when every job ended completed or duplicate, else 1."""
         return 1 if any(v for k, v in self.outcomes.items() if k not in ("completed", "duplicate")) else 0
-
-    def _running_starts(self) -> list:
-        """time.monotonic() start times of the handlers running now (for the metrics)."""
-        return [r.started_mono for r in self.table.runs() if r.ctx is not None]
-
-    def child_pids(self) -> list:
-        """Process groups of every running job (for a second signal's kill)."""
-        return [pid for run in self.table.runs() if run.ctx is not None for pid in run.ctx.child_pids]
 
     def open(self) -> None:
         """Open the transport, remove stale temp files, recover jobs of dead workers."""

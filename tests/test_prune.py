@@ -33,6 +33,8 @@ def layout(dirs):
     # a job sent back to the queue after its first attempt was cancelled: its file waits again
     # and its earlier result must stay until it ends
     os.rename(os.path.join(dirs.jobs, "done", "prune-back-0001.json"), os.path.join(dirs.jobs, "prune-back-0001.json"))
+    _cancelled_by_a_shutdown(dirs, "prune-back-0001")
+    _cancelled_by_a_shutdown(dirs, "prune-wait-0001")  # its job goes back to the queue below
     # a job a live worker is running (claimed, started; the worker's liveness lock held), with
     # its progress file
     running = os.path.join(dirs.jobs, ".processing", "live-worker")
@@ -54,6 +56,18 @@ def layout(dirs):
     os.rename(os.path.join(dirs.jobs, "done", "prune-wait-0001.json"), os.path.join(dirs.jobs, "prune-wait-0001.json"))
     yield dirs
     os.close(lock)
+
+
+def _cancelled_by_a_shutdown(dirs, job_id):
+    """Make job_id's result the one a shutdown stores before giving its job back (a job id with
+    any other result is never run again: DUPLICATE_JOB_ID).  Done before the mark: it is old."""
+    path = os.path.join(dirs.results, f"{job_id}-result.json")
+    with open(path) as fh:
+        doc = dict(json.load(fh), status="cancelled", error={
+            "code": "CANCELLED", "message": "worker shut down before the job finished", "phase": "execution",
+            "recoverable": True, "retry_recommended": True})
+    with open(path, "w") as fh:
+        json.dump(doc, fh)
 
 
 def _age(dirs):
