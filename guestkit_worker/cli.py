@@ -405,6 +405,10 @@ def cmd_run(args):
     from .worker import default_worker_id
     args.worker_id = args.worker_id or default_worker_id()  # known to every log record
     _setup_logging(args)
+    # handlers first: a SIGTERM during start-up (loading handlers, recovery, binding) is a clean,
+    # logged stop instead of the default action's silent death
+    from .signals import SignalWatcher
+    signals = SignalWatcher(None, shutdown_timeout=args.shutdown_timeout).install()
     from prometheus_client import REGISTRY, disable_created_metrics
 
     from .errors import ConfigError
@@ -448,6 +452,7 @@ def cmd_run(args):
     except ValueError as exc:
         return _usage_error(str(exc))
     serve = args.metrics_enabled and (not args.once or args.metrics_addr_given)
+    signals.attach(worker)
     servers = []
     try:
         if serve:
@@ -470,8 +475,6 @@ def cmd_run(args):
         if isinstance(exc, ConfigError):
             return _usage_error(str(exc))
         return _usage_error(f"cannot set up the job directories: {exc}")
-    from .signals import SignalWatcher
-    signals = SignalWatcher(worker, shutdown_timeout=cfg.shutdown_timeout).install()
     try:
         status = worker.run()
     finally:

@@ -46,20 +46,39 @@ class SignalWatcher:
     def after_run(self):
         """Called when the worker's run returns: after a second signal, wait (bounded) for the
         watcher to finish cancelling and exit 130 -- never return to a normal exit 0."""
-        if not self.worker.hard_stop:
+        if self.worker is None or not self.worker.hard_stop:
+            # let the watcher log the signals it has not logged yet (a stop during start-up
+            # ends the run at once), bounded
+            for _ in range(200):
+                if not self._pending:
+                    break
+                time.sleep(0.01)
             return
         if self._thread is not None:
             self._thread.join(timeout=60)
         logging.shutdown()
         self._exit(EXIT_ABORTED)
 
+    def attach(self, worker) -> "SignalWatcher":
+        """The worker, once built (handlers are installed before, so that a signal during
+        start-up is a clean stop): signals received meanwhile apply to it now."""
+        self.worker = worker
+        if self._stops >= 1:
+            worker.request_stop()
+        if self._stops >= 2:  # two during start-up: the watcher aborts (cancels nothing yet, exits 130)
+            worker.hard_stop = True
+            self._pending.append(signal.SIGTERM)
+            self._event.set()
+        return self
+
     def _handle(self, signum, frame):
+        worker = self.worker
         if signum != signal.SIGHUP:
             self._stops += 1
-            if self._stops == 1:
-                self.worker.request_stop()
-            else:
-                self.worker.hard_stop = True
+            if worker is not None and self._stops == 1:
+                worker.request_stop()
+            elif worker is not None:
+                worker.hard_stop = True
         self._pending.append(signum)
         self._event.set()
 
@@ -68,18 +87,24 @@ class SignalWatcher:
             self._event.wait()
             self._event.clear()
             while self._pending:
-                signum = self._pending.pop(0)
-                name = signal.Signals(signum).name
-                if signum == signal.SIGHUP:
-                    log.info("SIGHUP received: ignored (logs go to standard error, nothing to reopen)",
-                             extra={"event": "signal_hup_ignored"})
-                    continue
-                if self.worker.hard_stop:
-                    self._abort(name)
+                signum = self._pending[0]
+                if signum != signal.SIGHUP and self.worker is not None and self.worker.hard_stop:
+                    self._abort(signal.Signals(signum).name)
                     return
-                log.info("%s received: stopping; no new jobs are claimed, running jobs get up to %ss "
-                         "(a second SIGTERM or SIGINT cancels them at once)", name, self.shutdown_timeout,
-                         extra={"event": "signal_stop"})
+                self._log(signum)
+                self._pending.pop(0)  # after logging: after_run() waits for an empty list
+
+    def _log(self, signum):
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            log.info("SIGHUP received: ignored (logs go to standard error, nothing to reopen)",
+                     extra={"event": "signal_hup_ignored"})
+        elif self.worker is None:  # still starting: attach() applies it
+            log.info("%s received during start-up: stopping once started", name, extra={"event": "signal_stop"})
+        else:
+            log.info("%s received: stopping; no new jobs are claimed, running jobs get up to %ss "
+                     "(a second SIGTERM or SIGINT cancels them at once)", name, self.shutdown_timeout,
+                     extra={"event": "signal_stop"})
 
     def _abort(self, name):
         started = time.monotonic()
