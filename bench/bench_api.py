@@ -255,7 +255,7 @@ def main():
         print(f"round {r + 1}/{rounds}: " + ", ".join(f"{s} {rates[s][-1]:.0f}/s" for s in sides),
               file=sys.stderr, flush=True)
     delays, dropped = wait_delays(args.samples)
-    idle, busy = metrics_under_waits(3, 10)
+    idle, busy = metrics_under_waits(3, 30)
     post_ratio = common.med(rates["api"]) / common.med(rates["floor"])
     rows = [["POST /api/v1/jobs, guestkit-worker api", common.summary(rates["api"]), f"{post_ratio:.2f}"],
             ["POST, bare WSGI app (floor)", common.summary(rates["floor"]), "1.00"]]
@@ -268,7 +268,7 @@ def main():
                             [["delay", common.summary([d * 1000 for d in delays], "{:.1f}"),
                               f"{med_delay / POLL:.3f}"]]))
     mratio = common.med(busy) / common.med(idle)
-    text += (f"\n\n/metrics latency (fresh connection each), 3 rounds x 10, alternating blocks\n"
+    text += (f"\n\n/metrics latency (fresh connection each), 3 rounds x 30, alternating blocks\n"
              + common.table(["while", "ms median (min–max)", "× none waiting"],
                             [["no request waiting", common.summary(idle, "{:.2f}"), "1.00"],
                              [f"{WAITERS} requests waiting", common.summary(busy, "{:.2f}"), f"{mratio:.2f}"]]))
