@@ -106,6 +106,11 @@ def test_images_that_reference_other_files_are_refused(dirs):
                      'createType="monolithicFlat"\n\n'
                      f'RW 2048 FLAT "{secret}" 0\n\nddb.virtualHWVersion = "4"\n')
         hostile["vmdk-extent-001"] = (vmdk, "vmdk")
+        parent = os.path.join(os.path.dirname(secret), "tenant.vmdk")
+        qemu_img("convert", "-f", "raw", "-O", "vmdk", secret, parent)
+        child = os.path.join(allowed, "child.vmdk")
+        qemu_img("create", "-q", "-f", "vmdk", "-b", parent, "-F", "vmdk", child)
+        hostile["vmdk-parent-001"] = (child, "vmdk")
         for job_id, (image, fmt) in hostile.items():
             write_job(dirs.jobs, _convert_job(job_id, image, fmt, os.path.join(allowed, f"{job_id}.raw")))
         proc = cli("--once", "--allow-path", allowed, *dirs.args(), timeout=180)
@@ -119,7 +124,7 @@ def test_images_that_reference_other_files_are_refused(dirs):
         for root, _, files in os.walk(dirs.base):
             for name in files:
                 path = os.path.join(root, name)
-                if path != secret and not os.path.islink(path):
+                if os.path.dirname(path) != os.path.dirname(secret) and not os.path.islink(path):
                     with open(path, "rb") as fh:
                         assert SECRET not in fh.read(), path
     finally:
