@@ -184,6 +184,11 @@ class WorkerMetrics:
     def set_queue_depth(self, n):
         self.depth.set(n)
 
+    def track_queue_depth(self, depth):
+        """Serve ``guestkit_worker_queue_depth`` from ``depth()`` when scraped (the worker's
+        last look at the queue plus the jobs it holds not started), never a stale copy."""
+        self.depth.set_function(depth)
+
     def checksum(self, status):
         self._checksum_children[status].inc()
 

@@ -72,6 +72,8 @@ class Worker:
         self.table = RunTable(cfg.max_concurrent)
         if hasattr(self.metrics, "track_active"):
             self.metrics.track_active(self.table.active)  # until its thread returns, not its timeout
+        if hasattr(self.metrics, "track_queue_depth"):
+            self.metrics.track_queue_depth(self.queue_depth)
         if hasattr(self.metrics, "track_health"):
             self.metrics.track_health(lambda: {name: c["ok"] for name, c in self.health()[1]["checks"].items()})
             self.metrics.track_running(self.table.running_starts)
@@ -97,7 +99,8 @@ class Worker:
         self._deliveries: queue.Queue = queue.Queue()
         self._consumer: Optional[threading.Thread] = None
         self._pool: Optional[ThreadPoolExecutor] = None
-        self._depth = 0
+        self._queued = 0                       # transport.depth() at the last look
+        self._depth_lock = threading.Lock()    # one look at a time: the last one stored is the newest
         self._heartbeat = self._started_mono = time.monotonic()
         self._backoff_until = 0.0
         self._last = {"recovery": 0.0, "sweep": 0.0, "cancel": 0.0, "depth": 0.0}
@@ -139,6 +142,15 @@ class Worker:
     def exit_status(self) -> int:
         """0 when every job ended completed or duplicate, else 1."""
         return 1 if any(v for k, v in self.outcomes.items() if k not in ("completed", "duplicate")) else 0
+
+    def queue_depth(self) -> int:
+        """Jobs waiting: the queue at the last look plus those taken and not started yet."""
+        return self._queued + self.table.not_started
+
+    def _look_up_depth(self) -> None:
+        with self._depth_lock:
+            self._last["depth"] = time.monotonic()
+            self._queued = self.transport.depth()
 
     def open(self) -> None:
         """Open the transport, remove stale temp files, recover jobs of dead workers."""
@@ -188,10 +200,8 @@ class Worker:
     def _tick(self) -> None:
         now, last = time.monotonic(), self._last
         try:
-            if now - last["depth"] >= 0.5 or self._drained.is_set():  # not after every job: O(jobs) for files
-                last["depth"] = now
-                self._depth = self.transport.depth() + self.table.not_started
-                self.metrics.set_queue_depth(self._depth)
+            if now - last["depth"] >= 0.5:  # not after every job: O(jobs) for files; see _consume
+                self._look_up_depth()
             if now - last["cancel"] >= CANCEL_POLL_SECONDS:
                 last["cancel"] = now
                 self._poll_cancel_requests()
@@ -253,13 +263,19 @@ class Worker:
                     table.take(len(got))
                     for d in got:
                         self._deliveries.put(d)
-                elif self.cfg.once and not busy:  # nothing ran that could have queued a retry
+                if len(got) < free:  # the queue looks empty: a look is cheap now, and no depth stays stale
+                    try:
+                        self._look_up_depth()
+                    except Exception as exc:  # the main loop looks again and logs its failure
+                        log.debug("queue depth: %s", exc)
+                if got or not self.cfg.once:
+                    continue
+                if not busy:  # --once: nothing ran that could have queued a retry
                     self._drained.set()
                     self._wake.set()
                     return
-                elif self.cfg.once:
-                    with table.changed:
-                        table.changed.wait(poll)
+                with table.changed:  # --once, jobs still running: one may queue a retry
+                    table.changed.wait(poll)
             except Exception:  # the consumer must outlive any error; bounded pause, then again
                 log.exception("fetching jobs failed; trying again")
                 time.sleep(poll)
@@ -343,7 +359,7 @@ class Worker:
         body = {"status": "healthy" if healthy else "unhealthy", "worker_id": self.cfg.worker_id,
                 "pool": self.cfg.pool, "version": __version__,
                 "uptime_seconds": round(time.monotonic() - self._started_mono, 3),
-                "active_jobs": self.table.active(), "queue_depth": self._depth,
+                "active_jobs": self.table.active(), "queue_depth": self.queue_depth(),
                 "max_concurrent": self.cfg.max_concurrent, "checks": checks}
         return healthy, body
 

@@ -91,6 +91,20 @@ def test_exact_values_after_scripted_jobs(dirs, daemon):
     assert not any(k[0].endswith("_created") for k in s)
 
 
+def test_queue_depth_is_zero_as_soon_as_each_job_is_counted(dirs, daemon):
+    """The worker looks the queue up at most every 0.5 s while it is full, yet a job taken from
+    a queue left empty leaves no stale depth behind: /metrics and /health say 0 the moment
+    each of eight jobs, written one at a time, is counted."""
+    proc, url = daemon()
+    for i in range(8):
+        write_job(dirs.jobs, make_job(f"depth-one-{i:03d}"))
+        s = wait_for(lambda: (lambda m: m if total(m, "guestkit_worker_jobs_total") == i + 1 else None)(
+            parse(scrape(url))), what=f"job {i + 1} counted")
+        assert value(s, "guestkit_worker_queue_depth") == 0, f"job {i + 1}"
+        status, _, body = get(url + "/health")
+        assert (status, json.loads(body)["queue_depth"]) == (200, 0)
+
+
 def test_promtool_check_metrics(dirs, daemon):
     promtool = require_tool("promtool")
     write_job(dirs.jobs, make_job("promtool-job-01"))
