@@ -17,6 +17,7 @@ from . import outcomes as docs
 from .admission import check_job, routed_elsewhere
 from .context import HandlerContext
 from .errors import HandlerError, JobCancelled, JobValidationError
+from .procs import kill_tree_now
 from .protocol import decode_job_bytes, peek_job_id, validate_document
 from .runs import Run, RunTable
 from .state import JobState
@@ -239,6 +240,21 @@ class Executor:
         else:
             log.warning("job %s: stopping it (%s)", run.job_id, reason)
         threading.Thread(target=run.ctx.cancel, args=(reason,), name=f"kill-{run.job_id}", daemon=True).start()
+
+    def cancel_now(self, runs: list) -> int:
+        """Stop these runs at once (a second signal): processes SIGKILLed, ``cancelled`` results
+        handed over, jobs given back; a handler returning later is discarded.  How many."""
+        mine = [run for run in runs if run.ctx is not None and run.finalize()]
+        for run in mine:
+            for pid in run.ctx.child_pids:
+                kill_tree_now(pid)
+            threading.Thread(target=run.ctx.cancel, args=("shutdown",), daemon=True).start()
+        for run in mine:
+            try:
+                self.conclude(run, "shutdown")
+            except Exception:
+                log.exception("job %s: cannot return it to the queue; the next start recovers it", run.job_id)
+        return len(mine)
 
     def abandon(self, run: Run) -> None:
         """Write the outcome of a handler that ignores cancellation; its thread stays busy."""

@@ -84,6 +84,11 @@ class RunTable:
                 self.detached -= 1
             self.changed.notify_all()
 
+    def wake(self) -> None:
+        """Wake whoever waits for a change (the consumer of a one-shot run)."""
+        with self.lock:
+            self.changed.notify_all()
+
     def detach(self) -> None:
         """A run's outcome was written while its thread is stuck in the handler."""
         with self.lock:

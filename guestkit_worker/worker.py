@@ -33,7 +33,6 @@ from .handlers import default_registry
 from .leases import LeaseKeeper
 from .metrics import NullMetrics, WorkerMetrics
 from .orphans import ChildRegistry
-from .procs import kill_tree_now
 from .recovery import Recovery
 from .runs import RunTable
 from .tempfiles import TEMP_SWEEP_INTERVAL_SECONDS
@@ -85,7 +84,7 @@ class Worker:
                                    on_idle=self._outcomes_stored)
         self.executor = Executor(cfg, self.transport, self.handlers, self.metrics, self.table, self.committer.put,
                                  work_dir=os.path.abspath(cfg.work_dir), stopping=self._stopping,
-                                 on_start=self._job_started, on_backoff=self._back_off)
+                                 on_start=lambda deadline: self.watchdog.notify(deadline), on_backoff=self._back_off)
         self.recovery = Recovery(self.transport, self.committer.put, worker_id=cfg.worker_id,
                                  max_job_bytes=cfg.max_job_bytes, label=self.metrics.label_operation)
         self.watchdog = Watchdog(self.table.runs, self.executor.stop, self.executor.abandon)
@@ -123,17 +122,7 @@ class Worker:
         self.hard_stop = True
         self._stop.set()
         self.committer.close(5.0)  # from now on outcomes are stored in this thread, before the exit
-        mine = [run for run in self.table.runs() if run.ctx is not None and run.finalize()]
-        for run in mine:
-            for pid in run.ctx.child_pids:
-                kill_tree_now(pid)
-            threading.Thread(target=run.ctx.cancel, args=("shutdown",), daemon=True).start()
-        for run in mine:
-            try:
-                self.executor.conclude(run, "shutdown")
-            except Exception:
-                log.exception("job %s: cannot return it to the queue; the next start recovers it", run.job_id)
-        return len(mine)
+        return self.executor.cancel_now(self.table.runs())
 
     @property
     def outcomes(self) -> dict:
@@ -228,8 +217,7 @@ class Worker:
     def _outcomes_stored(self) -> None:
         """The committer has nothing left: a one-shot run may be over (consumer, then main loop)."""
         if self.cfg.once:
-            with self.table.changed:
-                self.table.changed.notify_all()
+            self.table.wake()
             if self._drained.is_set():
                 self._wake.set()
 
@@ -238,9 +226,6 @@ class Worker:
 
     def _back_off(self) -> None:
         self._backoff_until = time.monotonic() + max(1.0, 5 * self.cfg.poll_interval)
-
-    def _job_started(self, deadline: float) -> None:
-        self.watchdog.notify(deadline)
 
     # -- consumer and job threads -------------------------------------------------------
     def _consume(self) -> None:
