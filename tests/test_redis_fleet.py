@@ -193,7 +193,16 @@ def test_redis_sigkilled_and_restarted_mid_run_loses_nothing(tmp_path, pool):
         server.restart()
         wait_for(lambda: health(w1)[0] == 200, timeout=60, what="/health 200 again")
         t = producer(server, pool)
-        wait_for(lambda: len(final_results(t, ids)) == len(ids), timeout=240, interval=0.5, what="all results")
+        try:
+            wait_for(lambda: len(final_results(t, ids)) == len(ids), timeout=240, interval=0.5, what="all results")
+        except AssertionError as exc:  # say which jobs and where they are, with the workers' logs
+            missing = sorted(set(ids) - set(final_results(t, ids)))
+            raise AssertionError(f"{exc}: missing {missing[:20]} ({len(missing)}); "
+                                 f"{group_info(server, pool)}; pending {server.client().xpending(t.k.jobs, GROUP)}\n"
+                                 + "\n".join(f"--- {w.name}\n" + "\n".join(
+                                     line for line in w.log().splitlines()
+                                     if any(j in line for j in missing[:5]) or "ERROR" in line or "WARNING" in line
+                                 )[-6000:] for w in (w1, w2))) from None
         results = final_results(t, ids)
         runs = read_runs(journal)
         by_job = {}
