@@ -35,9 +35,9 @@ API_OPTIONS = [
 
 def api_options(args: argparse.Namespace):
     """ApiOptions from resolved arguments, or None when --api-addr is not given."""
-    from .api.service import ApiOptions
     if not args.api_addr:
         return None
+    from .api.service import ApiOptions
     return ApiOptions(addr=args.api_addr, token_file=args.api_token_file, tls_cert=args.api_tls_cert,
                       tls_key=args.api_tls_key, client_ca=args.api_client_ca,
                       max_connections=args.api_max_connections, max_waits=args.api_max_waits)
@@ -45,10 +45,10 @@ def api_options(args: argparse.Namespace):
 
 def check_api_options(args: argparse.Namespace) -> None:
     """The refusals that must come before anything starts (exit 2)."""
-    from .api.service import check_exposure
     options = api_options(args)
     if options is None:
         return
+    from .api.service import check_exposure
     check_exposure(options, args.allow_path)
     if bool(options.tls_cert) != bool(options.tls_key):
         raise ConfigError("--api-tls-cert and --api-tls-key go together")

@@ -19,6 +19,8 @@ a rename, which keeps the producer's mtime but sets the ctime, so a job that wai
 finished a minute ago is a minute old.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import os
@@ -26,9 +28,12 @@ import re
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Set
+from typing import TYPE_CHECKING, List, Optional, Set
 
-from .transports.files.layout import PROCESSING, RUNNING_SUFFIX, Layout, read_json
+if TYPE_CHECKING:
+    from .transports.files.layout import Layout
+# the file layout (and the transport package it belongs to) is imported when a prune runs, not
+# when the command line only builds its parser (``add_prune_command``)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,7 @@ def _regular(path: str) -> Optional[os.stat_result]:
 
 
 def _job_id_of(path: str) -> Optional[str]:
+    from .transports.files.layout import read_json
     st = _regular(path)
     doc = read_json(path) if st is not None and st.st_size <= _MAX_PEEK_BYTES else None
     job_id = doc.get("job_id") if isinstance(doc, dict) else None
@@ -83,6 +89,7 @@ def _listdir(path: str) -> List[str]:
 def active_job_ids(layout: Layout) -> Set[str]:
     """Ids of the jobs waiting in jobs/ or claimed by a worker: by file name (JOB_ID.json, the
     name submit and the API use) and by the job_id inside the file."""
+    from .transports.files.layout import PROCESSING, RUNNING_SUFFIX
     paths = [os.path.join(layout.jobs_dir, n) for n in _listdir(layout.jobs_dir) if n.endswith(".json")]
     root = os.path.join(layout.jobs_dir, PROCESSING)
     for worker in _listdir(root):
@@ -120,6 +127,7 @@ def idempotent_job_ids(layout: Layout) -> Set[str]:
 def prune(jobs_dir: str, results_dir: str, older_than: float, *, dry_run: bool = False,
           now: Optional[float] = None) -> PruneReport:
     """Remove (or with dry_run only list) what is finished and older than older_than seconds."""
+    from .transports.files.layout import Layout
     layout = Layout(jobs_dir, results_dir, worker_id="prune")
     cutoff = (time.time() if now is None else now) - older_than
     report = PruneReport()
