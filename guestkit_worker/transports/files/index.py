@@ -41,9 +41,19 @@ class FileIndex:
                 return "running", base + RUNNING_SUFFIX, worker
             if os.path.lexists(base):
                 return "pending", base, worker
-        for name in self._list_jobs_dir():
-            if _is_name_of(name, job_id):
-                return "pending", os.path.join(L.jobs_dir, name), None
+        path = os.path.join(L.jobs_dir, f"{job_id}.json")
+        if os.path.lexists(path):  # by name: no listing of jobs/ (submit calls this every time)
+            return "pending", path, None
+        # A retry or release that found JOB_ID.json taken went back as JOB_ID.<time_ns>.json:
+        # the plain name list (no sort, no stat) is the only way to see those.
+        try:
+            names = os.listdir(L.jobs_dir)
+        except OSError:
+            return None
+        prefix = job_id + "."
+        retries = [n for n in names if n.startswith(prefix) and _is_name_of(n, job_id)]
+        if retries:
+            return "pending", os.path.join(L.jobs_dir, min(retries)), None
         return None
 
     def _archived_doc(self, job_id: str) -> Any:
