@@ -11,11 +11,8 @@ import sys
 
 from . import __version__
 from .api_command import API_OPTIONS
-from .optiontypes import boolean as _bool
-from .optiontypes import choice
-from .optiontypes import nonneg_float as _nonneg_float
-from .optiontypes import positive_float as _positive_float
-from .optiontypes import positive_int as _positive_int
+from .optiontypes import boolean as _bool, choice, nonneg_float as _nonneg_float
+from .optiontypes import positive_float as _positive_float, positive_int as _positive_int, size as _size
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +66,8 @@ RUN_OPTIONS = [
      "cap on every job's execution.timeout_seconds"),
     (("--max-job-size",), "max_job_size", _positive_int, 1048576, "BYTES",
      "job files larger than this are rejected unread"),
+    (("--min-free-space",), "min_free_space", _size, 104857600, "SIZE", "/health answers 503 (disk_space) when "
+     "the results, jobs or work dir has less free space (bytes, 512M, 1G) or fewer than 1000 free inodes"),
     (("--allow-path",), "allow_path", str, None, "DIR", "image paths and outputs must resolve inside DIR "
      "(repeatable; the environment variable takes a colon-separated list); without it every image "
      "and output path is refused, and / allows every path"),
@@ -92,7 +91,7 @@ RUN_OPTIONS += API_OPTIONS  # --api-*: the REST API beside the jobs (and for the
 #: the run options that also apply to ``api`` (the API alone over the same transport)
 #: (every one but those about running jobs, so a transport's own options apply to both)
 API_COMMAND_OPTIONS = {o[1] for o in RUN_OPTIONS} - {"work_dir", "max_concurrent", "poll_interval", "shutdown_timeout",
-                                                     "max_job_timeout", "textfile_dir"}
+                                                     "max_job_timeout", "textfile_dir", "min_free_space"}
 
 
 def _env_name(dest):
@@ -424,10 +423,10 @@ def cmd_run(args):
     except ConfigError as exc:
         return _usage_error(str(exc))
     cfg = WorkerConfig(jobs_dir=args.jobs_dir, results_dir=args.results_dir, work_dir=args.work_dir,
-                       worker_id=args.worker_id, pool=args.pool,
-                       max_concurrent=args.max_concurrent, poll_interval=args.poll_interval,
-                       shutdown_timeout=args.shutdown_timeout, max_job_timeout=args.max_job_timeout,
-                       max_job_bytes=args.max_job_size, allow_paths=args.allow_path, once=args.once,
+                       worker_id=args.worker_id, pool=args.pool, max_concurrent=args.max_concurrent,
+                       poll_interval=args.poll_interval, shutdown_timeout=args.shutdown_timeout,
+                       max_job_timeout=args.max_job_timeout, max_job_bytes=args.max_job_size,
+                       min_free_space=args.min_free_space, allow_paths=args.allow_path, once=args.once,
                        allow_backing_files=_allow_backing(args),
                        metrics_enabled=args.metrics_enabled or bool(args.textfile_dir),
                        **transport_settings(args))

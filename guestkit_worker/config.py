@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .diskspace import DEFAULT_MIN_FREE_SPACE
 from .protocol import DEFAULT_MAX_JOB_BYTES
 
 
@@ -30,6 +31,8 @@ class WorkerConfig:
     shutdown_timeout: float = 30.0
     max_job_timeout: Optional[float] = None
     max_job_bytes: int = DEFAULT_MAX_JOB_BYTES
+    #: /health's disk_space check: 503 when a written directory has less free space
+    min_free_space: int = DEFAULT_MIN_FREE_SPACE
     allow_paths: Optional[list] = None
     allow_backing_files: bool = False
     once: bool = False

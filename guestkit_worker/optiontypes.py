@@ -56,3 +56,21 @@ def choice(*values: str, upper: bool = False) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
     return parse
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size(text: str) -> int:
+    """A byte count: a whole number, optionally followed by K, M, G or T (powers of 1024;
+    ``KiB``/``KB`` spellings accepted), like 512M or 1G; 0 is allowed."""
+    value = str(text).strip().upper()
+    for tail in ("IB", "B"):
+        if value.endswith(tail) and value[:-len(tail)][-1:] in "KMGT" and len(value) > len(tail):
+            value = value[:-len(tail)]
+            break
+    unit = value[-1:] if value[-1:] in "KMGT" else ""
+    digits = value[:-1] if unit else value
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a size such as 104857600, 512M or 1G, got {text!r}")
+    return int(digits) * _SIZE_UNITS[unit]

@@ -28,6 +28,7 @@ from prometheus_client import REGISTRY
 from . import __version__
 from .committer import COMMIT_BACKLOG_PER_THREAD, Committer
 from .config import WorkerConfig, default_worker_id
+from .diskspace import check_disk_space
 from .execution import Executor
 from .handlers import default_registry
 from .leases import LeaseKeeper
@@ -43,10 +44,8 @@ __all__ = ["Worker", "WorkerConfig", "default_worker_id"]
 
 log = logging.getLogger(__name__)
 
-#: How often jobs of dead workers are looked for.
-RECOVERY_INTERVAL_SECONDS = 30.0
-#: How often running jobs are checked for cancel requests.
-CANCEL_POLL_SECONDS = 1.0
+RECOVERY_INTERVAL_SECONDS = 30.0  #: how often jobs of dead workers are looked for
+CANCEL_POLL_SECONDS = 1.0  #: how often running jobs are checked for cancel requests
 #: After --shutdown-timeout and the grace for stopped handlers, how long outcomes may take to store.
 STORE_GRACE_SECONDS = 30.0
 
@@ -329,7 +328,8 @@ class Worker:
     # -- health -------------------------------------------------------------------------
     def health(self) -> tuple:
         """(healthy, body) for /health."""
-        checks = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in self.transport.health().items()}
+        disk = check_disk_space({**self.transport.local_dirs, "work": self.cfg.work_dir}, self.cfg.min_free_space)
+        checks = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in {**self.transport.health(), "disk_space": disk}.items()}
         age = time.monotonic() - self._heartbeat
         limit = max(5.0, 3 * self.cfg.poll_interval)
         checks["main_loop"] = {"ok": age < limit, "detail": f"last heartbeat {age:.1f}s ago (limit {limit:.0f}s)"}

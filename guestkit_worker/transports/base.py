@@ -236,6 +236,10 @@ class JobQueue(abc.ABC):
     #: local directories a job's output must never be written into
     protected_paths: Sequence[str] = ()
 
+    #: {role: path} of the local directories the transport writes, whose free space and inodes
+    #: /health watches (the disk_space check; roles, never paths, appear in /health)
+    local_dirs: Mapping[str, str] = {}
+
     #: seconds a delivery stays owned without :meth:`extend_lease`; None when liveness is not
     #: lease-based.  With a lease the worker renews every running delivery every lease/4 from
     #: a thread that does nothing else, and stops a run whose renewal returns False.

@@ -49,6 +49,10 @@ class FileTransport(FileQueue, FileLiveness, FileResults, FileIndex, Transport):
     def protected_paths(self) -> tuple:
         return (self.layout.jobs_dir, self.layout.results_dir)
 
+    @property
+    def local_dirs(self) -> dict:
+        return {"results": self.layout.results_dir, "jobs": self.layout.jobs_dir}
+
     def describe(self) -> str:
         return f"files: jobs {self.layout.jobs_dir}, results {self.layout.results_dir}"
 
