@@ -535,3 +535,39 @@ def test_bad_urls_and_settings_are_config_errors():
         RedisTransport("redis://127.0.0.1/0", "w", pool="a{b}")
     with pytest.raises(ConfigError):
         RedisTransport("redis://127.0.0.1/0", "w", lease_seconds=0)
+
+
+def _script_calls(r):
+    stats = r.info("commandstats")
+    return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("script|exists", "evalsha")}
+
+
+def test_batched_scripts_skip_script_exists_and_survive_a_flushed_script_cache(make, redis_server, pool):
+    """Admit and commit go as plain EVALSHA in one pipeline: no SCRIPT EXISTS round trip before
+    them; after SCRIPT FLUSH (a restarted server) the NOSCRIPT calls are made again, nothing lost."""
+    t = make()
+    r, k = redis_server.client(), Keys(pool)
+    for i in range(4):
+        t.submit(make_job(f"sha-job-{i:04d}"))
+    before = _script_calls(r)
+    got = t.fetch(2, 0.1)
+    for d in got:
+        t.mark_started(d)
+    t.commit([Outcome(d, "completed", result={"job_id": d.job_id, "status": "completed", "data": None})
+              for d in got])
+    after = _script_calls(r)
+    assert after["script|exists"] == before["script|exists"]
+    assert after["evalsha"] - before["evalsha"] >= 6  # 2 admits, 2 starts, 2 commits
+    r.script_flush()
+    got = t.fetch(2, 0.1)  # admit answered NOSCRIPT, then loaded and run
+    assert [d.job_id for d in got] == ["sha-job-0002", "sha-job-0003"]
+    for d in got:
+        t.mark_started(d)
+    r.script_flush()
+    t.commit([Outcome(d, "completed", result={"job_id": d.job_id, "status": "completed", "data": None})
+              for d in got])
+    for i in range(4):
+        assert t.job_status(f"sha-job-{i:04d}").status == "completed"
+        assert t.get_result(f"sha-job-{i:04d}")["job_id"] == f"sha-job-{i:04d}"
+    assert r.xlen(k.jobs) == 0 and r.xpending(k.jobs, GROUP)["pending"] == 0
+    assert "error" not in str(t.metrics.counts)

@@ -98,7 +98,6 @@ class QueueMixin:
         the dead letters with the reason (or, poison_to_worker False, moved there right away)."""
         k, out, calls = self.k, [], []
         with self._guard("fetch"):
-            pipe = self.r.pipeline(transaction=False)
             for (entry, fields), count, starter in zip(entries, counts, started_by):
                 raw = (fields or {}).get(b"job")
                 doc, problem = self._decode(raw)
@@ -109,19 +108,17 @@ class QueueMixin:
                             self._held[entry] = d
                         out.append(d)
                     else:
-                        self.s.dead(keys=[k.jobs, k.dead, k.running],
-                                    args=[GROUP, self.worker_id, entry, problem[0], problem[1], DEAD_MAXLEN,
-                                          self.result_ttl, ""], client=pipe)
-                        calls.append((problem[0], d))
+                        calls.append((problem[0], d, "dead", [k.jobs, k.dead, k.running],
+                                      [GROUP, self.worker_id, entry, problem[0], problem[1], DEAD_MAXLEN,
+                                       self.result_ttl, ""]))
                     continue
                 d = RedisDelivery(entry, raw, doc, started=bool(starter), delivery_count=count)
                 op, cancellable, attempt = job_facts(doc)
-                self.s.admit(keys=[k.jobs, k.dead, k.running, k.job(d.job_id), k.index],
-                             args=[GROUP, self.worker_id, entry, d.job_id, digest(doc), op, cancellable, attempt,
-                                   now_iso(), DEAD_MAXLEN], client=pipe)
-                calls.append((None, d))
-            replies = pipe.execute(raise_on_error=False) if calls else []
-        for (reason, d), reply in zip(calls, replies):
+                calls.append((None, d, "admit", [k.jobs, k.dead, k.running, k.job(d.job_id), k.index],
+                              [GROUP, self.worker_id, entry, d.job_id, digest(doc), op, cancellable, attempt,
+                               now_iso(), DEAD_MAXLEN]))
+            replies = self.s.batch([c[2:] for c in calls]) if calls else []
+        for (reason, d, *_), reply in zip(calls, replies):
             if isinstance(reply, Exception):
                 log.error("stream entry %s: admitting it failed (%s); it stays pending for reclaim", d.name, reply)
                 self.metrics.transport_error("fetch")

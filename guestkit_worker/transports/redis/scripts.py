@@ -12,7 +12,7 @@ Cluster slot.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List, Sequence, Tuple
 
 #: dead-letter stream length bound (approximate: MAXLEN ~)
 DEAD_MAXLEN = 100000
@@ -292,11 +292,35 @@ return 1
 
 class Scripts:
     """The registered scripts, one attribute per name of :data:`SOURCES` (redis-py Script
-    objects: called as ``scripts.commit(keys=[...], args=[...], client=pipe_or_client)``)."""
+    objects: called as ``scripts.commit(keys=[...], args=[...], client=pipe_or_client)``), and
+    :meth:`batch` for several calls in one round trip."""
 
     def __init__(self, client: Any) -> None:
+        self._client = client
         for name, body in SOURCES.items():
             setattr(self, name, client.register_script(_PRELUDE + body))
+
+    def batch(self, calls: Sequence[Tuple[str, Sequence[Any], Sequence[Any]]]) -> List[Any]:
+        """Run ``(script name, keys, args)`` calls in one round trip (a pipeline without
+        MULTI) and return their replies, an exception in the place of a call that failed.
+
+        Each call is a plain ``EVALSHA``: redis-py's own pipeline would first send ``SCRIPT
+        EXISTS`` for its scripts, a second round trip every time.  A call the server answers
+        ``NOSCRIPT`` (restarted or flushed since the script was loaded) did not run: it is
+        made again on its own, which loads the script."""
+        from redis.exceptions import NoScriptError  # the optional extra, imported when used
+
+        pipe = self._client.pipeline(transaction=False)
+        for name, keys, args in calls:
+            pipe.evalsha(getattr(self, name).sha, len(keys), *keys, *args)
+        replies = pipe.execute(raise_on_error=False)
+        for i, ((name, keys, args), reply) in enumerate(zip(calls, replies)):
+            if isinstance(reply, NoScriptError):
+                try:
+                    replies[i] = getattr(self, name)(keys=keys, args=args)
+                except Exception as exc:  # reported in its place, like the pipeline's own errors
+                    replies[i] = exc
+        return replies
 
 
 def load_scripts(client: Any) -> Scripts:

@@ -99,10 +99,7 @@ class StoreMixin:
         while True:
             try:
                 with self._guard("commit"):
-                    pipe = self.r.pipeline(transaction=False)
-                    for o, (keys, args) in calls:
-                        self.s.commit(keys=keys, args=args, client=pipe)
-                    replies = pipe.execute(raise_on_error=False)
+                    replies = self.s.batch([("commit", keys, args) for _, (keys, args) in calls])
                 break
             except TransportUnavailable as exc:
                 if time.monotonic() + pause > give_up or self._closing.is_set():
