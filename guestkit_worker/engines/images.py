@@ -6,6 +6,7 @@ import os
 import stat
 
 from ..errors import HandlerError, JobValidationError
+from .outputs import is_own_output
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,12 @@ def image_size(path):
         os.close(fd)
 
 
-def check_destination(dest, field, overwrite):
-    """Refuse a destination that exists (unless overwrite), is a directory or has no parent."""
+def check_destination(dest, field, overwrite, job_id=None):
+    """Refuse a destination that exists (unless overwrite, or it is job_id's own earlier
+    output: engines.outputs.is_own_output), is a directory or has no parent."""
     if os.path.isdir(dest):
         raise HandlerError("OUTPUT_EXISTS", f"{field}: {dest} is a directory", phase="validation")
-    if os.path.lexists(dest) and not overwrite:
+    if os.path.lexists(dest) and not overwrite and not (job_id and is_own_output(dest, job_id)):
         raise HandlerError("OUTPUT_EXISTS",
                            f"{field}: {dest} already exists; set overwrite: true to replace it",
                            phase="validation", details={"path": dest})

@@ -11,6 +11,13 @@ the worker write anywhere else: a link planted at any name there is never follow
 renaming the private directory away and putting a link in its place changes nothing, as every
 step goes through the descriptors, never through a name that could be swapped.
 
+Each published output carries its job's id in the extended attribute ``user.guestkit.job_id``
+(:data:`OWNER_XATTR`).  A destination that exists is no ``OUTPUT_EXISTS`` conflict when it is
+this same job's earlier output (a regular file owned by the worker, carrying the job's id): an
+attempt whose outcome could not be stored, or whose worker died after publishing, runs again
+and replaces it.  On a file system without user extended attributes nothing is marked, and an
+existing destination stays a conflict.
+
 Private directories left by a killed worker (``.<name>.<job_id>.<random>.partial``) are removed
 by the next attempt of the same job (only real directories owned by the worker).
 """
@@ -28,7 +35,21 @@ log = logging.getLogger(__name__)
 
 #: name of the output file inside the private directory
 FILE = "output"
+#: the extended attribute naming the job that published an output
+OWNER_XATTR = "user.guestkit.job_id"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def is_own_output(path: str, job_id: str) -> bool:
+    """True when path is a regular file owned by the worker that the job job_id published
+    (see :data:`OWNER_XATTR`); never follows a link."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return False
+        return os.getxattr(path, OWNER_XATTR, follow_symlinks=False) == job_id.encode()
+    except OSError:
+        return False
 
 
 class PrivateOutput:
@@ -81,8 +102,12 @@ class PrivateOutput:
     def publish(self, overwrite: bool) -> None:
         """Move the finished, fsynced output to the destination; without overwrite never
         replace anything there (a link there included)."""
-        if overwrite:
+        self._mark()
+        own = not overwrite and is_own_output(f"/proc/self/fd/{self._parent_fd}/{self._name}", self.job_id)
+        if overwrite or own:
             os.replace(FILE, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._parent_fd)
+            if own:
+                log.info("job %s: replaced its own earlier output %s", self.job_id, self.dest)
         else:
             try:
                 os.link(FILE, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._parent_fd,
@@ -96,6 +121,18 @@ class PrivateOutput:
         except OSError as exc:  # some file systems refuse fsync on directories
             log.debug("fsync of the directory of %s failed: %s", self.dest, exc)
         log.info("job %s: wrote %s", self.job_id, self.dest)
+
+    def _mark(self) -> None:
+        """Write the job's id into the output's OWNER_XATTR (skipped where unsupported)."""
+        fd = os.open(FILE, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=self._dir_fd)
+        try:
+            os.setxattr(fd, OWNER_XATTR, self.job_id.encode())
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+            log.debug("job %s: cannot mark %s as its output: %s", self.job_id, self.dest, exc)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Remove the private directory (and a leftover output) and close the descriptors;

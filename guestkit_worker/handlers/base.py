@@ -19,11 +19,14 @@ each entry point names a Handler subclass or a factory returning a handler insta
 """
 
 import logging
+import os
 from dataclasses import dataclass, field
 from importlib import metadata
 
 from ..engines.chain import check_chain
-from ..engines.images import require_format, require_image_file
+from ..errors import HandlerError
+from ..engines.images import check_destination, require_bool, require_dict, require_format, require_image_file, \
+    require_path
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,34 @@ class ImageHandler(Handler):
         """The payload's shape and values (returned as the dict to use); looks at nothing on
         the file system."""
         raise NotImplementedError
+
+    @staticmethod
+    def _check_output(data):
+        """``payload.data.output``'s shared fields (destination, overwrite); the dict or None."""
+        output = require_dict(data.get("output"), "payload.data.output", required=False)
+        if output is not None:
+            if output.get("destination") is not None:
+                require_path(output["destination"], "payload.data.output.destination")
+            require_bool(output.get("overwrite"), "payload.data.output.overwrite", False)
+        return output
+
+    @staticmethod
+    def _destination(context, data, default_name, source):
+        """(destination, overwrite) of a run: ``output.destination`` under the path policy, or
+        ``<work-dir>/<default_name>``; OUTPUT_EXISTS when it is the source image, or when
+        something is there, unless overwrite is set or it is this job's own earlier output (a
+        re-run after its outcome was lost)."""
+        output = data.get("output") or {}
+        overwrite = bool(output.get("overwrite"))
+        if output.get("destination"):
+            dest = context.check_path(output["destination"], "payload.data.output.destination", for_output=True)
+        else:
+            dest = os.path.join(os.path.realpath(context.work_dir), default_name)
+        if dest == source:
+            raise HandlerError("OUTPUT_EXISTS", f"the destination {dest} is the source image",
+                               phase="validation", details={"path": dest})
+        check_destination(dest, "payload.data.output.destination", overwrite, job_id=context.job_id)
+        return dest, overwrite
 
 
 class HandlerRegistry:

@@ -34,7 +34,7 @@ import stat
 import threading
 import time
 
-from ..engines.images import (IMAGE_FORMATS, check_destination, image_size, require_bool, require_dict,
+from ..engines.images import (IMAGE_FORMATS, image_size, require_bool, require_dict,
                               require_format, require_image_file, require_path)
 from ..engines.chain import checked_chain
 from ..engines.outputs import PrivateOutput
@@ -91,11 +91,7 @@ class ConvertHandler(ImageHandler):
         if require_bool(data.get("compression"), "payload.data.compression", False) and target != "qcow2":
             raise JobValidationError("payload.data.compression",
                                      f"compression is only supported for qcow2 targets, not {target}")
-        output = require_dict(data.get("output"), "payload.data.output", required=False)
-        if output is not None:
-            if output.get("destination") is not None:
-                require_path(output["destination"], "payload.data.output.destination")
-            require_bool(output.get("overwrite"), "payload.data.output.overwrite", False)
+        self._check_output(data)
         require_path(image.get("path"), "payload.data.image.path")
         return data
 
@@ -106,21 +102,11 @@ class ConvertHandler(ImageHandler):
         src_fmt = require_format(data["image"].get("format"), "payload.data.image.format", default="qcow2")
         target = require_format(data["target_format"], "payload.data.target_format")
         compress = bool(data.get("compression"))
-        output = data.get("output") or {}
-        overwrite = bool(output.get("overwrite"))
 
         context.progress("validation", 0, "checking paths and qemu-img")
         src = context.check_path(data["image"]["path"], "payload.data.image.path")
         require_image_file(src, "payload.data.image.path")
-        if output.get("destination"):
-            dest = context.check_path(output["destination"], "payload.data.output.destination",
-                                      for_output=True)
-        else:
-            dest = os.path.join(os.path.realpath(context.work_dir), f"{job_id}.{target}")
-        if dest == src:
-            raise HandlerError("OUTPUT_EXISTS", f"the destination {dest} is the source image",
-                               phase="validation", details={"path": dest})
-        check_destination(dest, "payload.data.output.destination", overwrite)
+        dest, overwrite = self._destination(context, data, f"{job_id}.{target}", src)
         ok, detail = self.engine_status()
         if not ok:
             log.error("job %s: %s", job_id, detail)

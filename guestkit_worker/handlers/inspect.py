@@ -58,7 +58,7 @@ from datetime import datetime, timezone
 
 from ..checksum import parse_checksum, verify_sha256
 from ..engines import probe_script
-from ..engines.images import (check_destination, image_size, remove_quietly, require_bool, require_dict,
+from ..engines.images import (image_size, remove_quietly, require_bool, require_dict,
                               require_format, require_image_file, require_path)
 from ..engines.chain import checked_chain
 from ..engines.outputs import PrivateOutput
@@ -205,16 +205,13 @@ class InspectHandler(ImageHandler):
         if options is not None:
             for key in list(OPTION_FLAGS) + ["deep_scan"]:
                 require_bool(options.get(key), f"payload.data.options.{key}", False)
-        output = require_dict(data.get("output"), "payload.data.output", required=False)
+        output = self._check_output(data)
         if output is not None:
             fmt = output.get("format")
             if fmt is not None and fmt != "json":
                 raise JobValidationError("payload.data.output.format", f"only 'json' is supported, got {fmt!r}")
             if output.get("compression") not in (None, False, "none"):
                 raise JobValidationError("payload.data.output.compression", "compression is not supported")
-            if output.get("destination") is not None:
-                require_path(output["destination"], "payload.data.output.destination")
-            require_bool(output.get("overwrite"), "payload.data.output.overwrite", False)
         require_path(image.get("path"), "payload.data.image.path")
         return data
 
@@ -227,18 +224,11 @@ class InspectHandler(ImageHandler):
         options = data.get("options")
         sections = effective_sections(options)
         deep = bool(options and options.get("deep_scan"))
-        output = data.get("output") or {}
-        overwrite = bool(output.get("overwrite"))
 
         context.progress("validation", 0, "checking paths and engine")
         path = context.check_path(image["path"], "payload.data.image.path")
         require_image_file(path, "payload.data.image.path")
-        if output.get("destination"):
-            dest = context.check_path(output["destination"], "payload.data.output.destination",
-                                      for_output=True)
-        else:
-            dest = os.path.join(os.path.realpath(context.work_dir), f"{job_id}-inspection.json")
-        check_destination(dest, "payload.data.output.destination", overwrite)
+        dest, overwrite = self._destination(context, data, f"{job_id}-inspection.json", path)
         ok, detail = self.engine_status()
         if not ok:
             log.error("job %s: libguestfs unavailable: %s", job_id, detail)
