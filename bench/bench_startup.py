@@ -2,7 +2,11 @@
 """Start-up: ``guestkit-worker --once`` on an empty jobs dir (start, find nothing, exit 0) vs
 ``python -c "import prometheus_client"`` with the same interpreter; wall time per process,
 sides alternating, a fresh set of directories per run.  The console script is run directly
-(not through a pyenv shim)."""
+(not through a pyenv shim).  Every side reads compiled bytecode, as an installed package does
+(pip compiles it at install time; prometheus_client's is in site-packages): the processes get
+one bench-owned PYTHONPYCACHEPREFIX that the warm-up round fills, and PYTHONDONTWRITEBYTECODE is
+dropped (with it set, the worker side of an editable checkout compiled all its modules from
+source on every run while prometheus_client read its .pyc files)."""
 
 import os
 import subprocess
@@ -25,7 +29,9 @@ def timed(argv, env):
 def main():
     args = common.parser(__doc__.splitlines()[0]).parse_args()
     rounds = args.rounds or 15
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUESTKIT_WORKER_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("GUESTKIT_WORKER_") and k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = common.fresh_dir("pycache")
     base_argv = [sys.executable, "-c", "import prometheus_client"]
 
     def worker():
