@@ -54,7 +54,7 @@ def main():
         job_id = doc["job_id"]
         jk = k.job(job_id)
         if not minimal:
-            s.admit(keys=[k.jobs, k.dead, k.running, jk, k.index],
+            s.admit(keys=[k.jobs, k.dead, k.running, jk, k.index, k.result(job_id)],
                     args=[GROUP, me, entry, job_id, hashlib.sha256(raw).hexdigest(), doc["operation"], "1", "1",
                           iso(time.time()), DEAD_MAXLEN])
         started = time.time()

@@ -105,6 +105,8 @@ class Executor:
         worker's own outcome whose archive failed, archived now with that result.  A result of
         an earlier attempt, or a shutdown's ``cancelled`` (the job was given back), is replaced."""
         job = run.job
+        if run.delivery.no_result_yet and run.delivery.job_id == job.job_id:
+            return False
         try:
             earlier = self.transport.get_result(job.job_id)
         except ValueError:  # something unreadable is stored under this id: keep it

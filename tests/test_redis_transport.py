@@ -571,3 +571,26 @@ def test_batched_scripts_skip_script_exists_and_survive_a_flushed_script_cache(m
         assert t.get_result(f"sha-job-{i:04d}")["job_id"] == f"sha-job-{i:04d}"
     assert r.xlen(k.jobs) == 0 and r.xpending(k.jobs, GROUP)["pending"] == 0
     assert "error" not in str(t.metrics.counts)
+
+
+def test_admit_says_whether_a_result_is_stored_under_the_job_id(make, redis_server, pool):
+    """The admit script tells the worker, in the same step, that no result is stored yet (the
+    worker then skips its own look); a job given back with a shutdown's result stored is
+    delivered again marked as having one, so the worker reads and judges it."""
+    t = make()
+    t.submit(make_job("result-look-001"))
+    (d,) = t.fetch(1, 0.1)
+    assert d.no_result_yet is True
+    t.mark_started(d)
+    cancelled = {"job_id": d.job_id, "status": "cancelled", "completed_at": "2026-12-01T00:00:00Z",
+                 "worker_id": t.worker_id, "execution_summary": {"attempt": 1},
+                 "error": {"code": "CANCELLED", "retry_recommended": True}}
+    t.commit([Outcome(d, "cancelled", result=cancelled, release=True)])
+    assert t.get_result("result-look-001")["status"] == "cancelled"
+    (d2,) = t.fetch(1, 0.1)
+    assert d2.job_id == "result-look-001" and d2.name != d.name
+    assert d2.no_result_yet is False
+    redis_server.client().delete(Keys(pool).result("result-look-001"))
+    t.release(d2)
+    (d3,) = t.fetch(1, 0.1)
+    assert d3.no_result_yet is True

@@ -55,10 +55,13 @@ class Delivery:
     * ``started``: True once :meth:`JobQueue.mark_started` ran (or a reclaimed delivery whose
       handler had started in a worker that died);
     * ``delivered_at``: wall-clock time of this delivery (for the queue-wait metric);
-    * ``delivery_count``: how many times the queue has handed this entry out (1 the first time).
+    * ``delivery_count``: how many times the queue has handed this entry out (1 the first time);
+    * ``no_result_yet``: True when the transport, in the same atomic step that delivered it
+      to this worker, saw no result stored under ``job_id`` (and no other delivery can store
+      one while this worker owns it): the worker's look for a result stored before is spared.
     """
 
-    __slots__ = ("name", "job_id", "attempt", "started", "delivered_at", "delivery_count")
+    __slots__ = ("name", "job_id", "attempt", "started", "delivered_at", "delivery_count", "no_result_yet")
 
     def __init__(self, name: str, *, started: bool = False, delivery_count: int = 1) -> None:
         self.name = name
@@ -67,6 +70,7 @@ class Delivery:
         self.started = started
         self.delivered_at = time.time()
         self.delivery_count = delivery_count
+        self.no_result_yet = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

@@ -114,7 +114,8 @@ class QueueMixin:
                     continue
                 d = RedisDelivery(entry, raw, doc, started=bool(starter), delivery_count=count)
                 op, cancellable, attempt = job_facts(doc)
-                calls.append((None, d, "admit", [k.jobs, k.dead, k.running, k.job(d.job_id), k.index],
+                calls.append((None, d, "admit", [k.jobs, k.dead, k.running, k.job(d.job_id), k.index,
+                                                 k.result(d.job_id)],
                               [GROUP, self.worker_id, entry, d.job_id, digest(doc), op, cancellable, attempt,
                                now_iso(), DEAD_MAXLEN]))
             replies = self.s.batch([c[2:] for c in calls]) if calls else []
@@ -129,7 +130,8 @@ class QueueMixin:
                     self._dead_lettered(reason)
                 continue
             answer = _text(reply)
-            if answer == "ok":
+            if answer in ("ok", "stored"):
+                d.no_result_yet = answer == "ok"
                 with self._lock:
                     self._held[d.name] = d
                 out.append(d)

@@ -53,20 +53,26 @@ redis.call('HSET', KEYS[2], 'job_id', ARGV[2], 'status', 'pending', 'entry', id,
 redis.call('ZADD', KEYS[3], tonumber(string.match(id, '^(%d+)')), ARGV[2])
 return {'created', 'pending', id}
 """,
-    # KEYS jobs, dead, running, job, index; ARGV group, me, entry, job_id, digest, operation,
-    # cancellable, attempt, submitted_at, maxlen -> ok | duplicate | lost
+    # KEYS jobs, dead, running, job, index[, result]; ARGV group, me, entry, job_id, digest,
+    # operation, cancellable, attempt, submitted_at, maxlen -> ok | stored | duplicate | lost
     # A delivered entry becomes a known job (entries XADDed by other producers have no job
     # hash yet); an entry whose job id another entry already holds is a duplicate: dead letter.
+    # 'stored' (with the result key given): admitted, and a result is stored under the job id
+    # already ('ok': none is; only this entry's commit can store one while it is owned).
     "admit": r"""
 if not owned(KEYS[1], ARGV[1], ARGV[3], ARGV[2]) then return 'lost' end
+local function admitted()
+  if KEYS[6] and redis.call('EXISTS', KEYS[6]) == 1 then return 'stored' end
+  return 'ok'
+end
 local e = redis.call('HGET', KEYS[4], 'entry')
 if not e then
   redis.call('HSET', KEYS[4], 'job_id', ARGV[4], 'status', 'pending', 'entry', ARGV[3], 'digest', ARGV[5],
              'operation', ARGV[6], 'cancellable', ARGV[7], 'attempt', ARGV[8], 'submitted_at', ARGV[9])
   redis.call('ZADD', KEYS[5], tonumber(string.match(ARGV[3], '^(%d+)')), ARGV[4])
-  return 'ok'
+  return admitted()
 end
-if e == ARGV[3] then return 'ok' end
+if e == ARGV[3] then return admitted() end
 dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[2], 'duplicate_job_id',
             'job ' .. ARGV[4] .. ' is already known as entry ' .. e, ARGV[10])
 return 'duplicate'
