@@ -120,7 +120,7 @@ class Executor:
         status, error = earlier.get("status"), earlier.get("error")
         if isinstance(attempt, int) and attempt < job.attempt:
             return False
-        if status == "cancelled" and isinstance(error, dict) and error.get("retry_recommended"):
+        if docs.given_back(earlier):
             return False
         if earlier.get("worker_id") == self.cfg.worker_id and attempt == job.attempt and status in docs.RESULT_STATUSES:
             log.info("job %s: its outcome (%s) was stored before; archiving it", job.job_id, status)

@@ -103,6 +103,18 @@ def result_document(*, job_id: Optional[str], status: str, worker_id: str, job: 
             "data": data}
 
 
+def given_back(result: Optional[Mapping]) -> bool:
+    """True for the result a run leaves when its job was returned to the queue unfinished
+    (shutdown): ``cancelled`` with ``retry_recommended``.  It belongs to no run still in
+    progress: whoever runs the job next replaces it, and recovery never archives the job
+    with it."""
+    if not isinstance(result, Mapping):
+        return False
+    error = result.get("error")
+    return result.get("status") == "cancelled" and isinstance(error, dict) \
+        and bool(error.get("retry_recommended"))
+
+
 def reason_document(job_file: str, job_id: Optional[str], status: str, worker_id: str,
                     error: Optional[dict]) -> dict:
     """What is kept beside a job file archived in failed/."""

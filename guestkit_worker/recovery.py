@@ -4,6 +4,8 @@ transport reclaims (JobQueue.reclaim).
 * not started, or not a valid job: back to the queue (admitted again, and rejected then with
   the full reason);
 * its result was stored before the worker died: acknowledged with that result (and counted);
+  a shutdown's ``cancelled`` (outcomes.given_back) is not: that run had ended and the job was
+  returned to the queue, so the run that was in progress is another one;
 * attempts left: re-queued as attempt + 1;
 * otherwise: failed with WORKER_CRASHED.
 Whatever goes wrong with one job fails that job alone (RECOVERY_FAILED), never the others.
@@ -68,7 +70,7 @@ class Recovery:
         earlier = self.transport.get_result(job.job_id)
         summary = earlier.get("execution_summary") if earlier else None
         if earlier and earlier.get("worker_id") == dead_worker and isinstance(summary, dict) \
-                and summary.get("attempt") == job.attempt:
+                and summary.get("attempt") == job.attempt and not docs.given_back(earlier):
             status = earlier.get("status")
             log.info("job %s: result was stored before worker %s died; archiving", job.job_id, dead_worker)
             reason = None if status == "completed" else docs.reason_document(

@@ -304,6 +304,38 @@ def test_sigterm_during_a_burst_drains_or_returns_every_job(dirs):
     assert len(archived(dirs, "done")) == n and waiting(dirs) == [] and processing(dirs) == []
 
 
+def test_a_job_given_back_at_shutdown_then_crashed_runs_again(dirs):
+    """SIGTERM with a short --shutdown-timeout cancels a running job and gives it back (its
+    stored result says cancelled); the worker restarts with the same id, runs the job again and
+    is SIGKILLed; the next start must not take the given-back result for the crashed run's: the
+    job runs again (as attempt 2) and completes, nothing is filed in failed/."""
+    journal = os.path.join(dirs.base, "journal")
+    env = plugin_env(dirs.base)
+    write_job(dirs.jobs, journal_job("given-back-01", journal, 8, execution={"max_attempts": 3}))
+    args = ("--worker-id", "same-host", "--shutdown-timeout", "0.2")
+    first = Worker(dirs, *args, env=env, metrics=False, log_name="first.log")
+    try:
+        wait_for(lambda: read_journal(journal).get("given-back-01") == [1], timeout=60, what="first run")
+    finally:
+        assert first.stop() in (0, 130)
+    results, _ = load_results(dirs)
+    assert results["given-back-01"]["status"] == "cancelled"  # the shutdown's result is stored
+    assert waiting(dirs) == ["given-back-01.json"] and processing(dirs) == []
+    second = Worker(dirs, *args, env=env, metrics=False, log_name="second.log")
+    try:
+        wait_for(lambda: read_journal(journal).get("given-back-01") == [1, 1], timeout=60, what="second run")
+    finally:
+        second.kill()
+    third = Worker(dirs, "--once", *args, env=env, metrics=False, log_name="third.log")
+    assert third.proc.wait(timeout=120) == 0, third.log()[-3000:]
+    assert read_journal(journal)["given-back-01"] == [1, 1, 2]
+    results, _ = load_results(dirs)
+    assert results["given-back-01"]["status"] == "completed"
+    assert results["given-back-01"]["execution_summary"]["attempt"] == 2
+    assert archived(dirs, "done") == ["given-back-01.json"] and archived(dirs, "failed") == []
+    assert "archiving" not in third.log()
+
+
 @pytest.mark.parametrize("threads", ["1", "4"])
 def test_one_shot_run_with_disk_full_exits_1_and_keeps_the_job(dirs, threads):
     """--once while results cannot be written: the job goes back to jobs/ untouched, no result

@@ -339,3 +339,38 @@ def test_progress_events_in_order(t):
 def test_health_reports_each_check(t):
     checks = t.health()
     assert checks and all(ok for ok, _detail in checks.values())
+
+
+def test_recovery_never_archives_a_crashed_run_with_a_shutdowns_result(transport_factory):
+    """Issue 12 finding 1 at the transport level: a run given back at shutdown leaves a
+    ``cancelled`` result; the same worker runs the job again and dies; recovery (the real
+    Recovery over this transport) re-queues it as attempt 2 instead of archiving it with the
+    shutdown's result."""
+    from guestkit_worker import outcomes
+    from guestkit_worker.recovery import Recovery
+    a, b = transport_factory.make("contract-dies"), transport_factory.make("contract-lives")
+    a.open()
+    b.open()
+    doc = job(max_attempts=3)
+    a.submit(doc)
+    [d] = take(a)
+    a.mark_started(d)
+    error = outcomes.execution_error("cancelled", None)
+    back = outcomes.result_document(job_id=doc["job_id"], status="cancelled", worker_id="contract-dies",
+                                    error=error)
+    o = Outcome(d, "cancelled", result=back, release=True)
+    a.commit([o])
+    assert o.error is None
+    assert outcomes.given_back(a.get_result(doc["job_id"]))
+    [d] = take(a)  # the same worker runs it again ...
+    a.mark_started(d)
+    transport_factory.kill(a)  # ... and dies
+    stored = []
+    recovery = Recovery(b, lambda run, outcome: (stored.append(outcome), b.commit([outcome])),
+                        worker_id="contract-lives", max_job_bytes=1 << 20, label=str)
+    again, end = [], time.monotonic() + 30
+    while not again and not stored and time.monotonic() < end:
+        recovery.reclaim(10)
+        again = take(b, 1, timeout=0.3)
+    assert stored == [], "recovery archived the job with the shutdown's result"
+    assert [(x.job_id, x.attempt) for x in again] == [(doc["job_id"], 2)]
