@@ -92,7 +92,8 @@ class Committer:
     def _loop(self) -> None:
         limit = self._queue.maxsize
         while True:
-            wait = 0.5 if not self._later else max(0.0, min(0.5, self._later[0][0] - self._clock()))
+            # block until an outcome or close()'s None arrives, or the next retry is due
+            wait = None if not self._later else max(0.0, min(0.5, self._later[0][0] - self._clock()))
             try:
                 batch = [self._queue.get(timeout=wait)]
             except queue.Empty:

@@ -43,7 +43,7 @@ __all__ = ["DEFAULT_MAX_CONNECTIONS", "WSGIService", "parse_addr", "serve_wsgi"]
 
 #: Connections open at once unless the caller says otherwise (--http-max-connections).
 DEFAULT_MAX_CONNECTIONS = 64
-#: How often the accept loop checks for shutdown (bounds shutdown() latency).
+#: Pause of the accept loop after accept() failed for lack of file descriptors or memory.
 _POLL_INTERVAL = 0.1
 #: Connections accepted per wake-up of the accept loop before it looks at the others again.
 _ACCEPT_BATCH = 64
@@ -172,6 +172,11 @@ class WSGIService:
         self._counts = collections.Counter()
         self._last_refusal_log = None
         self._stop = threading.Event()
+        # shutdown() writes a byte here: the accept loop sleeps in its selector until a
+        # connection, a waiting connection's deadline or this wake-up (no periodic polling)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._accept_thread = None
         self._stopped = False
         self.host, self.port = server.server_address[:2]
@@ -197,8 +202,14 @@ class WSGIService:
             self._stopped = True
             thread = self._accept_thread
         self._stop.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:  # buffer full: a wake-up is already pending
+            pass
         if thread is not None:
             thread.join()
+        self._wake_r.close()
+        self._wake_w.close()
         self._server.server_close()
         with self._lock:
             threads = self._threads
@@ -229,14 +240,17 @@ class WSGIService:
         listener.setblocking(False)
         sel = selectors.DefaultSelector()
         sel.register(listener, selectors.EVENT_READ, None)
+        sel.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
         waiting = collections.OrderedDict()  # socket -> (address, deadline); oldest first
         try:
             while not self._stop.is_set():
-                timeout = _POLL_INTERVAL
-                if waiting:
+                timeout = None  # block until a connection, the wake-up of shutdown() or ...
+                if waiting:     # ... the deadline of the connection waiting longest
                     first = next(iter(waiting.values()))[1]
-                    timeout = max(0.0, min(timeout, first - time.monotonic()))
+                    timeout = max(0.0, first - time.monotonic())
                 for key, _ in sel.select(timeout):
+                    if key.data is self._wake_r:
+                        continue  # shutdown: the loop condition ends it
                     if key.data is None:
                         self._accept_some(listener, sel, waiting)
                     elif key.fileobj in waiting:

@@ -81,6 +81,9 @@ def test_busy_slots_refuse_newcomers_at_once_with_503():
             assert server.stats()["refused"] == 1
             busy[0].sendall(b"Host: x\r\n\r\n")
             assert busy[0].recv(4096).startswith(b"HTTP/1.0 200")
+        # the client may read the answer before the server thread has closed its end: a slot
+        # is free once the server says so (the threads end on their own, not at once)
+        wait_for(lambda: server.stats()["open"] == 0, timeout=10, what="both slots free")
         status, _, body = get(server.url + "/", timeout=5)
         assert status == 200 and body == "hi\n"
         assert server.stats()["threads"] <= 2

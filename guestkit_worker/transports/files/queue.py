@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 FOREIGN_RECHECK_SECONDS = 60.0
 #: At most this many such names are remembered (the oldest are forgotten first).
 MAX_FOREIGN_NAMES = 10000
+#: A depth() this soon after a fetch that listed jobs/ and took nothing reuses that listing.
+_DEPTH_REUSE_SECONDS = 0.1
 
 
 class FileDelivery(Delivery):
@@ -55,6 +57,7 @@ class FileQueue:
         self._foreign: "collections.OrderedDict[str, float]" = collections.OrderedDict()
         self._eligible: Optional[set] = None   # --once: the names present at start (and retries)
         self._given_back: dict = {}            # names released unstarted: tried after the others
+        self._depth_fresh = False              # the last fetch ended on a listing and took nothing
 
     # -- listing ------------------------------------------------------------------------
     def _list_jobs_dir(self) -> list:
@@ -92,7 +95,11 @@ class FileQueue:
 
     def depth(self) -> int:
         with self._scan_lock:
-            self._rescan()
+            # a fetch that found nothing listed jobs/ just now (the consumer asks right after
+            # it): that listing is the depth; an idle worker lists jobs/ once per look, not twice
+            if not (self._depth_fresh and time.monotonic() - self._scanned_at < _DEPTH_REUSE_SECONDS):
+                self._rescan()
+            self._depth_fresh = False
             return self._waiting
 
     # -- claiming -----------------------------------------------------------------------
@@ -103,14 +110,16 @@ class FileQueue:
         while True:
             with self._scan_lock:
                 # after a wait always list again; at first only when nothing is left to try
-                if not first or not self._pending or \
-                        time.monotonic() - self._scanned_at >= self._refresh_after():
+                listed = not first or not self._pending or \
+                    time.monotonic() - self._scanned_at >= self._refresh_after()
+                if listed:
                     self._rescan()
                 first = False
                 while self._pending and len(out) < max_count:
                     delivery = self._claim(self._pending.popleft())
                     if delivery is not None:
                         out.append(delivery)
+                self._depth_fresh = listed and not out
                 exhausted = self._eligible is not None and not self._pending
             left = end - time.monotonic()
             if out or exhausted or left <= 0:
@@ -133,6 +142,7 @@ class FileQueue:
             self._here.discard(name)
 
     def _claim(self, name: str) -> Optional[FileDelivery]:
+        self._depth_fresh = False
         if self._eligible is not None:
             self._eligible.discard(name)
         self._given_back.pop(name, None)
@@ -168,6 +178,7 @@ class FileQueue:
                 continue
         os.unlink(delivery.path)
         self._unreserve(delivery.name)
+        self._depth_fresh = False
         if self._eligible is not None:
             self._eligible.add(os.path.basename(dst))  # a one-shot run waits for its retries
 
@@ -180,6 +191,7 @@ class FileQueue:
                 continue
         self._unreserve(delivery.name)
         with self._scan_lock:
+            self._depth_fresh = False
             remembered = self._foreign if not_for_me else self._given_back
             remembered[os.path.basename(dst)] = time.monotonic()
             while len(remembered) > MAX_FOREIGN_NAMES:
