@@ -21,7 +21,7 @@ from .procs import kill_tree_now
 from .protocol import decode_job_bytes, peek_job_id, validate_document
 from .runs import Run, RunTable
 from .state import JobState
-from .transports.base import Outcome
+from .transports.base import Outcome, TransportUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,17 @@ class Executor:
                                        protected_paths=self.transport.protected_paths, children=self.children)
         if run.stop_reason is not None:
             ctx.cancel(run.stop_reason)
-        self.transport.mark_started(run.delivery)
+        try:
+            self.transport.mark_started(run.delivery)
+        except (TransportUnavailable, OSError) as exc:  # not started: give it back, or leave it for reclaim
+            log.warning("job %s: cannot mark it started (%s); giving it back", job.job_id, exc)
+            try:
+                self.transport.release(run.delivery)
+            except (TransportUnavailable, OSError) as again:
+                log.warning("job %s: cannot give it back either (%s); recovery takes it over", job.job_id, again)
+            run.to(JobState.PENDING)
+            self.on_backoff()
+            return
         run.to(JobState.RUNNING)
         run.thread = threading.current_thread().name
         run.started_mono, run.started_at = time.monotonic(), time.time()
