@@ -83,21 +83,36 @@ class Executor:
                                      code="DUPLICATE_JOB_ID")
             self.reject(run, err, doc, write_result=False)
             return False
-        if self._stored_before(run, doc):
-            self.table.remove(run)
-            return False
         try:
+            if not self._hold_job_id(d):  # another worker runs this id: it runs after that one
+                log.info("job %s: already running in another worker; %s returned to the queue", job.job_id, d.name)
+                self.table.remove(run)
+                self.give_back(run)
+                return False
+            if self._stored_before(run, doc):
+                self.table.remove(run)
+                return False
             if job.idempotency_key and not self._reserve_key(run):
                 self.table.remove(run)
                 return False
         except OSError as exc:  # the store cannot be written: back to the queue, after a back-off
-            log.error("job %s: cannot reserve its idempotency key (%s); job returned to the queue", job.job_id, exc)
+            log.error("job %s: cannot reserve its job id or idempotency key (%s); job returned to the queue",
+                      job.job_id, exc)
             self.table.remove(run)
             self.metrics.result_write_failed()
             self.on_backoff()
             self.give_back(run)
             return False
         return True
+
+    def _hold_job_id(self, d: Any) -> bool:
+        """Mark the job id running here; one pause and second try before the job is given back
+        (so a lone job file of a busy id is not claimed and given back in a tight loop)."""
+        if self.transport.hold_job_id(d):
+            return True
+        if not self.stopping():
+            time.sleep(KEY_BUSY_RECHECK_SECONDS)
+        return self.transport.hold_job_id(d)
 
     def _stored_before(self, run: Run, doc: Any) -> bool:
         """A result is stored under this job id already: never overwrite it.  True when the job

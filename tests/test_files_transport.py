@@ -60,3 +60,54 @@ def test_foreign_names_are_remembered_within_a_bound(tmp_path, monkeypatch):
         assert sorted(d.name for d in t.fetch(8, 0.2)) == [f"foreign-{i}.json" for i in range(3)]
     finally:
         t.close()
+
+
+def test_a_running_job_id_is_held_once_and_freed_when_its_holder_dies(tmp_path):
+    """Two deliveries of one job id: the second cannot hold it while the first does (also in
+    the same worker); a worker process that dies holding it (SIGKILL) frees it; nothing is
+    written per job."""
+    import signal
+    import subprocess
+    import sys
+    from conftest import ROOT
+    from guestkit_worker.transports.files.queue import FileDelivery
+
+    def delivery(name):
+        d = FileDelivery(name, "/nonexistent")
+        d.job_id = "held-id-0001"
+        return d
+    a, b = _transport(tmp_path, "files-ida"), _transport(tmp_path, "files-idb")
+    try:
+        da, db, dc = delivery("x-1.json"), delivery("x-2.json"), delivery("x-3.json")
+        assert a.hold_job_id(da)
+        assert not b.hold_job_id(db) and db.id_busy
+        assert not a.hold_job_id(dc)
+        a._drop_job_id(da)
+        assert b.hold_job_id(db)
+        b._drop_job_id(db)
+        size = os.stat(b.layout.running_ids_path).st_size
+        holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {ROOT!r})
+from guestkit_worker.transports.files import FileTransport
+from guestkit_worker.transports.files.queue import FileDelivery
+t = FileTransport({str(tmp_path / "jobs")!r}, {str(tmp_path / "results")!r}, "files-idc", max_job_bytes=1024,
+                  durable=False)
+t.open()
+d = FileDelivery("x-4.json", "/nonexistent")
+d.job_id = "held-id-0001"
+assert t.hold_job_id(d)
+print("held", flush=True)
+time.sleep(120)
+"""], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            assert not b.hold_job_id(dc)
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(timeout=30)
+        assert b.hold_job_id(dc)
+        assert os.stat(b.layout.running_ids_path).st_size == size == 0
+    finally:
+        a.close()
+        b.close()

@@ -78,3 +78,40 @@ def test_a_reused_job_id_never_overwrites_its_result(dirs):
     reason = dirs.reason("second.json")
     assert reason["error"]["code"] == "DUPLICATE_JOB_ID" and "already has a result" in reason["error"]["message"]
     assert dirs.listing("done") == ["first.json"] and "reused-id-0001: running" not in proc.stderr
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_workers_sharing_a_jobs_dir_never_run_one_job_id_twice_at_once(dirs, workers):
+    """Eight job files with one job id (no result yet) appear while several workers (one slot
+    each, so the files are spread over them) watch the queue: the handler runs once; the files
+    other workers take while it runs are given back and, after it, rejected as DUPLICATE_JOB_ID
+    (failed/ only); the result is the one run's."""
+    journal = os.path.join(dirs.base, "journal")
+    procs = [start_worker(dirs, "--max-concurrent", "1", "--worker-id", f"id-w{n}", "--metrics-enabled", "false")
+             for n in range(workers)]
+    try:
+        locks = [os.path.join(dirs.jobs, ".processing", f"id-w{n}.lock") for n in range(workers)]
+        wait_for(lambda: all(map(os.path.exists, locks)), timeout=60, what="workers started")
+        for i in range(8):
+            write_job(dirs.jobs, make_job("same-id-0001", "test.sleep", {"seconds": 1.5, "journal": journal}),
+                      name=f"same-id-{i:02d}.json")
+        wait_for(lambda: len(dirs.listing("done")) + len(dirs.listing("failed")) // 2 == 8, timeout=90,
+                 what="all eight files archived")
+    finally:
+        errs = []
+        for p in procs:
+            p.terminate()
+            errs.append(p.communicate(timeout=60)[1])
+    with open(journal) as fh:
+        lines = fh.read().split()
+    assert lines[0::3] == ["start", "end"], lines  # one run, ended before any other began
+    result = dirs.result("same-id-0001")
+    assert result["status"] == "completed" and result["data"]["pid"] == int(lines[2])
+    # the run's own worker archives its later files of the id as its own stored outcome (done/,
+    # no run); the files other workers take after the run are rejected
+    failed = [n for n in dirs.listing("failed") if n.endswith(".reason.json")]
+    assert failed and len(dirs.listing("done")) + len(failed) == 8
+    for name in failed:
+        assert dirs.reason(name[:-len(".reason.json")])["error"]["code"] == "DUPLICATE_JOB_ID"
+    assert [n for n in os.listdir(dirs.jobs) if n.endswith(".json")] == []
+    assert any("already running in another worker" in e for e in errs), errs

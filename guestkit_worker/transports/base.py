@@ -209,6 +209,14 @@ class JobQueue(abc.ABC):
         """Atomically replace the delivered job by ``doc`` (the same job, its attempt + 1) at
         the back of the queue."""
 
+    def hold_job_id(self, delivery: Delivery) -> bool:
+        """Atomically mark ``delivery.job_id`` as running in this delivery before its handler
+        starts; False while another live delivery (another job file, another worker) holds it:
+        the worker then gives this one back unstarted.  The hold ends when the delivery is
+        acknowledged, retried or released, and a hold of a worker that died is taken over.
+        Default True: for queues that never hand out two deliveries of one job id."""
+        return True
+
     @abc.abstractmethod
     def release(self, delivery: Delivery, *, not_for_me: bool = False) -> None:
         """Give a delivery back unstarted and unchanged.  not_for_me: it is meant for another

@@ -248,6 +248,28 @@ def test_a_reservation_of_a_dead_worker_is_taken_over(transport_factory):
     assert b.reserve_idempotency_key("contract-dead-key", "contract-j2").won
 
 
+def test_two_deliveries_of_one_job_id_are_never_held_at_once(transport_factory):
+    """Two queued documents with one job id (a producer bypassing submit), two workers: while
+    one worker holds its delivery, the other gets none it may hold (the file transport hands it
+    out, refuses the hold and takes it back; Redis dead-letters the second entry); once the
+    first is acknowledged, nothing of the id is held any more."""
+    a, b = transport_factory.make("contract-ida"), transport_factory.make("contract-idb")
+    a.open()
+    b.open()
+    doc = json.dumps(job("contract-same-id")).encode()
+    transport_factory.inject_raw(doc, "contract-same-1")
+    [da] = take(a)
+    assert a.hold_job_id(da)
+    transport_factory.inject_raw(doc, "contract-same-2")
+    for d in take(b, timeout=1.0):
+        assert d.job_id == "contract-same-id"
+        assert not b.hold_job_id(d)
+        b.release(d)
+    done(a, da)
+    for d in take(b, timeout=1.0):  # the file transport's second file; Redis has none left
+        assert b.hold_job_id(d)
+
+
 @pytest.mark.parametrize("poison", ["bad-json", "oversize"])
 def test_poison_input_is_rejected_once_and_never_redelivered(transport_factory, poison):
     t = transport_factory.make("contract-poison", max_job_bytes=4096)

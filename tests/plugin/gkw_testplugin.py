@@ -18,14 +18,31 @@ class _Test(Handler):
 
 
 class SleepHandler(_Test):
-    """Waits payload.seconds, honouring cancellation; reports when it ran."""
+    """Waits payload.seconds, honouring cancellation; reports when it ran.  With
+    payload.journal, appends "start JOB PID" and "end JOB PID" lines to that file (one write
+    each, O_APPEND: lines of concurrent runs in several processes interleave whole)."""
     name = "test.sleep"
 
     def execute(self, context, data):
         start = time.time()
-        if context.cancel_event.wait(float(data.get("seconds", 0))):
-            context.check_cancelled()
+        journal = data.get("journal")
+        if journal:
+            _journal(journal, f"start {context.job.job_id} {os.getpid()}")
+        try:
+            if context.cancel_event.wait(float(data.get("seconds", 0))):
+                context.check_cancelled()
+        finally:
+            if journal:
+                _journal(journal, f"end {context.job.job_id} {os.getpid()}")
         return HandlerResult(data={"start": start, "end": time.time(), "pid": os.getpid()})
+
+
+def _journal(path, line):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 class ChildHandler(_Test):

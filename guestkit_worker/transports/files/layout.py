@@ -3,6 +3,7 @@
     jobs/                            incoming *.json (producers write NAME.tmp, then rename)
     jobs/.processing/WORKER/         jobs claimed by one worker (NAME.json; NAME.json.running once started)
     jobs/.processing/WORKER.lock     flock held while that worker lives
+    jobs/.processing/.running-ids.lock  one byte locked per running job id (nothing is written)
     jobs/.cancel/JOB_ID              a cancel request for a running job
     jobs/done/                       finished jobs (completed, duplicate)
     jobs/failed/                     failed, timed out, cancelled and rejected jobs, each with NAME.reason.json
@@ -35,6 +36,7 @@ class Layout:
         self.worker_id = worker_id
         self.processing_root = os.path.join(self.jobs_dir, PROCESSING)
         self.processing = os.path.join(self.processing_root, worker_id)
+        self.running_ids_path = os.path.join(self.processing_root, ".running-ids.lock")
         self.cancel_dir = os.path.join(self.jobs_dir, CANCEL)
         self.done_dir = os.path.join(self.jobs_dir, "done")
         self.failed_dir = os.path.join(self.jobs_dir, "failed")

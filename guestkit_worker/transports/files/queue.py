@@ -31,12 +31,14 @@ _DEPTH_REUSE_SECONDS = 0.1
 class FileDelivery(Delivery):
     """A job file this worker owns until it is archived, retried or released."""
 
-    __slots__ = ("path", "cancel_marker")
+    __slots__ = ("path", "cancel_marker", "id_lock", "id_busy")
 
     def __init__(self, name: str, path: str, *, started: bool = False) -> None:
         super().__init__(name, started=started)
         self.path = path
         self.cancel_marker: Optional[str] = None
+        self.id_lock: Optional[int] = None  # the descriptor holding its job id's lock (hold_job_id)
+        self.id_busy = False   # ... or found it held by another worker
 
 
 class FileQueue:
@@ -179,6 +181,7 @@ class FileQueue:
         os.unlink(delivery.path)
         self._unreserve(delivery.name)
         self._depth_fresh = False
+        self._drop_job_id(delivery)
         if self._eligible is not None:
             self._eligible.add(os.path.basename(dst))  # a one-shot run waits for its retries
 
@@ -190,10 +193,13 @@ class FileQueue:
             except FileExistsError:
                 continue
         self._unreserve(delivery.name)
+        self._drop_job_id(delivery)
         with self._scan_lock:
             self._depth_fresh = False
             remembered = self._foreign if not_for_me else self._given_back
             remembered[os.path.basename(dst)] = time.monotonic()
+            if delivery.id_busy and self._eligible is not None:
+                self._eligible.add(os.path.basename(dst))  # a one-shot run waits for it to run after the other
             while len(remembered) > MAX_FOREIGN_NAMES:
                 remembered.pop(next(iter(remembered)))
 
@@ -219,6 +225,7 @@ class FileQueue:
             dst = f"{dst}.{time.time_ns()}"
             atomic.rename_noreplace(delivery.path, dst)
         self._unreserve(delivery.name)
+        self._drop_job_id(delivery)
         if reason is not None:
             try:
                 atomic.write_bytes(dst + ".reason.json", json_bytes(reason), durable=False)

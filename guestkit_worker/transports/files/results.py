@@ -3,10 +3,13 @@ the group commit that stores outcomes and archives their job files in a crash-sa
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
+import struct
 import tempfile
 import threading
 import time
@@ -14,7 +17,7 @@ from contextlib import contextmanager
 from typing import Mapping, Optional, Sequence
 
 from ... import atomic
-from ..base import FINAL_STATUSES, Outcome, Reservation
+from ..base import FINAL_STATUSES, Delivery, Outcome, Reservation
 from .layout import json_bytes, read_json, result_bytes
 
 log = logging.getLogger(__name__)
@@ -148,7 +151,6 @@ class FileResults:
 
     # -- idempotency --------------------------------------------------------------------
     def _idem_path(self, key: str) -> str:
-        import hashlib
         return os.path.join(self.layout.idem_dir, hashlib.sha256(key.encode("utf-8")).hexdigest() + ".json")
 
     @contextmanager
@@ -193,6 +195,31 @@ class FileResults:
             if isinstance(rec, dict) and rec.get("job_id") == job_id and rec.get("state") == "running":
                 os.unlink(path)
 
+    # -- running job ids ----------------------------------------------------------------
+    def hold_job_id(self, delivery: Delivery) -> bool:
+        """An exclusive lock on one byte of ``jobs/.processing/.running-ids.lock``, at an
+        offset drawn from the job id's hash, on a descriptor of its own (an open-file-description
+        lock, so two threads of one worker exclude each other too).  Nothing is written: no
+        disk cost per job, and the kernel drops the lock when its holder dies."""
+        fd = os.open(self.layout.running_ids_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.fcntl(fd, _F_OFD_SETLK, _byte_lock(fcntl.F_WRLCK, delivery.job_id))
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                delivery.id_busy = True
+                return False
+            raise
+        delivery.id_lock = fd
+        return True
+
+    def _drop_job_id(self, delivery: Delivery) -> None:
+        """End delivery's hold of its job id (acknowledged, retried or released)."""
+        fd = getattr(delivery, "id_lock", None)
+        if fd is not None:
+            delivery.id_lock = None
+            os.close(fd)  # drops the lock
+
     def _settle_key(self, o: Outcome) -> None:
         """Complete or release the outcome's key once its result is durable, before the job file
         is archived: a crash in between finds the key on recovery."""
@@ -211,6 +238,18 @@ class FileResults:
     def health(self) -> dict:
         return {"jobs_dir": _probe_dir(self.layout.jobs_dir, readable=True),
                 "results_dir": _probe_dir(self.layout.results_dir, readable=False)}
+
+
+#: Linux's F_OFD_SETLK (Python 3.9+ names it); struct flock: type, whence, start, len, pid
+_F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
+_FLOCK = "hhqqi4x"
+
+
+def _byte_lock(kind: int, job_id: str) -> bytes:
+    """The struct flock of job_id's byte: 62 bits of its SHA-256 (a collision between two ids
+    running at once only makes one of them wait)."""
+    offset = int.from_bytes(hashlib.sha256(job_id.encode("utf-8")).digest()[:8], "big") >> 2
+    return struct.pack(_FLOCK, kind, os.SEEK_SET, offset, 1, 0)
 
 
 def _probe_dir(path: str, readable: bool) -> tuple:
