@@ -205,6 +205,8 @@ class Executor:
             self.transport.mark_started(run.delivery)
         except (TransportUnavailable, OSError) as exc:  # not started: give it back, or leave it for reclaim
             log.warning("job %s: cannot mark it started (%s); giving it back", job.job_id, exc)
+            self.table.remove(run)  # off the table: the lease keeper must not renew it forever
+            self._release_key(run)
             try:
                 self.transport.release(run.delivery)
             except (TransportUnavailable, OSError) as again:

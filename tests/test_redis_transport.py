@@ -431,6 +431,43 @@ def test_redis_down_then_restarted_loses_nothing(tmp_path, pool):
         server.stop()
 
 
+def test_an_entry_dropped_after_a_failed_give_back_is_reclaimed_by_its_own_live_worker(tmp_path, pool):
+    """The fleet's Redis-restart case, step by step: a job thread cannot mark its entry started
+    nor give it back (Redis away), so the worker drops it from its hold.  After the restart the
+    entry is still pending under this live worker; the lease keeper's renewals must not keep it
+    fresh, and the worker's own reclaim (every lease/2) takes it back."""
+    server = start_redis(tmp_path / "redis")
+    try:
+        t = RedisTransport(server.url, "w1", pool=pool, metrics=Recorder(), lease_seconds=1)
+        t.open()
+        t.submit(make_job("dropped-job-001"))
+        (d,) = t.fetch(1, 0.1)
+        server.kill()
+        with pytest.raises(TransportUnavailable):
+            t.mark_started(d)
+        with pytest.raises(TransportUnavailable):
+            t.release(d)
+        server.restart()  # the append-only file still holds the pending entry
+        wait_for(lambda: t.health()["transport"][0], timeout=20, what="redis back")
+        assert server.client().xpending(Keys(pool).jobs, GROUP)["consumers"] == [{"name": b"w1", "pending": 1}]
+        taken = []
+
+        def keeper_and_recovery():  # what the lease keeper and the main loop do meanwhile
+            assert t.extend_lease(d) is False  # never renewed once dropped
+            return t.reclaim(lambda r, w: (taken.append((r.name, r.job_id, w)), t.release(r)), 10)
+        wait_for(keeper_and_recovery, timeout=20, interval=0.25, what="the dropped entry taken back")
+        assert taken == [(d.name, "dropped-job-001", "w1")]
+        (again,) = t.fetch(1, 0.1)  # given back as a new entry, and runs
+        assert again.job_id == "dropped-job-001"
+        t.mark_started(again)
+        completed(t, again)
+        assert t.get_result("dropped-job-001")["status"] == "completed"
+        assert server.client().xpending(Keys(pool).jobs, GROUP)["pending"] == 0
+        t.close()
+    finally:
+        server.stop()
+
+
 def test_a_job_rejected_without_a_result_goes_back_to_the_queue(make, redis_server, pool):
     """What the worker does with a delivery of a job id it is running already: rejected with
     no result.  On Redis that entry is queued again (the job is not lost), its state untouched."""

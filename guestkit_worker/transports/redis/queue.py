@@ -196,9 +196,14 @@ class QueueMixin:
     def extend_lease(self, delivery: Delivery) -> bool:
         """Renew the claim (reset the entry's idle time) if this worker still owns it.  While
         Redis cannot be reached the lease counts as held until ``lease_seconds`` have passed
-        since the last renewal (by then others may have taken the entry over)."""
+        since the last renewal (by then others may have taken the entry over).  A delivery
+        this worker no longer holds (given back, or dropped when giving it back failed) is
+        never renewed: its entry must go idle so that reclaim takes it over a lease later."""
         if delivery.lost:
             return False
+        with self._lock:
+            if delivery.name not in self._held:
+                return False
         try:
             with self._guard("renew"):
                 ok = self.s.renew(keys=[self.k.jobs], args=[GROUP, self.worker_id, delivery.name])
