@@ -111,3 +111,34 @@ time.sleep(120)
     finally:
         a.close()
         b.close()
+
+
+def test_status_is_the_stored_result_between_its_commit_and_the_archive(tmp_path):
+    """GET /api/v1/jobs/ID after result?wait= answered: the result is stored but the job file is
+    still .running until the committer archives it; status must already say how it ended, while
+    a shutdown's cancelled result (a give-back that runs again) must not hide the new run."""
+    from guestkit_worker.transports.base import Outcome
+    t = _transport(tmp_path)
+    try:
+        doc = {"version": "1.0", "job_id": "between-commit-0001", "created_at": "2026-11-01T00:00:00Z",
+               "kind": "VMOperation", "operation": "system.echo",
+               "payload": {"type": "system.echo.v1", "data": {}}}
+        t.submit(doc)
+        delivery = t.fetch(1, 1.0)[0]
+        t.read(delivery)
+        delivery.job_id, delivery.attempt = doc["job_id"], 1
+        t.mark_started(delivery)
+        assert t.job_status(doc["job_id"]).status == "running"
+        result = {"job_id": doc["job_id"], "status": "cancelled", "failed_at": "2026-11-01T00:00:01Z",
+                  "worker_id": "files-w1", "operation": "system.echo",
+                  "execution_summary": {"attempt": 1}, "error": {"code": "CANCELLED", "retry_recommended": True}}
+        t.stage_result(Outcome(delivery, "cancelled", result=result))
+        assert t.job_status(doc["job_id"]).status == "running", "a give-back result is not this run's end"
+        result = dict(result, status="completed", completed_at="2026-11-01T00:00:02Z", error=None)
+        result.pop("failed_at")
+        t.stage_result(Outcome(delivery, "completed", result=result))
+        st = t.job_status(doc["job_id"])
+        assert (st.status, st.attempt, st.submitted_at) == ("completed", 1, doc["created_at"])
+        assert st.completed_at == "2026-11-01T00:00:02Z"
+    finally:
+        t.close()

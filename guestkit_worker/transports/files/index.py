@@ -94,6 +94,11 @@ class FileIndex:
             doc = read_json(path)
             doc = doc if isinstance(doc, dict) else {}
             ex = doc.get("execution") if isinstance(doc.get("execution"), dict) else {}
+            if status == "running":
+                done = self._stored_outcome(job_id, ex.get("attempt", 1))
+                if done is not None:  # its result is stored, its job file not archived yet
+                    done.submitted_at = doc.get("created_at")
+                    return done
             return JobStatus(job_id, status, operation=doc.get("operation"), attempt=ex.get("attempt", 1),
                              worker_id=worker, submitted_at=doc.get("created_at"),
                              started_at=_mtime_stamp(path) if status == "running" else None,
@@ -106,6 +111,18 @@ class FileIndex:
         if isinstance(archived, dict) and isinstance(archived.get("created_at"), str):
             status.submitted_at = archived["created_at"]
         return status
+
+    def _stored_outcome(self, job_id: str, attempt: object) -> Optional[JobStatus]:
+        """The status of a running job's stored final result for this very attempt (the window
+        between the result's commit and the job file's archive), or None.  A cancelled result is
+        never taken: a shutdown's give-back leaves one behind for an attempt that runs again."""
+        result = self._result_or_none(job_id)
+        if not result or result.get("status") not in ("completed", "failed", "timeout"):
+            return None
+        summary = result.get("execution_summary")
+        if not isinstance(summary, dict) or summary.get("attempt") != attempt:
+            return None
+        return _status_of_result(job_id, result)
 
     def list_jobs(self, *, status: Optional[str] = None, operation: Optional[str] = None,
                   limit: int = 100, page_token: Optional[str] = None) -> Page:
