@@ -1,16 +1,17 @@
 """The floor of the fleet benchmark: one process of a minimal redis-py consumer doing exactly
 the Redis work the transport does per job, and nothing else.
 
-``_fleet_floor.py URL THREADS CONSUMER [min]``: T threads, each in a loop: ``XREADGROUP COUNT 1`` from
-the pool's stream (as consumer CONSUMER of the transport's group), the transport's own Lua
-scripts from ``guestkit_worker.transports.redis.scripts`` with the arguments the transport
-gives them (``admit`` the delivered entry, ``start`` it, ``commit`` the result: store + job
-state + ack + delete in one step), the same result document serialised the same way (compact
-JSON, the transport's encoder settings).  No validation, no metrics, no handler, no thread
-hand-over.  Prints "ready" once connected, starts on a line on stdin, stops on SIGTERM.
-With ``min`` (the side ``floor-min``, for experiments) only the read and the commit script:
-what a transport whose jobs are admitted at submission and marked started in the commit would
-need per job.
+``_fleet_floor.py URL THREADS CONSUMER [min]``: T threads, each in a loop: the transport's own
+Lua scripts from ``guestkit_worker.transports.redis.scripts`` with the arguments the transport
+gives them: ``take`` (read one new entry of the pool's stream as consumer CONSUMER of the
+transport's group, admit it and mark it started, in one step; when none waits, a blocking
+``XREADGROUP`` and the ``admit`` script, as the transport does when its queue was empty) and
+``commit`` (store the result + job state + ack + delete, in one step), the same result
+document serialised the same way (compact JSON, the transport's encoder settings).  No
+validation, no metrics, no handler, no thread hand-over.  Prints "ready" once connected,
+starts on a line on stdin, stops on SIGTERM.  With ``min`` (the side ``floor-min``, for
+experiments) a plain ``XREADGROUP`` instead of the take script: the same round trips without
+the admission and start bookkeeping.
 """
 
 import hashlib
@@ -49,17 +50,15 @@ def main():
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
-    def one(entry, raw):
+    def one(entry, raw, admitted):
         doc = json.loads(raw)
         job_id = doc["job_id"]
         jk = k.job(job_id)
-        if not minimal:
+        started = time.time()
+        if not admitted and not minimal:  # read by the blocking XREADGROUP: admit and start it
             s.admit(keys=[k.jobs, k.dead, k.running, jk, k.index, k.result(job_id)],
                     args=[GROUP, me, entry, job_id, hashlib.sha256(raw).hexdigest(), doc["operation"], "1", "1",
-                          iso(time.time()), DEAD_MAXLEN])
-        started = time.time()
-        if not minimal:
-            s.start(keys=[k.jobs, k.running, jk], args=[GROUP, me, entry, 1, iso(started)])
+                          iso(started), DEAD_MAXLEN, iso(started)])
         now = time.time()
         done = iso(now)
         result = {"job_id": job_id, "status": "completed", "completed_at": done, "worker_id": me,
@@ -77,10 +76,18 @@ def main():
 
     def loop():
         while not stop.is_set():
+            if not minimal:
+                rows = s.take(keys=[k.jobs, k.running], args=[GROUP, me, 1, iso(time.time()), k.prefix])
+                for entry, fields, verdict in rows:
+                    if verdict != b"started":
+                        raise SystemExit(f"floor: take answered {verdict!r} for {entry!r}")
+                    one(entry.decode(), fields[fields.index(b"job") + 1], True)
+                if rows:
+                    continue
             reply = r.xreadgroup(GROUP, me, {k.jobs: ">"}, count=1, block=200)
             for _stream, batch in reply or []:
                 for entry, fields in batch:
-                    one(entry.decode(), fields[b"job"])
+                    one(entry.decode(), fields[b"job"], False)
 
     print("ready", flush=True)
     sys.stdin.readline()

@@ -282,7 +282,8 @@ def test_a_restarted_worker_first_takes_back_its_own_entries(make, redis_url, po
             seen.append((d.job_id, d.started, dead))
             new.release(d)
         assert new.reclaim(decide, 4) == 2  # no lease to wait for: they were its own
-        assert sorted(seen) == [("own-job-00001", True, "fixed-id"), ("own-job-00002", False, "fixed-id")]
+        # both count as started: fetch records the start of what it delivers (starts_on_fetch)
+        assert sorted(seen) == [("own-job-00001", True, "fixed-id"), ("own-job-00002", True, "fixed-id")]
         assert {d.job_id for d in new.fetch(4, 0.1)} == {"own-job-00001", "own-job-00002"}
     finally:
         new.close()
@@ -432,8 +433,8 @@ def test_redis_down_then_restarted_loses_nothing(tmp_path, pool):
 
 
 def test_an_entry_dropped_after_a_failed_give_back_is_reclaimed_by_its_own_live_worker(tmp_path, pool):
-    """The fleet's Redis-restart case, step by step: a job thread cannot mark its entry started
-    nor give it back (Redis away), so the worker drops it from its hold.  After the restart the
+    """The fleet's Redis-restart case, step by step: a job thread cannot give its entry back
+    (Redis away), so the worker drops it from its hold.  After the restart the
     entry is still pending under this live worker; the lease keeper's renewals must not keep it
     fresh, and the worker's own reclaim (every lease/2) takes it back."""
     server = start_redis(tmp_path / "redis")
@@ -443,8 +444,8 @@ def test_an_entry_dropped_after_a_failed_give_back_is_reclaimed_by_its_own_live_
         t.submit(make_job("dropped-job-001"))
         (d,) = t.fetch(1, 0.1)
         server.kill()
-        with pytest.raises(TransportUnavailable):
-            t.mark_started(d)
+        t.mark_started(d)  # recorded by the take script that delivered it: nothing to send
+        assert d.started
         with pytest.raises(TransportUnavailable):
             t.release(d)
         server.restart()  # the append-only file still holds the pending entry
@@ -584,26 +585,29 @@ def test_batched_scripts_skip_script_exists_and_survive_a_flushed_script_cache(m
     them; after SCRIPT FLUSH (a restarted server) the NOSCRIPT calls are made again, nothing lost."""
     t = make()
     r, k = redis_server.client(), Keys(pool)
-    for i in range(4):
+    for i in range(6):
         t.submit(make_job(f"sha-job-{i:04d}"))
-    before = _script_calls(r)
-    got = t.fetch(2, 0.1)
-    for d in got:
-        t.mark_started(d)
-    t.commit([Outcome(d, "completed", result={"job_id": d.job_id, "status": "completed", "data": None})
-              for d in got])
-    after = _script_calls(r)
+    for _round in range(2):  # the first round loads the scripts
+        before = _script_calls(r)
+        got = t.fetch(2, 0.1)
+        for d in got:
+            t.mark_started(d)
+        t.commit([Outcome(d, "completed", result={"job_id": d.job_id, "status": "completed", "data": None})
+                  for d in got])
+        after = _script_calls(r)
     assert after["script|exists"] == before["script|exists"]
-    assert after["evalsha"] - before["evalsha"] >= 6  # 2 admits, 2 starts, 2 commits
+    # one take (both entries read, admitted and started in one step; mark_started sends
+    # nothing), then the two commits in one pipeline
+    assert after["evalsha"] - before["evalsha"] == 3
     r.script_flush()
-    got = t.fetch(2, 0.1)  # admit answered NOSCRIPT, then loaded and run
-    assert [d.job_id for d in got] == ["sha-job-0002", "sha-job-0003"]
+    got = t.fetch(2, 0.1)  # take answered NOSCRIPT, then loaded and run
+    assert [d.job_id for d in got] == ["sha-job-0004", "sha-job-0005"]
     for d in got:
         t.mark_started(d)
     r.script_flush()
     t.commit([Outcome(d, "completed", result={"job_id": d.job_id, "status": "completed", "data": None})
               for d in got])
-    for i in range(4):
+    for i in range(6):
         assert t.job_status(f"sha-job-{i:04d}").status == "completed"
         assert t.get_result(f"sha-job-{i:04d}")["job_id"] == f"sha-job-{i:04d}"
     assert r.xlen(k.jobs) == 0 and r.xpending(k.jobs, GROUP)["pending"] == 0
@@ -627,7 +631,41 @@ def test_admit_says_whether_a_result_is_stored_under_the_job_id(make, redis_serv
     (d2,) = t.fetch(1, 0.1)
     assert d2.job_id == "result-look-001" and d2.name != d.name
     assert d2.no_result_yet is False
+    # a delivery with a result stored is not started by the take: the worker judges it first
+    assert d2.started is False and t.job_status("result-look-001").status == "pending"
     redis_server.client().delete(Keys(pool).result("result-look-001"))
     t.release(d2)
     (d3,) = t.fetch(1, 0.1)
     assert d3.no_result_yet is True
+    assert d3.started is True and t.job_status("result-look-001").status == "running"
+
+
+def test_take_reads_admits_and_starts_in_one_step_and_admits_foreign_entries_fully(make, redis_server, pool):
+    """fetch(): the take script starts an entry its job hash names (the job_id field written by
+    submit is only a hint); an entry XADDed by another producer, or one whose job_id field
+    names another job, is admitted by the admit script under the id in its document, and
+    started too; nothing is dead-lettered by a wrong hint."""
+    t = make()
+    r, k = redis_server.client(), Keys(pool)
+    t.submit(make_job("take-own-0001"))
+    own_entry = r.xrange(k.jobs)[-1]
+    assert own_entry[1][b"job_id"] == b"take-own-0001"  # the hint submit writes
+    plain = r.xadd(k.jobs, {"job": json.dumps(make_job("take-plain-001"))})
+    forged = r.xadd(k.jobs, {"job": json.dumps(make_job("take-forged-01")), "job_id": "take-own-0001"})
+    got = {d.job_id: d for d in t.fetch(3, 0.1)}
+    assert set(got) == {"take-own-0001", "take-plain-001", "take-forged-01"}
+    assert got["take-plain-001"].name == plain.decode() and got["take-forged-01"].name == forged.decode()
+    for job_id, d in got.items():
+        assert d.started and d.no_result_yet
+        st = t.job_status(job_id)
+        assert (st.status, st.worker_id) == ("running", t.worker_id)
+        assert r.hget(k.running, d.name) == t.worker_id.encode()
+    assert r.xlen(k.dead) == 0
+    assert r.hget(k.job("take-own-0001"), "entry") == own_entry[0]  # the forged hint changed nothing
+    for d in got.values():
+        t.mark_started(d)  # nothing left to send
+    completed_all = [Outcome(d, "completed", result={"job_id": d.job_id, "status": "completed", "data": None})
+                     for d in got.values()]
+    t.commit(completed_all)
+    assert {t.job_status(j).status for j in got} == {"completed"}
+    assert r.xlen(k.jobs) == 0 and r.xpending(k.jobs, GROUP)["pending"] == 0

@@ -52,8 +52,10 @@ class Delivery:
     * ``name``: short text naming the delivery in logs (a file name, a stream entry id);
     * ``job_id``: the job's id once known (set by the worker after :meth:`JobQueue.read`);
     * ``attempt``: the job's ``execution.attempt`` once known;
-    * ``started``: True once :meth:`JobQueue.mark_started` ran (or a reclaimed delivery whose
-      handler had started in a worker that died);
+    * ``started``: True once the job counts as started: :meth:`JobQueue.mark_started` ran, or
+      the transport records the start in the step that delivers (see
+      :attr:`JobQueue.starts_on_fetch`), or a reclaimed delivery whose handler had started
+      in a worker that died;
     * ``delivered_at``: wall-clock time of this delivery (for the queue-wait metric);
     * ``delivery_count``: how many times the queue has handed this entry out (1 the first time);
     * ``no_result_yet``: True when the transport, in the same atomic step that delivered it
@@ -166,6 +168,13 @@ ReclaimDecision = Callable[[Delivery, str], None]
 class JobQueue(abc.ABC):
     """Delivery of job documents to workers."""
 
+    #: True when :meth:`fetch` records each delivery as started in the same atomic step that
+    #: delivers it (one round trip less per job; the worker fetches only as many jobs as it
+    #: has free threads, so a fetched job starts at once unless it is refused or given back).
+    #: A worker that dies holding such a delivery has used one of the job's attempts, even if
+    #: its handler had not begun.  False: only :meth:`mark_started` records the start.
+    starts_on_fetch = False
+
     @abc.abstractmethod
     def open(self) -> None:
         """Connect or create what is needed and announce this worker as alive.  Raises
@@ -197,7 +206,8 @@ class JobQueue(abc.ABC):
     @abc.abstractmethod
     def mark_started(self, delivery: Delivery) -> None:
         """Record durably that the job's handler is about to run (reclaim then counts it as an
-        attempt).  Sets ``delivery.started``."""
+        attempt).  Sets ``delivery.started``.  Makes no round trip for a delivery whose start
+        :meth:`fetch` recorded already (:attr:`starts_on_fetch`)."""
 
     def extend_lease(self, delivery: Delivery) -> bool:
         """Renew this worker's claim on a running delivery; False when the lease was lost

@@ -26,7 +26,7 @@ RECLAIM_SCAN = 100
 class RedisDelivery(Delivery):
     """One stream entry delivered to this worker (``name`` is the entry id)."""
 
-    __slots__ = ("raw", "doc", "renewed", "poison", "lost")
+    __slots__ = ("raw", "doc", "renewed", "poison", "lost", "start_recorded")
 
     def __init__(self, entry: str, raw: bytes, doc: dict, *, started: bool = False,
                  delivery_count: int = 1, poison: Optional[tuple] = None) -> None:
@@ -34,6 +34,7 @@ class RedisDelivery(Delivery):
         self.raw, self.doc = raw, doc
         self.poison = poison  # (reason, detail) when the entry cannot be a job
         self.lost = False     # another worker owns the entry now
+        self.start_recorded = False  # the step that delivered it marked it started in Redis
         self.job_id = peek_job_id(doc)
         attempt = (doc.get("execution") or {}).get("attempt") if isinstance(doc.get("execution"), dict) else None
         self.attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 1
@@ -78,19 +79,56 @@ class QueueMixin:
         return SubmitReceipt(job_id, _text(outcome), _text(status), location=f"{k.jobs} {_text(entry)}")
 
     # -- delivery -----------------------------------------------------------------------
+    #: fetch() records the start of what it delivers (the take script; see JobQueue)
+    starts_on_fetch = True
+
     def fetch(self, max_count: int, timeout: float) -> Sequence[Delivery]:
+        """One round trip while jobs wait: the take script reads, admits and starts up to
+        max_count entries.  When it finds none, a blocking ``XREADGROUP`` waits for the first
+        (a script cannot block), and what it brings is admitted and started by the admit
+        script, a second round trip only when the queue was empty."""
         if max_count <= 0:
             return []
         self._ensure_group()
         self._alive()
-        block = int(max(0.0, min(timeout, MAX_BLOCK_SECONDS)) * 1000)
+        k = self.k
         with self._guard("fetch"):
-            reply = self.rb.xreadgroup(GROUP, self.worker_id, {self.k.jobs: ">"}, count=max_count,
-                                       block=block or None)
+            rows = self.s.take(keys=[k.jobs, k.running], args=[GROUP, self.worker_id, max_count, now_iso(), k.prefix])
+        if rows:
+            return self._taken(rows)
+        block = int(max(0.0, min(timeout, MAX_BLOCK_SECONDS)) * 1000)
+        if not block:
+            return []
+        with self._guard("fetch"):
+            reply = self.rb.xreadgroup(GROUP, self.worker_id, {k.jobs: ">"}, count=max_count, block=block)
         entries = [(_text(eid), fields) for _, batch in (reply or []) for eid, fields in batch]
-        return self._admit(entries, [1] * len(entries), [""] * len(entries))
+        return self._admit(entries, [1] * len(entries), [""] * len(entries), start=True)
 
-    def _admit(self, entries: list, counts: list, started_by: list, *, poison_to_worker: bool = True) -> list:
+    def _taken(self, rows: list) -> list:
+        """Deliveries of the take script's rows; its 'new' rows go through the admit script."""
+        out, new = [], []
+        for entry, fields, verdict in rows:
+            entry, verdict, fields = _text(entry), _text(verdict), _fields(fields)
+            if verdict == "new":
+                new.append((entry, fields))
+                continue
+            raw = fields.get(b"job")
+            doc, problem = self._decode(raw)
+            if problem:  # admitted by the script, yet this worker cannot read it: rejected and dead-lettered
+                d = RedisDelivery(entry, raw or b"", {}, poison=problem)
+            else:
+                d = RedisDelivery(entry, raw, doc)
+                d.no_result_yet = verdict == "started"
+            d.started = d.start_recorded = verdict == "started"
+            with self._lock:
+                self._held[entry] = d
+            out.append(d)
+        if new:
+            out += self._admit(new, [1] * len(new), [""] * len(new), start=True)
+        return out
+
+    def _admit(self, entries: list, counts: list, started_by: list, *, poison_to_worker: bool = True,
+               start: bool = False) -> list:
         """Turn delivered entries into deliveries.  A job is registered in its job hash (an
         entry XADDed by another producer has none yet); an entry whose job id another entry
         already holds is a duplicate and goes to the dead letters here.  An entry that cannot
@@ -114,10 +152,11 @@ class QueueMixin:
                     continue
                 d = RedisDelivery(entry, raw, doc, started=bool(starter), delivery_count=count)
                 op, cancellable, attempt = job_facts(doc)
+                now = now_iso()
                 calls.append((None, d, "admit", [k.jobs, k.dead, k.running, k.job(d.job_id), k.index,
                                                  k.result(d.job_id)],
                               [GROUP, self.worker_id, entry, d.job_id, digest(doc), op, cancellable, attempt,
-                               now_iso(), DEAD_MAXLEN]))
+                               now, DEAD_MAXLEN] + ([now] if start else [])))
             replies = self.s.batch([c[2:] for c in calls]) if calls else []
         for (reason, d, *_), reply in zip(calls, replies):
             if isinstance(reply, Exception):
@@ -130,8 +169,10 @@ class QueueMixin:
                     self._dead_lettered(reason)
                 continue
             answer = _text(reply)
-            if answer in ("ok", "stored"):
-                d.no_result_yet = answer == "ok"
+            if answer in ("ok", "started", "stored"):
+                d.no_result_yet = answer != "stored"
+                if answer == "started":
+                    d.started = d.start_recorded = True
                 with self._lock:
                     self._held[d.name] = d
                 out.append(d)
@@ -169,6 +210,11 @@ class QueueMixin:
         belongs to another worker by now, the delivery is marked lost instead of raising: the
         next extend_lease answers False, so the worker stops the run, and every store is
         fenced anyway."""
+        if delivery.start_recorded:  # the take (or admit) script that delivered it did it
+            delivery.start_recorded = False
+            delivery.started = True
+            delivery.renewed = time.monotonic()
+            return
         k = self.k
         with self._guard("start"):
             ok = self.s.start(keys=[k.jobs, k.running, k.job(delivery.job_id)],

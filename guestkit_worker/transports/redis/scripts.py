@@ -36,6 +36,22 @@ local function dead_letter(stream, dead, running, group, id, me, reason, detail,
   redis.call('XDEL', stream, id)
   redis.call('HDEL', running, id)
 end
+-- record that worker me starts entry id of job hash job (when that hash names the entry)
+local function mark_started(running, job, id, me, started_at, attempt)
+  redis.call('HSET', running, id, me)
+  if redis.call('HGET', job, 'entry') == id then
+    redis.call('HSET', job, 'status', 'running', 'worker_id', me, 'started_at', started_at)
+    if attempt then redis.call('HSET', job, 'attempt', attempt) end
+  end
+end
+-- queue a job document again as a new entry; job hash job (if it names entry old) follows it
+local function add_entry(stream, job, old, doc)
+  local jid = redis.call('HGET', job, 'job_id')
+  if jid and redis.call('HGET', job, 'entry') == old then
+    return redis.call('XADD', stream, '*', 'job', doc, 'job_id', jid), true
+  end
+  return redis.call('XADD', stream, '*', 'job', doc), false
+end
 """
 
 SOURCES: Dict[str, str] = {
@@ -47,22 +63,29 @@ if h[1] then
   if h[2] == ARGV[3] then return {'exists', h[1], h[3] or ''} end
   return {'conflict', h[1], h[3] or ''}
 end
-local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
+local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[1], 'job_id', ARGV[2])
 redis.call('HSET', KEYS[2], 'job_id', ARGV[2], 'status', 'pending', 'entry', id, 'digest', ARGV[3],
            'operation', ARGV[4], 'cancellable', ARGV[5], 'attempt', ARGV[6], 'submitted_at', ARGV[7])
 redis.call('ZADD', KEYS[3], tonumber(string.match(id, '^(%d+)')), ARGV[2])
 return {'created', 'pending', id}
 """,
     # KEYS jobs, dead, running, job, index[, result]; ARGV group, me, entry, job_id, digest,
-    # operation, cancellable, attempt, submitted_at, maxlen -> ok | stored | duplicate | lost
+    # operation, cancellable, attempt, submitted_at, maxlen[, started_at]
+    # -> ok | started | stored | duplicate | lost
     # A delivered entry becomes a known job (entries XADDed by other producers have no job
     # hash yet); an entry whose job id another entry already holds is a duplicate: dead letter.
     # 'stored' (with the result key given): admitted, and a result is stored under the job id
     # already ('ok': none is; only this entry's commit can store one while it is owned).
+    # With started_at: an admitted entry with no result stored is also marked started
+    # ('started'), as the take script does.
     "admit": r"""
 if not owned(KEYS[1], ARGV[1], ARGV[3], ARGV[2]) then return 'lost' end
 local function admitted()
   if KEYS[6] and redis.call('EXISTS', KEYS[6]) == 1 then return 'stored' end
+  if ARGV[11] then
+    mark_started(KEYS[3], KEYS[4], ARGV[3], ARGV[2], ARGV[11], ARGV[8])
+    return 'started'
+  end
   return 'ok'
 end
 local e = redis.call('HGET', KEYS[4], 'entry')
@@ -99,12 +122,41 @@ return 1
     "start": r"""
 if not owned(KEYS[1], ARGV[1], ARGV[3], ARGV[2]) then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[2])
-if redis.call('HGET', KEYS[3], 'entry') == ARGV[3] then
-  redis.call('HSET', KEYS[3], 'status', 'running', 'worker_id', ARGV[2], 'attempt', ARGV[4],
-             'started_at', ARGV[5])
-end
+mark_started(KEYS[2], KEYS[3], ARGV[3], ARGV[2], ARGV[5], ARGV[4])
 return 1
+""",
+    # KEYS jobs, running; ARGV group, me, how many, started_at, key prefix of the pool
+    # -> {{entry, fields, verdict}, ...}
+    # Reads up to 'how many' new entries for this consumer (never blocks: a script cannot) and,
+    # for each entry whose job hash (named by its job_id field) names that very entry, admits
+    # and starts it in the same step: 'started', or 'stored' (a result is kept under the job
+    # id: admitted, not started).  'new': no job_id field, or no job hash naming the entry (an
+    # entry XADDed by another producer): the caller admits it with the admit script.  The
+    # job_id field is only a hint: the job hash, written by submit, decides.  Keys built here
+    # share the pool's hash tag (one Cluster slot).
+    "take": r"""
+local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+local out = {}
+if not r then return out end
+for _, e in ipairs(r[1][2]) do
+  local id, f, jid, verdict = e[1], e[2] or {}, nil, 'new'
+  for i = 1, #f - 1, 2 do
+    if f[i] == 'job_id' then jid = f[i + 1] break end
+  end
+  if jid then
+    local jk = ARGV[5] .. 'job:' .. jid
+    if redis.call('HGET', jk, 'entry') == id then
+      if redis.call('EXISTS', ARGV[5] .. 'result:' .. jid) == 1 then
+        verdict = 'stored'
+      else
+        mark_started(KEYS[2], jk, id, ARGV[2], ARGV[4], nil)
+        verdict = 'started'
+      end
+    end
+  end
+  out[#out + 1] = {id, f, verdict}
+end
+return out
 """,
     # KEYS jobs, dead, running, job, result, progress, idem; ARGV group, me, entry, result,
     # ttl, status, ended_at, error json, idem mode (complete|release|''), job_id, dead reason
@@ -141,11 +193,10 @@ end
 if ARGV[11] ~= '' then
   dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[2], ARGV[11], ARGV[12], ARGV[13])
 elseif ARGV[14] ~= '' then
-  local mine = redis.call('HGET', KEYS[4], 'entry') == ARGV[3]
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
   redis.call('XDEL', KEYS[1], ARGV[3])
   redis.call('HDEL', KEYS[3], ARGV[3])
-  local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[14])
+  local id, mine = add_entry(KEYS[1], KEYS[4], ARGV[3], ARGV[14])
   if mine then
     redis.call('HSET', KEYS[4], 'entry', id, 'status', 'pending')
     redis.call('HDEL', KEYS[4], 'worker_id', 'started_at', 'completed_at')
@@ -165,8 +216,8 @@ if not owned(KEYS[1], ARGV[1], ARGV[3], ARGV[2]) then return 0 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
 redis.call('HDEL', KEYS[2], ARGV[3])
-local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[4])
-if redis.call('HGET', KEYS[3], 'entry') == ARGV[3] then
+local id, mine = add_entry(KEYS[1], KEYS[3], ARGV[3], ARGV[4])
+if mine then
   redis.call('HSET', KEYS[3], 'entry', id, 'status', 'pending', 'attempt', ARGV[5])
   redis.call('HDEL', KEYS[3], 'worker_id', 'started_at')
 end
