@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 #: (flags, dest, type, default, metavar, help): the API options of ``run`` and ``api``, in the
-#: same form as cli.RUN_OPTIONS (each also reads GUESTKIT_WORKER_<DEST>)
+#: same form as options.RUN_OPTIONS (each also reads GUESTKIT_WORKER_<DEST>)
 API_OPTIONS = [
     (("--api-addr",), "api_addr", str, None, "HOST:PORT", "serve the REST API on this address "
      "([::]:PORT for IPv6; off when not given; beyond loopback it needs --api-token-file and --allow-path)"),
@@ -60,7 +60,7 @@ def open_transport(args: argparse.Namespace, worker_id: str):
     """The configured transport as ``worker_id``, opened: the files on --jobs-dir/--results-dir
     (it holds a liveness lock, so that cancelling a waiting job can claim it), or the Redis
     stream of --pool with --transport redis."""
-    from .cli import transport_settings
+    from .options import transport_settings
     from .config import WorkerConfig
     from .transports import open_transport as build
     transport = build(WorkerConfig(jobs_dir=args.jobs_dir, results_dir=args.results_dir, worker_id=worker_id,
@@ -73,7 +73,7 @@ def admission_registry(args: argparse.Namespace, transport: Any):
     """The handler registry the API admits jobs with: the worker's path policy."""
     from .handlers import default_registry
     registry = default_registry()
-    from .cli import _allow_backing
+    from .options import allow_backing as _allow_backing
     registry.configure_paths(args.allow_path, transport.protected_paths, allow_backing=_allow_backing(args))
     return registry
 

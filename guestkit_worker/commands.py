@@ -51,7 +51,7 @@ def add_api_client_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_local_options(p: argparse.ArgumentParser) -> None:
-    from .cli import add_transport_options
+    from .options import add_transport_options
     g = p.add_argument_group("without --api")
     add_transport_options(g)
     g.add_argument("--jobs-dir", dest="jobs_dir", metavar="DIR", default=None,
@@ -271,7 +271,7 @@ def local_jobs(args: argparse.Namespace, allow_paths: Optional[list] = None, *, 
     from .config import WorkerConfig, default_worker_id
     from .transports import open_transport
     if (getattr(args, "transport", None) or os.environ.get(_ENV + "TRANSPORT")) == "redis":
-        from .cli import queue_config
+        from .options import queue_config
         cfg = queue_config(args, f"{default_worker_id()}-cli")
         return _local(open_transport(cfg), allow_paths, cfg.max_job_bytes, lock)
     jobs_dir = args.jobs_dir or os.environ.get(_ENV + "JOBS_DIR") or "./jobs"

@@ -17,10 +17,9 @@ import signal
 import threading
 import time
 
-log = logging.getLogger(__name__)
+from .exitcodes import EXIT_ABORTED
 
-#: exit status after a second SIGTERM/SIGINT
-EXIT_ABORTED = 130
+log = logging.getLogger(__name__)
 
 
 class SignalWatcher:

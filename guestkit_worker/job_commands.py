@@ -1,0 +1,90 @@
+"""Commands about job documents that run no worker: ``list-operations``, ``validate`` and
+``submit`` of one file (``commands.cmd_submit_jobs`` loops over the files and --wait)."""
+
+import os
+import sys
+
+from .exitcodes import EXIT_JOBS_FAILED, EXIT_OK, EXIT_USAGE
+from .options import allow_backing, allowed_paths, queue_config, usage_error
+
+
+def cmd_list_operations():
+    from .handlers import default_registry
+    reg = default_registry()
+    for op in reg.operations:
+        handler = reg.get(op)
+        try:
+            ok, detail = handler.engine_status()
+        except Exception as exc:
+            ok, detail = False, str(exc)
+        print(f"{op:<20} {'available' if ok else 'UNAVAILABLE':<12} {detail}")
+    return EXIT_OK
+
+
+def _check_file(path, registry):
+    """List of problems of one job file (empty when valid), and the parsed job: the worker's
+    own admission verdict (guestkit_worker.admission)."""
+    from .admission import problems
+    from .protocol import DEFAULT_MAX_JOB_BYTES
+    try:
+        if path == "-":
+            raw = sys.stdin.buffer.read(DEFAULT_MAX_JOB_BYTES + 1)
+        else:
+            with open(path, "rb") as fh:
+                raw = fh.read(DEFAULT_MAX_JOB_BYTES + 1)
+    except OSError as exc:
+        return [f"cannot read: {exc.strerror}"], None
+    return problems(raw, registry, DEFAULT_MAX_JOB_BYTES)
+
+
+def cmd_validate(args):
+    from .handlers import default_registry
+    reg = default_registry()
+    reg.configure_paths(allowed_paths(args), allow_backing=allow_backing(args))
+    bad = 0
+    for path in args.files:
+        problems, job = _check_file(path, reg)
+        if problems:
+            bad += 1
+            for problem in problems:
+                print(f"{path}: {problem}")
+        else:
+            print(f"{path}: ok ({job.job_id}, {job.operation})")
+    return EXIT_JOBS_FAILED if bad else EXIT_OK
+
+
+def cmd_submit(args):
+    from .handlers import default_registry
+    from .errors import ConfigError
+    from .preflight import existing_dir
+    cfg = queue_config(args, f"submit-{os.getpid()}")
+    try:  # a typo must not create a directory no worker reads
+        if cfg.transport == "file":
+            existing_dir("--jobs-dir", cfg.jobs_dir)
+    except ConfigError as exc:
+        return usage_error(str(exc))
+    reg = default_registry()
+    reg.configure_paths(allowed_paths(args), allow_backing=allow_backing(args))
+    problems, job = _check_file(args.job, reg)
+    if problems:
+        for problem in problems:
+            print(f"{args.job}: {problem}", file=sys.stderr)
+        return EXIT_JOBS_FAILED
+    from .transports import open_transport
+    try:
+        receipt = open_transport(cfg).submit(job.doc)
+    except ConfigError as exc:
+        return usage_error(str(exc))
+    except OSError as exc:
+        print(f"{args.job}: cannot queue it: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if receipt.outcome == "exists":
+        print(f"{args.job}: job {job.job_id} was submitted before ({receipt.status}: {receipt.location})",
+              file=sys.stderr)
+        return EXIT_JOBS_FAILED
+    if receipt.outcome == "conflict":
+        print(f"{args.job}: job id {job.job_id} is already used by another job ({receipt.status}: "
+              f"{receipt.location})", file=sys.stderr)
+        return EXIT_JOBS_FAILED
+    print(receipt.location)
+    return EXIT_OK
