@@ -245,10 +245,9 @@ PEERS: Dict[str, Peer] = {p.name: p for p in (
          "unacked messages are requeued by another worker after its heartbeat times out"),
     Peer("rq", "rq", _rq_setup, rq_enqueue, rq_simple_work, rq_stored,
          "at most once: a job whose worker died is moved to the failed registry "
-         "(abandoned), not run again unless the job asked for retries", processes_per_thread=True,
-         jobs_divisor=4),
+         "(abandoned), not run again unless the job asked for retries", processes_per_thread=True),
     Peer("rq-fork", "rq", _rq_setup, rq_enqueue, rq_fork_work, rq_stored,
-         "as rq (the work horse is a forked child per job)", processes_per_thread=True, jobs_divisor=40),
+         "as rq (the work horse is a forked child per job)", processes_per_thread=True, jobs_divisor=4),
     Peer("huey", "huey", _huey_app, huey_enqueue, huey_work, huey_stored,
          "at most once: BRPOP takes the task off the list, no acknowledgement; a task running "
          "in a worker that dies is lost"),
