@@ -194,8 +194,9 @@ def main():
     p.add_argument("--jobs", type=int, default=2000, help="jobs per side per round (default 2000)")
     p.add_argument("--threads", default="1,4", help="thread counts (default 1,4)")
     p.add_argument("--sides", help="comma-separated subset of floor,worker,worker-off,huey (for experiments)")
-    p.add_argument("--alt", help="A/B experiment: directory with a modified guestkit_worker package, run as "
-                                 "the extra side worker-alt (metrics on)")
+    p.add_argument("--alt", action="append", default=[],
+                   help="A/B experiment: directory with a modified guestkit_worker package, run as the extra side "
+                        "worker-alt (metrics on); repeat it for more variants (worker-alt2, worker-alt3, ...)")
     args = p.parse_args()
     rounds = args.rounds or 5
     counts = [int(x) for x in args.threads.split(",")]
@@ -203,8 +204,8 @@ def main():
     sides = ["floor", "worker"] + (["huey"] if with_huey else [])
     if args.sides:
         sides = [s for s in args.sides.split(",") if s in sides + ["worker-off"]]
-    if args.alt:
-        sides.append("worker-alt")
+    alts = {("worker-alt" if i == 0 else f"worker-alt{i + 1}"): d for i, d in enumerate(args.alt)}
+    sides += list(alts)
     rates = {(c, s): [] for c in counts for s in sides}
     walls = {(c, s): [] for c in counts for s in sides}
     pairs = {c: [] for c in counts}  # per-round on/off ratio
@@ -223,7 +224,7 @@ def main():
                         rate, wall = run_floor(base, names, c)
                     else:
                         rate, wall = run_worker(base, names, c, metrics=side != "worker-off",
-                                                alt=args.alt if side == "worker-alt" else None)
+                                                alt=alts.get(side))
                 rates[(c, side)].append(rate)
                 walls[(c, side)].append(wall)
             if "worker-off" in sides and "worker" in sides:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from . import outcomes as docs
 from .admission import check_job, routed_elsewhere
@@ -45,7 +45,9 @@ class Executor:
         self.children: Any = None  # orphans.ChildRegistry, set when the worker opens
 
     # -- one delivery -------------------------------------------------------------------
-    def process(self, delivery: Any) -> None:
+    def process(self, delivery: Any, take_next: Optional[Callable[[], Any]] = None) -> Any:
+        """Run one delivery.  take_next: called once the outcome is handed over, for the next
+        delivery this thread runs in the same slot (None: the slot is free); returned."""
         run = Run(delivery)
         started = False
         try:
@@ -53,8 +55,12 @@ class Executor:
                 started = True
                 self.table.started()
                 self._execute(run)
-        finally:
+        except BaseException:
             self.table.done(started, detached=run.detached)
+            raise
+        following = take_next() if take_next is not None and not run.detached else None
+        self.table.done(started, detached=run.detached, replaced=following is not None)
+        return following
 
     def _admit(self, run: Run) -> bool:
         """Parse and check a delivered job; reject, release or mark it duplicate.  True: run it."""

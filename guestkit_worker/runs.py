@@ -75,13 +75,18 @@ class RunTable:
         with self.lock:
             self.not_started -= 1
 
-    def done(self, started: bool, detached: bool = False) -> None:
+    def done(self, started: bool, detached: bool = False, replaced: bool = False) -> None:
+        """A delivery is done with; replaced: its thread took the next one itself, which keeps
+        the slot (nobody is woken)."""
         with self.lock:
-            self.in_hand -= 1
             if not started:
                 self.not_started -= 1
             if detached:
                 self.detached -= 1
+            if replaced:
+                self.not_started += 1
+                return
+            self.in_hand -= 1
             self.changed.notify_all()
 
     def wake(self) -> None:

@@ -265,21 +265,39 @@ class Worker:
                 time.sleep(poll)
 
     def _job_thread(self) -> None:
+        take_next = self._take_next if getattr(self.transport, "fetch_from_job_threads", False) else None
+        d = None
         while True:
-            d = self._deliveries.get()
-            if d is None:  # shutdown sentinel
-                return
+            if d is None:
+                d = self._deliveries.get()
+                if d is None:  # shutdown sentinel
+                    return
             if self._stopping():  # taken, never started: back to the queue
                 try:
                     self.transport.release(d)
                 except OSError as exc:
                     log.error("job %s: cannot give it back (%s); it stays held for recovery", d.name, exc)
                 self.table.done(False)
+                d = None
                 continue
             try:
-                self.executor.process(d)
+                d = self.executor.process(d, take_next)
             except Exception:
                 log.exception("job %s: unexpected error; the worker keeps running", d.name)
+                d = None
+
+    def _take_next(self) -> Optional[Any]:
+        """The next delivery for a job thread that has just finished one, taken without waiting
+        (no hand-over through the consumer); None when the queue looks empty, or while the
+        worker stops or backs off (the consumer then decides)."""
+        if self._stopping() or time.monotonic() < self._backoff_until:
+            return None
+        try:
+            got = self.transport.fetch(1, 0.0)
+        except Exception as exc:  # the consumer's fetch reports it
+            log.debug("fetching in a job thread: %s", exc)
+            return None
+        return got[0] if got else None
 
     # -- shutdown -----------------------------------------------------------------------
     def _shutdown(self) -> None:

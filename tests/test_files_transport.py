@@ -64,8 +64,8 @@ def test_foreign_names_are_remembered_within_a_bound(tmp_path, monkeypatch):
 
 def test_a_running_job_id_is_held_once_and_freed_when_its_holder_dies(tmp_path):
     """Two deliveries of one job id: the second cannot hold it while the first does (also in
-    the same worker); a worker process that dies holding it (SIGKILL) frees it; nothing is
-    written per job."""
+    the same worker); a worker holds all its ids through one descriptor; a worker process that
+    dies holding it (SIGKILL) frees it; nothing is written per job."""
     import signal
     import subprocess
     import sys
@@ -82,6 +82,15 @@ def test_a_running_job_id_is_held_once_and_freed_when_its_holder_dies(tmp_path):
         assert a.hold_job_id(da)
         assert not b.hold_job_id(db) and db.id_busy
         assert not a.hold_job_id(dc)
+        others = [delivery(f"y-{i}.json") for i in range(3)]
+        for i, d in enumerate(others):
+            d.job_id = f"other-id-{i:04d}"
+            assert a.hold_job_id(d)
+        lock_file = os.path.realpath(a.layout.running_ids_path)
+        fds = [n for n in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{n}") == lock_file]
+        assert len(fds) == 2  # one per worker (b opened its own for its try), not one per held id
+        for d in others:
+            a._drop_job_id(d)
         a._drop_job_id(da)
         assert b.hold_job_id(db)
         b._drop_job_id(db)

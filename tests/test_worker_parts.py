@@ -3,6 +3,7 @@ the watchdog (injected clock, no sleeps), the committer and recovery (against st
 transports), the lease keeper, and cancellation that a handler cannot swallow."""
 
 import json
+import os
 import threading
 import time
 import types
@@ -260,3 +261,53 @@ def test_a_watchdog_pass_that_raises_is_survived_and_a_dead_thread_makes_health_
         w.request_stop()
         runner.join(30)
     assert not runner.is_alive()
+
+
+class CountingHandler(Handler):
+    """Records how many jobs run at once and how many deliveries the worker holds meanwhile."""
+    name = "test.count"
+    operations = ("test.count",)
+    payload_types = ("test.count.v1",)
+
+    def __init__(self, table):
+        self.table, self.lock = table, threading.Lock()
+        self.running = self.most_running = self.most_in_hand = 0
+
+    def execute(self, context, data):
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+            self.most_in_hand = max(self.most_in_hand, self.table.in_hand)
+        time.sleep(0.005)
+        with self.lock:
+            self.running -= 1
+        return HandlerResult(data=data)
+
+
+def test_job_threads_take_their_next_job_themselves_within_the_slots(dirs):
+    """A job thread that has finished a job claims the next one itself (no hand-over through
+    the consumer thread), in the slot it holds: never more deliveries in hand than
+    --max-concurrent, every job runs once, and the table's counts end at zero."""
+    for i in range(40):
+        write_job(dirs.jobs, make_job(f"self-take-{i:04d}", "test.count"))
+    cfg = WorkerConfig(jobs_dir=dirs.jobs, results_dir=dirs.results, work_dir=dirs.work, worker_id="self-take-w",
+                       once=True, durable=False, poll_interval=0.05, max_concurrent=3)
+    handlers = default_registry(load_plugins=False)
+    w = Worker(cfg, handlers=handlers, registry=CollectorRegistry())
+    counting = CountingHandler(w.table)
+    handlers.register(counting)
+    w.open()
+    claimed_by, real_fetch = {}, w.transport.fetch
+
+    def recording_fetch(max_count, timeout):  # the real transport's fetch, its caller noted
+        got = real_fetch(max_count, timeout)
+        kind = "job" if threading.current_thread().name.startswith("job") else threading.current_thread().name
+        claimed_by[kind] = claimed_by.get(kind, 0) + len(got)
+        return got
+    w.transport.fetch = recording_fetch
+    assert w.run() == 0
+    assert sorted(os.listdir(os.path.join(dirs.jobs, "done"))) == [f"self-take-{i:04d}.json" for i in range(40)]
+    assert all(dirs.result(f"self-take-{i:04d}")["status"] == "completed" for i in range(40))
+    assert sum(claimed_by.values()) == 40 and claimed_by.get("job", 0) > 0, claimed_by
+    assert 1 <= counting.most_running <= 3 and counting.most_in_hand <= 3
+    assert (w.table.in_hand, w.table.not_started) == (0, 0)

@@ -175,6 +175,10 @@ class JobQueue(abc.ABC):
     #: its handler had not begun.  False: only :meth:`mark_started` records the start.
     starts_on_fetch = False
 
+    #: a job thread that has finished a job may take its next one itself with ``fetch(1, 0)``
+    #: (no hand-over through the consumer thread); True where that look is a cheap local one
+    fetch_from_job_threads = False
+
     @abc.abstractmethod
     def open(self) -> None:
         """Connect or create what is needed and announce this worker as alive.  Raises

@@ -67,6 +67,7 @@ class FileTransport(FileQueue, FileLiveness, FileResults, FileIndex, Transport):
 
     def close(self) -> None:
         self._drop_lock()
+        self._close_job_ids()
         if self._results_fd is not None:
             os.close(self._results_fd)
             self._results_fd = None

@@ -37,13 +37,15 @@ class FileDelivery(Delivery):
         super().__init__(name, started=started)
         self.path = path
         self.cancel_marker: Optional[str] = None
-        self.id_lock: Optional[int] = None  # the descriptor holding its job id's lock (hold_job_id)
+        self.id_lock: Optional[tuple] = None  # (byte, job id) of its job id's lock (hold_job_id)
         self.id_busy = False   # ... or found it held by another worker
 
 
 class FileQueue:
     """Mixin of FileTransport: needs self.layout, self.max_job_bytes, self.durable, self.once,
     self.poll_interval (set by FileTransport.__init__)."""
+
+    fetch_from_job_threads = True  # a claim is one rename in a list kept in memory
 
     def _init_queue(self) -> None:
         # Names of the job files in our processing dir.  Only this process writes there (the

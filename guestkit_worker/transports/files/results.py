@@ -31,6 +31,9 @@ class FileResults:
         self._committed = threading.Condition()
         self._generation = 0                   # bumped by every commit (wait_result wakes on it)
         self._cancel_seen: set = set()         # job ids whose cancel request was reported
+        self._ids_fd: Optional[int] = None     # the running-ids lock file, shared by hold_job_id
+        self._ids_held: dict = {}              # locked byte -> job ids running here
+        self._ids_lock = threading.Lock()
 
     # -- results ------------------------------------------------------------------------
     def encode_result(self, result: Mapping) -> bytes:
@@ -198,27 +201,57 @@ class FileResults:
     # -- running job ids ----------------------------------------------------------------
     def hold_job_id(self, delivery: Delivery) -> bool:
         """An exclusive lock on one byte of ``jobs/.processing/.running-ids.lock``, at an
-        offset drawn from the job id's hash, on a descriptor of its own (an open-file-description
-        lock, so two threads of one worker exclude each other too).  Nothing is written: no
-        disk cost per job, and the kernel drops the lock when its holder dies."""
-        fd = os.open(self.layout.running_ids_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.fcntl(fd, _F_OFD_SETLK, _byte_lock(fcntl.F_WRLCK, delivery.job_id))
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
+        offset drawn from the job id's hash (an open-file-description lock, so other workers'
+        locks exclude it whatever their process).  Nothing is written: no disk cost per job,
+        and the kernel drops the lock when its holder dies.  This worker's running ids share one
+        descriptor, opened once: they exclude each other here, in memory."""
+        job_id = delivery.job_id
+        offset = _offset(job_id)
+        with self._ids_lock:
+            held = self._ids_held.get(offset)
+            if held is None:
+                if self._ids_fd is None:
+                    self._ids_fd = os.open(self.layout.running_ids_path,
+                                           os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                try:
+                    fcntl.fcntl(self._ids_fd, _F_OFD_SETLK, _byte_lock(fcntl.F_WRLCK, offset))
+                except OSError as exc:
+                    if exc.errno in (errno.EAGAIN, errno.EACCES):
+                        delivery.id_busy = True
+                        return False
+                    raise
+                held = self._ids_held[offset] = set()
+            elif job_id in held:
                 delivery.id_busy = True
                 return False
-            raise
-        delivery.id_lock = fd
+            held.add(job_id)  # (another id whose byte this is runs here too: it is locked already)
+        delivery.id_lock = (offset, job_id)
         return True
 
     def _drop_job_id(self, delivery: Delivery) -> None:
         """End delivery's hold of its job id (acknowledged, retried or released)."""
-        fd = getattr(delivery, "id_lock", None)
-        if fd is not None:
-            delivery.id_lock = None
-            os.close(fd)  # drops the lock
+        lock = getattr(delivery, "id_lock", None)
+        if lock is None:
+            return
+        delivery.id_lock = None
+        offset, job_id = lock
+        with self._ids_lock:
+            held = self._ids_held.get(offset)
+            if held is None:
+                return
+            held.discard(job_id)
+            if held:
+                return
+            del self._ids_held[offset]
+            if self._ids_fd is not None:
+                fcntl.fcntl(self._ids_fd, _F_OFD_SETLK, _byte_lock(fcntl.F_UNLCK, offset))
+
+    def _close_job_ids(self) -> None:
+        with self._ids_lock:
+            if self._ids_fd is not None:
+                os.close(self._ids_fd)  # drops every lock still held
+                self._ids_fd = None
+            self._ids_held.clear()
 
     def _settle_key(self, o: Outcome) -> None:
         """Complete or release the outcome's key once its result is durable, before the job file
@@ -245,10 +278,14 @@ _F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
 _FLOCK = "hhqqi4x"
 
 
-def _byte_lock(kind: int, job_id: str) -> bytes:
-    """The struct flock of job_id's byte: 62 bits of its SHA-256 (a collision between two ids
-    running at once only makes one of them wait)."""
-    offset = int.from_bytes(hashlib.sha256(job_id.encode("utf-8")).digest()[:8], "big") >> 2
+def _offset(job_id: str) -> int:
+    """The byte of job_id: 62 bits of its SHA-256 (a collision between two ids running in two
+    workers at once only makes one of them wait)."""
+    return int.from_bytes(hashlib.sha256(job_id.encode("utf-8")).digest()[:8], "big") >> 2
+
+
+def _byte_lock(kind: int, offset: int) -> bytes:
+    """The struct flock of one byte."""
     return struct.pack(_FLOCK, kind, os.SEEK_SET, offset, 1, 0)
 
 
