@@ -1,11 +1,18 @@
-"""One HTTP connection of :mod:`guestkit_worker.wsgiserver`: read one request within its
-deadlines, run the WSGI app, log quietly.
+"""One HTTP connection of :mod:`guestkit_worker.wsgiserver`: read requests within their
+deadlines, run the WSGI app, keep the connection for the next request when HTTP allows it, log
+quietly.
 
 The TLS handshake (when the socket is wrapped) runs here, on the connection's thread.  A
-connection silent for ``CONNECTION_TIMEOUT`` seconds per read, or that has not delivered its
-whole request ``REQUEST_DEADLINE`` seconds after its thread took it, is dropped; request lines
-over ``MAX_REQUEST_LINE`` bytes get 414.  Request logs go to this module's logger at DEBUG,
-never to stderr, and no reply names the Python version.
+connection silent for ``CONNECTION_TIMEOUT`` seconds per read, or that has not delivered a whole
+request ``REQUEST_DEADLINE`` seconds after a thread took it up, is dropped; request lines over
+``MAX_REQUEST_LINE`` bytes get 414.  Persistent connections: after a complete answer the
+connection stays open when the client spoke HTTP/1.1 without ``Connection: close`` (or HTTP/1.0
+with ``Connection: keep-alive``), the answer had a ``Content-Length``, its status was below 500
+and the request's body was read to its end; at most ``MAX_REQUESTS_PER_CONNECTION`` requests
+per connection.  A request already buffered (pipelined) is answered at once on the same
+thread; otherwise :meth:`RequestHandler.serve` returns True and the server parks the connection
+without a thread until its next request starts.  Request logs go to this module's logger at
+DEBUG, never to stderr, and no reply names the Python version.
 """
 
 import io
@@ -24,6 +31,8 @@ CONNECTION_TIMEOUT = 10.0
 REQUEST_DEADLINE = 30.0
 #: Longest request line accepted; longer ones get 414 (same limit as http.server).
 MAX_REQUEST_LINE = 65536
+#: Requests answered on one connection before the server closes it (``Connection: close``).
+MAX_REQUESTS_PER_CONNECTION = 1000
 #: Bounds on reading and discarding what a rejected client still sends (see _discard_input).
 _DISCARD_MAX_BYTES = 1 << 20
 _DISCARD_MAX_SECONDS = 2.0
@@ -61,13 +70,24 @@ _ERRORS = _LogStream()
 
 
 class _DeadlineReader(io.RawIOBase):
-    """Raw reader over a socket that gives up once the request's overall deadline passes."""
+    """Raw reader over a socket that gives up once the current request's deadline passes.
 
-    def __init__(self, sock, deadline, timeout):
+    :meth:`arm` starts a request's deadline; :meth:`ready` tells, without waiting, whether more
+    of the stream has already arrived (``eof`` is set when the peer closed its side)."""
+
+    def __init__(self, sock, timeout):
         super().__init__()
         self._sock = sock
+        self._timeout = timeout
+        self._deadline = 0.0
+        self._polling = False
+        self.eof = False
+
+    def arm(self, deadline, timeout):
+        """Start a request: a fresh deadline and per-read timeout."""
         self._deadline = deadline
         self._timeout = timeout
+        self._sock.settimeout(timeout)
 
     def readable(self):
         """Always readable."""
@@ -75,19 +95,97 @@ class _DeadlineReader(io.RawIOBase):
 
     def readinto(self, buffer):
         """recv_into, with the socket timeout shortened to what is left of the deadline."""
+        if self._polling:
+            return self._read_ready(buffer)
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("request not received within the deadline")
         if left < self._timeout:
             self._timeout = left
             self._sock.settimeout(left)
-        return self._sock.recv_into(buffer)
+        n = self._sock.recv_into(buffer)
+        self.eof = n == 0
+        return n
+
+    def _read_ready(self, buffer):
+        sock = self._sock
+        if isinstance(sock, ssl.SSLSocket):
+            if not sock.pending():
+                return None  # what waits in the kernel wakes the server's selector
+            return sock.recv_into(buffer)
+        sock.settimeout(0.0)
+        try:
+            n = sock.recv_into(buffer)
+        except (BlockingIOError, InterruptedError):
+            return None
+        self.eof = n == 0
+        return n
+
+    def ready(self, rfile):
+        """True when ``rfile`` (the buffered reader over this) has bytes to read right now."""
+        self._polling = True
+        try:
+            return bool(rfile.peek(1))
+        except OSError:
+            self.eof = True
+            return False
+        finally:
+            self._polling = False
+
+
+class _Body:
+    """``wsgi.input``: the request body, never past its ``Content-Length`` (so the next request
+    on the connection stays unread); ``left`` counts what the app has not read."""
+
+    __slots__ = ("_rfile", "left")
+
+    def __init__(self, rfile, length):
+        self._rfile = rfile
+        self.left = length
+
+    def read(self, size=-1):
+        """At most ``size`` bytes of what is left of the body (all of it by default)."""
+        if size is None or size < 0 or size > self.left:
+            size = self.left
+        if not size:
+            return b""
+        data = self._rfile.read(size)
+        self.left -= len(data)
+        if not data:
+            self.left = 0
+        return data
+
+    def readline(self, size=-1):
+        """One line of the body, within what is left."""
+        if size is None or size < 0 or size > self.left:
+            size = self.left
+        if not size:
+            return b""
+        data = self._rfile.readline(size)
+        self.left -= len(data)
+        if not data:
+            self.left = 0
+        return data
+
+    def readlines(self, hint=-1):
+        """The remaining lines of the body."""
+        return list(iter(self.readline, b""))
+
+    def __iter__(self):
+        return iter(self.readline, b"")
 
 
 class _ServerHandler(ServerHandler):
-    """wsgiref's per-request handler with our software name and logging instead of stderr."""
+    """wsgiref's per-request handler: our software name, logging instead of stderr, no copy of
+    the process environment in each request, and the ``Connection`` header of the answer."""
 
     server_software = SERVER_NAME
+    os_environ = {}
+
+    def cleanup_headers(self):
+        """Content-Length when known; keep the connection only if every condition holds."""
+        super().cleanup_headers()
+        self.request_handler.decide_keep_alive(self)
 
     def log_exception(self, exc_info):
         """Log an exception raised by the WSGI app (the client gets a 500)."""
@@ -96,12 +194,24 @@ class _ServerHandler(ServerHandler):
 
 
 class RequestHandler(WSGIRequestHandler):
-    """One connection, one request: timeout, TLS handshake in this thread, quiet logging."""
+    """One connection and its requests: timeouts, TLS handshake in this thread, keep-alive,
+    quiet logging.  Built by the server once per connection (``setup()`` runs at once); each
+    :meth:`serve` answers the requests that have arrived."""
 
     wbufsize = -1  # buffer the reply so status line, headers and body leave in one send
     server_version = SERVER_NAME
+    protocol_version = "HTTP/1.1"  # parse_request honours keep-alive; error replies say 1.1
     # Error replies to unparsable request lines get a real status line; no HTTP/0.9 bodies-only.
     default_request_version = "HTTP/1.0"
+
+    def __init__(self, request, client_address, server):  # pylint: disable=super-init-not-called
+        self.request = request
+        self.client_address = client_address
+        self.server = server
+        self.requests = 0
+        self.close_connection = True
+        self._body = None
+        self.setup()
 
     def version_string(self):
         """The ``Server`` header of error replies: no Python version on the wire."""
@@ -113,17 +223,39 @@ class RequestHandler(WSGIRequestHandler):
         conn.settimeout(CONNECTION_TIMEOUT)
         if isinstance(conn, ssl.SSLSocket):
             conn.do_handshake()
-        self.rfile = io.BufferedReader(
-            _DeadlineReader(conn, time.monotonic() + self.request_deadline(), CONNECTION_TIMEOUT))
+        self._reader = _DeadlineReader(conn, CONNECTION_TIMEOUT)
+        self.rfile = io.BufferedReader(self._reader)
         self.wfile = conn.makefile("wb", self.wbufsize)
 
     def request_deadline(self):
         """Seconds the whole request may take: the server's ``request_deadline`` or the default."""
         return getattr(self.server, "request_deadline", None) or REQUEST_DEADLINE
 
+    def serve(self):
+        """Answer requests while they are already arriving; True when the connection stays open
+        for a later one (the caller parks it), False when it is done (the caller closes it)."""
+        deadline = self.request_deadline()
+        while True:
+            self._reader.arm(time.monotonic() + deadline, CONNECTION_TIMEOUT)
+            self.close_connection = True
+            self.handle_one_request()
+            self.wfile.flush()
+            if self.close_connection:
+                return False
+            if not self._reader.ready(self.rfile):
+                return not self._reader.eof
+
     def handle(self):
+        """Answer the requests of this connection until it is done (for callers of the
+        standard socketserver protocol)."""
+        while self.serve():
+            pass
+
+    def handle_one_request(self):
         """Read one request; answer 414 to over-long request lines and 400 to garbage."""
         self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        if not self.raw_requestline:
+            return  # the client closed between requests
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
             self.requestline = self.request_version = self.command = ""
             self.send_error(414)
@@ -131,10 +263,48 @@ class RequestHandler(WSGIRequestHandler):
             return
         if not self.parse_request():  # parse_request already sent the error reply
             return
-        handler = _ServerHandler(self.rfile, self.wfile, _ERRORS, self.get_environ(),
-                                 multithread=True)
+        self.requests += 1
+        if self.requests >= getattr(self.server, "max_requests", MAX_REQUESTS_PER_CONNECTION):
+            self.close_connection = True
+        environ = self.get_environ()
+        length = environ.get("CONTENT_LENGTH")
+        if "HTTP_TRANSFER_ENCODING" in environ or (length and not length.isdigit()):
+            self.close_connection = True   # a body we cannot delimit: the app reads the stream
+            self._body, stdin = None, self.rfile
+        else:
+            self._body = stdin = _Body(self.rfile, int(length) if length else 0)
+        handler = _ServerHandler(stdin, self.wfile, _ERRORS, environ, multithread=True)
         handler.request_handler = self
         handler.run(self.server.get_app())
+        if handler.status is not None:   # the app failed after its headers: end the connection
+            self.close_connection = True
+
+    def decide_keep_alive(self, handler):
+        """Called as ``handler`` sends its headers: keep the connection only for a complete,
+        delimited answer to a fully read request; say so in the ``Connection`` header."""
+        headers = handler.headers
+        keep = (not self.close_connection and self._body is not None and self._body.left == 0
+                and "Content-Length" in headers and handler.status[:1] < "5")
+        self.close_connection = not keep
+        modern = self.request_version != "HTTP/1.0"
+        handler.http_version = "1.1" if modern else "1.0"
+        if not keep:
+            headers["Connection"] = "close"
+        elif not modern:
+            headers["Connection"] = "keep-alive"
+
+    def close(self):
+        """Close the connection's files and socket (the server calls this when it is done)."""
+        for stream in (self.wfile, self.rfile):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.connection.close()
 
     def _discard_input(self):
         """Send what is buffered, then swallow (bounded) what the client is still sending.
@@ -142,6 +312,7 @@ class RequestHandler(WSGIRequestHandler):
         Closing a socket with unread input makes the kernel answer with a reset that can
         destroy our error reply before the client reads it.
         """
+        self.close_connection = True
         try:
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_WR)

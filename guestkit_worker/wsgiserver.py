@@ -11,9 +11,12 @@
   longest without sending anything (that one is closed); when every slot is busy answering a
   request, the newcomer is refused at once: a plain ``503`` with ``Retry-After`` (just closed on
   TLS) -- it never waits in the kernel's queue for a thread;
+* a persistent (keep-alive) connection goes back to the waiting room after each answer: an idle
+  keep-alive connection holds no thread, counts as open, and is the first to make room;
 * a connection silent for ``CONNECTION_TIMEOUT`` seconds (in the waiting room, or between two
-  reads) is closed; the rest of a connection's life (request deadline, TLS handshake on its own
-  thread, 414 for over-long request lines, quiet logging) is :mod:`guestkit_worker.http_request`.
+  reads) is closed; the rest of a connection's life (request deadline, keep-alive rules, TLS
+  handshake on its own thread, 414 for over-long request lines, quiet logging) is
+  :mod:`guestkit_worker.http_request`.
 
 ``serve_wsgi(..., start=False)`` binds (so a port in use is a :class:`ConfigError` before
 anything else happens) without accepting; :meth:`WSGIService.start` begins accepting, so a
@@ -22,20 +25,16 @@ program can start its own threads first.
 
 import collections
 import errno
-import ipaddress
 import logging
 import queue
-import re
 import selectors
 import socket
-import socketserver
-import ssl
 import threading
 import time
-from wsgiref.simple_server import WSGIServer
 
-from . import http_request
+from . import http_request, httplisten
 from .errors import ConfigError
+from .httplisten import ListeningServer, display_addr, parse_addr
 
 logger = logging.getLogger(__name__)
 
@@ -56,94 +55,6 @@ _BUSY_BODY = b"503 busy: too many connections; retry later\n"
 _BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
          b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
          % (len(_BUSY_BODY), _BUSY_BODY))
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*\.?")
-_PORT_RE = re.compile(r"[0-9]{1,5}")
-
-
-# -- address parsing ----------------------------------------------------------------------
-
-def parse_addr(text, option="--metrics-addr"):
-    """Parse a ``HOST:PORT`` option value into ``(host, port)``.
-
-    Accepted forms: ``HOST:PORT`` (IPv4 address or host name), ``[IPV6]:PORT`` and ``:PORT``,
-    which means every IPv4 interface (host ``"0.0.0.0"``; use ``[::]:PORT`` for dual stack).
-    Port 0 asks the kernel for a free port.  Raises :class:`ConfigError` naming ``option``.
-    """
-    def bad(reason=None):
-        detail = f" ({reason})" if reason else ""
-        return ConfigError(f"{option}: expected HOST:PORT, got {text!r}{detail}")
-
-    if not isinstance(text, str):
-        raise bad("not a string")
-    value = text.strip()
-    if value.startswith("["):
-        close = value.find("]")
-        if close < 0 or value[close + 1:close + 2] != ":":
-            raise bad("an IPv6 address must look like [::1]:9090")
-        host, port_text = value[1:close], value[close + 2:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise bad(f"{host!r} is not an IPv6 address") from None
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep:
-            raise bad("missing ':PORT'")
-        if ":" in host:
-            raise bad("put an IPv6 address in brackets, e.g. [::1]:9090")
-        if host == "":
-            host = "0.0.0.0"
-        elif host.replace(".", "").isdigit():
-            try:
-                ipaddress.IPv4Address(host)
-            except ValueError:
-                raise bad(f"{host!r} is not an IPv4 address") from None
-        elif len(host) > 253 or not _HOSTNAME_RE.fullmatch(host):
-            raise bad(f"{host!r} is not a host name or address")
-    if not _PORT_RE.fullmatch(port_text) or int(port_text) > 65535:
-        raise bad(f"port {port_text!r} is not a number from 0 to 65535")
-    return host, int(port_text)
-
-
-def display_addr(host, port):
-    """``host:port`` with brackets around an IPv6 host."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class _Server(WSGIServer):
-    """The bound listening socket and the WSGI environment; connections are run by WSGIService."""
-
-    allow_reuse_address = True   # lets a restart bind past TIME_WAIT; never two listeners
-    allow_reuse_port = False
-    request_queue_size = 128
-
-    def server_bind(self):
-        """Bind (dual stack for ``::``) without the reverse DNS lookup HTTPServer does."""
-        host = self.server_address[0]
-        if self.address_family == socket.AF_INET6 and host in ("::", "::0"):
-            try:
-                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            except (AttributeError, OSError):
-                logger.debug("could not clear IPV6_V6ONLY; listening on IPv6 only")
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = host
-        self.server_port = self.server_address[1]
-        self.setup_environ()
-
-
-def ssl_context(tls_cert, tls_key, what="metrics"):
-    """A TLS 1.2+ server context from PEM files; ConfigError when they cannot be loaded."""
-    if bool(tls_cert) != bool(tls_key):
-        raise ConfigError(f"{what} TLS needs both a certificate and a key; got only the "
-                          + ("certificate" if tls_cert else "key"))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(certfile=tls_cert, keyfile=tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load {what} TLS certificate {tls_cert!r} / key {tls_key!r}: "
-                          f"{getattr(exc, 'strerror', None) or exc}") from None
-    return context
 
 
 # -- the service --------------------------------------------------------------------------
@@ -177,6 +88,7 @@ class WSGIService:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        self._parked = collections.deque()  # (socket, handler) back from a thread, to wait
         self._accept_thread = None
         self._stopped = False
         self.host, self.port = server.server_address[:2]
@@ -217,11 +129,12 @@ class WSGIService:
             self._queue.put(None)
 
     def stats(self):
-        """{'open', 'threads', 'accepted', 'evicted', 'refused', 'expired'} so far."""
+        """{'open', 'threads', 'accepted', 'evicted', 'refused', 'expired', 'requests',
+        'reused'} so far ('reused': times a kept connection came back from the waiting room)."""
         with self._lock:
             out = dict(self._counts)
             out.update(open=self._open, threads=self._threads)
-        for key in ("accepted", "evicted", "refused", "expired"):
+        for key in ("accepted", "evicted", "refused", "expired", "requests", "reused"):
             out.setdefault(key, 0)
         return out
 
@@ -250,24 +163,42 @@ class WSGIService:
                     timeout = max(0.0, first - time.monotonic())
                 for key, _ in sel.select(timeout):
                     if key.data is self._wake_r:
-                        continue  # shutdown: the loop condition ends it
-                    if key.data is None:
+                        self._take_parked(sel, waiting)  # or shutdown: the loop condition ends it
+                    elif key.data is None:
                         self._accept_some(listener, sel, waiting)
                     elif key.fileobj in waiting:
                         sock = key.fileobj
                         sel.unregister(sock)
-                        addr, _deadline = waiting.pop(sock)
-                        self._dispatch(sock, addr)
+                        item, _deadline = waiting.pop(sock)
+                        self._dispatch(sock, item)
                 now = time.monotonic()
                 while waiting and next(iter(waiting.values()))[1] <= now:
-                    sock, _ = waiting.popitem(last=False)
-                    self._drop(sel, sock, "expired")
+                    sock, (item, _deadline) = waiting.popitem(last=False)
+                    self._drop(sel, sock, "expired", item)
         except Exception:  # the accept loop must not die silently
             logger.exception("%s accept loop failed", self._name)
         finally:
-            for sock in list(waiting):
-                self._drop(sel, sock, None)
+            for sock, (item, _deadline) in list(waiting.items()):
+                self._drop(sel, sock, None, item)
+            with self._lock:
+                parked, self._parked = list(self._parked), collections.deque()
+            for sock, handler in parked:
+                self._drop(sel, sock, None, handler)
             sel.close()
+
+    def _take_parked(self, sel, waiting):
+        """Move the kept connections handed back by threads into the waiting room."""
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:  # drained (BlockingIOError)
+            pass
+        deadline = time.monotonic() + http_request.CONNECTION_TIMEOUT
+        while self._parked:
+            sock, handler = self._parked.popleft()
+            sock.setblocking(False)
+            sel.register(sock, selectors.EVENT_READ, handler)
+            waiting[sock] = (handler, deadline)
 
     def _accept_some(self, listener, sel, waiting):
         for _ in range(_ACCEPT_BATCH):
@@ -283,8 +214,8 @@ class WSGIService:
             with self._lock:
                 full = self._open >= self.max_connections
             if full and waiting:
-                oldest, _ = waiting.popitem(last=False)
-                self._drop(sel, oldest, "evicted")
+                oldest, (item, _deadline) = waiting.popitem(last=False)
+                self._drop(sel, oldest, "evicted", item)
                 full = False
             if full:
                 self._refuse(conn, addr)
@@ -296,7 +227,7 @@ class WSGIService:
             sel.register(conn, selectors.EVENT_READ, addr)
             waiting[conn] = (addr, time.monotonic() + http_request.CONNECTION_TIMEOUT)
 
-    def _drop(self, sel, sock, reason):
+    def _drop(self, sel, sock, reason, item=None):
         try:
             sel.unregister(sock)
         except (KeyError, ValueError):
@@ -305,7 +236,10 @@ class WSGIService:
             self._open -= 1
             if reason:
                 self._counts[reason] += 1
-        sock.close()
+        if isinstance(item, http_request.RequestHandler):
+            item.close()  # a kept connection: its files too
+        else:
+            sock.close()
 
     def _refuse(self, conn, addr):
         with self._lock:
@@ -338,7 +272,7 @@ class WSGIService:
             conn.close()
 
     # -- connection threads ------------------------------------------------------------
-    def _dispatch(self, sock, addr):
+    def _dispatch(self, sock, item):
         sock.setblocking(True)
         with self._lock:
             self._pending += 1
@@ -346,7 +280,7 @@ class WSGIService:
             if spawn:
                 self._threads += 1
                 self._idle += 1
-        self._queue.put((sock, addr))
+        self._queue.put((sock, item))
         if spawn:
             threading.Thread(target=self._connection_thread, daemon=True,
                              name=f"{self._name}-conn").start()
@@ -371,34 +305,73 @@ class WSGIService:
                 with self._lock:
                     self._threads -= 1
                 return
-            sock, addr = item
+            sock, state = item
+            kept = False
             try:
-                self._serve_one(sock, addr)
+                kept = self._serve_one(sock, state)
             finally:
                 with self._lock:
-                    self._open -= 1
+                    if not kept:
+                        self._open -= 1
                     self._idle += 1
 
-    def _serve_one(self, sock, addr):
+    def _serve_one(self, sock, state):
+        """Answer what a connection sends; True when it was parked for its next request.
+        ``state`` is the client's address (new connection) or its kept handler."""
+        handler = state if isinstance(state, http_request.RequestHandler) else None
         conn = sock
+        kept = False
         try:
-            if self._context is not None:
-                conn = self._context.wrap_socket(sock, server_side=True,
-                                                 do_handshake_on_connect=False)
-            http_request.RequestHandler(conn, addr, self._server)
+            if handler is None:
+                if self._context is not None:
+                    conn = self._context.wrap_socket(sock, server_side=True,
+                                                     do_handshake_on_connect=False)
+                handler = self._server.RequestHandlerClass(conn, state, self._server)
+            else:
+                with self._lock:
+                    self._counts["reused"] += 1
+            before = handler.requests
+            kept = handler.serve()
+            with self._lock:
+                self._counts["requests"] += handler.requests - before
+            if kept:
+                kept = self._park(handler.connection, handler)
         except Exception:  # timeouts, resets, bad TLS: routine
+            addr = handler.client_address if handler is not None else state
             logger.debug("connection from %s failed", addr[0] if addr else "?", exc_info=True)
         finally:
-            try:
-                conn.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            conn.close()
+            if not kept:
+                if handler is not None:
+                    handler.close()
+                else:
+                    _close(conn)
+        return kept
+
+    def _park(self, sock, handler):
+        """Hand a kept connection back to the waiting room; False when shutting down."""
+        with self._lock:
+            if self._stopped:
+                return False
+            self._parked.append((sock, handler))
+        try:
+            self._wake_w.send(b"p")
+        except OSError:  # buffer full: a wake-up is already pending
+            pass
+        return True
+
+
+def _close(conn):
+    try:
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    conn.close()
 
 
 def serve_wsgi(app, addr, *, tls_cert=None, tls_key=None, max_connections=DEFAULT_MAX_CONNECTIONS,
                name="http", option="--metrics-addr", start=True, ssl_context=None,
-               request_deadline=None, handler_class=None, refusal=None, on_refused=None):
+               request_deadline=None, handler_class=None, refusal=None, on_refused=None,
+               max_requests=http_request.MAX_REQUESTS_PER_CONNECTION):
     """Bind ``addr`` and serve the WSGI ``app`` with the limits of the module docstring.
 
     ``addr`` is a ``HOST:PORT`` string (see :func:`parse_addr`; ``option`` names the flag in its
@@ -406,6 +379,7 @@ def serve_wsgi(app, addr, *, tls_cert=None, tls_key=None, max_connections=DEFAUL
     switch to HTTPS, or ``ssl_context`` gives a ready server context (client certificates...).
     ``max_connections`` bounds open connections and threads.  ``request_deadline`` (seconds;
     default ``http_request.REQUEST_DEADLINE``) bounds the delivery of a whole request;
+    ``max_requests`` bounds the requests answered on one keep-alive connection;
     ``handler_class`` may subclass :class:`http_request.RequestHandler`; ``refusal`` replaces
     the plain-HTTP 503 sent when every slot is busy, and ``on_refused()`` is called for each
     refused connection.  With ``start=False`` the port is bound but nothing is accepted until
@@ -417,12 +391,13 @@ def serve_wsgi(app, addr, *, tls_cert=None, tls_key=None, max_connections=DEFAUL
     host, port = parse_addr(addr, option) if isinstance(addr, str) else addr
     context = ssl_context
     if context is None and (tls_cert or tls_key):
-        context = globals()["ssl_context"](tls_cert, tls_key, name)
+        context = httplisten.ssl_context(tls_cert, tls_key, name)
 
-    class Server(_Server):
+    class Server(ListeningServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
     Server.request_deadline = request_deadline
+    Server.max_requests = max_requests
     try:
         server = Server((host, port), handler_class or http_request.RequestHandler)
     except OSError as exc:

@@ -111,14 +111,14 @@ def test_curl_flow_with_token_and_tls_client_certificate(dirs, served, token_fil
     post = ["-H", "Content-Type: application/json", "--data-binary", f"@{path}", f"{worker.url}{JOBS}"]
     out = curl(*tls, *auth, "-i", *post)
     head, _, body = out.partition("\n\n")  # text mode: \r\n read as \n
-    assert head.startswith("HTTP/1.0 202") and f"Location: {JOBS}/job-curl-00001" in head
+    assert head.startswith("HTTP/1.1 202") and f"Location: {JOBS}/job-curl-00001" in head
     assert json.loads(body)["data"] == {"job_id": "job-curl-00001", "status": "pending"}
     result = json.loads(curl(*tls, *auth, f"{worker.url}{JOBS}/job-curl-00001/result?wait=30"))
     assert result["data"]["status"] == "completed" and result["data"] == dirs.result("job-curl-00001")
     assert curl(*tls, *auth, "-o", "/dev/null", "-w", "%{http_code}", *post) == "200"
     assert len(os.listdir(os.path.join(dirs.jobs, "done"))) == 1, "the retried POST made no second job"
     no_token = curl(*tls, "-i", f"{worker.url}/api/v1/capabilities")
-    assert no_token.startswith("HTTP/1.0 401") and "WWW-Authenticate: Bearer" in no_token
+    assert no_token.startswith("HTTP/1.1 401") and "WWW-Authenticate: Bearer" in no_token
     proc = subprocess.run(["curl", "-sS", "--max-time", "20", "--cacert", pki.ca, *auth,
                            f"{worker.url}/api/v1/capabilities"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0, "no client certificate: the TLS handshake fails"

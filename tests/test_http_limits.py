@@ -79,8 +79,8 @@ def test_busy_slots_refuse_newcomers_at_once_with_503():
             assert reply.startswith(b"HTTP/1.0 503 "), reply
             assert b"Retry-After: 1" in reply
             assert server.stats()["refused"] == 1
-            busy[0].sendall(b"Host: x\r\n\r\n")
-            assert busy[0].recv(4096).startswith(b"HTTP/1.0 200")
+            busy[0].sendall(b"Host: x\r\nConnection: close\r\n\r\n")
+            assert busy[0].recv(4096).startswith(b"HTTP/1.1 200")
         # the client may read the answer before the server thread has closed its end: a slot
         # is free once the server says so (the threads end on their own, not at once)
         wait_for(lambda: server.stats()["open"] == 0, timeout=10, what="both slots free")

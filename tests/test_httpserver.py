@@ -76,9 +76,10 @@ def request(server, path, method="GET", headers=None, body=None, context=None, h
 
 
 def raw_exchange(server, data):
-    """Send raw bytes, read until the server closes; returns everything received."""
+    """Send raw bytes and end our side, read until the server closes; returns everything received."""
     with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
         sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)  # no further request: the server closes after answering
         chunks = []
         while True:
             chunk = sock.recv(65536)
@@ -184,7 +185,7 @@ def test_metrics_head_has_headers_but_no_body(serve):
     _, _, get_body = request(server, "/metrics")
     reply = raw_exchange(server, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     head, _, rest = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200")
+    assert head.startswith(b"HTTP/1.1 200")
     assert b"Content-Type: text/plain" in head
     assert f"Content-Length: {len(get_body)}".encode() in head
     assert rest == b""
@@ -233,7 +234,7 @@ def test_health_head_has_no_body(serve):
     server = serve()
     reply = raw_exchange(server, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
     head, _, rest = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200")
+    assert head.startswith(b"HTTP/1.1 200")
     assert b"Content-Type: application/json" in head
     assert rest == b""
 
@@ -279,7 +280,7 @@ def test_options_lists_allowed_methods(serve):
 def test_garbage_request_line_is_400(serve, line):
     server = serve()
     reply = raw_exchange(server, line + b"\r\n\r\n")
-    assert reply.startswith(b"HTTP/1.0 400 ")
+    assert reply.startswith(b"HTTP/1.1 400 ")
     assert request(server, "/health")[0] == 200
 
 

@@ -22,7 +22,7 @@ import logging
 import ssl
 from typing import Callable, Optional, Tuple, Union
 
-from .. import wsgiserver
+from .. import httplisten, wsgiserver
 from ..errors import ConfigError
 from ..http_request import RequestHandler
 from .app import DISCARD_INPUT
@@ -41,16 +41,13 @@ class _ApiRequestHandler(RequestHandler):
     """The metrics port's request handler, with the drain after an answer given before the
     body was read."""
 
-    def setup(self) -> None:
-        super().setup()
-        self._environ = None
-
     def get_environ(self) -> dict:
         self._environ = super().get_environ()
         return self._environ
 
-    def handle(self) -> None:
-        super().handle()
+    def handle_one_request(self) -> None:
+        self._environ = None
+        super().handle_one_request()
         if self._environ is not None and self._environ.get(DISCARD_INPUT):
             self._discard_input()
 
@@ -63,7 +60,7 @@ def _tls_context(tls_cert: Optional[str], tls_key: Optional[str],
         return None
     if bool(tls_cert) != bool(tls_key):
         raise ConfigError("--api-tls-cert and --api-tls-key go together")
-    context = wsgiserver.ssl_context(tls_cert, tls_key, "API")
+    context = httplisten.ssl_context(tls_cert, tls_key, "API")
     if client_ca:
         try:
             context.load_verify_locations(cafile=client_ca)
