@@ -99,7 +99,7 @@ def test_three_requests_share_one_connection(server):
         conn.close()
     # the server counts a request once its thread is done with it, maybe after the client read it
     stats = wait_for(lambda: server.stats()["requests"] == 4 and server.stats(), timeout=TIMEOUT, what="4 requests")
-    assert stats["accepted"] == 1 and stats["reused"] >= 1, stats
+    assert stats["accepted"] == 1, stats  # one connection (parked or served on at once between requests)
 
 
 def test_curl_reuses_the_connection(server):
