@@ -55,10 +55,14 @@ def call(url, method, path, *, doc=None, body=None, token=None, headers=None, co
 
 
 def raw(url, data, *, timeout=TIMEOUT):
-    """Send raw bytes and read the answer until the server closes."""
+    """Send raw bytes, end our side (no further request), read the answer until the server closes."""
     host, _, port = url.partition("://")[2].rpartition(":")
     with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
         sock.sendall(data)
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the server may have answered and closed already
+            pass
         with sock.makefile("rb") as stream:
             return stream.read()
 

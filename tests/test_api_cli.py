@@ -119,6 +119,12 @@ def test_curl_flow_with_token_and_tls_client_certificate(dirs, served, token_fil
     assert len(os.listdir(os.path.join(dirs.jobs, "done"))) == 1, "the retried POST made no second job"
     no_token = curl(*tls, "-i", f"{worker.url}/api/v1/capabilities")
     assert no_token.startswith("HTTP/1.1 401") and "WWW-Authenticate: Bearer" in no_token
+    # keep-alive over TLS: curl sends both requests on one connection (one handshake)
+    both = subprocess.run(["curl", "-sS", "-v", "--max-time", "20", *tls, *auth, f"{worker.url}/api/v1/health",
+                           f"{worker.url}/api/v1/capabilities"], capture_output=True, text=True, timeout=60)
+    assert both.returncode == 0 and "Re-using existing connection" in both.stderr, both.stderr
+    health, capabilities = (json.loads(line) for line in both.stdout.splitlines())
+    assert "status" in health and capabilities["data"]["protocol_version"]
     proc = subprocess.run(["curl", "-sS", "--max-time", "20", "--cacert", pki.ca, *auth,
                            f"{worker.url}/api/v1/capabilities"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0, "no client certificate: the TLS handshake fails"
