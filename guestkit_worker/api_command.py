@@ -134,8 +134,14 @@ def cmd_api(args: argparse.Namespace, usage_error: Callable[[str], int]) -> int:
         transport = open_transport(args, worker_id)
         health = transport_health(transport, worker_id, args.pool)
         if args.metrics_enabled:
+            from prometheus_client import Gauge
+
+            from . import __version__
             from .api.auth import TokenSet
             from .httpserver import start_server
+            # the gateway's identity, as a worker's: dashboards select API servers by worker_id
+            Gauge("guestkit_worker_info", "Worker identity; always 1.", ["worker_id", "pool", "version"],
+                  registry=REGISTRY).labels(worker_id, args.pool, __version__).set(1)
             tokens = (TokenSet.from_file(args.metrics_token_file, "--metrics-token-file")
                       if args.metrics_token_file else None)
             servers.append(start_server(args.metrics_addr, registry=REGISTRY, health=health,

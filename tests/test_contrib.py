@@ -52,6 +52,7 @@ COUNTERS = {
     "guestkit_worker_jobs_total", "guestkit_handler_executions_total",
     "guestkit_checksum_verifications_total", "guestkit_worker_disk_read_bytes_total",
     "guestkit_worker_disk_write_bytes_total", "guestkit_api_requests_total",
+    "guestkit_api_connections_rejected_total",
 }
 #: served by a daemon's REST API only (never in a one-shot textfile); tests/test_api_load.py reads them
 API_METRICS = {"guestkit_api_requests_total"}
@@ -59,11 +60,11 @@ GAUGES = {
     "guestkit_worker_active_jobs", "guestkit_worker_queue_depth", "guestkit_worker_info",
     "guestkit_worker_max_concurrent_jobs", "guestkit_worker_last_success_timestamp_seconds",
     "guestkit_worker_last_run_timestamp_seconds", "guestkit_worker_health_check",
-    "guestkit_worker_oldest_running_job_seconds",
+    "guestkit_worker_oldest_running_job_seconds", "guestkit_api_waiting_requests",
 }
 HISTOGRAMS = {
     "guestkit_worker_jobs_duration_seconds", "guestkit_handler_duration_seconds",
-    "guestkit_worker_queue_wait_seconds",
+    "guestkit_worker_queue_wait_seconds", "guestkit_api_request_duration_seconds",
 }
 ALLOWED_METRICS = (COUNTERS | GAUGES | {"up"}
                    | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")})
@@ -317,6 +318,11 @@ def _has(panels, title_rx, expr_rx):
                                        r"rate\(guestkit_worker_disk_write_bytes_total"]),
     ("failing health checks", r"health", r"guestkit_worker_health_check"),
     ("oldest running job", r"oldest running", r"guestkit_worker_oldest_running_job_seconds"),
+    ("API requests", r"API requests", r"rate\(guestkit_api_requests_total\["),
+    ("API errors", r"API error", [r'guestkit_api_requests_total\{code=~"5\.\."\}', r'guestkit_api_requests_total\{code=~"4\.\."\}']),
+    ("API latency", r"API latency", r"histogram_quantile\(0.95, .*guestkit_api_request_duration_seconds_bucket"),
+    ("API waits and refusals", r"API waiting", [r"guestkit_api_waiting_requests",
+                                                r"rate\(guestkit_api_connections_rejected_total\["]),
 ])
 def test_dashboard_topic(topic, title_rx, expr_rx):
     assert _has(list(all_panels(dashboard())), title_rx, expr_rx), f"no panel for {topic}"
@@ -375,9 +381,16 @@ def _synthetic_series():
                    (f"guestkit_worker_last_success_timestamp_seconds{{{base}}}", "0+60x15")]
         if job == "node":
             series.append((f"guestkit_worker_last_run_timestamp_seconds{{{base}}}", "0+60x15"))
-        else:  # read at scrape time from a live daemon only
+        else:  # read at scrape time from a live daemon only; the REST API beside its jobs
             series += [(f'guestkit_worker_health_check{{{base}, check="main_loop"}}', "1x15"),
-                       (f"guestkit_worker_oldest_running_job_seconds{{{base}}}", "0+60x15")]
+                       (f"guestkit_worker_oldest_running_job_seconds{{{base}}}", "0+60x15"),
+                       (f"guestkit_api_waiting_requests{{{base}}}", "2x15"),
+                       (f"guestkit_api_connections_rejected_total{{{base}}}", "0+1x15")]
+            for route, code, step in (("/api/v1/jobs", "202", 4), ("/api/v1/jobs/{id}", "404", 1),
+                                      ("/api/v1/jobs", "503", 1)):
+                series.append((f'guestkit_api_requests_total{{{base}, route="{route}", method="POST", '
+                               f'code="{code}"}}', f"0+{step}x15"))
+            series += _histogram("guestkit_api_request_duration_seconds", f'{base}, route="/api/v1/jobs"')
     return series
 
 
