@@ -55,7 +55,8 @@ COUNTERS = {
     "guestkit_api_connections_rejected_total",
 }
 #: served by a daemon's REST API only (never in a one-shot textfile); tests/test_api_load.py reads them
-API_METRICS = {"guestkit_api_requests_total"}
+API_METRICS = {"guestkit_api_requests_total", "guestkit_api_connections_rejected_total",
+               "guestkit_api_waiting_requests", "guestkit_api_request_duration_seconds_bucket"}
 GAUGES = {
     "guestkit_worker_active_jobs", "guestkit_worker_queue_depth", "guestkit_worker_info",
     "guestkit_worker_max_concurrent_jobs", "guestkit_worker_last_success_timestamp_seconds",
