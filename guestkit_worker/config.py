@@ -42,6 +42,9 @@ class WorkerConfig:
     #: the Redis transport's settings (README "A fleet on Redis")
     redis_url: str = "redis://localhost:6379/0"
     redis_password_file: Optional[str] = None
+    redis_tls_ca_file: Optional[str] = None
+    redis_tls_cert_file: Optional[str] = None
+    redis_tls_key_file: Optional[str] = None
     lease_seconds: float = 60.0
     max_deliveries: int = 5
     result_ttl: int = 7 * 24 * 3600

@@ -32,6 +32,12 @@ RUN_OPTIONS = [
      "with --transport redis: redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH"),
     (("--redis-password-file",), "redis_password_file", str, None, "FILE",
      "with --transport redis: the password is this file's first line (wins over the URL's)"),
+    (("--redis-tls-ca-file",), "redis_tls_ca_file", str, None, "FILE",
+     "with a rediss:// URL: verify the server's certificate against this CA (PEM) instead of the system's"),
+    (("--redis-tls-cert-file",), "redis_tls_cert_file", str, None, "FILE",
+     "with a rediss:// URL: the client certificate (PEM) for a Redis that requires one (tls-auth-clients)"),
+    (("--redis-tls-key-file",), "redis_tls_key_file", str, None, "FILE",
+     "with a rediss:// URL: the client certificate's private key (PEM; default: in the certificate file)"),
     (("--lease-seconds",), "lease_seconds", _positive_float, 60.0, "SECONDS",
      "with --transport redis: a running job's claim is renewed every lease/4; a worker silent for "
      "longer loses its jobs to the others"),
@@ -124,15 +130,16 @@ def add_allow_path(p):
 
 
 #: the run options of a command that only talks to the queue (submit, status, result, list, cancel)
-TRANSPORT_OPTIONS = ("transport", "redis_url", "redis_password_file", "pool")
+TRANSPORT_OPTIONS = ("transport", "redis_url", "redis_password_file", "redis_tls_ca_file", "redis_tls_cert_file",
+                     "redis_tls_key_file", "pool")
 #: ...and what such a command reads from the environment or defaults without a flag
 _QUEUE_SETTINGS = TRANSPORT_OPTIONS + ("jobs_dir", "results_dir", "lease_seconds", "max_deliveries",
                                        "result_ttl", "max_job_size")
 
 
 def add_transport_options(p):
-    """--transport, --redis-url, --redis-password-file and --pool for a command that submits or
-    reads jobs: the same flags and environment variables as run."""
+    """--transport, --redis-url, --redis-password-file, --redis-tls-* and --pool for a command
+    that submits or reads jobs: the same flags and environment variables as run."""
     for flags, dest, typ, default, metavar, text in RUN_OPTIONS:
         if dest in TRANSPORT_OPTIONS:
             shown = f"default: {default}; " if default is not None else ""
@@ -143,7 +150,9 @@ def add_transport_options(p):
 def transport_settings(args):
     """WorkerConfig's transport fields from resolved run options."""
     return {"transport": args.transport, "redis_url": args.redis_url,
-            "redis_password_file": args.redis_password_file, "lease_seconds": args.lease_seconds,
+            "redis_password_file": args.redis_password_file, "redis_tls_ca_file": args.redis_tls_ca_file,
+            "redis_tls_cert_file": args.redis_tls_cert_file, "redis_tls_key_file": args.redis_tls_key_file,
+            "lease_seconds": args.lease_seconds,
             "max_deliveries": args.max_deliveries, "result_ttl": args.result_ttl}
 
 

@@ -82,10 +82,10 @@ class Pki:
         self._self_signed(self.ca, self.ca_key, "guestkit test CA")
         self.cert, self.key = self._signed("server", "/CN=localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost")
         self.client_cert, self.client_key = self._signed("client", "/CN=api-client", "extendedKeyUsage=clientAuth")
-        other_ca, other_key = self._path("other-ca.pem"), self._path("other-ca.key")
-        self._self_signed(other_ca, other_key, "some other CA")
+        self.other_ca, other_key = self._path("other-ca.pem"), self._path("other-ca.key")
+        self._self_signed(self.other_ca, other_key, "some other CA")
         self.stranger_cert, self.stranger_key = self._signed("stranger", "/CN=stranger",
-                                                             "extendedKeyUsage=clientAuth", other_ca, other_key)
+                                                             "extendedKeyUsage=clientAuth", self.other_ca, other_key)
 
     def _path(self, name):
         return os.path.join(self.dir, name)

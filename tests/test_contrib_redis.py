@@ -174,3 +174,15 @@ def test_fleet_env_files_and_drop_in():
     assert "EnvironmentFile=/etc/default/guestkit-worker-redis" in dropin
     assert re.search(r"^LoadCredential=redis-password:\S+$", dropin, re.M)
     assert "Environment=GUESTKIT_WORKER_REDIS_PASSWORD_FILE=%d/redis-password" in dropin
+
+
+def test_every_variable_the_fleet_files_name_is_a_worker_option():
+    """Set or commented out (the TLS files), each GUESTKIT_WORKER_* name in the env file and the
+    drop-in is one the worker reads."""
+    from guestkit_worker.options import RUN_OPTIONS, env_name
+    known = {env_name(dest) for _, dest, *_ in RUN_OPTIONS}
+    for path in (FLEET_ENV, DROPIN):
+        named = set(re.findall(r"\b(GUESTKIT_WORKER_[A-Z0-9_]+)=", path.read_text()))
+        assert named and named <= known, (path.name, named - known)
+    assert "#GUESTKIT_WORKER_REDIS_TLS_CA_FILE=" in FLEET_ENV.read_text()
+    assert "#Environment=GUESTKIT_WORKER_REDIS_TLS_KEY_FILE=%d/redis-client-key" in DROPIN.read_text()

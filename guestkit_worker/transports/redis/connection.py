@@ -1,4 +1,5 @@
-"""Connecting to Redis: the optional ``redis`` package, URLs, the password, two clients.
+"""Connecting to Redis: the optional ``redis`` package, URLs, the password, two clients
+(TLS files: :mod:`.tls`).
 
 redis-py is imported only here and only when the Redis transport is chosen.  Two clients
 share nothing: ``blocking`` runs only ``XREADGROUP ... BLOCK`` (its socket timeout is well
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import os
 from typing import Any, Optional
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from ...errors import ConfigError
+from .tls import TlsFiles
 
 #: longest XREADGROUP BLOCK, seconds; the blocking client's socket timeout is this + margin
 MAX_BLOCK_SECONDS = 2.0
@@ -70,16 +72,18 @@ def redact(url: str) -> str:
 
 
 def describe(url: str) -> str:
-    """Where Redis is, without credentials or query: redis://host:port/db or unix:///path."""
+    """Where Redis is, without credentials: redis://host:port/db or unix:///path[?db=N]."""
     parts = urlsplit(url)
     if parts.scheme == "unix":
-        return f"unix://{parts.path}"
+        db = parse_qs(parts.query).get("db", [""])[0]
+        return f"unix://{parts.path}" + (f"?db={db}" if db else "")
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{parts.hostname}{port}{parts.path or '/0'}"
 
 
-def make_clients(url: str, password: Optional[str] = None) -> tuple:
-    """(client, blocking): two redis.Redis clients for url; password overrides the URL's."""
+def make_clients(url: str, password: Optional[str] = None, tls: Optional[TlsFiles] = None) -> tuple:
+    """(client, blocking): two redis.Redis clients for url; password overrides the URL's; tls:
+    the CA and client certificate files of a rediss:// URL."""
     redis = import_redis()
     from redis.backoff import NoBackoff  # noqa: PLC0415
     from redis.retry import Retry  # noqa: PLC0415
@@ -87,6 +91,8 @@ def make_clients(url: str, password: Optional[str] = None) -> tuple:
     common = {"socket_connect_timeout": CONNECT_TIMEOUT_SECONDS, "retry_on_timeout": False}
     if password is not None:
         common["password"] = password
+    if tls is not None:
+        common.update(tls.client_kwargs())
     client = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
                                   retry=Retry(NoBackoff(), 0), **common)
     blocking = redis.Redis.from_url(url, socket_timeout=MAX_BLOCK_SECONDS + SOCKET_TIMEOUT_SECONDS,

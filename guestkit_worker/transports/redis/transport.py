@@ -20,7 +20,7 @@ from ...errors import ConfigError
 from ...metrics import NullMetrics
 from ...protocol import DEFAULT_MAX_JOB_BYTES
 from ..base import Transport, TransportUnavailable
-from . import connection
+from . import connection, tls
 from .index import IndexMixin
 from .keys import GROUP, Keys
 from .queue import QueueMixin
@@ -51,10 +51,13 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
     protected_paths = ()
 
     def __init__(self, url: str, worker_id: str, *, pool: str = "default", password_file: Optional[str] = None,
-                 lease_seconds: float = DEFAULT_LEASE_SECONDS, max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+                 tls_ca_file: Optional[str] = None, tls_cert_file: Optional[str] = None,
+                 tls_key_file: Optional[str] = None, lease_seconds: float = DEFAULT_LEASE_SECONDS, max_deliveries: int = DEFAULT_MAX_DELIVERIES,
                  result_ttl: int = DEFAULT_RESULT_TTL, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
                  metrics: Any = None) -> None:
         connection.check_url(url)
+        self.tls = tls.TlsFiles(tls_ca_file, tls_cert_file, tls_key_file)
+        tls.check(url, self.tls, connection.describe(url))
         if lease_seconds < 1:
             raise ConfigError(f"--lease-seconds must be at least 1, got {lease_seconds}")
         if max_deliveries < 1:
@@ -82,6 +85,7 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
         self._group_ok = False
         self._alive_at = 0.0                # last refresh of this worker's liveness key
         self._closing = threading.Event()   # close() called: stop retrying commits
+        self._reached = False               # a round trip succeeded: connection trouble is an outage
 
     # -- connection ---------------------------------------------------------------------
     def _connect(self) -> None:
@@ -89,7 +93,7 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
         by a producer or a reader that never calls open()."""
         if self.r is None:
             password = connection.password_from(self.url, self.password_file)
-            self.r, self.rb = connection.make_clients(self.url, password)
+            self.r, self.rb = connection.make_clients(self.url, password, self.tls)
             self.s = load_scripts(self.r)
 
     def open(self) -> None:
@@ -197,15 +201,21 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
     @contextlib.contextmanager
     def _guard(self, operation: str) -> Iterator[None]:
         """Turn the client's connection errors (and replies meaning a server in trouble) into
-        TransportUnavailable, counted in guestkit_worker_transport_errors_total{operation}."""
+        TransportUnavailable, counted in guestkit_worker_transport_errors_total{operation}.
+        Before the first round trip succeeded, a connection no retry will cure (TLS
+        certificates, TLS or plain on the wrong port) is a ConfigError instead."""
         exc_mod = self._redis.exceptions
         if self.r is None:
             self._connect()
         try:
             yield
+            self._reached = True
         except (exc_mod.ConnectionError, exc_mod.TimeoutError) as exc:
             if isinstance(exc, exc_mod.AuthenticationError) and operation == "open":
                 raise
+            problem = None if self._reached else tls.diagnose(self.url, self.tls, exc)
+            if problem:
+                raise ConfigError(f"redis at {self.where}: {problem}") from None
             self._unavailable(operation)
             raise RedisUnavailable(f"redis {operation}: {type(exc).__name__}: {exc}") from None
         except exc_mod.ResponseError as exc:
