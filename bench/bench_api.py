@@ -2,10 +2,12 @@
 """REST API: submission rate against a bare WSGI floor, how soon a waiting ``result?wait=`` is
 answered after its job completes, and /metrics latency while many requests wait.
 
-* **POST rate**: ``guestkit-worker api`` (the API alone, file transport on fresh directories)
-  vs ``_api_floor.py`` (a bare standard-library WSGI app that reads the body and answers 202,
-  on the same HTTP server class), sides alternating per round; 4 client processes, each with
-  one keep-alive connection, POST distinct echo jobs; rate = (N - 1) / (last - first answer).
+* **POST rate**: ``guestkit-worker api`` (the API alone) with the file transport on fresh
+  directories, and with ``--transport redis`` on a redis-server started by the benchmark (AOF
+  everysec, emptied before each round), vs ``_api_floor.py`` (a bare standard-library WSGI app
+  that reads the body and answers 202, on the same HTTP server), sides alternating per round; 4
+  client processes, each with one keep-alive connection, POST distinct echo jobs; rate =
+  (N - 1) / (last - first answer).
 * **wait delay**: ``guestkit-worker run --api-addr`` (poll interval 1 s); per sample a job file
   is placed in the jobs dir, then ``GET /api/v1/jobs/ID/result?wait=30`` is sent at once; the
   delay is the answer's arrival minus the result's ``completed_at`` (samples whose request was
@@ -28,6 +30,7 @@ from datetime import datetime
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+from redisserver import RedisServer  # noqa: E402
 
 CLIENTS = 4
 POLL = 1.0
@@ -85,10 +88,14 @@ def start_api(base, extra=()):
 
 # -- POST rate -------------------------------------------------------------------------------
 
-def post_round(side, per_client):
+def post_round(side, per_client, redis=None):
     base = common.fresh_dir(f"api-{side}")
     if side == "api":
         proc, port, _mport = start_api(base, ["--metrics-enabled", "true"])
+    elif side == "redis":
+        redis.fresh()
+        proc, port, _mport = start_api(base, ["--metrics-enabled", "true", "--transport", "redis",
+                                              "--redis-url", redis.url])
     else:
         port = common.free_port()
         proc = subprocess.Popen([sys.executable, os.path.join(common.BENCH_DIR, "_api_floor.py"), str(port)],
@@ -228,7 +235,7 @@ def metrics_under_waits(rounds, per_round, wait_s=5):
     return idle, busy
 
 
-GOALS = [("API POST rate", "≥ 0.70 ×"), ("API wait wake-up", "≤ 0.05 × --poll-interval"),
+GOALS = [("API POST rate", "≥ 0.70 ×"), ("API POST rate (redis)", "≥ 0.70 ×"), ("API wait wake-up", "≤ 0.05 × --poll-interval"),
          ("API /metrics, 50 wait", "≤ 1.2 ×")]
 
 
@@ -247,17 +254,20 @@ def main():
         common.finish(args, [common.goal(g, None, "-", t, why) for g, t in GOALS], f"skipped: {why}")
         return
     rounds = args.rounds or 5
-    sides = ["api", "floor"]
+    sides = ["api", "redis", "floor"]
     rates = {s: [] for s in sides}
-    for r in range(rounds):
-        for s in sides[r % 2:] + sides[:r % 2]:
-            rates[s].append(post_round(s, args.per_client))
-        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{s} {rates[s][-1]:.0f}/s" for s in sides),
-              file=sys.stderr, flush=True)
+    with RedisServer() as redis:
+        for r in range(rounds):
+            for s in sides[r % 3:] + sides[:r % 3]:
+                rates[s].append(post_round(s, args.per_client, redis))
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{s} {rates[s][-1]:.0f}/s" for s in sides),
+                  file=sys.stderr, flush=True)
     delays, dropped = wait_delays(args.samples)
     idle, busy = metrics_under_waits(3, 30)
     post_ratio = common.med(rates["api"]) / common.med(rates["floor"])
+    redis_ratio = common.med(rates["redis"]) / common.med(rates["floor"])
     rows = [["POST /api/v1/jobs, guestkit-worker api", common.summary(rates["api"]), f"{post_ratio:.2f}"],
+            ["same, --transport redis", common.summary(rates["redis"]), f"{redis_ratio:.2f}"],
             ["POST, bare WSGI app (floor)", common.summary(rates["floor"]), "1.00"]]
     text = (f"POST rate, {CLIENTS} keep-alive clients x {args.per_client} jobs, {rounds} rounds, sides alternating\n"
             + common.table(["side", "requests/s median (min–max)", "× floor"], rows))
@@ -274,6 +284,9 @@ def main():
                              [f"{WAITERS} requests waiting", common.summary(busy, "{:.2f}"), f"{mratio:.2f}"]]))
     goals = [common.goal("API POST rate", post_ratio >= 0.7,
                          f"{common.med(rates['api']):.0f} req/s = {post_ratio:.2f} × bare WSGI "
+                         f"({common.med(rates['floor']):.0f})", "≥ 0.70 ×"),
+             common.goal("API POST rate (redis)", redis_ratio >= 0.7,
+                         f"{common.med(rates['redis']):.0f} req/s = {redis_ratio:.2f} × bare WSGI "
                          f"({common.med(rates['floor']):.0f})", "≥ 0.70 ×"),
              common.goal("API wait wake-up", med_delay / POLL <= 0.05,
                          f"median {med_delay * 1000:.1f} ms = {med_delay / POLL:.3f} × poll interval",
