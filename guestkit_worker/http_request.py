@@ -9,14 +9,15 @@ request ``REQUEST_DEADLINE`` seconds after a thread took it up, is dropped; requ
 connection stays open when the client spoke HTTP/1.1 without ``Connection: close`` (or HTTP/1.0
 with ``Connection: keep-alive``), the answer had a ``Content-Length``, its status was below 500
 and the request's body was read to its end; at most ``MAX_REQUESTS_PER_CONNECTION`` requests
-per connection.  A request already buffered (pipelined) is answered at once on the same
-thread; otherwise :meth:`RequestHandler.serve` returns True and the server parks the connection
-without a thread until its next request starts.  Request logs go to this module's logger at
+per connection.  A request already buffered (pipelined), or arriving within ``LINGER_MS``, is
+answered at once on the same thread; otherwise :meth:`RequestHandler.serve` returns True and the
+server parks the connection without a thread until its next request starts.  Request logs go to this module's logger at
 DEBUG, never to stderr, and no reply names the Python version.
 """
 
 import io
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -33,6 +34,9 @@ REQUEST_DEADLINE = 30.0
 MAX_REQUEST_LINE = 65536
 #: Requests answered on one connection before the server closes it (``Connection: close``).
 MAX_REQUESTS_PER_CONNECTION = 1000
+#: Milliseconds a connection thread waits for the next request on a kept connection before
+#: parking it in the waiting room (a client sending its next request at once skips two hand-overs).
+LINGER_MS = 2
 #: Bounds on reading and discarding what a rejected client still sends (see _discard_input).
 _DISCARD_MAX_BYTES = 1 << 20
 _DISCARD_MAX_SECONDS = 2.0
@@ -243,7 +247,16 @@ class RequestHandler(WSGIRequestHandler):
             if self.close_connection:
                 return False
             if not self._reader.ready(self.rfile):
-                return not self._reader.eof
+                if self._reader.eof or not LINGER_MS or not self._poller().poll(LINGER_MS):
+                    return not self._reader.eof
+
+    def _poller(self):
+        """A poll object on this connection's socket (made on first use)."""
+        poller = getattr(self, "_poll", None)
+        if poller is None:
+            poller = self._poll = select.poll()
+            poller.register(self.connection.fileno(), select.POLLIN)
+        return poller
 
     def handle(self):
         """Answer the requests of this connection until it is done (for callers of the

@@ -29,9 +29,17 @@ class ApiMetrics:
         self.waiting = Gauge(
             "guestkit_api_waiting_requests", "REST API requests waiting for a job's result "
             "(result?wait=...)", registry=registry)
+        self._children: dict = {}  # (route, method, code) -> (counter child, histogram child)
 
     def observe(self, route: str, method: str, code: int, seconds: float) -> None:
-        """Count one answered request."""
-        self.requests.labels(route, method if method in _METHODS else "other", str(code)).inc()
-        self.duration.labels(route).observe(seconds)
+        """Count one answered request (the labelled children are looked up once per label set;
+        the set is bounded: route templates x methods x status codes)."""
+        key = (route, method if method in _METHODS else "other", code)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(key[0], key[1], str(code)),
+                        self.duration.labels(route))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
