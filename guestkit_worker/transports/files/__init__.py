@@ -64,6 +64,9 @@ class FileTransport(FileQueue, FileLiveness, FileResults, FileIndex, Transport):
             L.make_dir(d)
         self._take_lock()
         self._results_fd = os.open(L.results_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        with self._ids_lock:
+            if self._ids_fd is None:
+                self._open_job_ids()
 
     def close(self) -> None:
         self._drop_lock()

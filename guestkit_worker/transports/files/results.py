@@ -211,8 +211,7 @@ class FileResults:
             held = self._ids_held.get(offset)
             if held is None:
                 if self._ids_fd is None:
-                    self._ids_fd = os.open(self.layout.running_ids_path,
-                                           os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                    self._open_job_ids()
                 try:
                     fcntl.fcntl(self._ids_fd, _F_OFD_SETLK, _byte_lock(fcntl.F_WRLCK, offset))
                 except OSError as exc:
@@ -245,6 +244,11 @@ class FileResults:
             del self._ids_held[offset]
             if self._ids_fd is not None:
                 fcntl.fcntl(self._ids_fd, _F_OFD_SETLK, _byte_lock(fcntl.F_UNLCK, offset))
+
+    def _open_job_ids(self) -> None:
+        """Open the running-ids lock file (at open(), so the worker's descriptors stay constant)."""
+        self._ids_fd = os.open(self.layout.running_ids_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                               0o600)
 
     def _close_job_ids(self) -> None:
         with self._ids_lock:
