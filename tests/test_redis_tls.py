@@ -165,3 +165,24 @@ def test_after_a_first_round_trip_the_same_symptom_is_an_outage(tmp_path, pki, p
         tls.stop()
         if plain:
             plain.stop()
+
+
+def test_a_worker_started_before_its_tls_redis_waits_for_it(tmp_path, pki, pool):
+    """Nobody listening yet (connection refused) is no configuration error: open() waits."""
+    import threading
+
+    from guestkit_worker.transports.redis import RedisTransport
+    from redisfixture import RedisServer
+    server = RedisServer(tmp_path / "redis", tls=pki)  # its port chosen, not started
+    t = RedisTransport(server.url, "tls-early-bird", pool=pool, tls_ca_file=pki.ca)
+    opened = threading.Thread(target=t.open, daemon=True)
+    opened.start()
+    try:
+        opened.join(1.5)
+        assert opened.is_alive()  # still retrying, not failed
+        server.start()
+        opened.join(30)
+        assert not opened.is_alive() and t.health()["transport"] == (True, f"redis at {server.url} reachable")
+    finally:
+        t.close()
+        server.stop()

@@ -14,7 +14,7 @@ import os
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from ...errors import ConfigError
@@ -23,6 +23,8 @@ from ...errors import ConfigError
 PROBE_TIMEOUT_SECONDS = 3.0
 #: TLS alerts and errors that say the certificates do not fit (retrying does not help)
 _CERTIFICATE_REASONS = ("CERTIFICATE", "UNKNOWN_CA", "BAD_CERTIFICATE", "KEY_VALUES_MISMATCH")
+#: causes that say nobody listens there (yet), so a probe would learn nothing: wait for Redis
+_NOBODY_THERE = (ConnectionRefusedError, FileNotFoundError, socket.gaierror)
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,9 @@ def diagnose(url: str, files: TlsFiles, exc: BaseException) -> Optional[str]:
     """Why a connection to url failed, when no retry will cure it; else None.  exc is redis-py's
     ConnectionError or TimeoutError (its cause holds the socket's or TLS layer's error)."""
     parts = urlsplit(url)
-    if parts.scheme == "unix":
+    if parts.scheme == "unix" or _cause(exc, _NOBODY_THERE) is not None:
         return None
-    cause = _ssl_cause(exc)
+    cause = _cause(exc, ssl.SSLError)
     if isinstance(cause, ssl.SSLCertVerificationError):
         return (f"the server's TLS certificate failed verification ({cause.verify_message or _reason(cause)}); "
                 "give the CA that signed it with --redis-tls-ca-file")
@@ -100,6 +102,8 @@ def diagnose(url: str, files: TlsFiles, exc: BaseException) -> Optional[str]:
         if reason == "plain":
             return "the server speaks plain Redis, not TLS: use a redis:// URL"
         return None
+    if _cause(exc, (socket.timeout, TimeoutError)) is not None:  # redis:// slow or far away: wait for it
+        return None
     if _probe_tls(parts.hostname, parts.port or 6379, None) == "tls":
         return "the server speaks TLS: use a rediss:// URL (and --redis-tls-ca-file)"
     return None
@@ -109,10 +113,11 @@ def _about_certificates(reason: Optional[str]) -> bool:
     return bool(reason) and any(word in reason for word in _CERTIFICATE_REASONS)
 
 
-def _ssl_cause(exc: BaseException) -> Optional[BaseException]:
+def _cause(exc: Optional[BaseException], kinds: Any) -> Optional[BaseException]:
+    """The first exception of kinds in exc's chain of causes (a few links deep), else None."""
     seen = 0
     while exc is not None and seen < 5:
-        if isinstance(exc, ssl.SSLError):
+        if isinstance(exc, kinds):
             return exc
         exc = exc.__cause__ or exc.__context__
         seen += 1
