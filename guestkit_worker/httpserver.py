@@ -18,6 +18,7 @@ import logging
 
 from prometheus_client import make_wsgi_app
 
+from .httplisten import ssl_context
 from .wsgiserver import DEFAULT_MAX_CONNECTIONS, WSGIService, parse_addr, serve_wsgi
 
 logger = logging.getLogger(__name__)
@@ -168,6 +169,13 @@ def start_server(addr, *, registry, health, tls_cert=None, tls_key=None,
     """
     service = serve_wsgi(_make_app(registry, health, tokens), addr, tls_cert=tls_cert, tls_key=tls_key,
                          max_connections=max_connections, name="metrics", start=start)
+    if tokens is not None and tokens.source is not None:
+        service.reloadable.append(("--metrics-token-file", tokens.reload))
+    if tls_cert:
+        def renew():
+            service.use_tls(ssl_context(tls_cert, tls_key, "metrics"))
+            return f"certificate {tls_cert}"
+        service.reloadable.append(("--metrics-tls-cert", renew))
     logger.info("serving /metrics and /health on %s (at most %d connections)",
                 service.url, max_connections)
     return service

@@ -76,6 +76,9 @@ def cmd_run(args):
                                         tls_cert=args.metrics_tls_cert, tls_key=args.metrics_tls_key,
                                         max_connections=args.http_max_connections, start=False, tokens=tokens))
         servers += start_worker_api(args, worker, REGISTRY)
+        if any(server.reloadable for server in servers):
+            from .signals import reload_servers
+            signals.on_hup = lambda: reload_servers(servers)
         worker.on_running = lambda: [server.start() for server in servers]
         worker.open()
     except (ConfigError, OSError) as exc:

@@ -3,8 +3,11 @@
 * first SIGTERM or SIGINT: stop claiming; running jobs get ``--shutdown-timeout`` to finish;
 * second SIGTERM or SIGINT: cancel every running job now (its processes SIGKILLed, a
   ``cancelled`` result written, its job file back in the queue), then exit 130;
-* SIGHUP: logged and otherwise ignored (logs go to standard error: nothing to reopen), so a
-  closed terminal or a stray ``kill -HUP`` never ends the worker.
+* SIGHUP: the token files (``--metrics-token-file``, ``--api-token-file``) and TLS
+  certificates of the worker's HTTP ports are read again (``systemctl reload``); a file that
+  cannot be read or holds nothing usable is logged and the one in use stays.  Nothing else
+  happens (logs go to standard error: nothing to reopen), so a closed terminal or a stray
+  ``kill -HUP`` never ends the worker.
 
 The handlers only record the signal and wake a watcher thread; logging, killing and exiting
 happen in that thread (a signal handler that logged could deadlock on the logging lock held
@@ -33,6 +36,8 @@ class SignalWatcher:
         self._event = threading.Event()
         self._stops = 0
         self._thread = None
+        #: run by the watcher thread on SIGHUP (reload_servers of the worker's HTTP servers)
+        self.on_hup = None
 
     def install(self) -> "SignalWatcher":
         if threading.current_thread() is threading.main_thread():
@@ -96,8 +101,16 @@ class SignalWatcher:
     def _log(self, signum):
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
-            log.info("SIGHUP received: ignored (logs go to standard error, nothing to reopen)",
-                     extra={"event": "signal_hup_ignored"})
+            if self.on_hup is None:
+                log.info("SIGHUP received: nothing to reload (logs go to standard error, nothing to reopen)",
+                         extra={"event": "signal_hup_ignored"})
+                return
+            log.info("SIGHUP received: reading token files and TLS certificates again",
+                     extra={"event": "signal_hup_reload"})
+            try:
+                self.on_hup()
+            except Exception:  # the watcher must outlive a reload
+                log.exception("SIGHUP: reloading failed")
         elif self.worker is None:  # still starting: attach() applies it
             log.info("%s received during start-up: stopping once started", name, extra={"event": "signal_stop"})
         else:
@@ -120,3 +133,20 @@ class SignalWatcher:
                     time.monotonic() - started, EXIT_ABORTED, extra={"event": "signal_abort_done"})
         logging.shutdown()
         self._exit(EXIT_ABORTED)
+
+
+def reload_servers(servers) -> int:
+    """Run every reload function of ``servers`` (WSGIService.reloadable), each on its own: a bad
+    file is logged and leaves what is in use.  How many reloaded."""
+    done = 0
+    for server in servers:
+        for what, reload in getattr(server, "reloadable", ()):
+            try:
+                detail = reload()
+            except Exception as exc:
+                log.error("SIGHUP: cannot reload %s: %s; the one in use stays", what, exc,
+                          extra={"event": "reload_failed"})
+                continue
+            done += 1
+            log.info("SIGHUP: reloaded %s (%s)", what, detail, extra={"event": "reloaded"})
+    return done

@@ -94,8 +94,18 @@ class WSGIService:
         self.host, self.port = server.server_address[:2]
         scheme = "https" if context is not None else "http"
         self.url = f"{scheme}://{display_addr(self.host, self.port)}"
+        #: (what, function) pairs SIGHUP runs to read this server's files again (tokens, TLS
+        #: certificate); each function raises when its file is bad, leaving the old in use
+        self.reloadable = []
 
     # -- public ------------------------------------------------------------------------
+    def use_tls(self, context):
+        """Handshakes of new connections use ``context`` from now on (a renewed certificate);
+        connections already open keep theirs."""
+        if self._context is None:
+            raise ValueError(f"the {self._name} port serves plain HTTP")
+        self._context = context
+
     def start(self):
         """Begin accepting connections (idempotent)."""
         with self._lock:

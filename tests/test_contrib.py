@@ -449,6 +449,8 @@ def test_units_facts():
     daemon = _parse_unit(SYSTEMD / "guestkit-worker.service")
     once = _parse_unit(SYSTEMD / "guestkit-worker-once.service")
     timer = _parse_unit(SYSTEMD / "guestkit-worker-once.timer")
+    # systemctl reload re-reads the token files and certificates (SIGHUP; tests/test_reload.py)
+    assert _one(daemon, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
     for unit in (daemon, once):
         argv = shlex.split(_one(unit, "Service", "ExecStart"))
         assert argv[0] == BINARY and argv[1] == "run"

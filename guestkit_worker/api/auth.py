@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Tuple
 
 from ..errors import ConfigError
 
@@ -33,6 +33,7 @@ class TokenSet:
                  compare: Callable[[bytes, bytes], bool] = hmac.compare_digest) -> None:
         self._digests = tuple(_digest(t.encode("utf-8")) for t in tokens)
         self._compare = compare
+        self.source: Optional[Tuple[str, str]] = None  # (path, flag) of a set read from a file
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -48,7 +49,20 @@ class TokenSet:
     @classmethod
     def from_file(cls, path: str, flag: str = "--api-token-file") -> "TokenSet":
         """The tokens of a token file (see :func:`load_tokens`); ``flag`` names it in errors."""
-        return cls(load_tokens(path, flag))
+        tokens = cls(load_tokens(path, flag))
+        tokens.source = (path, flag)
+        return tokens
+
+    def reload(self) -> str:
+        """Read the token file again and accept exactly its tokens from now on (one swap: a
+        request checks against the old set or the new one, never a mix).  ConfigError when the
+        file cannot be read or holds no token: the set in use stays.  Returns a summary."""
+        if self.source is None:
+            raise ConfigError("these tokens were not read from a file")
+        path, flag = self.source
+        digests = tuple(_digest(t.encode("utf-8")) for t in load_tokens(path, flag))
+        self._digests = digests
+        return f"{len(digests)} token(s) from {path}"
 
 
 def load_tokens(path: str, flag: str = "--api-token-file") -> list:

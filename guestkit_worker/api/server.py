@@ -52,8 +52,9 @@ class _ApiRequestHandler(RequestHandler):
             self._discard_input()
 
 
-def _tls_context(tls_cert: Optional[str], tls_key: Optional[str],
-                 client_ca: Optional[str]) -> Optional[ssl.SSLContext]:
+def tls_context(tls_cert: Optional[str], tls_key: Optional[str],
+                client_ca: Optional[str]) -> Optional[ssl.SSLContext]:
+    """The API's TLS server context (None without a certificate); ConfigError on a bad file."""
     if not (tls_cert or tls_key):
         if client_ca:
             raise ConfigError("--api-client-ca needs --api-tls-cert and --api-tls-key")
@@ -81,7 +82,7 @@ def start_api_server(addr: Union[str, Tuple[str, int]], app: Callable, *,
     ``start()``, ``shutdown()``, ``stats()``).  ConfigError when the address cannot be bound or
     the TLS files cannot be loaded.  ``start=False``: bound, accepting only after ``start()``."""
     host, port = wsgiserver.parse_addr(addr, "--api-addr") if isinstance(addr, str) else addr
-    context = _tls_context(tls_cert, tls_key, client_ca)
+    context = tls_context(tls_cert, tls_key, client_ca)
     try:
         service = wsgiserver.serve_wsgi(app, (host, port), ssl_context=context, max_connections=max_connections,
                                         name="api", option="--api-addr", request_deadline=request_deadline,

@@ -17,7 +17,7 @@ from .jobs import JobsApi
 from .metrics import ApiMetrics
 from ..wsgiserver import parse_addr
 from .limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAITS
-from .server import is_loopback, start_api_server
+from .server import is_loopback, start_api_server, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,18 @@ def start_api(options: ApiOptions, *, transport: Transport, registry: Any,
                      worker_id=worker_id, pool=pool, version=__version__, registry=registry,
                      max_concurrent=max_concurrent, max_job_size=max_job_size),
                  health=health, tokens=tokens, max_body=max_job_size, metrics=metrics)
-    return start_api_server(addr, app, tls_cert=options.tls_cert, tls_key=options.tls_key,
-                            client_ca=options.client_ca, max_connections=options.max_connections,
-                            request_deadline=options.request_deadline, on_refused=metrics.rejected.inc,
-                            start=start)
+    service = start_api_server(addr, app, tls_cert=options.tls_cert, tls_key=options.tls_key,
+                               client_ca=options.client_ca, max_connections=options.max_connections,
+                               request_deadline=options.request_deadline, on_refused=metrics.rejected.inc,
+                               start=start)
+    if tokens is not None:
+        service.reloadable.append(("--api-token-file", tokens.reload))
+    if options.tls_cert:
+        def renew() -> str:
+            service.use_tls(tls_context(options.tls_cert, options.tls_key, options.client_ca))
+            return f"certificate {options.tls_cert}" + (f", client CA {options.client_ca}" if options.client_ca else "")
+        service.reloadable.append(("--api-tls-cert", renew))
+    return service
 
 
 __all__ = ["ApiOptions", "check_exposure", "start_api"]
