@@ -73,9 +73,9 @@ class QueueMixin:
         op, cancellable, attempt = job_facts(doc)
         k = self.k
         with self._guard("submit"):
-            outcome, status, entry = self.s.submit(
-                keys=[k.jobs, k.job(job_id), k.index],
-                args=[body, job_id, digest(doc), op, cancellable, attempt, now_iso()])
+            outcome, status, entry = self.hot.evalsha(
+                self.s.submit, [k.jobs, k.job(job_id), k.index],
+                [body, job_id, digest(doc), op, cancellable, attempt, now_iso()])
         return SubmitReceipt(job_id, _text(outcome), _text(status), location=f"{k.jobs} {_text(entry)}")
 
     # -- delivery -----------------------------------------------------------------------

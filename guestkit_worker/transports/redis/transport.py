@@ -24,6 +24,7 @@ from . import connection, tls
 from .index import IndexMixin
 from .keys import GROUP, Keys
 from .queue import QueueMixin
+from .hotcall import ThreadConnections
 from .scripts import Scripts, load_scripts
 from .store import StoreMixin
 
@@ -95,6 +96,7 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
             password = connection.password_from(self.url, self.password_file)
             self.r, self.rb = connection.make_clients(self.url, password, self.tls)
             self.s = load_scripts(self.r)
+            self.hot = ThreadConnections(self.r)
 
     def open(self) -> None:
         """Connect, check the server, create the stream and group, take the worker id.  While
@@ -177,6 +179,7 @@ class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
                     self.r.delete(self.k.alive(self.worker_id))
         except Exception as exc:
             log.debug("redis transport: leaving the group failed (%s)", exc)
+        self.hot.close()
         for client in (self.r, self.rb):
             try:
                 client.close()
