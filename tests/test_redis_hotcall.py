@@ -54,3 +54,32 @@ def test_flushed_scripts_and_killed_connections_are_survived(redis_server, pool)
     finally:
         t.close()
     assert admin.xlen(Keys(pool).jobs) == 3
+
+
+def test_a_finished_threads_connection_is_closed(redis_server, pool):
+    """The API's connection threads come and go (an idle one ends after a few seconds): the
+    connection of a thread that has ended must close with it, or a long-lived API would pile
+    up Redis connections burst after burst."""
+    import gc
+
+    admin = redis_server.client()
+
+    def clients():
+        return int(admin.info("clients")["connected_clients"])
+    t = RedisTransport(redis_server.url, "producer", pool=pool)
+    try:
+        assert t.submit(make_job("hot-churn-0000")).outcome == "created"
+        base = clients()
+        for burst in range(3):
+            threads = [threading.Thread(target=t.submit, args=(make_job(f"hot-churn-b{burst}-{i:03d}"),))
+                       for i in range(8)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(30)
+        gc.collect()
+        # 24 threads made a submission each and ended: their connections are gone
+        assert clients() <= base + 1, (clients(), base)
+    finally:
+        t.close()
+    assert admin.xlen(Keys(pool).jobs) == 25

@@ -13,7 +13,8 @@ safe to make again.
 from __future__ import annotations
 
 import threading
-from typing import Any, List, Sequence
+import weakref
+from typing import Any, Sequence
 
 
 class ThreadConnections:
@@ -26,7 +27,9 @@ class ThreadConnections:
         self._pool = client.connection_pool
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: List[Any] = []
+        # weak: a thread that ends drops its local, and its connection closes with it (redis-py
+        # disconnects a connection that is collected); the API's connection threads come and go
+        self._all: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._retry_on = (NoScriptError, RedisConnectionError, RedisTimeout, OSError)
 
     def evalsha(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
@@ -35,7 +38,7 @@ class ThreadConnections:
         if conn is None:
             conn = self._pool.make_connection()
             with self._lock:
-                self._all.append(conn)
+                self._all.add(conn)
             self._local.conn = conn
         try:
             conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -48,7 +51,8 @@ class ThreadConnections:
     def close(self) -> None:
         """Disconnect every thread's connection."""
         with self._lock:
-            conns, self._all = self._all, []
+            conns = list(self._all)
+            self._all.clear()
         for conn in conns:
             try:
                 conn.disconnect()
