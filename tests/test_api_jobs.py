@@ -3,11 +3,12 @@ alone, so jobs stay pending) and ``guestkit-worker run --api-addr`` (the API bes
 
 import json
 import os
+import subprocess
 
 import pytest
 
 from apikit import call, served  # noqa: F401 (fixture)
-from conftest import cli, make_job, wait_for
+from conftest import cli, make_job, require_tool, wait_for
 
 JOBS = "/api/v1/jobs"
 
@@ -229,14 +230,32 @@ def test_unknown_route_404_and_wrong_method_405(dirs, served):
     api = served("api")
     assert call(api.url, "GET", "/api/v2/jobs").status == 404
     reply = call(api.url, "PUT", f"{JOBS}/job-rows-00011")
-    assert reply.status == 405 and reply.headers["allow"] == "GET, DELETE"
+    assert reply.status == 405 and reply.headers["allow"] == "GET, DELETE, HEAD"
+    reply = call(api.url, "HEAD", JOBS)  # POST and GET: HEAD too
+    assert reply.status == 200 and reply.body == b""
+    reply = call(api.url, "PATCH", JOBS)
+    assert reply.status == 405 and reply.headers["allow"] == "GET, POST, HEAD"
+
+
+def test_head_answers_a_gets_headers_without_its_body(dirs, served):
+    """Load balancers and `curl -I` ask with HEAD: the same status, type and length as GET."""
+    api = served("api")
+    assert call(api.url, "POST", JOBS, doc=make_job("head-job-0001")).status == 202
+    for path in (f"{JOBS}/head-job-0001", f"{JOBS}/head-job-0404", "/api/v1/capabilities", "/api/v1/health"):
+        get, head = call(api.url, "GET", path), call(api.url, "HEAD", path)
+        assert head.status == get.status, path
+        assert head.body == b"", path
+        assert head.headers["content-length"] == str(len(get.body)), path
+        assert head.headers["content-type"] == "application/json", path
+    out = subprocess.run([require_tool("curl"), "-sS", "-I", f"{api.url}/api/v1/health"], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.startswith("HTTP/1.1 200"), out.stdout + out.stderr
 
 
 # -- GET /api/v1/jobs/ID/progress ------------------------------------------------------------
 
 @pytest.mark.engine
 def test_progress_events_of_a_real_convert_job(dirs, served, tmp_path):
-    import subprocess
 
     from conftest import require_tool
     qemu_img = require_tool("qemu-img")

@@ -107,10 +107,13 @@ class ApiApp:
             raise ApiError(404, "NOT_FOUND", "no such endpoint; see /api/v1/capabilities and the "
                            "guestkit-worker(1) man page")
         endpoint = methods.get(method)
+        if endpoint is None and method == "HEAD":  # a GET's headers and length, without its body
+            endpoint = methods.get("GET")
         if endpoint is None:
             environ[DISCARD_INPUT] = bool(environ.get("CONTENT_LENGTH"))
+            allowed = list(methods) + (["HEAD"] if "GET" in methods else [])
             raise ApiError(405, "METHOD_NOT_ALLOWED", f"{method[:16]} is not allowed here; use "
-                           f"{' or '.join(methods)}", headers=[("Allow", ", ".join(methods))])
+                           f"{' or '.join(allowed)}", headers=[("Allow", ", ".join(allowed))])
         query_text = environ.get("QUERY_STRING", "")
         if len(query_text) > MAX_QUERY:
             raise ApiError(414, "QUERY_TOO_LONG", f"the query string is over {MAX_QUERY} bytes")
