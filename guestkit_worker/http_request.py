@@ -149,25 +149,20 @@ class _Body:
 
     def read(self, size=-1):
         """At most ``size`` bytes of what is left of the body (all of it by default)."""
-        if size is None or size < 0 or size > self.left:
-            size = self.left
-        if not size:
-            return b""
-        data = self._rfile.read(size)
-        self.left -= len(data)
-        if not data:
-            self.left = 0
-        return data
+        return self._take(self._rfile.read, size)
 
     def readline(self, size=-1):
         """One line of the body, within what is left."""
+        return self._take(self._rfile.readline, size)
+
+    def _take(self, reader, size):
         if size is None or size < 0 or size > self.left:
             size = self.left
         if not size:
             return b""
-        data = self._rfile.readline(size)
+        data = reader(size)
         self.left -= len(data)
-        if not data:
+        if not data:  # the client closed early: nothing more will come
             self.left = 0
         return data
 
