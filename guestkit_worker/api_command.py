@@ -155,15 +155,18 @@ def cmd_api(args: argparse.Namespace, usage_error: Callable[[str], int]) -> int:
         if transport is not None:
             transport.close()
         return usage_error(str(exc) if isinstance(exc, ConfigError) else f"cannot open the job store: {exc}")
-    hup = threading.Event()  # SIGHUP: read the token files and certificates again
+    hup = threading.Event()   # SIGHUP: read the token files and certificates again
+    wake = threading.Event()  # any of the signals: act at once (no faster polling when idle)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: hup.set())
+            signal.signal(sig, lambda *_: (stop.set(), wake.set()))
+        signal.signal(signal.SIGHUP, lambda *_: (hup.set(), wake.set()))
     log.info("API only (no job threads) over %s", transport.describe())
     from .signals import reload_servers
-    while not stop.wait(0.2):
-        if hup.is_set():
+    while not stop.is_set():
+        wake.wait(1.0)
+        wake.clear()
+        if hup.is_set() and not stop.is_set():
             hup.clear()
             log.info("SIGHUP received: reading token files and TLS certificates again",
                      extra={"event": "signal_hup_reload"})
