@@ -151,3 +151,55 @@ def test_status_is_the_stored_result_between_its_commit_and_the_archive(tmp_path
         assert st.completed_at == "2026-11-01T00:00:02Z"
     finally:
         t.close()
+
+
+_MOVER = r"""
+import sys, time
+from guestkit_worker.transports.files import FileTransport
+jobs, results, cycles = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t = FileTransport(jobs, results, "files-mover", max_job_bytes=1 << 20, durable=False)
+t.open()
+print("ready", flush=True)
+for _ in range(cycles):   # claim, hold a moment, give back: jobs/ -> processing/ -> jobs/
+    for d in t.fetch(1, 1.0):
+        time.sleep(0.0005)
+        t.release(d)
+    time.sleep(0.0005)
+t.close()
+"""
+
+
+def test_a_job_moving_between_queue_and_worker_is_always_found_by_id(tmp_path):
+    """A lookup by id checks the workers' dirs, then jobs/: a claim (jobs/ -> processing/) or a
+    give-back followed by another worker's claim between the two checks used to answer "no such
+    job" (a restarted worker's API said 404 for a job it was recovering).  Another process claims
+    and gives back one job 2,000 times while this one asks for its status all along."""
+    import subprocess
+    import sys
+    t = _transport(tmp_path)
+    try:
+        doc = {"version": "1.0", "job_id": "moving-0001", "created_at": "2026-11-01T00:00:00Z",
+               "kind": "VMOperation", "operation": "system.echo",
+               "payload": {"type": "system.echo.v1", "data": {}}}
+        t.submit(doc)
+        mover = subprocess.Popen([sys.executable, "-c", _MOVER, t.layout.jobs_dir, t.layout.results_dir, "2000"],
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            assert mover.stdout.readline().strip() == "ready"
+            asked, missed, seen = 0, 0, set()
+            while mover.poll() is None and asked < 200_000:
+                st = t.job_status(doc["job_id"])
+                asked += 1
+                if st is None:
+                    missed += 1
+                else:
+                    seen.add(st.worker_id)
+            assert mover.wait(timeout=60) == 0
+        finally:
+            if mover.poll() is None:
+                mover.kill()
+                mover.wait()
+        assert seen == {None, "files-mover"}, seen  # it did see the job in both places
+        assert asked > 1000 and missed == 0, f"{missed} of {asked} lookups found no job"
+    finally:
+        t.close()

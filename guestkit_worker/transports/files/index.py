@@ -15,6 +15,7 @@ from ..base import FINAL_STATUSES, JobStatus, Outcome, Page, SubmitReceipt, Tran
 from .layout import RUNNING_SUFFIX, json_bytes, read_json
 
 _RESULT_SUFFIX = "-result.json"
+_LOOKUPS = 3  # looks before a job is called unknown (each sees any one move)
 
 
 def _is_name_of(name: str, job_id: str) -> bool:
@@ -29,7 +30,19 @@ class FileIndex:
 
     # -- locating -----------------------------------------------------------------------
     def _locate(self, job_id: str) -> Optional[tuple]:
-        """(status, path, worker_id) of a job file waiting or held by a worker, or None."""
+        """(status, path, worker_id) of a job file waiting or held by a worker, or None.
+
+        The workers' dirs are looked at before jobs/ and again after it: a job claimed
+        (jobs/ -> processing/) between the first two looks is seen by the third, and one given
+        back (processing/ -> jobs/) between them is seen in jobs/."""
+        found = self._held_by_worker(job_id)
+        if found is None:
+            found = self._in_jobs_dir(job_id)
+        if found is None:
+            found = self._held_by_worker(job_id)
+        return found
+
+    def _held_by_worker(self, job_id: str) -> Optional[tuple]:
         L = self.layout
         try:
             holders = [e for e in os.listdir(L.processing_root) if not e.endswith(".lock")]
@@ -41,6 +54,10 @@ class FileIndex:
                 return "running", base + RUNNING_SUFFIX, worker
             if os.path.lexists(base):
                 return "pending", base, worker
+        return None
+
+    def _in_jobs_dir(self, job_id: str) -> Optional[tuple]:
+        L = self.layout
         path = os.path.join(L.jobs_dir, f"{job_id}.json")
         if os.path.lexists(path):  # by name: no listing of jobs/ (submit calls this every time)
             return "pending", path, None
@@ -88,6 +105,13 @@ class FileIndex:
 
     # -- status -------------------------------------------------------------------------
     def job_status(self, job_id: str) -> Optional[JobStatus]:
+        for _ in range(_LOOKUPS):  # a job moved twice during one look (given back, claimed): look again
+            status = self._job_status_once(job_id)
+            if status is not None:
+                return status
+        return None
+
+    def _job_status_once(self, job_id: str) -> Optional[JobStatus]:
         found = self._locate(job_id)
         if found is not None:
             status, path, worker = found
@@ -184,7 +208,11 @@ class FileIndex:
         for _ in range(3):  # the job may move between looking and acting: look again
             found = self._locate(job_id)
             if found is None:
-                return "finished" if self._result_or_none(job_id) is not None else "not_found"
+                if self._result_or_none(job_id) is not None:
+                    return "finished"
+                if self.job_status(job_id) is None:
+                    return "not_found"
+                continue
             status, path, _worker = found
             if status == "pending" and os.path.dirname(path) == self.layout.jobs_dir:
                 if self._lock_fd is None:
