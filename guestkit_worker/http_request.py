@@ -292,7 +292,8 @@ class RequestHandler(WSGIRequestHandler):
         delimited answer to a fully read request; say so in the ``Connection`` header."""
         headers = handler.headers
         keep = (not self.close_connection and self._body is not None and self._body.left == 0
-                and "Content-Length" in headers and handler.status[:1] < "5")
+                and "Content-Length" in headers and handler.status[:1] < "5"
+                and not getattr(self.server, "stopping", False))  # shut down: this answer is the last
         self.close_connection = not keep
         modern = self.request_version != "HTTP/1.0"
         handler.http_version = "1.1" if modern else "1.0"

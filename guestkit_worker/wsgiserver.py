@@ -117,12 +117,14 @@ class WSGIService:
 
     def shutdown(self):
         """Stop accepting, close the listening socket and every waiting connection, and join
-        the accept thread (idempotent).  Requests being answered finish on their own threads."""
+        the accept thread (idempotent).  Requests being answered finish on their own threads,
+        each connection closing after its current answer (``Connection: close``)."""
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
             thread = self._accept_thread
+        self._server.stopping = True  # a kept connection being served ends after its current answer
         self._stop.set()
         try:
             self._wake_w.send(b"x")

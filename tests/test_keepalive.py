@@ -226,6 +226,33 @@ def test_connection_closed_after_max_requests():
         assert c.closed_by_server()
 
 
+def test_a_connection_being_served_at_shutdown_ends_after_its_current_answer():
+    """Three pipelined requests; shutdown() while the first is being answered: that answer
+    comes whole, says Connection: close, and the connection ends; the other two are not
+    answered (before: a kept connection went on until its 1,000-request limit)."""
+    import threading
+    entered, release = threading.Event(), threading.Event()
+
+    def app(environ, start_response):
+        entered.set()
+        release.wait(TIMEOUT)
+        return _app(environ, start_response)
+
+    service = serve_wsgi(app, "127.0.0.1:0", max_connections=4)
+    try:
+        with client(service) as c:
+            c.sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+            assert entered.wait(TIMEOUT)
+            service.shutdown()
+            release.set()
+            (_version, code), headers, body = c.answer()
+            assert (code, headers.get("connection"), body) == ("200", "close", b"got \n")
+            assert c.closed_by_server()
+    finally:
+        release.set()
+        service.shutdown()
+
+
 def test_idle_kept_connections_hold_no_thread_and_make_room():
     """200 keep-alive connections, each after one answer: at most max_connections threads and
     sockets; the longest-idle kept connections were closed to make room for newcomers."""
