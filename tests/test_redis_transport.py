@@ -569,6 +569,12 @@ def test_bad_urls_and_settings_are_config_errors():
         with pytest.raises(ConfigError) as err:
             RedisTransport(url, "w")
         assert "pw" not in str(err.value) or ":***@" in str(err.value)
+    # redis-py also takes the password from the query: it never shows in a message either
+    for url in ("http://x/?db=1&password=s3cret", "redis://?PASSWORD=s3cret", "unix://?password=s3cret#x",
+                "ftp://u:s3cret@h/?password=s3cret"):
+        with pytest.raises(ConfigError) as err:
+            RedisTransport(url, "w")
+        assert "s3cret" not in str(err.value) and "***" in str(err.value), str(err.value)
     with pytest.raises(ConfigError):
         RedisTransport("redis://127.0.0.1/0", "w", pool="a{b}")
     with pytest.raises(ConfigError):

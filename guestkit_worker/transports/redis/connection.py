@@ -11,6 +11,7 @@ worker retries a whole outcome itself).
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -59,16 +60,19 @@ def check_url(url: str) -> None:
 
 
 def redact(url: str) -> str:
-    """url with any password replaced by ***, for logs and messages."""
+    """url with any password (in its user part or a ``password=`` query argument, which
+    redis-py also reads) replaced by ***, for logs and messages."""
     try:
         parts = urlsplit(url or "")
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+        if parts.password is not None:
+            host = parts.netloc.rsplit("@", 1)[1]
+            url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
     except ValueError:
         return "<unparsable URL>"
+    return _QUERY_PASSWORD.sub(r"\1***", url or "")
+
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
 def describe(url: str) -> str:
