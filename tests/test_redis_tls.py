@@ -186,3 +186,24 @@ def test_a_worker_started_before_its_tls_redis_waits_for_it(tmp_path, pki, pool)
     finally:
         t.close()
         server.stop()
+
+
+def test_a_server_certificate_for_another_host_is_a_config_error(tmp_path, pki, pool):
+    """The right CA, but the server's certificate names redis.elsewhere.example only while the
+    URL says 127.0.0.1: the host name is checked (a trusted certificate stolen from another
+    host does not do), exit 2 naming the mismatch, not the CA."""
+    import types
+    cert, key = pki._signed("elsewhere", "/CN=redis.elsewhere.example",
+                            "subjectAltName=DNS:redis.elsewhere.example")
+    listen = types.SimpleNamespace(cert=cert, key=key, ca=pki.ca, client_cert=None, client_key=None,
+                                   client_context=pki.client_context, server_name="redis.elsewhere.example")
+    server = start_redis(tmp_path / "redis-elsewhere", tls=listen)
+    try:
+        ran = run_once(with_password(server.url), "--redis-tls-ca-file", pki.ca, "--pool", pool)
+        line = _one_clean_line(ran)
+        assert line == (f"guestkit-worker: error: redis at {server.url}: the server's TLS certificate failed "
+                        "verification (IP address mismatch, certificate is not valid for '127.0.0.1'); use a "
+                        "host name or address in --redis-url that the certificate names (its subjectAltName)"), line
+        assert SECRET not in ran.stderr
+    finally:
+        server.stop()

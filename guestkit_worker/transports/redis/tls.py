@@ -23,6 +23,9 @@ from ...errors import ConfigError
 PROBE_TIMEOUT_SECONDS = 3.0
 #: TLS alerts and errors that say the certificates do not fit (retrying does not help)
 _CERTIFICATE_REASONS = ("CERTIFICATE", "UNKNOWN_CA", "BAD_CERTIFICATE", "KEY_VALUES_MISMATCH")
+#: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: the certificate
+#: is trusted but names another host
+_NAME_MISMATCH = (62, 64)
 #: causes that say nobody listens there (yet), so a probe would learn nothing: wait for Redis
 _NOBODY_THERE = (ConnectionRefusedError, FileNotFoundError, socket.gaierror)
 
@@ -90,7 +93,11 @@ def diagnose(url: str, files: TlsFiles, exc: BaseException) -> Optional[str]:
         return None
     cause = _cause(exc, ssl.SSLError)
     if isinstance(cause, ssl.SSLCertVerificationError):
-        return (f"the server's TLS certificate failed verification ({cause.verify_message or _reason(cause)}); "
+        why = (cause.verify_message or _reason(cause)).rstrip(".")
+        if cause.verify_code in _NAME_MISMATCH:
+            return (f"the server's TLS certificate failed verification ({why}); use a host name or address "
+                    "in --redis-url that the certificate names (its subjectAltName)")
+        return (f"the server's TLS certificate failed verification ({why}); "
                 "give the CA that signed it with --redis-tls-ca-file")
     if parts.scheme == "rediss":
         reason = _reason(cause) if cause is not None else None
