@@ -625,7 +625,7 @@ def test_http_garbage_long_urls_and_idle_connections_do_not_stop_a_scrape(dirs):
         w.counted(1)
         started = time.monotonic()
         s = w.samples()
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 10.0  # not held until the tricklers' 30 s request deadline
         assert total(s, "guestkit_worker_jobs_total", status="completed") == 1
         status, _, body = get(url + "/health", timeout=5)
         assert status == 200 and json.loads(body)["status"] == "healthy"
