@@ -1,5 +1,6 @@
 """The file transport's own guarantees, beside the contract suite (tests/contract/)."""
 
+import json
 import os
 
 from guestkit_worker.transports.files import FileTransport
@@ -202,4 +203,99 @@ def test_a_job_moving_between_queue_and_worker_is_always_found_by_id(tmp_path):
         assert seen == {None, "files-mover"}, seen  # it did see the job in both places
         assert asked > 1000 and missed == 0, f"{missed} of {asked} lookups found no job"
     finally:
+        t.close()
+
+
+def _echo_doc(job_id):
+    return {"version": "1.0", "job_id": job_id, "created_at": "2026-11-01T00:00:00Z", "kind": "VMOperation",
+            "operation": "system.echo", "payload": {"type": "system.echo.v1", "data": {}}}
+
+
+def test_submit_status_and_cancel_never_list_the_jobs_dir(tmp_path, monkeypatch):
+    """With 3,000 jobs waiting, a new submission, a retried one, the status of a waiting, a
+    finished and an unknown job and a cancel of an unknown one probe names only: jobs/ is never
+    listed (each listing of it cost ~1 ms per 4,000 waiting jobs, on every POST and GET)."""
+    from guestkit_worker.transports.base import Outcome
+    t = _transport(tmp_path)
+    try:
+        for i in range(3000):
+            with open(os.path.join(t.layout.jobs_dir, f"queued-{i:06d}.json"), "w") as fh:
+                fh.write("{}")
+        done = _echo_doc("finished-0001")
+        t.submit(done)
+        d = t.fetch(1, 1.0)[0]
+        assert d.name == "finished-0001.json" or d.name.startswith("queued-")
+        # finish finished-0001 by hand: its result stored, its job file archived
+        while d.name != "finished-0001.json":
+            t.release(d)
+            d = t.fetch(1, 1.0)[0]
+        t.read(d)
+        d.job_id, d.attempt = "finished-0001", 1
+        t.mark_started(d)
+        result = {"job_id": "finished-0001", "status": "completed", "completed_at": "2026-11-01T00:00:02Z",
+                  "worker_id": "files-w1", "operation": "system.echo", "execution_summary": {"attempt": 1}}
+        t.commit([Outcome(d, "completed", result=result)])
+        listed = []
+        real_listdir, real_scandir = os.listdir, os.scandir
+
+        def listdir(path="."):
+            listed.append(os.fspath(path))
+            return real_listdir(path)
+
+        def scandir(path="."):
+            listed.append(os.fspath(path))
+            return real_scandir(path)
+        monkeypatch.setattr(os, "listdir", listdir)
+        monkeypatch.setattr(os, "scandir", scandir)
+        assert t.submit(_echo_doc("new-job-0001")).outcome == "created"
+        assert t.submit(_echo_doc("new-job-0001")).outcome == "exists"
+        assert t.job_status("new-job-0001").status == "pending"
+        assert t.job_status("finished-0001").status == "completed"
+        assert t.job_status("never-submitted") is None
+        assert t.cancel("never-submitted") == "not_found"
+        monkeypatch.undo()
+        assert not [p for p in listed if os.path.realpath(p) == os.path.realpath(t.layout.jobs_dir)], listed
+    finally:
+        t.close()
+
+
+def _waiting(jobs):
+    return sorted(n for n in os.listdir(jobs) if n.endswith(".json"))
+
+
+def test_a_job_given_back_under_an_alternate_name_is_found_by_id(tmp_path):
+    """A producer reuses reuse-a.json while job reuse-a is held; reuse-a goes back to the queue
+    as reuse-a.1.json (never over the other job), a second give-back of the same kind takes
+    reuse-a.2.json; each is found by id, and back under its own name once that is free."""
+    t = _transport(tmp_path)
+    other = _transport(tmp_path, "files-w2")
+    jobs = t.layout.jobs_dir
+    try:
+        t.submit(_echo_doc("reuse-a"))
+        held = t.fetch(1, 1.0)[0]
+        with open(os.path.join(jobs, "reuse-a.json"), "w") as fh:
+            json.dump(_echo_doc("reuse-b"), fh)  # the producer reuses the name for another job
+        t.release(held)
+        assert _waiting(jobs) == ["reuse-a.1.json", "reuse-a.json"]
+        held2 = other.fetch(1, 1.0)[0]  # another worker takes one of them
+        found = t.job_status("reuse-a")
+        assert found is not None and found.status in ("pending", "running"), found
+        other.release(held2)
+        names = _waiting(jobs)
+        assert names in (["reuse-a.1.json", "reuse-a.json"], ["reuse-a.1.json", "reuse-a.2.json"]), names
+        # take the file named reuse-a.json away for good: the job reuse-a is found under its alternate
+        while "reuse-a.json" in _waiting(jobs):
+            d = other.fetch(1, 1.0)[0]
+            if d.name == "reuse-a.json":
+                os.unlink(d.path)
+                other._unreserve(d.name)
+            else:
+                other.release(d)
+        st = t.job_status("reuse-a")
+        assert st is not None and st.status == "pending", _waiting(jobs)
+        d = t.fetch(1, 1.0)[0]
+        t.release(d)  # its own name is free again: back as reuse-a.json
+        assert "reuse-a.json" in _waiting(jobs) and t.job_status("reuse-a").status == "pending"
+    finally:
+        other.close()
         t.close()

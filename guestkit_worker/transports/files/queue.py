@@ -16,7 +16,7 @@ from typing import Iterator, Mapping, Optional, Sequence
 from ... import atomic
 from ..base import Delivery
 from .jobfile import read_job_file
-from .layout import RUNNING_SUFFIX, MAX_NAME_BYTES, json_bytes
+from .layout import ALTERNATE_NAMES, RUNNING_SUFFIX, MAX_NAME_BYTES, json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -207,11 +207,21 @@ class FileQueue:
 
     def _queue_names(self, name: str) -> Iterator[str]:
         """Where a job file goes back to: its own name, or, when a producer has meanwhile put a
-        new job file under that name, a fresh one (never over someone else's job)."""
-        yield os.path.join(self.layout.jobs_dir, name)
+        new job file under that name, an alternate one (never over someone else's job): the
+        first free of STEM.1.json ... STEM.4.json, which a lookup by id probes, then
+        STEM.<time_ns>.json.  STEM is the name without an alternate's own suffix (an alternate
+        goes back to STEM.json first when that is free)."""
+        jobs = self.layout.jobs_dir
         stem = name[:-len(".json")] if name.endswith(".json") else name
+        head, dot, tail = stem.rpartition(".")
+        if dot and head and tail.isdigit() and (int(tail) <= ALTERNATE_NAMES or len(tail) >= 16):
+            stem = head  # already an alternate: JOB.2.json goes back as JOB.json when that is free
+            yield os.path.join(jobs, f"{stem}.json")
+        yield os.path.join(jobs, name)
+        for n in range(1, ALTERNATE_NAMES + 1):
+            yield os.path.join(jobs, f"{stem}.{n}.json")
         while True:
-            yield os.path.join(self.layout.jobs_dir, f"{stem}.{time.time_ns()}.json")
+            yield os.path.join(jobs, f"{stem}.{time.time_ns()}.json")
 
     def _archive(self, delivery: Delivery, failed: bool, reason: Optional[dict]) -> str:
         """Move the job file to done/ or failed/ (with its reason beside it)."""
