@@ -26,7 +26,6 @@ program can start its own threads first.
 import collections
 import errno
 import logging
-import queue
 import selectors
 import socket
 import threading
@@ -34,6 +33,8 @@ import time
 
 from . import http_request, httplisten
 from .errors import ConfigError
+from .http_refusal import BUSY as _BUSY, Refusal
+from .http_threads import THREAD_IDLE_SECONDS, ConnectionThreads  # noqa: F401 (re-exported)
 from .httplisten import ListeningServer, display_addr, parse_addr
 
 logger = logging.getLogger(__name__)
@@ -46,15 +47,6 @@ DEFAULT_MAX_CONNECTIONS = 64
 _POLL_INTERVAL = 0.1
 #: Connections accepted per wake-up of the accept loop before it looks at the others again.
 _ACCEPT_BATCH = 64
-#: Seconds a connection thread waits for another connection before it exits.
-THREAD_IDLE_SECONDS = 5.0
-#: At most one warning per this many seconds about refused connections.
-_REFUSAL_LOG_SECONDS = 60.0
-
-_BUSY_BODY = b"503 busy: too many connections; retry later\n"
-_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-         b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
-         % (len(_BUSY_BODY), _BUSY_BODY))
 
 
 # -- the service --------------------------------------------------------------------------
@@ -69,19 +61,14 @@ class WSGIService:
 
     def __init__(self, server, context, max_connections, name, refusal=_BUSY, on_refused=None):
         self._server = server
-        self._refusal = refusal
-        self._on_refused = on_refused
+        self._refusal = Refusal(name, max_connections, refusal, on_refused)
         self._context = context
         self.max_connections = max_connections
         self._name = name
         self._lock = threading.Lock()
-        self._queue = queue.SimpleQueue()
+        self._pool = ConnectionThreads(self._serve, max_connections, name)
         self._open = 0          # connections accepted and not yet closed (waiting or busy)
-        self._threads = 0       # connection threads alive
-        self._idle = 0          # connection threads waiting for work
-        self._pending = 0       # connections handed over, not yet taken by a thread
         self._counts = collections.Counter()
-        self._last_refusal_log = None
         self._stop = threading.Event()
         # shutdown() writes a byte here: the accept loop sleeps in its selector until a
         # connection, a waiting connection's deadline or this wake-up (no periodic polling)
@@ -135,17 +122,14 @@ class WSGIService:
         self._wake_r.close()
         self._wake_w.close()
         self._server.server_close()
-        with self._lock:
-            threads = self._threads
-        for _ in range(threads):
-            self._queue.put(None)
+        self._pool.stop()
 
     def stats(self):
         """{'open', 'threads', 'accepted', 'evicted', 'refused', 'expired', 'requests',
         'reused'} so far ('reused': times a kept connection came back from the waiting room)."""
         with self._lock:
             out = dict(self._counts)
-            out.update(open=self._open, threads=self._threads)
+            out.update(open=self._open, threads=self._pool.threads, refused=self._refusal.count)
         for key in ("accepted", "evicted", "refused", "expired", "requests", "reused"):
             out.setdefault(key, 0)
         return out
@@ -182,7 +166,7 @@ class WSGIService:
                         sock = key.fileobj
                         sel.unregister(sock)
                         item, _deadline = waiting.pop(sock)
-                        self._dispatch(sock, item)
+                        self._pool.dispatch(sock, item)
                 now = time.monotonic()
                 while waiting and next(iter(waiting.values()))[1] <= now:
                     sock, (item, _deadline) = waiting.popitem(last=False)
@@ -230,7 +214,7 @@ class WSGIService:
                 self._drop(sel, oldest, "evicted", item)
                 full = False
             if full:
-                self._refuse(conn, addr)
+                self._refusal.refuse(conn, tls=self._context is not None)
                 continue
             with self._lock:
                 self._open += 1
@@ -253,79 +237,15 @@ class WSGIService:
         else:
             sock.close()
 
-    def _refuse(self, conn, addr):
-        with self._lock:
-            self._counts["refused"] += 1
-            now = time.monotonic()
-            warn = (self._last_refusal_log is None
-                    or now - self._last_refusal_log >= _REFUSAL_LOG_SECONDS)
-            if warn:
-                self._last_refusal_log = now
-        if warn:
-            logger.warning("%s: all %d connections busy; refusing new ones (next note in %.0f s)",
-                           self._name, self.max_connections, _REFUSAL_LOG_SECONDS)
-        if self._on_refused is not None:
-            try:
-                self._on_refused()
-            except Exception:  # a counter must not stop the accept loop
-                logger.exception("%s: on_refused failed", self._name)
+    # -- on a connection thread ----------------------------------------------------------
+    def _serve(self, sock, state):
+        kept = False
         try:
-            if self._context is None:
-                conn.setblocking(False)
-                try:
-                    conn.recv(65536)  # what already arrived, so closing does not reset the answer
-                except OSError:
-                    pass
-                conn.send(self._refusal)
-                conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+            kept = self._serve_one(sock, state)
         finally:
-            conn.close()
-
-    # -- connection threads ------------------------------------------------------------
-    def _dispatch(self, sock, item):
-        sock.setblocking(True)
-        with self._lock:
-            self._pending += 1
-            spawn = self._pending > self._idle and self._threads < self.max_connections
-            if spawn:
-                self._threads += 1
-                self._idle += 1
-        self._queue.put((sock, item))
-        if spawn:
-            threading.Thread(target=self._connection_thread, daemon=True,
-                             name=f"{self._name}-conn").start()
-
-    def _connection_thread(self):
-        """Serve dispatched connections; exit after THREAD_IDLE_SECONDS without one."""
-        while True:
-            try:
-                item = self._queue.get(timeout=THREAD_IDLE_SECONDS)
-            except queue.Empty:
+            if not kept:
                 with self._lock:
-                    if self._pending == 0:
-                        self._idle -= 1
-                        self._threads -= 1
-                        return
-                continue
-            with self._lock:
-                self._idle -= 1
-                if item is not None:
-                    self._pending -= 1
-            if item is None:
-                with self._lock:
-                    self._threads -= 1
-                return
-            sock, state = item
-            kept = False
-            try:
-                kept = self._serve_one(sock, state)
-            finally:
-                with self._lock:
-                    if not kept:
-                        self._open -= 1
-                    self._idle += 1
+                    self._open -= 1
 
     def _serve_one(self, sock, state):
         """Answer what a connection sends; True when it was parked for its next request.
