@@ -1,5 +1,6 @@
-"""Delivery of jobs from the pool's stream: submit, fetch, leases, retry, release, reclaim,
-dead letters and the queue depth (the :class:`~..base.JobQueue` half of the transport)."""
+"""Delivery of jobs from the pool's stream: submit, fetch, leases, retry, release, dead
+letters and the queue depth (the :class:`~..base.JobQueue` half of the transport; taking
+over the entries of dead workers is :mod:`.reclaim`)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,12 @@ from typing import Any, List, Mapping, Optional, Sequence
 
 from ...errors import JobFileError
 from ...protocol import decode_job_bytes, peek_job_id, pool_accepts
-from ..base import Delivery, LeaseLost, ReclaimDecision, SubmitReceipt
+from ..base import Delivery, LeaseLost, SubmitReceipt
 from .connection import MAX_BLOCK_SECONDS
 from .keys import GROUP
 from .scripts import DEAD_MAXLEN
 
 log = logging.getLogger(__name__)
-
-#: how many idle pending entries one reclaim looks at (it takes at most ``limit`` of them)
-RECLAIM_SCAN = 100
 
 
 class RedisDelivery(Delivery):
@@ -304,70 +302,6 @@ class QueueMixin:
                         delivery.job_id, reason, detail)
             self._dead_lettered(reason)
         return bool(ok)
-
-    # -- reclaim ------------------------------------------------------------------------
-    def reclaim(self, decide: ReclaimDecision, limit: int) -> int:
-        """First this worker's own entries left pending by its previous life (same worker
-        id), then entries of other consumers idle longer than the lease."""
-        if limit <= 0:
-            return 0
-        self._ensure_group()
-        self._alive()
-        k, found = self.k, []
-        with self._guard("reclaim"):
-            while not self._own_done and len(found) < limit:
-                rows = self.s.own(keys=[k.jobs, k.running], args=[GROUP, self.worker_id, self._own_cursor, limit])
-                if not rows:
-                    self._own_done = True
-                    break
-                self._own_cursor = "(" + _text(rows[-1][0])
-                with self._lock:
-                    found += [r for r in rows if r[1] and _text(r[0]) not in self._held]
-            if len(found) < limit:
-                with self._lock:
-                    held = " ".join(self._held)
-                found += self.s.reclaim(keys=[k.jobs, k.running],
-                                        args=[GROUP, self.worker_id, int(self.lease_seconds * 1000),
-                                              min(limit - len(found), RECLAIM_SCAN), RECLAIM_SCAN, held])
-        return self._hand_over(found, decide)
-
-    def _hand_over(self, rows: list, decide: ReclaimDecision) -> int:
-        over = [r for r in rows if int(r[2]) > self.max_deliveries]
-        for entry, fields, count, owner, _ in over:
-            d = RedisDelivery(_text(entry), b"", {}, delivery_count=int(count))
-            d.job_id = self._job_id_of(fields)
-            self._dead_letter(d, "max_deliveries", f"delivered {int(count)} times (--max-deliveries "
-                              f"{self.max_deliveries}); last owner {_text(owner)}")
-        rows = [r for r in rows if int(r[2]) <= self.max_deliveries]
-        entries = [(_text(r[0]), _fields(r[1])) for r in rows]
-        deliveries = self._admit(entries, [int(r[2]) for r in rows], [_text(r[4]) for r in rows],
-                                 poison_to_worker=False)
-        owners = {_text(r[0]): _text(r[4]) or _text(r[3]) for r in rows}
-        n = 0
-        for d in deliveries:
-            self.metrics.jobs_reclaimed()
-            n += 1
-            log.warning("stream entry %s (job %s): taken over from worker %s (delivery %d%s)", d.name, d.job_id,
-                        owners[d.name], d.delivery_count, ", its handler had started" if d.started else "")
-            try:
-                decide(d, owners[d.name])
-            except Exception as exc:  # one bad decision must not stop the others
-                log.exception("stream entry %s: disposing of the reclaimed job failed", d.name)
-                with self._lock:
-                    still = d.name in self._held
-                if still:
-                    try:
-                        self._dead_letter(d, "reclaim_failed", f"{type(exc).__name__}: {exc}")
-                    except Exception:
-                        log.exception("stream entry %s: cannot move it to the dead letters", d.name)
-        return n
-
-    def _job_id_of(self, fields: Any) -> Optional[str]:
-        raw = _fields(fields).get(b"job")
-        try:
-            return peek_job_id(json.loads(raw)) if raw else None
-        except ValueError:
-            return None
 
     # -- depth --------------------------------------------------------------------------
     def depth(self) -> int:

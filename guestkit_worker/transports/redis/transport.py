@@ -24,6 +24,7 @@ from . import connection, tls
 from .index import IndexMixin
 from .keys import GROUP, Keys
 from .queue import QueueMixin
+from .reclaim import ReclaimMixin
 from .hotcall import ThreadConnections
 from .scripts import Scripts, load_scripts
 from .store import StoreMixin
@@ -46,7 +47,7 @@ class RedisUnavailable(TransportUnavailable, OSError):
     again later) handles a Redis outage the same way."""
 
 
-class RedisTransport(QueueMixin, StoreMixin, IndexMixin, Transport):
+class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport):
     """Jobs, results and job state of worker pool ``pool`` on the Redis at ``url``."""
 
     protected_paths = ()
