@@ -1,9 +1,10 @@
 """Execution: one delivery from its admission to its outcome, in a job thread.
 
-:meth:`Executor.process` reads and admits the job (guestkit_worker.admission), reserves its
-idempotency key, runs its handler under a HandlerContext, and decides the outcome: completed,
-retried as attempt + 1, failed, timed out or cancelled.  The outcome's documents come from
-guestkit_worker.outcomes; storing it is the ``store`` callable's job (the committer).
+:meth:`Executor.process` takes the delivery through its intake (guestkit_worker.intake: read,
+admit, hold the job id, reserve the idempotency key), runs its handler under a
+HandlerContext, and decides the outcome: completed, retried as attempt + 1, failed, timed out
+or cancelled.  The outcome's documents come from guestkit_worker.outcomes; storing it is the
+``store`` callable's job (the committer).
 """
 
 from __future__ import annotations
@@ -14,19 +15,15 @@ import time
 from typing import Any, Callable, Optional
 
 from . import outcomes as docs
-from .admission import check_job, routed_elsewhere
 from .context import HandlerContext
 from .errors import HandlerError, JobCancelled, JobValidationError
+from .intake import Intake
 from .procs import kill_tree_now
-from .protocol import decode_job_bytes, peek_job_id, validate_document
 from .runs import Run, RunTable
 from .state import JobState
 from .transports.base import Outcome, TransportUnavailable
 
 log = logging.getLogger(__name__)
-
-#: How often a job whose idempotency key another worker is running looks again.
-KEY_BUSY_RECHECK_SECONDS = 0.2
 
 #: what a stop reason makes of the run: its result status
 _STOP_STATUS = {"timeout": "timeout", "shutdown": "cancelled", "cancelled": "cancelled", "requested": "cancelled",
@@ -35,7 +32,10 @@ _STOP_STATUS = {"timeout": "timeout", "shutdown": "cancelled", "cancelled": "can
 _REQUEUED = ("shutdown", "cancelled")
 
 
-class Executor:
+class Executor(Intake):
+    """Runs deliveries in job threads (:meth:`process`), stops runs (:meth:`stop`,
+    :meth:`cancel_now`, :meth:`abandon`) and hands their outcomes to ``store``."""
+
     def __init__(self, cfg: Any, transport: Any, handlers: Any, metrics: Any, table: RunTable,
                  store: Callable[[Run, Outcome], None], *, work_dir: str, stopping: Callable[[], bool],
                  on_start: Callable[[float], None], on_backoff: Callable[[], None]) -> None:
@@ -61,141 +61,6 @@ class Executor:
         following = take_next() if take_next is not None and not run.detached else None
         self.table.done(started, detached=run.detached, replaced=following is not None)
         return following
-
-    def _admit(self, run: Run) -> bool:
-        """Parse and check a delivered job; reject, release or mark it duplicate.  True: run it."""
-        d, cfg, doc = run.delivery, self.cfg, None
-        try:
-            doc = decode_job_bytes(self.transport.read(d), cfg.max_job_bytes)
-            d.job_id = peek_job_id(doc)
-            if routed_elsewhere(doc, cfg.pool, cfg.worker_id):
-                log.info("job file %s: meant for another pool or worker; left in the queue", d.name)
-                self.transport.release(d, not_for_me=True)
-                run.to(JobState.PENDING)
-                return False
-            job = run.job = validate_document(doc)
-        except JobValidationError as err:
-            self.reject(run, err, doc)
-            return False
-        d.attempt = job.attempt
-        run.operation_label = self.metrics.label_operation(job.operation)
-        try:
-            run.handler = check_job(job, self.handlers)
-        except (JobValidationError, HandlerError) as err:
-            self.reject(run, err, doc)
-            return False
-        if not self.table.add(run):
-            err = JobValidationError("job_id", f"a job with id {job.job_id} is already running",
-                                     code="DUPLICATE_JOB_ID")
-            self.reject(run, err, doc, write_result=False)
-            return False
-        try:
-            if not self._hold_job_id(d):  # another worker runs this id: it runs after that one
-                log.info("job %s: already running in another worker; %s returned to the queue", job.job_id, d.name)
-                self.table.remove(run)
-                self.give_back(run)
-                return False
-            if self._stored_before(run, doc):
-                self.table.remove(run)
-                return False
-            if job.idempotency_key and not self._reserve_key(run):
-                self.table.remove(run)
-                return False
-        except OSError as exc:  # the store cannot be written: back to the queue, after a back-off
-            log.error("job %s: cannot reserve its job id or idempotency key (%s); job returned to the queue",
-                      job.job_id, exc)
-            self.table.remove(run)
-            self.metrics.result_write_failed()
-            self.on_backoff()
-            self.give_back(run)
-            return False
-        return True
-
-    def _hold_job_id(self, d: Any) -> bool:
-        """Mark the job id running here; one pause and second try before the job is given back
-        (so a lone job file of a busy id is not claimed and given back in a tight loop)."""
-        if self.transport.hold_job_id(d):
-            return True
-        if not self.stopping():
-            time.sleep(KEY_BUSY_RECHECK_SECONDS)
-        return self.transport.hold_job_id(d)
-
-    def _stored_before(self, run: Run, doc: Any) -> bool:
-        """A result is stored under this job id already: never overwrite it.  True when the job
-        was disposed of: rejected (DUPLICATE_JOB_ID, recorded in failed/ only), or, for this
-        worker's own outcome whose archive failed, archived now with that result.  A result of
-        an earlier attempt, or a shutdown's ``cancelled`` (the job was given back), is replaced."""
-        job = run.job
-        if run.delivery.no_result_yet and run.delivery.job_id == job.job_id:
-            return False
-        try:
-            earlier = self.transport.get_result(job.job_id)
-        except ValueError:  # something unreadable is stored under this id: keep it
-            earlier = {}
-        except OSError:  # cannot tell now: storing the outcome will tell
-            return False
-        if earlier is None:
-            return False
-        summary = earlier.get("execution_summary")
-        attempt = summary.get("attempt") if isinstance(summary, dict) else None
-        status, error = earlier.get("status"), earlier.get("error")
-        if isinstance(attempt, int) and attempt < job.attempt:
-            return False
-        if docs.given_back(earlier):
-            return False
-        if earlier.get("worker_id") == self.cfg.worker_id and attempt == job.attempt and status in docs.RESULT_STATUSES:
-            log.info("job %s: its outcome (%s) was stored before; archiving it", job.job_id, status)
-            reason = None if status == "completed" else docs.reason_document(run.delivery.name, job.job_id, status,
-                                                                             self.cfg.worker_id, error)
-            self._hand_over(run, Outcome(run.delivery, status, result=earlier, staged=True, reason=reason,
-                                         failed=status != "completed",
-                                         idempotency_key=job.idempotency_key if status == "completed" else None))
-            return True
-        err = JobValidationError("job_id", f"job id {job.job_id} already has a result ({status}, attempt {attempt}); "
-                                 "a job id is never reused, so this job was not run", code="DUPLICATE_JOB_ID")
-        self.reject(run, err, doc, write_result=False)
-        return True
-
-    def _reserve_key(self, run: Run) -> bool:
-        """Hold the job's idempotency key before it runs; False when it was disposed of (a
-        duplicate of a completed job, or given back at shutdown)."""
-        job = run.job
-        end = time.monotonic() + self.cfg.timeout_of(job)
-        while True:
-            r = self.transport.reserve_idempotency_key(job.idempotency_key, job.job_id)
-            if r.won:
-                run.key_held = True
-                return True
-            if r.state == "completed":
-                self._duplicate(run, r)
-                return False
-            if self.stopping() or time.monotonic() > end:  # another worker runs it: try again later
-                self.transport.release(run.delivery)
-                return False
-            time.sleep(KEY_BUSY_RECHECK_SECONDS)
-
-    def _duplicate(self, run: Run, r: Any) -> None:
-        job, earlier = run.job, r.result
-        log.info("job %s: idempotency key %s already completed by job %s; not run again",
-                 job.job_id, job.idempotency_key, r.holder_job_id)
-        result = None
-        if r.holder_job_id != job.job_id:  # never overwrite the earlier result itself
-            result = self._result(run, "completed", data=earlier.get("data"), outputs=earlier.get("outputs"))
-            result["duplicate_of"] = {"job_id": r.holder_job_id, "completed_at": earlier.get("completed_at")}
-        run.to(JobState.COMPLETED)
-        self._hand_over(run, Outcome(run.delivery, "duplicate", result=result))
-
-    def reject(self, run: Run, err: BaseException, doc: Any, write_result: bool = True) -> None:
-        d = run.delivery
-        job_id = run.job.job_id if run.job else d.job_id
-        error = docs.rejection_error(err)
-        log.warning("job %s: rejected (%s) %s", job_id or d.name, error["code"], err)
-        result = self._result(run, "failed", error=error) if (job_id and write_result) else None
-        reason = docs.reason_document(d.name, job_id, "rejected", self.cfg.worker_id, error)
-        if run.job is None and isinstance(doc, dict) and isinstance(doc.get("operation"), str):
-            run.operation_label = self.metrics.label_operation(doc["operation"])
-        run.to(JobState.FAILED)
-        self._hand_over(run, Outcome(d, "rejected", result=result, reason=reason, failed=True))
 
     # -- running ------------------------------------------------------------------------
     def _execute(self, run: Run) -> None:
