@@ -21,6 +21,7 @@ from diskimage import require_tool
 from fixtures_disk import make_context
 from guestkit_worker.checksum import sha256_file
 from guestkit_worker.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
+from guestkit_worker.engines import libguestfs as engine_mod
 from guestkit_worker.handlers import inspect as inspect_mod
 from guestkit_worker.handlers.inspect import InspectHandler, effective_sections, summarize
 
@@ -83,7 +84,7 @@ def fake_guestfs_python(tmp_path, probe_output, rc=0):
 
 @pytest.fixture
 def fresh_engine_cache(monkeypatch):
-    monkeypatch.setattr(inspect_mod, "_engine_cache", {})
+    monkeypatch.setattr(engine_mod, "_engine_cache", {})
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -184,7 +185,7 @@ def test_engine_status_is_cached(monkeypatch, fresh_engine_cache):
     ok, detail = InspectHandler().engine_status()
     assert ok, detail
     assert "libguestfs 1." in detail
-    monkeypatch.setattr(inspect_mod, "_probe_engine", lambda python: pytest.fail("not cached"))
+    monkeypatch.setattr(engine_mod, "_probe_engine", lambda python: pytest.fail("not cached"))
     assert InspectHandler().engine_status() == (ok, detail)
 
 

@@ -24,13 +24,14 @@ appliance run by :mod:`guestkit_worker.engines.guestfs_probe` in a child process
 report written atomically to ``output.destination`` or ``<work-dir>/<job_id>-inspection.json``,
 created in a private directory beside it and renamed into place, never through a link:
 :class:`~guestkit_worker.engines.outputs.PrivateOutput`).
-The job result's ``data`` is a summary: the OS block, counts and at most SAMPLE_LIMIT entries
-per list; ``HandlerResult.output`` names the full report.
+The job result's ``data`` is a summary (:mod:`.inspect_report`): the OS block, counts and at
+most SAMPLE_LIMIT entries per list; ``HandlerResult.output`` names the full report.
 
 Environment:
 
 * ``GUESTKIT_WORKER_GUESTFS_PYTHON`` -- interpreter that has the ``guestfs`` binding
-  (default ``/usr/bin/python3``; Debian package python3-guestfs).
+  (default ``/usr/bin/python3``; Debian package python3-guestfs;
+  :mod:`guestkit_worker.engines.libguestfs` checks it).
 * The worker's environment is passed to the probe, so the libguestfs knobs apply:
   ``LIBGUESTFS_BACKEND=direct`` and ``LIBGUESTFS_BACKEND_SETTINGS=force_tcg`` on machines
   where nested KVM is broken (an appliance launch then takes 12-25 s), ``LIBGUESTFS_DEBUG=1``
@@ -44,13 +45,11 @@ inside the appliance are not measured.
 """
 
 import collections
-import glob
 import json
 import logging
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -61,121 +60,21 @@ from ..engines import probe_script
 from ..engines.images import (image_size, remove_quietly, require_bool, require_dict,
                               require_format, require_image_file, require_path)
 from ..engines.chain import checked_chain
+from ..engines.libguestfs import INSTALL_HINT, engine_status, guestfs_python
 from ..engines.outputs import PrivateOutput
 from ..errors import EngineUnavailable, HandlerError, JobValidationError
 from .base import HandlerResult, ImageHandler
+from .inspect_report import OPTION_FLAGS, SAMPLE_LIMIT, SECTIONS, effective_sections, summarize
+
+__all__ = ["InspectHandler", "OPTION_FLAGS", "SAMPLE_LIMIT", "SECTIONS", "effective_sections", "engine_status",
+           "guestfs_python", "summarize"]
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("packages", "services", "users", "network", "security", "storage", "databases")
-OPTION_FLAGS = {f"include_{s}": s for s in SECTIONS}
-SAMPLE_LIMIT = 25
-DEFAULT_GUESTFS_PYTHON = "/usr/bin/python3"
-ENGINE_CACHE_SECONDS_NEGATIVE = 300.0
 QEMU_IMG = "qemu-img"
-INSTALL_HINT = ("install the Debian packages python3-guestfs and libguestfs-tools "
-                "(and a kernel for the appliance: linux-image-amd64)")
 
 # the socket directory libguestfs makes outside TMPDIR (in /tmp or $XDG_RUNTIME_DIR)
 SOCKDIR_RE = re.compile(r"/[^\0]*/libguestfs[A-Za-z0-9]{6}")
-
-_engine_cache = {}
-_engine_lock = threading.Lock()
-
-
-def guestfs_python():
-    """The interpreter that runs the probe (must be able to import guestfs)."""
-    return os.environ.get("GUESTKIT_WORKER_GUESTFS_PYTHON") or DEFAULT_GUESTFS_PYTHON
-
-
-def _probe_engine(python):
-    """(ok, detail): can python import guestfs, and is there a kernel for the appliance?"""
-    code = ("import guestfs; v = guestfs.GuestFS(python_return_dict=True).version(); "
-            "print('%d.%d.%d' % (v['major'], v['minor'], v['release']))")
-    try:
-        proc = subprocess.run([python, "-c", code], stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=30, text=True)
-    except FileNotFoundError:
-        return False, f"{python} not found; {INSTALL_HINT}"
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, f"cannot run {python}: {exc}; {INSTALL_HINT}"
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return False, f"{python} cannot import guestfs ({last}); {INSTALL_HINT}"
-    version = proc.stdout.strip()
-    if not (os.environ.get("SUPERMIN_KERNEL") or os.environ.get("LIBGUESTFS_PATH")):
-        kernels = [k for k in glob.glob("/boot/vmlinuz-*") if os.access(k, os.R_OK)]
-        if not kernels:
-            return False, (f"libguestfs {version} found, but no readable kernel in /boot for its "
-                           "appliance; install linux-image-amd64 (or set SUPERMIN_KERNEL)")
-    return True, f"libguestfs {version} via {python}"
-
-
-def engine_status():
-    """Cached (available, detail) for libguestfs; never launches an appliance."""
-    python = guestfs_python()
-    now = time.monotonic()
-    with _engine_lock:
-        cached = _engine_cache.get(python)
-        if cached and (cached[0] or now - cached[2] < ENGINE_CACHE_SECONDS_NEGATIVE):
-            return cached[0], cached[1]
-    ok, detail = _probe_engine(python)
-    with _engine_lock:
-        _engine_cache[python] = (ok, detail, now)
-    log.info("libguestfs engine: %s", detail)
-    return ok, detail
-
-
-def effective_sections(options):
-    """The set of report sections for the payload's options (see the module docstring)."""
-    if options is None:
-        return set(SECTIONS)
-    return {section for flag, section in OPTION_FLAGS.items() if options.get(flag) is True}
-
-
-def _sample(items, limit=SAMPLE_LIMIT):
-    items = list(items or [])
-    return items[:limit], len(items) > limit
-
-
-def summarize(report):
-    """The job result's data: OS block, counts, and at most SAMPLE_LIMIT entries per list."""
-    out = {key: report[key] for key in ("image", "engine", "sections", "operating_system",
-                                        "mountpoints", "report_path") if key in report}
-    if "packages" in report:
-        pk = report["packages"]
-        sample, more = _sample(pk.get("packages"))
-        out["packages"] = {"count": pk.get("count", 0), "manager": pk.get("manager"),
-                           "sample": [{k: p.get(k) for k in ("name", "version", "release", "arch")}
-                                      for p in sample], "truncated": more}
-    if "users" in report:
-        us = report["users"]
-        accounts = us.get("accounts", [])
-        sample, more = _sample(accounts)
-        out["users"] = {"count": us.get("count", 0), "login_count": us.get("login_count", 0),
-                        "login_users": [a["name"] for a in accounts if a.get("login")][:SAMPLE_LIMIT],
-                        "accounts": [{k: a.get(k) for k in ("name", "uid", "home", "shell", "login", "system")}
-                                     for a in sample], "truncated": more}
-    if "services" in report:
-        sv = report["services"]
-        sample, more = _sample(u["name"] for u in sv.get("enabled", []))
-        out["services"] = {"count": sv.get("count", 0), "manager": sv.get("manager"),
-                           "enabled": sample, "truncated": more}
-    if "network" in report:
-        nw = report["network"]
-        out["network"] = {"hostname": nw.get("hostname"),
-                          "dns_servers": _sample(nw.get("dns_servers"))[0],
-                          "interfaces": _sample(nw.get("interfaces"))[0]}
-    if "security" in report:
-        out["security"] = report["security"]
-    if "filesystems" in report:
-        sample, more = _sample(report["filesystems"])
-        out["filesystems"] = {"count": len(report["filesystems"]), "sample": sample, "truncated": more}
-    if "databases" in report:
-        out["databases"] = report["databases"]
-    warnings = report.get("warnings") or []
-    out["warnings"] = {"count": len(warnings), "sample": warnings[:5]}
-    return out
 
 
 class InspectHandler(ImageHandler):
