@@ -1,21 +1,20 @@
-"""The guestkit job protocol v1.0: parsing and validating job documents.
+"""The guestkit job protocol v1.0: validating job documents (their bytes are decoded by
+:mod:`guestkit_worker.job_decode`).
 
 Every failure raises :class:`~guestkit_worker.errors.JobValidationError` naming the field and
 the reason, e.g. ``execution.priority: must be 1-10, got 12``.
 """
 
 import json
-import math
 import re
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from . import PROTOCOL_VERSION
-from .errors import JobFileError, JobValidationError
+from .errors import JobValidationError
+from .job_decode import DEFAULT_MAX_JOB_BYTES, decode_job_bytes  # noqa: F401 (re-exported)
+from .job_decode import json_type_name as _type_name
 
-#: Job files larger than this are rejected before they are parsed.
-DEFAULT_MAX_JOB_BYTES = 1024 * 1024
 #: The longest per-job timeout a document may ask for (7 days).
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 
@@ -75,11 +74,6 @@ class Job:
         return d is not None and d <= (now or datetime.now(timezone.utc))
 
 
-def _type_name(value):
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
-            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
-
-
 _KIND_TYPES = {"string": str, "object": dict, "array": list, "boolean": bool}
 
 
@@ -124,74 +118,6 @@ def check_job_id(value, where="job_id"):
         raise JobValidationError(where, "may only contain letters, digits, '.', '_' and '-' "
                                         f"(it becomes part of file names), got {_short(value)}")
     return value
-
-
-def decode_job_bytes(raw, max_bytes=DEFAULT_MAX_JOB_BYTES):
-    """Turn a job file's bytes into a dict, or raise JobFileError saying what is wrong."""
-    if len(raw) > max_bytes:
-        raise JobFileError("file", f"larger than the limit of {max_bytes} bytes")
-    if not raw.strip():
-        raise JobFileError("file", "empty file")
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raise JobFileError("file", "starts with a UTF-8 byte order mark; write JSON without a BOM")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise JobFileError("file", f"not valid UTF-8 (byte offset {exc.start})") from None
-    _seen.nonfinite = False
-    try:
-        doc = _DECODER.decode(text)
-    except RecursionError:
-        raise JobFileError("file", "JSON nested too deeply") from None
-    except ValueError as exc:
-        raise JobFileError("file", f"invalid JSON: {exc}") from None
-    if _seen.nonfinite:
-        where, what = _find_nonfinite(doc)
-        raise JobFileError(where, f"{what} is not a JSON number (NaN and infinities are refused anywhere "
-                                  "in a job)")
-    if not isinstance(doc, dict):
-        raise JobFileError("file", f"must hold a JSON object, got {_type_name(doc)}")
-    return doc
-
-
-# Python's json accepts NaN, Infinity and -Infinity (and turns 1e999 into inf), which no
-# JSON peer can read back and which a result written with allow_nan=False cannot hold.  The
-# decoder's hooks run only for those literals and for floats; they leave a marker in the
-# document and a per-thread flag, so a valid document costs no extra walk.
-_seen = threading.local()
-
-
-class _NonFinite(str):
-    """Stands in the decoded document for a non-finite number (its source text)."""
-
-
-def _constant(text):
-    _seen.nonfinite = True
-    return _NonFinite(text)
-
-
-def _float(text):
-    value = float(text)
-    if math.isfinite(value):
-        return value
-    _seen.nonfinite = True
-    return _NonFinite(text)
-
-
-_DECODER = json.JSONDecoder(parse_constant=_constant, parse_float=_float)
-
-
-def _find_nonfinite(node, path=""):
-    """(field path, source text) of the first non-finite number in a decoded document."""
-    if isinstance(node, _NonFinite):
-        return path or "file", str(node)
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, value in items:
-        sub = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else str(key))
-        found = _find_nonfinite(value, sub)
-        if found:
-            return found
-    return None
 
 
 def _validate_execution(ex):
