@@ -59,6 +59,7 @@ def test_wheel_installs_man_page(tmp_path):
     assert page, names
     assert zipfile.ZipFile(tmp_path / wheel).read(page[0]).decode() == open(MAN).read()
     assert "guestkit_worker/engines/guestfs_probe.py" in names
+    assert "guestkit_worker/engines/guestfs_sections.py" in names  # the probe imports it from its directory
 
 
 def test_readme_lists_every_option():

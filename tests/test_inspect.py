@@ -166,6 +166,21 @@ def test_summary_caps_lists():
 
 
 # -- failures before any appliance ------------------------------------------------------------
+def test_probe_finds_its_sections_module_however_it_is_run(tmp_path):
+    """The probe is a file run by the system python: it imports guestfs_sections.py from its
+    own directory even from another working directory with PYTHONSAFEPATH set (which keeps
+    the script's directory off sys.path)."""
+    import subprocess
+    from guestkit_worker.engines import probe_script
+    require_tool("guestfs")
+    env = dict(os.environ, PYTHONSAFEPATH="1", PYTHONPATH="")
+    proc = subprocess.run([inspect_mod.guestfs_python(), probe_script(), "--image", str(tmp_path / "none.raw"),
+                           "--format", "raw", "--sections", "users"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["error"]["code"] == "IMAGE_OPEN_FAILED"
+
+
 def test_engine_unavailable(tmp_path, debian_image, monkeypatch, fresh_engine_cache):
     monkeypatch.setenv("GUESTKIT_WORKER_GUESTFS_PYTHON", str(tmp_path / "no-such-python"))
     handler = InspectHandler()
