@@ -6,6 +6,7 @@ document is :mod:`guestkit_worker.protocol`)."""
 import json
 import math
 import threading
+from typing import Any, Dict
 
 from .errors import JobFileError
 
@@ -13,13 +14,13 @@ from .errors import JobFileError
 DEFAULT_MAX_JOB_BYTES = 1024 * 1024
 
 
-def json_type_name(value):
+def json_type_name(value: Any) -> str:
     """The JSON name of a decoded value's type (object, array, string, ...)."""
     return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
             float: "number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def decode_job_bytes(raw, max_bytes=DEFAULT_MAX_JOB_BYTES):
+def decode_job_bytes(raw: bytes, max_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Dict[str, Any]:
     """Turn a job file's bytes into a dict, or raise JobFileError saying what is wrong."""
     if len(raw) > max_bytes:
         raise JobFileError("file", f"larger than the limit of {max_bytes} bytes")

@@ -9,6 +9,7 @@ import os
 import subprocess
 import threading
 import time
+from typing import Tuple
 
 log = logging.getLogger("guestkit_worker.handlers.inspect")  # the notes' logger before the split
 
@@ -21,12 +22,12 @@ _engine_cache = {}
 _engine_lock = threading.Lock()
 
 
-def guestfs_python():
+def guestfs_python() -> str:
     """The interpreter that runs the probe (must be able to import guestfs)."""
     return os.environ.get("GUESTKIT_WORKER_GUESTFS_PYTHON") or DEFAULT_GUESTFS_PYTHON
 
 
-def _probe_engine(python):
+def _probe_engine(python: str) -> Tuple[bool, str]:
     """(ok, detail): can python import guestfs, and is there a kernel for the appliance?"""
     code = ("import guestfs; v = guestfs.GuestFS(python_return_dict=True).version(); "
             "print('%d.%d.%d' % (v['major'], v['minor'], v['release']))")
@@ -49,7 +50,7 @@ def _probe_engine(python):
     return True, f"libguestfs {version} via {python}"
 
 
-def engine_status():
+def engine_status() -> Tuple[bool, str]:
     """Cached (available, detail) for libguestfs; never launches an appliance."""
     python = guestfs_python()
     now = time.monotonic()
