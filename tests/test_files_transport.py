@@ -13,6 +13,11 @@ def _transport(tmp_path, worker_id="files-w1"):
     return t
 
 
+def _echo_doc(job_id):
+    return {"version": "1.0", "job_id": job_id, "created_at": "2026-11-01T00:00:00Z", "kind": "VMOperation",
+            "operation": "system.echo", "payload": {"type": "system.echo.v1", "data": {}}}
+
+
 def test_health_probe_creates_nothing_at_a_predictable_name_and_follows_no_link(tmp_path):
     """A link planted where the old probe wrote (.health-PID.tmp) keeps its target intact, and
     the probe leaves no file behind."""
@@ -130,9 +135,7 @@ def test_status_is_the_stored_result_between_its_commit_and_the_archive(tmp_path
     from guestkit_worker.transports.base import Outcome
     t = _transport(tmp_path)
     try:
-        doc = {"version": "1.0", "job_id": "between-commit-0001", "created_at": "2026-11-01T00:00:00Z",
-               "kind": "VMOperation", "operation": "system.echo",
-               "payload": {"type": "system.echo.v1", "data": {}}}
+        doc = _echo_doc("between-commit-0001")
         t.submit(doc)
         delivery = t.fetch(1, 1.0)[0]
         t.read(delivery)
@@ -179,9 +182,7 @@ def test_a_job_moving_between_queue_and_worker_is_always_found_by_id(tmp_path):
     import sys
     t = _transport(tmp_path)
     try:
-        doc = {"version": "1.0", "job_id": "moving-0001", "created_at": "2026-11-01T00:00:00Z",
-               "kind": "VMOperation", "operation": "system.echo",
-               "payload": {"type": "system.echo.v1", "data": {}}}
+        doc = _echo_doc("moving-0001")
         t.submit(doc)
         mover = subprocess.Popen([sys.executable, "-c", _MOVER, t.layout.jobs_dir, t.layout.results_dir, "2000"],
                                  stdout=subprocess.PIPE, text=True)
@@ -204,11 +205,6 @@ def test_a_job_moving_between_queue_and_worker_is_always_found_by_id(tmp_path):
         assert asked > 1000 and missed == 0, f"{missed} of {asked} lookups found no job"
     finally:
         t.close()
-
-
-def _echo_doc(job_id):
-    return {"version": "1.0", "job_id": job_id, "created_at": "2026-11-01T00:00:00Z", "kind": "VMOperation",
-            "operation": "system.echo", "payload": {"type": "system.echo.v1", "data": {}}}
 
 
 def test_submit_status_and_cancel_never_list_the_jobs_dir(tmp_path, monkeypatch):
