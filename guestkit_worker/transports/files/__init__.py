@@ -10,7 +10,6 @@ commit, health) and :mod:`.index` (submit, status, listing and cancel by job id)
 from __future__ import annotations
 
 import os
-import time
 from typing import Optional
 
 from ...tempfiles import sweep_temp_files

@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from ...errors import JobFileError
 from ...protocol import decode_job_bytes, peek_job_id, pool_accepts
