@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from ... import atomic
 from ..base import FINAL_STATUSES, JobStatus, Outcome, Page, SubmitReceipt, TransportUnavailable
-from .layout import ALTERNATE_NAMES, RUNNING_SUFFIX, json_bytes, read_json
+from .layout import RUNNING_SUFFIX, alternate_names, json_bytes, read_json
 
 _RESULT_SUFFIX = "-result.json"
 _LOOKUPS = 3  # looks before a job is called unknown (each sees any one move)
@@ -22,7 +22,7 @@ _LOOKUPS = 3  # looks before a job is called unknown (each sees any one move)
 
 def _names_of(job_id: str) -> list:
     """The names a waiting job file of this id is found under, in the order they are probed."""
-    return [f"{job_id}.json"] + [f"{job_id}.{n}.json" for n in range(1, ALTERNATE_NAMES + 1)]
+    return [f"{job_id}.json"] + alternate_names(job_id)
 
 
 class FileIndex:

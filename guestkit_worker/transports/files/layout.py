@@ -27,9 +27,16 @@ RUNNING_SUFFIX = ".running"
 #: never lists jobs/ (a listing costs about 1 ms per 4,000 waiting jobs).  Past them (five
 #: collisions of one name waiting at once) it takes NAME.<time_ns>.json, found by listings only.
 ALTERNATE_NAMES = 4
+
 #: Longest job file name (bytes) admitted: room for ".running", a collision suffix and
 #: ".reason.json" within the 255-byte limit of file names.
 MAX_NAME_BYTES = 200
+
+
+def alternate_names(stem: str) -> list:
+    """STEM.1.json ... STEM.4.json: where a give-back goes when STEM.json is taken, and where a
+    lookup by id looks after JOB_ID.json."""
+    return [f"{stem}.{n}.json" for n in range(1, ALTERNATE_NAMES + 1)]
 
 
 class Layout:

@@ -16,7 +16,7 @@ from typing import Iterator, Mapping, Optional, Sequence
 from ... import atomic
 from ..base import Delivery
 from .jobfile import read_job_file
-from .layout import ALTERNATE_NAMES, RUNNING_SUFFIX, MAX_NAME_BYTES, json_bytes
+from .layout import ALTERNATE_NAMES, RUNNING_SUFFIX, MAX_NAME_BYTES, alternate_names, json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +218,8 @@ class FileQueue:
             stem = head  # already an alternate: JOB.2.json goes back as JOB.json when that is free
             yield os.path.join(jobs, f"{stem}.json")
         yield os.path.join(jobs, name)
-        for n in range(1, ALTERNATE_NAMES + 1):
-            yield os.path.join(jobs, f"{stem}.{n}.json")
+        for alternate in alternate_names(stem):
+            yield os.path.join(jobs, alternate)
         while True:
             yield os.path.join(jobs, f"{stem}.{time.time_ns()}.json")
 
