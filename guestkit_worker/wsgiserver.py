@@ -5,8 +5,9 @@
 * at most ``max_connections`` connections are open at once.  A connection that has not sent a
   byte yet costs no thread: it waits in a selector (the "waiting room") until its request starts
   arriving, and only then is handed to one of at most ``max_connections`` connection threads,
-  created as needed and ended after ``THREAD_IDLE_SECONDS`` without work.  So the server holds at most ``max_connections`` sockets and threads
-  (plus its accept thread) however many clients connect;
+  created as needed and ended after ``http_threads.THREAD_IDLE_SECONDS`` without work.  So the
+  server holds at most ``max_connections`` sockets and threads (plus its accept thread) however
+  many clients connect;
 * when every slot is taken, a new connection takes the slot of the connection that has waited
   longest without sending anything (that one is closed); when every slot is busy answering a
   request, the newcomer is refused at once: a plain ``503`` with ``Retry-After`` (just closed on
@@ -34,7 +35,7 @@ import time
 from . import http_request, httplisten
 from .errors import ConfigError
 from .http_refusal import BUSY as _BUSY, Refusal
-from .http_threads import THREAD_IDLE_SECONDS, ConnectionThreads  # noqa: F401 (re-exported)
+from .http_threads import ConnectionThreads
 from .httplisten import ListeningServer, display_addr, parse_addr
 
 logger = logging.getLogger(__name__)
