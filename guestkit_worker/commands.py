@@ -160,6 +160,20 @@ def _error(reply: Reply, what: str) -> int:
     return EXIT_UNAVAILABLE
 
 
+def _flag_error(body: Any) -> int:
+    """A 400 of ``list`` names the query parameter it refused: print it as the flag it came
+    from (--page-token, --limit...) in one line; a usage error."""
+    details = body.get("details") if isinstance(body, dict) else None
+    field = details.get("field") if isinstance(details, dict) else None
+    message = str(body.get("message", "")) if isinstance(body, dict) else ""
+    if not isinstance(field, str) or not message.startswith(field + ": "):
+        print(f"guestkit-worker: error: list: {message or body}", file=sys.stderr)
+    else:
+        flag = "--" + field.replace("_", "-")
+        print(f"guestkit-worker: error: {flag}: {message[len(field) + 2:]}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
@@ -208,6 +222,8 @@ def run_client_command(args: argparse.Namespace, backend: Any) -> int:
         return EXIT_OK
     reply = backend.list(status=args.status, operation=args.operation, limit=args.limit,
                          page_token=args.page_token)
+    if reply[0] == 400:
+        return _flag_error(reply[1])
     if reply[0] != 200:
         return _error(reply, "list")
     page = reply[1]["data"]

@@ -92,6 +92,33 @@ def test_cli_client_on_the_local_directories(dirs, tmp_path):
                                                                  "job-local-0003 not finished (pending)"]
 
 
+def _b64(raw):
+    import base64
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("where", ["api", "files", "redis"])
+def test_cli_list_refuses_a_bad_page_token_in_one_line(dirs, served, where, request):
+    """list --page-token with a token no listing printed: exit 2 and one line naming
+    --page-token, over the API and on the local files or Redis keys."""
+    if where == "api":
+        args = ["--api", served("api").url]
+    elif where == "files":
+        args = ["--jobs-dir", dirs.jobs, "--results-dir", dirs.results]
+    else:
+        from redisfixture import require_redis_py
+        require_redis_py()
+        args = ["--transport", "redis", "--redis-url", request.getfixturevalue("redis_url"),
+                "--pool", request.getfixturevalue("pool")]
+    outcomes = {}
+    for token in (_b64(b"[" * 3000), _b64(b'[1e400,"a"]'), _b64(b"[-1,\"a\"]"), "%%%", "-5:job-x", "\u00e9"):
+        proc = cli("list", f"--page-token={token}", *args, timeout=60)
+        lines = proc.stderr.strip().splitlines()
+        outcomes[token[:20]] = (proc.returncode, len(lines), "--page-token" in proc.stderr,
+                                "Traceback" in proc.stderr)
+    assert set(outcomes.values()) == {(2, 1, True, False)}, outcomes
+
+
 # -- curl ---------------------------------------------------------------------------------
 
 def curl(*args):

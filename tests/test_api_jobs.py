@@ -203,6 +203,62 @@ def test_list_pages_and_filters(dirs, served):
         assert bad.status == 400 and bad.json["details"]["field"] == field, (query, bad)
 
 
+def _b64(raw):
+    import base64
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+#: page tokens no transport made: nested, huge or non-finite numbers, wrong types, not base64,
+#: not UTF-8, and near-misses of the Redis transport's SCORE:JOB_ID form
+HOSTILE_TOKENS = [
+    _b64(b"[" * 3000), _b64(b'[1e400,"a"]'), _b64(b'[-1e400,"a"]'), _b64(b'[NaN,"job-page-00001"]'),
+    _b64(b'[Infinity,"a"]'), _b64(b'[-1,"job-page-00001"]'), _b64(b"[" + b"9" * 2900 + b',"a"]'),
+    _b64(b"[1.5,\"a\"]"), _b64(b'[true,"a"]'), _b64(b'["12",["a"]]'), _b64(b"[1,null]"), _b64(b"[1,2,3]"),
+    _b64(b'{"a":1,"b":2}'), _b64(b'"ab"'), _b64(b"null"), _b64(b'[1,"' + b"x" * 2800 + b'"]'),
+    _b64(b"\xff\xfe\x00[1,"), _b64(b'[1,"\xff\xfe"]'), "%%%", "!!!!", "====", "a", "A" * 4000,
+    "\u00e9t\u00e9", "\x00", "\ufffd", "-5:job-page-00001", "1e400:job-x", "nan:job-x", "inf:job-x", "9" * 4000 + ":x",
+    "1_000:job-page-00001", "\u0663\u0663:job-page-00001", " 12:job-page-00001", ":job-x", "12:", "12",
+    "12:" + "x" * 3000,
+]
+
+
+@pytest.mark.parametrize("transport", ["files", "redis"])
+def test_hostile_page_tokens_are_400_never_5xx(dirs, served, transport, request):
+    """Every malformed page_token is a one-line 400 naming page_token, over both transports;
+    nothing is counted as a server error (the ApiServerErrors alert's 5xx share)."""
+    from urllib.parse import quote
+
+    from apikit import scrape_values
+    extra = []
+    if transport == "redis":
+        from redisfixture import require_redis_py
+        require_redis_py()
+        extra = ["--transport", "redis", "--redis-url", request.getfixturevalue("redis_url"),
+                 "--pool", request.getfixturevalue("pool")]
+    api = served("api", *extra, metrics=True)
+    for i in range(3):
+        assert call(api.url, "POST", JOBS, doc=make_job(f"job-page-{i:05d}")).status == 202
+    token = call(api.url, "GET", f"{JOBS}?limit=2").json["data"]["next_page_token"]
+    assert len(call(api.url, "GET", f"{JOBS}?limit=2&page_token={token}").json["data"]["jobs"]) == 1
+    answers = {}
+    for bad in HOSTILE_TOKENS:
+        reply = call(api.url, "GET", f"{JOBS}?limit=2&page_token={quote(bad, safe='')}")
+        answers[bad[:40]] = (reply.status, reply.json.get("details", {}).get("field"),
+                             reply.json.get("message", "").count("\n"))
+    wrong = {k: v for k, v in answers.items() if v != (400, "page_token", 0)}
+    assert not wrong, f"{len(wrong)} of {len(answers)} tokens: {sorted(set(wrong.values()))}: {sorted(wrong)}"
+    for raw_token in ("%ff%fe%00", "%c3%28", "%80" * 100):  # bytes that are not UTF-8
+        reply = call(api.url, "GET", f"{JOBS}?page_token={raw_token}")
+        assert reply.status == 400 and reply.json["details"]["field"] == "page_token", reply
+    values = scrape_values(api.metrics_url)
+    served_errors = {k: v for k, v in values.items()
+                     if k.startswith("guestkit_api_requests_total{") and 'code="5' in k}
+    assert served_errors == {}, served_errors
+    bad_requests = 'guestkit_api_requests_total{code="400",method="GET",route="/api/v1/jobs"}'
+    assert values[bad_requests] == len(HOSTILE_TOKENS) + 3
+    assert "Traceback" not in api.log()
+
+
 # -- capabilities and health ----------------------------------------------------------------
 
 def test_capabilities(dirs, served):

@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Optional
 
 from ..errors import JobFileError, JobValidationError
 from ..protocol import Job, check_job_id
-from ..transports.base import FINAL_STATUSES, JOB_STATUSES, Transport
+from ..transports.base import FINAL_STATUSES, JOB_STATUSES, InvalidPageToken, Transport
 from .limits import DEFAULT_MAX_WAITS, DEFAULT_PAGE, MAX_PAGE, MAX_WAIT
 from .responses import Answer, ApiError, busy, ok
 
@@ -147,9 +147,12 @@ class JobsApi:
         if status is not None and status not in JOB_STATUSES:
             raise _bad_param("status", f"must be one of {', '.join(JOB_STATUSES)}, got {status[:40]!r}")
         limit = _number(query, "limit", int, low=1, high=MAX_PAGE) or DEFAULT_PAGE
+        token = query.get("page_token") or None
         try:
             page = self.transport.list_jobs(status=status, operation=query.get("operation") or None,
-                                            limit=limit, page_token=query.get("page_token") or None)
-        except ValueError as exc:
-            raise _bad_param("page_token", str(exc) or "not a token from a previous page") from None
+                                            limit=limit, page_token=token)
+        except ValueError:  # InvalidPageToken, or a plug-in transport's own refusal of the token
+            if token is None:
+                raise
+            raise _bad_param("page_token", str(InvalidPageToken())) from None
         return ok({"jobs": [job.to_dict() for job in page.jobs], "next_page_token": page.next_page_token})

@@ -39,6 +39,15 @@ class TransportUnavailable(GuestkitWorkerError):
     """The queue or store cannot be reached or written right now (retry later; nothing is lost)."""
 
 
+class InvalidPageToken(ValueError):
+    """A ``list_jobs`` page_token that this transport did not make.  The token arrives from a
+    client as is, so its message is fixed: one line that never repeats the token."""
+
+    def __init__(self) -> None:
+        super().__init__("not a token from a previous page of this listing; leave it out to start "
+                         "from the first page")
+
+
 class LeaseLost(GuestkitWorkerError):
     """This worker no longer owns a delivery (another worker reclaimed it): its outcome must not
     be stored and its handler should stop."""
@@ -339,7 +348,8 @@ class Transport(JobQueue, ResultStore):
     @abc.abstractmethod
     def list_jobs(self, *, status: Optional[str] = None, operation: Optional[str] = None,
                   limit: int = 100, page_token: Optional[str] = None) -> Page:
-        """One page of known jobs, newest first; page_token from the previous page."""
+        """One page of known jobs, newest first; page_token from the previous page
+        (:class:`InvalidPageToken` for any other)."""
 
     @abc.abstractmethod
     def cancel(self, job_id: str) -> str:

@@ -13,7 +13,8 @@ import os
 from typing import Any, Iterable, Mapping, Optional
 
 from ... import atomic
-from ..base import FINAL_STATUSES, JobStatus, Outcome, Page, SubmitReceipt, TransportUnavailable
+from ..base import (FINAL_STATUSES, InvalidPageToken, JobStatus, Outcome, Page, SubmitReceipt,
+                    TransportUnavailable)
 from .layout import RUNNING_SUFFIX, alternate_names, json_bytes, read_json
 
 _RESULT_SUFFIX = "-result.json"
@@ -276,15 +277,28 @@ def _status_of_result(job_id: str, result: dict) -> JobStatus:
                      completed_at=result.get("completed_at") or result.get("failed_at"), error=error)
 
 
+#: the longest job id a page token holds (a file name's 255 bytes)
+_MAX_NAME = 255
+#: the longest page token: base64 of [mtime_ns, a 255-byte name with each byte as \uXXXX] is 2,074
+_MAX_TOKEN = 2100
+
+
 def _encode_token(pos: tuple) -> str:
     return base64.urlsafe_b64encode(json.dumps(list(pos)).encode()).decode().rstrip("=")
 
 
 def _decode_token(token: Optional[str]) -> Optional[tuple]:
+    """(mtime_ns, job_id) of a token that _encode_token made; InvalidPageToken for anything
+    else (the token comes from a client: any length, nesting, number or type)."""
     if not token:
         return None
     try:
-        mtime, job_id = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        return int(mtime), str(job_id)
-    except (ValueError, TypeError):
-        raise ValueError("invalid page token") from None
+        if len(token) > _MAX_TOKEN:
+            raise ValueError(token)
+        pos = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, RecursionError):  # binascii and UTF-8 errors are ValueErrors
+        raise InvalidPageToken() from None
+    if not (isinstance(pos, list) and len(pos) == 2 and type(pos[0]) is int and 0 <= pos[0] < 2 ** 64
+            and isinstance(pos[1], str) and 0 < len(pos[1]) <= _MAX_NAME):
+        raise InvalidPageToken()
+    return pos[0], pos[1]

@@ -4,14 +4,27 @@ the pool's index sorted set) and ``cancel``, read from the per-job state hashes.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+import re
+from typing import Any, Optional, Tuple
 
-from ..base import FINAL_STATUSES, JobStatus, Page
+from ..base import FINAL_STATUSES, InvalidPageToken, JobStatus, Page
 from .keys import GROUP
 from .queue import now_iso
 
 #: how many index members list_jobs reads per round while filtering
 _CHUNK = 200
+#: a page token: the last job's score (milliseconds) and its index member (a job id, at most 128
+#: characters when admitted; up to 1024 are taken for a producer's own)
+_TOKEN = re.compile(r"([0-9]{1,18}):([^\x00-\x20]{1,1024})")
+
+
+def _decode_token(token: str) -> Tuple[str, str]:
+    """(score, job id) of a ``SCORE:JOB_ID`` page token; InvalidPageToken for anything else
+    (the token comes from a client: a sign, a huge or non-ASCII number, no job id)."""
+    found = _TOKEN.fullmatch(token)
+    if found is None:
+        raise InvalidPageToken()
+    return str(int(found.group(1))), found.group(2)
 
 
 def _text(value: Any) -> Optional[str]:
@@ -64,8 +77,7 @@ class IndexMixin:
         limit = max(1, min(int(limit), 1000))
         top, after = "+inf", None
         if page_token:
-            score, _, after = page_token.partition(":")
-            top = str(int(score))  # ValueError on a token this transport did not make
+            top, after = _decode_token(page_token)
         jobs, nxt = [], None
         with self._guard("list"):
             offset = 0
