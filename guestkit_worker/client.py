@@ -23,18 +23,44 @@ def read_token(path: str) -> str:
     return load_tokens(path)[0]
 
 
+#: what every refusal of --api ends with
+_BASE_URL_HINT = "give the API's base URL, e.g. http://127.0.0.1:8080 or https://host:8443"
+
+
+def _bad_url(url: str, problem: str) -> ConfigError:
+    shown = repr(url[:200] + ("..." if len(url) > 200 else ""))
+    return ConfigError(f"--api {shown}: {problem}; {_BASE_URL_HINT}")
+
+
+def parse_base_url(url: str) -> Tuple[str, str, int, str]:
+    """(scheme, host, port, path prefix) of an --api base URL; ConfigError (one line naming
+    --api and the form wanted) for anything that is not ``http[s]://HOST[:PORT][/PREFIX]``."""
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise _bad_url(url, "it contains a space or a control character")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # an unclosed [IPv6 bracket, a port that is no number or over 65535
+        raise _bad_url(url, f"not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _bad_url(url, "expected http://HOST:PORT or https://HOST:PORT")
+    if port == 0:
+        raise _bad_url(url, "the port must be from 1 to 65535")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise _bad_url(url, "a base URL has no ?query or #fragment")
+    if parts.username is not None or parts.password is not None:
+        raise _bad_url(url, "credentials in the URL are not sent (a token goes in --api-token-file)")
+    default_port = 443 if parts.scheme == "https" else 80
+    return parts.scheme, parts.hostname, port or default_port, parts.path.rstrip("/")
+
+
 class ApiClient:
     """``base_url`` like ``http://127.0.0.1:8080`` or ``https://host:8443``."""
 
     def __init__(self, base_url: str, *, token: Optional[str] = None, ca_file: Optional[str] = None,
                  client_cert: Optional[str] = None, client_key: Optional[str] = None,
                  timeout: float = 30.0) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"--api: expected http://HOST:PORT or https://HOST:PORT, got {base_url!r}")
-        self.scheme, self.host = parts.scheme, parts.hostname
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.prefix = parts.path.rstrip("/")
+        self.scheme, self.host, self.port, self.prefix = parse_base_url(base_url)
         self.token = token
         self.timeout = timeout
         self.context = None

@@ -119,6 +119,32 @@ def test_cli_list_refuses_a_bad_page_token_in_one_line(dirs, served, where, requ
     assert set(outcomes.values()) == {(2, 1, True, False)}, outcomes
 
 
+#: --api values that are no API base URL, each refused before any connection
+BAD_API_URLS = ["127.0.0.1:8080", "ftp://127.0.0.1:8080", "http://", "http://127.0.0.1:99999",
+                "http://127.0.0.1:0", "http://127.0.0.1:port", "http://[::1", "http://[::1:8080/",
+                "http://a b:8080", " http://127.0.0.1:8080", "http://127.0.0.1:8080/a\nb",
+                "http://127.0.0.1:8080/api?x=1", "http://127.0.0.1:8080/#top", "http://user:pw@127.0.0.1:8080"]
+
+
+def test_cli_bad_api_url_is_one_line_exit_2(dirs, tmp_path):
+    """Every client command with an --api that is no base URL: exit 2 and one line naming
+    --api and the form it wants (the first value through every command, the others rotate)."""
+    job = job_file(tmp_path, make_job("job-bad-api-01"))
+    commands = [["status", "job-bad-api-01"], ["result", "job-bad-api-01"], ["cancel", "job-bad-api-01"],
+                ["list"], ["submit", job]]
+    runs = [(c, "http://[::1") for c in commands] + [(commands[i % len(commands)], url)
+                                                     for i, url in enumerate(BAD_API_URLS)]
+    outcomes = {}
+    for command, url in runs:
+        proc = cli(*command, f"--api={url}", "--jobs-dir", dirs.jobs, timeout=60)
+        lines = proc.stderr.strip().splitlines()
+        outcomes[(command[0], url)] = (proc.returncode, len(lines), "--api" in proc.stderr,
+                                       "e.g. http://" in proc.stderr, "Traceback" in proc.stderr)
+    wrong = {k: v for k, v in outcomes.items() if v != (2, 1, True, True, False)}
+    assert not wrong, f"{len(wrong)} of {len(outcomes)}: {wrong}"
+    assert os.listdir(dirs.jobs) == [], "nothing was queued"
+
+
 # -- curl ---------------------------------------------------------------------------------
 
 def curl(*args):
