@@ -54,6 +54,19 @@ def parse_base_url(url: str) -> Tuple[str, str, int, str]:
     return parts.scheme, parts.hostname, port or default_port, parts.path.rstrip("/")
 
 
+_NO_JSON = object()
+
+
+def _job_not_found(body: Any) -> bool:
+    """Whether a 404's body is the API's "no such job" (its error code naming the job_id field),
+    not the 404 of a path that is no API endpoint (a wrong --api path, another server)."""
+    if not isinstance(body, dict) or body.get("success") is not False:
+        return False
+    details = body.get("details")
+    return body.get("error") in ("NOT_FOUND", "JOB_NOT_FOUND") and isinstance(details, dict) \
+        and details.get("field") == "job_id"
+
+
 class ApiClient:
     """``base_url`` like ``http://127.0.0.1:8080`` or ``https://host:8443``."""
 
@@ -61,6 +74,7 @@ class ApiClient:
                  client_cert: Optional[str] = None, client_key: Optional[str] = None,
                  timeout: float = 30.0) -> None:
         self.scheme, self.host, self.port, self.prefix = parse_base_url(base_url)
+        self.base_url = base_url
         self.token = token
         self.timeout = timeout
         self.context = None
@@ -75,7 +89,8 @@ class ApiClient:
 
     def request(self, method: str, path: str, body: Optional[bytes] = None,
                 timeout: Optional[float] = None) -> Tuple[int, Any]:
-        """(HTTP status, decoded JSON body); ApiUnreachable when there is no JSON answer."""
+        """(HTTP status, decoded JSON body); ApiUnreachable when there is no JSON answer,
+        ConfigError (naming --api) for a 404 that is not the API's "no such job"."""
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -95,10 +110,16 @@ class ApiClient:
         finally:
             conn.close()
         try:
-            return resp.status, json.loads(data)
-        except ValueError:
+            body = json.loads(data)
+        except (ValueError, RecursionError):
+            body = _NO_JSON
+        if resp.status == 404 and not _job_not_found(body):
+            where = (self.prefix + path).partition("?")[0]
+            raise _bad_url(self.base_url, f"not a guestkit-worker API (404 for {where[:300]})")
+        if body is _NO_JSON:
             raise ApiUnreachable(f"{self.scheme}://{self.host}:{self.port}: answered {resp.status} "
-                                 "without JSON") from None
+                                 "without JSON")
+        return resp.status, body
 
     @staticmethod
     def job_path(job_id: str, tail: str = "") -> str:

@@ -5,7 +5,8 @@ the same endpoint code the API runs (:class:`guestkit_worker.api.jobs.JobsApi`),
 ways answer alike and exit alike.
 
 Exit status (documented in the man page): 0 found / done, 1 the job failed (or the document
-is invalid), 2 usage, 3 not found, 4 not finished yet, 5 refused (already finished, not
+is invalid), 2 usage (also an --api whose paths are not the API's, an id no job can have), 3 no
+such job, 4 not finished yet, 5 refused (already finished, not
 cancellable, job id taken by another document), 6 the API or the job store is unavailable
 (connection, TLS, token, 5xx).
 """
@@ -337,8 +338,25 @@ def run_with_backend(args: argparse.Namespace, action: Callable[[argparse.Namesp
             backend.close()
 
 
+def _job_id_problem(job_id: str) -> Optional[str]:
+    """Why ``job_id`` cannot be any job's id (the protocol's rules), or None."""
+    from .errors import JobValidationError
+    from .protocol import check_job_id
+    try:
+        check_job_id(job_id)
+    except JobValidationError as exc:
+        return str(exc)
+    return None
+
+
 def cmd_client(args: argparse.Namespace) -> int:
-    """status / result / list / cancel, over --api or on the local directories."""
+    """status / result / list / cancel, over --api or on the local directories.  An id no job
+    can have is refused here, before any request: a path-like id would otherwise reach the API
+    as another path and come back as "not found"."""
+    problem = _job_id_problem(args.job_id) if args.command != "list" else None
+    if problem is not None:
+        print(f"guestkit-worker: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     return run_with_backend(args, run_client_command, lambda a: local_jobs(a, lock=a.command == "cancel"))
 
 

@@ -145,6 +145,88 @@ def test_cli_bad_api_url_is_one_line_exit_2(dirs, tmp_path):
     assert os.listdir(dirs.jobs) == [], "nothing was queued"
 
 
+class _NotFoundEverywhere:
+    """A plain HTTP server on 127.0.0.1:0 (a thread of this process) answering 404 text/html to
+    every GET, POST and DELETE: some other web server where the API was expected."""
+
+    def __enter__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def _404(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_error(404)
+
+            do_GET = do_POST = do_DELETE = _404
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+def _one_line(proc):
+    lines = proc.stderr.strip().splitlines()
+    return (proc.returncode, len(lines), lines[0] if lines else "", "Traceback" in proc.stderr)
+
+
+def test_cli_wrong_api_base_url_is_a_configuration_error_not_a_missing_job(dirs, served, tmp_path):
+    """A base URL with a wrong path, or a server that is not the API: exit 2 naming --api and
+    the path that was 404, for every client command; a missing job stays exit 3."""
+    from apikit import scrape_values
+    api = served("api", metrics=True)
+    job = job_file(tmp_path, make_job("job-where-0001"))
+    commands = [["status", "job-where-0001"], ["result", "job-where-0001"], ["cancel", "job-where-0001"],
+                ["list"], ["submit", job]]
+    outcomes = {}
+    with _NotFoundEverywhere() as other:
+        for base in (f"{api.url}/wrong/prefix", f"{api.url}/api/v1", other.url):
+            for command in commands:
+                code, count, line, traceback = _one_line(cli(*command, "--api", base, timeout=60))
+                outcomes[(base, command[0])] = (code, count, line.startswith(f"guestkit-worker: error: --api "
+                                                                               f"'{base}'"),
+                                                "not a guestkit-worker API (404 for /" in line,
+                                                "e.g. http://" in line, traceback)
+    wrong = {k: v for k, v in outcomes.items() if v != (2, 1, True, True, True, False)}
+    assert not wrong, f"{len(wrong)} of {len(outcomes)}: {wrong}"
+    assert [n for n in os.listdir(dirs.jobs) if n.endswith(".json")] == [], "nothing was queued"
+    missing = cli("status", "no-such-job-4", "--api", api.url + "/")
+    assert _one_line(missing)[:2] == (3, 1) and "NOT_FOUND" in missing.stderr
+    before = scrape_values(api.metrics_url)
+    assert not [k for k in before if 'code="5' in k], "no request was a server error"
+
+
+@pytest.mark.parametrize("job_id", ["../../etc/passwd", "a/b/c/d/e", "short", "x" * 129, "job id with spaces",
+                                    "..........", "job-%2e%2e-01"])
+def test_cli_invalid_job_id_is_refused_before_any_request(dirs, served, job_id):
+    """status/result/cancel with an id no job can have: exit 2 and the job id rules in one
+    line, and no request reaches the API (its request counter stays where it was)."""
+    from apikit import scrape_values
+    api = served("api", metrics=True)
+
+    def requests():
+        return sum(v for k, v in scrape_values(api.metrics_url).items()
+                   if k.startswith("guestkit_api_requests_total{"))
+    before = requests()
+    outcomes = {}
+    for where in (["--api", api.url], ["--jobs-dir", dirs.jobs, "--results-dir", dirs.results]):
+        for command in ("status", "result", "cancel"):
+            code, count, line, traceback = _one_line(cli(command, *where, "--", job_id, timeout=60))
+            outcomes[(where[0], command)] = (code, count, "job_id: " in line, traceback)
+    assert set(outcomes.values()) == {(2, 1, True, False)}, outcomes
+    assert requests() == before, "the API was never asked"
+
+
 # -- curl ---------------------------------------------------------------------------------
 
 def curl(*args):
