@@ -5,7 +5,8 @@ quietly.
 The TLS handshake (when the socket is wrapped) runs here, on the connection's thread.  A
 connection silent for ``CONNECTION_TIMEOUT`` seconds per read, or that has not delivered a whole
 request ``REQUEST_DEADLINE`` seconds after a thread took it up, is dropped; request lines over
-``MAX_REQUEST_LINE`` bytes get 414.  Persistent connections: after a complete answer the
+``MAX_REQUEST_LINE`` bytes get 414, and requests whose body length is ambiguous 400 before the
+connection closes (:mod:`guestkit_worker.http_framing`).  Persistent connections: after a complete answer the
 connection stays open when the client spoke HTTP/1.1 without ``Connection: close`` (or HTTP/1.0
 with ``Connection: keep-alive``), the answer had a ``Content-Length``, its status was below 500
 and the request's body was read to its end; at most ``MAX_REQUESTS_PER_CONNECTION`` requests
@@ -23,6 +24,8 @@ import ssl
 import threading
 import time
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler
+
+from . import http_framing
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +140,20 @@ class _DeadlineReader(io.RawIOBase):
             self._polling = False
 
 
+class _LineReader(io.BufferedReader):
+    """The connection's buffered reader; while ``lines`` is a list, each line readline() returns
+    is also added to it (the raw header lines, which http_framing checks)."""
+
+    lines = None
+
+    def readline(self, size=-1):
+        """One line, recorded when recording."""
+        line = super().readline(size)
+        if self.lines is not None:
+            self.lines.append(line)
+        return line
+
+
 class _Body:
     """``wsgi.input``: the request body, never past its ``Content-Length`` (so the next request
     on the connection stays unread); ``left`` counts what the app has not read."""
@@ -223,7 +240,7 @@ class RequestHandler(WSGIRequestHandler):
         if isinstance(conn, ssl.SSLSocket):
             conn.do_handshake()
         self._reader = _DeadlineReader(conn, CONNECTION_TIMEOUT)
-        self.rfile = io.BufferedReader(self._reader)
+        self.rfile = _LineReader(self._reader)
         self.wfile = conn.makefile("wb", self.wbufsize)
 
     def request_deadline(self):
@@ -260,7 +277,9 @@ class RequestHandler(WSGIRequestHandler):
             pass
 
     def handle_one_request(self):
-        """Read one request; answer 414 to over-long request lines and 400 to garbage."""
+        """Read one request; answer 414 to over-long request lines and 400 to garbage or to
+        ambiguous framing (see :mod:`guestkit_worker.http_framing`)."""
+        self._body = None
         self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
         if not self.raw_requestline:
             return  # the client closed between requests
@@ -269,23 +288,42 @@ class RequestHandler(WSGIRequestHandler):
             self.send_error(414)
             self._discard_input()
             return
-        if not self.parse_request():  # parse_request already sent the error reply
+        length = self._parse_head()
+        if length is False:
             return
         self.requests += 1
         if self.requests >= getattr(self.server, "max_requests", MAX_REQUESTS_PER_CONNECTION):
             self.close_connection = True
         environ = self.get_environ()
-        length = environ.get("CONTENT_LENGTH")
-        if "HTTP_TRANSFER_ENCODING" in environ or (length and not length.isdigit()):
+        if length is None:
             self.close_connection = True   # a body we cannot delimit: the app reads the stream
-            self._body, stdin = None, self.rfile
+            stdin = self.rfile
         else:
-            self._body = stdin = _Body(self.rfile, int(length) if length else 0)
+            self._body = stdin = _Body(self.rfile, length)
+            if "CONTENT_LENGTH" in environ:
+                environ["CONTENT_LENGTH"] = str(length)  # without the blanks it may have had
         handler = _ServerHandler(stdin, self.wfile, _ERRORS, environ, multithread=True)
         handler.request_handler = self
         handler.run(self.server.get_app())
         if handler.status is not None:   # the app failed after its headers: end the connection
             self.close_connection = True
+
+    def _parse_head(self):
+        """Parse the request line and headers: the body's length (None: Transfer-Encoding), or
+        False when an error reply was sent instead (400 and closing for ambiguous framing)."""
+        self.rfile.lines = []
+        try:
+            if not self.parse_request():  # parse_request already sent the error reply
+                return False
+            lines = self.rfile.lines
+        finally:
+            self.rfile.lines = None
+        try:
+            return http_framing.body_length(lines, self.headers)
+        except http_framing.FramingError as exc:
+            self.send_error(400, None, str(exc))
+            self._discard_input()
+            return False
 
     def decide_keep_alive(self, handler):
         """Called as ``handler`` sends its headers: keep the connection only for a complete,
