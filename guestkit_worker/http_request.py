@@ -6,14 +6,18 @@ The TLS handshake (when the socket is wrapped) runs here, on the connection's th
 connection silent for ``CONNECTION_TIMEOUT`` seconds per read, or that has not delivered a whole
 request ``REQUEST_DEADLINE`` seconds after a thread took it up, is dropped; request lines over
 ``MAX_REQUEST_LINE`` bytes get 414, and requests whose body length is ambiguous 400 before the
-connection closes (:mod:`guestkit_worker.http_framing`).  Persistent connections: after a complete answer the
-connection stays open when the client spoke HTTP/1.1 without ``Connection: close`` (or HTTP/1.0
-with ``Connection: keep-alive``), the answer had a ``Content-Length``, its status was below 500
-and the request's body was read to its end; at most ``MAX_REQUESTS_PER_CONNECTION`` requests
-per connection.  A request already buffered (pipelined), or arriving within ``LINGER_MS``, is
-answered at once on the same thread; otherwise :meth:`RequestHandler.serve` returns True and the
-server parks the connection without a thread until its next request starts.  Request logs go to this module's logger at
-DEBUG, never to stderr, and no reply names the Python version.
+connection closes (:mod:`guestkit_worker.http_framing`).  An answer given before the body was
+read (401, 413...) is followed by a bounded read of what the client still sends, then the
+connection closes, so the client sees the answer rather than a reset.
+
+Persistent connections: after a complete answer the connection stays open when the client spoke
+HTTP/1.1 without ``Connection: close`` (or HTTP/1.0 with ``Connection: keep-alive``), the answer
+had a ``Content-Length``, its status was below 500 and the request's body was read to its end;
+at most ``MAX_REQUESTS_PER_CONNECTION`` requests per connection.  A request already buffered
+(pipelined), or arriving within ``LINGER_MS``, is answered at once on the same thread; otherwise
+:meth:`RequestHandler.serve` returns True and the server parks the connection without a thread
+until its next request starts.  Request logs go to this module's logger at DEBUG, never to
+stderr, and no reply names the Python version.
 """
 
 import io
@@ -40,9 +44,12 @@ MAX_REQUESTS_PER_CONNECTION = 1000
 #: Milliseconds a connection thread waits for the next request on a kept connection before
 #: parking it in the waiting room (a client sending its next request at once skips two hand-overs).
 LINGER_MS = 2
-#: Bounds on reading and discarding what a rejected client still sends (see _discard_input).
-_DISCARD_MAX_BYTES = 1 << 20
-_DISCARD_MAX_SECONDS = 2.0
+#: Bounds on reading and dropping what a client still sends after an answer given before its
+#: body was read (see _discard_input): bytes, seconds in all (never past the request's deadline),
+#: and seconds of silence after which the client is taken to have stopped sending.
+_DISCARD_MAX_BYTES = 16 << 20
+_DISCARD_MAX_SECONDS = 5.0
+_DISCARD_SILENCE = 1.0
 
 SERVER_NAME = "guestkit-worker"
 
@@ -95,6 +102,11 @@ class _DeadlineReader(io.RawIOBase):
         self._deadline = deadline
         self._timeout = timeout
         self._sock.settimeout(timeout)
+
+    @property
+    def deadline(self):
+        """When (time.monotonic()) the current request must have arrived."""
+        return self._deadline
 
     def readable(self):
         """Always readable."""
@@ -307,17 +319,21 @@ class RequestHandler(WSGIRequestHandler):
         handler.run(self.server.get_app())
         if handler.status is not None:   # the app failed after its headers: end the connection
             self.close_connection = True
+        if self._body is None or self._body.left:  # answered before the body was read
+            self._discard_input()
 
     def _parse_head(self):
         """Parse the request line and headers: the body's length (None: Transfer-Encoding), or
         False when an error reply was sent instead (400 and closing for ambiguous framing)."""
         self.rfile.lines = []
         try:
-            if not self.parse_request():  # parse_request already sent the error reply
-                return False
+            parsed = self.parse_request()
             lines = self.rfile.lines
         finally:
             self.rfile.lines = None
+        if not parsed:  # parse_request already sent the error reply
+            self._discard_input()
+            return False
         try:
             return http_framing.body_length(lines, self.headers)
         except http_framing.FramingError as exc:
@@ -354,27 +370,28 @@ class RequestHandler(WSGIRequestHandler):
         self.connection.close()
 
     def _discard_input(self):
-        """Send what is buffered, then swallow (bounded) what the client is still sending.
+        """Send the answer and end our side, then read and drop what the client still sends:
+        the rest of the body when its length is known, else anything until the client closes.
+        Bounded by ``_DISCARD_MAX_BYTES``, ``_DISCARD_MAX_SECONDS`` (and the request's deadline)
+        and a silence of ``_DISCARD_SILENCE``; the connection closes after it.
 
-        Closing a socket with unread input makes the kernel answer with a reset that can
-        destroy our error reply before the client reads it.
+        Closing a socket with unread input makes the kernel answer with a reset, which breaks
+        the client's sending and can destroy our answer before the client reads it.
         """
         self.close_connection = True
         try:
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + _DISCARD_MAX_SECONDS
+            now = time.monotonic()
+            self._reader.arm(min(self._reader.deadline, now + _DISCARD_MAX_SECONDS), _DISCARD_SILENCE)
+            rest = self._body if self._body is not None else _Body(self.rfile, _DISCARD_MAX_BYTES)
             total = 0
             while total < _DISCARD_MAX_BYTES:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self.connection.settimeout(left)
-                chunk = self.connection.recv(65536)
+                chunk = rest.read(min(65536, _DISCARD_MAX_BYTES - total))
                 if not chunk:
                     break
                 total += len(chunk)
-        except OSError:
+        except (OSError, ValueError):  # timeouts, resets, a closed file: the answer went out
             pass
 
     def get_stderr(self):

@@ -79,7 +79,8 @@ def _health_response(health):
 
 
 def _discard_body(environ):
-    """Read (and drop) a small request body so closing the socket does not reset the reply."""
+    """Read (and drop) a small request body so the connection can be kept for the next request
+    (the server drains a larger one, bounded, before it closes the connection)."""
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:

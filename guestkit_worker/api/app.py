@@ -22,8 +22,6 @@ from .responses import Answer, ApiError, encode, error_body, ok, status_line
 
 log = logging.getLogger(__name__)
 
-#: environ key set when the rest of the request body must be drained (bounded) and dropped
-DISCARD_INPUT = "guestkit.discard_input"
 #: Longest query string accepted.
 MAX_QUERY = 4096
 
@@ -110,7 +108,6 @@ class ApiApp:
         if endpoint is None and method == "HEAD":  # a GET's headers and length, without its body
             endpoint = methods.get("GET")
         if endpoint is None:
-            environ[DISCARD_INPUT] = bool(environ.get("CONTENT_LENGTH"))
             allowed = list(methods) + (["HEAD"] if "GET" in methods else [])
             raise ApiError(405, "METHOD_NOT_ALLOWED", f"{method[:16]} is not allowed here; use "
                            f"{' or '.join(allowed)}", headers=[("Allow", ", ".join(allowed))])
@@ -140,7 +137,6 @@ class ApiApp:
         token = bearer_token(environ.get("HTTP_AUTHORIZATION"))
         if token is not None and self.tokens.accepts(token):
             return
-        environ[DISCARD_INPUT] = bool(environ.get("CONTENT_LENGTH"))
         if token is None:
             raise ApiError(401, "UNAUTHORIZED", "this API needs a bearer token (Authorization: Bearer "
                            "TOKEN)", headers=[("WWW-Authenticate", CHALLENGE)])
@@ -151,26 +147,21 @@ class ApiApp:
         """The request body, after its media type and declared length passed."""
         media = _media_type(environ.get("CONTENT_TYPE", ""))
         if media != "application/json":
-            environ[DISCARD_INPUT] = True
             raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send the job document with Content-Type: "
                            f"application/json (got {media[:60] or 'none'!r})", field="Content-Type")
         if environ.get("HTTP_TRANSFER_ENCODING"):
-            environ[DISCARD_INPUT] = True
             raise ApiError(411, "LENGTH_REQUIRED", "send the body with a Content-Length, not chunked")
         text = environ.get("CONTENT_LENGTH") or ""
         if not text.isdigit():
-            environ[DISCARD_INPUT] = True
             raise ApiError(411, "LENGTH_REQUIRED", "a job document needs a Content-Length header")
         length = int(text)
         if length > self.max_body:
-            environ[DISCARD_INPUT] = True
             raise ApiError(413, "PAYLOAD_TOO_LARGE", f"the body is {length} bytes; the limit "
                            f"(--max-job-size) is {self.max_body}", field="body",
                            details={"limit": self.max_body})
         try:
             raw = environ["wsgi.input"].read(length)
         except (TimeoutError, OSError):
-            environ[DISCARD_INPUT] = True
             raise ApiError(408, "REQUEST_TIMEOUT", "the body did not arrive in time") from None
         if len(raw) != length:
             raise ApiError(400, "INVALID_JSON", "the body ended before its Content-Length", field="body")

@@ -24,8 +24,6 @@ from typing import Callable, Optional, Tuple, Union
 
 from .. import httplisten, wsgiserver
 from ..errors import ConfigError
-from ..http_request import RequestHandler
-from .app import DISCARD_INPUT
 from .limits import DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger(__name__)
@@ -35,21 +33,6 @@ _REFUSAL_BODY = (b'{"success": false, "error": "TOO_MANY_CONNECTIONS", "message"
 _REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
             b"Retry-After: 1\r\nConnection: close\r\nCache-Control: no-store\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY))
-
-
-class _ApiRequestHandler(RequestHandler):
-    """The metrics port's request handler, with the drain after an answer given before the
-    body was read."""
-
-    def get_environ(self) -> dict:
-        self._environ = super().get_environ()
-        return self._environ
-
-    def handle_one_request(self) -> None:
-        self._environ = None
-        super().handle_one_request()
-        if self._environ is not None and self._environ.get(DISCARD_INPUT):
-            self._discard_input()
 
 
 def tls_context(tls_cert: Optional[str], tls_key: Optional[str],
@@ -86,8 +69,7 @@ def start_api_server(addr: Union[str, Tuple[str, int]], app: Callable, *,
     try:
         service = wsgiserver.serve_wsgi(app, (host, port), ssl_context=context, max_connections=max_connections,
                                         name="api", option="--api-addr", request_deadline=request_deadline,
-                                        handler_class=_ApiRequestHandler, refusal=_REFUSAL,
-                                        on_refused=on_refused, start=start)
+                                        refusal=_REFUSAL, on_refused=on_refused, start=start)
     except ConfigError as exc:
         raise ConfigError(f"--api-addr: {exc}") from None
     log.info("serving the REST API on %s (at most %d connections at once%s)", service.url, max_connections,
