@@ -8,7 +8,7 @@ Exit status (documented in the man page): 0 found / done, 1 the job failed (or t
 is invalid), 2 usage (also an --api whose paths are not the API's, an id no job can have), 3 no
 such job, 4 not finished yet, 5 refused (already finished, not
 cancellable, job id taken by another document), 6 the API or the job store is unavailable
-(connection, TLS, token, 5xx).
+(connection, TLS, token, 5xx), 7 a submission's outcome is unknown (504 OUTCOME_UNKNOWN).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable, Optional, Tuple
 
 from .errors import ConfigError
+from .exitcodes import EXIT_OUTCOME_UNKNOWN
 from .transports.base import JOB_STATUSES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_NOT_FINISHED, EXIT_REFUSED, EXIT_UNAVAILABLE = range(7)
@@ -158,6 +159,8 @@ def _error(reply: Reply, what: str) -> int:
         return EXIT_REFUSED
     if status in (400, 411, 413, 415, 422):
         return EXIT_FAILED
+    if status == 504 and code == "OUTCOME_UNKNOWN":
+        return EXIT_OUTCOME_UNKNOWN
     return EXIT_UNAVAILABLE
 
 

@@ -8,5 +8,8 @@ EXIT_JOBS_FAILED = 1
 EXIT_USAGE = 2
 #: --once --textfile-dir: the run's metrics could not be written at the end (not a success)
 EXIT_TEXTFILE = 3
+#: submit: the job store took the job but did not answer, so it may or may not be queued (submit the
+#: same document again: it is never queued twice); the client commands' table (commands.py) shares it
+EXIT_OUTCOME_UNKNOWN = 7
 #: a second SIGTERM/SIGINT stopped the worker at once
 EXIT_ABORTED = 130

@@ -4,7 +4,7 @@
 import os
 import sys
 
-from .exitcodes import EXIT_JOBS_FAILED, EXIT_OK, EXIT_USAGE
+from .exitcodes import EXIT_JOBS_FAILED, EXIT_OK, EXIT_OUTCOME_UNKNOWN, EXIT_USAGE
 from .options import allow_backing, allowed_paths, queue_config, usage_error
 
 
@@ -71,8 +71,13 @@ def cmd_submit(args):
             print(f"{args.job}: {problem}", file=sys.stderr)
         return EXIT_JOBS_FAILED
     from .transports import open_transport
+    from .transports.base import OutcomeUnknown
     try:
         receipt = open_transport(cfg).submit(job.doc)
+    except OutcomeUnknown as exc:
+        print(f"{args.job}: job {job.job_id} may or may not be queued: {exc}; submit the same file "
+              "again: it is never queued twice", file=sys.stderr)
+        return EXIT_OUTCOME_UNKNOWN
     except ConfigError as exc:
         return usage_error(str(exc))
     except OSError as exc:

@@ -74,6 +74,8 @@ class ApiApp:
         try:
             answer = self._answer(environ, method, params, methods)
         except ApiError as err:
+            if err.status == 504:  # the job store took a request and never answered: worth a line
+                log.warning("API %s %s: %s (%s)", method, route, err.message, err.__cause__)
             answer = Answer(err.status, error_body(err), err.headers)
         except TransportUnavailable as exc:
             log.warning("API %s %s: job store unavailable: %s", method, route, exc)

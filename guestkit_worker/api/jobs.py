@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Optional
 
 from ..errors import JobFileError, JobValidationError
 from ..protocol import Job, check_job_id
-from ..transports.base import FINAL_STATUSES, JOB_STATUSES, InvalidPageToken, Transport
+from ..transports.base import FINAL_STATUSES, JOB_STATUSES, InvalidPageToken, OutcomeUnknown, Transport
 from .limits import DEFAULT_MAX_WAITS, DEFAULT_PAGE, MAX_PAGE, MAX_WAIT
 from .responses import Answer, ApiError, busy, ok
 
@@ -66,7 +66,13 @@ class JobsApi:
             problems = [str(p) for p in getattr(exc, "problems", ())]
             raise ApiError(422, exc.code, str(exc), field=exc.field,
                            details={"problems": problems} if len(problems) > 1 else None) from None
-        receipt = self.transport.submit(job.doc, raw)
+        try:
+            receipt = self.transport.submit(job.doc, raw)
+        except OutcomeUnknown as exc:
+            raise ApiError(504, "OUTCOME_UNKNOWN", f"job {job.job_id}: the job store took the request but "
+                           "its answer did not come back, so the job may or may not exist; retry with the "
+                           "same document: it is never run twice", field="job_id",
+                           headers=[("Retry-After", "5")]) from exc
         location = f"{JOBS_PATH}/{receipt.job_id}"
         if receipt.outcome == "created":
             log.info("job %s (%s) submitted over the API", receipt.job_id, job.operation)

@@ -48,6 +48,12 @@ class InvalidPageToken(ValueError):
                          "from the first page")
 
 
+class OutcomeUnknown(TransportUnavailable):
+    """A change was sent to the queue or store, but its answer never came back (a timeout, a
+    connection lost after sending): it may or may not have been made.  Submitting the same
+    document again is safe: one job id and document never make a second job."""
+
+
 class LeaseLost(GuestkitWorkerError):
     """This worker no longer owns a delivery (another worker reclaimed it): its outcome must not
     be stored and its handler should stop."""

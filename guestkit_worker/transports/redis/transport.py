@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, Optional
 from ...errors import ConfigError
 from ...metrics import NullMetrics
 from ...protocol import DEFAULT_MAX_JOB_BYTES
-from ..base import Transport, TransportUnavailable
+from ..base import OutcomeUnknown, Transport, TransportUnavailable
 from . import connection, tls
 from .index import IndexMixin
 from .keys import GROUP, Keys
@@ -45,6 +45,10 @@ class RedisUnavailable(TransportUnavailable, OSError):
     """Redis cannot be reached or answers that it is in trouble.  An OSError too, so that
     every path of the worker that handles storage trouble (give the job back, back off, try
     again later) handles a Redis outage the same way."""
+
+
+class RedisOutcomeUnknown(OutcomeUnknown, RedisUnavailable):
+    """A change reached Redis and its reply never came back: it may or may not have been made."""
 
 
 class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport):
@@ -205,7 +209,8 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
     @contextlib.contextmanager
     def _guard(self, operation: str) -> Iterator[None]:
         """Turn the client's connection errors (and replies meaning a server in trouble) into
-        TransportUnavailable, counted in guestkit_worker_transport_errors_total{operation}.
+        TransportUnavailable, counted in guestkit_worker_transport_errors_total{operation}
+        (a call that reached Redis without a reply: RedisOutcomeUnknown, an OutcomeUnknown).
         Before the first round trip succeeded, a connection no retry will cure (TLS
         certificates, TLS or plain on the wrong port) is a ConfigError instead."""
         exc_mod = self._redis.exceptions
@@ -214,6 +219,9 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
         try:
             yield
             self._reached = True
+        except OutcomeUnknown as exc:
+            self._unavailable(operation)
+            raise RedisOutcomeUnknown(f"redis {operation}: {exc}") from None
         except (exc_mod.ConnectionError, exc_mod.TimeoutError) as exc:
             if isinstance(exc, exc_mod.AuthenticationError) and operation == "open":
                 raise
