@@ -335,6 +335,32 @@ def test_progress_events_of_a_real_convert_job(dirs, served, tmp_path):
     assert call(worker.url, "GET", f"{JOBS}/job-progress-01/progress?after=x").status == 400
 
 
+@pytest.mark.parametrize("transport", ["files", "redis"])
+def test_progress_after_out_of_range_is_400_naming_it(dirs, served, request, pool, transport):
+    """``?after=`` past what a store's index holds (Redis: LRANGE's signed 64-bit start; the
+    files: the same bound, so both answer alike), negative or not a whole number: 400 naming
+    ``after``, never a 500; the largest accepted value answers no events."""
+    from apikit import scrape_values
+    where = ()
+    if transport == "redis":
+        from redisfixture import require_redis_py
+        require_redis_py()
+        where = ("--transport", "redis", "--redis-url", request.getfixturevalue("redis_url"), "--pool", pool)
+    api = served("api", *where, metrics=True)
+    assert call(api.url, "POST", JOBS, doc=make_job("job-after-00001")).status == 202
+    path = f"{JOBS}/job-after-00001/progress"
+    for bad in ("99999999999999999999999", "9223372036854775808", "-1", "abc", "1.5"):
+        reply = call(api.url, "GET", f"{path}?after={bad}")
+        assert reply.status == 400 and reply.json["error"] == "INVALID_PARAMETER", (bad, reply)
+        assert reply.json["details"]["field"] == "after" and reply.json["message"].startswith("after: "), reply
+    top = call(api.url, "GET", f"{path}?after=9223372036854775807")
+    assert top.status == 200 and top.json["data"]["events"] == [], top
+    assert call(api.url, "GET", f"{path}?after=0").json["data"] == {"job_id": "job-after-00001", "after": 0,
+                                                                   "events": [], "next": 0}
+    codes = [k for k in scrape_values(api.metrics_url) if k.startswith("guestkit_api_requests_total")]
+    assert not [k for k in codes if 'code="5' in k], codes
+
+
 def test_job_store_unavailable_is_503_with_retry_after_then_recovers(dirs, served):
     api = served("api")
     aside = dirs.jobs + ".aside"

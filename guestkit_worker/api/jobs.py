@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Optional
 from ..errors import JobFileError, JobValidationError
 from ..protocol import Job, check_job_id
 from ..transports.base import FINAL_STATUSES, JOB_STATUSES, InvalidPageToken, OutcomeUnknown, Transport
-from .limits import DEFAULT_MAX_WAITS, DEFAULT_PAGE, MAX_PAGE, MAX_WAIT
+from .limits import DEFAULT_MAX_WAITS, DEFAULT_PAGE, MAX_PAGE, MAX_PROGRESS_AFTER, MAX_WAIT
 from .responses import Answer, ApiError, busy, ok
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class JobsApi:
 
     # -- GET /api/v1/jobs/ID/progress[?after=N] ----------------------------------------
     def progress(self, job_id: str, query: Mapping[str, str]) -> Answer:
-        after = _number(query, "after", int, low=0) or 0
+        after = _number(query, "after", int, low=0, high=MAX_PROGRESS_AFTER) or 0
         self._status(job_id)
         events = self.transport.read_progress(job_id, after)
         return ok({"job_id": job_id, "after": after, "events": events, "next": after + len(events)})
