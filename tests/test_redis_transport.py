@@ -675,3 +675,63 @@ def test_take_reads_admits_and_starts_in_one_step_and_admits_foreign_entries_ful
     t.commit(completed_all)
     assert {t.job_status(j).status for j in got} == {"completed"}
     assert r.xlen(k.jobs) == 0 and r.xpending(k.jobs, GROUP)["pending"] == 0
+
+
+class NotRedis:
+    """A TCP listener on 127.0.0.1 (port 0) that answers each connection's first bytes with
+    ``reply`` and closes it: an HTTP server, or a service speaking some other protocol."""
+
+    def __init__(self, reply):
+        import socket
+        self.reply = reply
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                try:
+                    conn.settimeout(5)
+                    conn.recv(4096)
+                    conn.sendall(self.reply)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                                   b"\x00\x9c\xfe\x13 not a protocol anyone speaks \xff\r\n"],
+                         ids=["http", "garbage"])
+def test_a_redis_url_on_a_port_that_is_not_redis_is_one_line_naming_it(tmp_path, pool, reply):
+    """run, api, submit and status with --redis-url on a port where something else answers: exit
+    2 and one line naming --redis-url and the likely fix, no traceback (a worker would wait
+    forever for a Redis that is not there, so it is a configuration error, not an outage)."""
+    from conftest import cli
+    server = NotRedis(reply)
+    url = f"redis://127.0.0.1:{server.port}/0"
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps(make_job("not-redis-0001")))
+    where = ("--transport", "redis", "--redis-url", url, "--pool", pool)
+    commands = {"run": ("run", "--once", "--metrics-enabled", "false", "--work-dir", str(tmp_path / "work")),
+                "api": ("api", "--api-addr", "127.0.0.1:0", "--metrics-enabled", "false"),
+                "submit": ("submit", str(job)),
+                "status": ("status", "not-redis-0001")}
+    try:
+        for name, args in commands.items():
+            p = cli(*args, *where, timeout=60)
+            lines = p.stderr.strip().splitlines()
+            assert p.returncode == 2 and "Traceback" not in p.stderr, (name, p.returncode, p.stderr)
+            assert f"--redis-url {url}: the server did not answer as Redis (Protocol Error: " in lines[-1], \
+                (name, lines)
+            assert lines[-1].endswith("); is that the Redis port?"), (name, lines)
+    finally:
+        server.close()

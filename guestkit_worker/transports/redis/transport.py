@@ -212,7 +212,8 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
         TransportUnavailable, counted in guestkit_worker_transport_errors_total{operation}
         (a call that reached Redis without a reply: RedisOutcomeUnknown, an OutcomeUnknown).
         Before the first round trip succeeded, a connection no retry will cure (TLS
-        certificates, TLS or plain on the wrong port) is a ConfigError instead."""
+        certificates, TLS or plain on the wrong port, a server that does not speak Redis) is a
+        ConfigError instead."""
         exc_mod = self._redis.exceptions
         if self.r is None:
             self._connect()
@@ -230,6 +231,12 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
                 raise ConfigError(f"redis at {self.where}: {problem}") from None
             self._unavailable(operation)
             raise RedisUnavailable(f"redis {operation}: {type(exc).__name__}: {exc}") from None
+        except exc_mod.InvalidResponse as exc:  # not the Redis protocol: something else on that port
+            what = f"the server did not answer as Redis ({str(exc)[:120]})"
+            if not self._reached:
+                raise ConfigError(f"--redis-url {self.where}: {what}; is that the Redis port?") from None
+            self._unavailable(operation)
+            raise RedisUnavailable(f"redis {operation}: {what}") from None
         except exc_mod.ResponseError as exc:
             text = str(exc)
             if not text.startswith(_TRANSIENT_REPLIES):
