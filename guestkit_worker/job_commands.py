@@ -21,20 +21,22 @@ def cmd_list_operations():
     return EXIT_OK
 
 
-def _check_file(path, registry):
-    """List of problems of one job file (empty when valid), and the parsed job: the worker's
-    own admission verdict (guestkit_worker.admission)."""
+def _check_file(path, registry, max_bytes=None):
+    """(problems, job, raw) of one job file: its problems (empty when valid), the parsed job
+    and the bytes read, judged by the worker's own admission (guestkit_worker.admission) with
+    a size limit of max_bytes (default: the worker's default --max-job-size)."""
     from .admission import problems
     from .protocol import DEFAULT_MAX_JOB_BYTES
+    max_bytes = max_bytes or DEFAULT_MAX_JOB_BYTES
     try:
         if path == "-":
-            raw = sys.stdin.buffer.read(DEFAULT_MAX_JOB_BYTES + 1)
+            raw = sys.stdin.buffer.read(max_bytes + 1)
         else:
             with open(path, "rb") as fh:
-                raw = fh.read(DEFAULT_MAX_JOB_BYTES + 1)
+                raw = fh.read(max_bytes + 1)
     except OSError as exc:
-        return [f"cannot read: {exc.strerror}"], None
-    return problems(raw, registry, DEFAULT_MAX_JOB_BYTES)
+        return [f"cannot read: {exc.strerror}"], None, None
+    return (*problems(raw, registry, max_bytes), raw)
 
 
 def cmd_validate(args):
@@ -43,7 +45,7 @@ def cmd_validate(args):
     reg.configure_paths(allowed_paths(args), allow_backing=allow_backing(args))
     bad = 0
     for path in args.files:
-        problems, job = _check_file(path, reg)
+        problems, job, _ = _check_file(path, reg)
         if problems:
             bad += 1
             for problem in problems:
@@ -65,21 +67,24 @@ def cmd_submit(args):
         return usage_error(str(exc))
     reg = default_registry()
     reg.configure_paths(allowed_paths(args), allow_backing=allow_backing(args))
-    problems, job = _check_file(args.job, reg)
+    problems, job, raw = _check_file(args.job, reg, cfg.max_job_bytes)  # the size workers read
     if problems:
         for problem in problems:
             print(f"{args.job}: {problem}", file=sys.stderr)
         return EXIT_JOBS_FAILED
     from .transports import open_transport
-    from .transports.base import OutcomeUnknown
+    from .transports.base import JobTooLarge, OutcomeUnknown
     try:
-        receipt = open_transport(cfg).submit(job.doc)
+        receipt = open_transport(cfg).submit(job.doc, raw)  # queued as read: never a larger form
     except OutcomeUnknown as exc:
         print(f"{args.job}: job {job.job_id} may or may not be queued: {exc}; submit the same file "
               "again: it is never queued twice", file=sys.stderr)
         return EXIT_OUTCOME_UNKNOWN
     except ConfigError as exc:
         return usage_error(str(exc))
+    except JobTooLarge as exc:
+        print(f"{args.job}: {exc}", file=sys.stderr)
+        return EXIT_JOBS_FAILED
     except OSError as exc:
         print(f"{args.job}: cannot queue it: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE

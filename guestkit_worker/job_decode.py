@@ -23,7 +23,7 @@ def json_type_name(value: Any) -> str:
 def decode_job_bytes(raw: bytes, max_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Dict[str, Any]:
     """Turn a job file's bytes into a dict, or raise JobFileError saying what is wrong."""
     if len(raw) > max_bytes:
-        raise JobFileError("file", f"larger than the limit of {max_bytes} bytes")
+        raise JobFileError("file", f"larger than the limit of {max_bytes} bytes (--max-job-size)")
     if not raw.strip():
         raise JobFileError("file", "empty file")
     if raw.startswith(b"\xef\xbb\xbf"):

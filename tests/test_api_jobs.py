@@ -402,3 +402,50 @@ def test_racing_posts_of_one_job_make_one_job(dirs, served):
     assert sorted(same).count(202) == 1 and same.count(200) == 19
     assert different == [409] * 4
     assert job_files(dirs) == ["job-race-00001.json"]
+
+
+# -- what is stored is what was accepted -----------------------------------------------------
+
+def _nested(depth):
+    """A document of about 1.8 KB whose payload.data nests ``depth`` arrays deep."""
+    return {"deep": json.loads("[" * depth + "1" + "]" * depth)}
+
+
+@pytest.mark.parametrize("job_id, data, size", [
+    ("job-size-wide01", {"items": [[1]] * 60000}, (230_000, 250_000)),  # indent=2 made it 1.98 MB
+    ("job-size-deep01", _nested(900), (1_500, 2_500)),                  # indent=2 made it 1.6 MB
+], ids=["wide", "deep"])
+def test_an_accepted_document_is_stored_as_accepted_and_completes(dirs, served, job_id, data, size):
+    """A document under --max-job-size (default 1 MiB) answered 202 is queued with the very
+    bytes that were posted: it runs and its result is found by id."""
+    worker = served("run")
+    body = json.dumps(make_job(job_id, data=data), separators=(",", ":")).encode()
+    assert size[0] < len(body) < size[1]
+    reply = call(worker.url, "POST", JOBS, body=body, headers={"Content-Type": "application/json"})
+    assert reply.status == 202, reply
+    done = call(worker.url, "GET", f"{JOBS}/{job_id}/result?wait=60", timeout=90)
+    assert done.status == 200, done
+    assert done.json["data"]["status"] == "completed" and done.json["data"]["data"] == data
+    assert call(worker.url, "GET", f"{JOBS}/{job_id}").json["data"]["status"] == "completed"
+    assert dirs.listing("failed") == []
+    with open(os.path.join(dirs.jobs, "done", f"{job_id}.json"), "rb") as fh:
+        assert fh.read() == body, "the job file holds the posted bytes"
+
+
+def test_a_document_of_exactly_the_size_limit_is_accepted_and_completes(dirs, served):
+    """Pretty-printed input at --max-job-size bytes, to the byte: 202, and it runs (its stored
+    form is those bytes; one byte more is 413 before anything is stored)."""
+    limit = 50_000
+    worker = served("run", "--max-job-size", str(limit))
+    doc = make_job("job-size-edge01", data={"items": [[1]] * 1500, "pad": ""})
+    body = json.dumps(doc, indent=1).encode()
+    doc["payload"]["data"]["pad"] = "x" * (limit - len(body))
+    body = json.dumps(doc, indent=1).encode()
+    assert len(body) == limit
+    over = body.replace(b'"pad": "', b'"pad": "y', 1)
+    reply = call(worker.url, "POST", JOBS, body=over, headers={"Content-Type": "application/json"})
+    assert reply.status == 413 and reply.json["details"]["limit"] == limit
+    reply = call(worker.url, "POST", JOBS, body=body, headers={"Content-Type": "application/json"})
+    assert reply.status == 202, reply
+    done = call(worker.url, "GET", f"{JOBS}/job-size-edge01/result?wait=60", timeout=90)
+    assert done.status == 200 and done.json["data"]["status"] == "completed", done

@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from guestkit_worker.transports.files import FileTransport
 
 
@@ -294,4 +296,31 @@ def test_a_job_given_back_under_an_alternate_name_is_found_by_id(tmp_path):
         assert "reuse-a.json" in _waiting(jobs) and t.job_status("reuse-a").status == "pending"
     finally:
         other.close()
+        t.close()
+
+
+def test_submit_writes_what_a_worker_reads_or_refuses_it(tmp_path):
+    """submit writes the bytes it is given, else the document as one line; a form over
+    max_job_bytes (what workers read) raises JobTooLarge and leaves nothing in jobs/."""
+    from guestkit_worker.transports.base import JobTooLarge
+    t = FileTransport(str(tmp_path / "jobs"), str(tmp_path / "results"), "files-w1", max_job_bytes=4000,
+                      durable=False)
+    t.open()
+    try:
+        doc = dict(_echo_doc("size-one-line"), payload={"type": "system.echo.v1", "data": {"n": [[1]] * 600}})
+        assert len(json.dumps(doc, indent=2)) > 4000 > len(json.dumps(doc, separators=(",", ":")))
+        assert t.submit(doc).outcome == "created"
+        with open(os.path.join(t.layout.jobs_dir, "size-one-line.json"), "rb") as fh:
+            stored = fh.read()
+        assert json.loads(stored) == doc and stored.count(b"\n") == 0 and len(stored) < 4000
+        sent = b"{\n" + json.dumps(_echo_doc("size-as-sent"))[1:].encode()
+        assert t.submit(json.loads(sent), sent).outcome == "created"
+        with open(os.path.join(t.layout.jobs_dir, "size-as-sent.json"), "rb") as fh:
+            assert fh.read() == sent
+        big = dict(_echo_doc("size-too-big"), payload={"type": "system.echo.v1", "data": {"n": [[1]] * 1200}})
+        with pytest.raises(JobTooLarge, match=r"^the job document is \d+ bytes as stored, larger than the limit "
+                                              r"of 4000 bytes \(--max-job-size\); it was not queued"):
+            t.submit(big)
+        assert _waiting(t.layout.jobs_dir) == ["size-as-sent.json", "size-one-line.json"]
+    finally:
         t.close()

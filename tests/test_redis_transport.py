@@ -735,3 +735,20 @@ def test_a_redis_url_on_a_port_that_is_not_redis_is_one_line_naming_it(tmp_path,
             assert lines[-1].endswith("); is that the Redis port?"), (name, lines)
     finally:
         server.close()
+
+
+def test_submit_queues_the_document_as_read_never_a_larger_form(redis_server, pool, tmp_path):
+    """submit over Redis queues the job file's own bytes: a compact document of about 1 MB is
+    not re-encoded with ', ' and ': ' (1.25 MB, over --max-job-size, dead-lettered unread)."""
+    from conftest import cli
+    from redisfixture import stored_result
+    job = tmp_path / "wide.json"
+    job.write_text(json.dumps(make_job("redis-wide-0001", data={"items": [[1]] * 249000}), separators=(",", ":")))
+    assert 990_000 < job.stat().st_size < 1 << 20
+    common = ["--transport", "redis", "--redis-url", redis_server.url, "--pool", pool]
+    cli("submit", str(job), *common, timeout=60, check=0)
+    cli("run", "--once", *common, "--worker-id", f"{pool}-w", "--metrics-enabled", "false",
+        "--work-dir", str(tmp_path / "work"), timeout=120, check=0)
+    result = stored_result(redis_server.client(), pool, "redis-wide-0001")
+    assert result is not None and result["status"] == "completed"
+    assert redis_server.client().xlen(Keys(pool).dead) == 0

@@ -215,6 +215,19 @@ def test_retry_until_success(dirs):
     assert proc.stderr.count("re-queued as attempt") == 2
 
 
+
+def test_a_retry_of_a_large_job_is_requeued_within_the_size_limit(dirs):
+    """The next attempt of a 300 KB job is written back as one line (indented, it was 2 MB: over
+    --max-job-size, rejected unread as INVALID_JOB_FILE)."""
+    path = write_job(dirs.jobs, make_job("flaky-wide-0001", "test.flaky", {"succeed_on": 2, "items": [[1]] * 60000},
+                                         execution={"max_attempts": 2}))
+    assert 250_000 < os.path.getsize(path) < 350_000
+    cli("--once", *dirs.args(), "--metrics-enabled", "false", check=0)
+    result = dirs.result("flaky-wide-0001")
+    assert (result["status"], result["execution_summary"]["attempt"]) == ("completed", 2)
+    assert dirs.listing("failed") == []
+
+
 def test_retry_exhausted_fails(dirs):
     write_job(dirs.jobs, make_job("flaky-job-0002", "test.flaky", {"succeed_on": 9}, execution={"max_attempts": 2}))
     cli("--once", *dirs.args(), check=1)
@@ -342,6 +355,27 @@ def test_validate_and_submit_judge_paths_like_the_worker(dirs, tmp_path):
     env = __import__("conftest").worker_env(GUESTKIT_WORKER_ALLOW_PATH=f"{other}:{images}")
     proc = cli("submit", str(job), "--jobs-dir", dirs.jobs, env=env, check=0)
     assert proc.stdout.strip() == os.path.join(dirs.jobs, "allowpath-0001.json")
+
+
+
+def test_submit_queues_the_file_as_it_is_and_refuses_what_workers_would_not_read(dirs, tmp_path):
+    """submit writes the job file's own bytes (a 240 KB document is not rewritten indented, to
+    1.98 MB, over --max-job-size), and a document over GUESTKIT_WORKER_MAX_JOB_SIZE, the limit
+    workers read, is refused with one line, nothing queued (it would be rejected unread,
+    without a result)."""
+    job = tmp_path / "wide.json"
+    job.write_text(json.dumps(make_job("submit-wide-001", data={"items": [[1]] * 60000})))
+    size = job.stat().st_size
+    assert 230_000 < size < 350_000
+    env = __import__("conftest").worker_env(GUESTKIT_WORKER_MAX_JOB_SIZE="100000")
+    proc = cli("submit", str(job), "--jobs-dir", dirs.jobs, env=env, check=1)
+    assert proc.stderr.strip().splitlines() == [f"{job}: file: larger than the limit of 100000 bytes (--max-job-size)"]
+    assert os.listdir(dirs.jobs) == []
+    proc = cli("submit", str(job), "--jobs-dir", dirs.jobs, check=0)
+    with open(os.path.join(dirs.jobs, "submit-wide-001.json"), "rb") as fh:
+        assert fh.read() == job.read_bytes()
+    cli("--once", *dirs.args(), "--metrics-enabled", "false", check=0)
+    assert dirs.result("submit-wide-001")["status"] == "completed"
 
 
 def test_usage_errors_exit_2(dirs):

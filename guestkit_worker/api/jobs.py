@@ -12,7 +12,8 @@ from typing import Callable, Mapping, Optional
 
 from ..errors import JobFileError, JobValidationError
 from ..protocol import Job, check_job_id
-from ..transports.base import FINAL_STATUSES, JOB_STATUSES, InvalidPageToken, OutcomeUnknown, Transport
+from ..transports.base import (FINAL_STATUSES, JOB_STATUSES, InvalidPageToken, JobTooLarge, OutcomeUnknown,
+                               Transport)
 from .limits import DEFAULT_MAX_WAITS, DEFAULT_PAGE, MAX_PAGE, MAX_PROGRESS_AFTER, MAX_WAIT
 from .responses import Answer, ApiError, busy, ok
 
@@ -73,6 +74,9 @@ class JobsApi:
                            "its answer did not come back, so the job may or may not exist; retry with the "
                            "same document: it is never run twice", field="job_id",
                            headers=[("Retry-After", "5")]) from exc
+        except JobTooLarge as exc:  # the workers would refuse it unread: never answer 202 for it
+            raise ApiError(413, "JOB_TOO_LARGE", str(exc), field="body",
+                           details={"limit": exc.limit}) from None
         location = f"{JOBS_PATH}/{receipt.job_id}"
         if receipt.outcome == "created":
             log.info("job %s (%s) submitted over the API", receipt.job_id, job.operation)

@@ -23,6 +23,7 @@ read as JSON raises :class:`guestkit_worker.errors.JobFileError` from :meth:`Job
 from __future__ import annotations
 
 import abc
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -52,6 +53,36 @@ class OutcomeUnknown(TransportUnavailable):
     """A change was sent to the queue or store, but its answer never came back (a timeout, a
     connection lost after sending): it may or may not have been made.  Submitting the same
     document again is safe: one job id and document never make a second job."""
+
+
+class JobTooLarge(GuestkitWorkerError):
+    """A job document whose stored form would be over the workers' --max-job-size: it is not
+    queued (a worker would refuse it unread, and the job would end without a result)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+        super().__init__(f"the job document is {size} bytes as stored, larger than the limit of {limit} "
+                         "bytes (--max-job-size); it was not queued: make it smaller or raise the limit")
+
+
+_COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def compact_job_bytes(doc: Mapping[str, Any]) -> bytes:
+    """A job document as one line of JSON, the smallest form json writes: a retry's rewrite
+    stays about the size of the document read (indented, it can grow eightfold).
+    backslashreplace: a lone surrogate (decoded from a \\udXXX escape) becomes that escape again."""
+    return _COMPACT.encode(doc).encode("utf-8", "backslashreplace")
+
+
+def job_bytes(doc: Mapping[str, Any], raw: Optional[bytes], limit: int) -> bytes:
+    """The bytes a submitted job is queued as: ``raw`` (the very bytes that were validated)
+    when given, else :func:`compact_job_bytes`.  JobTooLarge when they are over ``limit``,
+    the size workers read: once queued, the job would be refused unread, without a result."""
+    data = raw if raw is not None else compact_job_bytes(doc)
+    if len(data) > limit:
+        raise JobTooLarge(len(data), limit)
+    return data
 
 
 class LeaseLost(GuestkitWorkerError):
@@ -210,7 +241,8 @@ class JobQueue(abc.ABC):
     @abc.abstractmethod
     def submit(self, doc: Mapping[str, Any], raw: Optional[bytes] = None) -> SubmitReceipt:
         """Queue a validated job document; never creates two jobs for one job id (see
-        SubmitReceipt).  ``raw``: the document's bytes as received, if any."""
+        SubmitReceipt).  ``raw``: the document's bytes as received, if any: what is queued
+        (see :func:`job_bytes`; JobTooLarge when over the transport's max_job_bytes)."""
 
     @abc.abstractmethod
     def fetch(self, max_count: int, timeout: float) -> Sequence[Delivery]:

@@ -14,8 +14,8 @@ from typing import Any, Iterable, Mapping, Optional
 
 from ... import atomic
 from ..base import (FINAL_STATUSES, InvalidPageToken, JobStatus, Outcome, Page, SubmitReceipt,
-                    TransportUnavailable)
-from .layout import RUNNING_SUFFIX, alternate_names, json_bytes, read_json
+                    TransportUnavailable, job_bytes)
+from .layout import RUNNING_SUFFIX, alternate_names, read_json
 
 _RESULT_SUFFIX = "-result.json"
 _LOOKUPS = 3  # looks before a job is called unknown (each sees any one move)
@@ -77,7 +77,10 @@ class FileIndex:
 
     # -- submit -------------------------------------------------------------------------
     def submit(self, doc: Mapping[str, Any], raw: Optional[bytes] = None) -> SubmitReceipt:
+        """Write JOB_ID.json with the bytes that were validated (``raw``), or the document as
+        one line: never a form larger than what workers read (--max-job-size)."""
         job_id = doc["job_id"]
+        data = job_bytes(doc, raw, self.max_job_bytes)
         L = self.layout
         found = self._locate(job_id)
         if found is not None:
@@ -88,7 +91,7 @@ class FileIndex:
                                  L.result_path(job_id))
         dest = os.path.join(L.jobs_dir, f"{job_id}.json")
         try:
-            atomic.write_bytes(dest, json_bytes(dict(doc)), mode=0o640, overwrite=False, durable=self.durable)
+            atomic.write_bytes(dest, data, mode=0o640, overwrite=False, durable=self.durable)
         except FileExistsError:
             return self._receipt(job_id, read_json(dest), doc, "pending", dest)
         return SubmitReceipt(job_id, "created", "pending", dest)

@@ -79,7 +79,8 @@ class Layout:
 
 
 def json_bytes(obj) -> bytes:
-    """Indented JSON for job files and reasons.  backslashreplace: a job file name that is not
+    """Indented JSON for reasons and idempotency records (job files are written as submitted or
+    as one line: see transports.base.job_bytes).  backslashreplace: a job file name that is not
     UTF-8 (surrogate-escaped by os.fsdecode) becomes a \\udcXX escape inside its JSON string
     instead of failing the whole write."""
     return (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8",

@@ -14,7 +14,7 @@ import time
 from typing import Iterator, Mapping, Optional, Sequence
 
 from ... import atomic
-from ..base import Delivery
+from ..base import Delivery, compact_job_bytes
 from .jobfile import read_job_file
 from .layout import ALTERNATE_NAMES, RUNNING_SUFFIX, MAX_NAME_BYTES, alternate_names, json_bytes
 
@@ -173,7 +173,7 @@ class FileQueue:
 
     # -- giving back --------------------------------------------------------------------
     def retry(self, delivery: Delivery, doc: Mapping) -> None:
-        data = json_bytes(doc)
+        data = compact_job_bytes(doc)  # one line: an indented rewrite can outgrow --max-job-size
         for dst in self._queue_names(delivery.name):
             try:
                 atomic.write_bytes(dst, data, durable=self.durable, mode=0o640, overwrite=False)

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from ...errors import JobFileError
 from ...protocol import decode_job_bytes, peek_job_id, pool_accepts
-from ..base import Delivery, LeaseLost, SubmitReceipt
+from ..base import Delivery, LeaseLost, SubmitReceipt, compact_job_bytes, job_bytes
 from .connection import MAX_BLOCK_SECONDS
 from .keys import GROUP
 from .scripts import DEAD_MAXLEN
@@ -67,7 +67,7 @@ class QueueMixin:
     # -- submission ---------------------------------------------------------------------
     def submit(self, doc: Mapping[str, Any], raw: Optional[bytes] = None) -> SubmitReceipt:
         job_id = doc["job_id"]
-        body = raw if raw is not None else json.dumps(doc, ensure_ascii=False).encode()
+        body = job_bytes(doc, raw, self.max_job_bytes)  # never larger than what workers read
         op, cancellable, attempt = job_facts(doc)
         k = self.k
         with self._guard("submit"):
@@ -262,7 +262,7 @@ class QueueMixin:
 
     def retry(self, delivery: Delivery, doc: Mapping[str, Any]) -> None:
         attempt = (doc.get("execution") or {}).get("attempt", 1)
-        self._requeue(delivery, json.dumps(doc, ensure_ascii=False).encode(), attempt, "retry")
+        self._requeue(delivery, compact_job_bytes(doc), attempt, "retry")
 
     def release(self, delivery: Delivery, *, not_for_me: bool = False) -> None:
         """Queue the entry again unchanged (a new entry at the back).  A job whose routing or
