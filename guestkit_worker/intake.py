@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Optional
 
 from . import outcomes as docs
 from .admission import check_job, routed_elsewhere
@@ -105,15 +105,11 @@ class Intake:
             earlier = {}
         except OSError:  # cannot tell now: storing the outcome will tell
             return False
-        if earlier is None:
+        if earlier is None or _replaceable(earlier, job.attempt):
             return False
         summary = earlier.get("execution_summary")
         attempt = summary.get("attempt") if isinstance(summary, dict) else None
         status, error = earlier.get("status"), earlier.get("error")
-        if isinstance(attempt, int) and attempt < job.attempt:
-            return False
-        if docs.given_back(earlier):
-            return False
         if earlier.get("worker_id") == self.cfg.worker_id and attempt == job.attempt and status in docs.RESULT_STATUSES:
             log.info("job %s: its outcome (%s) was stored before; archiving it", job.job_id, status)
             reason = None if status == "completed" else docs.reason_document(run.delivery.name, job.job_id, status,
@@ -157,13 +153,47 @@ class Intake:
         self._hand_over(run, Outcome(run.delivery, "duplicate", result=result))
 
     def reject(self, run: Run, err: BaseException, doc: Any, write_result: bool = True) -> None:
+        """Refuse a delivery: its reason goes to the archive, and a ``failed`` result under its
+        job id unless that id's result belongs to another delivery (see _kept_result)."""
         d = run.delivery
         job_id = run.job.job_id if run.job else d.job_id
         error = docs.rejection_error(err)
-        log.warning("job %s: rejected (%s) %s", job_id or d.name, error["code"], err)
-        result = self._result(run, "failed", error=error) if (job_id and write_result) else None
+        kept = self._kept_result(run, job_id) if job_id and write_result else None
+        log.warning("job %s: rejected (%s) %s%s", job_id or d.name, error["code"], err,
+                    f"; no result written: its job id {kept}" if kept else "")
+        result = self._result(run, "failed", error=error) if (job_id and write_result and not kept) else None
         reason = docs.reason_document(d.name, job_id, "rejected", self.cfg.worker_id, error)
         if run.job is None and isinstance(doc, dict) and isinstance(doc.get("operation"), str):
             run.operation_label = self.metrics.label_operation(doc["operation"])
         run.to(JobState.FAILED)
         self._hand_over(run, Outcome(d, "rejected", result=result, reason=reason, failed=True))
+
+    def _kept_result(self, run: Run, job_id: str) -> Optional[str]:
+        """Why a rejected delivery must not store a result under job_id, or None: another
+        delivery of the id runs (the id is held here first, so none can store a result while
+        this one looks), or a result is stored that a run of this document would not replace
+        either."""
+        d = run.delivery
+        if d.no_result_yet and d.job_id == job_id:
+            return None
+        try:
+            if not self.transport.hold_job_id(d):
+                return "is running"
+            earlier = self.transport.get_result(job_id)
+        except ValueError:
+            return "already has a result (not a JSON object), which is kept"
+        except OSError:  # cannot tell now: storing the outcome will tell
+            return None
+        if earlier is None or _replaceable(earlier, run.job.attempt if run.job else None):
+            return None
+        return f"already has a result ({earlier.get('status')}), which is kept"
+
+
+def _replaceable(earlier: dict, attempt: Optional[int]) -> bool:
+    """True for a stored result that a new outcome of its job id replaces: a shutdown's
+    ``cancelled`` (the job was given back to run again), or an attempt before ``attempt``."""
+    if docs.given_back(earlier):
+        return True
+    summary = earlier.get("execution_summary")
+    stored = summary.get("attempt") if isinstance(summary, dict) else None
+    return isinstance(stored, int) and attempt is not None and stored < attempt

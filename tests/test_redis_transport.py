@@ -752,3 +752,25 @@ def test_submit_queues_the_document_as_read_never_a_larger_form(redis_server, po
     result = stored_result(redis_server.client(), pool, "redis-wide-0001")
     assert result is not None and result["status"] == "completed"
     assert redis_server.client().xlen(Keys(pool).dead) == 0
+
+
+def test_a_rejected_entry_never_overwrites_the_result_of_its_job_id(redis_server, pool, tmp_path):
+    """An invalid document (an unknown top-level field) XADDed with the id of a job that has a
+    result: dead-lettered duplicate_job_id when delivered; the stored result stays, byte for byte."""
+    from conftest import cli
+    k = Keys(pool)
+    job = tmp_path / "first.json"
+    job.write_text(json.dumps(make_job("redis-reuse-001", data={"n": 1})))
+    common = ["--transport", "redis", "--redis-url", redis_server.url, "--pool", pool]
+    once = ["run", "--once", *common, "--worker-id", f"{pool}-w", "--metrics-enabled", "false",
+            "--work-dir", str(tmp_path / "work")]
+    cli("submit", str(job), *common, timeout=60, check=0)
+    cli(*once, timeout=120, check=0)
+    client = redis_server.client()
+    stored = client.get(k.result("redis-reuse-001"))
+    assert json.loads(stored)["status"] == "completed"
+    invalid = make_job("redis-reuse-001", data={"n": 2}, extra=1)
+    redis_server.cli("XADD", k.jobs, "*", "job", json.dumps(invalid))
+    cli(*once, timeout=120)
+    assert client.get(k.result("redis-reuse-001")) == stored
+    assert [e[1][b"reason"] for e in client.xrange(k.dead)] == [b"duplicate_job_id"]

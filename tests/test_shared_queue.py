@@ -1,6 +1,7 @@
 """Several workers on one jobs directory: idempotency keys reserved before a handler runs, and
 cancel requests for running jobs."""
 
+import json
 import os
 import re
 import subprocess
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import make_job, start_worker, wait_for, worker_env, write_job
+from conftest import cli, make_job, start_worker, wait_for, worker_env, write_job
 from guestkit_worker.transports.files import FileTransport
 
 
@@ -78,6 +79,53 @@ def test_a_reused_job_id_never_overwrites_its_result(dirs):
     reason = dirs.reason("second.json")
     assert reason["error"]["code"] == "DUPLICATE_JOB_ID" and "already has a result" in reason["error"]["message"]
     assert dirs.listing("done") == ["first.json"] and "reused-id-0001: running" not in proc.stderr
+
+
+@pytest.mark.parametrize("change, code", [
+    ({"extra": 1}, "INVALID_JOB"),                                          # unknown top-level field
+    ({"execution": {"priority": 42}}, "INVALID_JOB"),
+    ({"operation": "no.such-op", "payload": {"type": "no.such-op.v1", "data": {}}}, "HANDLER_NOT_FOUND"),
+    ({"execution": {"deadline": "2020-01-01T00:00:00Z"}}, "DEADLINE_EXCEEDED"),
+], ids=["unknown-field", "bad-priority", "unknown-operation", "deadline-passed"])
+def test_a_rejected_document_never_overwrites_the_result_of_its_job_id(dirs, change, code):
+    """A document rejected at admission that reuses the id of a job with a result: the rejection
+    is recorded in failed/ with its reason, and the stored result stays, byte for byte."""
+    write_job(dirs.jobs, make_job("reused-id-0002", data={"n": 1}), "first.json")
+    cli("--once", *dirs.args(), "--metrics-enabled", "false", check=0)
+    path = os.path.join(dirs.results, "reused-id-0002-result.json")
+    with open(path, "rb") as fh:
+        stored = fh.read()
+    assert json.loads(stored)["status"] == "completed"
+    write_job(dirs.jobs, dict(make_job("reused-id-0002", data={"n": 2}), **change), "second.json")
+    proc = cli("--once", *dirs.args(), "--metrics-enabled", "false", check=1)  # one job rejected
+    with open(path, "rb") as fh:
+        assert fh.read() == stored, "the completed result was replaced"
+    reason = dirs.reason("second.json")
+    assert reason["status"] == "rejected" and reason["error"]["code"] == code
+    assert dirs.listing("failed") == ["second.json", "second.json.reason.json"]
+    assert "no result written: its job id already has a result (completed), which is kept" in proc.stderr
+
+
+
+def test_a_rejected_document_stores_no_result_under_the_id_of_a_running_job(dirs):
+    """A document rejected at admission (an unknown top-level field) with the id of a job that
+    is running: recorded in failed/ with its reason, no result written under that id (the
+    running job's result is the one its run stores)."""
+    write_job(dirs.jobs, make_job("running-id-0001", "test.sleep", {"seconds": 60}))
+    proc = start_worker(dirs, "--metrics-enabled", "false", "--worker-id", "reject-w",
+                        "--shutdown-timeout", "0.2")
+    try:
+        wait_for(lambda: dirs.running(), timeout=30, what="job running")
+        write_job(dirs.jobs, make_job("running-id-0001", data={"n": 2}, extra=1), "second.json")
+        reason = wait_for(lambda: os.path.exists(os.path.join(dirs.jobs, "failed", "second.json.reason.json"))
+                          and dirs.reason("second.json"), timeout=30, what="the rejection recorded")
+        assert reason["error"]["code"] == "INVALID_JOB"
+        assert not os.path.exists(os.path.join(dirs.results, "running-id-0001-result.json"))
+        assert dirs.running() == ["running-id-0001.json.running"]
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert "no result written: its job id is running" in err
 
 
 @pytest.mark.parametrize("workers", [2, 4])
