@@ -1,6 +1,6 @@
 """Retention for the file layout: ``guestkit-worker prune --older-than DURATION [--dry-run]``.
 
-Removes what is finished and older than DURATION:
+Removes what is finished and older than DURATION (``0s``: everything finished so far):
 
 * archived job files in ``jobs/done/`` and ``jobs/failed/`` (with their ``.reason.json``);
 * ``results/JOB_ID-result.json`` and ``results/JOB_ID-progress.jsonl``;
@@ -44,10 +44,11 @@ _MAX_PEEK_BYTES = 1 << 20
 
 
 def parse_duration(text: str) -> float:
-    """'30d', '12h', '90m', '45s', '2w' or plain seconds -> seconds (> 0)."""
+    """'30d', '12h', '90m', '45s', '2w' or plain seconds -> seconds.  0 (``0s``, ``0d``) is
+    allowed: everything finished so far (waiting and running jobs are kept whatever the age)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(text))
-    if not m or float(m.group(1)) <= 0:
-        raise ValueError(f"expected a duration such as 30d, 12h, 90m or 3600 (seconds), got {text!r}")
+    if not m:
+        raise ValueError(f"expected a duration such as 30d, 12h, 90m, 3600 (seconds) or 0s, got {text!r}")
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
@@ -191,7 +192,8 @@ def add_prune_command(sub, env_name) -> None:
                                    "and progress files older than DURATION; never a waiting or running job, "
                                    "nor a result an idempotency record points to.  Prints each path removed.")
     p.add_argument("--older-than", dest="older_than", required=True, metavar="DURATION", type=_duration,
-                   help="age of what is removed: 30d, 12h, 90m, 2w or seconds")
+                   help="age of what is removed: 30d, 12h, 90m, 2w or seconds; 0s removes everything "
+                        "finished so far")
     p.add_argument("--dry-run", dest="dry_run", action="store_true",
                    help="print what would be removed, remove nothing")
     p.add_argument("--jobs-dir", dest="jobs_dir", default=None, metavar="DIR",

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import cli, make_job, write_job
+from conftest import cli, make_job, start_worker, wait_for, write_job
 from guestkit_worker.prune import parse_duration
 
 
@@ -115,6 +115,48 @@ def test_prune_removes_what_is_finished_and_old_and_nothing_else(layout):
     assert dirs.result("prune-idem-0002")["duplicate_of"]["job_id"] == "prune-idem-0001"
 
 
+
+def test_older_than_0s_removes_everything_finished_and_never_a_waiting_or_running_job(dirs):
+    """``--older-than 0s``: everything finished so far goes, however young; a job a live worker
+    is running and a job waiting in the queue (with a shutdown's result from an earlier run)
+    stay, files and result."""
+    write_job(dirs.jobs, make_job("zero-done-0001"))
+    write_job(dirs.jobs, make_job("zero-fail-0001", "test.raise"))
+    cli("--once", "--metrics-enabled", "false", *dirs.args(), check=1)
+    worker = start_worker(dirs, "--metrics-enabled", "false", "--worker-id", "zero-w",
+                          "--shutdown-timeout", "0.2")
+    try:
+        write_job(dirs.jobs, make_job("zero-run-0001", "test.sleep", {"seconds": 60}))
+        wait_for(lambda: dirs.running() == ["zero-run-0001.json.running"], timeout=30, what="job running")
+        waiting = write_job(dirs.jobs, make_job("zero-wait-0001", routing={"worker_pool": "elsewhere"}))
+        _given_back_result(dirs, "zero-wait-0001")
+        res = lambda name: os.path.join(dirs.results, name)  # noqa: E731
+        failed = os.path.join(dirs.jobs, "failed", "zero-fail-0001.json")
+        expected = {os.path.join(dirs.jobs, "done", "zero-done-0001.json"), res("zero-done-0001-result.json"),
+                    failed, failed + ".reason.json", res("zero-fail-0001-result.json")}
+        before = _snapshot(dirs.base)
+        args = ["prune", "--older-than", "0s", "--jobs-dir", dirs.jobs, "--results-dir", dirs.results]
+        dry = cli(*args, "--dry-run", check=0)
+        assert {line[len("would remove "):] for line in dry.stdout.splitlines()} == expected
+        proc = cli(*args, check=0)
+        assert {line[len("removed "):] for line in proc.stdout.splitlines()} == expected
+        assert "removed 5 file(s); kept 1 of waiting or running jobs" in proc.stderr
+        assert _snapshot(dirs.base) == before - expected
+        assert dirs.running() == ["zero-run-0001.json.running"] and worker.poll() is None
+        assert os.path.exists(waiting) and os.path.exists(res("zero-wait-0001-result.json"))
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=60)
+
+
+def _given_back_result(dirs, job_id):
+    """The result a shutdown stores for a job it gives back to the queue."""
+    with open(os.path.join(dirs.results, f"{job_id}-result.json"), "w") as fh:
+        json.dump({"job_id": job_id, "status": "cancelled", "error": {
+            "code": "CANCELLED", "message": "worker shut down before the job finished", "phase": "execution",
+            "recoverable": True, "retry_recommended": True}}, fh)
+
+
 def test_prune_refuses_bad_input_at_the_door(tmp_path, dirs):
     proc = cli("prune", "--older-than", "soon", "--jobs-dir", dirs.jobs, "--results-dir", dirs.results)
     assert proc.returncode == 2 and "expected a duration such as 30d" in proc.stderr
@@ -124,12 +166,12 @@ def test_prune_refuses_bad_input_at_the_door(tmp_path, dirs):
 
 
 @pytest.mark.parametrize("text,seconds", [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("45s", 45),
-                                          ("2w", 1209600), ("3600", 3600), ("0.5", 0.5)])
+                                          ("2w", 1209600), ("3600", 3600), ("0.5", 0.5), ("0s", 0), ("0", 0)])
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "0", "-5d", "3x", "d", "1e9"])
+@pytest.mark.parametrize("text", ["", "-5d", "-0", "3x", "d", "1e9"])
 def test_parse_duration_refuses(text):
     with pytest.raises(ValueError):
         parse_duration(text)
