@@ -9,7 +9,7 @@ import pytest
 
 from guestkit_worker.errors import JobFileError, JobValidationError
 from guestkit_worker.protocol import decode_job_bytes
-from guestkit_worker.transports.base import FINAL_STATUSES, Outcome
+from guestkit_worker.transports.base import FINAL_STATUSES, LeaseLost, Outcome, TransportUnavailable
 
 
 def job(job_id=None, **execution):
@@ -398,3 +398,139 @@ def test_recovery_never_archives_a_crashed_run_with_a_shutdowns_result(transport
         again = take(b, 1, timeout=0.3)
     assert stored == [], "recovery archived the job with the shutdown's result"
     assert [(x.job_id, x.attempt) for x in again] == [(doc["job_id"], 2)]
+
+
+def _refuse(delivery, previous):
+    pytest.fail(f"{delivery.name} of live worker {previous} was taken over")
+
+
+def _reclaim_until(t, n=1, timeout=30.0):
+    """Reclaim with t until n deliveries were handed over (bounded); each is read and left held
+    by t; [(delivery, previous owner)]."""
+    handed, end = [], time.monotonic() + timeout
+    while len(handed) < n and time.monotonic() < end:
+        def keep(delivery, previous):
+            delivery.job_id = json.loads(t.read(delivery))["job_id"]
+            handed.append((delivery, previous))
+        t.reclaim(keep, n - len(handed))
+        if len(handed) < n:
+            time.sleep(0.05)
+    return handed
+
+
+def test_a_renewed_claim_is_never_taken_over(transport_factory):
+    a, b = transport_factory.make("contract-renews"), transport_factory.make("contract-waits")
+    a.open()
+    b.open()
+    doc = job()
+    a.submit(doc)
+    [d] = take(a)
+    a.mark_started(d)
+    step = (a.lease_seconds or 1.0) / 4
+    for _ in range(10):  # two and a half leases, renewed every quarter of one
+        assert a.extend_lease(d)
+        transport_factory.advance(step)
+        assert b.reclaim(_refuse, 10) == 0
+    done(a, d)
+    assert b.get_result(doc["job_id"])["worker_id"] == "contract-w1"
+
+
+def test_a_commit_the_store_refuses_keeps_the_delivery(transport_factory):
+    """The outcome gets an OSError (the worker's committer tries those again) and the delivery
+    stays with its worker: not queued again, not taken over, stored by the next commit."""
+    a, b = transport_factory.make("contract-stores"), transport_factory.make("contract-other")
+    a.open()
+    b.open()
+    doc = job()
+    a.submit(doc)
+    [d] = take(a)
+    a.mark_started(d)
+    o = Outcome(d, "completed", result=result(doc["job_id"], worker_id="contract-stores"))
+    transport_factory.break_store()
+    try:
+        a.commit([o])
+    finally:
+        transport_factory.mend_store()
+    assert isinstance(o.error, OSError) and not isinstance(o.error, LeaseLost), o.error
+    assert a.get_result(doc["job_id"]) is None
+    assert a.extend_lease(d)
+    assert b.fetch(4, 0.2) == [] and b.reclaim(_refuse, 10) == 0
+    o.error = None  # as the committer does before it commits an outcome again
+    a.commit([o])
+    assert o.error is None
+    assert b.get_result(doc["job_id"])["worker_id"] == "contract-stores"
+    assert b.job_status(doc["job_id"]).status == "completed" and b.depth() == 0
+
+
+def test_storage_trouble_is_transport_unavailable_or_oserror(transport_factory):
+    """base.py: storage trouble raises TransportUnavailable (or OSError): the API answers both
+    with 503 and the worker backs off; nothing else (a client library's own error, a KeyError)
+    may escape.  commit raises nothing and marks its outcome with an OSError; health says so."""
+    t = transport_factory.make("contract-outage")
+    t.open()
+    held, waiting = job(idempotency_key="contract-outage-key"), job()
+    t.submit(held)
+    [d] = take(t)
+    t.mark_started(d)
+    t.submit(waiting)
+    calls = {
+        "submit": lambda: t.submit(job()), "fetch": lambda: t.fetch(1, 0.1), "depth": t.depth,
+        "get_result": lambda: t.get_result(held["job_id"]), "wait_result": lambda: t.wait_result(held["job_id"], 0.1),
+        "job_status": lambda: t.job_status(held["job_id"]), "list_jobs": lambda: t.list_jobs(limit=2),
+        "cancel": lambda: t.cancel(waiting["job_id"]), "cancel_requests": lambda: t.cancel_requests([held["job_id"]]),
+        "reserve": lambda: t.reserve_idempotency_key("contract-outage-key", held["job_id"]),
+        "release_key": lambda: t.release_idempotency_key("contract-other-key", held["job_id"]),
+        "append_progress": lambda: t.append_progress(held["job_id"], {"sequence": 1}),
+        "read_progress": lambda: t.read_progress(held["job_id"]), "extend_lease": lambda: t.extend_lease(d),
+        "reclaim": lambda: t.reclaim(_refuse, 10), "maintain": t.maintain, "describe": t.describe,
+    }
+    o = Outcome(d, "completed", result=result(held["job_id"]))
+    wrong = []
+    transport_factory.break_store()
+    try:
+        for name, call in calls.items():
+            try:
+                call()
+            except (TransportUnavailable, OSError):
+                pass
+            except Exception as exc:  # reported below, with the others
+                wrong.append(f"{name}: {type(exc).__module__}.{type(exc).__name__}: {exc}")
+        checks = t.health()
+        t.commit([o])
+    finally:
+        transport_factory.mend_store()
+    assert wrong == []
+    assert isinstance(o.error, OSError), o.error
+    assert not all(ok for ok, _detail in checks.values()), checks
+    o.error = None
+    t.commit([o])
+    assert o.error is None and t.get_result(held["job_id"])["status"] == "completed"
+    assert all(ok for ok, _detail in t.health().values())
+
+
+def test_maintain_keeps_everything_live(transport_factory):
+    """Housekeeping (every few minutes, and at start) never drops a waiting job, a held one, a
+    fresh result, a reservation or progress events, and may run twice in a row."""
+    t, other = transport_factory.make("contract-tidy"), transport_factory.make("contract-tidy2")
+    t.open()
+    other.open()
+    ids = [f"contract-maint-{n}" for n in (1, 2, 3)]
+    for i in ids:
+        t.submit(job(i))
+    finished, held = take(t, 2)
+    assert [finished.job_id, held.job_id] == ids[:2]
+    done(t, finished)
+    t.mark_started(held)
+    assert t.reserve_idempotency_key("contract-maint-key", held.job_id).won
+    t.append_progress(held.job_id, {"sequence": 1, "phase": "p"})
+    t.maintain()
+    t.maintain()
+    other.maintain()
+    assert t.depth() == 1 and [j.status for j in map(t.job_status, ids)] == ["completed", "running", "pending"]
+    assert t.get_result(finished.job_id)["status"] == "completed"
+    assert other.reserve_idempotency_key("contract-maint-key", "contract-else").state == "running"
+    assert t.read_progress(held.job_id)[0]["phase"] == "p"
+    assert t.extend_lease(held)
+    done(t, held, idempotency_key="contract-maint-key")
+    [last] = take(t)
+    assert last.job_id == ids[2]
