@@ -435,6 +435,37 @@ def test_a_renewed_claim_is_never_taken_over(transport_factory):
     assert b.get_result(doc["job_id"])["worker_id"] == "contract-w1"
 
 
+def test_a_lapsed_claim_is_taken_over_and_its_first_owner_fenced(transport_factory):
+    """A worker that stopped renewing (stalled, cut off) while another took its job over can
+    neither renew, nor store its outcome over the new owner's, nor queue the job again."""
+    a, b = transport_factory.make("contract-stalls"), transport_factory.make("contract-takes")
+    a.open()
+    b.open()
+    doc = job(max_attempts=3)
+    a.submit(doc)
+    [da] = take(a)
+    a.mark_started(da)
+    transport_factory.lapse(a)
+    [(db, previous)] = _reclaim_until(b)
+    assert (db.job_id, db.started, previous) == (doc["job_id"], True, "contract-stalls")
+    ob = Outcome(db, "completed", result=result(doc["job_id"], worker_id="contract-takes"))
+    b.commit([ob])
+    assert ob.error is None
+    assert a.extend_lease(da) is False
+    oa = Outcome(da, "completed", result=result(doc["job_id"], worker_id="contract-stalls"))
+    a.commit([oa])
+    assert isinstance(oa.error, LeaseLost), oa.error
+    assert b.get_result(doc["job_id"])["worker_id"] == "contract-takes"
+    with pytest.raises(LeaseLost):
+        a.retry(da, dict(doc, execution={"max_attempts": 3, "attempt": 2}))
+    try:
+        a.release(da)  # nothing to give back: a no-op, or the error of a file that is not there
+    except (LeaseLost, OSError):
+        pass
+    assert b.depth() == 0 and b.fetch(4, 0.2) == []
+    assert b.job_status(doc["job_id"]).status == "completed"
+
+
 def test_a_commit_the_store_refuses_keeps_the_delivery(transport_factory):
     """The outcome gets an OSError (the worker's committer tries those again) and the delivery
     stays with its worker: not queued again, not taken over, stored by the next commit."""

@@ -14,7 +14,7 @@ import time
 from typing import Iterator, Mapping, Optional, Sequence
 
 from ... import atomic
-from ..base import Delivery, compact_job_bytes
+from ..base import Delivery, LeaseLost, compact_job_bytes
 from .jobfile import read_job_file
 from .layout import ALTERNATE_NAMES, RUNNING_SUFFIX, MAX_NAME_BYTES, alternate_names, json_bytes
 
@@ -165,6 +165,22 @@ class FileQueue:
     def read(self, delivery: Delivery) -> bytes:
         return read_job_file(delivery.path, delivery.name, self.max_job_bytes)
 
+    def _still_ours(self, delivery: Delivery) -> bool:
+        """True while the delivery's job file is in this worker's processing dir.  Only a worker
+        whose lock was lost while it lived (its lock file removed) can find it gone: another
+        worker took the job over, so this one must neither store its outcome nor queue the job
+        again (LeaseLost)."""
+        return os.path.lexists(delivery.path)
+
+    def extend_lease(self, delivery: Delivery) -> bool:
+        """No lease: a claim lasts as long as this worker's lock; False once the job was taken
+        over (see _still_ours)."""
+        return self._still_ours(delivery)
+
+    def _lost(self, delivery: Delivery) -> LeaseLost:
+        return LeaseLost(f"job file {delivery.name} is no longer in this worker's processing directory: another "
+                         "worker took it over (was this worker's lock file removed while it ran?)")
+
     def mark_started(self, delivery: Delivery) -> None:
         running = delivery.path + RUNNING_SUFFIX
         os.rename(delivery.path, running)  # within our processing dir, under a reserved name
@@ -173,6 +189,8 @@ class FileQueue:
 
     # -- giving back --------------------------------------------------------------------
     def retry(self, delivery: Delivery, doc: Mapping) -> None:
+        if not self._still_ours(delivery):
+            raise self._lost(delivery)  # queued again by its new owner, if at all
         data = compact_job_bytes(doc)  # one line: an indented rewrite can outgrow --max-job-size
         for dst in self._queue_names(delivery.name):
             try:

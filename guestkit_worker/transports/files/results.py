@@ -71,8 +71,8 @@ class FileResults:
     def stage_result(self, outcome: Outcome) -> None:
         """Write the outcome's result file now (fsynced, the directory not), so that commit()
         only needs one directory fsync for many outcomes."""
-        if outcome.result is None or outcome.staged:
-            return
+        if outcome.result is None or outcome.staged or not self._still_ours(outcome.delivery):
+            return  # (a job taken over by another worker: commit() reports LeaseLost)
         data = outcome.encoded if outcome.encoded is not None else result_bytes(outcome.result)
         atomic.write_bytes(self.layout.result_path(outcome.result["job_id"]), data, durable=self.durable,
                            sync_dir=False)
@@ -89,9 +89,13 @@ class FileResults:
     def commit(self, outcomes: Sequence[Outcome]) -> None:
         """Results first (one directory fsync for all), then each idempotency record, then each
         job file's archive: a crash in between leaves the job in the processing dir, recovered
-        like a crash while it ran."""
+        like a crash while it ran.  A job another worker took over meanwhile gets LeaseLost and
+        nothing of it is stored (its new owner's result stays)."""
         stored = []
         for o in outcomes:
+            if not self._still_ours(o.delivery):
+                o.error = self._lost(o.delivery)
+                continue
             if o.result is None:
                 continue
             try:
