@@ -232,7 +232,10 @@ class JobQueue(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None:
-        """Release what open() took; deliveries still held stay for reclaim."""
+        """Release what open() took; deliveries still held stay for reclaim by other workers (a
+        lease later where liveness is lease-based).  Idempotent.  Afterwards :meth:`fetch`
+        delivers nothing (an empty list) and :meth:`reclaim` takes nothing (0), so a thread
+        still looking for work at shutdown is harmless."""
 
     @abc.abstractmethod
     def describe(self) -> str:

@@ -539,6 +539,30 @@ def test_storage_trouble_is_transport_unavailable_or_oserror(transport_factory):
     assert all(ok for ok, _detail in t.health().values())
 
 
+def test_close_is_idempotent_and_leaves_held_jobs_to_the_others(transport_factory):
+    """After close() a transport hands out nothing more (a thread still looking at shutdown is
+    harmless); what it held goes to another worker by reclaim (a lease later where leased)."""
+    a, b = transport_factory.make("contract-closes"), transport_factory.make("contract-stays")
+    a.open()
+    b.open()
+    held, waiting = job("contract-close-1"), job("contract-close-2")
+    a.submit(held)
+    a.submit(waiting)
+    [d] = take(a)
+    assert d.job_id == held["job_id"]
+    a.mark_started(d)
+    a.close()
+    a.close()
+    assert a.fetch(4, 0.2) == [] and a.reclaim(_refuse, 10) == 0
+    [(again, previous)] = _reclaim_until(b)
+    assert (again.job_id, again.started, previous) == (held["job_id"], True, "contract-closes")
+    [w] = take(b)
+    assert w.job_id == waiting["job_id"]
+    for x in (again, w):
+        done(b, x)
+    assert b.depth() == 0
+
+
 def test_maintain_keeps_everything_live(transport_factory):
     """Housekeeping (every few minutes, and at start) never drops a waiting job, a held one, a
     fresh result, a reservation or progress events, and may run twice in a row."""

@@ -78,6 +78,8 @@ class FileLiveness:
         return False
 
     def reclaim(self, decide: ReclaimDecision, limit: int = 1 << 30) -> int:
+        if self._lock_fd is None:
+            return 0  # without our lock our processing dir is not ours to move jobs into
         count = 0
         leftovers, self._own_leftovers = self._own_leftovers, []
         L = self.layout

@@ -108,6 +108,10 @@ class FileQueue:
 
     # -- claiming -----------------------------------------------------------------------
     def fetch(self, max_count: int, timeout: float) -> Sequence[Delivery]:
+        """Nothing without this worker's lock (never opened, or closed): a job claimed into the
+        processing dir of a worker that holds no lock would be taken for a dead worker's."""
+        if self._lock_fd is None:
+            return []
         end = time.monotonic() + timeout
         out: list = []
         first = True

@@ -85,8 +85,8 @@ class QueueMixin:
         max_count entries.  When it finds none, a blocking ``XREADGROUP`` waits for the first
         (a script cannot block), and what it brings is admitted and started by the admit
         script, a second round trip only when the queue was empty."""
-        if max_count <= 0:
-            return []
+        if max_count <= 0 or self._closing.is_set():
+            return []  # closed: its clients would connect again and deliver to a worker that is gone
         self._ensure_group()
         self._alive()
         k = self.k

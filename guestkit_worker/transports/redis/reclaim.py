@@ -27,7 +27,7 @@ class ReclaimMixin:
     def reclaim(self, decide: ReclaimDecision, limit: int) -> int:
         """First this worker's own entries left pending by its previous life (same worker
         id), then entries of other consumers idle longer than the lease."""
-        if limit <= 0:
+        if limit <= 0 or self._closing.is_set():
             return 0
         self._ensure_group()
         self._alive()
