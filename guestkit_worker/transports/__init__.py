@@ -1,8 +1,10 @@
 """Job transports: the interface in :mod:`.base`; the file transport in :mod:`.files`; the
-Redis Streams transport in :mod:`.redis` (needs the ``redis`` extra).
+Redis Streams transport in :mod:`.redis` (needs the ``redis`` extra); the in-memory transport
+in :mod:`.memory`, for tests and embedding only (a program hands it to the Worker itself).
 
 :func:`open_transport` is the one place a transport is chosen from the configuration: a new
-transport adds its name here (and its flags to the CLI)."""
+transport adds its name here (and its flags to the CLI).  ``memory`` is not among them: it
+keeps nothing beyond its process, which an operator's worker cannot use."""
 
 from __future__ import annotations
 
@@ -33,4 +35,8 @@ def open_transport(config: Any, *, metrics: Any = None) -> Transport:
                              max_job_bytes=config.max_job_bytes, durable=config.durable, once=config.once,
                              poll_interval=config.poll_interval)
     from ..errors import ConfigError
+    if name == "memory":
+        raise ConfigError("transport 'memory' keeps jobs inside one process: it is for tests and "
+                          "embedding (give the Worker a MemoryTransport), not a configuration choice; "
+                          "use file or redis")
     raise ConfigError(f"unknown transport {name!r} (known: {', '.join(TRANSPORTS)})")

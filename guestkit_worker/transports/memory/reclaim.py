@@ -1,0 +1,83 @@
+"""Taking over the deliveries of dead workers and of lapsed leases in the in-memory transport
+(the ``reclaim`` of :class:`~..base.JobQueue`); an entry delivered more than
+``max_deliveries`` times goes to the dead letters instead."""
+
+from __future__ import annotations
+
+import logging
+
+from ..base import Delivery, ReclaimDecision
+from .broker import Entry, now_iso
+
+log = logging.getLogger(__name__)
+
+
+class ReclaimMixin:
+    """reclaim and the dead letters of :class:`~.transport.MemoryTransport`, which provides the
+    broker, the hand-out and the claim checks."""
+
+    def reclaim(self, decide: ReclaimDecision, limit: int) -> int:
+        """Take over up to limit deliveries whose worker is dead (closed, declared dead, or an
+        earlier life of this worker id) or whose lease ran out, and hand each to decide."""
+        if limit <= 0 or self._closed:
+            return 0
+        with self.broker.cond:
+            self.broker.check()
+            taken = self._take_over(limit)
+        for d, previous in taken:
+            log.warning("%s (job %s): taken over from worker %s (delivery %d%s)", d.name, d.job_id, previous,
+                        d.delivery_count, ", its handler had started" if d.started else "")
+            try:
+                decide(d, previous)
+            except OSError as exc:  # storage trouble: offered again at the next reclaim
+                log.error("%s: disposing of the reclaimed job failed (%s); trying again later", d.name, exc)
+                self._let_go(d)
+            except Exception as exc:
+                log.exception("%s: disposing of the reclaimed job failed; moved to the dead letters", d.name)
+                self._dead_letter(d, "reclaim_failed", f"{type(exc).__name__}: {exc}")
+        return len(taken)
+
+    def _take_over(self, limit: int) -> list:
+        b, now, taken = self.broker, self.broker.clock(), []
+        for claim in list(b.claims.values()):
+            if len(taken) == limit:
+                break
+            if claim.generation in self._held:
+                continue
+            if b.owner_alive(claim.owner, claim.token) and claim.expires > now:
+                continue
+            previous, times = claim.owner, claim.entry.deliveries + 1
+            if times > self.max_deliveries:
+                log.warning("%s: delivered %d times (max_deliveries %d); moved to the dead letters",
+                            claim.entry.name, times, self.max_deliveries)
+                detail = f"delivered {times} times; last owner {previous}"
+                self._fail_dead(claim.entry, "max_deliveries", detail)
+                continue
+            del b.claims[claim.entry.id]
+            taken.append((self._hand_out(claim.entry, started=claim.started), previous))
+        return taken
+
+    def _let_go(self, d: Delivery) -> None:
+        """Stop holding d without giving it back: the next reclaim (anyone's) takes it over."""
+        with self.broker.cond:
+            claim = self._claim_of(d)
+            if claim is not None:
+                claim.expires = float("-inf")
+            self._held.discard(d.generation)
+
+    def _dead_letter(self, d: Delivery, reason: str, detail: str) -> None:
+        with self.broker.cond:
+            claim = self._claim_of(d)
+            if claim is not None:
+                self._held.discard(d.generation)
+                self._fail_dead(claim.entry, reason, detail)
+
+    def _fail_dead(self, entry: Entry, reason: str, detail: str) -> None:
+        """Dead-letter entry; the job it is ends failed with DEAD_LETTERED (cond held)."""
+        b = self.broker
+        b.dead_letter(entry, reason, detail, self.worker_id)
+        job = b.jobs.get(entry.job_id or "")
+        if job is not None and job.entry == entry.id:
+            job.status, job.completed_at, job.ended = "failed", now_iso(), b.clock()
+            job.error = {"code": "DEAD_LETTERED", "message": f"{reason}: {detail}"}
+        b.cond.notify_all()

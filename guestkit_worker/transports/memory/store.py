@@ -1,0 +1,240 @@
+"""The in-memory transport's store: results, progress events, idempotency keys, the atomic
+outcome (``commit``) and the look-ups by job id (status, list, cancel), over the shared state
+of a :class:`~.broker.MemoryBroker` (the ResultStore half of the transport)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+from ..base import FINAL_STATUSES, JobStatus, Outcome, Page, Reservation
+from .broker import Job, KeyHold, now_iso
+
+#: one shared encoder (stateless, so threads share it): compact, UTF-8, no NaN
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+class StoreMixin:
+    """The ResultStore methods, commit, job_status, list_jobs, cancel and maintain of
+    :class:`~.transport.MemoryTransport`, which provides the broker and the claim checks."""
+
+    # -- results and progress -----------------------------------------------------------
+    def encode_result(self, result: Mapping[str, Any]) -> bytes:
+        return _ENCODER.encode(result).encode("utf-8", "surrogatepass")
+
+    def get_result(self, job_id: str) -> Optional[dict]:
+        with self.broker.cond:
+            self.broker.check()
+            raw = self.broker.results.get(job_id)
+        return json.loads(raw) if raw is not None else None
+
+    def wait_result(self, job_id: str, timeout: float) -> Optional[dict]:
+        """Woken by the commit or cancel that stores the result."""
+        b, end = self.broker, time.monotonic() + timeout
+        with b.cond:
+            while True:
+                b.check()
+                raw = b.results.get(job_id)
+                result = json.loads(raw) if raw is not None else None
+                left = end - time.monotonic()
+                if (result is not None and result.get("status") in FINAL_STATUSES) or left <= 0:
+                    return result
+                b.cond.wait(left)
+
+    def append_progress(self, job_id: str, event: Mapping[str, Any]) -> None:
+        """Best effort: dropped while the broker is unavailable or when JSON cannot hold it."""
+        try:
+            line = _ENCODER.encode(event)
+        except (TypeError, ValueError):
+            return
+        with self.broker.cond:
+            if self.broker.outage is None:
+                self.broker.progress.setdefault(job_id, []).append(line)
+
+    def read_progress(self, job_id: str, after: int = 0) -> list:
+        with self.broker.cond:
+            self.broker.check()
+            lines = list(self.broker.progress.get(job_id, ())[max(0, int(after)):])
+        return [json.loads(line) for line in lines]
+
+    # -- idempotency keys ---------------------------------------------------------------
+    def reserve_idempotency_key(self, key: str, job_id: str) -> Reservation:
+        """One step under the broker's lock; a key held by a worker that is no longer alive,
+        or completed by a job whose result is gone, is taken over."""
+        b = self.broker
+        with b.cond:
+            b.check()
+            hold = b.keys.get(key)
+            if hold is not None and hold.state == "completed" and hold.job_id in b.results:
+                return Reservation(False, hold.job_id, "completed", json.loads(b.results[hold.job_id]))
+            if hold is not None and hold.state == "running" and hold.job_id != job_id and \
+                    b.owner_alive(hold.worker_id, hold.token):
+                return Reservation(False, hold.job_id, "running")
+            b.keys[key] = KeyHold(job_id, "running", self.worker_id, self._token)
+            return Reservation(True)
+
+    def release_idempotency_key(self, key: str, job_id: str) -> None:
+        with self.broker.cond:
+            self.broker.check()
+            self._release_key(key, job_id)
+
+    def _release_key(self, key: str, job_id: Optional[str]) -> None:
+        hold = self.broker.keys.get(key)
+        if hold is not None and hold.job_id == job_id and hold.state == "running":
+            del self.broker.keys[key]
+
+    # -- the outcome --------------------------------------------------------------------
+    def commit(self, outcomes: Sequence[Outcome]) -> None:
+        """Each outcome in one step: result stored, job state set, idempotency key kept or
+        released, delivery acknowledged (or queued again: ``release``, or a job rejected
+        without a result whose id is known; or dead-lettered: poison).  Only the entry that is
+        the job may write its state and result.  An outcome whose delivery another worker owns
+        now gets LeaseLost; while the broker is unavailable every outcome gets its error."""
+        encoded = []
+        for o in outcomes:
+            o.error = None
+            try:
+                body = o.encoded if o.encoded is not None else (
+                    self.encode_result(o.result) if o.result is not None else None)
+            except (TypeError, ValueError) as exc:  # a result JSON cannot hold
+                o.error = exc
+                continue
+            encoded.append((o, body))
+        b = self.broker
+        with b.cond:
+            for o, body in encoded:
+                try:
+                    b.check()
+                except OSError as exc:
+                    o.error = exc
+                    continue
+                if self._claim_of(o.delivery) is None:
+                    o.error = self._lose(o.delivery)
+                    continue
+                self._store(o, body)
+            b.cond.notify_all()
+
+    def _store(self, o: Outcome, body: Optional[bytes]) -> None:
+        b, d = self.broker, o.delivery
+        entry = b.claims[d.entry].entry
+        job = b.jobs.get(entry.job_id or "")
+        own = job is not None and job.entry == entry.id  # this entry is the job
+        without_result = o.status == "rejected" and o.result is None
+        requeue = o.release or (without_result and own and d.job_id == entry.job_id)
+        if own and not (without_result and requeue):
+            if body is not None:
+                b.results[job.job_id] = body
+            result = o.result if isinstance(o.result, dict) else {}
+            job.status = "completed" if o.status == "duplicate" else o.status
+            job.completed_at = result.get("completed_at") or result.get("failed_at") or now_iso()
+            error = result.get("error") if result else (o.reason or {}).get("error")
+            job.error = error if isinstance(error, dict) else None
+            job.cancel, job.ended = False, b.clock()
+            if o.idempotency_key and o.status == "completed":
+                b.keys[o.idempotency_key] = KeyHold(job.job_id, "completed", self.worker_id, ended=b.clock())
+        if o.idempotency_key and o.status != "completed":
+            self._release_key(o.idempotency_key, d.job_id)
+        if requeue:
+            self._requeue(d, d.raw)
+        elif without_result:  # poison: no job it could be queued again as
+            self._held.discard(d.generation)
+            error = o.reason.get("error") if isinstance(o.reason, dict) else None
+            detail = str(error.get("message", "")) if isinstance(error, dict) else ""
+            b.dead_letter(entry, "rejected", detail, self.worker_id)
+        else:
+            del b.claims[entry.id]
+            self._held.discard(d.generation)
+
+    # -- look-ups by job id -------------------------------------------------------------
+    def job_status(self, job_id: str) -> Optional[JobStatus]:
+        with self.broker.cond:
+            self.broker.check()
+            job = self.broker.jobs.get(job_id)
+            return _status_of(job) if job is not None else None
+
+    def list_jobs(self, *, status: Optional[str] = None, operation: Optional[str] = None,
+                  limit: int = 100, page_token: Optional[str] = None) -> Page:
+        """Newest first.  The page token is the creation number of the last job shown: the
+        next page starts after it even when newer jobs arrived meanwhile."""
+        limit = max(1, min(int(limit), 1000))
+        try:
+            below = int(page_token) if page_token else None
+        except ValueError:
+            raise ValueError("invalid page token") from None
+        b, page, last = self.broker, Page(), None
+        with b.cond:
+            b.check()
+            for job in reversed(list(b.jobs.values())):
+                if (below is not None and job.seq >= below) or (status and job.status != status) or \
+                        (operation and job.operation != operation):
+                    continue
+                if len(page.jobs) == limit:
+                    page.next_page_token = str(last)
+                    break
+                page.jobs.append(_status_of(job))
+                last = job.seq
+        return page
+
+    def cancel(self, job_id: str) -> str:
+        """A job still waiting is taken out of the queue and gets its cancelled result now; a
+        delivered or running one is flagged for its worker (cancel_requests)."""
+        b = self.broker
+        with b.cond:
+            b.check()
+            job = b.jobs.get(job_id)
+            if job is None:
+                return "not_found"
+            if job.status in FINAL_STATUSES:
+                return "finished"
+            if job.entry in b.waiting:
+                del b.waiting[job.entry]
+                result = cancelled_result(job_id, job.operation, job.attempt)
+                b.results[job_id] = self.encode_result(result)
+                job.status, job.completed_at, job.error = "cancelled", result["failed_at"], result["error"]
+                job.ended = b.clock()
+                b.cond.notify_all()
+                return "cancelled"
+            if not job.cancellable:
+                return "not_cancellable"
+            job.cancel = True
+            return "cancelling"
+
+    def maintain(self) -> None:
+        """Forget finished jobs (state, result, progress, completed key) result_ttl after they
+        ended, and marks of jobs released as meant for another worker that have run out."""
+        b = self.broker
+        with b.cond:
+            b.check()
+            now = b.clock()
+            cutoff = now - self.result_ttl
+            for job in [j for j in b.jobs.values() if j.ended is not None and j.ended < cutoff]:
+                if job.status in FINAL_STATUSES and job.entry not in b.waiting and job.entry not in b.claims:
+                    del b.jobs[job.job_id]
+                    b.results.pop(job.job_id, None)
+                    b.progress.pop(job.job_id, None)
+            for key in [k for k, h in b.keys.items() if h.ended is not None and h.ended < cutoff]:
+                del b.keys[key]
+            for entry in b.waiting.values():
+                for worker in [w for w, until in entry.skip.items() if until <= now]:
+                    del entry.skip[worker]
+
+
+def _status_of(job: Job) -> JobStatus:
+    return JobStatus(job.job_id, job.status, operation=job.operation, attempt=job.attempt,
+                     worker_id=job.worker_id, submitted_at=job.submitted_at, started_at=job.started_at,
+                     completed_at=job.completed_at, error=job.error,
+                     cancellable=job.status not in FINAL_STATUSES and job.cancellable)
+
+
+def cancelled_result(job_id: str, operation: Optional[str], attempt: Optional[int]) -> dict:
+    """The result of a job cancelled while it waited in the queue (it never ran)."""
+    at = now_iso()
+    return {"job_id": job_id, "status": "cancelled", "failed_at": at, "worker_id": None,
+            "operation": operation,
+            "execution_summary": {"started_at": None, "duration_seconds": 0.0, "attempt": attempt or 1,
+                                  "idempotency_key": None},
+            "outputs": {"primary": None, "artifacts": []},
+            "error": {"code": "CANCELLED", "message": "cancelled while waiting in the queue; it never ran",
+                      "phase": "queued", "recoverable": False, "retry_recommended": False},
+            "observability": None, "data": None}
