@@ -506,9 +506,11 @@ def test_storage_trouble_is_transport_unavailable_or_oserror(transport_factory):
     t.submit(waiting)
     calls = {
         "submit": lambda: t.submit(job()), "fetch": lambda: t.fetch(1, 0.1), "depth": t.depth,
-        "get_result": lambda: t.get_result(held["job_id"]), "wait_result": lambda: t.wait_result(held["job_id"], 0.1),
+        "get_result": lambda: t.get_result(held["job_id"]),
+        "wait_result": lambda: t.wait_result(held["job_id"], 0.1),
         "job_status": lambda: t.job_status(held["job_id"]), "list_jobs": lambda: t.list_jobs(limit=2),
-        "cancel": lambda: t.cancel(waiting["job_id"]), "cancel_requests": lambda: t.cancel_requests([held["job_id"]]),
+        "cancel": lambda: t.cancel(waiting["job_id"]),
+        "cancel_requests": lambda: t.cancel_requests([held["job_id"]]),
         "reserve": lambda: t.reserve_idempotency_key("contract-outage-key", held["job_id"]),
         "release_key": lambda: t.release_idempotency_key("contract-other-key", held["job_id"]),
         "append_progress": lambda: t.append_progress(held["job_id"], {"sequence": 1}),
@@ -581,7 +583,8 @@ def test_maintain_keeps_everything_live(transport_factory):
     t.maintain()
     t.maintain()
     other.maintain()
-    assert t.depth() == 1 and [j.status for j in map(t.job_status, ids)] == ["completed", "running", "pending"]
+    assert t.depth() == 1
+    assert [j.status for j in map(t.job_status, ids)] == ["completed", "running", "pending"]
     assert t.get_result(finished.job_id)["status"] == "completed"
     assert other.reserve_idempotency_key("contract-maint-key", "contract-else").state == "running"
     assert t.read_progress(held.job_id)[0]["phase"] == "p"

@@ -182,8 +182,8 @@ class FileQueue:
         return self._still_ours(delivery)
 
     def _lost(self, delivery: Delivery) -> LeaseLost:
-        return LeaseLost(f"job file {delivery.name} is no longer in this worker's processing directory: another "
-                         "worker took it over (was this worker's lock file removed while it ran?)")
+        return LeaseLost(f"job file {delivery.name} is no longer in this worker's processing directory: "
+                         "another worker took it over (was this worker's lock file removed while it ran?)")
 
     def mark_started(self, delivery: Delivery) -> None:
         running = delivery.path + RUNNING_SUFFIX
