@@ -448,21 +448,25 @@ def test_a_lapsed_claim_is_taken_over_and_its_first_owner_fenced(transport_facto
     transport_factory.lapse(a)
     [(db, previous)] = _reclaim_until(b)
     assert (db.job_id, db.started, previous) == (doc["job_id"], True, "contract-stalls")
-    ob = Outcome(db, "completed", result=result(doc["job_id"], worker_id="contract-takes"))
-    b.commit([ob])
-    assert ob.error is None
-    assert a.extend_lease(da) is False
+    # while the new owner runs it, and again once it has stored its outcome
     oa = Outcome(da, "completed", result=result(doc["job_id"], worker_id="contract-stalls"))
-    a.commit([oa])
-    assert isinstance(oa.error, LeaseLost), oa.error
+    for new_owner_done in (False, True):
+        assert a.extend_lease(da) is False
+        oa.error = None
+        a.commit([oa])
+        assert isinstance(oa.error, LeaseLost), oa.error
+        with pytest.raises(LeaseLost):
+            a.retry(da, dict(doc, execution={"max_attempts": 3, "attempt": 2}))
+        try:
+            a.release(da)  # nothing to give back: a no-op, or the error of a file that is not there
+        except (LeaseLost, OSError):
+            pass
+        assert b.depth() == 0 and b.fetch(4, 0.2) == []
+        if not new_owner_done:
+            ob = Outcome(db, "completed", result=result(doc["job_id"], worker_id="contract-takes"))
+            b.commit([ob])
+            assert ob.error is None
     assert b.get_result(doc["job_id"])["worker_id"] == "contract-takes"
-    with pytest.raises(LeaseLost):
-        a.retry(da, dict(doc, execution={"max_attempts": 3, "attempt": 2}))
-    try:
-        a.release(da)  # nothing to give back: a no-op, or the error of a file that is not there
-    except (LeaseLost, OSError):
-        pass
-    assert b.depth() == 0 and b.fetch(4, 0.2) == []
     assert b.job_status(doc["job_id"]).status == "completed"
 
 
