@@ -13,8 +13,18 @@ from urllib.parse import quote, urlencode, urlsplit
 from .errors import ConfigError, GuestkitWorkerError
 
 
+#: Failures of a request that a busy server causes (its answer lost to a reset, a connection
+#: closed without an answer, a TLS connection refused before its handshake): worth a retry.
+_TRANSIENT = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, ssl.SSLEOFError)
+
+
 class ApiUnreachable(GuestkitWorkerError):
-    """The API could not be reached or did not answer with JSON (connection, TLS, garbage)."""
+    """The API could not be reached or did not answer with JSON (connection, TLS, garbage);
+    ``transient`` when a retry may well succeed (see ``_TRANSIENT``)."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def read_token(path: str) -> str:
@@ -106,7 +116,8 @@ class ApiClient:
             resp = conn.getresponse()
             data = resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise ApiUnreachable(f"{self.scheme}://{self.host}:{self.port}: {exc}") from None
+            raise ApiUnreachable(f"{self.scheme}://{self.host}:{self.port}: {exc}",
+                                 transient=isinstance(exc, _TRANSIENT)) from None
         finally:
             conn.close()
         try:

@@ -29,6 +29,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_NOT_FINISHED, EXIT_REFUSE
 DEFAULT_WAIT = 3600.0
 #: Longest single ``?wait=`` asked of the API (it honours 60 s at most).
 _WAIT_STEP = 60.0
+#: ``error`` of the API's 503 answers that mean "too many clients now; retry" (Retry-After)
+_BUSY_ERRORS = ("TOO_MANY_WAITS", "TOO_MANY_CONNECTIONS")
 
 CLIENT_COMMANDS = ("status", "result", "list", "cancel")
 _ENV = "GUESTKIT_WORKER_"
@@ -187,18 +189,32 @@ def _result_exit(data: dict) -> int:
 
 
 def wait_for_result(backend: Any, job_id: str, seconds: float) -> Reply:
-    """Ask for the result until it is final or ``seconds`` have passed (steps of at most 60 s);
-    a busy API (503 with Retry-After: too many waiting clients) is asked again after a pause."""
+    """Ask for the result until it is final or ``seconds`` have passed (steps of at most 60 s).
+    A busy API (503 with Retry-After: too many waiting clients or connections) and a request
+    whose answer a busy server lost (connection reset or closed without an answer) are asked
+    again after a pause, while more than a second of ``seconds`` is left."""
+    from .client import ApiUnreachable
     end = time.monotonic() + seconds
     while True:
         left = end - time.monotonic()
-        reply = backend.result(job_id, max(0.0, min(_WAIT_STEP, left)))
-        busy = reply[0] == 503 and isinstance(reply[1], dict) and reply[1].get("error") == "TOO_MANY_WAITS"
-        if busy and left > 1:
+        try:
+            reply = backend.result(job_id, max(0.0, min(_WAIT_STEP, left)))
+        except ApiUnreachable as exc:
+            if not exc.transient or left <= 1:
+                raise
+            time.sleep(1.0)
+            continue
+        if _busy(reply) and left > 1:
             time.sleep(1.0)
             continue
         if reply[0] != 202 or left <= _WAIT_STEP:
             return reply
+
+
+def _busy(reply: Reply) -> bool:
+    """True for the API's 503 answers that say: too many clients right now, retry."""
+    status, body = reply
+    return status == 503 and isinstance(body, dict) and body.get("error") in _BUSY_ERRORS
 
 
 def run_client_command(args: argparse.Namespace, backend: Any) -> int:

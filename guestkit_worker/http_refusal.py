@@ -1,9 +1,9 @@
-"""The refusal path of :mod:`guestkit_worker.wsgiserver`: when every connection slot is busy
-answering a request, a newcomer gets a plain ``503`` with ``Retry-After`` at once (on TLS it is
-just closed), is counted, and a warning is logged at most once a minute."""
+"""The refusal path of :mod:`guestkit_worker.wsgiserver`: when no connection slot can be had, a
+newcomer gets a plain ``503`` with ``Retry-After`` at once (on TLS no answer), is counted, and a
+warning is logged at most once a minute.  The server sends the answer and closes gracefully
+(:mod:`guestkit_worker.http_linger`)."""
 
 import logging
-import socket
 import threading
 import time
 from typing import Callable, Optional
@@ -30,14 +30,16 @@ class Refusal:
                  on_refused: Optional[Callable[[], None]] = None) -> None:
         self._name = name
         self._max_connections = max_connections
-        self._answer = answer
+        #: the whole answer of a refused plain-HTTP connection
+        self.answer = answer
         self._on_refused = on_refused
         self._lock = threading.Lock()
         self._last_log = None
         self.count = 0
 
-    def refuse(self, conn: socket.socket, tls: bool) -> None:
-        """Answer ``conn`` with the refusal (plain HTTP) or just close it (``tls``)."""
+    def refuse(self, tls: bool) -> Optional[bytes]:
+        """Count a refused connection and return what to answer it (None on ``tls``: an answer
+        would need a handshake); the caller sends it and closes the connection gracefully."""
         with self._lock:
             self.count += 1
             now = time.monotonic()
@@ -52,16 +54,4 @@ class Refusal:
                 self._on_refused()
             except Exception:  # a counter must not stop the accept loop
                 logger.exception("%s: on_refused failed", self._name)
-        try:
-            if not tls:
-                conn.setblocking(False)
-                try:
-                    conn.recv(65536)  # what already arrived, so closing does not reset the answer
-                except OSError:
-                    pass
-                conn.send(self._answer)
-                conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        finally:
-            conn.close()
+        return None if tls else self.answer

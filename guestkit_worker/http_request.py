@@ -358,16 +358,20 @@ class RequestHandler(WSGIRequestHandler):
 
     def close(self):
         """Close the connection's files and socket (the server calls this when it is done)."""
-        for stream in (self.wfile, self.rfile):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        self.close_files()
         try:
             self.connection.shutdown(socket.SHUT_WR)
         except OSError:
             pass
         self.connection.close()
+
+    def close_files(self):
+        """Close the connection's buffered files, not its socket."""
+        for stream in (self.wfile, self.rfile):
+            try:
+                stream.close()
+            except OSError:
+                pass
 
     def _discard_input(self):
         """Send the answer and end our side, then read and drop what the client still sends:

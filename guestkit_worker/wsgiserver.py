@@ -9,15 +9,19 @@
   server holds at most ``max_connections`` sockets and threads (plus its accept thread) however
   many clients connect;
 * when every slot is taken, a new connection takes the slot of the connection that has waited
-  longest without sending anything (that one is closed); when every slot is busy answering a
-  request, the newcomer is refused at once: a plain ``503`` with ``Retry-After`` (just closed on
-  TLS) -- it never waits in the kernel's queue for a thread;
+  longest without sending anything (that one gets the ``503`` below if it is new, and is just
+  closed if it is a kept one); when every slot is busy answering a request, the newcomer is
+  refused at once: a plain ``503`` with ``Retry-After`` (no answer on TLS) -- it never waits in
+  the kernel's queue for a thread;
 * a persistent (keep-alive) connection goes back to the waiting room after each answer: an idle
   keep-alive connection holds no thread, counts as open, and is the first to make room;
 * a connection silent for ``CONNECTION_TIMEOUT`` seconds (in the waiting room, or between two
   reads) is closed; the rest of a connection's life (request deadline, keep-alive rules, TLS
   handshake on its own thread, 414 for over-long request lines, quiet logging) is
-  :mod:`guestkit_worker.http_request`.
+  :mod:`guestkit_worker.http_request`;
+* the accept loop closes connections gracefully (:mod:`guestkit_worker.http_linger`): answer,
+  end of stream, then what the client still sends is read and dropped for a moment, so the
+  client reads the answer instead of a reset.
 
 ``serve_wsgi(..., start=False)`` binds (so a port in use is a :class:`ConfigError` before
 anything else happens) without accepting; :meth:`WSGIService.start` begins accepting, so a
@@ -34,6 +38,7 @@ import time
 
 from . import http_request, httplisten
 from .errors import ConfigError
+from .http_linger import Lingering
 from .http_refusal import BUSY as _BUSY, Refusal
 from .http_threads import ConnectionThreads
 from .httplisten import ListeningServer, display_addr, parse_addr
@@ -78,6 +83,7 @@ class WSGIService:
         self._wake_w.setblocking(False)
         self._parked = collections.deque()  # (socket, handler) back from a thread, to wait
         self._accept_thread = None
+        self._lingering = None  # the accept loop's graceful closes, while it runs
         self._stopped = False
         self.host, self.port = server.server_address[:2]
         scheme = "https" if context is not None else "http"
@@ -126,11 +132,14 @@ class WSGIService:
         self._pool.stop()
 
     def stats(self):
-        """{'open', 'threads', 'accepted', 'evicted', 'refused', 'expired', 'requests',
-        'reused'} so far ('reused': times a kept connection came back from the waiting room)."""
+        """{'open', 'threads', 'lingering', 'accepted', 'evicted', 'refused', 'expired',
+        'requests', 'reused'} so far ('reused': times a kept connection came back from the
+        waiting room; 'lingering': connections being closed gracefully now)."""
+        lingering = self._lingering
         with self._lock:
             out = dict(self._counts)
-            out.update(open=self._open, threads=self._pool.threads, refused=self._refusal.count)
+            out.update(open=self._open, threads=self._pool.threads, refused=self._refusal.count,
+                       lingering=len(lingering) if lingering is not None else 0)
         for key in ("accepted", "evicted", "refused", "expired", "requests", "reused"):
             out.setdefault(key, 0)
         return out
@@ -151,18 +160,17 @@ class WSGIService:
         sel = selectors.DefaultSelector()
         sel.register(listener, selectors.EVENT_READ, None)
         sel.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
-        waiting = collections.OrderedDict()  # socket -> (address, deadline); oldest first
+        lingering = self._lingering = Lingering(sel)
+        waiting = collections.OrderedDict()  # socket -> (address or handler, deadline); oldest first
         try:
             while not self._stop.is_set():
-                timeout = None  # block until a connection, the wake-up of shutdown() or ...
-                if waiting:     # ... the deadline of the connection waiting longest
-                    first = next(iter(waiting.values()))[1]
-                    timeout = max(0.0, first - time.monotonic())
-                for key, _ in sel.select(timeout):
+                for key, _ in sel.select(self._timeout(waiting, lingering)):
                     if key.data is self._wake_r:
                         self._take_parked(sel, waiting)  # or shutdown: the loop condition ends it
                     elif key.data is None:
                         self._accept_some(listener, sel, waiting)
+                    elif key.data is lingering:
+                        lingering.readable(key.fileobj)
                     elif key.fileobj in waiting:
                         sock = key.fileobj
                         sel.unregister(sock)
@@ -172,16 +180,33 @@ class WSGIService:
                 while waiting and next(iter(waiting.values()))[1] <= now:
                     sock, (item, _deadline) = waiting.popitem(last=False)
                     self._drop(sel, sock, "expired", item)
+                lingering.expire(now)
         except Exception:  # the accept loop must not die silently
             logger.exception("%s accept loop failed", self._name)
         finally:
-            for sock, (item, _deadline) in list(waiting.items()):
-                self._drop(sel, sock, None, item)
-            with self._lock:
-                parked, self._parked = list(self._parked), collections.deque()
-            for sock, handler in parked:
-                self._drop(sel, sock, None, handler)
-            sel.close()
+            self._close_all(sel, waiting, lingering)
+
+    @staticmethod
+    def _timeout(waiting, lingering):
+        """Seconds the selector may sleep: until a connection, the wake-up of shutdown() or
+        a parked connection, or the first deadline of a waiting or lingering connection."""
+        first = lingering.next_deadline()
+        if waiting:
+            waited = next(iter(waiting.values()))[1]
+            first = waited if first is None else min(first, waited)
+        return None if first is None else max(0.0, first - time.monotonic())
+
+    def _close_all(self, sel, waiting, lingering):
+        """The loop ends (shutdown): close the waiting, parked and lingering connections now."""
+        self._lingering = None
+        for sock, (item, _deadline) in list(waiting.items()):
+            self._drop(sel, sock, None, item)
+        with self._lock:
+            parked, self._parked = list(self._parked), collections.deque()
+        for sock, handler in parked:
+            self._drop(sel, sock, None, handler)
+        lingering.close_all()
+        sel.close()
 
     def _take_parked(self, sel, waiting):
         """Move the kept connections handed back by threads into the waiting room."""
@@ -215,7 +240,7 @@ class WSGIService:
                 self._drop(sel, oldest, "evicted", item)
                 full = False
             if full:
-                self._refusal.refuse(conn, tls=self._context is not None)
+                self._lingering.close(conn, self._refusal.refuse(tls=self._context is not None))
                 continue
             with self._lock:
                 self._open += 1
@@ -225,6 +250,8 @@ class WSGIService:
             waiting[conn] = (addr, time.monotonic() + http_request.CONNECTION_TIMEOUT)
 
     def _drop(self, sel, sock, reason, item=None):
+        """Close a connection of the waiting room: gracefully while the loop runs (a new one
+        pushed out of its slot gets the refusal answer), at once when it is ending."""
         try:
             sel.unregister(sock)
         except (KeyError, ValueError):
@@ -233,23 +260,23 @@ class WSGIService:
             self._open -= 1
             if reason:
                 self._counts[reason] += 1
-        if isinstance(item, http_request.RequestHandler):
-            item.close()  # a kept connection: its files too
+        kept = isinstance(item, http_request.RequestHandler)
+        if self._lingering is None:
+            if kept:
+                item.close()  # a kept connection: its files too
+            else:
+                sock.close()
+            return
+        if kept:
+            item.close_files()  # and no answer: the client has sent no request on it yet
+            self._lingering.close(sock)
         else:
-            sock.close()
+            tls = self._context is not None
+            self._lingering.close(sock, self._refusal.answer if reason == "evicted" and not tls else None)
 
     # -- on a connection thread ----------------------------------------------------------
     def _serve(self, sock, state):
-        kept = False
-        try:
-            kept = self._serve_one(sock, state)
-        finally:
-            if not kept:
-                with self._lock:
-                    self._open -= 1
-
-    def _serve_one(self, sock, state):
-        """Answer what a connection sends; True when it was parked for its next request.
+        """Answer what a connection sends; park it for its next request, or close it.
         ``state`` is the client's address (new connection) or its kept handler."""
         handler = state if isinstance(state, http_request.RequestHandler) else None
         conn = sock
@@ -261,6 +288,7 @@ class WSGIService:
                                                      do_handshake_on_connect=False)
                 handler = self._server.RequestHandlerClass(conn, state, self._server)
             else:
+                conn = handler.connection
                 with self._lock:
                     self._counts["reused"] += 1
             before = handler.requests
@@ -268,17 +296,18 @@ class WSGIService:
             with self._lock:
                 self._counts["requests"] += handler.requests - before
             if kept:
-                kept = self._park(handler.connection, handler)
+                kept = self._park(conn, handler)
         except Exception:  # timeouts, resets, bad TLS: routine
             addr = handler.client_address if handler is not None else state
             logger.debug("connection from %s failed", addr[0] if addr else "?", exc_info=True)
         finally:
             if not kept:
+                with self._lock:
+                    self._open -= 1
                 if handler is not None:
                     handler.close()
                 else:
                     _close(conn)
-        return kept
 
     def _park(self, sock, handler):
         """Hand a kept connection back to the waiting room; False when shutting down."""
@@ -314,10 +343,11 @@ def serve_wsgi(app, addr, *, tls_cert=None, tls_key=None, max_connections=DEFAUL
     default ``http_request.REQUEST_DEADLINE``) bounds the delivery of a whole request;
     ``max_requests`` bounds the requests answered on one keep-alive connection;
     ``handler_class`` may subclass :class:`http_request.RequestHandler`; ``refusal`` replaces
-    the plain-HTTP 503 sent when every slot is busy, and ``on_refused()`` is called for each
-    refused connection.  With ``start=False`` the port is bound but nothing is accepted until
-    :meth:`WSGIService.start`.  Raises :class:`ConfigError` before any thread starts when the
-    address cannot be bound or the certificate cannot be loaded.
+    the plain-HTTP 503 sent to a refused connection (and to a new one pushed out of its slot),
+    and ``on_refused()`` is called for each refused connection.  With ``start=False`` the port
+    is bound but nothing is accepted until :meth:`WSGIService.start`.  Raises
+    :class:`ConfigError` before any thread starts when the address cannot be bound or the
+    certificate cannot be loaded.
     """
     if not isinstance(max_connections, int) or max_connections < 1:
         raise ConfigError(f"max_connections must be at least 1, got {max_connections!r}")

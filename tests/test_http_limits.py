@@ -11,6 +11,7 @@ from conftest import make_job, wait_for, write_job
 from faultkit import Worker, total
 from metricskit import get
 
+from guestkit_worker.http_linger import MAX_LINGERING
 from guestkit_worker.wsgiserver import serve_wsgi
 
 FLOOD = 1000
@@ -34,7 +35,7 @@ def _connect_many(stack, host, port, n):
 
 def test_1000_idle_connections_keep_threads_bounded_and_metrics_answering(dirs):
     """Before: 1,000 idle connections made 1,000 threads.  Now the worker holds at most
-    --http-max-connections of them (the longest idle makes room for a newcomer), creates no
+    --http-max-connections of them (the longest idle makes room for a newcomer, answered 503), creates no
     thread for a connection that sends nothing, and a scrape and a job go through meanwhile."""
     _enough_fds(FLOOD)
     w = Worker(dirs, "--http-max-connections", "16", "--worker-id", "http-flood")
@@ -50,16 +51,19 @@ def test_1000_idle_connections_keep_threads_bounded_and_metrics_answering(dirs):
             assert status == 200 and "guestkit_worker_active_jobs" in body
             # threads: at most one per slot (16) beyond the baseline, never one per connection
             assert w.threads() <= baseline + 16, (baseline, w.threads())
-            # and the worker holds at most 16 client sockets (plus its own files)
-            assert w.fds() < 16 + 64
+            # and the worker holds at most 16 client sockets, plus those it is closing
+            # gracefully (at most MAX_LINGERING, each for LINGER_SECONDS), plus its own files
+            assert w.fds() < 16 + MAX_LINGERING + 64
             write_job(dirs.jobs, make_job("during-flood-01"))
             wait_for(lambda: "during-flood-01.json" in dirs.listing("done"), what="job during the flood")
             assert total(w.counted(1), "guestkit_worker_jobs_total", status="completed") == 1
             status, _, body = get(w.url + "/health", timeout=10)
             assert status == 200 and json.loads(body)["status"] == "healthy"
-            # the oldest idle connections were closed to make room (the server sent EOF)
+            # the oldest idle connections made room: told 503 (retry later), then closed
             socks[0].settimeout(5)
-            assert socks[0].recv(1) == b""
+            with socks[0].makefile("rb") as stream:
+                answer = stream.read()
+            assert answer.startswith(b"HTTP/1.0 503 ") and b"Retry-After: 1" in answer, answer
         assert w.alive()
     finally:
         w.ensure_stopped()
