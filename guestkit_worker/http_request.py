@@ -2,13 +2,16 @@
 deadlines, run the WSGI app, keep the connection for the next request when HTTP allows it, log
 quietly.
 
-The TLS handshake (when the socket is wrapped) runs here, on the connection's thread.  A
-connection silent for ``CONNECTION_TIMEOUT`` seconds per read, or that has not delivered a whole
-request ``REQUEST_DEADLINE`` seconds after a thread took it up, is dropped; request lines over
-``MAX_REQUEST_LINE`` bytes get 414, and requests whose body length is ambiguous 400 before the
-connection closes (:mod:`guestkit_worker.http_framing`).  An answer given before the body was
-read (401, 413...) is followed by a bounded read of what the client still sends, then the
-connection closes, so the client sees the answer rather than a reset.
+The TLS handshake (when the socket is wrapped) runs here, on the connection's thread, within
+``HEADER_DEADLINE`` seconds.  A connection silent for ``CONNECTION_TIMEOUT`` seconds per read,
+or that has not delivered its request line and headers ``HEADER_DEADLINE`` seconds, or its
+whole request ``REQUEST_DEADLINE`` seconds, after a thread took the request up, is dropped (the
+server, told by ``server.watch_head`` when a request's head starts and ends arriving, may give
+the slot of a slow head to another client, see :mod:`guestkit_worker.http_slots`).  Request
+lines over ``MAX_REQUEST_LINE`` bytes get 414, and requests whose body length is ambiguous 400
+before the connection closes (:mod:`guestkit_worker.http_framing`).  An answer given before the
+body was read (401, 413...) is followed by a bounded read of what the client still sends, then
+the connection closes, so the client sees the answer rather than a reset.
 
 Persistent connections: after a complete answer the connection stays open when the client spoke
 HTTP/1.1 without ``Connection: close`` (or HTTP/1.0 with ``Connection: keep-alive``), the answer
@@ -37,6 +40,9 @@ logger = logging.getLogger(__name__)
 CONNECTION_TIMEOUT = 10.0
 #: Seconds a client gets to deliver its whole request, so trickling bytes cannot pin a thread.
 REQUEST_DEADLINE = 30.0
+#: Seconds a client gets to deliver its request line and headers (a head arrives at once; a
+#: client sending it a byte at a time holds a slot this long at most).
+HEADER_DEADLINE = 5.0
 #: Longest request line accepted; longer ones get 414 (same limit as http.server).
 MAX_REQUEST_LINE = 65536
 #: Requests answered on one connection before the server closes it (``Connection: close``).
@@ -248,9 +254,10 @@ class RequestHandler(WSGIRequestHandler):
     def setup(self):
         """Arm the timeouts, finish a pending TLS handshake, then build the buffered files."""
         conn = self.connection = self.request
-        conn.settimeout(CONNECTION_TIMEOUT)
-        if isinstance(conn, ssl.SSLSocket):
+        if isinstance(conn, ssl.SSLSocket):  # the socket's timeout bounds the whole handshake
+            conn.settimeout(min(self.request_deadline(), HEADER_DEADLINE))
             conn.do_handshake()
+        conn.settimeout(CONNECTION_TIMEOUT)
         self._reader = _DeadlineReader(conn, CONNECTION_TIMEOUT)
         self.rfile = _LineReader(self._reader)
         self.wfile = conn.makefile("wb", self.wbufsize)
@@ -264,7 +271,10 @@ class RequestHandler(WSGIRequestHandler):
         for a later one (the caller parks it), False when it is done (the caller closes it)."""
         deadline = self.request_deadline()
         while True:
-            self._reader.arm(time.monotonic() + deadline, CONNECTION_TIMEOUT)
+            started = time.monotonic()
+            self._whole_by = started + deadline
+            self._reader.arm(started + min(deadline, HEADER_DEADLINE), CONNECTION_TIMEOUT)
+            self._watch_head(True)
             self.close_connection = True
             self.handle_one_request()
             self.wfile.flush()
@@ -303,6 +313,9 @@ class RequestHandler(WSGIRequestHandler):
         length = self._parse_head()
         if length is False:
             return
+        if not self._head_received():  # the server gave this connection's slot away meanwhile
+            self.close_connection = True
+            return
         self.requests += 1
         if self.requests >= getattr(self.server, "max_requests", MAX_REQUESTS_PER_CONNECTION):
             self.close_connection = True
@@ -340,6 +353,17 @@ class RequestHandler(WSGIRequestHandler):
             self.send_error(400, None, str(exc))
             self._discard_input()
             return False
+
+    def _watch_head(self, reading):
+        """Tell the server that a request head starts (True) or ended (False) arriving; False
+        when the server took the connection's slot back."""
+        watch = getattr(self.server, "watch_head", None)
+        return watch is None or watch(self.connection, self.client_address, reading)
+
+    def _head_received(self):
+        """The head is in: the rest of the request has the whole-request deadline."""
+        self._reader.arm(self._whole_by, CONNECTION_TIMEOUT)
+        return self._watch_head(False)
 
     def decide_keep_alive(self, handler):
         """Called as ``handler`` sends its headers: keep the connection only for a complete,

@@ -65,8 +65,9 @@ RUN_OPTIONS = [
     (("--metrics-addr",), "metrics_addr", str, "0.0.0.0:9090", "HOST:PORT",
      "listen address of /metrics and /health ([::]:PORT for IPv6 and dual stack)"),
     (("--http-max-connections",), "http_max_connections", _positive_int, 64, "N",
-     "connections the HTTP port serves at once; the longest-idle one makes room for a newcomer, "
-     "and when all are busy newcomers get 503 at once"),
+     "connections the HTTP port serves at once; when all are taken, an idle one or one still "
+     "sending its request head, of the client address holding the most, makes room for a newcomer; "
+     "when none can, newcomers get 503 at once"),
     (("--metrics-tls-cert",), "metrics_tls_cert", str, None, "FILE", "serve the endpoint over TLS with this certificate"),
     (("--metrics-tls-key",), "metrics_tls_key", str, None, "FILE", "private key for --metrics-tls-cert"),
     (("--metrics-token-file",), "metrics_token_file", str, None, "FILE", "/metrics answers only requests "

@@ -8,16 +8,18 @@
   created as needed and ended after ``http_threads.THREAD_IDLE_SECONDS`` without work.  So the
   server holds at most ``max_connections`` sockets and threads (plus its accept thread) however
   many clients connect;
-* when every slot is taken, a new connection takes the slot of the connection that has waited
-  longest without sending anything (that one gets the ``503`` below if it is new, and is just
-  closed if it is a kept one); when every slot is busy answering a request, the newcomer is
-  refused at once: a plain ``503`` with ``Retry-After`` (no answer on TLS) -- it never waits in
-  the kernel's queue for a thread;
+* when every slot is taken, a newcomer takes the slot of an idle connection (one that has sent
+  nothing yet, or a kept one between requests) or of one whose request head a thread is still
+  reading, fairly between client addresses (:mod:`guestkit_worker.http_slots`): slow senders
+  from one address cannot lock out the others.  A new connection pushed out this way gets the
+  ``503`` below, a kept one is just closed.  When no connection may give up its slot, the
+  newcomer is refused at once: a plain ``503`` with ``Retry-After`` (no answer on TLS) -- it
+  never waits in the kernel's queue for a thread;
 * a persistent (keep-alive) connection goes back to the waiting room after each answer: an idle
-  keep-alive connection holds no thread, counts as open, and is the first to make room;
+  keep-alive connection holds no thread, counts as open, and is among the first to make room;
 * a connection silent for ``CONNECTION_TIMEOUT`` seconds (in the waiting room, or between two
-  reads) is closed; the rest of a connection's life (request deadline, keep-alive rules, TLS
-  handshake on its own thread, 414 for over-long request lines, quiet logging) is
+  reads) is closed; the rest of a connection's life (header and request deadlines, keep-alive
+  rules, TLS handshake on its own thread, 414 for over-long request lines, quiet logging) is
   :mod:`guestkit_worker.http_request`;
 * the accept loop closes connections gracefully (:mod:`guestkit_worker.http_linger`): answer,
   end of stream, then what the client still sends is read and dropped for a moment, so the
@@ -40,6 +42,7 @@ from . import http_request, httplisten
 from .errors import ConfigError
 from .http_linger import Lingering
 from .http_refusal import BUSY as _BUSY, Refusal
+from .http_slots import choose_victim
 from .http_threads import ConnectionThreads
 from .httplisten import ListeningServer, display_addr, parse_addr
 
@@ -74,6 +77,9 @@ class WSGIService:
         self._lock = threading.Lock()
         self._pool = ConnectionThreads(self._serve, max_connections, name)
         self._open = 0          # connections accepted and not yet closed (waiting or busy)
+        self._hosts = collections.Counter()  # open connections per client address
+        self._heads = collections.OrderedDict()  # conn -> address: head being read, oldest first
+        self._cut = set()       # connections whose slot was taken back while a thread read them
         self._counts = collections.Counter()
         self._stop = threading.Event()
         # shutdown() writes a byte here: the accept loop sleeps in its selector until a
@@ -85,6 +91,7 @@ class WSGIService:
         self._accept_thread = None
         self._lingering = None  # the accept loop's graceful closes, while it runs
         self._stopped = False
+        server.watch_head = self._watch_head  # the request handlers report their heads here
         self.host, self.port = server.server_address[:2]
         scheme = "https" if context is not None else "http"
         self.url = f"{scheme}://{display_addr(self.host, self.port)}"
@@ -132,14 +139,16 @@ class WSGIService:
         self._pool.stop()
 
     def stats(self):
-        """{'open', 'threads', 'lingering', 'accepted', 'evicted', 'refused', 'expired',
+        """{'open', 'threads', 'heads', 'lingering', 'accepted', 'evicted', 'refused', 'expired',
         'requests', 'reused'} so far ('reused': times a kept connection came back from the
-        waiting room; 'lingering': connections being closed gracefully now)."""
+        waiting room; 'evicted': connections that gave their slot to a newcomer; 'heads':
+        connections whose request head a thread is reading now; 'lingering': connections being
+        closed gracefully now)."""
         lingering = self._lingering
         with self._lock:
             out = dict(self._counts)
             out.update(open=self._open, threads=self._pool.threads, refused=self._refusal.count,
-                       lingering=len(lingering) if lingering is not None else 0)
+                       heads=len(self._heads), lingering=len(lingering) if lingering is not None else 0)
         for key in ("accepted", "evicted", "refused", "expired", "requests", "reused"):
             out.setdefault(key, 0)
         return out
@@ -233,21 +242,46 @@ class WSGIService:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     time.sleep(_POLL_INTERVAL)
                 return
-            with self._lock:
-                full = self._open >= self.max_connections
-            if full and waiting:
-                oldest, (item, _deadline) = waiting.popitem(last=False)
-                self._drop(sel, oldest, "evicted", item)
-                full = False
-            if full:
+            if not self._make_room(sel, waiting, addr[0]):
                 self._lingering.close(conn, self._refusal.refuse(tls=self._context is not None))
                 continue
             with self._lock:
                 self._open += 1
+                self._hosts[addr[0]] += 1
                 self._counts["accepted"] += 1
             conn.setblocking(False)
             sel.register(conn, selectors.EVENT_READ, addr)
             waiting[conn] = (addr, time.monotonic() + http_request.CONNECTION_TIMEOUT)
+
+    def _make_room(self, sel, waiting, host):
+        """True when a newcomer from ``host`` may have a slot: one is free, or an idle
+        connection or a slow request head gave its slot up (see http_slots)."""
+        with self._lock:
+            if self._open < self.max_connections:
+                return True
+            victim = choose_victim(host, self._hosts, waiting, self._heads, _host)
+            if victim is None:
+                return False
+            kind, sock = victim
+            if kind == "head":
+                self._cut_head(sock)
+                return True
+        item, _deadline = waiting.pop(sock)
+        self._drop(sel, sock, "evicted", item)
+        return True
+
+    def _cut_head(self, conn):
+        """Take back the slot of a connection whose head a thread is reading (lock held): its
+        socket is shut, so the thread's read ends at once and the thread closes it."""
+        host = self._heads.pop(conn)
+        self._cut.add(conn)
+        self._open -= 1
+        self._leave(host)
+        self._counts["evicted"] += 1
+        try:
+            socket.socket.shutdown(conn, socket.SHUT_RDWR)  # the plain socket's, also under TLS
+        except OSError:
+            pass
 
     def _drop(self, sel, sock, reason, item=None):
         """Close a connection of the waiting room: gracefully while the loop runs (a new one
@@ -258,6 +292,7 @@ class WSGIService:
             pass
         with self._lock:
             self._open -= 1
+            self._leave(_host(item))
             if reason:
                 self._counts[reason] += 1
         kept = isinstance(item, http_request.RequestHandler)
@@ -279,6 +314,7 @@ class WSGIService:
         """Answer what a connection sends; park it for its next request, or close it.
         ``state`` is the client's address (new connection) or its kept handler."""
         handler = state if isinstance(state, http_request.RequestHandler) else None
+        addr = handler.client_address if handler is not None else state
         conn = sock
         kept = False
         try:
@@ -286,6 +322,7 @@ class WSGIService:
                 if self._context is not None:
                     conn = self._context.wrap_socket(sock, server_side=True,
                                                      do_handshake_on_connect=False)
+                self._watch_head(conn, addr, True)  # the TLS handshake counts as head
                 handler = self._server.RequestHandlerClass(conn, state, self._server)
             else:
                 conn = handler.connection
@@ -298,21 +335,50 @@ class WSGIService:
             if kept:
                 kept = self._park(conn, handler)
         except Exception:  # timeouts, resets, bad TLS: routine
-            addr = handler.client_address if handler is not None else state
             logger.debug("connection from %s failed", addr[0] if addr else "?", exc_info=True)
         finally:
             if not kept:
-                with self._lock:
-                    self._open -= 1
+                self._release(conn, addr)
                 if handler is not None:
                     handler.close()
                 else:
                     _close(conn)
 
-    def _park(self, sock, handler):
-        """Hand a kept connection back to the waiting room; False when shutting down."""
+    def _watch_head(self, conn, addr, reading):
+        """Called by the request handler: ``conn`` starts (True) or has finished (False) reading
+        a request head.  False when the connection's slot was taken back meanwhile."""
         with self._lock:
-            if self._stopped:
+            if conn in self._cut:
+                return False
+            if reading:
+                self._heads.setdefault(conn, addr[0])
+            else:
+                self._heads.pop(conn, None)
+            return True
+
+    def _release(self, conn, addr):
+        """A connection served by a thread is done: its slot is free (unless taken already)."""
+        with self._lock:
+            self._heads.pop(conn, None)
+            if conn in self._cut:
+                self._cut.discard(conn)
+                return
+            self._open -= 1
+            self._leave(addr[0])
+
+    def _leave(self, host):
+        """One connection of ``host`` fewer (lock held); an address without any is forgotten."""
+        left = self._hosts[host] - 1
+        if left > 0:
+            self._hosts[host] = left
+        else:
+            del self._hosts[host]
+
+    def _park(self, sock, handler):
+        """Hand a kept connection back to the waiting room; False when shutting down or when
+        its slot was taken back."""
+        with self._lock:
+            if self._stopped or sock in self._cut:
                 return False
             self._parked.append((sock, handler))
         try:
@@ -320,6 +386,12 @@ class WSGIService:
         except OSError:  # buffer full: a wake-up is already pending
             pass
         return True
+
+
+def _host(item):
+    """The client address of a waiting-room item: an address tuple, or a kept handler."""
+    addr = item.client_address if isinstance(item, http_request.RequestHandler) else item
+    return addr[0] if addr else ""
 
 
 def _close(conn):

@@ -1,6 +1,7 @@
 """Who gets a connection slot of the HTTP ports (REST API and metrics) when they are all taken,
 against real worker processes over real sockets: a burst of clients beyond the limits gets
-answers, never resets, and the CLI's --wait rides out a busy API."""
+answers, never resets, the CLI's --wait rides out a busy API, and slow senders from one
+address (plain or TLS) cannot lock other clients out."""
 
 import collections
 import json
@@ -8,11 +9,15 @@ import select
 import socket
 import struct
 import threading
+import time
 
-from apikit import call, served  # noqa: F401 (fixture)
+from apikit import call, served, write_tokens  # noqa: F401 (fixture)
 from conftest import cli, make_job, wait_for
 
 JOBS = "/api/v1/jobs"
+TOKEN = "slots-token-0123456789abcdef"
+#: slow senders per port: more than the 64 slots of each
+TRICKLERS = 80
 #: concurrent result?wait= calls of the burst
 BURST = 400
 
@@ -53,6 +58,88 @@ def test_a_burst_of_waiting_clients_gets_200_or_503_never_a_reset(dirs, served):
     assert sum(outcomes.values()) == BURST
     assert set(outcomes) <= {(200, None), (503, "1")}, outcomes
     assert outcomes[(200, None)] >= 1, outcomes
+
+
+class _Tricklers:
+    """``n`` clients from 127.0.0.2, each sending an endless request head to ``url`` one byte a
+    second and connecting again whenever the server answers or closes."""
+
+    def __init__(self, url, n):
+        host, _, port = url.partition("://")[2].rpartition(":")
+        self.addr = (host, int(port))
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.connections = 0
+        self.bytes_sent = 0
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind(("127.0.0.2", 0))
+                    sock.settimeout(5)
+                    sock.connect(self.addr)
+                    with self.lock:
+                        self.connections += 1
+                    self._trickle(sock)
+            except OSError:
+                pass
+            self.stop.wait(0.2)
+
+    def _trickle(self, sock):
+        head = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: y\r\n" * 1000
+        sock.settimeout(1.0)
+        for byte in head:
+            if self.stop.is_set():
+                return
+            sock.sendall(bytes([byte]))
+            with self.lock:
+                self.bytes_sent += 1
+            try:
+                sock.recv(4096)  # an answer (503) or the server's close: this one is over
+                return
+            except TimeoutError:  # a second without news: the next byte
+                continue
+
+    def close(self):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(15)
+
+
+def test_slow_senders_from_one_address_cannot_lock_out_other_clients(dirs, served, tmp_path):
+    """Before: 64 connections sending a header byte a second took every slot of a port for
+    30 s at a time (the request deadline), and every other client got 503 for as long as
+    they went on.  Now, with 80 such senders from 127.0.0.2 on the API port and 80 on the
+    metrics port, GET /health, a scrape of /metrics and an authorized API call from 127.0.0.1
+    each get 200 promptly, again and again through the attack."""
+    tokens = write_tokens(tmp_path, TOKEN)
+    worker = served("run", "--api-token-file", tokens, metrics=True)
+    attacks = [_Tricklers(worker.url, TRICKLERS), _Tricklers(worker.metrics_url, TRICKLERS)]
+    try:
+        for attack in attacks:  # every sender has connected and sent its first bytes
+            wait_for(lambda: attack.bytes_sent >= 3 * TRICKLERS, timeout=60, what="the slow senders")
+        end = time.monotonic() + 12  # beyond the header deadline: senders cut and back again
+        rounds = 0
+        while time.monotonic() < end or rounds < 4:
+            for url, path, token in ((worker.metrics_url, "/health", None),
+                                     (worker.metrics_url, "/metrics", None),
+                                     (worker.url, JOBS, TOKEN)):
+                started = time.monotonic()
+                reply = call(url, "GET", path, token=token, timeout=10)
+                took = time.monotonic() - started
+                assert reply.status == 200, (rounds, path, reply)
+                assert took < 10, (rounds, path, took)
+            rounds += 1
+            time.sleep(0.5)
+        assert all(attack.connections > TRICKLERS for attack in attacks), "the senders were cut and came back"
+    finally:
+        for attack in attacks:
+            attack.close()
+    assert call(worker.url, "GET", JOBS, token=TOKEN).status == 200
 
 
 # -- the CLI's --wait when the API is busy -------------------------------------------------
@@ -155,3 +242,88 @@ def test_cli_wait_rides_out_a_busy_connection_slot(dirs, served):
             release.cancel()
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == dirs.result("job-cli-busy")
+
+
+# -- TLS: a handshake or head sent slowly makes room too ---------------------------------
+
+def _hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+    return [b"hi\n"]
+
+
+def _stuck(server, pki, kind):
+    """A TLS connection from 127.0.0.2 that never finishes its handshake or its head."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.2", 0))
+    sock.settimeout(10)
+    sock.connect((server.host, server.port))
+    if kind == "handshake":
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello begun
+        return sock
+    sock = pki.client_context().wrap_socket(sock, server_hostname="localhost")
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a head begun
+    return sock
+
+
+def _closed_by_server(sock):
+    import ssl
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, ssl.SSLError):
+        return True
+
+
+def test_slow_tls_handshakes_and_heads_make_room_over_tls(tmp_path):
+    """Every slot of a TLS port held from 127.0.0.2 by clients stuck in their handshake (half a
+    ClientHello) or in their head: a client from 127.0.0.1 is served at once, each time in
+    the slot of the one stuck longest, which is closed (in-process server)."""
+    import itertools
+
+    from apikit import Pki
+    from guestkit_worker.wsgiserver import serve_wsgi
+    pki = Pki(tmp_path / "pki")
+    kinds = itertools.cycle(["handshake", "head"])
+    with serve_wsgi(_hello, "127.0.0.1:0", tls_cert=pki.cert, tls_key=pki.key, max_connections=4) as server:
+        held = collections.deque()
+        try:
+            for n in range(4):
+                while len(held) < 4:  # once the last client's slot is free again
+                    wait_for(lambda: server.stats()["open"] == len(held), timeout=10, what="a free slot")
+                    held.append(_stuck(server, pki, next(kinds)))
+                wait_for(lambda: server.stats()["heads"] == 4, timeout=10, what="four slots held")
+                reply = call(server.url, "GET", "/", context=pki.client_context(), timeout=10)
+                assert reply.status == 200 and reply.body == b"hi\n"
+                assert server.stats()["evicted"] == n + 1
+                oldest = held.popleft()
+                assert _closed_by_server(oldest)
+                oldest.close()
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_a_tls_hello_sent_a_byte_at_a_time_is_cut_at_the_header_deadline(tmp_path, monkeypatch):
+    """A client sending its ClientHello a byte every 0.2 s is cut at the header deadline (0.5 s
+    here; before: after 10 s, the connection timeout; in-process server)."""
+    from apikit import Pki
+    from guestkit_worker import http_request
+    from guestkit_worker.wsgiserver import serve_wsgi
+    monkeypatch.setattr(http_request, "HEADER_DEADLINE", 0.5)
+    pki = Pki(tmp_path / "pki")
+    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 500
+    with serve_wsgi(_hello, "127.0.0.1:0", tls_cert=pki.cert, tls_key=pki.key, max_connections=4) as server:
+        with socket.create_connection((server.host, server.port), timeout=10) as sock:
+            started, cut = time.monotonic(), False
+            for byte in hello:
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    cut = True
+                    break
+                if select.select([sock], [], [], 0.2)[0]:
+                    cut = _closed_by_server(sock)
+                    break
+            took = time.monotonic() - started
+        assert cut and took < 5, (cut, took)
+        wait_for(lambda: server.stats()["open"] == 0, timeout=10, what="the slot freed")
+        assert call(server.url, "GET", "/", context=pki.client_context()).status == 200

@@ -2,13 +2,15 @@
 (:func:`guestkit_worker.wsgiserver.serve_wsgi`), on its own address and with its own bounds.
 
 * at most ``max_connections`` connections are open at once, each with at most one thread; a
-  connection that has sent nothing waits without a thread and makes room for a newcomer when
-  every slot is taken; when every slot is busy with a request, a newcomer is answered ``503``
-  with ``Retry-After`` (JSON) straight from the accept loop (TLS connections are closed
-  instead, as an answer would need a handshake) and counted by ``on_refused``;
-* a connection silent for 10 s is closed, and the whole request (line, headers, body) must
-  arrive within ``request_deadline`` seconds (default 30), so a client that sends one byte a
-  second holds one slot for that long at most; at most 100 header lines of 64 KiB each;
+  connection that has sent nothing waits without a thread; when every slot is taken, an idle
+  connection or one still sending its request head makes room for a newcomer, fairly between
+  client addresses (see :mod:`guestkit_worker.http_slots`); when none may, a newcomer is
+  answered ``503`` with ``Retry-After`` (JSON) straight from the accept loop (TLS connections
+  are closed instead, as an answer would need a handshake) and counted by ``on_refused``;
+* a connection silent for 10 s is closed; the TLS handshake, request line and headers must
+  arrive within 5 s (``http_request.HEADER_DEADLINE``) and the whole request within
+  ``request_deadline`` seconds (default 30), so a client that sends its head one byte a second
+  holds one slot for 5 s at most; at most 100 header lines of 64 KiB each;
 * an answer given before the body was read (401, 413, 415...) is followed by a bounded drain
   of what the client still sends, so the client sees the answer rather than a reset;
 * TLS 1.2+ with ``tls_cert``/``tls_key``, the handshake on the connection's own thread;
