@@ -21,6 +21,7 @@ def cmd_run(args):
     from prometheus_client import REGISTRY, disable_created_metrics
 
     from .errors import ConfigError
+    from .transports.base import StopRequested
     from .worker import Worker, WorkerConfig
     disable_created_metrics()
     if args.textfile_dir and not args.once:
@@ -81,6 +82,14 @@ def cmd_run(args):
             signals.on_hup = lambda: reload_servers(servers)
         worker.on_running = lambda: [server.start() for server in servers]
         worker.open()
+    except StopRequested as exc:  # SIGTERM while waiting for Redis: a clean stop, nothing was taken
+        for server in servers:
+            server.shutdown()
+        signals.after_run()  # a second signal ends here with 130
+        log.info("%s; stopped before taking any job; exit status %d", exc, EXIT_OK,
+                 extra={"event": "stopped_at_start"})
+        logging.shutdown()
+        return EXIT_OK
     except (ConfigError, OSError) as exc:
         for server in servers:
             server.shutdown()

@@ -67,6 +67,7 @@ class Worker:
                        if cfg.metrics_enabled else NullMetrics())
         self.metrics = metrics
         self.transport = transport if transport is not None else open_transport(cfg, metrics=self.metrics)
+        self.transport.stopping = self._stopping  # a wait for the transport's server ends on a stop
         self.table = RunTable(cfg.max_concurrent)
         if hasattr(self.metrics, "track_active"):
             self.metrics.track_active(self.table.active)  # until its thread returns, not its timeout

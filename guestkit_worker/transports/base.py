@@ -85,6 +85,11 @@ def job_bytes(doc: Mapping[str, Any], raw: Optional[bytes], limit: int) -> bytes
     return data
 
 
+class StopRequested(GuestkitWorkerError):
+    """The worker was asked to stop while the transport waited for its server at start (or
+    for a worker id to be free): nothing was taken, the worker ends as a clean stop."""
+
+
 class LeaseLost(GuestkitWorkerError):
     """This worker no longer owns a delivery (another worker reclaimed it): its outcome must not
     be stored and its handler should stop."""
@@ -320,6 +325,10 @@ class JobQueue(abc.ABC):
     #: lease-based.  With a lease the worker renews every running delivery every lease/4 from
     #: a thread that does nothing else, and stops a run whose renewal returns False.
     lease_seconds: Optional[float] = None
+
+    #: set by the worker to its "asked to stop" test: a transport's waits (for its server at
+    #: start, for a worker id to be free) end at once with StopRequested when it answers True
+    stopping: Callable[[], bool] = staticmethod(lambda: False)
 
 
 class ResultStore(abc.ABC):

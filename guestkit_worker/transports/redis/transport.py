@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, Optional
 from ...errors import ConfigError
 from ...metrics import NullMetrics
 from ...protocol import DEFAULT_MAX_JOB_BYTES
-from ..base import OutcomeUnknown, Transport, TransportUnavailable
+from ..base import OutcomeUnknown, StopRequested, Transport, TransportUnavailable
 from . import connection, tls
 from .index import IndexMixin
 from .keys import GROUP, Keys
@@ -107,16 +107,28 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
         """Connect, check the server, create the stream and group, take the worker id.  While
         Redis cannot be reached, wait for it (a pause growing to 10 s, each try logged): a
         fleet may start before its Redis.  A wrong password or a server too old is a
-        ConfigError at once."""
+        ConfigError at once.  The worker asked to stop meanwhile: StopRequested at once."""
         self._connect()
         pause = 0.5
         while True:
             try:
                 return self._open_once()
             except TransportUnavailable as exc:
-                log.warning("%s; trying again in %.0fs", exc, pause)
-                time.sleep(pause)
+                log.warning("%s; trying again in %.1fs", exc, pause)
+                if self._pause(pause):
+                    raise StopRequested(f"stop requested while waiting for redis at {self.where} ({exc})") from None
                 pause = min(10.0, pause * 2)
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait up to seconds; True as soon as the worker is asked to stop (``stopping``) or
+        close() is called, so that no wait of the transport outlives a stop."""
+        end = time.monotonic() + seconds
+        while not (self._closing.is_set() or self.stopping()):
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            self._closing.wait(min(0.1, left))
+        return True
 
     def _open_once(self) -> None:
         with self._guard("open"):
@@ -167,7 +179,8 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
                                       "its own --worker-id")
                 log.warning("worker id %s: its liveness key %s exists (a predecessor that crashed, or a live "
                             "worker with the same id); waiting up to a lease for it to expire", self.worker_id, key)
-                time.sleep(min(1.0, self.lease_seconds / 4))
+                if self._pause(min(1.0, self.lease_seconds / 4)):
+                    raise StopRequested(f"stop requested while waiting for worker id {self.worker_id} to be free")
         self._alive_at = time.monotonic()
 
     def close(self) -> None:
