@@ -11,5 +11,7 @@ EXIT_TEXTFILE = 3
 #: submit: the job store took the job but did not answer, so it may or may not be queued (submit the
 #: same document again: it is never queued twice); the client commands' table (commands.py) shares it
 EXIT_OUTCOME_UNKNOWN = 7
+#: Redis transport: another live process took this worker's --worker-id; the worker stopped
+EXIT_WORKER_ID_TAKEN = 4
 #: a second SIGTERM/SIGINT stopped the worker at once
 EXIT_ABORTED = 130

@@ -111,6 +111,8 @@ def cmd_run(args):
             status = EXIT_TEXTFILE
     if not args.once:
         status = EXIT_OK
+    if worker.fatal_status is not None:  # its worker id taken by another process
+        status = worker.fatal_status
     logging.shutdown()
     if getattr(worker, "stuck_threads", 0):
         os._exit(status)  # do not wait for handler threads that ignore cancellation

@@ -30,6 +30,7 @@ from .committer import COMMIT_BACKLOG_PER_THREAD, Committer
 from .config import WorkerConfig, default_worker_id
 from .diskspace import check_disk_space
 from .execution import Executor
+from .exitcodes import EXIT_WORKER_ID_TAKEN
 from .handlers import default_registry
 from .leases import LeaseKeeper
 from .metrics import NullMetrics, WorkerMetrics
@@ -105,6 +106,8 @@ class Worker:
         self._last = {"recovery": 0.0, "sweep": 0.0, "cancel": 0.0, "depth": 0.0}
         self._sweeper: Optional[threading.Thread] = None
         self.hard_stop = False                 # set by a second signal
+        #: the exit status the worker must end with whatever its jobs did (its worker id taken)
+        self.fatal_status: Optional[int] = None
         self.stuck_threads = 0
 
     # -- public -------------------------------------------------------------------------
@@ -188,6 +191,8 @@ class Worker:
     # -- main loop ----------------------------------------------------------------------
     def _tick(self) -> None:
         now, last = time.monotonic(), self._last
+        if getattr(self.transport, "identity_lost", None) and self.fatal_status is None:
+            self._stop_for_identity()
         try:
             if now - last["depth"] >= 0.5:  # not after every job: O(jobs) for files; see _consume
                 self._look_up_depth()
@@ -204,6 +209,15 @@ class Worker:
             if self._sweeper is None or not self._sweeper.is_alive():
                 self._sweeper = threading.Thread(target=self.transport.maintain, name="maintain", daemon=True)
                 self._sweeper.start()
+
+    def _stop_for_identity(self) -> None:
+        """Another live process took this worker's id: stop as on a first signal (running jobs
+        finish or go back to the queue; the transport takes nothing more) and exit with
+        EXIT_WORKER_ID_TAKEN."""
+        self.fatal_status = EXIT_WORKER_ID_TAKEN
+        log.error("%s; this worker stops (exit status %d): give every worker of a fleet its own --worker-id",
+                  self.transport.identity_lost, EXIT_WORKER_ID_TAKEN, extra={"event": "worker_id_taken"})
+        self.request_stop()
 
     def _poll_cancel_requests(self) -> None:
         runs = [r for r in self.table.runs() if r.ctx is not None and r.stop_at is None

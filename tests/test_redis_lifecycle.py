@@ -9,8 +9,9 @@ import time
 import pytest
 
 from conftest import Dirs, wait_for
-from faultkit import Worker
+from faultkit import Worker, journal_job, plugin_env
 from redisfixture import free_port, require_redis_py
+from test_redis_fleet import producer, read_runs
 
 pytestmark = pytest.mark.slow
 
@@ -60,3 +61,52 @@ def test_sigterm_while_waiting_for_its_worker_id_stops_at_once(tmp_path, redis_s
         assert "stopped before taking any job; exit status 0" in log
     finally:
         w.ensure_stopped()
+
+
+def test_a_worker_whose_id_another_process_took_while_it_was_paused_stops(tmp_path, redis_server, pool):
+    """A (worker id X) SIGSTOPped past its lease while a job runs; B starts with id X (the key
+    has expired), takes A's job back and runs it as attempt 2; A, resumed, finds the liveness
+    key naming B: it stops with EXIT_WORKER_ID_TAKEN and one line; B goes on serving."""
+    from guestkit_worker.exitcodes import EXIT_WORKER_ID_TAKEN
+    from guestkit_worker.transports.redis import Keys
+    journal = tmp_path / "journal"
+    env = plugin_env(tmp_path)
+    args = redis_args(redis_server.url, pool, "--worker-id", "twin", "--lease-seconds", "2",
+                      "--max-concurrent", "2")
+    r, key = redis_server.client(), Keys(pool).alive("twin")
+    t = producer(redis_server, pool)
+    a = Worker(Dirs(tmp_path / "a"), *args, env=env, log_name="a.log")
+    b = None
+    try:
+        a.wait_running()
+        t.submit(journal_job("twin-long-001", journal, seconds=6, execution={"max_attempts": 3}))
+        wait_for(lambda: read_runs(journal), timeout=60, what="the job to start on a")
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: not r.exists(key), timeout=30, what="a's liveness key to expire")
+            b = Worker(Dirs(tmp_path / "b"), *args, env=env, log_name="b.log")
+            b.wait_running()
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        rc = a.proc.wait(timeout=60)  # before: a went on serving beside b, without a word
+        log = a.log()
+        assert rc == EXIT_WORKER_ID_TAKEN, (rc, log[-3000:])
+        (line,) = [x for x in log.splitlines() if "was taken over by another live process" in x]
+        assert "worker id twin" in line and "--worker-id" in line
+        assert f"exit status {EXIT_WORKER_ID_TAKEN}" in line
+        assert f":{b.pid}:" in r.get(key).decode() and b.alive()  # the key is b's, b serves on
+        ids = [f"twin-after-{i:03d}" for i in range(6)]
+        for job_id in ids:
+            t.submit(journal_job(job_id, journal))
+        for job_id in ids + ["twin-long-001"]:
+            assert t.wait_result(job_id, 60)["status"] == "completed", job_id
+        runs = read_runs(journal)
+        assert [(j, n, p) for j, n, p in runs if j == "twin-long-001"] == [
+            ("twin-long-001", 1, a.pid), ("twin-long-001", 2, b.pid)]
+        assert sorted((j, n, p) for j, n, p in runs if j != "twin-long-001") == [(j, 1, b.pid) for j in ids]
+        assert t.get_result("twin-long-001")["execution_summary"]["attempt"] == 2
+        assert r.xpending(Keys(pool).jobs, "guestkit-workers")["pending"] == 0 and b.alive()
+    finally:
+        for w in (a, b):
+            if w is not None:
+                w.ensure_stopped()

@@ -330,6 +330,10 @@ class JobQueue(abc.ABC):
     #: start, for a worker id to be free) end at once with StopRequested when it answers True
     stopping: Callable[[], bool] = staticmethod(lambda: False)
 
+    #: None, or one line saying why this worker must stop now: another live process took its
+    #: worker id (the worker then stops with exit status EXIT_WORKER_ID_TAKEN)
+    identity_lost: Optional[str] = None
+
 
 class ResultStore(abc.ABC):
     """Results, progress events and idempotency records."""

@@ -89,6 +89,9 @@ class QueueMixin:
             return []  # closed: its clients would connect again and deliver to a worker that is gone
         self._ensure_group()
         self._alive()
+        if self.identity_lost:  # another process has this worker id: nothing more is taken
+            self._closing.wait(max(0.0, min(timeout, MAX_BLOCK_SECONDS)))
+            return []
         k = self.k
         with self._guard("fetch"):
             rows = self.s.take(keys=[k.jobs, k.running], args=[GROUP, self.worker_id, max_count, now_iso(), k.prefix])
@@ -225,17 +228,23 @@ class QueueMixin:
 
     def _alive(self, force: bool = False) -> None:
         """Refresh this worker's liveness key (expires a lease after the last refresh), at most
-        every lease/4; idempotency reservations of a worker whose key expired are taken over."""
+        every lease/4; idempotency reservations of a worker whose key expired are taken over.
+        A key that names another process (which took this worker id while this one was
+        paused past its lease) is left to it: identity_lost is set and the worker stops."""
         now = time.monotonic()
-        if not force and now - self._alive_at < self.lease_seconds / 4:
+        if self.identity_lost or (not force and now - self._alive_at < self.lease_seconds / 4):
             return
         self._alive_at = now
         try:
             with self._guard("renew"):
-                self.r.set(self.k.alive(self.worker_id), "1", px=int(self.lease_seconds * 1000))
+                reply = self.s.alive(keys=[self.k.alive(self.worker_id)],
+                                     args=[self.mark, int(self.lease_seconds * 1000)])
         except Exception as exc:  # counted by the guard; the next call tries again
             self._alive_at = 0.0
             log.debug("refreshing the liveness key failed: %s", exc)
+            return
+        if reply != 1:
+            self._lose_identity(_text(reply))
 
     def extend_lease(self, delivery: Delivery) -> bool:
         """Renew the claim (reset the entry's idle time) if this worker still owns it.  While

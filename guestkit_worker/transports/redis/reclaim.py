@@ -31,6 +31,8 @@ class ReclaimMixin:
             return 0
         self._ensure_group()
         self._alive()
+        if self.identity_lost:  # another process has this worker id: it takes nothing over
+            return 0
         k, found = self.k, []
         with self._guard("reclaim"):
             while not self._own_done and len(found) < limit:

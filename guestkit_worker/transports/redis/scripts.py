@@ -344,6 +344,23 @@ if #p > 0 then return 0 end
 redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """,
+    # KEYS the worker id's liveness key; ARGV this process's mark, ttl ms
+    # -> 1 (refreshed, or set again after it expired) | the mark of the process holding it now
+    # A process that took the worker id while this one was away (paused past its lease) keeps it.
+    "alive": r"""
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[1] then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+""",
+    # KEYS the worker id's liveness key; ARGV this process's mark -> 1 deleted | 0 not this process's
+    "unalive": r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+""",
 }
 
 

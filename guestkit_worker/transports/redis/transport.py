@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from typing import Any, Dict, Iterator, Optional
 
 from ...errors import ConfigError
@@ -90,6 +93,10 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
         self._own_cursor = "-"
         self._group_ok = False
         self._alive_at = 0.0                # last refresh of this worker's liveness key
+        #: what this process writes in its worker id's liveness key (host, pid, random): a
+        #: second process with the same id is told apart from this one
+        self.mark = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.identity_lost: Optional[str] = None
         self._closing = threading.Event()   # close() called: stop retrying commits
         self._reached = False               # a round trip succeeded: connection trouble is an outage
 
@@ -167,12 +174,13 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
     def _claim_worker_id(self) -> None:
         """Take this worker id's liveness key.  Two live workers with one id would share one
         consumer (and each other's deliveries): wait up to a lease for a predecessor's key to
-        expire (a worker that crashed), then refuse (ConfigError) if it is still refreshed."""
+        expire (a worker that crashed), then refuse (ConfigError) if it is still refreshed.  The
+        key holds this process's mark: see _alive for a second process that took it later."""
         key = self.k.alive(self.worker_id)
         ttl_ms = int(self.lease_seconds * 1000)
         end = time.monotonic() + self.lease_seconds * 1.5
         with self._guard("open"):
-            while not self.r.set(key, "1", px=ttl_ms, nx=True):
+            while not self.r.set(key, self.mark, px=ttl_ms, nx=True):
                 if time.monotonic() > end:
                     raise ConfigError(f"worker id {self.worker_id} is in use by a live worker of pool {self.pool} "
                                       f"(its liveness key {key} is being refreshed); give every worker of a fleet "
@@ -183,18 +191,29 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
                     raise StopRequested(f"stop requested while waiting for worker id {self.worker_id} to be free")
         self._alive_at = time.monotonic()
 
+    def _lose_identity(self, other: str) -> None:
+        """Another process holds this worker id's liveness key now (it took the id while this
+        one was away past its lease): this one takes nothing more and the worker stops."""
+        if self.identity_lost:
+            return
+        self.identity_lost = (f"worker id {self.worker_id} of pool {self.pool} was taken over by another "
+                              f"live process (its liveness key {self.k.alive(self.worker_id)} names {other}, "
+                              f"this process is {self.mark})")
+
     def close(self) -> None:
-        """Leave the group when this consumer holds nothing; held entries stay for reclaim."""
+        """Leave the group when this consumer holds nothing; held entries stay for reclaim.  A
+        worker whose id another process took leaves the consumer and the key to that process."""
         self._closing.set()
         if self.r is None:
             return
         try:
             with self._guard("close"):
-                self.s.leave(keys=[self.k.jobs], args=[GROUP, self.worker_id])
+                if not self.identity_lost:
+                    self.s.leave(keys=[self.k.jobs], args=[GROUP, self.worker_id])
                 with self._lock:
                     held = bool(self._held)
-                if not held:  # reservations of jobs still held stay with this worker until it expires
-                    self.r.delete(self.k.alive(self.worker_id))
+                if not held and not self.identity_lost:  # reservations of held jobs stay until it expires
+                    self.s.unalive(keys=[self.k.alive(self.worker_id)], args=[self.mark])
         except Exception as exc:
             log.debug("redis transport: leaving the group failed (%s)", exc)
         self.hot.close()
