@@ -1,8 +1,9 @@
 """The lease keeper: for transports whose deliveries are leased (Redis), renews the lease of
 every running delivery every lease/4 seconds from a thread that does nothing else (so a busy
-job thread, or native code holding the GIL for a while, does not starve it).  A renewal
-answered False means another worker owns the job now: the run is stopped and its outcome
-dropped."""
+job thread, or native code holding the GIL for a while, does not starve it), then lets the
+transport renew what else it holds (``renew_held``: outcomes waiting to be stored).  A
+renewal answered False means another worker owns the job now: the run is stopped and its
+outcome dropped."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ class LeaseKeeper:
             if not kept:
                 log.warning("job %s: lease lost to another worker; stopping it", run.job_id)
                 self._stop_run(run, "lease_lost")
+        renew_held = getattr(self.transport, "renew_held", None)
+        if renew_held is not None:  # entries whose outcome waits to be stored, and the like
+            renew_held()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import Dirs, wait_for
 from faultkit import Worker, journal_job, plugin_env
-from redisfixture import free_port, require_redis_py
-from test_redis_fleet import producer, read_runs
+from redisfixture import free_port, require_redis_py, start_redis
+from test_redis_fleet import Fleet, final_results, group_info, health, metric, producer, read_runs
 
 pytestmark = pytest.mark.slow
 
@@ -110,3 +110,43 @@ def test_a_worker_whose_id_another_process_took_while_it_was_paused_stops(tmp_pa
         for w in (a, b):
             if w is not None:
                 w.ensure_stopped()
+
+
+def test_jobs_running_through_a_redis_outage_longer_than_the_lease_run_once(tmp_path, pool):
+    """Redis SIGKILLed for three leases while six jobs run on two workers (lease 3 s): three end
+    during the outage (their outcomes wait to be stored), three run on past their lease's end.
+    Once Redis is back every owner renews and stores first: no job is taken over or re-run."""
+    lease = 3.0
+    server = start_redis(tmp_path / "redis")
+    journal = tmp_path / "journal"
+    ids = [f"outage-short-{i}" for i in range(3)] + [f"outage-long-{i}" for i in range(3)]
+    fleet = Fleet(tmp_path, server, pool, lease=int(lease), threads=3)
+    try:
+        workers = [fleet.start("outage-a"), fleet.start("outage-b")]
+        t = producer(server, pool)
+        for job_id in ids:
+            seconds = 1.5 if "short" in job_id else 2 * lease
+            t.submit(journal_job(job_id, journal, seconds=seconds, execution={"max_attempts": 3}))
+        wait_for(lambda: len(read_runs(journal)) == len(ids), timeout=60, what="every job running")
+        server.kill()
+        down_until = time.monotonic() + 3 * lease
+        for w in workers:
+            wait_for(lambda w=w: health(w)[0] == 503, timeout=30, what="/health 503")
+        time.sleep(max(0.0, down_until - time.monotonic()))  # Redis stays away for three leases
+        server.restart()
+        t = producer(server, pool)
+        results = wait_for(lambda: (lambda r: r if len(r) == len(ids) else None)(final_results(t, ids)),
+                           timeout=90, interval=0.2, what="every result")
+        runs = read_runs(journal)
+        assert sorted((j, a) for j, a, _ in runs) == sorted((j, 1) for j in ids), runs  # one run each
+        assert {j: (r["status"], r["execution_summary"]["attempt"]) for j, r in results.items()} == \
+            {j: ("completed", 1) for j in ids}
+        for w in workers:
+            assert metric(w, "guestkit_worker_jobs_reclaimed_total") == 0
+            assert metric(w, "guestkit_worker_leases_lost_total") == 0
+        assert any("jobs of other workers are taken over only 3s after that" in w.log() for w in workers)
+        info = group_info(server, pool)
+        assert info["group"]["pending"] == 0 and info["xlen"] == 0 and info["dead"] == []
+    finally:
+        fleet.stop_all()
+        server.stop()

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from ...errors import JobFileError
 from ...protocol import decode_job_bytes, peek_job_id, pool_accepts
-from ..base import Delivery, LeaseLost, SubmitReceipt, compact_job_bytes, job_bytes
+from ..base import Delivery, LeaseLost, SubmitReceipt, TransportUnavailable, compact_job_bytes, job_bytes
 from .connection import MAX_BLOCK_SECONDS
 from .keys import GROUP
 from .scripts import DEAD_MAXLEN
@@ -248,10 +248,12 @@ class QueueMixin:
 
     def extend_lease(self, delivery: Delivery) -> bool:
         """Renew the claim (reset the entry's idle time) if this worker still owns it.  While
-        Redis cannot be reached the lease counts as held until ``lease_seconds`` have passed
-        since the last renewal (by then others may have taken the entry over).  A delivery
-        this worker no longer holds (given back, or dropped when giving it back failed) is
-        never renewed: its entry must go idle so that reclaim takes it over a lease later."""
+        Redis cannot be reached the lease counts as held: nobody takes an entry over while
+        Redis is away, and others wait a lease after it is back (reclaim's grace), time for
+        this renewal to come through; a worker cut off from Redis alone learns at its first
+        renewal afterwards whether its entry was taken over.  A delivery this worker no
+        longer holds (given back, or dropped when giving it back failed) is never renewed:
+        its entry must go idle so that reclaim takes it over a lease later."""
         if delivery.lost:
             return False
         with self._lock:
@@ -260,7 +262,9 @@ class QueueMixin:
         try:
             with self._guard("renew"):
                 ok = self.s.renew(keys=[self.k.jobs], args=[GROUP, self.worker_id, delivery.name])
-        except Exception:  # TransportUnavailable, or anything else the client raises
+        except TransportUnavailable:
+            return True
+        except Exception:  # anything else the client raises
             return time.monotonic() - delivery.renewed < self.lease_seconds
         self._alive()
         if not ok:
@@ -268,6 +272,26 @@ class QueueMixin:
             return False
         delivery.renewed = time.monotonic()
         return True
+
+    def renew_held(self) -> None:
+        """Renew, in one round trip, the entries this worker holds that no running job renews
+        (an outcome waiting to be stored, a job taken and not started yet) and that were not
+        renewed for a quarter lease: after an outage they stay this worker's until their
+        outcome is stored.  A renewal refused changes nothing here (the commit is fenced)."""
+        now, quarter = time.monotonic(), self.lease_seconds / 4
+        with self._lock:
+            stale = [d for d in self._held.values() if not d.lost and now - d.renewed >= quarter]
+        if not stale:
+            return
+        calls = [("renew", [self.k.jobs], [GROUP, self.worker_id, d.name]) for d in stale]
+        try:
+            with self._guard("renew"):
+                replies = self.s.batch(calls)
+        except TransportUnavailable:
+            return
+        for d, reply in zip(stale, replies):
+            if reply == 1:
+                d.renewed = now
 
     def retry(self, delivery: Delivery, doc: Mapping[str, Any]) -> None:
         attempt = (doc.get("execution") or {}).get("attempt", 1)

@@ -26,7 +26,9 @@ class ReclaimMixin:
 
     def reclaim(self, decide: ReclaimDecision, limit: int) -> int:
         """First this worker's own entries left pending by its previous life (same worker
-        id), then entries of other consumers idle longer than the lease."""
+        id), then entries of other consumers idle longer than the lease, except for a lease
+        after Redis came back from an outage (the grace: after an outage every lease looks
+        expired, and live owners renew them and store their outcomes meanwhile)."""
         if limit <= 0 or self._closing.is_set():
             return 0
         self._ensure_group()
@@ -43,7 +45,7 @@ class ReclaimMixin:
                 self._own_cursor = "(" + _text(rows[-1][0])
                 with self._lock:
                     found += [r for r in rows if r[1] and _text(r[0]) not in self._held]
-            if len(found) < limit:
+            if len(found) < limit and not self._in_grace():
                 with self._lock:
                     held = " ".join(self._held)
                 found += self.s.reclaim(keys=[k.jobs, k.running],

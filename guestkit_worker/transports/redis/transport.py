@@ -5,7 +5,8 @@ index (:mod:`.index`) over two redis-py clients (:mod:`.connection`) and the Lua
 (:mod:`.scripts`).  Leases: an entry delivered to this worker is its while the entry's idle
 time in the consumer group's pending list stays below ``lease_seconds``; the worker renews
 it (``extend_lease``) every lease/4 while the job runs, and other workers take over entries
-idle longer than that (``reclaim``).
+idle longer than that (``reclaim``), except for a lease after Redis came back from an outage
+(every lease looks expired then; live owners renew meanwhile).
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
         self.identity_lost: Optional[str] = None
         self._closing = threading.Event()   # close() called: stop retrying commits
         self._reached = False               # a round trip succeeded: connection trouble is an outage
+        self._ok_at = float("-inf")         # end of the last round trip that succeeded
+        self._down_since: Optional[float] = None  # while Redis fails: the last success before
+        self._back_at = float("-inf")       # Redis answered again after an outage (see reclaim's grace)
+        self._away = 0.0                    # how long that outage was, seen from here (inf: since start)
+        self._grace_told = float("-inf")    # the _back_at whose grace the log has announced
 
     # -- connection ---------------------------------------------------------------------
     def _connect(self) -> None:
@@ -252,6 +258,9 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
         try:
             yield
             self._reached = True
+            self._ok_at = time.monotonic()
+            if self._down_since is not None:
+                self._came_back()
         except OutcomeUnknown as exc:
             self._unavailable(operation)
             raise RedisOutcomeUnknown(f"redis {operation}: {exc}") from None
@@ -284,3 +293,29 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
 
     def _unavailable(self, operation: str) -> None:
         self.metrics.transport_error(operation)
+        if self._down_since is None:
+            self._down_since = self._ok_at
+
+    def _came_back(self) -> None:
+        """Redis answers again.  After an outage of a quarter lease or more (since the last
+        success before it; unknown before the first success), the leases of live workers may
+        look expired: the grace of reclaim (one lease from now) lets them renew and store first."""
+        down, self._down_since = self._down_since, None
+        if down is None or self._ok_at - down < self.lease_seconds / 4:
+            return
+        self._back_at, self._away = self._ok_at, self._ok_at - down
+
+    def _in_grace(self) -> bool:
+        """True for a lease after Redis came back from an outage (see _came_back); the first
+        reclaim that waits says so in the log."""
+        back = self._back_at
+        if time.monotonic() - back >= self.lease_seconds:
+            return False
+        if self._grace_told != back:
+            self._grace_told = back
+            away = "since this worker started" if self._away == float("inf") else f"for {self._away:.1f}s"
+            log.warning("redis at %s answers again (unreachable %s); jobs of other workers are taken over "
+                        "only %.0fs after that, so that live workers renew their leases and store their "
+                        "outcomes first", self.where, away, self.lease_seconds,
+                        extra={"event": "reclaim_grace"})
+        return True
