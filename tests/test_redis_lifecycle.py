@@ -150,3 +150,28 @@ def test_jobs_running_through_a_redis_outage_longer_than_the_lease_run_once(tmp_
     finally:
         fleet.stop_all()
         server.stop()
+
+
+def test_sigterm_while_redis_is_away_and_an_outcome_waits_ends_within_the_shutdown_timeout(tmp_path, pool):
+    """Redis SIGKILLed after a job ran: its outcome cannot be stored.  A SIGTERM then ends the
+    worker within --shutdown-timeout (the store retries end with the stop), and the job stays
+    pending in Redis for recovery (nothing lost)."""
+    from guestkit_worker.transports.redis import GROUP, Keys
+    server = start_redis(tmp_path / "redis")
+    journal = tmp_path / "journal"
+    args = redis_args(server.url, pool, "--worker-id", "away-stop", "--shutdown-timeout", "5")
+    w = Worker(Dirs(tmp_path / "w"), *args, env=plugin_env(tmp_path), metrics=False)
+    try:
+        w.wait_running()
+        producer(server, pool).submit(journal_job("away-stop-001", journal, seconds=1))
+        wait_for(lambda: read_runs(journal), timeout=60, what="the job to start")
+        server.kill()
+        wait_for(lambda: "storing 1 outcome(s)" in w.log(), timeout=30, what="the store retries")
+        rc, took = stop_and_time(w, timeout=120)  # before: 5 s + 7 s + 30 s of store grace, 42 s
+        assert rc == 0 and took < 15, (rc, took)
+        assert "outcomes still not stored" not in w.log()
+        server.restart()
+        assert server.client().xpending(Keys(pool).jobs, GROUP)["pending"] == 1  # kept for recovery
+    finally:
+        w.ensure_stopped()
+        server.stop()

@@ -82,9 +82,10 @@ class StoreMixin:
         and deleted; rejected entries without a result go to the dead letters instead.
 
         While Redis cannot be reached the round trip is tried again with a growing pause
-        (0.1 s to 2 s) for up to a lease, or until close(); a retry of a commit that had run
-        before its reply was lost is recognised by the script.  After that the outcomes get
-        the error and the worker decides."""
+        (0.1 s to 2 s) for up to a lease, or until close() or a stop (the worker's committer
+        then tries again after its own pauses, within its shutdown); a retry of a commit that
+        had run before its reply was lost is recognised by the script.  After that the
+        outcomes get the error and the worker decides."""
         calls = []
         for o in outcomes:
             o.error = None
@@ -102,12 +103,12 @@ class StoreMixin:
                     replies = self.s.batch([("commit", keys, args) for _, (keys, args) in calls])
                 break
             except TransportUnavailable as exc:
-                if time.monotonic() + pause > give_up or self._closing.is_set():
+                if time.monotonic() + pause > give_up or self._closing.is_set() or self.stopping():
                     for o, _ in calls:
                         o.error = exc
                     return
                 log.warning("storing %d outcome(s): %s; trying again in %.1fs", len(calls), exc, pause)
-                self._closing.wait(pause)
+                self._pause(pause)
                 pause = min(2.0, pause * 2)
         for (o, _), reply in zip(calls, replies):
             d = o.delivery
