@@ -12,6 +12,6 @@ EXIT_TEXTFILE = 3
 #: same document again: it is never queued twice); the client commands' table (commands.py) shares it
 EXIT_OUTCOME_UNKNOWN = 7
 #: Redis transport: another live process took this worker's --worker-id; the worker stopped
-EXIT_WORKER_ID_TAKEN = 4
+EXIT_WORKER_ID_TAKEN = 8
 #: a second SIGTERM/SIGINT stopped the worker at once
 EXIT_ABORTED = 130
