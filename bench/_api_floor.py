@@ -14,7 +14,7 @@ def serve(app, port):
         from guestkit_worker.api.server import start_api_server
         return start_api_server(("127.0.0.1", port), app)
     except (ImportError, AttributeError):
-        from guestkit_worker.wsgiserver import serve_wsgi
+        from guestkit_worker.http.server import serve_wsgi
         return serve_wsgi(app, ("127.0.0.1", port))
 
 BODY = b'{"accepted": true}\n'

@@ -4,7 +4,7 @@ bytes already in memory (the ceiling), with ``openssl dgst -sha256`` and ``sha25
 same file for comparison.  The file is warm (in the page cache) for every side; sides
 alternate, several rounds; MiB/s = 256 / seconds.
 
-The handler side is ``guestkit_worker.checksum.verify_sha256`` with a real HandlerContext
+The handler side is ``guestkit_worker.system.checksum.verify_sha256`` with a real HandlerContext
 (cancellation checks, progress callback, disk-read accounting) and the expected digest, exactly
 as guestkit.inspect calls it.
 """
@@ -20,9 +20,9 @@ import types
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-from guestkit_worker.checksum import verify_sha256  # noqa: E402
-from guestkit_worker.context import HandlerContext  # noqa: E402
-from guestkit_worker.metrics import NullMetrics  # noqa: E402
+from guestkit_worker.system.checksum import verify_sha256  # noqa: E402
+from guestkit_worker.runtime.context import HandlerContext  # noqa: E402
+from guestkit_worker.metrics.families import NullMetrics  # noqa: E402
 
 SIZE = 256 * 1024 * 1024
 

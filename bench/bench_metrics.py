@@ -20,7 +20,7 @@ per round:
 
 Reported per job in µs, and as a multiple of the yardstick measured in the same rounds (goal:
 the cached path ≤ 3.2 × one observe(); the path makes three observations and one attribute
-store; its histograms are guestkit_worker.histogram.LeanHistogram, one lock and a bisect per
+store; its histograms are guestkit_worker.metrics.histogram.LeanHistogram, one lock and a bisect per
 observation), plus single-operation reference figures.
 """
 
@@ -34,7 +34,7 @@ import common  # noqa: E402
 
 from prometheus_client import CollectorRegistry, Counter, Histogram  # noqa: E402
 
-from guestkit_worker.metrics import DURATION_BUCKETS, NullMetrics, WorkerMetrics  # noqa: E402
+from guestkit_worker.metrics.families import DURATION_BUCKETS, NullMetrics, WorkerMetrics  # noqa: E402
 
 LOOPS = 100_000
 

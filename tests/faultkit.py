@@ -94,7 +94,7 @@ def install_write_faults():
 
 
 SHIM_MAIN = ("import sys, faultkit; faultkit.install_write_faults(); "
-             "from guestkit_worker.cli import main; sys.exit(main(sys.argv[1:]))")
+             "from guestkit_worker.cli.main import main; sys.exit(main(sys.argv[1:]))")
 
 
 # -- test side ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import types
 import pytest
 
 from diskimage import GUESTFS_ENV, build_debian_image, require_tool
-from guestkit_worker.context import HandlerContext
+from guestkit_worker.runtime.context import HandlerContext
 
 _CACHE = {}
 

@@ -1,4 +1,4 @@
-"""Tests of guestkit_worker.checksum: parsing, streaming verification, metrics, cancellation."""
+"""Tests of guestkit_worker.system.checksum: parsing, streaming verification, metrics, cancellation."""
 
 import hashlib
 import os
@@ -6,8 +6,8 @@ import os
 import pytest
 
 from fixtures_disk import make_context
-from guestkit_worker import checksum
-from guestkit_worker.errors import HandlerError, JobCancelled, JobValidationError
+from guestkit_worker.system import checksum
+from guestkit_worker.job.errors import HandlerError, JobCancelled, JobValidationError
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -758,7 +758,7 @@ def test_textfile_through_node_exporter(tmp_path):
     textfile_dir = tmp_path / "textfile"
     textfile_dir.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-c", "from guestkit_worker.cli import entry_point; entry_point()",
+    r = subprocess.run([sys.executable, "-c", "from guestkit_worker.cli.main import entry_point; entry_point()",
                         "run", "--once", "--textfile-dir", str(textfile_dir),
                         "--jobs-dir", str(tmp_path / "jobs"), "--results-dir", str(tmp_path / "results"),
                         "--work-dir", str(tmp_path / "work"), "--shutdown-timeout", "30",

@@ -146,7 +146,7 @@ def test_exporter_with_the_shipped_arguments_sees_the_pools_streams(exporter, re
         assert _value(text, "redis_stream_group_consumer_idle_seconds", stream=k.jobs, consumer="exporter-w1") is not None
         # every series the fleet alerts and dashboard name is exported by redis_exporter or by a worker
         from prometheus_client import CollectorRegistry, generate_latest
-        from guestkit_worker.metrics import WorkerMetrics
+        from guestkit_worker.metrics.families import WorkerMetrics
         reg = CollectorRegistry()
         WorkerMetrics(operations=["system.echo"], handlers=["system.echo"], worker_id="w", pool="p", version="0",
                       max_concurrent=1, registry=reg)
@@ -179,7 +179,7 @@ def test_fleet_env_files_and_drop_in():
 def test_every_variable_the_fleet_files_name_is_a_worker_option():
     """Set or commented out (the TLS files), each GUESTKIT_WORKER_* name in the env file and the
     drop-in is one the worker reads."""
-    from guestkit_worker.options import RUN_OPTIONS, env_name
+    from guestkit_worker.cli.options import RUN_OPTIONS, env_name
     known = {env_name(dest) for _, dest, *_ in RUN_OPTIONS}
     for path in (FLEET_ENV, DROPIN):
         named = set(re.findall(r"\b(GUESTKIT_WORKER_[A-Z0-9_]+)=", path.read_text()))

@@ -11,7 +11,7 @@ import pytest
 from diskimage import require_tool
 from conftest import allowed_roots
 from fixtures_disk import make_context
-from guestkit_worker.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
+from guestkit_worker.job.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
 from guestkit_worker.handlers import convert as convert_mod
 from guestkit_worker.handlers.convert import ConvertHandler
 

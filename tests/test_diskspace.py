@@ -11,7 +11,7 @@ import pytest
 
 from conftest import require, wait_for
 from faultkit import Worker
-from guestkit_worker.optiontypes import size
+from guestkit_worker.cli.optiontypes import size
 from metricskit import get, parse, scrape, value
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import cli, make_job, wait_for, worker_env, write_job
-from guestkit_worker.cli import EXIT_TEXTFILE, _commands, get_parser
+from guestkit_worker.cli.main import EXIT_TEXTFILE, _commands, get_parser
 
 
 def _one_clean_line(proc):

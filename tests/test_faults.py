@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import Dirs, make_job, wait_for, write_job
-from guestkit_worker.committer import COMMIT_BACKLOG_PER_THREAD
+from guestkit_worker.runtime.committer import COMMIT_BACKLOG_PER_THREAD
 from faultkit import (SHIM_MAIN, Worker, archived, cap_drop_prefix, journal_job, load_results, plugin_env,
                       processing, read_journal, temp_files, total, waiting)
 from metricskit import get
@@ -458,7 +458,7 @@ def test_stale_temp_files_are_removed_at_start(dirs):
     worker starts; fresh ones (a write in progress on another host) and anything not of
     exactly that pattern stay: producers' temp files, links (not followed), directories, other
     directories' files."""
-    from guestkit_worker.tempfiles import TEMP_FILE_MAX_AGE_SECONDS
+    from guestkit_worker.system.tempfiles import TEMP_FILE_MAX_AGE_SECONDS
     old, fresh = TEMP_FILE_MAX_AGE_SECONDS + 60, TEMP_FILE_MAX_AGE_SECONDS - 60
     idem = os.path.join(dirs.results, ".idempotency")
     failed = os.path.join(dirs.jobs, "failed")
@@ -509,8 +509,8 @@ def test_a_daemon_sweeps_temp_files_again_while_it_runs(dirs, monkeypatch):
     sweeps again every TEMP_SWEEP_INTERVAL_SECONDS (in a thread of its own)."""
     from prometheus_client import CollectorRegistry
 
-    from guestkit_worker import worker as worker_mod
-    from guestkit_worker.tempfiles import TEMP_FILE_MAX_AGE_SECONDS
+    from guestkit_worker.runtime import worker as worker_mod
+    from guestkit_worker.system.tempfiles import TEMP_FILE_MAX_AGE_SECONDS
     cfg = worker_mod.WorkerConfig(jobs_dir=dirs.jobs, results_dir=dirs.results, work_dir=dirs.work,
                                   worker_id="sweep-daemon", poll_interval=0.05, durable=False)
     w = worker_mod.Worker(cfg, registry=CollectorRegistry())

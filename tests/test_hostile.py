@@ -142,7 +142,7 @@ def _place(jobs_dir, name, content):
 
 
 def _job_id_of(content):
-    from guestkit_worker.protocol import peek_job_id
+    from guestkit_worker.job.protocol import peek_job_id
     return peek_job_id(content) if isinstance(content, dict) else None
 
 
@@ -244,7 +244,7 @@ def test_duplicate_job_id_of_a_running_job_is_rejected(dirs):
 
 def test_job_file_removed_between_listing_and_claiming(dirs):
     """The scan lists a name, the producer deletes the file, then a job thread claims it."""
-    from guestkit_worker.worker import Worker as InProcessWorker, WorkerConfig
+    from guestkit_worker.runtime.worker import Worker as InProcessWorker, WorkerConfig
     for i in range(3):
         write_job(dirs.jobs, make_job(f"stays-{i:08d}"), f"stays-{i}.json")
     for i in range(3):

@@ -11,8 +11,8 @@ from conftest import make_job, wait_for, write_job
 from faultkit import Worker, total
 from metricskit import get
 
-from guestkit_worker.http_linger import MAX_LINGERING
-from guestkit_worker.wsgiserver import serve_wsgi
+from guestkit_worker.http.linger import MAX_LINGERING
+from guestkit_worker.http.server import serve_wsgi
 
 FLOOD = 1000
 
@@ -96,7 +96,7 @@ def test_busy_slots_refuse_newcomers_at_once_with_503():
 def test_idle_connections_expire_without_a_thread(monkeypatch):
     """A connection that never sends a byte is closed after CONNECTION_TIMEOUT, and no thread
     was ever started for it."""
-    from guestkit_worker import http_request
+    from guestkit_worker.http import request as http_request
     monkeypatch.setattr(http_request, "CONNECTION_TIMEOUT", 0.3)
     with serve_wsgi(_hello, "127.0.0.1:0", max_connections=8) as server:
         with contextlib.ExitStack() as stack:

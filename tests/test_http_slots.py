@@ -280,7 +280,7 @@ def test_slow_tls_handshakes_and_heads_make_room_over_tls(tmp_path):
     import itertools
 
     from apikit import Pki
-    from guestkit_worker.wsgiserver import serve_wsgi
+    from guestkit_worker.http.server import serve_wsgi
     pki = Pki(tmp_path / "pki")
     kinds = itertools.cycle(["handshake", "head"])
     with serve_wsgi(_hello, "127.0.0.1:0", tls_cert=pki.cert, tls_key=pki.key, max_connections=4) as server:
@@ -306,8 +306,8 @@ def test_a_tls_hello_sent_a_byte_at_a_time_is_cut_at_the_header_deadline(tmp_pat
     """A client sending its ClientHello a byte every 0.2 s is cut at the header deadline (0.5 s
     here; before: after 10 s, the connection timeout; in-process server)."""
     from apikit import Pki
-    from guestkit_worker import http_request
-    from guestkit_worker.wsgiserver import serve_wsgi
+    from guestkit_worker.http import request as http_request
+    from guestkit_worker.http.server import serve_wsgi
     monkeypatch.setattr(http_request, "HEADER_DEADLINE", 0.5)
     pki = Pki(tmp_path / "pki")
     hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 500

@@ -1,4 +1,4 @@
-"""Tests for guestkit_worker.httpserver: routes, negotiation, errors, TLS, IPv6 and robustness.
+"""Tests for guestkit_worker.http.metrics_port: routes, negotiation, errors, TLS, IPv6 and robustness.
 
 Every server binds port 0 on a loopback address and is shut down by the ``serve`` fixture.
 """
@@ -20,9 +20,9 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
-from guestkit_worker import http_request
-from guestkit_worker.errors import ConfigError, GuestkitWorkerError
-from guestkit_worker.httpserver import parse_addr, start_server
+from guestkit_worker.http import request as http_request
+from guestkit_worker.job.errors import ConfigError, GuestkitWorkerError
+from guestkit_worker.http.metrics_port import parse_addr, start_server
 
 TIMEOUT = 5.0
 
@@ -485,7 +485,7 @@ def test_request_log_goes_to_logger_not_stderr(serve, caplog, capfd):
             if "/health?probe=1" in record.getMessage():
                 logged.set()
 
-    caplog.set_level(logging.DEBUG, logger="guestkit_worker.http_request")
+    caplog.set_level(logging.DEBUG, logger="guestkit_worker.http.request")
     # Root handlers run in order, so this one fires after caplog's has stored the record.
     log = logging.getLogger()
     signal = Signal(level=logging.DEBUG)

@@ -197,7 +197,7 @@ def test_the_engine_opens_what_was_checked_not_what_is_there_later(tmp_path):
 def test_inspect_of_an_image_backed_by_another_tenants_disk_is_refused_before_any_appliance(tmp_path):
     """Before: guestkit.inspect of a qcow2 whose backing file was another tenant's image
     returned that tenant's hostname and users.  Now it fails before libguestfs starts."""
-    from guestkit_worker.errors import HandlerError
+    from guestkit_worker.job.errors import HandlerError
     from guestkit_worker.handlers.inspect import InspectHandler
     allowed, secret = _layout(str(tmp_path))
     image = _qcow2_backed_by(os.path.join(allowed, "mine.qcow2"), secret)

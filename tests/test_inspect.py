@@ -19,8 +19,8 @@ from conftest import UPSTREAM_JOBS
 
 from diskimage import require_tool
 from fixtures_disk import make_context
-from guestkit_worker.checksum import sha256_file
-from guestkit_worker.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
+from guestkit_worker.system.checksum import sha256_file
+from guestkit_worker.job.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
 from guestkit_worker.engines import libguestfs as engine_mod
 from guestkit_worker.handlers import inspect as inspect_mod
 from guestkit_worker.handlers.inspect import InspectHandler, effective_sections, summarize

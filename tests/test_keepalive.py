@@ -11,8 +11,8 @@ import time
 import pytest
 from conftest import require_tool, wait_for
 
-from guestkit_worker import http_request
-from guestkit_worker.wsgiserver import serve_wsgi
+from guestkit_worker.http import request as http_request
+from guestkit_worker.http.server import serve_wsgi
 
 TIMEOUT = 10
 

@@ -9,10 +9,10 @@ import re
 import signal
 
 from conftest import cli, make_job, start_worker, wait_for, write_job
-from guestkit_worker.logsetup import JsonFormatter, TextFormatter, escape_controls, setup
+from guestkit_worker.cli.logsetup import JsonFormatter, TextFormatter, escape_controls, setup
 
 RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \[")
-FORGED = "\n2026-01-01 00:00:00,000 INFO [MainThread] guestkit_worker.worker: job forged-0001: completed"
+FORGED = "\n2026-01-01 00:00:00,000 INFO [MainThread] guestkit_worker.runtime.worker: job forged-0001: completed"
 
 
 def test_escape_controls_leaves_no_line_break_or_escape_sequence():
@@ -22,7 +22,7 @@ def test_escape_controls_leaves_no_line_break_or_escape_sequence():
 
 
 def _record(msg, *args, exc_info=None):
-    return logging.LogRecord("guestkit_worker.worker", logging.WARNING, __file__, 1, msg, args, exc_info)
+    return logging.LogRecord("guestkit_worker.runtime.worker", logging.WARNING, __file__, 1, msg, args, exc_info)
 
 
 def test_formatters_keep_a_forged_line_inside_its_record():
@@ -145,14 +145,14 @@ def test_sigterm_on_an_idle_daemon_is_logged(dirs):
 
 
 def test_progress_inside_a_phase_is_logged_at_info_at_most_every_10_percent_and_30_s(tmp_path, caplog):
-    from guestkit_worker.context import HandlerContext
-    from guestkit_worker.metrics import NullMetrics
-    from guestkit_worker.protocol import validate_document
+    from guestkit_worker.runtime.context import HandlerContext
+    from guestkit_worker.metrics.families import NullMetrics
+    from guestkit_worker.job.protocol import validate_document
     ctx = HandlerContext(validate_document(make_job("progress-log-01")), worker_id="w", work_dir=str(tmp_path),
                          metrics=NullMetrics(), progress_path=str(tmp_path / "p.jsonl"))
     clock = [1000.0]
     ctx._clock = lambda: clock[0]
-    caplog.set_level(logging.DEBUG, logger="guestkit_worker.context")
+    caplog.set_level(logging.DEBUG, logger="guestkit_worker.runtime.context")
     ctx.progress("validation", 0, "checking")
     for pct in range(0, 101):  # qemu-img -p: one line per percent, 1 s apart
         ctx.progress("convert", pct, f"qemu-img convert {pct}%")

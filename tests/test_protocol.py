@@ -7,8 +7,8 @@ import os
 import pytest
 
 from conftest import UPSTREAM_JOBS, make_job
-from guestkit_worker.errors import JobFileError, JobValidationError
-from guestkit_worker.protocol import decode_job_bytes, pool_accepts, validate_document
+from guestkit_worker.job.errors import JobFileError, JobValidationError
+from guestkit_worker.job.protocol import decode_job_bytes, pool_accepts, validate_document
 
 SHARED = UPSTREAM_JOBS
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples", "jobs")

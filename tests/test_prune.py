@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import cli, make_job, start_worker, wait_for, write_job
-from guestkit_worker.prune import parse_duration
+from guestkit_worker.cli.prune import parse_duration
 
 
 def _snapshot(root):

@@ -67,7 +67,7 @@ def test_a_worker_whose_id_another_process_took_while_it_was_paused_stops(tmp_pa
     """A (worker id X) SIGSTOPped past its lease while a job runs; B starts with id X (the key
     has expired), takes A's job back and runs it as attempt 2; A, resumed, finds the liveness
     key naming B: it stops with EXIT_WORKER_ID_TAKEN and one line; B goes on serving."""
-    from guestkit_worker.exitcodes import EXIT_WORKER_ID_TAKEN
+    from guestkit_worker.cli.exitcodes import EXIT_WORKER_ID_TAKEN
     from guestkit_worker.transports.redis import Keys
     journal = tmp_path / "journal"
     env = plugin_env(tmp_path)

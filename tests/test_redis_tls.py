@@ -142,7 +142,7 @@ def test_after_a_first_round_trip_the_same_symptom_is_an_outage(tmp_path, pki, p
     """A worker that has talked to its Redis over TLS rides out a server that now speaks plain
     Redis on that port (TransportUnavailable, /health failing) instead of stopping; a new
     transport is told at once."""
-    from guestkit_worker.errors import ConfigError
+    from guestkit_worker.job.errors import ConfigError
     from guestkit_worker.transports.base import TransportUnavailable
     from guestkit_worker.transports.redis import RedisTransport
     from redisfixture import RedisServer

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, make_job, wait_for
 from redisfixture import RedisServer, require_redis_py, start_redis
 
-from guestkit_worker.errors import ConfigError, JobFileError
+from guestkit_worker.job.errors import ConfigError, JobFileError
 from guestkit_worker.transports.base import LeaseLost, Outcome, TransportUnavailable
 from guestkit_worker.transports.redis import GROUP, Keys, RedisTransport
 

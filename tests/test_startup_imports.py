@@ -8,8 +8,8 @@ from conftest import worker_env
 
 #: modules of other commands or of options not given (the REST API, the HTTP client of the
 #: client commands, the Redis transport); none is needed to build the parser
-NOT_AT_START = ("guestkit_worker.api.service", "guestkit_worker.api.app", "guestkit_worker.wsgiserver",
-                "guestkit_worker.client", "guestkit_worker.transports.redis", "redis")
+NOT_AT_START = ("guestkit_worker.api.service", "guestkit_worker.api.app", "guestkit_worker.http.server",
+                "guestkit_worker.api.client", "guestkit_worker.transports.redis", "redis")
 
 
 def imported(*args, cwd=None):
@@ -32,7 +32,7 @@ def test_version_imports_no_transport_nor_api():
 def test_once_on_empty_dir_imports_no_api_client_or_redis(dirs):
     status, names = imported("--once", *dirs.args(), "--metrics-enabled", "false")
     assert status == 0
-    assert "guestkit_worker.worker" in names and "guestkit_worker.transports.files" in names
+    assert "guestkit_worker.runtime.worker" in names and "guestkit_worker.transports.files" in names
     assert not names & set(NOT_AT_START)
 
 

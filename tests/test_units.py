@@ -8,11 +8,11 @@ import sys
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from guestkit_worker import atomic
-from guestkit_worker.errors import InvalidTransition
-from guestkit_worker.metrics import NullMetrics, WorkerMetrics
-from guestkit_worker.procs import descendants, kill_tree
-from guestkit_worker.state import JobState, check_transition
+from guestkit_worker.system import atomic
+from guestkit_worker.job.errors import InvalidTransition
+from guestkit_worker.metrics.families import NullMetrics, WorkerMetrics
+from guestkit_worker.system.procs import descendants, kill_tree
+from guestkit_worker.job.states import JobState, check_transition
 from conftest import wait_for
 from metricskit import parse, value
 

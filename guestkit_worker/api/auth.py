@@ -11,7 +11,7 @@ import hashlib
 import hmac
 from typing import Callable, Iterable, Optional, Tuple
 
-from ..errors import ConfigError
+from ..job.errors import ConfigError
 
 #: The ``WWW-Authenticate`` challenge of a 401 answer (RFC 6750).
 CHALLENGE = 'Bearer realm="guestkit-worker"'

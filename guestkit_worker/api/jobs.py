@@ -10,8 +10,8 @@ import logging
 import threading
 from typing import Callable, Mapping, Optional
 
-from ..errors import JobFileError, JobValidationError
-from ..protocol import Job, check_job_id
+from ..job.errors import JobFileError, JobValidationError
+from ..job.protocol import Job, check_job_id
 from ..transports.base import (FINAL_STATUSES, JOB_STATUSES, InvalidPageToken, JobTooLarge, OutcomeUnknown,
                                Transport)
 from .limits import DEFAULT_MAX_WAITS, DEFAULT_PAGE, MAX_PAGE, MAX_PROGRESS_AFTER, MAX_WAIT

@@ -1,10 +1,10 @@
 """Serving the REST API on the bounded WSGI server of the metrics port
-(:func:`guestkit_worker.wsgiserver.serve_wsgi`), on its own address and with its own bounds.
+(:func:`guestkit_worker.http.server.serve_wsgi`), on its own address and with its own bounds.
 
 * at most ``max_connections`` connections are open at once, each with at most one thread; a
   connection that has sent nothing waits without a thread; when every slot is taken, an idle
   connection or one still sending its request head makes room for a newcomer, fairly between
-  client addresses (see :mod:`guestkit_worker.http_slots`); when none may, a newcomer is
+  client addresses (see :mod:`guestkit_worker.http.slots`); when none may, a newcomer is
   answered ``503`` with ``Retry-After`` (JSON) straight from the accept loop (TLS connections
   are closed instead, as an answer would need a handshake) and counted by ``on_refused``;
 * a connection silent for 10 s is closed; the TLS handshake, request line and headers must
@@ -24,8 +24,8 @@ import logging
 import ssl
 from typing import Callable, Optional, Tuple, Union
 
-from .. import httplisten, wsgiserver
-from ..errors import ConfigError
+from ..http import listen as httplisten, server as wsgiserver
+from ..job.errors import ConfigError
 from .limits import DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger(__name__)

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 from .. import __version__
-from ..errors import ConfigError
+from ..job.errors import ConfigError
 from ..transports.base import Transport
-from .admission import admit
+from .precheck import admit
 from .app import ApiApp, capabilities_document
 from .auth import TokenSet
 from .jobs import JobsApi
 from .metrics import ApiMetrics
-from ..wsgiserver import parse_addr
+from ..http.server import parse_addr
 from .limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAITS
 from .server import is_loopback, start_api_server, tls_context
 

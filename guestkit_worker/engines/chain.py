@@ -32,8 +32,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
-from ..errors import HandlerError, JobValidationError
-from ..paths import refusal
+from ..job.errors import HandlerError, JobValidationError
+from ..system.paths import refusal
 
 CODE = "BACKING_FILE_NOT_ALLOWED"
 #: Deepest chain followed with --allow-backing-files.

@@ -5,7 +5,7 @@ import logging
 import os
 import stat
 
-from ..errors import HandlerError, JobValidationError
+from ..job.errors import HandlerError, JobValidationError
 from .outputs import is_own_output
 
 log = logging.getLogger(__name__)

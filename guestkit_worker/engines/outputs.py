@@ -29,7 +29,7 @@ import shutil
 import stat
 import tempfile
 
-from ..errors import HandlerError
+from ..job.errors import HandlerError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ A handler is an object with:
 * ``payload_types`` -- the accepted ``payload.type`` values (``guestkit.inspect.v1``);
 * ``engine_status()`` -- ``(available, detail)`` for the system tool it needs;
 * ``validate(data)`` -- checks ``payload.data`` before anything runs, raising
-  :class:`~guestkit_worker.errors.JobValidationError` naming the field; paths the job names
+  :class:`~guestkit_worker.job.errors.JobValidationError` naming the field; paths the job names
   go through ``check_payload_path`` first, before anything looks at the file system (a
   path outside ``--allow-path`` is then rejected as PATH_NOT_ALLOWED with the same words
   whether or not it exists);
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 from ..engines.chain import check_chain
-from ..errors import HandlerError
+from ..job.errors import HandlerError
 from ..engines.images import check_destination, require_bool, require_dict, require_format, require_image_file, \
     require_path
 
@@ -69,7 +69,7 @@ class Handler:
         Call it in validate() before anything else looks at the path (exists, regular file,
         size): the refusal never depends on what exists outside the allowed directories.
         """
-        from ..paths import validate_path
+        from ..system.paths import validate_path
         return validate_path(path, field, allowed=self.allowed_paths,
                              protected=self.protected_paths if for_output else ())
 

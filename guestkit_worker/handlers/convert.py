@@ -38,7 +38,7 @@ from ..engines.images import (IMAGE_FORMATS, image_size, require_bool, require_d
                               require_format, require_image_file, require_path)
 from ..engines.chain import checked_chain
 from ..engines.outputs import PrivateOutput
-from ..errors import EngineUnavailable, HandlerError, JobValidationError
+from ..job.errors import EngineUnavailable, HandlerError, JobValidationError
 from .base import HandlerResult, ImageHandler
 
 log = logging.getLogger(__name__)

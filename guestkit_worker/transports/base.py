@@ -7,7 +7,7 @@ flush, then the job file's archive for files).
 Roles:
 
 * the **worker** owns policy: admission, the retry decision, attempts, timeouts,
-  ``WORKER_CRASHED``, and every result and reason document (``guestkit_worker.outcomes``);
+  ``WORKER_CRASHED``, and every result and reason document (``guestkit_worker.job.outcomes``);
 * the **queue** owns delivery, leases, orphan detection and atomic requeue;
 * the **store** owns durability, progress events and the atomicity of idempotency
   reservations.
@@ -17,7 +17,7 @@ decisions, and hands it back to the transport that made it; it never looks insid
 
 Errors: storage trouble (disk full, permission, a queue server gone) raises
 :class:`TransportUnavailable` (or ``OSError`` for local files); a job document that cannot be
-read as JSON raises :class:`guestkit_worker.errors.JobFileError` from :meth:`JobQueue.read`.
+read as JSON raises :class:`guestkit_worker.job.errors.JobFileError` from :meth:`JobQueue.read`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from ..errors import GuestkitWorkerError
+from ..job.errors import GuestkitWorkerError
 
 #: Every status a job can be seen in (the API's and ``status``'s vocabulary).
 JOB_STATUSES = ("pending", "running", "completed", "failed", "timeout", "cancelled", "rejected")

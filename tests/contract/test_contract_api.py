@@ -9,9 +9,9 @@ from prometheus_client import CollectorRegistry
 from apikit import call
 from conftest import allowed_roots, make_job, wait_for
 from guestkit_worker.api.service import ApiOptions, start_api
-from guestkit_worker.config import WorkerConfig
+from guestkit_worker.runtime.config import WorkerConfig
 from guestkit_worker.handlers import default_registry
-from guestkit_worker.worker import Worker
+from guestkit_worker.runtime.worker import Worker
 
 JOBS = "/api/v1/jobs"
 

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from guestkit_worker.errors import JobFileError, JobValidationError
-from guestkit_worker.protocol import decode_job_bytes
+from guestkit_worker.job.errors import JobFileError, JobValidationError
+from guestkit_worker.job.protocol import decode_job_bytes
 from guestkit_worker.transports.base import FINAL_STATUSES, LeaseLost, Outcome, TransportUnavailable
 
 
@@ -370,8 +370,8 @@ def test_recovery_never_archives_a_crashed_run_with_a_shutdowns_result(transport
     ``cancelled`` result; the same worker runs the job again and dies; recovery (the real
     Recovery over this transport) re-queues it as attempt 2 instead of archiving it with the
     shutdown's result."""
-    from guestkit_worker import outcomes
-    from guestkit_worker.recovery import Recovery
+    from guestkit_worker.job import outcomes
+    from guestkit_worker.runtime.recovery import Recovery
     a, b = transport_factory.make("contract-dies"), transport_factory.make("contract-lives")
     a.open()
     b.open()

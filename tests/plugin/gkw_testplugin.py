@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from guestkit_worker.errors import HandlerError, JobValidationError
+from guestkit_worker.job.errors import HandlerError, JobValidationError
 from guestkit_worker.handlers.base import Handler, HandlerResult
 
 

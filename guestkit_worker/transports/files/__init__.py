@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from ...tempfiles import sweep_temp_files
+from ...system.tempfiles import sweep_temp_files
 from ..base import Transport
 from .index import FileIndex
 from .layout import Layout
@@ -75,5 +75,5 @@ class FileTransport(FileQueue, FileLiveness, FileResults, FileIndex, Transport):
             self._results_fd = None
 
     def maintain(self) -> None:
-        """Remove temp files interrupted writes left behind (see guestkit_worker.tempfiles)."""
+        """Remove temp files interrupted writes left behind (see guestkit_worker.system.tempfiles)."""
         sweep_temp_files(self.layout.temp_dirs())

@@ -7,7 +7,7 @@ import errno
 import os
 import stat
 
-from ...errors import JobFileError
+from ...job.errors import JobFileError
 from .layout import MAX_NAME_BYTES
 
 _LINK = "is a symbolic link; job files must be regular files (the link was not followed)"

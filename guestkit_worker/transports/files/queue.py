@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Iterator, Mapping, Optional, Sequence
 
-from ... import atomic
+from ...system import atomic
 from ..base import Delivery, LeaseLost, compact_job_bytes
 from .jobfile import read_job_file
 from .layout import ALTERNATE_NAMES, RUNNING_SUFFIX, MAX_NAME_BYTES, alternate_names, json_bytes

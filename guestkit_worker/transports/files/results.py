@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from typing import Mapping, Optional, Sequence
 
-from ... import atomic
+from ...system import atomic
 from ..base import FINAL_STATUSES, Delivery, Outcome, Reservation
 from .layout import json_bytes, read_json, result_bytes
 

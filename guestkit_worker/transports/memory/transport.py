@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any, Mapping, Optional, Sequence
 
-from ...errors import ConfigError, JobFileError
+from ...job.errors import ConfigError, JobFileError
 from ..base import Delivery, LeaseLost, SubmitReceipt, Transport
 from .broker import Claim, Entry, Job, MemoryBroker, digest, job_facts, now_iso, peek
 from .reclaim import ReclaimMixin

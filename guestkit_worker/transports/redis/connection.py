@@ -15,7 +15,7 @@ import re
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from ...errors import ConfigError
+from ...job.errors import ConfigError
 from .tls import TlsFiles
 
 #: longest XREADGROUP BLOCK, seconds; the blocking client's socket timeout is this + margin

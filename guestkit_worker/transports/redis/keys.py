@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from ...errors import ConfigError
+from ...job.errors import ConfigError
 
 #: consumer group every worker of a pool joins
 GROUP = "guestkit-workers"

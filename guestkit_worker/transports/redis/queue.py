@@ -11,8 +11,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Mapping, Optional, Sequence
 
-from ...errors import JobFileError
-from ...protocol import decode_job_bytes, peek_job_id, pool_accepts
+from ...job.errors import JobFileError
+from ...job.protocol import decode_job_bytes, peek_job_id, pool_accepts
 from ..base import Delivery, LeaseLost, SubmitReceipt, TransportUnavailable, compact_job_bytes, job_bytes
 from .connection import MAX_BLOCK_SECONDS
 from .keys import GROUP

@@ -9,7 +9,7 @@ import json
 import logging
 from typing import Any, Optional
 
-from ...protocol import peek_job_id
+from ...job.protocol import peek_job_id
 from ..base import ReclaimDecision
 from .keys import GROUP
 from .queue import RedisDelivery, _fields, _text

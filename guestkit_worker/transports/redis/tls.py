@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from ...errors import ConfigError
+from ...job.errors import ConfigError
 
 #: how long a diagnosing probe may take to connect and to read a reply, seconds
 PROBE_TIMEOUT_SECONDS = 3.0

@@ -20,9 +20,9 @@ import time
 import uuid
 from typing import Any, Dict, Iterator, Optional
 
-from ...errors import ConfigError
-from ...metrics import NullMetrics
-from ...protocol import DEFAULT_MAX_JOB_BYTES
+from ...job.errors import ConfigError
+from ...metrics.families import NullMetrics
+from ...job.protocol import DEFAULT_MAX_JOB_BYTES
 from ..base import OutcomeUnknown, StopRequested, Transport, TransportUnavailable
 from . import connection, tls
 from .index import IndexMixin

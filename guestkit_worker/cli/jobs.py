@@ -1,0 +1,396 @@
+"""The job commands an operator runs: ``status``, ``result``, ``list``, ``cancel`` and
+``submit --api``.  With ``--api URL`` they talk to a worker's REST API
+(:mod:`guestkit_worker.api.client`); without it they act on the local transport directly through
+the same endpoint code the API runs (:class:`guestkit_worker.api.jobs.JobsApi`), so both
+ways answer alike and exit alike.
+
+Exit status (documented in the man page): 0 found / done, 1 the job failed (or the document
+is invalid), 2 usage (also an --api whose paths are not the API's, an id no job can have), 3 no
+such job, 4 not finished yet, 5 refused (already finished, not
+cancellable, job id taken by another document), 6 the API or the job store is unavailable
+(connection, TLS, token, 5xx), 7 a submission's outcome is unknown (504 OUTCOME_UNKNOWN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Optional, Tuple
+
+from ..job.errors import ConfigError
+from .exitcodes import EXIT_OUTCOME_UNKNOWN
+from ..transports.base import JOB_STATUSES
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_NOT_FINISHED, EXIT_REFUSED, EXIT_UNAVAILABLE = range(7)
+#: ``--wait`` without a value: wait up to an hour.
+DEFAULT_WAIT = 3600.0
+#: Longest single ``?wait=`` asked of the API (it honours 60 s at most).
+_WAIT_STEP = 60.0
+#: ``error`` of the API's 503 answers that mean "too many clients now; retry" (Retry-After)
+_BUSY_ERRORS = ("TOO_MANY_WAITS", "TOO_MANY_CONNECTIONS")
+
+CLIENT_COMMANDS = ("status", "result", "list", "cancel")
+_ENV = "GUESTKIT_WORKER_"
+
+Reply = Tuple[int, Any]
+
+
+def add_api_client_options(p: argparse.ArgumentParser) -> None:
+    """--api and how to reach it (each also read from GUESTKIT_WORKER_<NAME>)."""
+    g = p.add_argument_group("talking to a worker's REST API")
+    g.add_argument("--api", metavar="URL", default=None,
+                   help=f"the API's base URL, e.g. http://127.0.0.1:8080 (env {_ENV}API_URL); "
+                        "without it the command acts on the local jobs and results directories")
+    g.add_argument("--api-token-file", metavar="FILE", default=None,
+                   help=f"send the first token of FILE as a bearer token (env {_ENV}API_TOKEN_FILE)")
+    g.add_argument("--api-ca", metavar="FILE", default=None,
+                   help=f"CA certificates to check an https:// API against (env {_ENV}API_CA)")
+    g.add_argument("--api-client-cert", metavar="FILE", default=None,
+                   help=f"client certificate for an API run with --api-client-ca (env {_ENV}API_CLIENT_CERT)")
+    g.add_argument("--api-client-key", metavar="FILE", default=None,
+                   help=f"private key of --api-client-cert (env {_ENV}API_CLIENT_KEY)")
+
+
+def _add_local_options(p: argparse.ArgumentParser) -> None:
+    from .options import add_transport_options
+    g = p.add_argument_group("without --api")
+    add_transport_options(g)
+    g.add_argument("--jobs-dir", dest="jobs_dir", metavar="DIR", default=None,
+                   help=f"jobs directory (default: ./jobs; env {_ENV}JOBS_DIR)")
+    g.add_argument("--results-dir", dest="results_dir", metavar="DIR", default=None,
+                   help=f"results directory (default: ./results; env {_ENV}RESULTS_DIR)")
+
+
+def add_client_commands(sub: Any) -> None:
+    """The ``status``, ``result``, ``list`` and ``cancel`` sub-commands."""
+    p = sub.add_parser("status", help="show where a job is (pending, running, completed...)",
+                       description="Print a job's status as JSON: job_id, status, operation, attempt, "
+                                   "worker_id, submitted_at, started_at, completed_at, error.")
+    p.add_argument("job_id", metavar="ID")
+    p = sub.add_parser("result", help="print a job's result document",
+                       description="Print the stored result document of a finished job (exit 0 when it "
+                                   "completed, 1 when it failed, timed out, was cancelled or rejected, "
+                                   "4 when it has not finished).")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--wait", type=float, nargs="?", const=DEFAULT_WAIT, default=0, metavar="SECONDS",
+                   help=f"wait up to SECONDS (default {DEFAULT_WAIT:g}) for the job to finish")
+    p = sub.add_parser("list", help="list known jobs, newest first",
+                       description="Print one line per job: id, status, operation, submission time.")
+    p.add_argument("--status", choices=JOB_STATUSES, default=None, help="only jobs in this status")
+    p.add_argument("--operation", default=None, metavar="OP", help="only jobs of this operation")
+    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N jobs (1-500; default 100)")
+    p.add_argument("--page-token", default=None, metavar="TOKEN", help="the next page, as printed by the "
+                                                                       "previous list")
+    p.add_argument("--json", action="store_true", help="print the page as JSON")
+    p = sub.add_parser("cancel", help="cancel a waiting job, or a running one that allows it",
+                       description="Cancel a job: a waiting one never runs and gets a cancelled result; a "
+                                   "running one whose execution.cancellable is true is stopped.")
+    p.add_argument("job_id", metavar="ID")
+    for name in CLIENT_COMMANDS:
+        add_api_client_options(sub.choices[name])
+        _add_local_options(sub.choices[name])
+
+
+def _option(args: argparse.Namespace, dest: str) -> Optional[str]:
+    value = getattr(args, dest, None)
+    if value is None:
+        value = os.environ.get(_ENV + ("API_URL" if dest == "api" else dest.upper())) or None
+    return value
+
+
+def api_client(args: argparse.Namespace):
+    """An ApiClient from --api and friends, or None without --api."""
+    url = _option(args, "api")
+    if not url:
+        return None
+    from ..api.client import ApiClient, read_token
+    token_file = _option(args, "api_token_file")
+    return ApiClient(url, token=read_token(token_file) if token_file else None,
+                     ca_file=_option(args, "api_ca"), client_cert=_option(args, "api_client_cert"),
+                     client_key=_option(args, "api_client_key"))
+
+
+class LocalJobs:
+    """The API's endpoint code run in this process on the local file transport; answers
+    like :class:`ApiClient`: ``(HTTP status, JSON body)``.  ``opened``: a transport to close."""
+
+    def __init__(self, jobs: Any, opened: Any = None) -> None:
+        self.jobs = jobs
+        self.opened = opened
+
+    def close(self) -> None:
+        if self.opened is not None:
+            self.opened.close()
+
+    def _call(self, method: Callable, *args: Any) -> Reply:
+        from ..api.responses import ApiError, error_body
+        try:
+            answer = method(*args)
+        except ApiError as err:
+            return err.status, error_body(err)
+        return answer.status, answer.body
+
+    def submit(self, raw: bytes) -> Reply:
+        return self._call(self.jobs.submit, raw)
+
+    def status(self, job_id: str) -> Reply:
+        return self._call(self.jobs.status, job_id)
+
+    def result(self, job_id: str, wait: float = 0) -> Reply:
+        return self._call(self.jobs.result, job_id, {"wait": str(wait)} if wait else {})
+
+    def cancel(self, job_id: str) -> Reply:
+        return self._call(self.jobs.cancel, job_id)
+
+    def list(self, **query: Any) -> Reply:
+        return self._call(self.jobs.list, {k: str(v) for k, v in query.items() if v is not None})
+
+
+def _error(reply: Reply, what: str) -> int:
+    """Print an error answer; its exit status."""
+    status, body = reply
+    code = body.get("error", "ERROR") if isinstance(body, dict) else "ERROR"
+    message = body.get("message", "") if isinstance(body, dict) else str(body)
+    print(f"guestkit-worker: {what}: {code}: {message}", file=sys.stderr)
+    if status == 404:
+        return EXIT_NOT_FOUND
+    if status == 409:
+        return EXIT_REFUSED
+    if status in (400, 411, 413, 415, 422):
+        return EXIT_FAILED
+    if status == 504 and code == "OUTCOME_UNKNOWN":
+        return EXIT_OUTCOME_UNKNOWN
+    return EXIT_UNAVAILABLE
+
+
+def _flag_error(body: Any) -> int:
+    """A 400 of ``list`` names the query parameter it refused: print it as the flag it came
+    from (--page-token, --limit...) in one line; a usage error."""
+    details = body.get("details") if isinstance(body, dict) else None
+    field = details.get("field") if isinstance(details, dict) else None
+    message = str(body.get("message", "")) if isinstance(body, dict) else ""
+    if not isinstance(field, str) or not message.startswith(field + ": "):
+        print(f"guestkit-worker: error: list: {message or body}", file=sys.stderr)
+    else:
+        flag = "--" + field.replace("_", "-")
+        print(f"guestkit-worker: error: {flag}: {message[len(field) + 2:]}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _result_exit(data: dict) -> int:
+    return EXIT_OK if data.get("status") == "completed" else EXIT_FAILED
+
+
+def wait_for_result(backend: Any, job_id: str, seconds: float) -> Reply:
+    """Ask for the result until it is final or ``seconds`` have passed (steps of at most 60 s).
+    A busy API (503 with Retry-After: too many waiting clients or connections) and a request
+    whose answer a busy server lost (connection reset or closed without an answer) are asked
+    again after a pause, while more than a second of ``seconds`` is left."""
+    from ..api.client import ApiUnreachable
+    end = time.monotonic() + seconds
+    while True:
+        left = end - time.monotonic()
+        try:
+            reply = backend.result(job_id, max(0.0, min(_WAIT_STEP, left)))
+        except ApiUnreachable as exc:
+            if not exc.transient or left <= 1:
+                raise
+            time.sleep(1.0)
+            continue
+        if _busy(reply) and left > 1:
+            time.sleep(1.0)
+            continue
+        if reply[0] != 202 or left <= _WAIT_STEP:
+            return reply
+
+
+def _busy(reply: Reply) -> bool:
+    """True for the API's 503 answers that say: too many clients right now, retry."""
+    status, body = reply
+    return status == 503 and isinstance(body, dict) and body.get("error") in _BUSY_ERRORS
+
+
+def run_client_command(args: argparse.Namespace, backend: Any) -> int:
+    """status / result / list / cancel against ``backend`` (ApiClient or LocalJobs)."""
+    if args.command == "status":
+        reply = backend.status(args.job_id)
+        if reply[0] != 200:
+            return _error(reply, args.job_id)
+        _print_json(reply[1]["data"])
+        return EXIT_OK
+    if args.command == "result":
+        reply = wait_for_result(backend, args.job_id, args.wait) if args.wait else backend.result(args.job_id)
+        if reply[0] == 202:
+            print(f"guestkit-worker: {args.job_id}: not finished ({reply[1]['data']['status']})", file=sys.stderr)
+            return EXIT_NOT_FINISHED
+        if reply[0] != 200:
+            return _error(reply, args.job_id)
+        _print_json(reply[1]["data"])
+        return _result_exit(reply[1]["data"])
+    if args.command == "cancel":
+        reply = backend.cancel(args.job_id)
+        if reply[0] not in (200, 202):
+            return _error(reply, args.job_id)
+        print(f"{args.job_id} {'cancelled' if reply[0] == 200 else 'cancelling (running; its handler is told to stop)'}")
+        return EXIT_OK
+    reply = backend.list(status=args.status, operation=args.operation, limit=args.limit,
+                         page_token=args.page_token)
+    if reply[0] == 400:
+        return _flag_error(reply[1])
+    if reply[0] != 200:
+        return _error(reply, "list")
+    page = reply[1]["data"]
+    if args.json:
+        _print_json(page)
+        return EXIT_OK
+    for job in page["jobs"]:
+        print(f"{job['job_id']}\t{job['status']}\t{job.get('operation') or '-'}\t{job.get('submitted_at') or '-'}")
+    if page.get("next_page_token"):
+        print(f"more: --page-token {page['next_page_token']}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _read_job(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def submit_many(args: argparse.Namespace, backend: Any) -> int:
+    """submit JOB.json... through ``backend``; with --wait, then wait for each result."""
+    worst, submitted = EXIT_OK, []
+    for path in args.jobs:
+        try:
+            raw = _read_job(path)
+        except OSError as exc:
+            print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+            worst = max(worst, EXIT_FAILED)
+            continue
+        reply = backend.submit(raw)
+        if reply[0] not in (200, 202):
+            worst = max(worst, _error(reply, path))
+            continue
+        data = reply[1]["data"]
+        note = "" if reply[0] == 202 else " (already submitted)"
+        print(f"{data['job_id']} {data['status']}{note}")
+        submitted.append(data["job_id"])
+    if not args.wait:
+        return worst
+    end = time.monotonic() + args.wait
+    for job_id in submitted:
+        reply = wait_for_result(backend, job_id, max(0.0, end - time.monotonic()))
+        if reply[0] == 202:
+            print(f"{job_id} not finished ({reply[1]['data']['status']})")
+            worst = max(worst, EXIT_NOT_FINISHED)
+        elif reply[0] != 200:
+            worst = max(worst, _error(reply, job_id))
+        else:
+            print(f"{job_id} {reply[1]['data'].get('status')}")
+            worst = max(worst, _result_exit(reply[1]["data"]))
+    return worst
+
+
+def local_jobs(args: argparse.Namespace, allow_paths: Optional[list] = None, *, lock: bool = False) -> LocalJobs:
+    """The local transport (the files on --jobs-dir, --results-dir) behind the API's endpoint code.
+    ``lock``: open it (take a liveness lock), which cancelling a waiting job needs.  With
+    --transport redis (or GUESTKIT_WORKER_TRANSPORT=redis): the pool's Redis keys instead."""
+    from .preflight import existing_dir
+    from ..job.protocol import DEFAULT_MAX_JOB_BYTES
+    from ..runtime.config import WorkerConfig, default_worker_id
+    from ..transports import open_transport
+    if (getattr(args, "transport", None) or os.environ.get(_ENV + "TRANSPORT")) == "redis":
+        from .options import queue_config
+        cfg = queue_config(args, f"{default_worker_id()}-cli")
+        return _local(open_transport(cfg), allow_paths, cfg.max_job_bytes, lock)
+    jobs_dir = args.jobs_dir or os.environ.get(_ENV + "JOBS_DIR") or "./jobs"
+    results_dir = getattr(args, "results_dir", None) or os.environ.get(_ENV + "RESULTS_DIR") or "./results"
+    existing_dir("--jobs-dir", jobs_dir)
+    max_bytes = int(os.environ.get(_ENV + "MAX_JOB_SIZE") or DEFAULT_MAX_JOB_BYTES)
+    transport = open_transport(WorkerConfig(jobs_dir=jobs_dir, results_dir=results_dir, max_job_bytes=max_bytes,
+                                            worker_id=f"{default_worker_id()}-cli"))
+    return _local(transport, allow_paths, max_bytes, lock)
+
+
+def _local(transport: Any, allow_paths: Optional[list], max_bytes: int, lock: bool) -> LocalJobs:
+    """The API's endpoint code over ``transport`` in this process (opened when ``lock``)."""
+    from ..api.precheck import admit
+    from ..api.jobs import JobsApi
+    registry = []
+
+    def admit_here(raw: bytes):
+        if not registry:
+            from ..handlers import default_registry
+            registry.append(default_registry())
+            registry[0].configure_paths(allow_paths, transport.protected_paths)
+        return admit(raw, registry[0], max_bytes)
+
+    if lock:
+        transport.open()
+    return LocalJobs(JobsApi(transport, admit_here), transport if lock else None)
+
+
+def run_with_backend(args: argparse.Namespace, action: Callable[[argparse.Namespace, Any], int],
+                     local: Callable[[argparse.Namespace], Any]) -> int:
+    """Build the backend (API client, or ``local(args)``), run ``action``, map errors to exits."""
+    from ..api.client import ApiUnreachable
+    from ..transports.base import TransportUnavailable
+    backend = None
+    try:
+        backend = api_client(args) or local(args)
+        return action(args, backend)
+    except ConfigError as exc:
+        print(f"guestkit-worker: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ApiUnreachable, TransportUnavailable, OSError) as exc:
+        print(f"guestkit-worker: unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    finally:
+        if isinstance(backend, LocalJobs):
+            backend.close()
+
+
+def _job_id_problem(job_id: str) -> Optional[str]:
+    """Why ``job_id`` cannot be any job's id (the protocol's rules), or None."""
+    from ..job.errors import JobValidationError
+    from ..job.protocol import check_job_id
+    try:
+        check_job_id(job_id)
+    except JobValidationError as exc:
+        return str(exc)
+    return None
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    """status / result / list / cancel, over --api or on the local directories.  An id no job
+    can have is refused here, before any request: a path-like id would otherwise reach the API
+    as another path and come back as "not found"."""
+    problem = _job_id_problem(args.job_id) if args.command != "list" else None
+    if problem is not None:
+        print(f"guestkit-worker: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_with_backend(args, run_client_command, lambda a: local_jobs(a, lock=a.command == "cancel"))
+
+
+def cmd_submit_jobs(args: argparse.Namespace, submit_one: Callable[[argparse.Namespace], int],
+                    allow_paths: Optional[list]) -> int:
+    """submit JOB.json...: over --api, or with --wait through the local transport; otherwise
+    each file through ``submit_one`` (the jobs-dir writer), the highest exit status wins."""
+    if _option(args, "api") or args.wait:
+        return run_with_backend(args, submit_many, lambda a: local_jobs(a, allow_paths))
+    status = EXIT_OK
+    for path in args.jobs:
+        args.job = path
+        status = max(status, submit_one(args))
+    return status
+
+
+__all__ = ["add_client_commands", "add_api_client_options", "run_client_command", "submit_many",
+           "run_with_backend", "LocalJobs"]

@@ -1,0 +1,224 @@
+"""The worker's command-line options: the table of run options (each also read from
+GUESTKIT_WORKER_<DEST>), the flag groups other commands share, and the functions that read
+them (flag, else environment, else default).  cli.py builds the parser from them; the command
+modules (run_command, job_commands, api_command, commands, prune) read them."""
+
+import argparse
+import os
+import sys
+
+from .api import API_OPTIONS
+from .exitcodes import EXIT_USAGE
+from .optiontypes import boolean as _bool, choice, nonneg_float as _nonneg_float
+from .optiontypes import positive_float as _positive_float, positive_int as _positive_int, size as _size
+
+ENV_PREFIX = "GUESTKIT_WORKER_"
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_transport = choice("file", "redis")
+_log_level = choice(*LOG_LEVELS, upper=True)
+_log_format = choice("text", "json")
+
+
+# (flags, dest, type, default, metavar, help) of the run options; each also reads GUESTKIT_WORKER_<DEST>
+RUN_OPTIONS = [
+    (("--worker-id",), "worker_id", str, None, "ID", "worker identity in results and metrics "
+     "(default: host name plus a short random suffix)"),
+    (("--pool",), "pool", str, "default", "NAME", "worker pool; jobs routed to another pool are left alone"),
+    (("--transport",), "transport", _transport, "file", "file|redis",
+     "where jobs come from and results go: a jobs directory, or a Redis stream shared by a fleet"),
+    (("--redis-url",), "redis_url", str, "redis://localhost:6379/0", "URL",
+     "with --transport redis: redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH"),
+    (("--redis-password-file",), "redis_password_file", str, None, "FILE",
+     "with --transport redis: the password is this file's first line (wins over the URL's)"),
+    (("--redis-tls-ca-file",), "redis_tls_ca_file", str, None, "FILE",
+     "with a rediss:// URL: verify the server's certificate against this CA (PEM) instead of the system's"),
+    (("--redis-tls-cert-file",), "redis_tls_cert_file", str, None, "FILE",
+     "with a rediss:// URL: the client certificate (PEM) for a Redis that requires one (tls-auth-clients)"),
+    (("--redis-tls-key-file",), "redis_tls_key_file", str, None, "FILE",
+     "with a rediss:// URL: the client certificate's private key (PEM; default: in the certificate file)"),
+    (("--lease-seconds",), "lease_seconds", _positive_float, 60.0, "SECONDS",
+     "with --transport redis: a running job's claim is renewed every lease/4; a worker silent for "
+     "longer loses its jobs to the others"),
+    (("--max-deliveries",), "max_deliveries", _positive_int, 5, "N",
+     "with --transport redis: entries delivered more often go to the dead letters"),
+    (("--result-ttl",), "result_ttl", _positive_int, 604800, "SECONDS",
+     "with --transport redis: how long results and job states are kept"),
+    (("--jobs-dir",), "jobs_dir", str, "./jobs", "DIR", "directory of incoming job files"),
+    (("--results-dir",), "results_dir", str, "./results", "DIR", "directory for result and progress files"),
+    (("--work-dir",), "work_dir", str, "./work", "DIR", "scratch and default output directory for handlers"),
+    (("--max-concurrent",), "max_concurrent", _positive_int, 4, "N", "jobs run at once"),
+    (("--poll-interval",), "poll_interval", _positive_float, 1.0, "SECONDS", "how often the jobs dir is scanned"),
+    (("--shutdown-timeout",), "shutdown_timeout", _nonneg_float, 30.0, "SECONDS",
+     "on SIGTERM, how long running jobs may finish before they are cancelled"),
+    (("--max-job-timeout",), "max_job_timeout", _positive_float, None, "SECONDS",
+     "cap on every job's execution.timeout_seconds"),
+    (("--max-job-size",), "max_job_size", _positive_int, 1048576, "BYTES",
+     "job files larger than this are rejected unread"),
+    (("--min-free-space",), "min_free_space", _size, 104857600, "SIZE", "/health answers 503 (disk_space) when "
+     "the results, jobs or work dir has less free space (bytes, 512M, 1G) or fewer than 1000 free inodes"),
+    (("--allow-path",), "allow_path", str, None, "DIR", "image paths and outputs must resolve inside DIR "
+     "(repeatable; the environment variable takes a colon-separated list); without it every image "
+     "and output path is refused, and / allows every path"),
+    (("--metrics-enabled",), "metrics_enabled", _bool, True, "true|false", "serve /metrics and /health"),
+    (("--metrics-addr",), "metrics_addr", str, "0.0.0.0:9090", "HOST:PORT",
+     "listen address of /metrics and /health ([::]:PORT for IPv6 and dual stack)"),
+    (("--http-max-connections",), "http_max_connections", _positive_int, 64, "N",
+     "connections the HTTP port serves at once; when all are taken, an idle one or one still "
+     "sending its request head, of the client address holding the most, makes room for a newcomer; "
+     "when none can, newcomers get 503 at once"),
+    (("--metrics-tls-cert",), "metrics_tls_cert", str, None, "FILE", "serve the endpoint over TLS with this certificate"),
+    (("--metrics-tls-key",), "metrics_tls_key", str, None, "FILE", "private key for --metrics-tls-cert"),
+    (("--metrics-token-file",), "metrics_token_file", str, None, "FILE", "/metrics answers only requests "
+     "with one of this file's tokens (one a line) as Authorization: Bearer TOKEN; /health stays open"),
+    (("--textfile-dir",), "textfile_dir", str, None, "DIR", "with --once: write DIR/guestkit_worker.prom "
+     "for node_exporter's textfile collector"),
+    (("--log-level",), "log_level", _log_level, "INFO", "LEVEL", "DEBUG, INFO, WARNING or ERROR"),
+    (("--log-format",), "log_format", _log_format, "text", "text|json",
+     "log lines as text, or as JSON objects (time, level, worker_id, job_id, event, message)"),
+]
+RUN_OPTIONS += API_OPTIONS  # --api-*: the REST API beside the jobs (and for the api command)
+#: the run options that also apply to ``api`` (the API alone over the same transport)
+#: (every one but those about running jobs, so a transport's own options apply to both)
+API_COMMAND_OPTIONS = {o[1] for o in RUN_OPTIONS} - {"work_dir", "max_concurrent", "poll_interval", "shutdown_timeout",
+                                                     "max_job_timeout", "textfile_dir", "min_free_space"}
+
+
+def env_name(dest):
+    return ENV_PREFIX + dest.upper()
+
+
+def add_run_options(p, only=None):
+    if only is None:
+        p.add_argument("--once", action="store_true", default=None,
+                       help=f"run the jobs present at start, wait for them, exit (env {env_name('once')})")
+        add_allow_backing(p)
+    for flags, dest, typ, default, metavar, text in RUN_OPTIONS:
+        if only is not None and dest not in only:
+            continue
+        shown = f"default: {default}; " if default is not None else ""
+        p.add_argument(*flags, dest=dest, type=typ, default=None, metavar=metavar,
+                       action="append" if dest == "allow_path" else "store",
+                       help=f"{text} ({shown}env {env_name(dest)})")
+
+
+def add_allow_backing(p):
+    p.add_argument("--allow-backing-files", dest="allow_backing_files", action="store_true", default=None,
+                   help="let images reference other local files (qcow2 backing and data files, VMDK extents "
+                        "and parents), each of which must resolve inside --allow-path and be a regular file; "
+                        "without it such images are refused with BACKING_FILE_NOT_ALLOWED "
+                        f"(env {env_name('allow_backing_files')}=true)")
+
+
+def allow_backing(args):
+    """--allow-backing-files, else GUESTKIT_WORKER_ALLOW_BACKING_FILES (true/false), else off."""
+    if getattr(args, "allow_backing_files", None):
+        return True
+    env = os.environ.get(env_name("allow_backing_files"))
+    try:
+        return _bool(env) if env else False
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(usage_error(f"{env_name('allow_backing_files')}: {exc}"))
+
+
+def add_allow_path(p):
+    """--allow-path for validate and submit: judge paths as a worker with that policy would."""
+    p.add_argument("--allow-path", dest="allow_path", action="append", default=None, metavar="DIR",
+                   help="judge image paths and outputs as a worker run with this --allow-path would "
+                        f"(repeatable; env {env_name('allow_path')}, colon-separated)")
+    add_allow_backing(p)
+
+
+#: the run options of a command that only talks to the queue (submit, status, result, list, cancel)
+TRANSPORT_OPTIONS = ("transport", "redis_url", "redis_password_file", "redis_tls_ca_file", "redis_tls_cert_file",
+                     "redis_tls_key_file", "pool")
+#: ...and what such a command reads from the environment or defaults without a flag
+_QUEUE_SETTINGS = TRANSPORT_OPTIONS + ("jobs_dir", "results_dir", "lease_seconds", "max_deliveries",
+                                       "result_ttl", "max_job_size")
+
+
+def add_transport_options(p):
+    """--transport, --redis-url, --redis-password-file, --redis-tls-* and --pool for a command
+    that submits or reads jobs: the same flags and environment variables as run."""
+    for flags, dest, typ, default, metavar, text in RUN_OPTIONS:
+        if dest in TRANSPORT_OPTIONS:
+            shown = f"default: {default}; " if default is not None else ""
+            p.add_argument(*flags, dest=dest, type=typ, default=None, metavar=metavar,
+                           help=f"{text} ({shown}env {env_name(dest)})")
+
+
+def transport_settings(args):
+    """WorkerConfig's transport fields from resolved run options."""
+    return {"transport": args.transport, "redis_url": args.redis_url,
+            "redis_password_file": args.redis_password_file, "redis_tls_ca_file": args.redis_tls_ca_file,
+            "redis_tls_cert_file": args.redis_tls_cert_file, "redis_tls_key_file": args.redis_tls_key_file,
+            "lease_seconds": args.lease_seconds,
+            "max_deliveries": args.max_deliveries, "result_ttl": args.result_ttl}
+
+
+def queue_config(args, worker_id):
+    """A WorkerConfig for a command that only talks to the queue: each setting from its flag
+    (when the command has it), else GUESTKIT_WORKER_*, else the run option's default."""
+    from ..runtime.config import WorkerConfig
+    values = {}
+    for flags, dest, typ, default, metavar, text in RUN_OPTIONS:
+        if dest not in _QUEUE_SETTINGS:
+            continue
+        value = getattr(args, dest, None)
+        if value is None:
+            env = os.environ.get(env_name(dest))
+            try:
+                value = typ(env) if env else default
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                raise SystemExit(usage_error(f"{env_name(dest)}: {exc}"))
+        values[dest] = value
+    values["max_job_bytes"] = values.pop("max_job_size")
+    return WorkerConfig(worker_id=worker_id, **values)
+
+
+def path_list(value):
+    """GUESTKIT_WORKER_ALLOW_PATH: colon-separated directories, empty parts ignored."""
+    return [p for p in value.split(":") if p]
+
+
+def allowed_paths(args):
+    if args.allow_path is not None:
+        return args.allow_path
+    env = os.environ.get(env_name("allow_path"))
+    return path_list(env) if env else None
+
+
+def resolve(args):
+    """Fill options not given on the command line from GUESTKIT_WORKER_* or the default."""
+    for flags, dest, typ, default, metavar, text in RUN_OPTIONS:
+        if getattr(args, dest, None) is not None:
+            continue
+        env = os.environ.get(env_name(dest))
+        if env is not None and env != "":
+            try:
+                value = path_list(env) if dest == "allow_path" else typ(env)
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                raise SystemExit(usage_error(f"{env_name(dest)}: {exc}"))
+        else:
+            value = default
+        setattr(args, dest, value)
+    if args.once is None:
+        env = os.environ.get(env_name("once"))
+        try:
+            args.once = _bool(env) if env else False
+        except argparse.ArgumentTypeError as exc:
+            raise SystemExit(usage_error(f"{env_name('once')}: {exc}"))
+    return args
+
+
+def setup_logging(args):
+    """Logging as --log-level and --log-format say, every record stamped with the worker id."""
+    from .logsetup import setup
+    setup(args.log_level, args.log_format, worker_id=args.worker_id)
+
+
+def usage_error(message: str) -> int:
+    """Print a one-line usage error (no traceback) and give the exit status for it."""
+    print(f"guestkit-worker: error: {message}", file=sys.stderr)
+    return EXIT_USAGE

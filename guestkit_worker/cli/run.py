@@ -1,0 +1,119 @@
+"""``guestkit-worker run``: the worker daemon (or a one-shot run), its /metrics and /health
+server, the REST API beside it, and the one-shot textfile."""
+
+import logging
+import os
+
+from .exitcodes import EXIT_OK, EXIT_TEXTFILE
+from .options import allow_backing, setup_logging, transport_settings, usage_error
+
+log = logging.getLogger(__name__)
+
+
+def cmd_run(args):
+    from ..runtime.worker import default_worker_id
+    args.worker_id = args.worker_id or default_worker_id()  # known to every log record
+    setup_logging(args)
+    # handlers first: a SIGTERM during start-up (loading handlers, recovery, binding) is a clean,
+    # logged stop instead of the default action's silent death
+    from .signals import SignalWatcher
+    signals = SignalWatcher(None, shutdown_timeout=args.shutdown_timeout).install()
+    from prometheus_client import REGISTRY, disable_created_metrics
+
+    from ..job.errors import ConfigError
+    from ..transports.base import StopRequested
+    from ..runtime.worker import Worker, WorkerConfig
+    disable_created_metrics()
+    if args.textfile_dir and not args.once:
+        return usage_error("--textfile-dir needs --once (a daemon is scraped on /metrics instead)")
+    if bool(args.metrics_tls_cert) != bool(args.metrics_tls_key):
+        return usage_error("--metrics-tls-cert and --metrics-tls-key go together")
+    from .api import check_api_options, start_worker_api
+    try:
+        check_api_options(args)
+    except ConfigError as exc:
+        return usage_error(str(exc))
+    cfg = WorkerConfig(jobs_dir=args.jobs_dir, results_dir=args.results_dir, work_dir=args.work_dir,
+                       worker_id=args.worker_id, pool=args.pool, max_concurrent=args.max_concurrent,
+                       poll_interval=args.poll_interval, shutdown_timeout=args.shutdown_timeout,
+                       max_job_timeout=args.max_job_timeout, max_job_bytes=args.max_job_size,
+                       min_free_space=args.min_free_space, allow_paths=args.allow_path, once=args.once,
+                       allow_backing_files=allow_backing(args),
+                       metrics_enabled=args.metrics_enabled or bool(args.textfile_dir),
+                       **transport_settings(args))
+    from ..system.paths import allows_everything
+    if allows_everything(args.allow_path):
+        log.warning("--allow-path /: jobs may read and write any path the worker can; give the image "
+                    "and output directories instead")
+    elif not args.allow_path:
+        log.info("no --allow-path: jobs naming an image or output path are refused (PATH_NOT_ALLOWED)")
+    from .preflight import prepare_dir, writable_dir
+    try:
+        if args.textfile_dir:  # before any job runs: a run whose metrics cannot be written is not started
+            writable_dir("--textfile-dir", args.textfile_dir)
+        dirs = [("--work-dir", cfg.work_dir)]
+        if cfg.transport == "file":  # the Redis transport keeps jobs and results in Redis
+            dirs = [("--jobs-dir", cfg.jobs_dir), ("--results-dir", cfg.results_dir)] + dirs
+        for flag, path in dirs:
+            prepare_dir(flag, path)
+        worker = Worker(cfg, registry=REGISTRY)
+    except ConfigError as exc:
+        return usage_error(str(exc))
+    except ValueError as exc:
+        return usage_error(str(exc))
+    serve = args.metrics_enabled and (not args.once or args.metrics_addr_given)
+    signals.attach(worker)
+    servers = []
+    try:
+        if serve:
+            # bind now (a port in use stops us before anything is claimed), accept only once the
+            # worker's own threads run, so connections can never take their place
+            from ..http.metrics_port import start_server
+            tokens = None
+            if args.metrics_token_file:
+                from ..api.auth import TokenSet
+                tokens = TokenSet.from_file(args.metrics_token_file, "--metrics-token-file")
+            servers.append(start_server(args.metrics_addr, registry=REGISTRY, health=worker.health,
+                                        tls_cert=args.metrics_tls_cert, tls_key=args.metrics_tls_key,
+                                        max_connections=args.http_max_connections, start=False, tokens=tokens))
+        servers += start_worker_api(args, worker, REGISTRY)
+        if any(server.reloadable for server in servers):
+            from .signals import reload_servers
+            signals.on_hup = lambda: reload_servers(servers)
+        worker.on_running = lambda: [server.start() for server in servers]
+        worker.open()
+    except StopRequested as exc:  # SIGTERM while waiting for Redis: a clean stop, nothing was taken
+        for server in servers:
+            server.shutdown()
+        signals.after_run()  # a second signal ends here with 130
+        log.info("%s; stopped before taking any job; exit status %d", exc, EXIT_OK,
+                 extra={"event": "stopped_at_start"})
+        logging.shutdown()
+        return EXIT_OK
+    except (ConfigError, OSError) as exc:
+        for server in servers:
+            server.shutdown()
+        if isinstance(exc, ConfigError):
+            return usage_error(str(exc))
+        return usage_error(f"cannot set up the job directories: {exc}")
+    try:
+        status = worker.run()
+    finally:
+        for server in servers:
+            server.shutdown()
+    signals.after_run()  # a second signal ends here with 130
+    if args.once and args.textfile_dir:
+        from ..metrics.families import write_textfile
+        try:
+            write_textfile(args.textfile_dir, worker.metrics, succeeded=status == EXIT_OK)
+        except OSError as exc:
+            log.error("cannot write the textfile in %s: %s; exiting %d", args.textfile_dir, exc, EXIT_TEXTFILE)
+            status = EXIT_TEXTFILE
+    if not args.once:
+        status = EXIT_OK
+    if worker.fatal_status is not None:  # its worker id taken by another process
+        status = worker.fatal_status
+    logging.shutdown()
+    if getattr(worker, "stuck_threads", 0):
+        os._exit(status)  # do not wait for handler threads that ignore cancellation
+    return status
