@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from apikit import Pki, call, raw, write_tokens
 from conftest import make_job, wait_for
 from guestkit_worker.api.service import ApiOptions, check_exposure, start_api
-from guestkit_worker.api.auth import TokenSet, bearer_token
+from guestkit_worker.http.auth import TokenSet, bearer_token
 from guestkit_worker.job.errors import ConfigError
 from guestkit_worker.handlers import default_registry
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import parse_qsl
 
 from ..transports.base import TransportUnavailable
-from .auth import CHALLENGE, CHALLENGE_INVALID, TokenSet, bearer_token
+from ..http.auth import CHALLENGE, CHALLENGE_INVALID, TokenSet, bearer_token
 from .jobs import JobsApi
 from .metrics import ApiMetrics
 from .responses import Answer, ApiError, encode, error_body, ok, status_line

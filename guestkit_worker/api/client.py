@@ -29,7 +29,7 @@ class ApiUnreachable(GuestkitWorkerError):
 
 def read_token(path: str) -> str:
     """The first token of a token file (the format the API reads)."""
-    from .auth import load_tokens
+    from ..http.auth import load_tokens
     return load_tokens(path)[0]
 
 

@@ -12,7 +12,7 @@ from ..job.errors import ConfigError
 from ..transports.base import Transport
 from .precheck import admit
 from .app import ApiApp, capabilities_document
-from .auth import TokenSet
+from ..http.auth import TokenSet
 from .jobs import JobsApi
 from .metrics import ApiMetrics
 from ..http.server import parse_addr

@@ -137,7 +137,7 @@ def cmd_api(args: argparse.Namespace, usage_error: Callable[[str], int]) -> int:
             from prometheus_client import Gauge
 
             from .. import __version__
-            from ..api.auth import TokenSet
+            from ..http.auth import TokenSet
             from ..http.metrics_port import start_server
             # the gateway's identity, as a worker's: dashboards select API servers by worker_id
             Gauge("guestkit_worker_info", "Worker identity; always 1.", ["worker_id", "pool", "version"],

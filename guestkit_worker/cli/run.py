@@ -71,7 +71,7 @@ def cmd_run(args):
             from ..http.metrics_port import start_server
             tokens = None
             if args.metrics_token_file:
-                from ..api.auth import TokenSet
+                from ..http.auth import TokenSet
                 tokens = TokenSet.from_file(args.metrics_token_file, "--metrics-token-file")
             servers.append(start_server(args.metrics_addr, registry=REGISTRY, health=worker.health,
                                         tls_cert=args.metrics_tls_cert, tls_key=args.metrics_tls_key,

@@ -18,6 +18,7 @@ import logging
 
 from prometheus_client import make_wsgi_app
 
+from .auth import CHALLENGE, CHALLENGE_INVALID, bearer_token
 from .listen import ssl_context
 from .server import DEFAULT_MAX_CONNECTIONS, WSGIService, parse_addr, serve_wsgi
 
@@ -94,14 +95,13 @@ def _discard_body(environ):
 
 def _bearer_protected(app, tokens):
     """``app`` answering only requests with one of ``tokens`` as a bearer token; 401 otherwise."""
-    from ..api.auth import CHALLENGE_INVALID, bearer_token
 
     def protected(environ, start_response):
         presented = bearer_token(environ.get("HTTP_AUTHORIZATION"))
         if presented is not None and tokens.accepts(presented):
             return app(environ, start_response)
         body = b"401 Unauthorized: /metrics needs Authorization: Bearer TOKEN\n"
-        challenge = CHALLENGE_INVALID if presented is not None else 'Bearer realm="guestkit-worker"'
+        challenge = CHALLENGE_INVALID if presented is not None else CHALLENGE
         start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
                                             ("Content-Length", str(len(body))), ("WWW-Authenticate", challenge)])
         return [body] if environ["REQUEST_METHOD"] != "HEAD" else []
@@ -165,7 +165,7 @@ def start_server(addr, *, registry, health, tls_cert=None, tls_key=None,
     the port to HTTPS; ``max_connections`` bounds connections and threads; ``start=False`` binds
     without accepting until ``.start()``.  Raises :class:`ConfigError` before any thread starts
     when the address cannot be bound (e.g. already in use) or the certificate cannot be loaded.
-    ``tokens`` (an api.auth.TokenSet): /metrics answers only requests carrying one of them as
+    ``tokens`` (an http.auth.TokenSet): /metrics answers only requests carrying one of them as
     ``Authorization: Bearer TOKEN`` (401 otherwise); /health and / stay open.
     """
     service = serve_wsgi(_make_app(registry, health, tokens), addr, tls_cert=tls_cert, tls_key=tls_key,

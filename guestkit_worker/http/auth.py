@@ -1,4 +1,5 @@
-"""Bearer tokens for the REST API: loaded from ``--api-token-file``, checked in constant time.
+"""Bearer tokens for the REST API and the metrics port: loaded from ``--api-token-file`` or
+``--metrics-token-file``, checked in constant time.
 
 Only SHA-256 digests of the tokens are kept in memory, and a presented token is compared with
 every configured one (no early exit), so neither the position of a matching token nor the
