@@ -97,3 +97,28 @@ def test_metrics_children_cached_and_unknown_bounded():
     public = {n for n in dir(WorkerMetrics) if not n.startswith("_") and callable(getattr(WorkerMetrics, n))}
     missing = {n for n in public if not callable(getattr(NullMetrics(), n, None))}
     assert public and not missing, missing
+
+
+def test_worker_metrics_are_a_transport_observer():
+    """The worker hands its metrics to the transport as its TransportObserver: every event a
+    transport reports lands in a metric (the transport imports nothing of metrics/)."""
+    from guestkit_worker.transports.base import TransportObserver
+    reg = CollectorRegistry()
+    m = WorkerMetrics(operations=["system.echo"], handlers=["system.echo"], worker_id="u", pool="p",
+                      version="0", max_concurrent=2, registry=reg)
+    events = {n for n in dir(TransportObserver) if not n.startswith("_")}
+    assert events == {"jobs_reclaimed", "lease_lost", "dead_lettered", "set_queue_oldest_age", "transport_error"}
+    m.jobs_reclaimed(2)
+    m.lease_lost()
+    m.dead_lettered("max_deliveries")
+    m.set_queue_oldest_age(7.5)
+    m.transport_error("fetch")
+    s = parse(generate_latest(reg).decode())
+    assert value(s, "guestkit_worker_jobs_reclaimed_total") == 2
+    assert value(s, "guestkit_worker_leases_lost_total") == 1
+    assert value(s, "guestkit_worker_dead_lettered_total", reason="max_deliveries") == 1
+    assert value(s, "guestkit_worker_queue_oldest_waiting_seconds") == 7.5
+    assert value(s, "guestkit_worker_transport_errors_total", operation="fetch") == 1
+    quiet = TransportObserver()  # the no-op default answers the same calls
+    assert (quiet.jobs_reclaimed(2), quiet.lease_lost(), quiet.dead_lettered("max_deliveries"),
+            quiet.set_queue_oldest_age(7.5), quiet.transport_error("fetch")) == (None,) * 5

@@ -8,18 +8,18 @@ keeps nothing beyond its process, which an operator's worker cannot use."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
-from .base import Transport
+from .base import Transport, TransportObserver
 
 #: transport names the configuration may choose
 TRANSPORTS = ("file", "redis")
 
 
-def open_transport(config: Any, *, metrics: Any = None) -> Transport:
+def open_transport(config: Any, *, metrics: Optional[TransportObserver] = None) -> Transport:
     """Build (not yet open) the transport config.transport names: ``file`` (the default; also
-    spelt ``files``) or ``redis``.  metrics: where a transport reports what only it sees
-    (reclaims, lost leases, dead letters, its errors)."""
+    spelt ``files``) or ``redis``.  metrics: a :class:`~.base.TransportObserver`, where a
+    transport reports what only it sees (reclaims, lost leases, dead letters, its errors)."""
     name = getattr(config, "transport", None) or "file"
     if name == "redis":
         from .redis import RedisTransport  # imports redis-py, only now

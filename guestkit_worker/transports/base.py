@@ -216,6 +216,27 @@ class Page:
 ReclaimDecision = Callable[[Delivery, str], None]
 
 
+class TransportObserver:
+    """Where a transport reports what only it sees; every method does nothing here.  The
+    worker passes its metrics (the same methods, counted), so a transport needs nothing of the
+    layers above it."""
+
+    def jobs_reclaimed(self, n: int = 1) -> None:
+        """``n`` deliveries of dead workers were taken back."""
+
+    def lease_lost(self) -> None:
+        """A lease this worker held was taken by another worker."""
+
+    def dead_lettered(self, reason: str) -> None:
+        """A delivery was moved aside for good (``reason``: why)."""
+
+    def set_queue_oldest_age(self, seconds: float) -> None:
+        """The oldest waiting job has waited ``seconds``."""
+
+    def transport_error(self, operation: str) -> None:
+        """A call of ``operation`` (fetch, commit, ...) to the queue's server failed."""
+
+
 class JobQueue(abc.ABC):
     """Delivery of job documents to workers."""
 

@@ -21,9 +21,8 @@ import uuid
 from typing import Any, Dict, Iterator, Optional
 
 from ...job.errors import ConfigError
-from ...metrics.families import NullMetrics
 from ...job.protocol import DEFAULT_MAX_JOB_BYTES
-from ..base import OutcomeUnknown, StopRequested, Transport, TransportUnavailable
+from ..base import OutcomeUnknown, StopRequested, Transport, TransportObserver, TransportUnavailable
 from . import connection, tls
 from .index import IndexMixin
 from .keys import GROUP, Keys
@@ -64,7 +63,7 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
                  tls_ca_file: Optional[str] = None, tls_cert_file: Optional[str] = None,
                  tls_key_file: Optional[str] = None, lease_seconds: float = DEFAULT_LEASE_SECONDS, max_deliveries: int = DEFAULT_MAX_DELIVERIES,
                  result_ttl: int = DEFAULT_RESULT_TTL, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
-                 metrics: Any = None) -> None:
+                 metrics: Optional[TransportObserver] = None) -> None:
         connection.check_url(url)
         self.tls = tls.TlsFiles(tls_ca_file, tls_cert_file, tls_key_file)
         tls.check(url, self.tls, connection.describe(url))
@@ -81,7 +80,8 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
         self.max_deliveries = int(max_deliveries)
         self.result_ttl = int(result_ttl)
         self.max_job_bytes = int(max_job_bytes)
-        self.metrics = metrics if metrics is not None else NullMetrics()
+        #: what only the transport sees is reported here (the worker passes its metrics)
+        self.metrics = metrics if metrics is not None else TransportObserver()
         #: maintain() removes consumers idle this long with nothing pending (workers long gone)
         self.stale_consumer_seconds = max(3600.0, 10 * self.lease_seconds)
         self._redis = connection.import_redis()
