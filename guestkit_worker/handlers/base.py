@@ -1,4 +1,4 @@
-"""The handler plugin interface and the registry that maps operations to handlers.
+"""The handler plugin interface (the registry is :mod:`.registry`).
 
 A handler is an object with:
 
@@ -13,24 +13,15 @@ A handler is an object with:
   whether or not it exists);
 * ``execute(context, data)`` -- does the work and returns a :class:`HandlerResult`;
 * ``cleanup(context)`` -- always called after ``execute``, even when it failed.
-
-Third-party handlers register through the entry-point group ``guestkit_worker.handlers``;
-each entry point names a Handler subclass or a factory returning a handler instance.
 """
 
-import logging
 import os
 from dataclasses import dataclass, field
-from importlib import metadata
 
 from ..engines.chain import check_chain
 from ..job.errors import HandlerError
 from ..engines.images import check_destination, require_bool, require_dict, require_format, require_image_file, \
     require_path
-
-log = logging.getLogger(__name__)
-
-ENTRY_POINT_GROUP = "guestkit_worker.handlers"
 
 
 @dataclass
@@ -137,67 +128,3 @@ class ImageHandler(Handler):
                                phase="validation", details={"path": dest})
         check_destination(dest, "payload.data.output.destination", overwrite, job_id=context.job_id)
         return dest, overwrite
-
-
-class HandlerRegistry:
-    """Maps operation names to handler instances."""
-
-    def __init__(self):
-        self._by_operation = {}
-        self._handlers = []
-
-    def register(self, handler):
-        for op in handler.operations:
-            if op in self._by_operation:
-                raise ValueError(f"operation {op} already served by {self._by_operation[op].name}")
-        for op in handler.operations:
-            self._by_operation[op] = handler
-        self._handlers.append(handler)
-        return handler
-
-    def get(self, operation):
-        return self._by_operation.get(operation)
-
-    @property
-    def operations(self):
-        return sorted(self._by_operation)
-
-    @property
-    def handlers(self):
-        return list(self._handlers)
-
-    def configure_paths(self, allowed=None, protected=(), allow_backing=None):
-        """Hand the worker's path policy to every handler that takes one."""
-        for handler in self._handlers:
-            configure = getattr(handler, "configure_paths", None)
-            if configure is not None:
-                if allow_backing is None:
-                    configure(allowed, protected)
-                else:
-                    configure(allowed, protected, allow_backing=allow_backing)
-
-    def load_entry_points(self):
-        """Register third-party handlers; a broken plugin is logged and skipped."""
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                obj = ep.load()
-                handler = obj() if callable(obj) else obj
-                self.register(handler)
-                log.info("loaded handler %s from entry point %s", handler.name, ep.name)
-            except Exception as exc:  # a plugin must not take the worker down
-                log.error("cannot load handler entry point %s: %s", ep.name, exc)
-
-
-def default_registry(load_plugins=True):
-    """A registry holding the built-in handlers (and plugins when asked)."""
-    from .echo import EchoHandler
-    from .inspect import InspectHandler
-    from .convert import ConvertHandler
-
-    reg = HandlerRegistry()
-    reg.register(EchoHandler())
-    reg.register(InspectHandler())
-    reg.register(ConvertHandler())
-    if load_plugins:
-        reg.load_entry_points()
-    return reg
