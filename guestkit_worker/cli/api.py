@@ -1,5 +1,6 @@
-"""The command-line side of the REST API: the ``--api-*`` options of ``run`` and ``api``, the
-transport the API fronts, and ``guestkit-worker api`` (the API alone, no job threads)."""
+"""The command-line side of the REST API: the ``--api-*`` options of ``run`` and ``api`` read
+(their table is :data:`.options.API_OPTIONS`), the transport the API fronts, and
+``guestkit-worker api`` (the API alone, no job threads)."""
 
 from __future__ import annotations
 
@@ -9,28 +10,10 @@ import signal
 import threading
 from typing import Any, Callable, Optional, Tuple
 
-from ..api.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAITS
 from ..job.errors import ConfigError
-from .optiontypes import positive_int as _positive_int
+from .options import allow_backing, transport_settings
 
 log = logging.getLogger(__name__)
-
-
-#: (flags, dest, type, default, metavar, help): the API options of ``run`` and ``api``, in the
-#: same form as options.RUN_OPTIONS (each also reads GUESTKIT_WORKER_<DEST>)
-API_OPTIONS = [
-    (("--api-addr",), "api_addr", str, None, "HOST:PORT", "serve the REST API on this address "
-     "([::]:PORT for IPv6; off when not given; beyond loopback it needs --api-token-file and --allow-path)"),
-    (("--api-token-file",), "api_token_file", str, None, "FILE", "bearer tokens the API accepts, one a line"),
-    (("--api-tls-cert",), "api_tls_cert", str, None, "FILE", "serve the API over TLS with this certificate"),
-    (("--api-tls-key",), "api_tls_key", str, None, "FILE", "private key for --api-tls-cert"),
-    (("--api-client-ca",), "api_client_ca", str, None, "FILE", "require API clients to present a "
-     "certificate signed by a CA in FILE"),
-    (("--api-max-connections",), "api_max_connections", _positive_int, DEFAULT_MAX_CONNECTIONS, "N",
-     "API connections served at once; more are answered 503 at once"),
-    (("--api-max-waits",), "api_max_waits", _positive_int, DEFAULT_MAX_WAITS, "N",
-     "API requests waiting for a result (result?wait=) at once; more get 503"),
-]
 
 
 def api_options(args: argparse.Namespace):
@@ -60,7 +43,6 @@ def open_transport(args: argparse.Namespace, worker_id: str):
     """The configured transport as ``worker_id``, opened: the files on --jobs-dir/--results-dir
     (it holds a liveness lock, so that cancelling a waiting job can claim it), or the Redis
     stream of --pool with --transport redis."""
-    from .options import transport_settings
     from ..runtime.config import WorkerConfig
     from ..transports import open_transport as build
     transport = build(WorkerConfig(jobs_dir=args.jobs_dir, results_dir=args.results_dir, worker_id=worker_id,
@@ -73,8 +55,7 @@ def admission_registry(args: argparse.Namespace, transport: Any):
     """The handler registry the API admits jobs with: the worker's path policy."""
     from ..handlers import default_registry
     registry = default_registry()
-    from .options import allow_backing as _allow_backing
-    registry.configure_paths(args.allow_path, transport.protected_paths, allow_backing=_allow_backing(args))
+    registry.configure_paths(args.allow_path, transport.protected_paths, allow_backing=allow_backing(args))
     return registry
 
 
@@ -177,5 +158,5 @@ def cmd_api(args: argparse.Namespace, usage_error: Callable[[str], int]) -> int:
     return 0
 
 
-__all__ = ["API_OPTIONS", "api_options", "check_api_options", "open_transport", "serve_api", "cmd_api",
+__all__ = ["api_options", "check_api_options", "open_transport", "serve_api", "cmd_api",
 ]

@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from .api import API_OPTIONS
+from ..api.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAITS
 from .exitcodes import EXIT_USAGE
 from .optiontypes import boolean as _bool, choice, nonneg_float as _nonneg_float
 from .optiontypes import positive_float as _positive_float, positive_int as _positive_int, size as _size
@@ -77,6 +77,21 @@ RUN_OPTIONS = [
     (("--log-level",), "log_level", _log_level, "INFO", "LEVEL", "DEBUG, INFO, WARNING or ERROR"),
     (("--log-format",), "log_format", _log_format, "text", "text|json",
      "log lines as text, or as JSON objects (time, level, worker_id, job_id, event, message)"),
+]
+#: (flags, dest, type, default, metavar, help): the API options of ``run`` and ``api``, in the
+#: same form as RUN_OPTIONS (each also reads GUESTKIT_WORKER_<DEST>)
+API_OPTIONS = [
+    (("--api-addr",), "api_addr", str, None, "HOST:PORT", "serve the REST API on this address "
+     "([::]:PORT for IPv6; off when not given; beyond loopback it needs --api-token-file and --allow-path)"),
+    (("--api-token-file",), "api_token_file", str, None, "FILE", "bearer tokens the API accepts, one a line"),
+    (("--api-tls-cert",), "api_tls_cert", str, None, "FILE", "serve the API over TLS with this certificate"),
+    (("--api-tls-key",), "api_tls_key", str, None, "FILE", "private key for --api-tls-cert"),
+    (("--api-client-ca",), "api_client_ca", str, None, "FILE", "require API clients to present a "
+     "certificate signed by a CA in FILE"),
+    (("--api-max-connections",), "api_max_connections", _positive_int, DEFAULT_MAX_CONNECTIONS, "N",
+     "API connections served at once; more are answered 503 at once"),
+    (("--api-max-waits",), "api_max_waits", _positive_int, DEFAULT_MAX_WAITS, "N",
+     "API requests waiting for a result (result?wait=) at once; more get 503"),
 ]
 RUN_OPTIONS += API_OPTIONS  # --api-*: the REST API beside the jobs (and for the api command)
 #: the run options that also apply to ``api`` (the API alone over the same transport)
