@@ -14,8 +14,9 @@ import time
 from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import parse_qsl
 
-from ..transports.base import TransportUnavailable
+from .. import PROTOCOL_VERSION
 from ..http.auth import CHALLENGE, CHALLENGE_INVALID, TokenSet, bearer_token
+from ..transports.base import TransportUnavailable
 from .jobs import JobsApi
 from .metrics import ApiMetrics
 from .responses import Answer, ApiError, encode, error_body, ok, status_line
@@ -173,7 +174,6 @@ class ApiApp:
 def capabilities_document(*, worker_id: str, pool: str, version: str, registry: Any,
                           max_concurrent: Optional[int], max_job_size: int) -> Callable[[], dict]:
     """A capabilities() callable for :class:`ApiApp` (engine checks are cached by the handlers)."""
-    from .. import PROTOCOL_VERSION
 
     def capabilities() -> dict:
         operations = []

@@ -10,6 +10,7 @@ import ssl
 from typing import Any, Optional, Tuple
 from urllib.parse import quote, urlencode, urlsplit
 
+from ..http.auth import load_tokens
 from ..job.errors import ConfigError, GuestkitWorkerError
 
 
@@ -29,7 +30,6 @@ class ApiUnreachable(GuestkitWorkerError):
 
 def read_token(path: str) -> str:
     """The first token of a token file (the format the API reads)."""
-    from ..http.auth import load_tokens
     return load_tokens(path)[0]
 
 

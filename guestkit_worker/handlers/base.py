@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from ..engines.chain import check_chain
 from ..job.errors import HandlerError
+from ..system.paths import validate_path
 from ..engines.images import check_destination, require_bool, require_dict, require_format, require_image_file, \
     require_path
 
@@ -60,7 +61,6 @@ class Handler:
         Call it in validate() before anything else looks at the path (exists, regular file,
         size): the refusal never depends on what exists outside the allowed directories.
         """
-        from ..system.paths import validate_path
         return validate_path(path, field, allowed=self.allowed_paths,
                              protected=self.protected_paths if for_output else ())
 

@@ -12,6 +12,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Mapping, Optional
 
+from .errors import JobValidationError
+from .protocol import validate_document
+
 RESULT_STATUSES = ("completed", "failed", "timeout", "cancelled")
 OUTCOME_STATUSES = RESULT_STATUSES + ("rejected", "duplicate")
 
@@ -124,8 +127,6 @@ def reason_document(job_file: str, job_id: Optional[str], status: str, worker_id
 
 def cancelled_before_start(doc: Mapping, job_file: str, worker_id: str) -> tuple:
     """(result, reason) of a waiting job cancelled on request: it never ran."""
-    from .protocol import validate_document
-    from .errors import JobValidationError
     try:
         job = validate_document(dict(doc))
     except JobValidationError:

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 from ..system.atomic import append_line
 from ..job.errors import JobCancelled
+from ..system.paths import check_path as _check_path
 from ..system.procs import ChildProcess
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,5 @@ class HandlerContext:
     # -- paths --------------------------------------------------------------------------
     def check_path(self, path, field, *, for_output=False):
         """Resolve path; reject it (PATH_NOT_ALLOWED) outside --allow-path or on worker files."""
-        from ..system.paths import check_path
-        return check_path(path, field, allowed=self.allowed_paths,
+        return _check_path(path, field, allowed=self.allowed_paths,
                           protected=self.protected_paths if for_output else ())

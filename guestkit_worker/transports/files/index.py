@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any, Iterable, Mapping, Optional
 
+from ...job.outcomes import cancelled_before_start, stamp
 from ...system import atomic
 from ..base import (FINAL_STATUSES, InvalidPageToken, JobStatus, Outcome, Page, SubmitReceipt,
                     TransportUnavailable, job_bytes)
@@ -202,7 +203,6 @@ class FileIndex:
 
     # -- cancel -------------------------------------------------------------------------
     def cancel(self, job_id: str) -> str:
-        from ...job.outcomes import cancelled_before_start
         for _ in range(3):  # the job may move between looking and acting: look again
             found = self._locate(job_id)
             if found is None:
@@ -260,7 +260,6 @@ def _mtime_ns(entry) -> int:
 
 
 def _mtime_stamp(path: str) -> Optional[str]:
-    from ...job.outcomes import stamp
     try:
         return stamp(os.lstat(path).st_mtime)
     except OSError:
