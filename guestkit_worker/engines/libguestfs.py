@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Tuple
 
-log = logging.getLogger("guestkit_worker.handlers.inspect")  # the notes' logger before the split
+log = logging.getLogger(__name__)
 
 DEFAULT_GUESTFS_PYTHON = "/usr/bin/python3"
 ENGINE_CACHE_SECONDS_NEGATIVE = 300.0

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-logger = logging.getLogger("guestkit_worker.http.server")  # the server the notes are about
+logger = logging.getLogger(__name__)
 
 __all__ = ["BUSY", "Refusal"]
 

@@ -22,7 +22,7 @@ from .runs import Run
 from ..job.states import JobState
 from ..transports.base import Outcome
 
-log = logging.getLogger("guestkit_worker.runtime.execution")  # the notes' logger before the split
+log = logging.getLogger(__name__)
 
 #: How often a job whose idempotency key another worker is running looks again.
 KEY_BUSY_RECHECK_SECONDS = 0.2

@@ -14,7 +14,7 @@ from ..base import ReclaimDecision
 from .keys import GROUP
 from .queue import RedisDelivery, _fields, _text
 
-log = logging.getLogger("guestkit_worker.transports.redis.queue")  # the notes' logger before the split
+log = logging.getLogger(__name__)
 
 #: how many idle pending entries one reclaim looks at (it takes at most ``limit`` of them)
 RECLAIM_SCAN = 100
