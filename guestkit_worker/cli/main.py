@@ -2,8 +2,9 @@
 
 :func:`get_parser` only builds the parser (argparse-manpage imports it); reading the
 environment, logging set-up and everything else happens in :func:`main`, which hands each
-command to its module: run_command, api_command, job_commands, commands (the queue clients)
-and prune.  The options themselves are in options.py, the exit statuses in exitcodes.py.
+command to its module: :mod:`.run`, :mod:`.api`, :mod:`.documents` (validate, submit,
+list-operations), :mod:`.jobs` (the queue clients) and :mod:`.prune`.  The options themselves
+are in :mod:`.options`, the exit statuses in :mod:`.exitcodes`.
 """
 
 import argparse

@@ -1,7 +1,8 @@
 """The worker's command-line options: the table of run options (each also read from
 GUESTKIT_WORKER_<DEST>), the flag groups other commands share, and the functions that read
-them (flag, else environment, else default).  cli.py builds the parser from them; the command
-modules (run_command, job_commands, api_command, commands, prune) read them."""
+them (flag, else environment, else default).  :mod:`.main` builds the parser from them; the
+command modules (:mod:`.run`, :mod:`.documents`, :mod:`.api`, :mod:`.jobs`, :mod:`.prune`)
+read them."""
 
 import argparse
 import os

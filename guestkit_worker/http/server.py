@@ -5,7 +5,7 @@
 * at most ``max_connections`` connections are open at once.  A connection that has not sent a
   byte yet costs no thread: it waits in a selector (the "waiting room") until its request starts
   arriving, and only then is handed to one of at most ``max_connections`` connection threads,
-  created as needed and ended after ``http_threads.THREAD_IDLE_SECONDS`` without work.  So the
+  created as needed and ended after ``threads.THREAD_IDLE_SECONDS`` without work.  So the
   server holds at most ``max_connections`` sockets and threads (plus its accept thread) however
   many clients connect;
 * when every slot is taken, a newcomer takes the slot of an idle connection (one that has sent

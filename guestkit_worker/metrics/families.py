@@ -51,7 +51,7 @@ class WorkerMetrics:
         self.registry = registry
         self.track_last_success = track_last_success
         r = registry
-        # the three histograms a job updates are LeanHistogram (one lock, bisect): see histogram.py
+        # the three histograms a job updates are LeanHistogram (one lock, bisect): see .histogram
         self.jobs_duration = LeanHistogram("guestkit_worker_jobs_duration_seconds",
                                        "Wall time of ended jobs, by operation and final status.",
                                        ["operation", "status"], buckets=DURATION_BUCKETS, registry=r)
