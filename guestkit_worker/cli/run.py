@@ -4,7 +4,7 @@ server, the REST API beside it, and the one-shot textfile."""
 import logging
 import os
 
-from .exitcodes import EXIT_OK, EXIT_TEXTFILE
+from .exitcodes import EXIT_OK, EXIT_TEXTFILE, EXIT_WORKER_ID_TAKEN
 from .options import allow_backing, setup_logging, transport_settings, usage_error
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,9 @@ def cmd_run(args):
             status = EXIT_TEXTFILE
     if not args.once:
         status = EXIT_OK
-    if worker.fatal_status is not None:  # its worker id taken by another process
-        status = worker.fatal_status
+    if worker.fatal_cause == "worker_id_taken":  # another live process holds its --worker-id
+        status = EXIT_WORKER_ID_TAKEN
+        log.error("exit status %d: another live process took this worker's --worker-id", status)
     logging.shutdown()
     if getattr(worker, "stuck_threads", 0):
         os._exit(status)  # do not wait for handler threads that ignore cancellation

@@ -30,7 +30,6 @@ from .committer import COMMIT_BACKLOG_PER_THREAD, Committer
 from .config import WorkerConfig, default_worker_id
 from ..system.diskspace import check_disk_space
 from .execution import Executor
-from ..cli.exitcodes import EXIT_WORKER_ID_TAKEN
 from ..handlers import default_registry
 from .leases import LeaseKeeper
 from ..metrics.families import NullMetrics, WorkerMetrics
@@ -107,7 +106,7 @@ class Worker:
         self._sweeper: Optional[threading.Thread] = None
         self.hard_stop = False                 # set by a second signal
         #: the exit status the worker must end with whatever its jobs did (its worker id taken)
-        self.fatal_status: Optional[int] = None
+        self.fatal_cause: Optional[str] = None  #: why the worker stopped on its own (the CLI maps it to an exit status)
         self.stuck_threads = 0
 
     # -- public -------------------------------------------------------------------------
@@ -191,7 +190,7 @@ class Worker:
     # -- main loop ----------------------------------------------------------------------
     def _tick(self) -> None:
         now, last = time.monotonic(), self._last
-        if getattr(self.transport, "identity_lost", None) and self.fatal_status is None:
+        if getattr(self.transport, "identity_lost", None) and self.fatal_cause is None:
             self._stop_for_identity()
         try:
             if now - last["depth"] >= 0.5:  # not after every job: O(jobs) for files; see _consume
@@ -212,11 +211,11 @@ class Worker:
 
     def _stop_for_identity(self) -> None:
         """Another live process took this worker's id: stop as on a first signal (running jobs
-        finish or go back to the queue; the transport takes nothing more) and exit with
-        EXIT_WORKER_ID_TAKEN."""
-        self.fatal_status = EXIT_WORKER_ID_TAKEN
-        log.error("%s; this worker stops (exit status %d): give every worker of a fleet its own --worker-id",
-                  self.transport.identity_lost, EXIT_WORKER_ID_TAKEN, extra={"event": "worker_id_taken"})
+        finish or go back to the queue; the transport takes nothing more), with the cause
+        ``worker_id_taken`` for the command line's exit status."""
+        self.fatal_cause = "worker_id_taken"
+        log.error("%s; this worker stops: give every worker of a fleet its own --worker-id",
+                  self.transport.identity_lost, extra={"event": "worker_id_taken"})
         self.request_stop()
 
     def _poll_cancel_requests(self) -> None:

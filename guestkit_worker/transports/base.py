@@ -352,7 +352,7 @@ class JobQueue(abc.ABC):
     stopping: Callable[[], bool] = staticmethod(lambda: False)
 
     #: None, or one line saying why this worker must stop now: another live process took its
-    #: worker id (the worker then stops with exit status EXIT_WORKER_ID_TAKEN)
+    #: worker id (the worker then stops; the command line exits with its own status for it)
     identity_lost: Optional[str] = None
 
 
