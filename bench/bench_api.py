@@ -278,7 +278,7 @@ def main():
                             [["delay", common.summary([d * 1000 for d in delays], "{:.1f}"),
                               f"{med_delay / POLL:.3f}"]]))
     mratio = common.med(busy) / common.med(idle)
-    text += (f"\n\n/metrics latency (fresh connection each), 3 rounds x 30, alternating blocks\n"
+    text += ("\n\n/metrics latency (fresh connection each), 3 rounds x 30, alternating blocks\n"
              + common.table(["while", "ms median (min–max)", "× none waiting"],
                             [["no request waiting", common.summary(idle, "{:.2f}"), "1.00"],
                              [f"{WAITERS} requests waiting", common.summary(busy, "{:.2f}"), f"{mratio:.2f}"]]))

@@ -20,9 +20,9 @@ import types
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-from guestkit_worker.system.checksum import verify_sha256  # noqa: E402
-from guestkit_worker.runtime.context import HandlerContext  # noqa: E402
 from guestkit_worker.metrics.families import NullMetrics  # noqa: E402
+from guestkit_worker.runtime.context import HandlerContext  # noqa: E402
+from guestkit_worker.system.checksum import verify_sha256  # noqa: E402
 
 SIZE = 256 * 1024 * 1024
 

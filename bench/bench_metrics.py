@@ -31,7 +31,6 @@ import timeit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-
 from prometheus_client import CollectorRegistry, Counter, Histogram  # noqa: E402
 
 from guestkit_worker.metrics.families import DURATION_BUCKETS, NullMetrics, WorkerMetrics  # noqa: E402

@@ -19,7 +19,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, disable_created_metrics, start_http_server  # noqa: E402
 
 

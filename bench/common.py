@@ -153,8 +153,9 @@ def parser(description):
 # -- machine ---------------------------------------------------------------------------------
 
 def machine():
-    import prometheus_client  # noqa: F401
     from importlib import metadata
+
+    import prometheus_client  # noqa: F401
     cpu = "?"
     try:
         with open("/proc/cpuinfo") as fh:

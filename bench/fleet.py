@@ -19,7 +19,6 @@ import json
 import mmap
 import os
 import resource
-import signal
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ def worker_has_redis():
     """True when the installed CLI has ``--transport redis`` (and redis-py is importable)."""
     try:
         import redis  # noqa: F401
+
         from guestkit_worker.transports.redis import scripts  # noqa: F401
     except ImportError:
         return False
@@ -59,6 +59,7 @@ def submit_jobs(url, n):
     """N echo jobs through the transport's own submit script with its arguments (what the API
     and `submit` do), all in one MULTI/EXEC: they appear at once to workers already waiting."""
     import redis
+
     from guestkit_worker.transports.redis.keys import Keys
     from guestkit_worker.transports.redis.queue import digest, job_facts, now_iso
     from guestkit_worker.transports.redis.scripts import load_scripts
@@ -177,6 +178,7 @@ def _wait_stored(count, n, timeout=30.0):
 def _have_scripts():
     try:
         import redis  # noqa: F401
+
         from guestkit_worker.transports.redis import scripts  # noqa: F401
         return True
     except ImportError:

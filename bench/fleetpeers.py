@@ -24,10 +24,10 @@ import sys
 import threading
 import time
 from importlib import metadata
-from typing import Callable, Dict, Optional
+from typing import Callable
 
 STAMPS_ENV = "GKW_BENCH_STAMPS"
-_STAMPS: Optional[mmap.mmap] = None
+_STAMPS: mmap.mmap | None = None
 _pack = struct.Struct("d").pack_into
 
 
@@ -232,14 +232,14 @@ class Peer:
         #: is flat from the first job)
         self.jobs_divisor = jobs_divisor
 
-    def version(self) -> Optional[str]:
+    def version(self) -> str | None:
         try:
             return metadata.version(self.dist)
         except metadata.PackageNotFoundError:
             return None
 
 
-PEERS: Dict[str, Peer] = {p.name: p for p in (
+PEERS: dict[str, Peer] = {p.name: p for p in (
     Peer("dramatiq", "dramatiq", _dramatiq, dramatiq_enqueue, dramatiq_work, dramatiq_stored,
          "at least once: a message stays in the worker's ack set until acked; a dead worker's "
          "unacked messages are requeued by another worker after its heartbeat times out"),

@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import time
-from typing import Optional
 
 import common
 
@@ -20,7 +19,7 @@ class RedisServer:
 
     def __init__(self, fsync: str = "everysec") -> None:
         self.fsync = fsync
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
         self.port = 0
         self.dir = ""
 
@@ -28,7 +27,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         exe = shutil.which("redis-server")
         if not exe:
             raise SystemExit("redis-server not found (Debian package redis-server)")

@@ -179,7 +179,7 @@ def make_root_tree(root):
 
 
 def _run(argv, **kw):
-    subprocess.run(argv, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    subprocess.run(argv, check=True, capture_output=True, **kw)
 
 
 def build_debian_image(directory):

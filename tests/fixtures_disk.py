@@ -9,8 +9,8 @@ import os
 import types
 
 import pytest
-
 from diskimage import GUESTFS_ENV, build_debian_image, require_tool
+
 from guestkit_worker.runtime.context import HandlerContext
 
 _CACHE = {}

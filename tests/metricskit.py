@@ -5,9 +5,8 @@ import re
 import subprocess
 import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def parse(text):

@@ -18,7 +18,6 @@ import time
 import uuid
 
 import pytest
-
 from conftest import require, require_tool, wait_for
 
 

@@ -6,7 +6,6 @@ import os
 import subprocess
 
 import pytest
-
 from apikit import Pki, call, served, write_tokens  # noqa: F401 (fixture)
 from conftest import cli, make_job, require_tool, worker_env
 

@@ -6,7 +6,6 @@ import os
 import subprocess
 
 import pytest
-
 from apikit import call, served  # noqa: F401 (fixture)
 from conftest import cli, make_job, require_tool, wait_for
 

@@ -7,7 +7,6 @@ import signal
 import socket
 
 import pytest
-
 from apikit import call, scrape_values, served  # noqa: F401 (fixture)
 from conftest import make_job, wait_for
 

@@ -7,15 +7,15 @@ import logging
 import socket
 
 import pytest
+from apikit import Pki, call, raw, write_tokens
+from conftest import make_job, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from apikit import Pki, call, raw, write_tokens
-from conftest import make_job, wait_for
 from guestkit_worker.api.service import ApiOptions, check_exposure, start_api
+from guestkit_worker.handlers import default_registry
 from guestkit_worker.http.auth import TokenSet, bearer_token
 from guestkit_worker.job.errors import ConfigError
-from guestkit_worker.handlers import default_registry
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 OTHER = "another-valid-token-abcdefghijkl"

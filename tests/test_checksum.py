@@ -4,10 +4,10 @@ import hashlib
 import os
 
 import pytest
-
 from fixtures_disk import make_context
-from guestkit_worker.system import checksum
+
 from guestkit_worker.job.errors import HandlerError, JobCancelled, JobValidationError
+from guestkit_worker.system import checksum
 
 pytestmark = pytest.mark.timeout(120)
 

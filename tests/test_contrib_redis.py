@@ -11,7 +11,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import make_job, require_tool, wait_for
 from redisfixture import free_port, require_redis_py
 
@@ -146,6 +145,7 @@ def test_exporter_with_the_shipped_arguments_sees_the_pools_streams(exporter, re
         assert _value(text, "redis_stream_group_consumer_idle_seconds", stream=k.jobs, consumer="exporter-w1") is not None
         # every series the fleet alerts and dashboard name is exported by redis_exporter or by a worker
         from prometheus_client import CollectorRegistry, generate_latest
+
         from guestkit_worker.metrics.families import WorkerMetrics
         reg = CollectorRegistry()
         WorkerMetrics(operations=["system.echo"], handlers=["system.echo"], worker_id="w", pool="p", version="0",

@@ -7,13 +7,13 @@ import subprocess
 import threading
 
 import pytest
-
-from diskimage import require_tool
 from conftest import allowed_roots
+from diskimage import require_tool
 from fixtures_disk import make_context
-from guestkit_worker.job.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
+
 from guestkit_worker.handlers import convert as convert_mod
 from guestkit_worker.handlers.convert import ConvertHandler
+from guestkit_worker.job.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -8,11 +8,11 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import require, wait_for
 from faultkit import Worker
-from guestkit_worker.cli.optiontypes import size
 from metricskit import get, parse, scrape, value
+
+from guestkit_worker.cli.optiontypes import size
 
 
 @contextlib.contextmanager

@@ -8,8 +8,8 @@ import sys
 import zipfile
 
 import pytest
-
 from conftest import ROOT, require_tool
+
 from guestkit_worker.cli.main import RUN_OPTIONS
 
 pytestmark = pytest.mark.timeout(300)

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import cli, make_job, wait_for, worker_env, write_job
+
 from guestkit_worker.cli.main import EXIT_TEXTFILE, _commands, get_parser
 
 

@@ -14,7 +14,6 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import UPSTREAM_JOBS, cli, make_job, worker_env, write_job
 from diskimage import EXPECTED, GUESTFS_ENV
 from metricskit import parse, value

@@ -10,18 +10,29 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
-
 from conftest import Dirs, make_job, wait_for, write_job
-from guestkit_worker.runtime.committer import COMMIT_BACKLOG_PER_THREAD
-from faultkit import (SHIM_MAIN, Worker, archived, cap_drop_prefix, journal_job, load_results, plugin_env,
-                      processing, read_journal, temp_files, total, waiting)
+from faultkit import (
+    SHIM_MAIN,
+    Worker,
+    archived,
+    cap_drop_prefix,
+    journal_job,
+    load_results,
+    plugin_env,
+    processing,
+    read_journal,
+    temp_files,
+    total,
+    waiting,
+)
 from metricskit import get
+
+from guestkit_worker.runtime.committer import COMMIT_BACKLOG_PER_THREAD
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -77,7 +77,9 @@ def test_a_running_job_id_is_held_once_and_freed_when_its_holder_dies(tmp_path):
     import signal
     import subprocess
     import sys
+
     from conftest import ROOT
+
     from guestkit_worker.transports.files.queue import FileDelivery
 
     def delivery(name):

@@ -5,8 +5,8 @@ import threading
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from guestkit_worker.metrics.histogram import LeanHistogram
 from guestkit_worker.metrics.families import DURATION_BUCKETS, QUEUE_WAIT_BUCKETS
+from guestkit_worker.metrics.histogram import LeanHistogram
 
 VALUES = [0.0, 0.3, 1.0, 1.0000001, 2.0, 5.5, 2048.0, 2049.0, 1e6, -1.0]
 

@@ -10,12 +10,22 @@ import threading
 import time
 
 import pytest
-from prometheus_client import CollectorRegistry
-
 from conftest import cli, make_job, require_tool, wait_for, write_job
-from faultkit import (OpenWatch, Worker, archived, cap_drop_prefix, journal_job, load_results, plugin_env,
-                      processing, read_journal, total, waiting)
+from faultkit import (
+    OpenWatch,
+    Worker,
+    archived,
+    cap_drop_prefix,
+    journal_job,
+    load_results,
+    plugin_env,
+    processing,
+    read_journal,
+    total,
+    waiting,
+)
 from metricskit import get
+from prometheus_client import CollectorRegistry
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -244,7 +254,8 @@ def test_duplicate_job_id_of_a_running_job_is_rejected(dirs):
 
 def test_job_file_removed_between_listing_and_claiming(dirs):
     """The scan lists a name, the producer deletes the file, then a job thread claims it."""
-    from guestkit_worker.runtime.worker import Worker as InProcessWorker, WorkerConfig
+    from guestkit_worker.runtime.worker import Worker as InProcessWorker
+    from guestkit_worker.runtime.worker import WorkerConfig
     for i in range(3):
         write_job(dirs.jobs, make_job(f"stays-{i:08d}"), f"stays-{i}.json")
     for i in range(3):

@@ -16,9 +16,9 @@ import socket
 import threading
 
 import pytest
-
 from apikit import Served, write_tokens
 from conftest import Dirs
+
 from guestkit_worker.http.request import _DISCARD_MAX_BYTES as DRAINED
 
 TOKEN = "framing-token-0123456789abcdef"

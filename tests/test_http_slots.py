@@ -280,6 +280,7 @@ def test_slow_tls_handshakes_and_heads_make_room_over_tls(tmp_path):
     import itertools
 
     from apikit import Pki
+
     from guestkit_worker.http.server import serve_wsgi
     pki = Pki(tmp_path / "pki")
     kinds = itertools.cycle(["handshake", "head"])
@@ -306,6 +307,7 @@ def test_a_tls_hello_sent_a_byte_at_a_time_is_cut_at_the_header_deadline(tmp_pat
     """A client sending its ClientHello a byte every 0.2 s is cut at the header deadline (0.5 s
     here; before: after 10 s, the connection timeout; in-process server)."""
     from apikit import Pki
+
     from guestkit_worker.http import request as http_request
     from guestkit_worker.http.server import serve_wsgi
     monkeypatch.setattr(http_request, "HEADER_DEADLINE", 0.5)

@@ -9,7 +9,6 @@ import subprocess
 import threading
 
 import pytest
-
 from conftest import allowed_roots, cli, make_job, require_tool, write_job
 from fixtures_disk import make_context
 
@@ -197,8 +196,8 @@ def test_the_engine_opens_what_was_checked_not_what_is_there_later(tmp_path):
 def test_inspect_of_an_image_backed_by_another_tenants_disk_is_refused_before_any_appliance(tmp_path):
     """Before: guestkit.inspect of a qcow2 whose backing file was another tenant's image
     returned that tenant's hostname and users.  Now it fails before libguestfs starts."""
-    from guestkit_worker.job.errors import HandlerError
     from guestkit_worker.handlers.inspect import InspectHandler
+    from guestkit_worker.job.errors import HandlerError
     allowed, secret = _layout(str(tmp_path))
     image = _qcow2_backed_by(os.path.join(allowed, "mine.qcow2"), secret)
     ctx, metrics = make_context(tmp_path, allowed_paths=[allowed])

@@ -14,16 +14,15 @@ import threading
 import time
 
 import pytest
-
 from conftest import UPSTREAM_JOBS
-
 from diskimage import require_tool
 from fixtures_disk import make_context
-from guestkit_worker.system.checksum import sha256_file
-from guestkit_worker.job.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
+
 from guestkit_worker.engines import libguestfs as engine_mod
 from guestkit_worker.handlers import inspect as inspect_mod
 from guestkit_worker.handlers.inspect import InspectHandler, effective_sections, summarize
+from guestkit_worker.job.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
+from guestkit_worker.system.checksum import sha256_file
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -171,6 +170,7 @@ def test_probe_finds_its_sections_module_however_it_is_run(tmp_path):
     own directory even from another working directory with PYTHONSAFEPATH set (which keeps
     the script's directory off sys.path)."""
     import subprocess
+
     from guestkit_worker.engines import probe_script
     require_tool("guestfs")
     env = dict(os.environ, PYTHONSAFEPATH="1", PYTHONPATH="")

@@ -9,6 +9,7 @@ import re
 import signal
 
 from conftest import cli, make_job, start_worker, wait_for, write_job
+
 from guestkit_worker.cli.logsetup import JsonFormatter, TextFormatter, escape_controls, setup
 
 RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \[")
@@ -145,9 +146,9 @@ def test_sigterm_on_an_idle_daemon_is_logged(dirs):
 
 
 def test_progress_inside_a_phase_is_logged_at_info_at_most_every_10_percent_and_30_s(tmp_path, caplog):
-    from guestkit_worker.runtime.context import HandlerContext
-    from guestkit_worker.metrics.families import NullMetrics
     from guestkit_worker.job.protocol import validate_document
+    from guestkit_worker.metrics.families import NullMetrics
+    from guestkit_worker.runtime.context import HandlerContext
     ctx = HandlerContext(validate_document(make_job("progress-log-01")), worker_id="w", work_dir=str(tmp_path),
                          metrics=NullMetrics(), progress_path=str(tmp_path / "p.jsonl"))
     clock = [1000.0]

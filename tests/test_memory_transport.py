@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import cli, make_job, worker_env
-from guestkit_worker.runtime.config import WorkerConfig
+
 from guestkit_worker.job.errors import ConfigError
+from guestkit_worker.runtime.config import WorkerConfig
 from guestkit_worker.transports import open_transport
 from guestkit_worker.transports.base import LeaseLost, Outcome
 from guestkit_worker.transports.memory import MemoryBroker, MemoryTransport
@@ -113,7 +113,8 @@ def test_it_imports_nothing_of_the_runtime():
             "print('\\n'.join(sorted(n for n in sys.modules if n.startswith('guestkit_worker'))))")
     out = subprocess.run([sys.executable, "-c", code], env=worker_env(), capture_output=True, text=True,
                          timeout=60, check=True).stdout.split()
-    assert set(out) == {"guestkit_worker", "guestkit_worker.job.errors", "guestkit_worker.transports",
+    assert set(out) == {"guestkit_worker", "guestkit_worker.job", "guestkit_worker.job.errors",
+                        "guestkit_worker.transports",
                         "guestkit_worker.transports.base", "guestkit_worker.transports.memory",
                         "guestkit_worker.transports.memory.broker", "guestkit_worker.transports.memory.reclaim",
                         "guestkit_worker.transports.memory.store",

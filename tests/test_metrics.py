@@ -10,11 +10,10 @@ import time
 import urllib.parse
 
 import pytest
-from prometheus_client import CollectorRegistry
-
 from conftest import cli, make_job, require_tool, start_worker, wait_for, write_job
 from faultkit import total
-from metricskit import (get, parse, scrape, series, start_and_find_port, stop, value, worker_url)
+from metricskit import get, parse, scrape, series, start_and_find_port, stop, value, worker_url
+from prometheus_client import CollectorRegistry
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -6,7 +6,6 @@ import subprocess
 import urllib.parse
 
 import pytest
-
 from conftest import cli, require_tool, start_worker, wait_for
 from metricskit import start_and_find_port, stop, worker_url
 

@@ -7,12 +7,12 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import allowed_roots, cli, make_job, require, require_tool, write_job
 from fixtures_disk import make_context
+
 from guestkit_worker.engines.outputs import OWNER_XATTR, PrivateOutput, is_own_output
-from guestkit_worker.job.errors import HandlerError
 from guestkit_worker.handlers.convert import ConvertHandler
+from guestkit_worker.job.errors import HandlerError
 
 pytestmark = pytest.mark.timeout(180)
 

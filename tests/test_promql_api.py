@@ -6,7 +6,6 @@ import json
 import urllib.parse
 
 import pytest
-
 from apikit import call, served  # noqa: F401 (fixture)
 from conftest import make_job, require_tool, wait_for
 from metricskit import get, start_and_find_port, stop

@@ -8,7 +8,6 @@ import re
 import urllib.parse
 
 import pytest
-
 from conftest import ROOT, cli, make_job, require_tool, start_worker, wait_for, write_job
 from metricskit import get, start_and_find_port, stop, worker_url
 from test_contrib import concrete, dashboard, dashboard_targets

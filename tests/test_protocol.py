@@ -5,8 +5,8 @@ import json
 import os
 
 import pytest
-
 from conftest import UPSTREAM_JOBS, make_job
+
 from guestkit_worker.job.errors import JobFileError, JobValidationError
 from guestkit_worker.job.protocol import decode_job_bytes, pool_accepts, validate_document
 

@@ -8,8 +8,8 @@ import os
 import time
 
 import pytest
-
 from conftest import cli, make_job, start_worker, wait_for, write_job
+
 from guestkit_worker.cli.prune import parse_duration
 
 

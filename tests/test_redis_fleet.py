@@ -12,12 +12,10 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
-
-from conftest import Dirs, make_job, wait_for
+from conftest import Dirs, wait_for
 from faultkit import Worker, journal_job, plugin_env
 from metricskit import parse, scrape
 from redisfixture import require_redis_py, start_redis
@@ -303,6 +301,7 @@ def test_status_result_list_cancel_on_redis_locally_and_through_the_api(tmp_path
     """The client commands on --transport redis (no --api), and the REST API of a worker on
     Redis: the same answers from the same keys."""
     import re
+
     from apikit import call
     journal = tmp_path / "journal"
     env = plugin_env(tmp_path)

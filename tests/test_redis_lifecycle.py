@@ -7,7 +7,6 @@ import signal
 import time
 
 import pytest
-
 from conftest import Dirs, wait_for
 from faultkit import Worker, journal_job, plugin_env
 from redisfixture import free_port, require_redis_py, start_redis

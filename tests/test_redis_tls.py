@@ -9,7 +9,6 @@ import os
 import tempfile
 
 import pytest
-
 from apikit import Pki
 from conftest import cli, make_job, worker_env
 from redisfixture import require_redis_py, start_redis, stored_result, submit_and_run_once
@@ -142,10 +141,11 @@ def test_after_a_first_round_trip_the_same_symptom_is_an_outage(tmp_path, pki, p
     """A worker that has talked to its Redis over TLS rides out a server that now speaks plain
     Redis on that port (TransportUnavailable, /health failing) instead of stopping; a new
     transport is told at once."""
+    from redisfixture import RedisServer
+
     from guestkit_worker.job.errors import ConfigError
     from guestkit_worker.transports.base import TransportUnavailable
     from guestkit_worker.transports.redis import RedisTransport
-    from redisfixture import RedisServer
     tls = start_redis(tmp_path / "tls", tls=pki)
     t = RedisTransport(tls.url, "outage-w1", pool=pool, tls_ca_file=pki.ca)
     plain = None
@@ -171,8 +171,9 @@ def test_a_worker_started_before_its_tls_redis_waits_for_it(tmp_path, pki, pool)
     """Nobody listening yet (connection refused) is no configuration error: open() waits."""
     import threading
 
-    from guestkit_worker.transports.redis import RedisTransport
     from redisfixture import RedisServer
+
+    from guestkit_worker.transports.redis import RedisTransport
     server = RedisServer(tmp_path / "redis", tls=pki)  # its port chosen, not started
     t = RedisTransport(server.url, "tls-early-bird", pool=pool, tls_ca_file=pki.ca)
     opened = threading.Thread(target=t.open, daemon=True)

@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import ROOT, make_job, wait_for
 from redisfixture import RedisServer, require_redis_py, start_redis
 

@@ -7,7 +7,6 @@ import os
 import stat
 
 import pytest
-
 from conftest import cli, make_job
 from redisfixture import require_redis_py, start_redis, stored_result, submit_and_run_once
 

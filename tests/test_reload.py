@@ -8,7 +8,6 @@ import signal
 import subprocess
 
 import pytest
-
 from apikit import Pki, call, served  # noqa: F401 (fixture)
 from conftest import require_tool, wait_for
 

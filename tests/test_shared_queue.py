@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import cli, make_job, start_worker, wait_for, worker_env, write_job
+
 from guestkit_worker.transports.files import FileTransport
 
 

@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import make_job, wait_for, write_job
 from faultkit import Worker, archived, total, waiting
 from metricskit import get, parse

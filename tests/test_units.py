@@ -6,15 +6,15 @@ import subprocess
 import sys
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-
-from guestkit_worker.system import atomic
-from guestkit_worker.job.errors import InvalidTransition
-from guestkit_worker.metrics.families import NullMetrics, WorkerMetrics
-from guestkit_worker.system.procs import descendants, kill_tree
-from guestkit_worker.job.states import JobState, check_transition
 from conftest import wait_for
 from metricskit import parse, value
+from prometheus_client import CollectorRegistry, generate_latest
+
+from guestkit_worker.job.errors import InvalidTransition
+from guestkit_worker.job.states import JobState, check_transition
+from guestkit_worker.metrics.families import NullMetrics, WorkerMetrics
+from guestkit_worker.system import atomic
+from guestkit_worker.system.procs import descendants, kill_tree
 
 
 def test_state_machine_happy_paths():

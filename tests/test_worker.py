@@ -8,7 +8,6 @@ import signal
 import subprocess
 
 import pytest
-
 from conftest import cli, make_job, start_worker, wait_for, write_job
 
 pytestmark = pytest.mark.timeout(180)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable
 from urllib.parse import parse_qsl
 
 from .. import PROTOCOL_VERSION
@@ -40,7 +40,7 @@ ROUTES = (
 UNMATCHED = "unmatched"
 
 
-def match(path: str) -> Tuple[str, Optional[Dict[str, str]], Dict[str, str]]:
+def match(path: str) -> tuple[str, dict[str, str] | None, dict[str, str]]:
     """(route template, path parameters or None when nothing matched, methods)."""
     for template, pattern, methods in ROUTES:
         found = pattern.fullmatch(path)
@@ -59,7 +59,7 @@ class ApiApp:
     ``tokens`` None means no authentication (loopback only, enforced by the caller)."""
 
     def __init__(self, jobs: JobsApi, *, capabilities: Callable[[], dict],
-                 health: Callable[[], Tuple[bool, dict]], tokens: Optional[TokenSet],
+                 health: Callable[[], tuple[bool, dict]], tokens: TokenSet | None,
                  max_body: int, metrics: ApiMetrics) -> None:
         self.jobs = jobs
         self.capabilities = capabilities
@@ -101,7 +101,7 @@ class ApiApp:
                        "right now; nothing was changed; retry later", headers=[("Retry-After", "5")])
         return Answer(503, error_body(err), err.headers)
 
-    def _answer(self, environ: dict, method: str, params: Optional[dict], methods: dict) -> Answer:
+    def _answer(self, environ: dict, method: str, params: dict | None, methods: dict) -> Answer:
         if self.tokens is not None:
             self._authenticate(environ)
         if params is None:
@@ -172,7 +172,7 @@ class ApiApp:
 
 
 def capabilities_document(*, worker_id: str, pool: str, version: str, registry: Any,
-                          max_concurrent: Optional[int], max_job_size: int) -> Callable[[], dict]:
+                          max_concurrent: int | None, max_job_size: int) -> Callable[[], dict]:
     """A capabilities() callable for :class:`ApiApp` (engine checks are cached by the handlers)."""
 
     def capabilities() -> dict:

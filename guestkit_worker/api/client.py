@@ -7,12 +7,11 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
-from typing import Any, Optional, Tuple
+from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from ..http.auth import load_tokens
 from ..job.errors import ConfigError, GuestkitWorkerError
-
 
 #: Failures of a request that a busy server causes (its answer lost to a reset, a connection
 #: closed without an answer, a TLS connection refused before its handshake): worth a retry.
@@ -42,7 +41,7 @@ def _bad_url(url: str, problem: str) -> ConfigError:
     return ConfigError(f"--api {shown}: {problem}; {_BASE_URL_HINT}")
 
 
-def parse_base_url(url: str) -> Tuple[str, str, int, str]:
+def parse_base_url(url: str) -> tuple[str, str, int, str]:
     """(scheme, host, port, path prefix) of an --api base URL; ConfigError (one line naming
     --api and the form wanted) for anything that is not ``http[s]://HOST[:PORT][/PREFIX]``."""
     if any(ch.isspace() or not ch.isprintable() for ch in url):
@@ -80,8 +79,8 @@ def _job_not_found(body: Any) -> bool:
 class ApiClient:
     """``base_url`` like ``http://127.0.0.1:8080`` or ``https://host:8443``."""
 
-    def __init__(self, base_url: str, *, token: Optional[str] = None, ca_file: Optional[str] = None,
-                 client_cert: Optional[str] = None, client_key: Optional[str] = None,
+    def __init__(self, base_url: str, *, token: str | None = None, ca_file: str | None = None,
+                 client_cert: str | None = None, client_key: str | None = None,
                  timeout: float = 30.0) -> None:
         self.scheme, self.host, self.port, self.prefix = parse_base_url(base_url)
         self.base_url = base_url
@@ -97,8 +96,8 @@ class ApiClient:
                 raise ConfigError(f"cannot load the API client's TLS files: "
                                   f"{getattr(exc, 'strerror', None) or exc}") from None
 
-    def request(self, method: str, path: str, body: Optional[bytes] = None,
-                timeout: Optional[float] = None) -> Tuple[int, Any]:
+    def request(self, method: str, path: str, body: bytes | None = None,
+                timeout: float | None = None) -> tuple[int, Any]:
         """(HTTP status, decoded JSON body); ApiUnreachable when there is no JSON answer,
         ConfigError (naming --api) for a 404 that is not the API's "no such job"."""
         headers = {"Accept": "application/json"}
@@ -136,19 +135,19 @@ class ApiClient:
     def job_path(job_id: str, tail: str = "") -> str:
         return f"/api/v1/jobs/{quote(job_id, safe='')}{tail}"
 
-    def submit(self, raw: bytes) -> Tuple[int, Any]:
+    def submit(self, raw: bytes) -> tuple[int, Any]:
         return self.request("POST", "/api/v1/jobs", raw)
 
-    def status(self, job_id: str) -> Tuple[int, Any]:
+    def status(self, job_id: str) -> tuple[int, Any]:
         return self.request("GET", self.job_path(job_id))
 
-    def result(self, job_id: str, wait: float = 0) -> Tuple[int, Any]:
+    def result(self, job_id: str, wait: float = 0) -> tuple[int, Any]:
         query = f"?wait={wait:g}" if wait > 0 else ""
         return self.request("GET", self.job_path(job_id, "/result") + query, timeout=self.timeout + wait)
 
-    def cancel(self, job_id: str) -> Tuple[int, Any]:
+    def cancel(self, job_id: str) -> tuple[int, Any]:
         return self.request("DELETE", self.job_path(job_id))
 
-    def list(self, **query: Any) -> Tuple[int, Any]:
+    def list(self, **query: Any) -> tuple[int, Any]:
         given = {k: v for k, v in query.items() if v is not None}
         return self.request("GET", "/api/v1/jobs" + (f"?{urlencode(given)}" if given else ""))

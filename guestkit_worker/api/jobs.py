@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Mapping, Optional
+from collections.abc import Mapping
+from typing import Callable
 
 from ..job.errors import JobFileError, JobValidationError
 from ..job.protocol import Job, check_job_id
-from ..transports.base import (FINAL_STATUSES, JOB_STATUSES, InvalidPageToken, JobTooLarge, OutcomeUnknown,
-                               Transport)
+from ..transports.base import (
+    FINAL_STATUSES,
+    JOB_STATUSES,
+    InvalidPageToken,
+    JobTooLarge,
+    OutcomeUnknown,
+    Transport,
+)
 from .limits import DEFAULT_MAX_WAITS, DEFAULT_PAGE, MAX_PAGE, MAX_PROGRESS_AFTER, MAX_WAIT
 from .responses import Answer, ApiError, busy, ok
 
@@ -31,7 +38,7 @@ def _bad_param(name: str, reason: str) -> ApiError:
     return ApiError(400, "INVALID_PARAMETER", f"{name}: {reason}", field=name)
 
 
-def _number(query: Mapping[str, str], name: str, kind: type, *, low: float, high: Optional[float] = None):
+def _number(query: Mapping[str, str], name: str, kind: type, *, low: float, high: float | None = None):
     text = query.get(name)
     if text is None:
         return None
@@ -114,7 +121,7 @@ class JobsApi:
         current = self.transport.job_status(job_id) or status
         return ok({"job_id": job_id, "status": current.status}, 202)
 
-    def _wait(self, job_id: str, seconds: float) -> Optional[dict]:
+    def _wait(self, job_id: str, seconds: float) -> dict | None:
         if not self._wait_slots.acquire(blocking=False):
             raise busy("TOO_MANY_WAITS", "too many requests are waiting for results; retry later "
                        "or ask again without wait")

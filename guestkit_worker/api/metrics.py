@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 #: Methods kept as a label value; any other method is counted as "other".
@@ -14,7 +12,7 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 class ApiMetrics:
     """The API's collectors, registered in ``registry`` (the worker's, so one /metrics shows both)."""
 
-    def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
         registry = REGISTRY if registry is None else registry
         self.requests = Counter(
             "guestkit_api_requests_total", "REST API requests answered, by route template, method "

@@ -4,17 +4,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any
 
-Headers = Sequence[Tuple[str, str]]
+Headers = Sequence[tuple[str, str]]
 
 
 class ApiError(Exception):
     """An error answer: HTTP status, error code, message, optional field and extra headers."""
 
-    def __init__(self, status: int, code: str, message: str, *, field: Optional[str] = None,
-                 details: Optional[dict] = None, headers: Headers = ()) -> None:
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None,
+                 details: dict | None = None, headers: Headers = ()) -> None:
         super().__init__(message)
         self.status = status
         self.code = code

@@ -22,9 +22,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ssl
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable
 
-from ..http import listen as httplisten, server as wsgiserver
+from ..http import listen as httplisten
+from ..http import server as wsgiserver
 from ..job.errors import ConfigError
 from .limits import DEFAULT_MAX_CONNECTIONS
 
@@ -37,8 +38,8 @@ _REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json
             b"Content-Length: %d\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY))
 
 
-def tls_context(tls_cert: Optional[str], tls_key: Optional[str],
-                client_ca: Optional[str]) -> Optional[ssl.SSLContext]:
+def tls_context(tls_cert: str | None, tls_key: str | None,
+                client_ca: str | None) -> ssl.SSLContext | None:
     """The API's TLS server context (None without a certificate); ConfigError on a bad file."""
     if not (tls_cert or tls_key):
         if client_ca:
@@ -57,10 +58,10 @@ def tls_context(tls_cert: Optional[str], tls_key: Optional[str],
     return context
 
 
-def start_api_server(addr: Union[str, Tuple[str, int]], app: Callable, *,
-                     tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
-                     client_ca: Optional[str] = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                     request_deadline: Optional[float] = None,
+def start_api_server(addr: str | tuple[str, int], app: Callable, *,
+                     tls_cert: str | None = None, tls_key: str | None = None,
+                     client_ca: str | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                     request_deadline: float | None = None,
                      on_refused: Callable[[], None] = lambda: None,
                      start: bool = True) -> wsgiserver.WSGIService:
     """Serve ``app`` (a WSGI callable) on ``addr``; returns the service (``url``, ``port``,

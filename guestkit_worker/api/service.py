@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable
 
 from .. import __version__
+from ..http.auth import TokenSet
+from ..http.server import parse_addr
 from ..job.errors import ConfigError
 from ..transports.base import Transport
-from .precheck import admit
 from .app import ApiApp, capabilities_document
-from ..http.auth import TokenSet
 from .jobs import JobsApi
-from .metrics import ApiMetrics
-from ..http.server import parse_addr
 from .limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAITS
+from .metrics import ApiMetrics
+from .precheck import admit
 from .server import is_loopback, start_api_server, tls_context
 
 log = logging.getLogger(__name__)
@@ -27,16 +28,16 @@ class ApiOptions:
     """The ``--api-*`` options."""
 
     addr: str
-    token_file: Optional[str] = None
-    tls_cert: Optional[str] = None
-    tls_key: Optional[str] = None
-    client_ca: Optional[str] = None
+    token_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    client_ca: str | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_waits: int = DEFAULT_MAX_WAITS
-    request_deadline: Optional[float] = None  #: seconds for a whole request (None: the server's 30)
+    request_deadline: float | None = None  #: seconds for a whole request (None: the server's 30)
 
 
-def check_exposure(options: ApiOptions, allow_paths: Optional[Sequence[str]]) -> Tuple[str, int]:
+def check_exposure(options: ApiOptions, allow_paths: Sequence[str] | None) -> tuple[str, int]:
     """The address to bind; ConfigError when a non-loopback address lacks tokens or a path policy."""
     host, port = parse_addr(options.addr, "--api-addr")
     if not is_loopback(host):
@@ -63,8 +64,8 @@ def _warn_if_readable_by_others(path: str) -> None:
 
 
 def start_api(options: ApiOptions, *, transport: Transport, registry: Any,
-              allow_paths: Optional[Sequence[str]], health: Callable[[], Tuple[bool, dict]],
-              worker_id: str, pool: str, max_concurrent: Optional[int], max_job_size: int,
+              allow_paths: Sequence[str] | None, health: Callable[[], tuple[bool, dict]],
+              worker_id: str, pool: str, max_concurrent: int | None, max_job_size: int,
               metrics_registry: Any = None, start: bool = True):
     """Check the options, load the tokens and serve the API; returns the server handle
     (``url``, ``port``, ``start()``, ``shutdown()``).  ``registry`` is the handler registry,

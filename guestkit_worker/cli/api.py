@@ -8,7 +8,7 @@ import argparse
 import logging
 import signal
 import threading
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable
 
 from ..job.errors import ConfigError
 from .options import allow_backing, transport_settings
@@ -60,7 +60,7 @@ def admission_registry(args: argparse.Namespace, transport: Any):
 
 
 def serve_api(args: argparse.Namespace, *, transport: Any, worker_id: str,
-              health: Callable[[], Tuple[bool, dict]], max_concurrent: Optional[int], metrics_registry: Any,
+              health: Callable[[], tuple[bool, dict]], max_concurrent: int | None, metrics_registry: Any,
               registry: Any = None, start: bool = True):
     """Start the API described by args over ``transport``, admitting jobs with ``registry``
     (default: the handlers with --allow-path); returns the server handle."""
@@ -86,11 +86,11 @@ def start_worker_api(args: argparse.Namespace, worker: Any, metrics_registry: An
                       metrics_registry=metrics_registry, start=False)]
 
 
-def transport_health(transport: Any, worker_id: str, pool: str) -> Callable[[], Tuple[bool, dict]]:
+def transport_health(transport: Any, worker_id: str, pool: str) -> Callable[[], tuple[bool, dict]]:
     """/health of ``guestkit-worker api``: the transport's checks."""
     from .. import __version__
 
-    def health() -> Tuple[bool, dict]:
+    def health() -> tuple[bool, dict]:
         checks = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in transport.health().items()}
         healthy = all(c["ok"] for c in checks.values())
         return healthy, {"status": "healthy" if healthy else "unhealthy", "worker_id": worker_id,

@@ -18,11 +18,11 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable
 
 from ..job.errors import ConfigError
-from .exitcodes import EXIT_OUTCOME_UNKNOWN
 from ..transports.base import JOB_STATUSES
+from .exitcodes import EXIT_OUTCOME_UNKNOWN
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_NOT_FINISHED, EXIT_REFUSED, EXIT_UNAVAILABLE = range(7)
 #: ``--wait`` without a value: wait up to an hour.
@@ -35,7 +35,7 @@ _BUSY_ERRORS = ("TOO_MANY_WAITS", "TOO_MANY_CONNECTIONS")
 CLIENT_COMMANDS = ("status", "result", "list", "cancel")
 _ENV = "GUESTKIT_WORKER_"
 
-Reply = Tuple[int, Any]
+Reply = tuple[int, Any]
 
 
 def add_api_client_options(p: argparse.ArgumentParser) -> None:
@@ -94,7 +94,7 @@ def add_client_commands(sub: Any) -> None:
         _add_local_options(sub.choices[name])
 
 
-def _option(args: argparse.Namespace, dest: str) -> Optional[str]:
+def _option(args: argparse.Namespace, dest: str) -> str | None:
     value = getattr(args, dest, None)
     if value is None:
         value = os.environ.get(_ENV + ("API_URL" if dest == "api" else dest.upper())) or None
@@ -298,14 +298,14 @@ def submit_many(args: argparse.Namespace, backend: Any) -> int:
     return worst
 
 
-def local_jobs(args: argparse.Namespace, allow_paths: Optional[list] = None, *, lock: bool = False) -> LocalJobs:
+def local_jobs(args: argparse.Namespace, allow_paths: list | None = None, *, lock: bool = False) -> LocalJobs:
     """The local transport (the files on --jobs-dir, --results-dir) behind the API's endpoint code.
     ``lock``: open it (take a liveness lock), which cancelling a waiting job needs.  With
     --transport redis (or GUESTKIT_WORKER_TRANSPORT=redis): the pool's Redis keys instead."""
-    from .preflight import existing_dir
     from ..job.protocol import DEFAULT_MAX_JOB_BYTES
     from ..runtime.config import WorkerConfig, default_worker_id
     from ..transports import open_transport
+    from .preflight import existing_dir
     if (getattr(args, "transport", None) or os.environ.get(_ENV + "TRANSPORT")) == "redis":
         from .options import queue_config
         cfg = queue_config(args, f"{default_worker_id()}-cli")
@@ -319,10 +319,10 @@ def local_jobs(args: argparse.Namespace, allow_paths: Optional[list] = None, *, 
     return _local(transport, allow_paths, max_bytes, lock)
 
 
-def _local(transport: Any, allow_paths: Optional[list], max_bytes: int, lock: bool) -> LocalJobs:
+def _local(transport: Any, allow_paths: list | None, max_bytes: int, lock: bool) -> LocalJobs:
     """The API's endpoint code over ``transport`` in this process (opened when ``lock``)."""
-    from ..api.precheck import admit
     from ..api.jobs import JobsApi
+    from ..api.precheck import admit
     registry = []
 
     def admit_here(raw: bytes):
@@ -357,7 +357,7 @@ def run_with_backend(args: argparse.Namespace, action: Callable[[argparse.Namesp
             backend.close()
 
 
-def _job_id_problem(job_id: str) -> Optional[str]:
+def _job_id_problem(job_id: str) -> str | None:
     """Why ``job_id`` cannot be any job's id (the protocol's rules), or None."""
     from ..job.errors import JobValidationError
     from ..job.protocol import check_job_id
@@ -380,7 +380,7 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 
 def cmd_submit_jobs(args: argparse.Namespace, submit_one: Callable[[argparse.Namespace], int],
-                    allow_paths: Optional[list]) -> int:
+                    allow_paths: list | None) -> int:
     """submit JOB.json...: over --api, or with --wait through the local transport; otherwise
     each file through ``submit_one`` (the jobs-dir writer), the highest exit status wins."""
     if _option(args, "api") or args.wait:

@@ -13,9 +13,19 @@ import sys
 
 from .. import __version__
 from .exitcodes import EXIT_ABORTED, EXIT_JOBS_FAILED, EXIT_OK, EXIT_TEXTFILE, EXIT_USAGE  # noqa: F401
-from .options import API_COMMAND_OPTIONS, RUN_OPTIONS, add_allow_backing, add_allow_path  # noqa: F401
-from .options import add_run_options, add_transport_options, allowed_paths, env_name, resolve, setup_logging
-from .options import usage_error
+from .options import (  # noqa: F401
+    API_COMMAND_OPTIONS,
+    RUN_OPTIONS,
+    add_allow_backing,
+    add_allow_path,
+    add_run_options,
+    add_transport_options,
+    allowed_paths,
+    env_name,
+    resolve,
+    setup_logging,
+    usage_error,
+)
 
 COMMANDS = ("run", "api", "submit", "validate", "list-operations", "status", "result", "list", "cancel", "prune")
 
@@ -80,8 +90,8 @@ def main(argv=None):
         argv.insert(0, "run")
     args = parser.parse_args(argv)
     if args.command == "submit":
-        from .jobs import cmd_submit_jobs
         from .documents import cmd_submit
+        from .jobs import cmd_submit_jobs
         return cmd_submit_jobs(args, cmd_submit, allowed_paths(args))
     if args.command in ("status", "result", "list", "cancel"):
         from .jobs import cmd_client

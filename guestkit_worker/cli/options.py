@@ -10,8 +10,12 @@ import sys
 
 from ..api.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAITS
 from .exitcodes import EXIT_USAGE
-from .optiontypes import boolean as _bool, choice, nonneg_float as _nonneg_float
-from .optiontypes import positive_float as _positive_float, positive_int as _positive_int, size as _size
+from .optiontypes import boolean as _bool
+from .optiontypes import choice
+from .optiontypes import nonneg_float as _nonneg_float
+from .optiontypes import positive_float as _positive_float
+from .optiontypes import positive_int as _positive_int
+from .optiontypes import size as _size
 
 ENV_PREFIX = "GUESTKIT_WORKER_"
 

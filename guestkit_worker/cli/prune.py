@@ -28,7 +28,7 @@ import re
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, List, Optional, Set
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..transports.files.layout import Layout
@@ -54,17 +54,17 @@ def parse_duration(text: str) -> float:
 
 @dataclass
 class PruneReport:
-    removed: List[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
     kept_idempotent: int = 0   # old results an idempotency record points to
     kept_active: int = 0       # old results or progress files of waiting or running jobs
-    errors: List[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 def _age_stamp(st: os.stat_result) -> float:
     return max(st.st_mtime, st.st_ctime)
 
 
-def _regular(path: str) -> Optional[os.stat_result]:
+def _regular(path: str) -> os.stat_result | None:
     try:
         st = os.lstat(path)
     except OSError:
@@ -72,7 +72,7 @@ def _regular(path: str) -> Optional[os.stat_result]:
     return st if stat.S_ISREG(st.st_mode) else None
 
 
-def _job_id_of(path: str) -> Optional[str]:
+def _job_id_of(path: str) -> str | None:
     from ..transports.files.layout import read_json
     st = _regular(path)
     doc = read_json(path) if st is not None and st.st_size <= _MAX_PEEK_BYTES else None
@@ -80,14 +80,14 @@ def _job_id_of(path: str) -> Optional[str]:
     return job_id if isinstance(job_id, str) else None
 
 
-def _listdir(path: str) -> List[str]:
+def _listdir(path: str) -> list[str]:
     try:
         return sorted(os.listdir(path))
     except FileNotFoundError:
         return []
 
 
-def active_job_ids(layout: Layout) -> Set[str]:
+def active_job_ids(layout: Layout) -> set[str]:
     """Ids of the jobs waiting in jobs/ or claimed by a worker: by file name (JOB_ID.json, the
     name submit and the API use) and by the job_id inside the file."""
     from ..transports.files.layout import PROCESSING, RUNNING_SUFFIX
@@ -109,7 +109,7 @@ def active_job_ids(layout: Layout) -> Set[str]:
     return ids
 
 
-def idempotent_job_ids(layout: Layout) -> Set[str]:
+def idempotent_job_ids(layout: Layout) -> set[str]:
     """Ids of the jobs whose results an idempotency record points to."""
     ids = set()
     for name in _listdir(layout.idem_dir):
@@ -126,7 +126,7 @@ def idempotent_job_ids(layout: Layout) -> Set[str]:
 
 
 def prune(jobs_dir: str, results_dir: str, older_than: float, *, dry_run: bool = False,
-          now: Optional[float] = None) -> PruneReport:
+          now: float | None = None) -> PruneReport:
     """Remove (or with dry_run only list) what is finished and older than older_than seconds."""
     from ..transports.files.layout import Layout
     layout = Layout(jobs_dir, results_dir, worker_id="prune")
@@ -214,6 +214,7 @@ def cmd_prune(args, env_name, usage_error) -> int:
     """Run prune for the CLI: one line per path, a summary on stderr; 0, or 1 when a removal
     failed, 2 for a missing directory."""
     import sys
+
     from ..job.errors import ConfigError
     from .preflight import existing_dir
     jobs_dir = args.jobs_dir or os.environ.get(env_name("jobs_dir")) or "./jobs"

@@ -21,8 +21,8 @@ def cmd_run(args):
     from prometheus_client import REGISTRY, disable_created_metrics
 
     from ..job.errors import ConfigError
-    from ..transports.base import StopRequested
     from ..runtime.worker import Worker, WorkerConfig
+    from ..transports.base import StopRequested
     disable_created_metrics()
     if args.textfile_dir and not args.once:
         return usage_error("--textfile-dir needs --once (a daemon is scraped on /metrics instead)")

@@ -29,8 +29,9 @@ import os
 import re
 import stat
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Optional
 
 from ..job.errors import HandlerError, JobValidationError
 from ..system.paths import refusal
@@ -60,7 +61,7 @@ class Link:
     fmt: str
     data_file: Optional[str] = None
     backing: Optional["Link"] = None
-    extents: List[str] = field(default_factory=list)
+    extents: list[str] = field(default_factory=list)
 
 
 class Chain:
@@ -71,7 +72,7 @@ class Chain:
         self._fd = fd
 
     @property
-    def files(self) -> List[str]:
+    def files(self) -> list[str]:
         """Every file of the chain, top first."""
         out, link = [], self.top
         while link is not None:

@@ -32,9 +32,19 @@ import time
 # the sections module beside this file: found however the script is run (python -P and
 # PYTHONSAFEPATH leave the script's directory off sys.path)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from guestfs_sections import (Guest, known, section_databases, section_filesystems,  # noqa: E402
-                              section_network, section_packages, section_security, section_services,
-                              section_storage, section_users, kernels)
+from guestfs_sections import (  # noqa: E402
+    Guest,
+    kernels,
+    known,
+    section_databases,
+    section_filesystems,
+    section_network,
+    section_packages,
+    section_security,
+    section_services,
+    section_storage,
+    section_users,
+)
 
 PROBE_VERSION = 1
 ALL_SECTIONS = ("packages", "services", "users", "network", "security", "storage", "databases")

@@ -9,7 +9,6 @@ import os
 import subprocess
 import threading
 import time
-from typing import Tuple
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ def guestfs_python() -> str:
     return os.environ.get("GUESTKIT_WORKER_GUESTFS_PYTHON") or DEFAULT_GUESTFS_PYTHON
 
 
-def _probe_engine(python: str) -> Tuple[bool, str]:
+def _probe_engine(python: str) -> tuple[bool, str]:
     """(ok, detail): can python import guestfs, and is there a kernel for the appliance?"""
     code = ("import guestfs; v = guestfs.GuestFS(python_return_dict=True).version(); "
             "print('%d.%d.%d' % (v['major'], v['minor'], v['release']))")
@@ -50,7 +49,7 @@ def _probe_engine(python: str) -> Tuple[bool, str]:
     return True, f"libguestfs {version} via {python}"
 
 
-def engine_status() -> Tuple[bool, str]:
+def engine_status() -> tuple[bool, str]:
     """Cached (available, detail) for libguestfs; never launches an appliance."""
     python = guestfs_python()
     now = time.monotonic()

@@ -19,10 +19,16 @@ import os
 from dataclasses import dataclass, field
 
 from ..engines.chain import check_chain
+from ..engines.images import (
+    check_destination,
+    require_bool,
+    require_dict,
+    require_format,
+    require_image_file,
+    require_path,
+)
 from ..job.errors import HandlerError
 from ..system.paths import validate_path
-from ..engines.images import check_destination, require_bool, require_dict, require_format, require_image_file, \
-    require_path
 
 
 @dataclass

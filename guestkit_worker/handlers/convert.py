@@ -34,9 +34,16 @@ import stat
 import threading
 import time
 
-from ..engines.images import (IMAGE_FORMATS, image_size, require_bool, require_dict,
-                              require_format, require_image_file, require_path)
 from ..engines.chain import checked_chain
+from ..engines.images import (
+    IMAGE_FORMATS,
+    image_size,
+    require_bool,
+    require_dict,
+    require_format,
+    require_image_file,
+    require_path,
+)
 from ..engines.outputs import PrivateOutput
 from ..job.errors import EngineUnavailable, HandlerError, JobValidationError
 from .base import HandlerResult, ImageHandler

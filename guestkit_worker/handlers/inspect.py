@@ -55,14 +55,21 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from ..system.checksum import parse_checksum, verify_sha256
 from ..engines import probe_script
-from ..engines.images import (image_size, remove_quietly, require_bool, require_dict,
-                              require_format, require_image_file, require_path)
 from ..engines.chain import checked_chain
+from ..engines.images import (
+    image_size,
+    remove_quietly,
+    require_bool,
+    require_dict,
+    require_format,
+    require_image_file,
+    require_path,
+)
 from ..engines.libguestfs import INSTALL_HINT, engine_status, guestfs_python
 from ..engines.outputs import PrivateOutput
 from ..job.errors import EngineUnavailable, HandlerError, JobValidationError
+from ..system.checksum import parse_checksum, verify_sha256
 from .base import HandlerResult, ImageHandler
 from .inspect_report import OPTION_FLAGS, SAMPLE_LIMIT, SECTIONS, effective_sections, summarize
 

@@ -1,14 +1,15 @@
 """The sections of an inspection report and the summary of it that becomes the job result's
 ``data`` (the full report is a file; see :mod:`.inspect`)."""
 
-from typing import Any, Dict, Mapping, Optional, Set
+from collections.abc import Mapping
+from typing import Any, Optional
 
 SECTIONS = ("packages", "services", "users", "network", "security", "storage", "databases")
 OPTION_FLAGS = {f"include_{s}": s for s in SECTIONS}
 SAMPLE_LIMIT = 25
 
 
-def effective_sections(options: Optional[Mapping[str, Any]]) -> Set[str]:
+def effective_sections(options: Optional[Mapping[str, Any]]) -> set[str]:
     """The set of report sections for the payload's options (see the docstring of :mod:`.inspect`)."""
     if options is None:
         return set(SECTIONS)
@@ -20,7 +21,7 @@ def _sample(items, limit=SAMPLE_LIMIT):
     return items[:limit], len(items) > limit
 
 
-def summarize(report: Mapping[str, Any]) -> Dict[str, Any]:
+def summarize(report: Mapping[str, Any]) -> dict[str, Any]:
     """The job result's data: OS block, counts, and at most SAMPLE_LIMIT entries per list."""
     out = {key: report[key] for key in ("image", "engine", "sections", "operating_system",
                                         "mountpoints", "report_path") if key in report}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Callable, Iterable, Optional, Tuple
+from collections.abc import Iterable
+from typing import Callable
 
 from ..job.errors import ConfigError
 
@@ -34,7 +35,7 @@ class TokenSet:
                  compare: Callable[[bytes, bytes], bool] = hmac.compare_digest) -> None:
         self._digests = tuple(_digest(t.encode("utf-8")) for t in tokens)
         self._compare = compare
-        self.source: Optional[Tuple[str, str]] = None  # (path, flag) of a set read from a file
+        self.source: tuple[str, str] | None = None  # (path, flag) of a set read from a file
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -48,7 +49,7 @@ class TokenSet:
         return found
 
     @classmethod
-    def from_file(cls, path: str, flag: str = "--api-token-file") -> "TokenSet":
+    def from_file(cls, path: str, flag: str = "--api-token-file") -> TokenSet:
         """The tokens of a token file (see :func:`load_tokens`); ``flag`` names it in errors."""
         tokens = cls(load_tokens(path, flag))
         tokens.source = (path, flag)
@@ -94,7 +95,7 @@ def load_tokens(path: str, flag: str = "--api-token-file") -> list:
     return tokens
 
 
-def bearer_token(header: Optional[str]) -> Optional[str]:
+def bearer_token(header: str | None) -> str | None:
     """The token of an ``Authorization: Bearer TOKEN`` header, or None."""
     if not header:
         return None

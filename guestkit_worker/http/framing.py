@@ -15,8 +15,9 @@ Blanks around a ``Content-Length`` value are allowed (RFC 9110's optional whites
 """
 
 import re
+from collections.abc import Iterable
 from email.message import Message
-from typing import Iterable, Optional
+from typing import Optional
 
 __all__ = ["FramingError", "body_length"]
 

@@ -34,13 +34,13 @@ _MAX_DISCARDED_BODY = 65536
 _ALLOW = "GET, HEAD, OPTIONS"
 
 _LANDING_PAGE = (
-    "<!DOCTYPE html>\n"
-    "<html><head><meta charset=\"utf-8\"><title>guestkit-worker</title></head>\n"
-    "<body><h1>guestkit-worker</h1>\n"
-    "<ul><li><a href=\"/metrics\">/metrics</a> (Prometheus)</li>\n"
-    "<li><a href=\"/health\">/health</a> (JSON health check)</li></ul>\n"
-    "</body></html>\n"
-).encode("utf-8")
+    b"<!DOCTYPE html>\n"
+    b"<html><head><meta charset=\"utf-8\"><title>guestkit-worker</title></head>\n"
+    b"<body><h1>guestkit-worker</h1>\n"
+    b"<ul><li><a href=\"/metrics\">/metrics</a> (Prometheus)</li>\n"
+    b"<li><a href=\"/health\">/health</a> (JSON health check)</li></ul>\n"
+    b"</body></html>\n"
+)
 
 
 # -- the WSGI application -----------------------------------------------------------------

@@ -38,13 +38,15 @@ import socket
 import threading
 import time
 
-from . import request as http_request, listen as httplisten
 from ..job.errors import ConfigError
+from . import listen as httplisten
+from . import request as http_request
 from .linger import Lingering
-from .refusal import BUSY as _BUSY, Refusal
+from .listen import ListeningServer, display_addr, parse_addr
+from .refusal import BUSY as _BUSY
+from .refusal import Refusal
 from .slots import choose_victim
 from .threads import ConnectionThreads
-from .listen import ListeningServer, display_addr, parse_addr
 
 logger = logging.getLogger(__name__)
 

@@ -17,13 +17,14 @@ no slot that way.
 """
 
 from collections import Counter
-from typing import Any, Callable, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
 
 __all__ = ["choose_victim"]
 
 
-def choose_victim(host: str, hosts: Counter, waiting: Mapping[Any, Tuple[Any, float]],
-                  heads: Mapping[Any, str], host_of: Callable[[Any], str]) -> Optional[Tuple[str, Any]]:
+def choose_victim(host: str, hosts: Counter, waiting: Mapping[Any, tuple[Any, float]],
+                  heads: Mapping[Any, str], host_of: Callable[[Any], str]) -> Optional[tuple[str, Any]]:
     """``("waiting", socket)`` or ``("head", socket)``: the connection that makes room for a
     newcomer from ``host``, or None when the newcomer must be refused.
 

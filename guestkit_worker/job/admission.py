@@ -4,7 +4,7 @@ message) a job is rejected with.  One set of checks for the worker, the ``valida
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any
 
 from .errors import HandlerError, JobValidationError
 from .outcomes import iso
@@ -52,7 +52,7 @@ def check_job(job: Job, registry: Any) -> Any:
     return handler
 
 
-def admit(raw: bytes, registry: Any, max_bytes: int) -> Tuple[dict, Job, Any]:
+def admit(raw: bytes, registry: Any, max_bytes: int) -> tuple[dict, Job, Any]:
     """(document, job, handler) of job bytes this worker would run; raises JobFileError,
     JobValidationError or HandlerError with the verdict."""
     doc = decode_job_bytes(raw, max_bytes)
@@ -60,7 +60,7 @@ def admit(raw: bytes, registry: Any, max_bytes: int) -> Tuple[dict, Job, Any]:
     return doc, job, check_job(job, registry)
 
 
-def problems(raw: bytes, registry: Any, max_bytes: int) -> Tuple[list, Optional[Job]]:
+def problems(raw: bytes, registry: Any, max_bytes: int) -> tuple[list, Job | None]:
     """For ``validate`` and ``submit``: every protocol problem of the document, else the
     admission verdict; ([], job) when the worker would run it."""
     try:

@@ -6,7 +6,7 @@ document is :mod:`guestkit_worker.job.protocol`)."""
 import json
 import math
 import threading
-from typing import Any, Dict
+from typing import Any
 
 from .errors import JobFileError
 
@@ -20,7 +20,7 @@ def json_type_name(value: Any) -> str:
             float: "number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def decode_job_bytes(raw: bytes, max_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Dict[str, Any]:
+def decode_job_bytes(raw: bytes, max_bytes: int = DEFAULT_MAX_JOB_BYTES) -> dict[str, Any]:
     """Turn a job file's bytes into a dict, or raise JobFileError saying what is wrong."""
     if len(raw) > max_bytes:
         raise JobFileError("file", f"larger than the limit of {max_bytes} bytes (--max-job-size)")

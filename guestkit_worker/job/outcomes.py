@@ -9,8 +9,9 @@ idempotency key that had already completed).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from .errors import JobValidationError
 from .protocol import validate_document
@@ -21,7 +22,7 @@ OUTCOME_STATUSES = RESULT_STATUSES + ("rejected", "duplicate")
 _second = (None, "")  # (whole second, its formatted prefix), replaced as one tuple
 
 
-def stamp(t: Optional[float] = None) -> str:
+def stamp(t: float | None = None) -> str:
     """RFC 3339 UTC time stamp with microseconds of time.time() (or t), e.g.
     2026-11-28T10:10:30.342027Z; the date part is formatted once per second."""
     global _second
@@ -42,7 +43,7 @@ def utcnow() -> datetime:
 
 
 def error_document(code: str, message: str, *, phase: str, recoverable: bool = False,
-                   retry_recommended: bool = False, details: Optional[dict] = None) -> dict:
+                   retry_recommended: bool = False, details: dict | None = None) -> dict:
     error = {"code": code, "message": message, "phase": phase, "recoverable": recoverable,
              "retry_recommended": retry_recommended}
     if details:
@@ -62,7 +63,7 @@ def rejection_error(err: BaseException) -> dict:
     return error_document(getattr(err, "code", "INVALID_JOB"), str(err), phase="validation", details=details)
 
 
-def execution_error(status: str, err: Optional[BaseException], *, timeout: Optional[float] = None,
+def execution_error(status: str, err: BaseException | None, *, timeout: float | None = None,
                     on_request: bool = False) -> dict:
     """The error object of a run that started and did not complete."""
     recoverable = bool(getattr(err, "recoverable", False))
@@ -87,9 +88,9 @@ def crash_error(dead_worker: str, attempt: int, max_attempts: int) -> dict:
                           retry_recommended=True)
 
 
-def result_document(*, job_id: Optional[str], status: str, worker_id: str, job: Any = None,
-                    started_at: Optional[float] = None, duration: float = 0.0, data: Any = None,
-                    outputs: Optional[dict] = None, error: Optional[dict] = None) -> dict:
+def result_document(*, job_id: str | None, status: str, worker_id: str, job: Any = None,
+                    started_at: float | None = None, duration: float = 0.0, data: Any = None,
+                    outputs: dict | None = None, error: dict | None = None) -> dict:
     """A result document (``job``: the validated Job when there is one)."""
     return {"job_id": job_id, "status": status,
             ("completed_at" if status == "completed" else "failed_at"): stamp(),
@@ -106,7 +107,7 @@ def result_document(*, job_id: Optional[str], status: str, worker_id: str, job: 
             "data": data}
 
 
-def given_back(result: Optional[Mapping]) -> bool:
+def given_back(result: Mapping | None) -> bool:
     """True for the result a run leaves when its job was returned to the queue unfinished
     (shutdown): ``cancelled`` with ``retry_recommended``.  It belongs to no run still in
     progress: whoever runs the job next replaces it, and recovery never archives the job
@@ -118,8 +119,8 @@ def given_back(result: Optional[Mapping]) -> bool:
         and bool(error.get("retry_recommended"))
 
 
-def reason_document(job_file: str, job_id: Optional[str], status: str, worker_id: str,
-                    error: Optional[dict]) -> dict:
+def reason_document(job_file: str, job_id: str | None, status: str, worker_id: str,
+                    error: dict | None) -> dict:
     """What is kept beside a job file archived in failed/."""
     return {"job_file": job_file, "job_id": job_id, "status": status, "worker_id": worker_id,
             "at": iso(utcnow()), "error": error}

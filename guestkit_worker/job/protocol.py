@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .. import PROTOCOL_VERSION
-from .errors import JobValidationError
 from .decode import DEFAULT_MAX_JOB_BYTES, decode_job_bytes  # noqa: F401 (re-exported)
 from .decode import json_type_name as _type_name
+from .errors import JobValidationError
 
 #: The longest per-job timeout a document may ask for (7 days).
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600

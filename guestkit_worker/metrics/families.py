@@ -12,8 +12,8 @@ import time
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 from ..system import atomic
 from .histogram import LeanHistogram

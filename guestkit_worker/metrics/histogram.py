@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -26,7 +26,7 @@ class HistogramChild:
 
     __slots__ = ("_bounds", "_counts", "_sum", "_lock")
 
-    def __init__(self, bounds: Tuple[float, ...]) -> None:
+    def __init__(self, bounds: tuple[float, ...]) -> None:
         self._bounds = bounds
         self._counts = [0] * len(bounds)
         self._sum = 0.0
@@ -39,7 +39,7 @@ class HistogramChild:
             self._counts[i] += 1
             self._sum += value
 
-    def snapshot(self) -> Tuple[list, float]:
+    def snapshot(self) -> tuple[list, float]:
         """(per-bucket counts, sum), consistent with each other."""
         with self._lock:
             return list(self._counts), self._sum
@@ -58,9 +58,9 @@ class LeanHistogram(Collector):
         self.labelnames = tuple(labelnames)
         self._bounds = tuple(bounds)
         self._le = [floatToGoString(b) for b in bounds]
-        self._children: Dict[Tuple[str, ...], HistogramChild] = {}
+        self._children: dict[tuple[str, ...], HistogramChild] = {}
         self._lock = threading.Lock()
-        self._plain: Optional[HistogramChild] = None if self.labelnames else self.labels()
+        self._plain: HistogramChild | None = None if self.labelnames else self.labels()
         if registry is not None:
             registry.register(self)
 
@@ -78,7 +78,7 @@ class LeanHistogram(Collector):
         """Observe on the family without labels."""
         self._plain.observe(value)
 
-    def counts(self) -> Iterator[Tuple[Tuple[str, ...], int]]:
+    def counts(self) -> Iterator[tuple[tuple[str, ...], int]]:
         """(label values, number of observations) of every series."""
         with self._lock:
             children = list(self._children.items())

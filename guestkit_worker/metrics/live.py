@@ -16,7 +16,7 @@ into the worker on its own.
 
 import logging
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -57,14 +57,14 @@ class HealthChecks(_Registered):
     HEALTH_CACHE_SECONDS)."""
 
     def __init__(self, name: str, documentation: str, registry=None):
-        self._fn: Optional[Callable[[], Dict[str, bool]]] = None
+        self._fn: Optional[Callable[[], dict[str, bool]]] = None
         self._cached = (0.0, {})
         super().__init__(name, documentation, registry)
 
     def describe(self):
         return [GaugeMetricFamily(self.name, self.documentation, labels=["check"])]
 
-    def track(self, fn: Callable[[], Dict[str, bool]]):
+    def track(self, fn: Callable[[], dict[str, bool]]):
         self._fn = fn
 
     def collect(self):

@@ -18,7 +18,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ Callback = Callable[[Any, Any], None]
 
 class Committer:
     def __init__(self, commit: Callable[[Sequence[Any]], None], on_stored: Callback, on_failed: Callback, *,
-                 backlog: int, on_error: Optional[Callback] = None, on_idle: Optional[Callable[[], None]] = None,
+                 backlog: int, on_error: Callback | None = None, on_idle: Callable[[], None] | None = None,
                  retry_delays: Sequence[float] = RETRY_DELAYS, clock: Callable[[], float] = time.monotonic) -> None:
         self._commit = commit
         self._on_stored, self._on_failed, self._on_idle = on_stored, on_failed, on_idle
@@ -44,7 +45,7 @@ class Committer:
         self._lock = threading.Lock()
         self._closed = False
         self._pending = 0
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     @property
     def pending(self) -> int:

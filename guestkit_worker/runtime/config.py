@@ -5,10 +5,9 @@ from __future__ import annotations
 import socket
 import uuid
 from dataclasses import dataclass, field
-from typing import Optional
 
-from ..system.diskspace import DEFAULT_MIN_FREE_SPACE
 from ..job.protocol import DEFAULT_MAX_JOB_BYTES
+from ..system.diskspace import DEFAULT_MIN_FREE_SPACE
 
 
 def default_worker_id() -> str:
@@ -29,11 +28,11 @@ class WorkerConfig:
     max_concurrent: int = 4
     poll_interval: float = 1.0
     shutdown_timeout: float = 30.0
-    max_job_timeout: Optional[float] = None
+    max_job_timeout: float | None = None
     max_job_bytes: int = DEFAULT_MAX_JOB_BYTES
     #: /health's disk_space check: 503 when a written directory has less free space
     min_free_space: int = DEFAULT_MIN_FREE_SPACE
-    allow_paths: Optional[list] = None
+    allow_paths: list | None = None
     allow_backing_files: bool = False
     once: bool = False
     metrics_enabled: bool = True
@@ -41,10 +40,10 @@ class WorkerConfig:
     transport: str = "file"
     #: the Redis transport's settings (README "A fleet on Redis")
     redis_url: str = "redis://localhost:6379/0"
-    redis_password_file: Optional[str] = None
-    redis_tls_ca_file: Optional[str] = None
-    redis_tls_cert_file: Optional[str] = None
-    redis_tls_key_file: Optional[str] = None
+    redis_password_file: str | None = None
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
     lease_seconds: float = 60.0
     max_deliveries: int = 5
     result_ttl: int = 7 * 24 * 3600

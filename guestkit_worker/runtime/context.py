@@ -7,8 +7,8 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from ..system.atomic import append_line
 from ..job.errors import JobCancelled
+from ..system.atomic import append_line
 from ..system.paths import check_path as _check_path
 from ..system.procs import ChildProcess
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from ..job import outcomes as docs
-from .context import HandlerContext
 from ..job.errors import HandlerError, JobCancelled, JobValidationError
-from .intake import Intake
-from ..system.procs import kill_tree_now
-from .runs import Run, RunTable
 from ..job.states import JobState
+from ..system.procs import kill_tree_now
 from ..transports.base import Outcome, TransportUnavailable
+from .context import HandlerContext
+from .intake import Intake
+from .runs import Run, RunTable
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Executor(Intake):
         self.children: Any = None  # orphans.ChildRegistry, set when the worker opens
 
     # -- one delivery -------------------------------------------------------------------
-    def process(self, delivery: Any, take_next: Optional[Callable[[], Any]] = None) -> Any:
+    def process(self, delivery: Any, take_next: Callable[[], Any] | None = None) -> Any:
         """Run one delivery.  take_next: called once the outcome is handed over, for the next
         delivery this thread runs in the same slot (None: the slot is free); returned."""
         run = Run(delivery)

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional
+from typing import Any
 
 from ..job import outcomes as docs
 from ..job.admission import check_job, routed_elsewhere
 from ..job.errors import HandlerError, JobValidationError
 from ..job.protocol import decode_job_bytes, peek_job_id, validate_document
-from .runs import Run
 from ..job.states import JobState
 from ..transports.base import Outcome
+from .runs import Run
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class Intake:
         run.to(JobState.FAILED)
         self._hand_over(run, Outcome(d, "rejected", result=result, reason=reason, failed=True))
 
-    def _kept_result(self, run: Run, job_id: str) -> Optional[str]:
+    def _kept_result(self, run: Run, job_id: str) -> str | None:
         """Why a rejected delivery must not store a result under job_id, or None: another
         delivery of the id runs (the id is held here first, so none can store a result while
         this one looks), or a result is stored that a run of this document would not replace
@@ -189,7 +189,7 @@ class Intake:
         return f"already has a result ({earlier.get('status')}), which is kept"
 
 
-def _replaceable(earlier: dict, attempt: Optional[int]) -> bool:
+def _replaceable(earlier: dict, attempt: int | None) -> bool:
     """True for a stored result that a new outcome of its job id replaces: a shutdown's
     ``cancelled`` (the job was given back to run again), or an attempt before ``attempt``."""
     if docs.given_back(earlier):

@@ -19,9 +19,9 @@ from typing import Any, Callable
 from ..job import outcomes as docs
 from ..job.errors import JobValidationError
 from ..job.protocol import decode_job_bytes, validate_document
-from .runs import Run
 from ..job.states import JobState
 from ..transports.base import Outcome
+from .runs import Run
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 from ..job.states import JobState, check_transition
 
@@ -26,10 +26,10 @@ class Run:
         self.started_at = time.time()
         self.lock = threading.Lock()
         self.finalized = False
-        self.stop_reason: Optional[str] = None
-        self.stop_at: Optional[float] = None
+        self.stop_reason: str | None = None
+        self.stop_at: float | None = None
         self.operation_label = "unknown"
-        self.thread: Optional[str] = None
+        self.thread: str | None = None
         self.key_held = False  # this run holds its idempotency key's reservation
         self.detached = False  # its outcome was written without its thread (which stays busy)
 

@@ -21,23 +21,23 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional
+from typing import Any
 
 from prometheus_client import REGISTRY
 
 from .. import __version__
-from .committer import COMMIT_BACKLOG_PER_THREAD, Committer
-from .config import WorkerConfig, default_worker_id
-from ..system.diskspace import check_disk_space
-from .execution import Executor
 from ..handlers import default_registry
-from .leases import LeaseKeeper
 from ..metrics.families import NullMetrics, WorkerMetrics
+from ..system.diskspace import check_disk_space
 from ..system.orphans import ChildRegistry
-from .recovery import Recovery
-from .runs import RunTable
 from ..system.tempfiles import TEMP_SWEEP_INTERVAL_SECONDS
 from ..transports import open_transport
+from .committer import COMMIT_BACKLOG_PER_THREAD, Committer
+from .config import WorkerConfig, default_worker_id
+from .execution import Executor
+from .leases import LeaseKeeper
+from .recovery import Recovery
+from .runs import RunTable
 from .watchdog import ABANDON_GRACE_SECONDS, Watchdog
 
 __all__ = ["Worker", "WorkerConfig", "default_worker_id"]
@@ -96,17 +96,17 @@ class Worker:
         self._wake = threading.Event()         # wake the main loop early
         self._drained = threading.Event()      # --once: nothing left to fetch or finish
         self._deliveries: queue.Queue = queue.Queue()
-        self._consumer: Optional[threading.Thread] = None
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._consumer: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._queued = 0                       # transport.depth() at the last look
         self._depth_lock = threading.Lock()    # one look at a time: the last one stored is the newest
         self._heartbeat = self._started_mono = time.monotonic()
         self._backoff_until = 0.0
         self._last = {"recovery": 0.0, "sweep": 0.0, "cancel": 0.0, "depth": 0.0}
-        self._sweeper: Optional[threading.Thread] = None
+        self._sweeper: threading.Thread | None = None
         self.hard_stop = False                 # set by a second signal
         #: the exit status the worker must end with whatever its jobs did (its worker id taken)
-        self.fatal_cause: Optional[str] = None  #: why the worker stopped on its own (the CLI maps it to an exit status)
+        self.fatal_cause: str | None = None  #: why the worker stopped on its own (the CLI maps it to an exit status)
         self.stuck_threads = 0
 
     # -- public -------------------------------------------------------------------------
@@ -300,7 +300,7 @@ class Worker:
                 log.exception("job %s: unexpected error; the worker keeps running", d.name)
                 d = None
 
-    def _take_next(self) -> Optional[Any]:
+    def _take_next(self) -> Any | None:
         """The next delivery for a job thread that has just finished one, taken without waiting
         (no hand-over through the consumer); None when the queue looks empty, or while the
         worker stops or backs off (the consumer then decides)."""

@@ -11,7 +11,7 @@ space alone.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Tuple
+from collections.abc import Mapping
 
 #: --min-free-space default: 100 MiB
 DEFAULT_MIN_FREE_SPACE = 100 * 1024 * 1024
@@ -24,7 +24,7 @@ def _mib(n: int) -> str:
 
 
 def check_disk_space(dirs: Mapping[str, str], min_free_bytes: int,
-                     min_free_inodes: int = MIN_FREE_INODES) -> Tuple[bool, str]:
+                     min_free_inodes: int = MIN_FREE_INODES) -> tuple[bool, str]:
     """(ok, detail) for the directories ``{role: path}``; a directory that cannot be read
     (statvfs fails) is reported as not ok with the error, not as a crash."""
     short, notes = [], []

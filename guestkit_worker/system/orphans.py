@@ -19,19 +19,19 @@ import os
 import shutil
 import signal
 import stat
-from typing import List, Optional
+from typing import Optional
 
 log = logging.getLogger(__name__)
 
 _SETPRIV = shutil.which("setpriv")
 
 
-def pdeathsig_prefix() -> List[str]:
+def pdeathsig_prefix() -> list[str]:
     """argv prefix that makes a child die with the thread that started it (empty without setpriv)."""
     return [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
 
 
-def _stat_fields(pid: int) -> Optional[List[bytes]]:
+def _stat_fields(pid: int) -> Optional[list[bytes]]:
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             raw = fh.read()
@@ -46,7 +46,7 @@ def start_time(pid: int) -> Optional[int]:
     return int(fields[19]) if fields and len(fields) > 19 else None
 
 
-def _session_members(sid: int, not_before: int) -> List[int]:
+def _session_members(sid: int, not_before: int) -> list[int]:
     out = []
     for name in os.listdir("/proc"):
         if not name.isdigit():

@@ -8,7 +8,7 @@ keeps nothing beyond its process, which an operator's worker cannot use."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from .base import Transport, TransportObserver
 
@@ -16,7 +16,7 @@ from .base import Transport, TransportObserver
 TRANSPORTS = ("file", "redis")
 
 
-def open_transport(config: Any, *, metrics: Optional[TransportObserver] = None) -> Transport:
+def open_transport(config: Any, *, metrics: TransportObserver | None = None) -> Transport:
     """Build (not yet open) the transport config.transport names: ``file`` (the default; also
     spelt ``files``) or ``redis``.  metrics: a :class:`~.base.TransportObserver`, where a
     transport reports what only it sees (reclaims, lost leases, dead letters, its errors)."""

@@ -25,8 +25,9 @@ from __future__ import annotations
 import abc
 import json
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable
 
 from ..job.errors import GuestkitWorkerError
 
@@ -75,7 +76,7 @@ def compact_job_bytes(doc: Mapping[str, Any]) -> bytes:
     return _COMPACT.encode(doc).encode("utf-8", "backslashreplace")
 
 
-def job_bytes(doc: Mapping[str, Any], raw: Optional[bytes], limit: int) -> bytes:
+def job_bytes(doc: Mapping[str, Any], raw: bytes | None, limit: int) -> bytes:
     """The bytes a submitted job is queued as: ``raw`` (the very bytes that were validated)
     when given, else :func:`compact_job_bytes`.  JobTooLarge when they are over ``limit``,
     the size workers read: once queued, the job would be refused unread, without a result."""
@@ -118,8 +119,8 @@ class Delivery:
 
     def __init__(self, name: str, *, started: bool = False, delivery_count: int = 1) -> None:
         self.name = name
-        self.job_id: Optional[str] = None
-        self.attempt: Optional[int] = None
+        self.job_id: str | None = None
+        self.attempt: int | None = None
         self.started = started
         self.delivered_at = time.time()
         self.delivery_count = delivery_count
@@ -144,17 +145,17 @@ class Outcome:
 
     delivery: Delivery
     status: str
-    result: Optional[dict] = None
-    encoded: Optional[bytes] = None
-    reason: Optional[dict] = None
+    result: dict | None = None
+    encoded: bytes | None = None
+    reason: dict | None = None
     failed: bool = False
-    idempotency_key: Optional[str] = None
+    idempotency_key: str | None = None
     #: store the result, then give the delivery back unchanged instead of acknowledging it (a
     #: job cancelled by a worker's shutdown runs again)
     release: bool = False
     #: set by ResultStore.stage_result once the result is written ahead of commit()
     staged: bool = False
-    error: Optional[BaseException] = None  #: set by commit() when this outcome was not stored
+    error: BaseException | None = None  #: set by commit() when this outcome was not stored
 
 
 @dataclass
@@ -166,7 +167,7 @@ class SubmitReceipt:
     job_id: str
     outcome: str
     status: str = "pending"
-    location: Optional[str] = None  #: where it waits, for messages (a file path, a stream id)
+    location: str | None = None  #: where it waits, for messages (a file path, a stream id)
 
 
 @dataclass
@@ -175,13 +176,13 @@ class JobStatus:
 
     job_id: str
     status: str
-    operation: Optional[str] = None
-    attempt: Optional[int] = None
-    worker_id: Optional[str] = None
-    submitted_at: Optional[str] = None
-    started_at: Optional[str] = None
-    completed_at: Optional[str] = None
-    error: Optional[dict] = None
+    operation: str | None = None
+    attempt: int | None = None
+    worker_id: str | None = None
+    submitted_at: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    error: dict | None = None
     cancellable: bool = False
 
     def to_dict(self) -> dict:
@@ -199,9 +200,9 @@ class Reservation:
     ``result`` is that job's stored result document)."""
 
     won: bool
-    holder_job_id: Optional[str] = None
-    state: Optional[str] = None
-    result: Optional[dict] = None
+    holder_job_id: str | None = None
+    state: str | None = None
+    result: dict | None = None
 
 
 @dataclass
@@ -209,7 +210,7 @@ class Page:
     """One page of :meth:`Transport.list_jobs`."""
 
     jobs: list = field(default_factory=list)
-    next_page_token: Optional[str] = None
+    next_page_token: str | None = None
 
 
 #: decide(delivery, dead_worker_id): called by JobQueue.reclaim for each delivery it took back
@@ -268,7 +269,7 @@ class JobQueue(abc.ABC):
         """One line for logs saying where jobs come from (no secrets)."""
 
     @abc.abstractmethod
-    def submit(self, doc: Mapping[str, Any], raw: Optional[bytes] = None) -> SubmitReceipt:
+    def submit(self, doc: Mapping[str, Any], raw: bytes | None = None) -> SubmitReceipt:
         """Queue a validated job document; never creates two jobs for one job id (see
         SubmitReceipt).  ``raw``: the document's bytes as received, if any: what is queued
         (see :func:`job_bytes`; JobTooLarge when over the transport's max_job_bytes)."""
@@ -345,7 +346,7 @@ class JobQueue(abc.ABC):
     #: seconds a delivery stays owned without :meth:`extend_lease`; None when liveness is not
     #: lease-based.  With a lease the worker renews every running delivery every lease/4 from
     #: a thread that does nothing else, and stops a run whose renewal returns False.
-    lease_seconds: Optional[float] = None
+    lease_seconds: float | None = None
 
     #: set by the worker to its "asked to stop" test: a transport's waits (for its server at
     #: start, for a worker id to be free) end at once with StopRequested when it answers True
@@ -353,7 +354,7 @@ class JobQueue(abc.ABC):
 
     #: None, or one line saying why this worker must stop now: another live process took its
     #: worker id (the worker then stops; the command line exits with its own status for it)
-    identity_lost: Optional[str] = None
+    identity_lost: str | None = None
 
 
 class ResultStore(abc.ABC):
@@ -364,10 +365,10 @@ class ResultStore(abc.ABC):
         """The stored form of a result; TypeError/ValueError when it cannot be stored."""
 
     @abc.abstractmethod
-    def get_result(self, job_id: str) -> Optional[dict]:
+    def get_result(self, job_id: str) -> dict | None:
         """The stored result of job_id (the last attempt's), or None."""
 
-    def wait_result(self, job_id: str, timeout: float) -> Optional[dict]:
+    def wait_result(self, job_id: str, timeout: float) -> dict | None:
         """Like get_result, but wait up to timeout seconds for a final result.  Implementations
         should be woken by the commit rather than poll; this default polls."""
         end = time.monotonic() + timeout
@@ -417,12 +418,12 @@ class Transport(JobQueue, ResultStore):
         Raises LeaseLost through ``error`` when this worker no longer owns the delivery."""
 
     @abc.abstractmethod
-    def job_status(self, job_id: str) -> Optional[JobStatus]:
+    def job_status(self, job_id: str) -> JobStatus | None:
         """Where job_id is now, or None when no such job is known."""
 
     @abc.abstractmethod
-    def list_jobs(self, *, status: Optional[str] = None, operation: Optional[str] = None,
-                  limit: int = 100, page_token: Optional[str] = None) -> Page:
+    def list_jobs(self, *, status: str | None = None, operation: str | None = None,
+                  limit: int = 100, page_token: str | None = None) -> Page:
         """One page of known jobs, newest first; page_token from the previous page
         (:class:`InvalidPageToken` for any other)."""
 

@@ -4,13 +4,13 @@ rows, the same answers, with an in-process worker on the same transport running 
 import threading
 
 import pytest
-from prometheus_client import CollectorRegistry
-
 from apikit import call
 from conftest import allowed_roots, make_job, wait_for
+from prometheus_client import CollectorRegistry
+
 from guestkit_worker.api.service import ApiOptions, start_api
-from guestkit_worker.runtime.config import WorkerConfig
 from guestkit_worker.handlers import default_registry
+from guestkit_worker.runtime.config import WorkerConfig
 from guestkit_worker.runtime.worker import Worker
 
 JOBS = "/api/v1/jobs"

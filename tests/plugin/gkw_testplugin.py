@@ -7,8 +7,8 @@ import os
 import sys
 import time
 
-from guestkit_worker.job.errors import HandlerError, JobValidationError
 from guestkit_worker.handlers.base import Handler, HandlerResult
+from guestkit_worker.job.errors import HandlerError, JobValidationError
 
 
 class _Test(Handler):

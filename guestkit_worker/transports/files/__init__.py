@@ -10,7 +10,6 @@ commit, health) and :mod:`.index` (submit, status, listing and cancel by job id)
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from ...system.tempfiles import sweep_temp_files
 from ..base import Transport
@@ -31,7 +30,7 @@ class FileTransport(FileQueue, FileLiveness, FileResults, FileIndex, Transport):
     their retries, then report none;
     poll_interval: how often fetch() lists the jobs directory while it waits."""
 
-    lease_seconds: Optional[float] = None  # liveness is the flock, not a lease
+    lease_seconds: float | None = None  # liveness is the flock, not a lease
 
     def __init__(self, jobs_dir: str, results_dir: str, worker_id: str, *, max_job_bytes: int,
                  durable: bool = True, once: bool = False, poll_interval: float = 1.0) -> None:

@@ -10,12 +10,21 @@ from __future__ import annotations
 import base64
 import json
 import os
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ...job.outcomes import cancelled_before_start, stamp
 from ...system import atomic
-from ..base import (FINAL_STATUSES, InvalidPageToken, JobStatus, Outcome, Page, SubmitReceipt,
-                    TransportUnavailable, job_bytes)
+from ..base import (
+    FINAL_STATUSES,
+    InvalidPageToken,
+    JobStatus,
+    Outcome,
+    Page,
+    SubmitReceipt,
+    TransportUnavailable,
+    job_bytes,
+)
 from .layout import RUNNING_SUFFIX, alternate_names, read_json
 
 _RESULT_SUFFIX = "-result.json"
@@ -31,7 +40,7 @@ class FileIndex:
     """Mixin of FileTransport."""
 
     # -- locating -----------------------------------------------------------------------
-    def _locate(self, job_id: str) -> Optional[tuple]:
+    def _locate(self, job_id: str) -> tuple | None:
         """(status, path, worker_id) of a job file waiting or held by a worker, or None.
 
         The workers' dirs are looked at before jobs/ and again after it: a job claimed
@@ -44,7 +53,7 @@ class FileIndex:
             found = self._held_by_worker(job_id)
         return found
 
-    def _held_by_worker(self, job_id: str) -> Optional[tuple]:
+    def _held_by_worker(self, job_id: str) -> tuple | None:
         L = self.layout
         try:
             holders = [e for e in os.listdir(L.processing_root) if not e.endswith(".lock")]
@@ -58,7 +67,7 @@ class FileIndex:
                 return "pending", base, worker
         return None
 
-    def _in_jobs_dir(self, job_id: str) -> Optional[tuple]:
+    def _in_jobs_dir(self, job_id: str) -> tuple | None:
         """Its job file waiting in jobs/, probed by name: JOB_ID.json, or an alternate name a
         give-back took (layout.ALTERNATE_NAMES); jobs/ is never listed, so submit and status
         cost the same with 10 or 100,000 jobs waiting."""
@@ -77,7 +86,7 @@ class FileIndex:
         return None
 
     # -- submit -------------------------------------------------------------------------
-    def submit(self, doc: Mapping[str, Any], raw: Optional[bytes] = None) -> SubmitReceipt:
+    def submit(self, doc: Mapping[str, Any], raw: bytes | None = None) -> SubmitReceipt:
         """Write JOB_ID.json with the bytes that were validated (``raw``), or the document as
         one line: never a form larger than what workers read (--max-job-size)."""
         job_id = doc["job_id"]
@@ -103,14 +112,14 @@ class FileIndex:
         return SubmitReceipt(job_id, "exists" if same else "conflict", status, where)
 
     # -- status -------------------------------------------------------------------------
-    def job_status(self, job_id: str) -> Optional[JobStatus]:
+    def job_status(self, job_id: str) -> JobStatus | None:
         for _ in range(_LOOKUPS):  # a job moved twice during one look (given back, claimed): look again
             status = self._job_status_once(job_id)
             if status is not None:
                 return status
         return None
 
-    def _job_status_once(self, job_id: str) -> Optional[JobStatus]:
+    def _job_status_once(self, job_id: str) -> JobStatus | None:
         found = self._locate(job_id)
         if found is not None:
             status, path, worker = found
@@ -135,7 +144,7 @@ class FileIndex:
             status.submitted_at = archived["created_at"]
         return status
 
-    def _stored_outcome(self, job_id: str, attempt: object) -> Optional[JobStatus]:
+    def _stored_outcome(self, job_id: str, attempt: object) -> JobStatus | None:
         """The status of a running job's stored final result for this very attempt (the window
         between the result's commit and the job file's archive), or None.  A cancelled result is
         never taken: a shutdown's give-back leaves one behind for an attempt that runs again."""
@@ -147,8 +156,8 @@ class FileIndex:
             return None
         return _status_of_result(job_id, result)
 
-    def list_jobs(self, *, status: Optional[str] = None, operation: Optional[str] = None,
-                  limit: int = 100, page_token: Optional[str] = None) -> Page:
+    def list_jobs(self, *, status: str | None = None, operation: str | None = None,
+                  limit: int = 100, page_token: str | None = None) -> Page:
         entries = {}
         for job_id, mtime in self._known():
             if job_id not in entries:  # live places come first
@@ -259,7 +268,7 @@ def _mtime_ns(entry) -> int:
         return 0
 
 
-def _mtime_stamp(path: str) -> Optional[str]:
+def _mtime_stamp(path: str) -> str | None:
     try:
         return stamp(os.lstat(path).st_mtime)
     except OSError:
@@ -289,7 +298,7 @@ def _encode_token(pos: tuple) -> str:
     return base64.urlsafe_b64encode(json.dumps(list(pos)).encode()).decode().rstrip("=")
 
 
-def _decode_token(token: Optional[str]) -> Optional[tuple]:
+def _decode_token(token: str | None) -> tuple | None:
     """(mtime_ns, job_id) of a token that _encode_token made; InvalidPageToken for anything
     else (the token comes from a client: any length, nesting, number or type)."""
     if not token:

@@ -8,8 +8,8 @@ import fcntl
 import logging
 import os
 
-from ...system import atomic
 from ...job.errors import ConfigError
+from ...system import atomic
 from ..base import ReclaimDecision
 from .layout import RUNNING_SUFFIX
 from .queue import FileDelivery

@@ -11,12 +11,12 @@ import logging
 import os
 import threading
 import time
-from typing import Iterator, Mapping, Optional, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from ...system import atomic
 from ..base import Delivery, LeaseLost, compact_job_bytes
 from .jobfile import read_job_file
-from .layout import ALTERNATE_NAMES, RUNNING_SUFFIX, MAX_NAME_BYTES, alternate_names, json_bytes
+from .layout import ALTERNATE_NAMES, MAX_NAME_BYTES, RUNNING_SUFFIX, alternate_names, json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ class FileDelivery(Delivery):
     def __init__(self, name: str, path: str, *, started: bool = False) -> None:
         super().__init__(name, started=started)
         self.path = path
-        self.cancel_marker: Optional[str] = None
-        self.id_lock: Optional[tuple] = None  # (byte, job id) of its job id's lock (hold_job_id)
+        self.cancel_marker: str | None = None
+        self.id_lock: tuple | None = None  # (byte, job id) of its job id's lock (hold_job_id)
         self.id_busy = False   # ... or found it held by another worker
 
 
@@ -58,8 +58,8 @@ class FileQueue:
         self._pending: collections.deque = collections.deque()  # names to try, file-name order
         self._scanned_at = float("-inf")
         self._waiting = 0                      # jobs/ names not meant for others at the last scan
-        self._foreign: "collections.OrderedDict[str, float]" = collections.OrderedDict()
-        self._eligible: Optional[set] = None   # --once: the names present at start (and retries)
+        self._foreign: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._eligible: set | None = None   # --once: the names present at start (and retries)
         self._given_back: dict = {}            # names released unstarted: tried after the others
         self._depth_fresh = False              # the last fetch ended on a listing and took nothing
 
@@ -149,7 +149,7 @@ class FileQueue:
         with self._here_lock:
             self._here.discard(name)
 
-    def _claim(self, name: str) -> Optional[FileDelivery]:
+    def _claim(self, name: str) -> FileDelivery | None:
         self._depth_fresh = False
         if self._eligible is not None:
             self._eligible.discard(name)
@@ -245,7 +245,7 @@ class FileQueue:
         while True:
             yield os.path.join(jobs, f"{stem}.{time.time_ns()}.json")
 
-    def _archive(self, delivery: Delivery, failed: bool, reason: Optional[dict]) -> str:
+    def _archive(self, delivery: Delivery, failed: bool, reason: dict | None) -> str:
         """Move the job file to done/ or failed/ (with its reason beside it)."""
         name = delivery.name
         raw = os.fsencode(name)

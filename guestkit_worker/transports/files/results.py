@@ -13,8 +13,8 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
-from typing import Mapping, Optional, Sequence
 
 from ...system import atomic
 from ..base import FINAL_STATUSES, Delivery, Outcome, Reservation
@@ -31,7 +31,7 @@ class FileResults:
         self._committed = threading.Condition()
         self._generation = 0                   # bumped by every commit (wait_result wakes on it)
         self._cancel_seen: set = set()         # job ids whose cancel request was reported
-        self._ids_fd: Optional[int] = None     # the running-ids lock file, shared by hold_job_id
+        self._ids_fd: int | None = None     # the running-ids lock file, shared by hold_job_id
         self._ids_held: dict = {}              # locked byte -> job ids running here
         self._ids_lock = threading.Lock()
 
@@ -39,7 +39,7 @@ class FileResults:
     def encode_result(self, result: Mapping) -> bytes:
         return result_bytes(result)
 
-    def get_result(self, job_id: str) -> Optional[dict]:
+    def get_result(self, job_id: str) -> dict | None:
         """The stored result; ValueError when the file holds JSON that is not an object (never
         written by a worker: judging it would be guessing)."""
         doc = read_json(self.layout.result_path(job_id))
@@ -47,13 +47,13 @@ class FileResults:
             raise ValueError(f"the stored result of {job_id} is not a JSON object")
         return doc
 
-    def _result_or_none(self, job_id: str) -> Optional[dict]:
+    def _result_or_none(self, job_id: str) -> dict | None:
         try:
             return self.get_result(job_id)
         except ValueError:
             return None
 
-    def wait_result(self, job_id: str, timeout: float) -> Optional[dict]:
+    def wait_result(self, job_id: str, timeout: float) -> dict | None:
         """Woken by commit() in this process; results stored by other workers are seen within
         half a second."""
         end = time.monotonic() + timeout

@@ -15,9 +15,10 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable
 
 from ..base import TransportUnavailable
 
@@ -38,10 +39,10 @@ class Entry:
 
     id: int
     raw: bytes
-    job_id: Optional[str] = None
+    job_id: str | None = None
     peeked: bool = False
     deliveries: int = 0
-    skip: Dict[str, float] = field(default_factory=dict)  # worker id -> broker time it may have it again
+    skip: dict[str, float] = field(default_factory=dict)  # worker id -> broker time it may have it again
 
     @property
     def name(self) -> str:
@@ -69,17 +70,17 @@ class Job:
     seq: int               # creation order: list_jobs shows the highest first
     entry: int             # the one entry that is this job; any other entry with its id is a duplicate
     digest: str
-    operation: Optional[str]
+    operation: str | None
     cancellable: bool
     attempt: int
     submitted_at: str
     status: str = "pending"
-    worker_id: Optional[str] = None
-    started_at: Optional[str] = None
-    completed_at: Optional[str] = None
-    error: Optional[dict] = None
+    worker_id: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    error: dict | None = None
     cancel: bool = False
-    ended: Optional[float] = None  # broker time it reached a final status (maintain forgets it later)
+    ended: float | None = None  # broker time it reached a final status (maintain forgets it later)
 
 
 @dataclass(eq=False)
@@ -90,8 +91,8 @@ class KeyHold:
     job_id: str
     state: str
     worker_id: str
-    token: Optional[object] = None
-    ended: Optional[float] = None
+    token: object | None = None
+    ended: float | None = None
 
 
 class MemoryBroker:
@@ -108,16 +109,16 @@ class MemoryBroker:
         self.clock = clock
         self.name = name
         self.cond = threading.Condition(threading.RLock())
-        self.waiting: "collections.OrderedDict[int, Entry]" = collections.OrderedDict()
-        self.claims: Dict[int, Claim] = {}
-        self.jobs: Dict[str, Job] = {}
-        self.results: Dict[str, bytes] = {}
-        self.progress: Dict[str, list] = {}
-        self.keys: Dict[str, KeyHold] = {}
-        self.alive: Dict[str, object] = {}  # worker id -> token of the open transport of that id
-        self._dead: "collections.deque[dict]" = collections.deque(maxlen=MAX_DEAD_LETTERS)
+        self.waiting: collections.OrderedDict[int, Entry] = collections.OrderedDict()
+        self.claims: dict[int, Claim] = {}
+        self.jobs: dict[str, Job] = {}
+        self.results: dict[str, bytes] = {}
+        self.progress: dict[str, list] = {}
+        self.keys: dict[str, KeyHold] = {}
+        self.alive: dict[str, object] = {}  # worker id -> token of the open transport of that id
+        self._dead: collections.deque[dict] = collections.deque(maxlen=MAX_DEAD_LETTERS)
         self._numbers = itertools.count(1)
-        self._outage: Optional[str] = None
+        self._outage: str | None = None
 
     # -- for tests and embedders --------------------------------------------------------
     def add_raw(self, data: bytes) -> str:
@@ -133,7 +134,7 @@ class MemoryBroker:
         with self.cond:
             self.alive.pop(worker_id, None)
 
-    def set_unavailable(self, reason: Optional[str]) -> None:
+    def set_unavailable(self, reason: str | None) -> None:
         """While reason is set, every operation that reads or changes the queue or the store
         raises :class:`MemoryUnavailable` (commit marks its outcomes with it instead, health
         fails), as a Redis outage or a full disk would; None ends it, nothing lost."""
@@ -153,14 +154,14 @@ class MemoryBroker:
             raise MemoryUnavailable(f"memory broker {self.name} unavailable: {self._outage}")
 
     @property
-    def outage(self) -> Optional[str]:
+    def outage(self) -> str | None:
         return self._outage
 
     def number(self) -> int:
         """A new number: entry ids, job creation order and hand-out generations draw from it."""
         return next(self._numbers)
 
-    def add_entry(self, raw: bytes, job_id: Optional[str] = None) -> Entry:
+    def add_entry(self, raw: bytes, job_id: str | None = None) -> Entry:
         entry = Entry(self.number(), raw, job_id, peeked=job_id is not None)
         self.waiting[entry.id] = entry
         self.cond.notify_all()

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..base import FINAL_STATUSES, JobStatus, Outcome, Page, Reservation
 from .broker import Job, KeyHold, now_iso
@@ -23,13 +24,13 @@ class StoreMixin:
     def encode_result(self, result: Mapping[str, Any]) -> bytes:
         return _ENCODER.encode(result).encode("utf-8", "surrogatepass")
 
-    def get_result(self, job_id: str) -> Optional[dict]:
+    def get_result(self, job_id: str) -> dict | None:
         with self.broker.cond:
             self.broker.check()
             raw = self.broker.results.get(job_id)
         return json.loads(raw) if raw is not None else None
 
-    def wait_result(self, job_id: str, timeout: float) -> Optional[dict]:
+    def wait_result(self, job_id: str, timeout: float) -> dict | None:
         """Woken by the commit or cancel that stores the result."""
         b, end = self.broker, time.monotonic() + timeout
         with b.cond:
@@ -79,7 +80,7 @@ class StoreMixin:
             self.broker.check()
             self._release_key(key, job_id)
 
-    def _release_key(self, key: str, job_id: Optional[str]) -> None:
+    def _release_key(self, key: str, job_id: str | None) -> None:
         hold = self.broker.keys.get(key)
         if hold is not None and hold.job_id == job_id and hold.state == "running":
             del self.broker.keys[key]
@@ -115,7 +116,7 @@ class StoreMixin:
                 self._store(o, body)
             b.cond.notify_all()
 
-    def _store(self, o: Outcome, body: Optional[bytes]) -> None:
+    def _store(self, o: Outcome, body: bytes | None) -> None:
         b, d = self.broker, o.delivery
         entry = b.claims[d.entry].entry
         job = b.jobs.get(entry.job_id or "")
@@ -147,14 +148,14 @@ class StoreMixin:
             self._held.discard(d.generation)
 
     # -- look-ups by job id -------------------------------------------------------------
-    def job_status(self, job_id: str) -> Optional[JobStatus]:
+    def job_status(self, job_id: str) -> JobStatus | None:
         with self.broker.cond:
             self.broker.check()
             job = self.broker.jobs.get(job_id)
             return _status_of(job) if job is not None else None
 
-    def list_jobs(self, *, status: Optional[str] = None, operation: Optional[str] = None,
-                  limit: int = 100, page_token: Optional[str] = None) -> Page:
+    def list_jobs(self, *, status: str | None = None, operation: str | None = None,
+                  limit: int = 100, page_token: str | None = None) -> Page:
         """Newest first.  The page token is the creation number of the last job shown: the
         next page starts after it even when newer jobs arrived meanwhile."""
         limit = max(1, min(int(limit), 1000))
@@ -227,7 +228,7 @@ def _status_of(job: Job) -> JobStatus:
                      cancellable=job.status not in FINAL_STATUSES and job.cancellable)
 
 
-def cancelled_result(job_id: str, operation: Optional[str], attempt: Optional[int]) -> dict:
+def cancelled_result(job_id: str, operation: str | None, attempt: int | None) -> dict:
     """The result of a job cancelled while it waited in the queue (it never ran)."""
     at = now_iso()
     return {"job_id": job_id, "status": "cancelled", "failed_at": at, "worker_id": None,

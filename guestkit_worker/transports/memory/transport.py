@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ...job.errors import ConfigError, JobFileError
 from ..base import Delivery, LeaseLost, SubmitReceipt, Transport
@@ -58,7 +59,7 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
     local_dirs: Mapping[str, str] = {}
     fetch_from_job_threads = True  # a look under a lock in this process
 
-    def __init__(self, worker_id: str = "memory", *, broker: Optional[MemoryBroker] = None,
+    def __init__(self, worker_id: str = "memory", *, broker: MemoryBroker | None = None,
                  lease_seconds: float = 60.0, max_deliveries: int = 5, result_ttl: float = 7 * 24 * 3600.0,
                  max_job_bytes: int = 1 << 20, clock: Any = None) -> None:
         if broker is not None and clock is not None:
@@ -72,7 +73,7 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
         self.max_deliveries = int(max_deliveries)
         self.result_ttl = float(result_ttl)
         self.max_job_bytes = int(max_job_bytes)
-        self._token: Optional[object] = None  # this transport's life in broker.alive (set by open)
+        self._token: object | None = None  # this transport's life in broker.alive (set by open)
         self._held: set = set()              # generations of the deliveries it holds
         self._closed = True                  # not open (yet, or any more): it delivers nothing
 
@@ -110,7 +111,7 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
         return {"transport": (True, f"memory broker {self.broker.name} reachable")}
 
     # -- submission ---------------------------------------------------------------------
-    def submit(self, doc: Mapping[str, Any], raw: Optional[bytes] = None) -> SubmitReceipt:
+    def submit(self, doc: Mapping[str, Any], raw: bytes | None = None) -> SubmitReceipt:
         job_id = doc["job_id"]
         body = raw if raw is not None else _encode(doc)
         b = self.broker
@@ -189,7 +190,7 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
         d.no_result_yet = job is not None and job.entry == entry.id and entry.job_id not in b.results
         return d
 
-    def _claim_of(self, d: Delivery) -> Optional[Claim]:
+    def _claim_of(self, d: Delivery) -> Claim | None:
         """d's claim while d is its current hand-out and held here (cond held), else None."""
         claim = self.broker.claims.get(getattr(d, "entry", None))
         if claim is None or claim.generation != d.generation or d.generation not in self._held:
@@ -266,7 +267,7 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
             if not_for_me:
                 entry.skip[self.worker_id] = b.clock() + FOREIGN_RECHECK_SECONDS
 
-    def _requeue(self, delivery: Delivery, raw: bytes, *, attempt: Optional[int] = None) -> Entry:
+    def _requeue(self, delivery: Delivery, raw: bytes, *, attempt: int | None = None) -> Entry:
         """Drop delivery's claim and queue raw as a new entry at the back; the job's state
         follows when it named the old entry (cond held, the claim checked)."""
         b = self.broker

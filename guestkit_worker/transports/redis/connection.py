@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from ...job.errors import ConfigError
@@ -85,7 +85,7 @@ def describe(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}{port}{parts.path or '/0'}"
 
 
-def make_clients(url: str, password: Optional[str] = None, tls: Optional[TlsFiles] = None) -> tuple:
+def make_clients(url: str, password: str | None = None, tls: TlsFiles | None = None) -> tuple:
     """(client, blocking): two redis.Redis clients for url; password overrides the URL's; tls:
     the CA and client certificate files of a rediss:// URL."""
     redis = import_redis()
@@ -104,7 +104,7 @@ def make_clients(url: str, password: Optional[str] = None, tls: Optional[TlsFile
     return client, blocking
 
 
-def password_from(url: str, password_file: Optional[str]) -> Optional[str]:
+def password_from(url: str, password_file: str | None) -> str | None:
     """The password to use: the file's when given (it wins over the URL's), else None (the URL's)."""
     if password_file:
         return read_password_file(os.path.expanduser(password_file))

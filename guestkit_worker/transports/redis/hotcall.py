@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..base import OutcomeUnknown
 
@@ -44,14 +45,16 @@ class ThreadConnections:
     :meth:`close` disconnects them all (the transport's close)."""
 
     def __init__(self, client: Any) -> None:
-        from redis.exceptions import ConnectionError as RedisConnectionError, NoScriptError, TimeoutError as RedisTimeout
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import NoScriptError
+        from redis.exceptions import TimeoutError as RedisTimeout
 
         self._pool = client.connection_pool
         self._local = threading.local()
         self._lock = threading.Lock()
         # weak: a thread that ends drops its local, and its connection closes with it (redis-py
         # disconnects a connection that is collected); the API's connection threads come and go
-        self._all: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._all: weakref.WeakSet[Any] = weakref.WeakSet()
         self._no_script, self._timeout = NoScriptError, RedisTimeout
         self._broken = (RedisConnectionError, RedisTimeout, OSError)
 
@@ -103,7 +106,7 @@ class ThreadConnections:
             raise _Unanswered(exc, isinstance(exc, self._timeout)) from exc
 
     def _again(self, conn: Any, script: Any, keys: Sequence[Any], args: Sequence[Any],
-               first: Optional[_Unanswered]) -> Any:
+               first: _Unanswered | None) -> Any:
         """The call once more on a fresh connection, for a thread's connection found closed.
         ``first``: the first call was written (it may have run), so if this one fails too the
         outcome is unknown."""

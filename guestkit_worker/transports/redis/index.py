@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Optional, Tuple
+from typing import Any
 
 from ..base import FINAL_STATUSES, InvalidPageToken, JobStatus, Page
 from .keys import GROUP
@@ -18,7 +18,7 @@ _CHUNK = 200
 _TOKEN = re.compile(r"([0-9]{1,18}):([^\x00-\x20]{1,1024})")
 
 
-def _decode_token(token: str) -> Tuple[str, str]:
+def _decode_token(token: str) -> tuple[str, str]:
     """(score, job id) of a ``SCORE:JOB_ID`` page token; InvalidPageToken for anything else
     (the token comes from a client: a sign, a huge or non-ASCII number, no job id)."""
     found = _TOKEN.fullmatch(token)
@@ -27,7 +27,7 @@ def _decode_token(token: str) -> Tuple[str, str]:
     return str(int(found.group(1))), found.group(2)
 
 
-def _text(value: Any) -> Optional[str]:
+def _text(value: Any) -> str | None:
     if value is None:
         return None
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
@@ -50,7 +50,7 @@ def _status_of(job_id: str, h: dict) -> JobStatus:
                      cancellable=status not in FINAL_STATUSES and g.get("cancellable") != "0")
 
 
-def cancelled_result(job_id: str, operation: Optional[str], attempt: Optional[int]) -> dict:
+def cancelled_result(job_id: str, operation: str | None, attempt: int | None) -> dict:
     """The result of a job cancelled while it waited in the stream (it never ran)."""
     at = now_iso()
     return {"job_id": job_id, "status": "cancelled", "failed_at": at, "worker_id": None, "operation": operation,
@@ -65,13 +65,13 @@ def cancelled_result(job_id: str, operation: Optional[str], attempt: Optional[in
 class IndexMixin:
     """job_status, list_jobs and cancel; state and clients come from the transport."""
 
-    def job_status(self, job_id: str) -> Optional[JobStatus]:
+    def job_status(self, job_id: str) -> JobStatus | None:
         with self._guard("status"):
             h = self.r.hgetall(self.k.job(job_id))
         return _status_of(job_id, h) if h else None
 
-    def list_jobs(self, *, status: Optional[str] = None, operation: Optional[str] = None,
-                  limit: int = 100, page_token: Optional[str] = None) -> Page:
+    def list_jobs(self, *, status: str | None = None, operation: str | None = None,
+                  limit: int = 100, page_token: str | None = None) -> Page:
         """Newest first.  The page token is ``SCORE:JOB_ID`` of the last job shown: the next
         page starts after it even when newer jobs arrived meanwhile."""
         limit = max(1, min(int(limit), 1000))

@@ -8,8 +8,9 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from ...job.errors import JobFileError
 from ...job.protocol import decode_job_bytes, peek_job_id, pool_accepts
@@ -27,7 +28,7 @@ class RedisDelivery(Delivery):
     __slots__ = ("raw", "doc", "renewed", "poison", "lost", "start_recorded")
 
     def __init__(self, entry: str, raw: bytes, doc: dict, *, started: bool = False,
-                 delivery_count: int = 1, poison: Optional[tuple] = None) -> None:
+                 delivery_count: int = 1, poison: tuple | None = None) -> None:
         super().__init__(entry, started=started, delivery_count=delivery_count)
         self.raw, self.doc = raw, doc
         self.poison = poison  # (reason, detail) when the entry cannot be a job
@@ -65,7 +66,7 @@ class QueueMixin:
     """The JobQueue methods; state and clients come from :class:`.transport.RedisTransport`."""
 
     # -- submission ---------------------------------------------------------------------
-    def submit(self, doc: Mapping[str, Any], raw: Optional[bytes] = None) -> SubmitReceipt:
+    def submit(self, doc: Mapping[str, Any], raw: bytes | None = None) -> SubmitReceipt:
         job_id = doc["job_id"]
         body = job_bytes(doc, raw, self.max_job_bytes)  # never larger than what workers read
         op, cancellable, attempt = job_facts(doc)
@@ -184,7 +185,7 @@ class QueueMixin:
                 self._lease_lost(d)
         return out
 
-    def _decode(self, raw: Optional[bytes]) -> tuple:
+    def _decode(self, raw: bytes | None) -> tuple:
         """(document, None), or (None, (reason, detail)) when an entry cannot be a job."""
         if raw is None:
             return None, ("no_job_field", "the entry has no field 'job'")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Optional
+from typing import Any
 
 from ...job.protocol import peek_job_id
 from ..base import ReclaimDecision
@@ -84,7 +84,7 @@ class ReclaimMixin:
                         log.exception("stream entry %s: cannot move it to the dead letters", d.name)
         return n
 
-    def _job_id_of(self, fields: Any) -> Optional[str]:
+    def _job_id_of(self, fields: Any) -> str | None:
         raw = _fields(fields).get(b"job")
         try:
             return peek_job_id(json.loads(raw)) if raw else None

@@ -12,7 +12,8 @@ Cluster slot.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 #: dead-letter stream length bound (approximate: MAXLEN ~)
 DEAD_MAXLEN = 100000
@@ -54,7 +55,7 @@ local function add_entry(stream, job, old, doc)
 end
 """
 
-SOURCES: Dict[str, str] = {
+SOURCES: dict[str, str] = {
     # KEYS jobs, job, index; ARGV doc, job_id, digest, operation, cancellable(1|0), attempt,
     # submitted_at -> {created|exists|conflict, status, entry}
     "submit": r"""
@@ -374,7 +375,7 @@ class Scripts:
         for name, body in SOURCES.items():
             setattr(self, name, client.register_script(_PRELUDE + body))
 
-    def batch(self, calls: Sequence[Tuple[str, Sequence[Any], Sequence[Any]]]) -> List[Any]:
+    def batch(self, calls: Sequence[tuple[str, Sequence[Any], Sequence[Any]]]) -> list[Any]:
         """Run ``(script name, keys, args)`` calls in one round trip (a pipeline without
         MULTI) and return their replies, an exception in the place of a call that failed.
 

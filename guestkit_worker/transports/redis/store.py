@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..base import LeaseLost, Outcome, Reservation, TransportUnavailable
 from .keys import GROUP
@@ -29,7 +30,7 @@ class StoreMixin:
     def encode_result(self, result: Mapping[str, Any]) -> bytes:
         return _ENCODER.encode(result).encode("utf-8", "surrogatepass")
 
-    def get_result(self, job_id: str) -> Optional[dict]:
+    def get_result(self, job_id: str) -> dict | None:
         with self._guard("get_result"):
             raw = self.r.get(self.k.result(job_id))
         return json.loads(raw) if raw else None

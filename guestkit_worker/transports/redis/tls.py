@@ -14,7 +14,7 @@ import os
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 from ...job.errors import ConfigError
@@ -34,9 +34,9 @@ _NOBODY_THERE = (ConnectionRefusedError, FileNotFoundError, socket.gaierror)
 class TlsFiles:
     """--redis-tls-ca-file, --redis-tls-cert-file, --redis-tls-key-file (None: not given)."""
 
-    ca_file: Optional[str] = None
-    cert_file: Optional[str] = None
-    key_file: Optional[str] = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
     def given(self) -> bool:
         return bool(self.ca_file or self.cert_file or self.key_file)
@@ -85,7 +85,7 @@ def check(url: str, files: TlsFiles, where: str) -> None:
     files.context()
 
 
-def diagnose(url: str, files: TlsFiles, exc: BaseException) -> Optional[str]:
+def diagnose(url: str, files: TlsFiles, exc: BaseException) -> str | None:
     """Why a connection to url failed, when no retry will cure it; else None.  exc is redis-py's
     ConnectionError or TimeoutError (its cause holds the socket's or TLS layer's error)."""
     parts = urlsplit(url)
@@ -116,11 +116,11 @@ def diagnose(url: str, files: TlsFiles, exc: BaseException) -> Optional[str]:
     return None
 
 
-def _about_certificates(reason: Optional[str]) -> bool:
+def _about_certificates(reason: str | None) -> bool:
     return bool(reason) and any(word in reason for word in _CERTIFICATE_REASONS)
 
 
-def _cause(exc: Optional[BaseException], kinds: Any) -> Optional[BaseException]:
+def _cause(exc: BaseException | None, kinds: Any) -> BaseException | None:
     """The first exception of kinds in exc's chain of causes (a few links deep), else None."""
     seen = 0
     while exc is not None and seen < 5:
@@ -135,7 +135,7 @@ def _reason(exc: BaseException) -> str:
     return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
 
 
-def _probe_tls(host: Optional[str], port: int, files: Optional[TlsFiles]) -> Optional[str]:
+def _probe_tls(host: str | None, port: int, files: TlsFiles | None) -> str | None:
     """Talk to host:port once, bounded: with files, a TLS handshake and a PING as redis-py would
     (the reason of a TLS error, ``plain`` when the server answers in plain text, else None);
     without, does the port complete a TLS handshake (``tls``) or not (None)."""
@@ -167,7 +167,7 @@ def _probe_tls(host: Optional[str], port: int, files: Optional[TlsFiles]) -> Opt
             return None
 
 
-def _plain_redis(host: Optional[str], port: int) -> Optional[str]:
+def _plain_redis(host: str | None, port: int) -> str | None:
     """``plain`` when host:port answers a plain-text PING as Redis does, else None."""
     try:
         with socket.create_connection((host or "localhost", port), timeout=PROBE_TIMEOUT_SECONDS) as sock:

@@ -18,17 +18,18 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Dict, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 from ...job.errors import ConfigError
 from ...job.protocol import DEFAULT_MAX_JOB_BYTES
 from ..base import OutcomeUnknown, StopRequested, Transport, TransportObserver, TransportUnavailable
 from . import connection, tls
+from .hotcall import ThreadConnections
 from .index import IndexMixin
 from .keys import GROUP, Keys
 from .queue import QueueMixin
 from .reclaim import ReclaimMixin
-from .hotcall import ThreadConnections
 from .scripts import Scripts, load_scripts
 from .store import StoreMixin
 
@@ -59,11 +60,11 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
 
     protected_paths = ()
 
-    def __init__(self, url: str, worker_id: str, *, pool: str = "default", password_file: Optional[str] = None,
-                 tls_ca_file: Optional[str] = None, tls_cert_file: Optional[str] = None,
-                 tls_key_file: Optional[str] = None, lease_seconds: float = DEFAULT_LEASE_SECONDS, max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+    def __init__(self, url: str, worker_id: str, *, pool: str = "default", password_file: str | None = None,
+                 tls_ca_file: str | None = None, tls_cert_file: str | None = None,
+                 tls_key_file: str | None = None, lease_seconds: float = DEFAULT_LEASE_SECONDS, max_deliveries: int = DEFAULT_MAX_DELIVERIES,
                  result_ttl: int = DEFAULT_RESULT_TTL, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
-                 metrics: Optional[TransportObserver] = None) -> None:
+                 metrics: TransportObserver | None = None) -> None:
         connection.check_url(url)
         self.tls = tls.TlsFiles(tls_ca_file, tls_cert_file, tls_key_file)
         tls.check(url, self.tls, connection.describe(url))
@@ -87,9 +88,9 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
         self._redis = connection.import_redis()
         self.r: Any = None
         self.rb: Any = None
-        self.s: Optional[Scripts] = None
+        self.s: Scripts | None = None
         self._lock = threading.Lock()
-        self._held: Dict[str, Any] = {}     # entry id -> delivery held by this worker
+        self._held: dict[str, Any] = {}     # entry id -> delivery held by this worker
         self._own_done = False              # own pending entries of a previous life taken back
         self._own_cursor = "-"
         self._group_ok = False
@@ -97,11 +98,11 @@ class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport
         #: what this process writes in its worker id's liveness key (host, pid, random): a
         #: second process with the same id is told apart from this one
         self.mark = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.identity_lost: Optional[str] = None
+        self.identity_lost: str | None = None
         self._closing = threading.Event()   # close() called: stop retrying commits
         self._reached = False               # a round trip succeeded: connection trouble is an outage
         self._ok_at = float("-inf")         # end of the last round trip that succeeded
-        self._down_since: Optional[float] = None  # while Redis fails: the last success before
+        self._down_since: float | None = None  # while Redis fails: the last success before
         self._back_at = float("-inf")       # Redis answered again after an outage (see reclaim's grace)
         self._away = 0.0                    # how long that outage was, seen from here (inf: since start)
         self._grace_told = float("-inf")    # the _back_at whose grace the log has announced
