@@ -162,7 +162,8 @@ def _vmdk_refs(fd: int):
             text = _read_at(fd, desc_offset * 512, min(desc_size * 512, _HEADER_BYTES))
         text = text.split(b"\0", 1)[0].decode("utf-8", "replace")
         parent = _PARENT_RE.search(text)
-        extents = [(m.group(3).upper(), m.group(4)) for m in _EXTENT_RE.finditer(text)] if capacity == 0 else []
+        extents = ([(m.group(3).upper(), m.group(4)) for m in _EXTENT_RE.finditer(text)]
+                   if capacity == 0 else [])
         return (parent.group(1) if parent else None), extents
     text = _read_at(fd, 0, 1 << 20).split(b"\0", 1)[0].decode("utf-8", "replace")
     parent = _PARENT_RE.search(text)
@@ -201,7 +202,8 @@ class _Checker:
         try:
             st = os.stat(real)
         except OSError as exc:
-            raise _refuse(self.field, f"{kind} {shown!r} of the image: {exc.strerror}", reference=kind) from None
+            raise _refuse(self.field, f"{kind} {shown!r} of the image: {exc.strerror}",
+                          reference=kind) from None
         if not stat.S_ISREG(st.st_mode):
             raise _refuse(self.field, f"{kind} {shown!r} of the image is not a regular file", reference=kind)
         return real

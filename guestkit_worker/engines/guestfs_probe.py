@@ -18,7 +18,8 @@ Output: ``{"probe_version": 1, "engine": {...}, "operating_system": {...}, ...}`
 expected failure prints ``{"error": {"code": ..., "message": ...}}`` instead (exit status 0 in
 both cases).  Progress goes to stderr as ``@progress {"phase": ..., "percent": ..., "message": ...}``
 lines, and ``@sockdir PATH`` names the socket directory libguestfs made outside TMPDIR (the
-worker removes it should it have to kill the probe); anything else on stderr is libguestfs chatter (set LIBGUESTFS_DEBUG=1 for a lot of it).
+worker removes it should it have to kill the probe); anything else on stderr is libguestfs
+chatter (set LIBGUESTFS_DEBUG=1 for a lot of it).
 """
 
 import argparse
@@ -72,18 +73,18 @@ def report_sockdir(timeout=120.0, poll=0.05):
             if not pid.isdigit():
                 continue
             try:
-                with open("/proc/%s/stat" % pid, "rb") as fh:
+                with open(f"/proc/{pid}/stat", "rb") as fh:
                     stat = fh.read()
                 if stat[stat.rfind(b")") + 2:].split()[1].decode() != me:
                     continue
-                with open("/proc/%s/cmdline" % pid, "rb") as fh:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
                     args = fh.read().split(b"\0")
             except (OSError, IndexError):
                 continue
             for arg in args:
                 m = re.search(rb"path=([^,]+)/guestfsd\.sock", arg)
                 if m:
-                    sys.stderr.write("@sockdir %s\n" % m.group(1).decode("utf-8", "replace"))
+                    sys.stderr.write("@sockdir {}\n".format(m.group(1).decode("utf-8", "replace")))
                     sys.stderr.flush()
                     return
         time.sleep(poll)
@@ -106,9 +107,9 @@ def operating_system(g, root):
     if not major and not minor:
         version = None
     elif distro == "ubuntu":
-        version = "%d.%02d" % (major, minor)
+        version = f"{major:d}.{minor:02d}"
     else:
-        version = "%d.%d" % (major, minor)
+        version = f"{major:d}.{minor:d}"
     return {
         "root": root,
         "type": known(call("type")),
@@ -141,7 +142,7 @@ def mount_all(g, root, guest):
             g.mount_ro(mps[mp], mp)
             mounted.append({"mountpoint": mp, "device": mps[mp]})
         except RuntimeError as exc:
-            guest.warn("mount %s on %s" % (mps[mp], mp), exc)
+            guest.warn(f"mount {mps[mp]} on {mp}", exc)
     return mounted
 
 
@@ -152,9 +153,8 @@ def inspect(image, fmt, sections, deep):
     doc = {"probe_version": PROBE_VERSION}
     try:
         v = g.version()
-        doc["engine"] = {"name": "libguestfs", "version": "%s.%s.%s%s" % (
-            v["major"], v["minor"], v["release"], v.get("extra", "")),
-            "backend": g.get_backend()}
+        engine_version = "{}.{}.{}{}".format(v["major"], v["minor"], v["release"], v.get("extra", ""))
+        doc["engine"] = {"name": "libguestfs", "version": engine_version, "backend": g.get_backend()}
         try:
             g.add_drive_opts(image, format=fmt, readonly=True)
         except RuntimeError as exc:
@@ -172,8 +172,8 @@ def inspect(image, fmt, sections, deep):
         if not roots:
             fss = section_filesystems(g, Guest(g))
             return {"error": {"code": "NO_OPERATING_SYSTEM",
-                              "message": "no operating system found in %s (%d filesystem(s) seen)"
-                                         % (image, len(fss)),
+                              "message": f"no operating system found in {image} "
+                                         f"({len(fss)} filesystem(s) seen)",
                               "filesystems": fss}}
         root = sorted(roots)[0]
         guest = Guest(g)
@@ -219,7 +219,8 @@ def inspect(image, fmt, sections, deep):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Inspect a disk image with libguestfs (JSON on stdout).")
+    parser = argparse.ArgumentParser(
+        description="Inspect a disk image with libguestfs (JSON on stdout).")
     parser.add_argument("--image", required=True)
     parser.add_argument("--format", required=True)
     parser.add_argument("--sections", default=",".join(ALL_SECTIONS))
@@ -232,7 +233,7 @@ def main(argv=None):
     try:
         doc = inspect(args.image, args.format, sections, args.deep_scan)
     except ImportError as exc:
-        doc = {"error": {"code": "ENGINE_UNAVAILABLE", "message": "cannot import guestfs: %s" % exc}}
+        doc = {"error": {"code": "ENGINE_UNAVAILABLE", "message": f"cannot import guestfs: {exc}"}}
     except RuntimeError as exc:
         doc = {"error": {"code": "INSPECTION_FAILED", "message": first_line(exc)}}
     sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")

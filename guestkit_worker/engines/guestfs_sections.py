@@ -7,6 +7,7 @@ A helper of the standalone script ``guestfs_probe.py``, which imports it from it
 directory when the system python runs it: standard library only, like the script.
 """
 
+import contextlib
 import posixpath
 import re
 
@@ -33,7 +34,7 @@ class Guest:
         self.warnings = []
 
     def warn(self, what, exc):
-        self.warnings.append("%s: %s" % (what, str(exc).strip()))
+        self.warnings.append(f"{what}: {str(exc).strip()}")
 
     def is_file(self, path):
         try:
@@ -106,10 +107,8 @@ def section_packages(g, root, guest, deep):
         out.append(entry)
     out.sort(key=lambda p: (p["name"] or "", p["version"] or ""))
     manager = None
-    try:
+    with contextlib.suppress(RuntimeError):
         manager = known(g.inspect_get_package_management(root))
-    except RuntimeError:
-        pass
     return {"count": len(out), "manager": manager, "packages": out}
 
 
@@ -161,10 +160,8 @@ def section_services(guest):
 
 def section_network(g, root, guest):
     hostname = None
-    try:
+    with contextlib.suppress(RuntimeError):
         hostname = known(g.inspect_get_hostname(root))
-    except RuntimeError:
-        pass
     dns, search, source = [], [], None
     resolv = guest.text("/etc/resolv.conf")
     if resolv is not None:
@@ -183,14 +180,15 @@ def section_network(g, root, guest):
     for line in (guest.text("/etc/network/interfaces") or "").splitlines():
         words = line.split()
         if len(words) >= 4 and words[0] == "iface":
-            interfaces.append({"name": words[1], "method": words[3], "source": "/etc/network/interfaces"})
+            interfaces.append({"name": words[1], "method": words[3],
+                               "source": "/etc/network/interfaces"})
     for name in guest.ls("/etc/sysconfig/network-scripts"):
         if name.startswith("ifcfg-") and name != "ifcfg-lo":
             cfg = key_values(guest.text("/etc/sysconfig/network-scripts/" + name))
             interfaces.append({"name": cfg.get("DEVICE", name[6:]), "method": cfg.get("BOOTPROTO"),
                                "source": "/etc/sysconfig/network-scripts/" + name})
-    return {"hostname": hostname, "dns_servers": dns, "search_domains": search, "dns_source": source,
-            "interfaces": interfaces,
+    return {"hostname": hostname, "dns_servers": dns, "search_domains": search,
+            "dns_source": source, "interfaces": interfaces,
             "netplan_files": [n for n in guest.ls("/etc/netplan") if n.endswith(".yaml")],
             "networkmanager_connections": guest.ls("/etc/NetworkManager/system-connections")}
 
@@ -219,8 +217,9 @@ def section_security(guest, deep, users):
             if acct["login"]:
                 text = guest.text(posixpath.join(acct["home"], ".ssh/authorized_keys"))
                 if text:
-                    keys.append({"user": acct["name"],
-                                 "keys": sum(1 for l in text.splitlines() if l.strip() and not l.startswith("#"))})
+                    lines = text.splitlines()
+                    count = sum(1 for row in lines if row.strip() and not row.startswith("#"))
+                    keys.append({"user": acct["name"], "keys": count})
         out["ssh_authorized_keys"] = keys
     return out
 
@@ -238,10 +237,8 @@ def section_filesystems(g, guest):
         entry = {"device": dev, "type": known(fss[dev]), "uuid": None, "label": None}
         if entry["type"] not in (None, "swap"):
             for key, fn in (("uuid", g.vfs_uuid), ("label", g.vfs_label)):
-                try:
+                with contextlib.suppress(RuntimeError):
                     entry[key] = fn(dev) or None
-                except RuntimeError:
-                    pass
         out.append(entry)
     return out
 
@@ -251,10 +248,8 @@ def section_storage(g, guest):
     try:
         for dev in g.list_devices():
             entry = {"device": dev, "size_bytes": g.blockdev_getsize64(dev), "partition_table": None}
-            try:
+            with contextlib.suppress(RuntimeError):
                 entry["partition_table"] = g.part_get_parttype(dev)
-            except RuntimeError:
-                pass
             devices.append(entry)
         for part in g.list_partitions():
             partitions.append({"device": part, "size_bytes": g.blockdev_getsize64(part)})

@@ -166,8 +166,10 @@ class PrivateOutput:
             except OSError:
                 continue
             if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
-                shutil.rmtree(os.path.join(os.path.dirname(self.dest) or ".", entry.name), ignore_errors=True)
-                log.info("job %s: removed the partial output %s of an earlier attempt", self.job_id, entry.name)
+                partial = os.path.join(os.path.dirname(self.dest) or ".", entry.name)
+                shutil.rmtree(partial, ignore_errors=True)
+                log.info("job %s: removed the partial output %s of an earlier attempt",
+                         self.job_id, entry.name)
 
     def __enter__(self):
         return self

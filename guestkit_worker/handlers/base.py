@@ -126,7 +126,8 @@ class ImageHandler(Handler):
         output = data.get("output") or {}
         overwrite = bool(output.get("overwrite"))
         if output.get("destination"):
-            dest = context.check_path(output["destination"], "payload.data.output.destination", for_output=True)
+            dest = context.check_path(output["destination"], "payload.data.output.destination",
+                                      for_output=True)
         else:
             dest = os.path.join(os.path.realpath(context.work_dir), default_name)
         if dest == source:

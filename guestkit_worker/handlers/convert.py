@@ -93,7 +93,8 @@ class ConvertHandler(ImageHandler):
         require_format(image.get("format"), "payload.data.image.format", default="qcow2")
         target = data.get("target_format")
         if target is None:
-            raise JobValidationError("payload.data.target_format", f"is required: one of {', '.join(IMAGE_FORMATS)}")
+            raise JobValidationError("payload.data.target_format",
+                                     f"is required: one of {', '.join(IMAGE_FORMATS)}")
         target = require_format(target, "payload.data.target_format")
         if require_bool(data.get("compression"), "payload.data.compression", False) and target != "qcow2":
             raise JobValidationError("payload.data.compression",
@@ -178,7 +179,8 @@ class ConvertHandler(ImageHandler):
         if proc.returncode != 0:
             msg = _tail(proc.stderr)
             log.error("job %s: qemu-img convert exited with %s: %s", job_id, proc.returncode, msg)
-            raise HandlerError("CONVERSION_FAILED", f"qemu-img convert failed (status {proc.returncode}): {msg}",
+            raise HandlerError("CONVERSION_FAILED",
+                               f"qemu-img convert failed (status {proc.returncode}): {msg}",
                                phase="convert", details={"source_format": src_fmt, "target_format": target})
         info_proc = context.run([QEMU_IMG, "info", "--output=json", "-f", target, tmp])
         try:
@@ -186,7 +188,8 @@ class ConvertHandler(ImageHandler):
         except ValueError:
             info = None
         if info_proc.returncode != 0 or not isinstance(info, dict):
-            raise HandlerError("CONVERSION_FAILED", f"qemu-img info failed on the result: {_tail(info_proc.stderr)}",
+            raise HandlerError("CONVERSION_FAILED",
+                               f"qemu-img info failed on the result: {_tail(info_proc.stderr)}",
                                phase="convert")
         return {"source": {"path": src, "format": src_fmt}, "target_format": target,
                 "compression": compress, "virtual_size": info.get("virtual-size"),

@@ -37,8 +37,8 @@ Environment:
   where nested KVM is broken (an appliance launch then takes 12-25 s), ``LIBGUESTFS_DEBUG=1``
   to log the appliance's chatter at debug level.
 * Each job gets its own TMPDIR under the work dir (libguestfs puts the read-only overlay
-  there); it is removed, with the appliance's socket directory, even after a kill.  The appliance cache stays in
-  ``LIBGUESTFS_CACHEDIR`` (default: the inherited TMPDIR or /var/tmp).
+  there); it is removed, with the appliance's socket directory, even after a kill.  The appliance
+  cache stays in ``LIBGUESTFS_CACHEDIR`` (default: the inherited TMPDIR or /var/tmp).
 
 Disk I/O accounting: only the checksum pass is counted as disk reads; reads made by qemu
 inside the appliance are not measured.
@@ -73,8 +73,8 @@ from ..system.checksum import parse_checksum, verify_sha256
 from .base import HandlerResult, ImageHandler
 from .inspect_report import OPTION_FLAGS, SAMPLE_LIMIT, SECTIONS, effective_sections, summarize
 
-__all__ = ["InspectHandler", "OPTION_FLAGS", "SAMPLE_LIMIT", "SECTIONS", "effective_sections", "engine_status",
-           "guestfs_python", "summarize"]
+__all__ = ["InspectHandler", "OPTION_FLAGS", "SAMPLE_LIMIT", "SECTIONS", "effective_sections",
+           "engine_status", "guestfs_python", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ class InspectHandler(ImageHandler):
         if output is not None:
             fmt = output.get("format")
             if fmt is not None and fmt != "json":
-                raise JobValidationError("payload.data.output.format", f"only 'json' is supported, got {fmt!r}")
+                raise JobValidationError("payload.data.output.format",
+                                         f"only 'json' is supported, got {fmt!r}")
             if output.get("compression") not in (None, False, "none"):
                 raise JobValidationError("payload.data.output.compression", "compression is not supported")
         require_path(image.get("path"), "payload.data.image.path")

@@ -33,12 +33,13 @@ def summarize(report: Mapping[str, Any]) -> dict[str, Any]:
                                       for p in sample], "truncated": more}
     if "users" in report:
         us = report["users"]
+        fields = ("name", "uid", "home", "shell", "login", "system")
         accounts = us.get("accounts", [])
         sample, more = _sample(accounts)
         out["users"] = {"count": us.get("count", 0), "login_count": us.get("login_count", 0),
                         "login_users": [a["name"] for a in accounts if a.get("login")][:SAMPLE_LIMIT],
-                        "accounts": [{k: a.get(k) for k in ("name", "uid", "home", "shell", "login", "system")}
-                                     for a in sample], "truncated": more}
+                        "accounts": [{k: a.get(k) for k in fields} for a in sample],
+                        "truncated": more}
     if "services" in report:
         sv = report["services"]
         sample, more = _sample(u["name"] for u in sv.get("enabled", []))
