@@ -57,18 +57,20 @@ def main():
         started = time.time()
         if not admitted and not minimal:  # read by the blocking XREADGROUP: admit and start it
             s.admit(keys=[k.jobs, k.dead, k.running, jk, k.index, k.result(job_id)],
-                    args=[GROUP, me, entry, job_id, hashlib.sha256(raw).hexdigest(), doc["operation"], "1", "1",
-                          iso(started), DEAD_MAXLEN, iso(started)])
+                    args=[GROUP, me, entry, job_id, hashlib.sha256(raw).hexdigest(), doc["operation"],
+                          "1", "1", iso(started), DEAD_MAXLEN, iso(started)])
         now = time.time()
         done = iso(now)
         result = {"job_id": job_id, "status": "completed", "completed_at": done, "worker_id": me,
                   "operation": doc["operation"],
-                  "execution_summary": {"started_at": iso(started), "duration_seconds": round(now - started, 6),
+                  "execution_summary": {"started_at": iso(started),
+                                        "duration_seconds": round(now - started, 6),
                                         "attempt": 1, "idempotency_key": None},
                   "outputs": {"primary": None, "artifacts": []}, "error": None, "observability": None,
                   "data": doc["payload"]["data"]}
         body = ENCODER.encode(result).encode()
-        ok = s.commit(keys=[k.jobs, k.dead, k.running, jk, k.result(job_id), k.progress(job_id), k.result(job_id)],
+        ok = s.commit(keys=[k.jobs, k.dead, k.running, jk, k.result(job_id), k.progress(job_id),
+                            k.result(job_id)],
                       args=[GROUP, me, entry, body, RESULT_TTL, "completed", done, "", "", job_id, "", "",
                             DEAD_MAXLEN, ""])
         if ok != 1:

@@ -77,8 +77,10 @@ def _stop(proc):
 
 def start_api(base, extra=()):
     port, mport = common.free_port(), common.free_port()
-    argv = common.worker_exe() + ["api", "--api-addr", f"127.0.0.1:{port}", "--metrics-addr", f"127.0.0.1:{mport}",
-                                  "--log-level", "WARNING", "--worker-id", "bench-api"] + _dirs(base) + list(extra)
+    argv = common.worker_exe() + ["api", "--api-addr", f"127.0.0.1:{port}",
+                                  "--metrics-addr", f"127.0.0.1:{mport}",
+                                  "--log-level", "WARNING", "--worker-id", "bench-api"]
+    argv += _dirs(base) + list(extra)
     os.makedirs(os.path.join(base, "jobs"), exist_ok=True)
     proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_port(proc, mport, "guestkit-worker api (metrics)")
@@ -102,8 +104,9 @@ def post_round(side, per_client, redis=None):
                                 env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         if proc.stdout.readline() != b"ready\n":
             raise SystemExit("the API floor did not start")
-    clients = [subprocess.Popen([sys.executable, os.path.join(common.BENCH_DIR, "_api_client.py"), str(port),
-                                 f"{side}{i}", str(per_client)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    client = os.path.join(common.BENCH_DIR, "_api_client.py")
+    clients = [subprocess.Popen([sys.executable, client, str(port), f"{side}{i}", str(per_client)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                for i in range(CLIENTS)]
     try:
         for c in clients:
@@ -137,7 +140,8 @@ def post_round(side, per_client, redis=None):
 def wait_delays(samples):
     base = common.fresh_dir("api-wait")
     port, mport = common.free_port(), common.free_port()
-    argv = common.worker_exe() + ["run", "--api-addr", f"127.0.0.1:{port}", "--metrics-addr", f"127.0.0.1:{mport}",
+    argv = common.worker_exe() + ["run", "--api-addr", f"127.0.0.1:{port}",
+                                  "--metrics-addr", f"127.0.0.1:{mport}",
                                   "--log-level", "WARNING", "--worker-id", "bench-wait", "--poll-interval",
                                   str(POLL), "--work-dir", os.path.join(base, "work")] + _dirs(base)
     os.makedirs(os.path.join(base, "jobs"), exist_ok=True)
@@ -235,8 +239,8 @@ def metrics_under_waits(rounds, per_round, wait_s=5):
     return idle, busy
 
 
-GOALS = [("API POST rate", "≥ 0.70 ×"), ("API POST rate (redis)", "≥ 0.70 ×"), ("API wait wake-up", "≤ 0.05 × --poll-interval"),
-         ("API /metrics, 50 wait", "≤ 1.2 ×")]
+GOALS = [("API POST rate", "≥ 0.70 ×"), ("API POST rate (redis)", "≥ 0.70 ×"),
+         ("API wait wake-up", "≤ 0.05 × --poll-interval"), ("API /metrics, 50 wait", "≤ 1.2 ×")]
 
 
 def api_available():
@@ -269,7 +273,8 @@ def main():
     rows = [["POST /api/v1/jobs, guestkit-worker api", common.summary(rates["api"]), f"{post_ratio:.2f}"],
             ["same, --transport redis", common.summary(rates["redis"]), f"{redis_ratio:.2f}"],
             ["POST, bare WSGI app (floor)", common.summary(rates["floor"]), "1.00"]]
-    text = (f"POST rate, {CLIENTS} keep-alive clients x {args.per_client} jobs, {rounds} rounds, sides alternating\n"
+    text = (f"POST rate, {CLIENTS} keep-alive clients x {args.per_client} jobs, {rounds} rounds, "
+            "sides alternating\n"
             + common.table(["side", "requests/s median (min–max)", "× floor"], rows))
     med_delay = common.med(delays)
     text += (f"\n\nresult?wait= answered after completed_at, {len(delays)} samples ({dropped} dropped: not "
@@ -281,7 +286,8 @@ def main():
     text += ("\n\n/metrics latency (fresh connection each), 3 rounds x 30, alternating blocks\n"
              + common.table(["while", "ms median (min–max)", "× none waiting"],
                             [["no request waiting", common.summary(idle, "{:.2f}"), "1.00"],
-                             [f"{WAITERS} requests waiting", common.summary(busy, "{:.2f}"), f"{mratio:.2f}"]]))
+                             [f"{WAITERS} requests waiting", common.summary(busy, "{:.2f}"),
+                              f"{mratio:.2f}"]]))
     goals = [common.goal("API POST rate", post_ratio >= 0.7,
                          f"{common.med(rates['api']):.0f} req/s = {post_ratio:.2f} × bare WSGI "
                          f"({common.med(rates['floor']):.0f})", "≥ 0.70 ×"),

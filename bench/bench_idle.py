@@ -61,7 +61,8 @@ def main():
     args = p.parse_args()
     d = common.fresh_dir("idle")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUESTKIT_WORKER_")}
-    argv = common.worker_exe() + ["--jobs-dir", os.path.join(d, "jobs"), "--results-dir", os.path.join(d, "results"),
+    argv = common.worker_exe() + ["--jobs-dir", os.path.join(d, "jobs"),
+                                  "--results-dir", os.path.join(d, "results"),
                                   "--work-dir", os.path.join(d, "work"), "--metrics-addr", "127.0.0.1:0",
                                   "--worker-id", "bench-idle"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -92,20 +93,21 @@ def main():
     pct = [100 * c / span for c in cpu]
     rows = []
     for i, who in enumerate(("guestkit-worker", "bare poller")):
-        rows += [[f"{who}: CPU (schedstat, all threads)", f"{cpu[i] * 1000:.1f} ms", f"{pct[i]:.3f} % of a core"],
+        rows += [[f"{who}: CPU (schedstat, all threads)", f"{cpu[i] * 1000:.1f} ms",
+                  f"{pct[i]:.3f} % of a core"],
                  [f"{who}: CPU (utime+stime, 10 ms ticks)", f"{(k1[i] - k0[i]) * 1000:.0f} ms",
                   f"{100 * (k1[i] - k0[i]) / span:.3f} %"],
                  [f"{who}: RSS at the end (VmRSS)", f"{rss[i]:.1f} MiB", ""],
                  [f"{who}: peak RSS (VmHWM)", f"{hwm[i]:.1f} MiB", ""],
                  [f"{who}: threads", str(threads[i]), ""]]
-    text = (f"Idle over the same {span:.1f} s: the daemon (metrics endpoint on, poll 1 s, 4 job threads) and the "
-            "bare poller (prometheus_client's server + one scan of a directory per second)\n"
+    text = (f"Idle over the same {span:.1f} s: the daemon (metrics endpoint on, poll 1 s, 4 job threads) "
+            "and the bare poller (prometheus_client's server + one scan of a directory per second)\n"
             + common.table(["measure", "value", ""], rows))
     cr, rr = cpu[0] / cpu[1], rss[0] / rss[1]
-    goals = [common.goal("idle CPU", cr <= 5.0, f"{cr:.1f} × the bare poller ({pct[0]:.3f} vs {pct[1]:.3f} % of "
-                                                f"a core)", "≤ 5 ×"),
-             common.goal("idle RSS", rr <= 1.5, f"{rr:.2f} × the bare poller ({rss[0]:.1f} vs {rss[1]:.1f} MiB)",
-                         "≤ 1.5 ×")]
+    goals = [common.goal("idle CPU", cr <= 5.0,
+                         f"{cr:.1f} × the bare poller ({pct[0]:.3f} vs {pct[1]:.3f} % of a core)", "≤ 5 ×"),
+             common.goal("idle RSS", rr <= 1.5,
+                         f"{rr:.2f} × the bare poller ({rss[0]:.1f} vs {rss[1]:.1f} MiB)", "≤ 1.5 ×")]
     common.finish(args, goals, text)
 
 

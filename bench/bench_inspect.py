@@ -61,8 +61,8 @@ def main():
         tmp = common.fresh_dir("inspect-engine")
         e = dict(env, TMPDIR=tmp)
         t0 = time.perf_counter()
-        proc = subprocess.run([python, probe_script(), "--image", image, "--format", "raw", "--sections", SECTIONS],
-                              env=e, capture_output=True, text=True)
+        proc = subprocess.run([python, probe_script(), "--image", image, "--format", "raw",
+                               "--sections", SECTIONS], env=e, capture_output=True, text=True)
         dt = time.perf_counter() - t0
         doc = json.loads(proc.stdout)
         if proc.returncode != 0 or "error" in doc:
@@ -77,7 +77,8 @@ def main():
         os.makedirs(jobs)
         doc = common.echo_job("bench-inspect-0001", 0)
         doc.update(operation="guestkit.inspect",
-                   payload={"type": "guestkit.inspect.v1", "data": {"image": {"path": image, "format": "raw"}}})
+                   payload={"type": "guestkit.inspect.v1",
+                            "data": {"image": {"path": image, "format": "raw"}}})
         with open(os.path.join(jobs, "bench-inspect-0001.json"), "w") as fh:
             json.dump(doc, fh)
         t0 = time.perf_counter()
@@ -111,8 +112,8 @@ def main():
     text += (f"\n\npaired: worker wall / engine time inside the same run = {common.summary(inner, '{:.3f}')}"
              f"\ncross-run: median worker / median bare engine = {cross:.3f}")
     goals = [common.goal("inspection overhead", paired <= 1.05,
-                         f"{paired:.3f} × paired ({cross:.3f} × across runs; worker {common.med(secs[names[0]]):.1f} s, "
-                         f"engine {ref:.1f} s)", "≤ 1.05 ×")]
+                         f"{paired:.3f} × paired ({cross:.3f} × across runs; "
+                         f"worker {common.med(secs[names[0]]):.1f} s, engine {ref:.1f} s)", "≤ 1.05 ×")]
     common.finish(args, goals, text)
 
 

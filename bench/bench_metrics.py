@@ -46,7 +46,8 @@ def make():
 
 
 def per_job_cached(m, n):
-    label, started, returned, finished = m.label_operation, m.handler_started, m.handler_returned, m.job_finished
+    label, started = m.label_operation, m.handler_started
+    returned, finished = m.handler_returned, m.job_finished
     t0 = time.perf_counter()
     for _ in range(n):
         op = label("system.echo")

@@ -36,8 +36,8 @@ def main():
                 rate[(c, side)].append(jobs_s)
                 cpu[(c, side)].append(throughput.LAST_CPU[0] / args.jobs * 1e6)
             pairs[c].append(rate[(c, "off")][-1] / rate[(c, "on")][-1] - 1)
-            print(f"round {r + 1}/{rounds} C={c}: on {rate[(c, 'on')][-1]:.0f}/s off {rate[(c, 'off')][-1]:.0f}/s",
-                  file=sys.stderr, flush=True)
+            print(f"round {r + 1}/{rounds} C={c}: on {rate[(c, 'on')][-1]:.0f}/s "
+                  f"off {rate[(c, 'off')][-1]:.0f}/s", file=sys.stderr, flush=True)
     rows = []
     for c in counts:
         for s in sides:
@@ -46,7 +46,8 @@ def main():
             + common.table(["side", "jobs/s median (min–max)", "CPU µs/job median (min–max)"], rows)
             + "\n\n" + common.table(
                 ["threads", "slower with metrics (median)", "min–max", "CPU µs/job on − off"],
-                [[f"C={c}", f"{common.med(pairs[c]) * 100:+.1f} %", common.spread([x * 100 for x in pairs[c]], "{:+.1f}"),
+                [[f"C={c}", f"{common.med(pairs[c]) * 100:+.1f} %",
+                  common.spread([x * 100 for x in pairs[c]], "{:+.1f}"),
                   f"{common.med(cpu[(c, 'on')]) - common.med(cpu[(c, 'off')]):+.1f}"] for c in counts]))
     on_off = {c: 1 / (1 + common.med(pairs[c])) for c in counts}  # rate on / rate off
     goals = [common.goal("metrics on vs off", min(on_off.values()) >= 0.97,

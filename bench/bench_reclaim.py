@@ -111,8 +111,8 @@ def main():
             f"of them, --lease-seconds {LEASE:g}, {rounds} rounds\n"
             + common.table(["measure", "s median (min–max)", "× lease"],
                            [["taken over after", common.summary(took, "{:.2f}"), f"{ratio:.2f}"]]))
-    goals = [common.goal("reclaim", ratio <= 1.3, f"{common.med(took):.2f} s = {ratio:.2f} × lease ({LEASE:g} s)",
-                         "≤ 1.3 × lease")]
+    goals = [common.goal("reclaim", ratio <= 1.3,
+                         f"{common.med(took):.2f} s = {ratio:.2f} × lease ({LEASE:g} s)", "≤ 1.3 × lease")]
     common.finish(args, goals, text)
 
 

@@ -36,8 +36,9 @@ def main():
 
     def worker():
         d = common.fresh_dir("startup")
-        return timed(common.worker_exe() + ["--once", "--jobs-dir", os.path.join(d, "jobs"), "--results-dir",
-                                            os.path.join(d, "results"), "--work-dir", os.path.join(d, "work")], env)
+        return timed(common.worker_exe() + ["--once", "--jobs-dir", os.path.join(d, "jobs"),
+                                            "--results-dir", os.path.join(d, "results"),
+                                            "--work-dir", os.path.join(d, "work")], env)
 
     sides = {"guestkit-worker --once (empty)": worker,
              "python -c 'import prometheus_client'": lambda: timed(base_argv, env),

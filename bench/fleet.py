@@ -97,45 +97,45 @@ def run_native(srv, side, n, procs, threads):
     from guestkit_worker.transports.redis.keys import Keys
     k = Keys(POOL)
     base = common.fresh_dir(f"fleet-{side}")
-    log = open(os.path.join(base, "stderr.log"), "wb")
-    env = {kk: v for kk, v in os.environ.items() if not kk.startswith("GUESTKIT_WORKER_")}
-    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    # every side's processes are up and waiting on the empty stream before the jobs appear
-    client = srv.client()
-    if side.startswith("floor"):
-        mode = ["min"] if side == "floor-min" else []
-        ps = [subprocess.Popen([sys.executable, FLOOR, srv.url, str(threads), f"floor-{i}"] + mode, env=env,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log) for i in range(procs)]
-        for p in ps:
-            if p.stdout.readline() != b"ready\n":
-                raise SideFailed(f"floor: a process did not start (log {base}/stderr.log)")
-        for p in ps:
-            p.stdin.write(b"go\n")
-            p.stdin.flush()
-    else:
-        ps = [subprocess.Popen(worker_argv(srv.url, threads, i, base), env=env, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=log) for i in range(procs)]
-        end = time.monotonic() + 60
-        while not _joined(client, k, [f"bench-{i}" for i in range(procs)]):
-            if time.monotonic() > end or any(p.poll() is not None for p in ps):
-                _stop(ps)
-                raise SideFailed(f"worker: did not join the group (log {base}/stderr.log)")
-            time.sleep(0.02)
-        time.sleep(0.2)  # its job threads and consumer started just after it joined
-    try:
-        submit_jobs(srv.url, n)
-        end = time.monotonic() + max(60.0, n / 20)
-        while client.xlen(k.jobs) > 0:
-            if time.monotonic() > end:
-                raise SideFailed(f"{side}: {client.xlen(k.jobs)} of {n} jobs left after the time limit")
-            if all(p.poll() is not None for p in ps):
-                raise SideFailed(f"{side}: processes exited (log {base}/stderr.log)")
-            time.sleep(0.02)
-        raw = client.mget([k.result(f"bench-{i:06d}") for i in range(n)])
-    finally:
-        client.close()
-        _stop(ps)
-        log.close()
+    with open(os.path.join(base, "stderr.log"), "wb") as log:
+        env = {kk: v for kk, v in os.environ.items() if not kk.startswith("GUESTKIT_WORKER_")}
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # every side's processes are up and waiting on the empty stream before the jobs appear
+        client = srv.client()
+        if side.startswith("floor"):
+            mode = ["min"] if side == "floor-min" else []
+            ps = [subprocess.Popen([sys.executable, FLOOR, srv.url, str(threads), f"floor-{i}"] + mode,
+                                   env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+                  for i in range(procs)]
+            for p in ps:
+                if p.stdout.readline() != b"ready\n":
+                    raise SideFailed(f"floor: a process did not start (log {base}/stderr.log)")
+            for p in ps:
+                p.stdin.write(b"go\n")
+                p.stdin.flush()
+        else:
+            ps = [subprocess.Popen(worker_argv(srv.url, threads, i, base), env=env, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=log) for i in range(procs)]
+            end = time.monotonic() + 60
+            while not _joined(client, k, [f"bench-{i}" for i in range(procs)]):
+                if time.monotonic() > end or any(p.poll() is not None for p in ps):
+                    _stop(ps)
+                    raise SideFailed(f"worker: did not join the group (log {base}/stderr.log)")
+                time.sleep(0.02)
+            time.sleep(0.2)  # its job threads and consumer started just after it joined
+        try:
+            submit_jobs(srv.url, n)
+            end = time.monotonic() + max(60.0, n / 20)
+            while client.xlen(k.jobs) > 0:
+                if time.monotonic() > end:
+                    raise SideFailed(f"{side}: {client.xlen(k.jobs)} of {n} jobs left after the time limit")
+                if all(p.poll() is not None for p in ps):
+                    raise SideFailed(f"{side}: processes exited (log {base}/stderr.log)")
+                time.sleep(0.02)
+            raw = client.mget([k.result(f"bench-{i:06d}") for i in range(n)])
+        finally:
+            client.close()
+            _stop(ps)
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     if any(x is None for x in raw):
@@ -198,36 +198,36 @@ def run_peer(srv, name, n, procs, threads):
     view = memoryview(mm).cast("d")
     count, per = (procs * threads, 1) if peer.processes_per_thread else (procs, threads)
     env = dict(os.environ, **{fleetpeers.STAMPS_ENV: path})
-    log = open(path + ".log", "wb")
-    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    ps = [subprocess.Popen([sys.executable, LAUNCHER, name, srv.url, str(per)], env=env, stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, stderr=log) for _ in range(count)]
-    try:
-        peer.enqueue(srv.url, n)  # while the workers start up
-        for p in ps:  # each says "ready" once set up, then waits for a line on stdin
-            if p.stdout.readline() != b"ready\n":
-                raise SideFailed(f"{name}: a worker process did not start (log {path}.log)")
-        for p in ps:
-            p.stdin.write(b"go\n")
-            p.stdin.flush()
-        end = time.monotonic() + timeout
-        while min(view) == 0.0:
-            if time.monotonic() > end:
-                raise SideFailed(f"{name}: {sum(1 for x in view if x)} of {n} done after {timeout:.0f} s")
-            if all(p.poll() is not None for p in ps) and min(view) == 0.0:
-                raise SideFailed(f"{name}: workers exited with {sum(1 for x in view if x)} of {n} done "
-                                 f"(log {path}.log)")
-            time.sleep(0.02)
-        client = srv.client()
+    with open(path + ".log", "wb") as log:
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        ps = [subprocess.Popen([sys.executable, LAUNCHER, name, srv.url, str(per)], env=env,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+              for _ in range(count)]
         try:
-            stored = _wait_stored(lambda: peer.stored(client), n)
+            peer.enqueue(srv.url, n)  # while the workers start up
+            for p in ps:  # each says "ready" once set up, then waits for a line on stdin
+                if p.stdout.readline() != b"ready\n":
+                    raise SideFailed(f"{name}: a worker process did not start (log {path}.log)")
+            for p in ps:
+                p.stdin.write(b"go\n")
+                p.stdin.flush()
+            end = time.monotonic() + timeout
+            while min(view) == 0.0:
+                if time.monotonic() > end:
+                    raise SideFailed(f"{name}: {sum(1 for x in view if x)} of {n} done after {timeout:.0f} s")
+                if all(p.poll() is not None for p in ps) and min(view) == 0.0:
+                    raise SideFailed(f"{name}: workers exited with {sum(1 for x in view if x)} of {n} done "
+                                     f"(log {path}.log)")
+                time.sleep(0.02)
+            client = srv.client()
+            try:
+                stored = _wait_stored(lambda: peer.stored(client), n)
+            finally:
+                client.close()
+            if stored != n:
+                raise SideFailed(f"{name}: {stored} results stored for {n} jobs")
         finally:
-            client.close()
-        if stored != n:
-            raise SideFailed(f"{name}: {stored} results stored for {n} jobs")
-    finally:
-        _stop(ps)
-        log.close()
+            _stop(ps)
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     stamps = list(view)
@@ -238,7 +238,8 @@ def run_peer(srv, name, n, procs, threads):
 
 def main():
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--jobs", type=int, default=None, help="jobs per side per round (default 2000, --quick 500)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="jobs per side per round (default 2000, --quick 500)")
     p.add_argument("--shapes", default="1x4,2x4", help="PROCESSESxTHREADS list (default 1x4,2x4)")
     p.add_argument("--sides", help="comma-separated subset of the sides")
     p.add_argument("--quick", action="store_true", help="1 round of 500 jobs (development, smoke test)")
@@ -273,15 +274,16 @@ def main():
                             rate, cpu = run_peer(srv, side, n, sh[0], sh[1])
                     except SideFailed as e:
                         failures.append(str(e))
-                        print(f"round {r + 1} {sh[0]}x{sh[1]} {side}: FAILED {e}", file=sys.stderr, flush=True)
+                        print(f"round {r + 1} {sh[0]}x{sh[1]} {side}: FAILED {e}",
+                              file=sys.stderr, flush=True)
                         continue
                     rates[(sh, side)].append(rate)
                     cpus[(sh, side)].append(cpu)
                     jobs = max(2, n // fleetpeers.PEERS[side].jobs_divisor) if side in fleetpeers.PEERS else n
                     rcpus[(sh, side)].append((srv.cpu_seconds() - c0) / jobs * 1e6)
                     walls[side] = walls.get(side, 0.0) + time.monotonic() - t_side
-                print(f"round {r + 1}/{rounds} {sh[0]}x{sh[1]}: " + ", ".join(
-                    f"{s} {rates[(sh, s)][-1]:.0f}/s" for s in sides if rates[(sh, s)]), file=sys.stderr, flush=True)
+                done = ", ".join(f"{s} {rates[(sh, s)][-1]:.0f}/s" for s in sides if rates[(sh, s)])
+                print(f"round {r + 1}/{rounds} {sh[0]}x{sh[1]}: {done}", file=sys.stderr, flush=True)
 
     versions = [f"redis-server {redis_version}"] + [
         f"{s} {fleetpeers.PEERS[s].version()}" for s in sides if s in fleetpeers.PEERS and s != "rq-fork"]

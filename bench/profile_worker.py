@@ -28,8 +28,8 @@ def main():
     p.add_argument("--rate", type=int, default=1000)
     p.add_argument("--no-idle", action="store_true")
     p.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL")
-    p.add_argument("--kind", default="job", help="thread kind to report: job (default), committer, consumer, main, "
-                                                 "watchdog")
+    p.add_argument("--kind", default="job",
+                   help="thread kind to report: job (default), committer, consumer, main, watchdog")
     args = p.parse_args()
     spy = shutil.which("py-spy") or sys.exit("py-spy missing: pip install py-spy")
     base = common.fresh_dir("profile")
@@ -50,20 +50,22 @@ def main():
     incl = collections.Counter()
     per_thread = collections.Counter()
     total = 0
-    for line in open(raw):
-        stack, _, n = line.rstrip("\n").rpartition(" ")
-        n = int(n)
-        frames = stack.split(";")
-        thread = frames[0]
-        kind = "job" if "job_" in thread else ("watchdog" if "watchdog" in thread else
-                                               "main" if "MainThread" in thread else thread.split(" ")[-1][:30])
-        per_thread[kind] += n
-        if kind != args.kind:
-            continue
-        total += n
-        leaf[frames[-1]] += n
-        for f in set(frames[1:]):
-            incl[f] += n
+    with open(raw) as fh:
+        for line in fh:
+            stack, _, n = line.rstrip("\n").rpartition(" ")
+            n = int(n)
+            frames = stack.split(";")
+            thread = frames[0]
+            kind = "job" if "job_" in thread else (
+                "watchdog" if "watchdog" in thread else
+                "main" if "MainThread" in thread else thread.split(" ")[-1][:30])
+            per_thread[kind] += n
+            if kind != args.kind:
+                continue
+            total += n
+            leaf[frames[-1]] += n
+            for f in set(frames[1:]):
+                incl[f] += n
     print("samples per thread kind:", dict(per_thread))
     print(f"\n{args.kind} threads, {total} samples; self time (leaf frames):")
     for f, n in leaf.most_common(args.top):

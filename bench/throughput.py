@@ -195,8 +195,9 @@ def main():
     p.add_argument("--threads", default="1,4", help="thread counts (default 1,4)")
     p.add_argument("--sides", help="comma-separated subset of floor,worker,worker-off,huey (for experiments)")
     p.add_argument("--alt", action="append", default=[],
-                   help="A/B experiment: directory with a modified guestkit_worker package, run as the extra side "
-                        "worker-alt (metrics on); repeat it for more variants (worker-alt2, worker-alt3, ...)")
+                   help="A/B experiment: directory with a modified guestkit_worker package, run as the extra "
+                        "side worker-alt (metrics on); repeat it for more variants (worker-alt2, "
+                        "worker-alt3, ...)")
     args = p.parse_args()
     rounds = args.rounds or 5
     counts = [int(x) for x in args.threads.split(",")]
@@ -240,7 +241,8 @@ def main():
             rows.append([f"C={c} {s}", common.summary(v), f"{common.med(v) / floor:.2f}" if floor else "-",
                          common.summary([args.jobs / w for w in walls[(c, s)]]) if s != "floor" else "-"])
     text = (f"Durable no-op jobs/s, {args.jobs} jobs per side per round, {rounds} rounds, sides alternating\n"
-            + common.table(["side", "jobs/s median (min–max)", "× floor", "jobs/s incl. start-up+exit"], rows))
+            + common.table(["side", "jobs/s median (min–max)", "× floor", "jobs/s incl. start-up+exit"],
+                           rows))
     goals = []
     have = set(sides)
     if {"worker", "worker-off"} <= have:
