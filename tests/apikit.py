@@ -1,5 +1,6 @@
 """Helpers for the REST API tests: JSON requests over real sockets, openssl-made certificates."""
 
+import contextlib
 import http.client
 import json
 import os
@@ -58,10 +59,8 @@ def raw(url, data, *, timeout=TIMEOUT):
     host, _, port = url.partition("://")[2].rpartition(":")
     with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
         sock.sendall(data)
-        try:
+        with contextlib.suppress(OSError):  # the server may have answered and closed already
             sock.shutdown(socket.SHUT_WR)
-        except OSError:  # the server may have answered and closed already
-            pass
         with sock.makefile("rb") as stream:
             return stream.read()
 

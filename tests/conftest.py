@@ -92,7 +92,7 @@ class Dirs:
     def running(self):
         """Names of job files some worker has started (NAME.json.running in .processing/*/)."""
         out = []
-        for root, _, files in os.walk(os.path.join(self.jobs, ".processing")):
+        for _root, _, files in os.walk(os.path.join(self.jobs, ".processing")):
             out += [f for f in files if f.endswith(".running")]
         return sorted(out)
 

@@ -151,14 +151,14 @@ class Worker:
         self.dirs = dirs
         log_name = log_name or f"worker-{time.monotonic_ns()}.log"
         self.log_path = os.path.join(dirs.base, log_name)
-        self._log = open(self.log_path, "w")
         main = ["-c", SHIM_MAIN] if shim else ["-m", "guestkit_worker"]
         extra = ["--metrics-addr", "127.0.0.1:0"] if metrics else ["--metrics-enabled", "false"]
         self.argv = [*prefix, sys.executable, *main, "run", *dirs.args(), "--poll-interval", "0.1",
                      *extra, *args]
-        self.proc = subprocess.Popen(self.argv, env=env or worker_env(), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=self._log,
-                                     preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+        with open(self.log_path, "w") as log:  # the worker writes through its own copy of the descriptor
+            self.proc = subprocess.Popen(self.argv, env=env or worker_env(), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=log,
+                                         preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
         self.pid = self.proc.pid
         try:
             self.url = self._find_url(60) if metrics else None
@@ -210,23 +210,17 @@ class Worker:
     def kill(self):
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
-        self._log.close()
 
     def stop(self, timeout=60):
         """SIGTERM and wait; returns the exit status."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        finally:
-            self._log.close()
-        return rc
+        return self.proc.wait(timeout=timeout)
 
     def ensure_stopped(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
-        self._log.close()
 
     # /proc views of the worker process
     def status(self, key):

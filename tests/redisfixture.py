@@ -55,11 +55,12 @@ class RedisServer:
     def start(self):
         exe = require_tool("redis-server")
         os.makedirs(self.dir, exist_ok=True)
-        self.log = open(os.path.join(self.dir, "redis.log"), "ab")
-        self.proc = subprocess.Popen([exe, *self.listen_args(), "--bind", "127.0.0.1", "--dir", self.dir,
-                                      "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-                                      "--protected-mode", "no", "--daemonize", "no", *self.extra_args],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        argv = [exe, *self.listen_args(), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
+                "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no",
+                "--daemonize", "no", *self.extra_args]
+        # redis-server writes through its own copy of the descriptor
+        with open(os.path.join(self.dir, "redis.log"), "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         wait_for(self.ping, timeout=20, what=f"redis-server at {self.url}")
         return self
 
@@ -94,7 +95,6 @@ class RedisServer:
         """SIGKILL by PID (no shutdown save: what survives is what the AOF holds)."""
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
-        self.log.close()
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -104,8 +104,6 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        if self.proc:
-            self.log.close()
         if self.socket:
             shutil.rmtree(os.path.dirname(self.socket), ignore_errors=True)
 

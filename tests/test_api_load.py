@@ -49,8 +49,8 @@ def test_200_idle_and_50_waiting_connections_leave_metrics_and_jobs_alone(dirs, 
             assert values["guestkit_api_waiting_requests"] == 50
             job_id = f"job-load-run-{i}"
             assert call(worker.url, "POST", JOBS, doc=make_job(job_id), timeout=10).status == 202
-            wait_for(lambda: os.path.exists(os.path.join(dirs.results, f"{job_id}-result.json")), timeout=30,
-                     what=f"{job_id} to run")
+            stored = os.path.join(dirs.results, f"{job_id}-result.json")
+            wait_for(lambda stored=stored: os.path.exists(stored), timeout=30, what=f"{job_id} to run")
             assert dirs.result(job_id)["status"] == "completed"
         # idle connections cost no thread: about one per waiting request
         assert _threads(worker.proc.pid) - baseline <= 50 + 8

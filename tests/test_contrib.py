@@ -402,7 +402,7 @@ def test_dashboard_queries_return_data(promtool, tmp_path):
     """
     targets = dashboard_targets(dashboard())
     tests = []
-    for p, t in targets:
+    for _, t in targets:
         e = concrete(t["expr"], worker_id="(w1|n1)")
         tests.append({"expr": f"count(\n{e}\n) > bool 0", "eval_time": "10m",
                       "exp_samples": [{"labels": "{}", "value": 1}]})

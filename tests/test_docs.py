@@ -19,6 +19,11 @@ SECTIONS = ("JOB FILES", "METRICS", "HTTP ENDPOINTS", "SIGNALS", "ENVIRONMENT", 
             "EXAMPLES", "SEE ALSO")
 
 
+def _read(path):
+    with open(path) as fh:
+        return fh.read()
+
+
 def test_committed_man_page_matches_parser():
     env = dict(os.environ, SOURCE_DATE_EPOCH="1793491200")
     page = subprocess.run([sys.executable, os.path.join(ROOT, "man", "build"), "--stdout"], env=env,
@@ -36,7 +41,7 @@ def test_man_page_renders_without_warnings():
     text = re.sub(r".\x08", "", proc.stdout)
     for section in SECTIONS:
         assert re.search(rf"^{section}$", text, re.M), section
-    for flags, dest, *_ in RUN_OPTIONS:
+    for flags, *_ in RUN_OPTIONS:
         assert flags[0] in text, flags[0]
     assert "guestkit_worker_jobs_total{operation,status}" in text
 
@@ -57,20 +62,20 @@ def test_wheel_installs_man_page(tmp_path):
     names = zipfile.ZipFile(tmp_path / wheel).namelist()
     page = [n for n in names if n.endswith("data/share/man/man1/guestkit-worker.1")]
     assert page, names
-    assert zipfile.ZipFile(tmp_path / wheel).read(page[0]).decode() == open(MAN).read()
+    assert zipfile.ZipFile(tmp_path / wheel).read(page[0]).decode() == _read(MAN)
     assert "guestkit_worker/engines/guestfs_probe.py" in names
     assert "guestkit_worker/engines/guestfs_sections.py" in names  # the probe imports it from its directory
 
 
 def test_readme_lists_every_option():
-    text = open(README).read()
+    text = _read(README)
     for flags, dest, *_ in RUN_OPTIONS:
         env = "GUESTKIT_WORKER_" + dest.upper()
         assert re.search(rf"^\| `{flags[0]}[^\n]*?\| `{env}`", text, re.M), flags[0]
 
 
 def runnable_blocks():
-    text = open(README).read()
+    text = _read(README)
     return re.findall(r"<!-- runnable -->\n```sh\n(.*?)```", text, re.S)
 
 
@@ -108,7 +113,7 @@ def _cron_lines(text):
 
 
 def test_man_page_cron_example_is_the_readmes_valid_cron_d_line():
-    readme = _cron_lines(open(README).read())
+    readme = _cron_lines(_read(README))
     with open(os.path.join(ROOT, "man", "guestkit-worker.1.in")) as fh:
         man = _cron_lines(fh.read().replace("\\-", "-"))
     assert len(readme) == 1 and man == readme, (man, readme)
@@ -131,7 +136,7 @@ def test_tests_run_installs_without_upgrading_and_readme_says_what():
     install = re.search(r"apt-get install ([^\n]*\\\n)*[^\n]*", script).group(0)
     assert "--no-upgrade" in install
     packages = [w for w in install.replace("\\", " ").split()[2:] if not w.startswith("-") and w != ">/dev/null"]
-    readme = " ".join(open(README).read().split())
+    readme = " ".join(_read(README).split())
     sentence = re.search(r"installs the real engines the tests use, with `apt-get install --no-upgrade`.*?\)",
                          readme).group(0)
     for package in packages:
@@ -139,4 +144,4 @@ def test_tests_run_installs_without_upgrading_and_readme_says_what():
 
 
 def test_readme_flag_table_has_list_operations():
-    assert re.search(r"^\| `--list-operations` \|", open(README).read(), re.M)
+    assert re.search(r"^\| `--list-operations` \|", _read(README), re.M)

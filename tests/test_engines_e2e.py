@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import UPSTREAM_JOBS, cli, make_job, worker_env, write_job
@@ -43,8 +44,8 @@ def qemu_or_probe_processes(needle):
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode("utf-8", "replace")
-            state = open(f"/proc/{pid}/stat", "rb").read().rsplit(b")", 1)[1].split()[0]
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue
         if needle in cmd and state not in (b"Z", b"X") and ("qemu" in cmd or "guestfs" in cmd):
@@ -134,7 +135,7 @@ def test_qcow2_basic_example_inspected(inspect_run):
     assert s["packages"]["count"] == EXPECTED["package_count"]
     assert s["services"]["enabled"] == [EXPECTED["enabled_unit"]]
     assert result["outputs"]["primary"] == os.path.join(dirs.work, "e2e-inspect-qcow2-inspection.json")
-    assert json.load(open(result["outputs"]["primary"]))["image"]["format"] == "qcow2"
+    assert json.loads(Path(result["outputs"]["primary"]).read_text())["image"]["format"] == "qcow2"
 
 
 def test_backing_chain_inspected_through_the_checked_spec(inspect_run):

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import Dirs, make_job, wait_for, write_job
@@ -72,7 +73,7 @@ def test_sigkill_at_random_moments_loses_nothing(dirs, ids):
                    log_name=f"kill-{round_}.log")
         try:
             target = before + rng.randint(0, 40)  # kill once some more handlers have started (0: at start-up) ...
-            wait_for(lambda: sum(len(v) for v in read_journal(journal).values()) >= target or
+            wait_for(lambda target=target: sum(len(v) for v in read_journal(journal).values()) >= target or
                      len(_finished(dirs)) == n, timeout=60, what=f"progress before kill {round_}")
             time.sleep(rng.uniform(0, 0.05))  # ... plus a random fraction of a job
             killed_running.append(len([p for p in processing(dirs) if p.endswith(".running")]))
@@ -257,9 +258,9 @@ def test_misbehaving_handlers_keep_capacity_accounting_honest(dirs):
         assert r["badresult-0001"]["error"]["code"] == "INVALID_RESULT"
         assert (r["stubborn-child"]["status"], r["stubborn-child"]["error"]["code"]) == ("timeout", "TIMEOUT")
         assert r["plain-echo-001"]["status"] == "completed"
-        child = int(open(pid_file).read())
+        child = int(Path(pid_file).read_text())
         assert not os.path.exists(f"/proc/{child}") or \
-            open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"  # gone, or a zombie
+            Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"  # gone, or a zombie
         # once the hung handler returns: nothing active, and its late outcome is discarded
         s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_active_jobs") == 0
                               and total(s, "guestkit_worker_jobs_total") == 5 else None)(w.samples()),
@@ -306,7 +307,7 @@ def test_sigterm_during_a_burst_drains_or_returns_every_job(dirs):
     assert sorted(results) == sorted(d[:-5] for d in done)
     assert all(r["status"] == "completed" for r in results.values())
     assert sum(len(a) for a in read_journal(journal).values()) == len(done)  # only the drained ones ran
-    assert "stopped: completed" in open(w.log_path).read()
+    assert "stopped: completed" in Path(w.log_path).read_text()
     # the rest runs on the next start, each job exactly once overall
     again = Worker(dirs, "--once", env=env, metrics=False, log_name="again.log")
     assert again.proc.wait(timeout=120) == 0
@@ -448,7 +449,7 @@ def test_a_reused_job_file_name_never_replaces_a_job(dirs):
         assert dirs.running() == ["y.json.running"] and waiting(dirs) == ["y.json"]
     finally:
         assert w.stop() == 0
-    back = {n: json.load(open(os.path.join(dirs.jobs, n)))["job_id"] for n in waiting(dirs)}
+    back = {n: json.loads(Path(dirs.jobs, n).read_text())["job_id"] for n in waiting(dirs)}
     assert sorted(back.values()) == ["reuse-long-0001", "reuse-waiting01"], back
     assert back["y.json"] == "reuse-waiting01"
     assert processing(dirs) == []
@@ -508,7 +509,7 @@ def test_stale_temp_files_are_removed_at_start(dirs):
     assert dirs.result("sweep-echo-0001")["status"] == "completed"
     assert [p for p in stale if os.path.lexists(p)] == []
     assert [p for p in kept if not os.path.lexists(p)] == []
-    assert os.path.islink(link) and open(victim, "rb").read() == b"untouched"
+    assert os.path.islink(link) and Path(victim).read_bytes() == b"untouched"
     log = w.log()
     for p in stale:
         assert re.search(rf"WARNING .*removed stale temp file {re.escape(p)} ", log), p

@@ -21,8 +21,8 @@ def _echo_doc(job_id):
 
 
 def test_health_probe_creates_nothing_at_a_predictable_name_and_follows_no_link(tmp_path):
-    """A link planted where the old probe wrote (.health-PID.tmp) keeps its target intact, and
-    the probe leaves no file behind."""
+    """A link planted at a predictable probe name (.health-PID.tmp) keeps its target intact,
+    and the probe leaves no file behind."""
     t = _transport(tmp_path)
     try:
         victim = tmp_path / "victim"
@@ -179,9 +179,9 @@ t.close()
 
 def test_a_job_moving_between_queue_and_worker_is_always_found_by_id(tmp_path):
     """A lookup by id checks the workers' dirs, then jobs/: a claim (jobs/ -> processing/) or a
-    give-back followed by another worker's claim between the two checks used to answer "no such
-    job" (a restarted worker's API said 404 for a job it was recovering).  Another process claims
-    and gives back one job 2,000 times while this one asks for its status all along."""
+    give-back followed by another worker's claim between the two checks must not answer "no such
+    job" (a restarted worker's API would say 404 for a job it is recovering).  Another process
+    claims and gives back one job 2,000 times while this one asks for its status all along."""
     import subprocess
     import sys
     t = _transport(tmp_path)

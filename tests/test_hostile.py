@@ -8,6 +8,7 @@ import socket
 import stat
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import cli, make_job, require_tool, wait_for, write_job
@@ -348,7 +349,7 @@ def test_allow_path_confines_images_and_outputs(dirs):
                             "payload.data.output.destination"),
         "inspect-outside": (_inspect_job("inspect-outside", outside_img), "payload.data.image.path"),
     }
-    for job_id, (doc, _) in jobs.items():
+    for doc, _ in jobs.values():
         write_job(dirs.jobs, doc)
     textfile = os.path.join(base, "textfile")
     os.makedirs(textfile)
@@ -420,7 +421,7 @@ def test_allow_path_refusal_does_not_tell_whether_a_path_exists(dirs):
         inspect_out = _inspect_job(f"in-out-{kind}", image)
         inspect_out["payload"]["data"]["output"] = {"destination": path}
         jobs[f"in-out-{kind}"] = ("payload.data.output.destination", path, inspect_out)
-    for job_id, (_, _, doc) in jobs.items():
+    for _, _, doc in jobs.values():
         write_job(dirs.jobs, doc)
     textfile = os.path.join(base, "textfile")
     os.makedirs(textfile)
@@ -472,7 +473,7 @@ def test_outputs_never_overwrite_the_workers_own_files(dirs):
         for job_id, dest in targets.items():
             write_job(dirs.jobs, _convert_job(job_id, image, dest, overwrite=True))
         cli("--once", *flags, *dirs.args(), check=1)
-        for job_id, dest in targets.items():
+        for job_id in targets:
             error = dirs.result(job_id)["error"]
             assert error["code"] == "PATH_NOT_ALLOWED", (flags, job_id, error)
             assert "inside the worker's own directory" in error["message"]
@@ -503,7 +504,7 @@ def test_planted_progress_link_is_not_followed(dirs):
     write_job(dirs.jobs, journal_job("progress-link-01", journal, data={"progress": True}))
     w = Worker(dirs, "--once", env=plugin_env(dirs.base), metrics=False)
     assert w.proc.wait(timeout=60) == 0
-    assert open(victim).read() == "untouched\n"
+    assert Path(victim).read_text() == "untouched\n"
     assert dirs.result("progress-link-01")["status"] == "completed"
     assert "cannot append progress" in w.log()
 

@@ -1,5 +1,5 @@
-"""The HTTP port's connection limit (issue 11, finding 4): a flood of real connections cannot
-take the worker's thread budget, and /metrics keeps answering."""
+"""The HTTP port's connection limit: a flood of real connections cannot take the worker's
+thread budget, and /metrics keeps answering."""
 
 import contextlib
 import json
@@ -34,9 +34,10 @@ def _connect_many(stack, host, port, n):
 
 
 def test_1000_idle_connections_keep_threads_bounded_and_metrics_answering(dirs):
-    """Before: 1,000 idle connections made 1,000 threads.  Now the worker holds at most
-    --http-max-connections of them (the longest idle makes room for a newcomer, answered 503), creates no
-    thread for a connection that sends nothing, and a scrape and a job go through meanwhile."""
+    """1,000 idle connections do not make 1,000 threads: the worker holds at most
+    --http-max-connections of them (the longest idle makes room for a newcomer, answered 503),
+    creates no thread for a connection that sends nothing, and a scrape and a job go through
+    meanwhile."""
     _enough_fds(FLOOD)
     w = Worker(dirs, "--http-max-connections", "16", "--worker-id", "http-flood")
     try:

@@ -48,9 +48,9 @@ def _burst(url, path, n, timeout=90):
 
 
 def test_a_burst_of_waiting_clients_gets_200_or_503_never_a_reset(dirs, served):
-    """Before: of 400 concurrent result?wait calls, some got ConnectionResetError (the refused
-    and evicted connections were closed with the request unread).  Now each gets 200 (the
-    job's result) or 503 with Retry-After."""
+    """Of 400 concurrent result?wait calls, each gets 200 (the job's result) or 503 with
+    Retry-After, never a ConnectionResetError (a refused or evicted connection closed with its
+    request unread)."""
     worker = served("run", "--api-max-connections", "16", "--api-max-waits", "8")
     doc = make_job("job-burst-wait", operation="test.sleep", data={"seconds": 3})
     assert call(worker.url, "POST", JOBS, doc=doc).status == 202
@@ -111,17 +111,17 @@ class _Tricklers:
 
 
 def test_slow_senders_from_one_address_cannot_lock_out_other_clients(dirs, served, tmp_path):
-    """Before: 64 connections sending a header byte a second took every slot of a port for
-    30 s at a time (the request deadline), and every other client got 503 for as long as
-    they went on.  Now, with 80 such senders from 127.0.0.2 on the API port and 80 on the
-    metrics port, GET /health, a scrape of /metrics and an authorized API call from 127.0.0.1
-    each get 200 promptly, again and again through the attack."""
+    """80 connections from 127.0.0.2 sending a header byte a second on the API port, and 80 on
+    the metrics port (enough to hold every slot of a port for the 30 s request deadline, again
+    and again), lock no one else out: GET /health, a scrape of /metrics and an authorized API
+    call from 127.0.0.1 each get 200 promptly, again and again through the attack."""
     tokens = write_tokens(tmp_path, TOKEN)
     worker = served("run", "--api-token-file", tokens, metrics=True)
     attacks = [_Tricklers(worker.url, TRICKLERS), _Tricklers(worker.metrics_url, TRICKLERS)]
     try:
         for attack in attacks:  # every sender has connected and sent its first bytes
-            wait_for(lambda: attack.bytes_sent >= 3 * TRICKLERS, timeout=60, what="the slow senders")
+            wait_for(lambda attack=attack: attack.bytes_sent >= 3 * TRICKLERS, timeout=60,
+                     what="the slow senders")
         end = time.monotonic() + 12  # beyond the header deadline: senders cut and back again
         rounds = 0
         while time.monotonic() < end or rounds < 4:
@@ -194,9 +194,9 @@ class _ResetFirst:
 
 
 def test_cli_wait_rides_out_a_reset(dirs, served):
-    """Before: ``result --wait`` exited 6 ("unavailable: ... Connection reset by peer") when a
-    busy server's answer was lost to a reset.  Now it asks again after a pause, like after a
-    503, and prints the result."""
+    """When a busy server's answer is lost to a reset, ``result --wait`` asks again after a
+    pause, as after a 503, and prints the result (it does not exit 6 with "unavailable: ...
+    Connection reset by peer")."""
     worker = served("run")
     assert call(worker.url, "POST", JOBS, doc=make_job("job-cli-reset")).status == 202
     relay = _ResetFirst(worker.url, resets=2)
@@ -224,9 +224,9 @@ def _hold_the_only_slot(url):
 
 
 def test_cli_wait_rides_out_a_busy_connection_slot(dirs, served):
-    """Before: ``result --wait`` retried only when too many clients were waiting; a 503
-    TOO_MANY_CONNECTIONS (every connection slot busy) made it exit 6.  Now it asks again after
-    a pause and prints the result once a slot is free."""
+    """On a 503 TOO_MANY_CONNECTIONS (every connection slot busy), as on too many waiting
+    clients, ``result --wait`` asks again after a pause and prints the result once a slot is
+    free (it does not exit 6)."""
     worker = served("run", "--api-max-connections", "1")
     assert call(worker.url, "POST", JOBS, doc=make_job("job-cli-busy")).status == 202
     wait_for(lambda: call(worker.url, "GET", f"{JOBS}/job-cli-busy/result").status == 200, timeout=60,

@@ -1,6 +1,6 @@
-"""Image chains (issue 11, finding 1): an image in an allowed directory cannot make qemu or
-libguestfs open files outside it (backing files, external data files, VMDK extents,
-json:/protocol names), and what was checked is what the engine opens."""
+"""Image chains: an image in an allowed directory cannot make qemu or libguestfs open files
+outside it (backing files, external data files, VMDK extents, json:/protocol names), and what
+was checked is what the engine opens."""
 
 import json
 import os
@@ -79,8 +79,10 @@ class _Listener:
 
 
 def test_images_that_reference_other_files_are_refused(dirs):
-    """Before: each of these jobs made qemu-img read /etc/shadow's stand-in (a copy came out as
-    the converted image) or connect to the attacker's port."""
+    """Images whose backing file, data file or extent is outside the allowed directory (a path,
+    a json: name, an http or nbd URL) fail with a message naming --allow-backing-files: no
+    output, no byte of /etc/shadow's stand-in in any file, no connection to the attacker's
+    port."""
     allowed, secret = _layout(dirs.base)
     listener = _Listener()
     try:
@@ -132,7 +134,7 @@ def test_images_that_reference_other_files_are_refused(dirs):
 
 def test_allowed_backing_files_stay_inside_and_regular(dirs):
     """--allow-backing-files: a backing file inside the allowed directory is used; one outside,
-    a json: name and a FIFO (which used to hang the job until its timeout) are refused."""
+    a json: name and a FIFO (which would hang the job until its timeout) are refused."""
     allowed, secret = _layout(dirs.base)
     base_img = os.path.join(allowed, "base.raw")
     with open(base_img, "wb") as fh:
@@ -194,8 +196,8 @@ def test_the_engine_opens_what_was_checked_not_what_is_there_later(tmp_path):
 
 
 def test_inspect_of_an_image_backed_by_another_tenants_disk_is_refused_before_any_appliance(tmp_path):
-    """Before: guestkit.inspect of a qcow2 whose backing file was another tenant's image
-    returned that tenant's hostname and users.  Now it fails before libguestfs starts."""
+    """guestkit.inspect of a qcow2 whose backing file is another tenant's image fails before
+    libguestfs starts, so it cannot report that tenant's hostname and users."""
     from guestkit_worker.handlers.inspect import InspectHandler
     from guestkit_worker.job.errors import HandlerError
     allowed, secret = _layout(str(tmp_path))

@@ -1,4 +1,4 @@
-"""HTTP/1.1 persistent connections on the bounded server (issue 17): several requests on one
+"""HTTP/1.1 persistent connections on the bounded server: several requests on one
 real socket, pipelined and half-sent requests, the cases that close, and the limits that still
 hold (request deadline, idle timeout, threads, the longest-idle connection making room)."""
 
@@ -229,7 +229,7 @@ def test_connection_closed_after_max_requests():
 def test_a_connection_being_served_at_shutdown_ends_after_its_current_answer():
     """Three pipelined requests; shutdown() while the first is being answered: that answer
     comes whole, says Connection: close, and the connection ends; the other two are not
-    answered (before: a kept connection went on until its 1,000-request limit)."""
+    answered (the connection does not go on to its 1,000-request limit)."""
     import threading
     entered, release = threading.Event(), threading.Event()
 

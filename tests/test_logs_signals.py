@@ -100,7 +100,7 @@ def _sigterm(proc):
 
 def test_sigterm_during_start_up_stops_cleanly(dirs):
     # the handlers are installed before start-up's work (recovery, binding): a SIGTERM then is a
-    # clean, logged stop (before: killed by the default action, status -15, nothing logged)
+    # clean, logged stop (not a kill by the default action: status -15, nothing logged)
     proc = start_worker(dirs, "--metrics-enabled", "false")
     try:
         for line in proc.stderr:

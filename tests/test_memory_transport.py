@@ -91,7 +91,7 @@ def test_duplicates_and_entries_delivered_too_often_are_dead_letters():
         c = MemoryTransport(f"mem-next-{n}", broker=broker, lease_seconds=10, max_deliveries=2)
         c.open()
         taken = []
-        c.reclaim(lambda r, _previous: taken.append(r), 5)
+        c.reclaim(lambda r, _previous, taken=taken: taken.append(r), 5)
         holder = c.worker_id
     assert taken == [] and broker.claims == {}
     reasons = [x["reason"] for x in broker.dead_letters()]

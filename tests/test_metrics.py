@@ -96,7 +96,7 @@ def test_queue_depth_is_zero_as_soon_as_each_job_is_counted(dirs, daemon):
     proc, url = daemon()
     for i in range(8):
         write_job(dirs.jobs, make_job(f"depth-one-{i:03d}"))
-        s = wait_for(lambda: (lambda m: m if total(m, "guestkit_worker_jobs_total") == i + 1 else None)(
+        s = wait_for(lambda i=i: (lambda m: m if total(m, "guestkit_worker_jobs_total") == i + 1 else None)(
             parse(scrape(url))), what=f"job {i + 1} counted")
         assert value(s, "guestkit_worker_queue_depth") == 0, f"job {i + 1}"
         status, _, body = get(url + "/health")

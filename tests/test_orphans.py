@@ -41,7 +41,7 @@ def test_a_sigkilled_workers_child_dies_and_the_next_start_kills_the_rest(dirs, 
     os.makedirs(os.path.join(dirs.work, ".orphan-child-01.guestfs-x1y2z3", "sock"))
     os.makedirs(os.path.join(dirs.work, ".other-job-0001.guestfs-a1b2c3"))
     try:
-        # the kernel kills the child when its worker dies (before: reparented to init, running on)
+        # the kernel kills the child when its worker dies (not reparented to init, running on)
         wait_for(lambda: not _alive(child), timeout=10, what=f"child {child} killed with its worker")
         # the grandchild (in the child's session, like qemu under libguestfs) is not covered by that
         assert _alive(grandchild)

@@ -1,7 +1,7 @@
-"""A job's own earlier output is not an OUTPUT_EXISTS conflict (issue 12, finding 5): a convert
-or inspect that published its output and runs again (its outcome was not stored, or its worker
-died after publishing) replaces that output; anything else at the destination still fails the
-job with OUTPUT_EXISTS.  Real qemu-img; ownership is the OWNER_XATTR written at publish."""
+"""A job's own earlier output is not an OUTPUT_EXISTS conflict: a convert or inspect that
+published its output and runs again (its outcome was not stored, or its worker died after
+publishing) replaces that output; anything else at the destination still fails the job with
+OUTPUT_EXISTS.  Real qemu-img; ownership is the OWNER_XATTR written at publish."""
 
 import os
 import subprocess

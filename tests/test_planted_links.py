@@ -1,6 +1,7 @@
-"""Outputs never follow planted links (issue 11, finding 2): another user who may write the
-output directory plants links where the worker writes; nothing outside changes."""
+"""Outputs never follow planted links: another user who may write the output directory plants
+links where the worker writes; nothing outside changes."""
 
+import contextlib
 import json
 import os
 import stat
@@ -32,8 +33,9 @@ def _fake_probe_python(base):
 
 
 def test_inspect_report_does_not_follow_a_link_planted_at_the_temp_name(dirs):
-    """Before: the report went to `.<dest>.<job_id>.partial` opened without O_EXCL|O_NOFOLLOW,
-    so a link planted there made the worker (root) overwrite the link's target."""
+    """A link planted at the report's temporary name `.<dest>.<job_id>.partial` is left alone:
+    its target keeps its content, and the report is a new regular file at the destination
+    (no write for the group, nothing for others)."""
     shared = os.path.join(dirs.base, "shared")
     os.makedirs(shared)
     victim = _victim(dirs.base)
@@ -58,11 +60,10 @@ def test_inspect_report_does_not_follow_a_link_planted_at_the_temp_name(dirs):
 
 
 def test_convert_output_cannot_be_redirected_by_racing_links(dirs):
-    """Before: qemu-img wrote `.<dest>.<job_id>.partial`, which the worker removed and then
-    let qemu-img create: a user racing a link into that name got the image written over the
-    link's target.  Now qemu-img writes into a private 0700 directory reached through a held
-    descriptor; the attacker plants links at the old name and swaps the private directory for
-    a link to a directory of theirs as fast as it can, and still nothing outside changes."""
+    """qemu-img writes into a private 0700 directory reached through a held descriptor: an
+    attacker who plants links at `.<dest>.<job_id>.partial` (a name qemu-img could be made to
+    write through) and swaps the private directory for a link to a directory of theirs as fast
+    as it can changes nothing outside."""
     require_tool("qemu-img")
     shared = os.path.join(dirs.base, "shared")
     os.makedirs(shared)
@@ -81,10 +82,8 @@ def test_convert_output_cannot_be_redirected_by_racing_links(dirs):
     def attacker():
         n = 0
         while not stop.is_set():
-            try:
+            with contextlib.suppress(OSError):
                 os.symlink(victim, old_name)
-            except OSError:
-                pass
             try:
                 entries = list(os.scandir(shared))
             except OSError:

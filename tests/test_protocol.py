@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+from pathlib import Path
 
 import pytest
 from conftest import UPSTREAM_JOBS, make_job
@@ -23,7 +24,7 @@ def error_of(doc):
 def test_bundled_examples_are_valid():
     paths = sorted(glob.glob(os.path.join(EXAMPLES, "*.json")))
     assert len(paths) == 3
-    jobs = [validate_document(decode_job_bytes(open(p, "rb").read())) for p in paths]
+    jobs = [validate_document(decode_job_bytes(Path(p).read_bytes())) for p in paths]
     assert [j.job_id for j in jobs] == ["example-hello-0001", "example-idempotent-0002", "example-routed-0003"]
     assert jobs[1].idempotency_key == "example-nightly-2026-11-01"
     assert jobs[1].max_attempts == 3
@@ -33,7 +34,7 @@ def test_upstream_examples():
     verdicts = {}
     for path in sorted(glob.glob(os.path.join(SHARED, "*.json"))):
         try:
-            job = validate_document(decode_job_bytes(open(path, "rb").read()))
+            job = validate_document(decode_job_bytes(Path(path).read_bytes()))
             verdicts[os.path.basename(path)] = job.operation
         except JobValidationError as exc:
             verdicts[os.path.basename(path)] = str(exc)

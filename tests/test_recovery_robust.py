@@ -14,8 +14,8 @@ def _dead_claim(dirs, worker, name, raw, started=True):
 
 
 def test_nan_claim_of_a_dead_worker_is_rejected_and_startup_goes_on(dirs):
-    # json.loads takes NaN; recovery used to re-serialise the claim with allow_nan=False and die,
-    # and every next worker took the claim over and died the same way
+    # json.loads takes NaN; a recovery that re-serialised the claim with allow_nan=False would die,
+    # and every next worker would take the claim over and die the same way
     doc = make_job("nan-claim-0001", audit={"score": float("nan")}, execution={"max_attempts": 3})
     _dead_claim(dirs, "dead-nan", "nan-claim-0001.json", json.dumps(doc).encode())
     _dead_claim(dirs, "dead-nan", "good-claim-001.json", json.dumps(make_job("good-claim-001")).encode(),

@@ -73,7 +73,7 @@ def completed(t, d, data=None, key=None):
 
 
 def test_submit_never_creates_two_jobs_for_one_id(make, redis_server, pool):
-    t = make()
+    make()  # an open worker: the stream and its consumer group exist before the producers race
     doc = make_job("race-job-0001")
     other = make_job("race-job-0001", data={"x": 1})
     receipts, barrier = [], threading.Barrier(8)

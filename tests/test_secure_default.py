@@ -1,5 +1,5 @@
-"""Secure by default (issue 11, finding 5): without --allow-path a job can name no image and
-no output, so a producer cannot copy or fingerprint files the worker can read."""
+"""Secure by default: without --allow-path a job can name no image and no output, so a
+producer cannot copy or fingerprint files the worker can read."""
 
 import hashlib
 import os
@@ -14,8 +14,9 @@ def _no_policy_env():
 
 
 def test_without_allow_path_jobs_cannot_copy_or_fingerprint_host_files(dirs):
-    """Before: `convert /etc/shadow` wrote a copy into work/, and an inspect job with a wrong
-    checksum answered the file's exact SHA-256 in error.details.actual."""
+    """Without --allow-path, `convert /etc/shadow` writes no copy into work/, an inspect job with
+    a wrong checksum does not answer the file's SHA-256 (nor whether it exists), and a convert
+    writes no output: each fails with PATH_NOT_ALLOWED naming --allow-path."""
     require_tool("qemu-img")
     assert os.path.isfile(SECRET)
     write_job(dirs.jobs, make_job("steal-shadow-01", "guestkit.convert",

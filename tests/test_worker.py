@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import cli, make_job, start_worker, wait_for, write_job
@@ -59,7 +60,7 @@ def test_timeout_kills_child_process(dirs):
     result = dirs.result("timeout-child-01")
     assert result["status"] == "timeout"
     assert result["error"]["code"] == "TIMEOUT"
-    child = int(open(pid_file).read())
+    child = int(Path(pid_file).read_text())
     assert not pid_alive(child)
     assert dirs.listing("failed") == ["timeout-child-01.json", "timeout-child-01.json.reason.json"]
     assert "timeout after 1s" in proc.stderr
@@ -71,7 +72,7 @@ def test_timeout_kills_child_ignoring_sigterm(dirs):
                                   execution={"timeout_seconds": 1}))
     cli("--once", *dirs.args(), check=1)
     assert dirs.result("timeout-stubborn")["status"] == "timeout"
-    assert not pid_alive(int(open(pid_file).read()))
+    assert not pid_alive(int(Path(pid_file).read_text()))
 
 
 def test_max_job_timeout_caps_document(dirs):
@@ -103,8 +104,9 @@ def test_second_signal_exits_at_once(dirs, tmp_path):
     write_job(dirs.jobs, make_job("child-second-sig", "test.child", {"pid_file": pid_file},
                                   execution={"max_attempts": 1}))
     proc = start_worker(dirs, "--shutdown-timeout", "60", "--metrics-enabled", "false")
-    wait_for(lambda: dirs.running() and os.path.exists(pid_file) and open(pid_file).read(), what="child running")
-    child = int(open(pid_file).read())
+    wait_for(lambda: dirs.running() and os.path.exists(pid_file) and Path(pid_file).read_text(),
+             what="child running")
+    child = int(Path(pid_file).read_text())
     proc.send_signal(signal.SIGTERM)
     for line in proc.stderr:  # the second signal must come after the first was handled
         if "SIGTERM received: stopping" in line:
@@ -114,8 +116,9 @@ def test_second_signal_exits_at_once(dirs, tmp_path):
     assert proc.returncode == 130, err
     assert "second signal (SIGTERM): cancelling running jobs now" in err
     assert "1 job(s) cancelled and returned to the queue" in err
-    wait_for(lambda: not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split(") ")[1][0]
-             in "ZX", timeout=10, what="child killed")
+    wait_for(lambda: not os.path.exists(f"/proc/{child}")
+             or Path(f"/proc/{child}/stat").read_text().split(") ")[1][0] in "ZX",
+             timeout=10, what="child killed")
     result = dirs.result("child-second-sig")
     assert result["status"] == "cancelled" and result["error"]["code"] == "CANCELLED"
     # the job is back in the queue, not left claimed: the next start runs it as the same attempt
@@ -283,7 +286,7 @@ def test_invalid_documents_rejected_and_worker_continues(dirs):
         write_job(dirs.jobs, doc, name)
     write_job(dirs.jobs, make_job("good-after-bad"), "zz-good.json")
     cli("--once", *dirs.args(), check=1)
-    for name, (doc, code, text) in INVALID.items():
+    for name, (_, code, text) in INVALID.items():
         reason = dirs.reason(name)
         assert reason["error"]["code"] == code, name
         assert text in reason["error"]["message"], name
@@ -301,7 +304,7 @@ def test_job_for_other_pool_left_untouched(dirs):
     cli("--once", *dirs.args(), check=0)
     after = os.stat(path)
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert json.load(open(path)) == doc
+    assert json.loads(Path(path).read_text()) == doc
     cli("--once", "--pool", "gpu", *dirs.args(), check=0)
     assert dirs.result("other-pool-001")["status"] == "completed"
 
@@ -325,7 +328,7 @@ def test_validate_and_submit(dirs, tmp_path):
     proc = cli("submit", str(good), "--jobs-dir", dirs.jobs, check=0)
     placed = os.path.join(dirs.jobs, "submit-me-0001.json")
     assert proc.stdout.strip() == placed
-    assert json.load(open(placed))["job_id"] == "submit-me-0001"
+    assert json.loads(Path(placed).read_text())["job_id"] == "submit-me-0001"
     assert cli("submit", str(good), "--jobs-dir", dirs.jobs).returncode == 1  # already waiting
     assert cli("submit", str(bad), "--jobs-dir", dirs.jobs).returncode == 1
     assert not [n for n in os.listdir(dirs.jobs) if n.startswith(".") and n.endswith(".tmp")]

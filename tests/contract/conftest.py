@@ -25,6 +25,7 @@ None of them reaches into a transport's private attributes: what a test needs is
 outside (as a crash or an outage would) or through a transport's public, documented methods.
 """
 
+import contextlib
 import glob
 import importlib
 import os
@@ -57,8 +58,6 @@ def transport_factory(request, tmp_path):
         yield factory
     finally:
         for t in opened:
-            try:
+            with contextlib.suppress(Exception):
                 t.close()
-            except Exception:
-                pass
         factory.close()

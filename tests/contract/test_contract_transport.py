@@ -1,5 +1,6 @@
 """Behaviour every transport must have (see conftest.py for how transports join)."""
 
+import contextlib
 import json
 import threading
 import time
@@ -211,7 +212,9 @@ def test_two_racing_reservations_of_one_key_exactly_one_wins(transport_factory):
         answers = {}
         barrier = threading.Barrier(2)
 
-        def reserve(tr, job_id):
+        # the round's key, answers and barrier bound now: a thread still running after its
+        # join timed out must not use the next round's
+        def reserve(tr, job_id, key=key, answers=answers, barrier=barrier):
             barrier.wait(10)
             answers[job_id] = tr.reserve_idempotency_key(key, job_id)
         threads = [threading.Thread(target=reserve, args=(a, "contract-job-a")),
@@ -366,10 +369,9 @@ def test_health_reports_each_check(t):
 
 
 def test_recovery_never_archives_a_crashed_run_with_a_shutdowns_result(transport_factory):
-    """Issue 12 finding 1 at the transport level: a run given back at shutdown leaves a
-    ``cancelled`` result; the same worker runs the job again and dies; recovery (the real
-    Recovery over this transport) re-queues it as attempt 2 instead of archiving it with the
-    shutdown's result."""
+    """A run given back at shutdown leaves a ``cancelled`` result; the same worker runs the job
+    again and dies; recovery (the real Recovery over this transport) re-queues it as attempt 2
+    instead of archiving it with the shutdown's result."""
     from guestkit_worker.job import outcomes
     from guestkit_worker.runtime.recovery import Recovery
     a, b = transport_factory.make("contract-dies"), transport_factory.make("contract-lives")
@@ -457,10 +459,9 @@ def test_a_lapsed_claim_is_taken_over_and_its_first_owner_fenced(transport_facto
         assert isinstance(oa.error, LeaseLost), oa.error
         with pytest.raises(LeaseLost):
             a.retry(da, dict(doc, execution={"max_attempts": 3, "attempt": 2}))
-        try:
-            a.release(da)  # nothing to give back: a no-op, or the error of a file that is not there
-        except (LeaseLost, OSError):
-            pass
+        # nothing to give back: a no-op, or the error of a file that is not there
+        with contextlib.suppress(LeaseLost, OSError):
+            a.release(da)
         assert b.depth() == 0 and b.fetch(4, 0.2) == []
         if not new_owner_done:
             ob = Outcome(db, "completed", result=result(doc["job_id"], worker_id="contract-takes"))
