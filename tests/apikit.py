@@ -78,12 +78,15 @@ class Pki:
         os.makedirs(self.dir, exist_ok=True)
         self.ca, self.ca_key = self._path("ca.pem"), self._path("ca.key")
         self._self_signed(self.ca, self.ca_key, "guestkit test CA")
-        self.cert, self.key = self._signed("server", "/CN=localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost")
-        self.client_cert, self.client_key = self._signed("client", "/CN=api-client", "extendedKeyUsage=clientAuth")
+        self.cert, self.key = self._signed("server", "/CN=localhost",
+                                           "subjectAltName=IP:127.0.0.1,DNS:localhost")
+        self.client_cert, self.client_key = self._signed("client", "/CN=api-client",
+                                                         "extendedKeyUsage=clientAuth")
         self.other_ca, other_key = self._path("other-ca.pem"), self._path("other-ca.key")
         self._self_signed(self.other_ca, other_key, "some other CA")
         self.stranger_cert, self.stranger_key = self._signed("stranger", "/CN=stranger",
-                                                             "extendedKeyUsage=clientAuth", self.other_ca, other_key)
+                                                             "extendedKeyUsage=clientAuth", self.other_ca,
+                                                             other_key)
 
     def _path(self, name):
         return os.path.join(self.dir, name)
@@ -127,8 +130,8 @@ class Served:
             argv += ["--work-dir", dirs.work, "--poll-interval", "0.1"]
         argv += ["--metrics-addr", "127.0.0.1:0"] if metrics else ["--metrics-enabled", "false"]
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv + list(args), env=env or worker_env(), stdout=subprocess.DEVNULL,
-                                         stderr=log)
+            self.proc = subprocess.Popen(argv + list(args), env=env or worker_env(),
+                                         stdout=subprocess.DEVNULL, stderr=log)
         try:
             self.url = wait_for(lambda: self._logged("serving the REST API on "), timeout=60,
                                 what=f"the API of {command} to listen")

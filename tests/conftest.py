@@ -129,7 +129,8 @@ def worker_env(**extra):
     GUESTKIT_WORKER_ALLOW_PATH set to TEST_ROOT (the worker refuses every path without it);
     pass NAME=None to remove a variable."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([PLUGIN_DIR, ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    inherited = [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []
+    env["PYTHONPATH"] = os.pathsep.join([PLUGIN_DIR, ROOT] + inherited)
     env.pop("GUESTKIT_WORKER_JOBS_DIR", None)
     env["GUESTKIT_WORKER_ALLOW_PATH"] = ":".join(allowed_roots())
     for key, value in extra.items():
@@ -153,7 +154,8 @@ def start_worker(dirs, *args, env=None):
     """Start a daemon worker (metrics off unless asked) and return the Popen."""
     return subprocess.Popen([sys.executable, "-m", "guestkit_worker", "run", *dirs.args(),
                              "--poll-interval", "0.1", *args],
-                            env=env or worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env or worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def wait_for(predicate, timeout=60, interval=0.05, what="condition"):

@@ -201,8 +201,8 @@ class Worker:
         """Samples once guestkit_worker_jobs_total adds up to at least n (an outcome is
         counted just after its job file is archived, so a test that saw the file waits here)."""
         from conftest import wait_for
-        return wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_jobs_total") >= n else None)(self.samples()),
-                        timeout=timeout, what=f"{n} outcomes counted")
+        return wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_jobs_total") >= n else None)(
+            self.samples()), timeout=timeout, what=f"{n} outcomes counted")
 
     def alive(self):
         return self.proc.poll() is None

@@ -85,7 +85,8 @@ class RedisServer:
         s = socket.create_connection(("127.0.0.1", self.port), timeout=1)
         if not self.tls:
             return s
-        return self.tls.client_context(*self.client_cert()).wrap_socket(s, server_hostname=getattr(self.tls, "server_name", "127.0.0.1"))
+        server_name = getattr(self.tls, "server_name", "127.0.0.1")
+        return self.tls.client_context(*self.client_cert()).wrap_socket(s, server_hostname=server_name)
 
     def client_cert(self):
         """(certificate, key) a client needs here: the Pki's client certificate when required."""

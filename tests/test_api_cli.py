@@ -36,7 +36,8 @@ def test_cli_client_over_the_api_with_a_token(dirs, served, token_file, tmp_path
     assert proc.stdout.splitlines() == ["job-cli-good1 pending", "job-cli-bad01 pending",
                                         "job-cli-good1 completed", "job-cli-bad01 failed"]
     again = cli("submit", *api, job_file(tmp_path, good), "--wait", "10", check=0)
-    assert again.stdout.splitlines() == ["job-cli-good1 completed (already submitted)", "job-cli-good1 completed"]
+    assert again.stdout.splitlines() == ["job-cli-good1 completed (already submitted)",
+                                         "job-cli-good1 completed"]
     status = cli("status", "job-cli-good1", *api, check=0)
     assert json.loads(status.stdout)["status"] == "completed"
     result = cli("result", "job-cli-good1", *api, check=0)
@@ -75,8 +76,10 @@ def test_cli_client_environment_and_unreachable_api(dirs, served, token_file):
 def test_cli_client_on_the_local_directories(dirs, tmp_path):
     local = ["--jobs-dir", dirs.jobs, "--results-dir", dirs.results]
     doc, parked = make_job("job-local-0001"), make_job("job-local-0002")
-    proc = cli("submit", job_file(tmp_path, doc), job_file(tmp_path, parked), "--jobs-dir", dirs.jobs, check=0)
-    assert sorted(proc.stdout.split()) == sorted(os.path.join(dirs.jobs, f"{d['job_id']}.json") for d in (doc, parked))
+    proc = cli("submit", job_file(tmp_path, doc), job_file(tmp_path, parked), "--jobs-dir", dirs.jobs,
+               check=0)
+    placed = sorted(os.path.join(dirs.jobs, f"{d['job_id']}.json") for d in (doc, parked))
+    assert sorted(proc.stdout.split()) == placed
     assert json.loads(cli("status", "job-local-0001", *local, check=0).stdout)["status"] == "pending"
     assert cli("result", "job-local-0001", *local).returncode == 4
     assert cli("cancel", "job-local-0002", *local, check=0).stdout.strip() == "job-local-0002 cancelled"
@@ -237,8 +240,8 @@ def curl(*args):
 
 def test_curl_flow_with_token_and_tls_client_certificate(dirs, served, token_file, tmp_path):
     pki = Pki(tmp_path / "pki")
-    worker = served("run", "--api-token-file", token_file, "--api-tls-cert", pki.cert, "--api-tls-key", pki.key,
-                    "--api-client-ca", pki.ca)
+    worker = served("run", "--api-token-file", token_file, "--api-tls-cert", pki.cert,
+                    "--api-tls-key", pki.key, "--api-client-ca", pki.ca)
     tls = ["--cacert", pki.ca, "--cert", pki.client_cert, "--key", pki.client_key]
     auth = ["-H", f"Authorization: Bearer {TOKEN}"]
     path = job_file(tmp_path, make_job("job-curl-00001"))
@@ -254,8 +257,9 @@ def test_curl_flow_with_token_and_tls_client_certificate(dirs, served, token_fil
     no_token = curl(*tls, "-i", f"{worker.url}/api/v1/capabilities")
     assert no_token.startswith("HTTP/1.1 401") and "WWW-Authenticate: Bearer" in no_token
     # keep-alive over TLS: curl sends both requests on one connection (one handshake)
-    both = subprocess.run(["curl", "-sS", "-v", "--max-time", "20", *tls, *auth, f"{worker.url}/api/v1/health",
-                           f"{worker.url}/api/v1/capabilities"], capture_output=True, text=True, timeout=60)
+    both = subprocess.run(["curl", "-sS", "-v", "--max-time", "20", *tls, *auth,
+                           f"{worker.url}/api/v1/health", f"{worker.url}/api/v1/capabilities"],
+                          capture_output=True, text=True, timeout=60)
     assert both.returncode == 0 and "Re-using existing connection" in both.stderr, both.stderr
     health, capabilities = (json.loads(line) for line in both.stdout.splitlines())
     assert "status" in health and capabilities["data"]["protocol_version"]
@@ -266,17 +270,20 @@ def test_curl_flow_with_token_and_tls_client_certificate(dirs, served, token_fil
 
 def test_curl_invalid_job_and_cancel(dirs, served, tmp_path):
     gateway = served("api")
-    out = json.loads(curl("-H", "Content-Type: application/json", "-d", '{"version": "1.0"}', f"{gateway.url}{JOBS}"))
+    out = json.loads(curl("-H", "Content-Type: application/json", "-d", '{"version": "1.0"}',
+                          f"{gateway.url}{JOBS}"))
     assert out["success"] is False and out["details"]["field"] == "job_id"
     path = job_file(tmp_path, make_job("job-curl-00002"))
     curl("-H", "Content-Type: application/json", "--data-binary", f"@{path}", f"{gateway.url}{JOBS}")
-    assert json.loads(curl("-X", "DELETE", f"{gateway.url}{JOBS}/job-curl-00002"))["data"]["status"] == "cancelled"
-    assert curl("-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", f"{gateway.url}{JOBS}/job-curl-00002") == "409"
+    job_url = f"{gateway.url}{JOBS}/job-curl-00002"
+    assert json.loads(curl("-X", "DELETE", job_url))["data"]["status"] == "cancelled"
+    assert curl("-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", job_url) == "409"
 
 
 # -- refusals of the real CLI ---------------------------------------------------------------
 
-@pytest.mark.parametrize("extra, needle", [([], "--api-token-file"), (["--api-token-file", "TOKENS"], "--allow-path")])
+@pytest.mark.parametrize("extra, needle", [([], "--api-token-file"),
+                                           (["--api-token-file", "TOKENS"], "--allow-path")])
 @pytest.mark.parametrize("command", ["run", "api"])
 def test_api_beyond_loopback_refuses_to_start(dirs, token_file, command, extra, needle):
     extra = [token_file if e == "TOKENS" else e for e in extra]
@@ -284,20 +291,23 @@ def test_api_beyond_loopback_refuses_to_start(dirs, token_file, command, extra, 
                env=worker_env(GUESTKIT_WORKER_ALLOW_PATH=None), timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("guestkit-worker: error: --api-addr")
+    assert (len(lines) == 1 and needle in lines[0]
+            and lines[0].startswith("guestkit-worker: error: --api-addr"))
     assert not os.listdir(dirs.jobs), "nothing was created or claimed"
 
 
 def test_api_beyond_loopback_with_tokens_and_allow_path_starts(dirs, served, token_file, tmp_path):
-    worker = served("api", "--api-addr", "0.0.0.0:0", "--api-token-file", token_file, "--allow-path", str(tmp_path))
+    worker = served("api", "--api-addr", "0.0.0.0:0", "--api-token-file", token_file,
+                    "--allow-path", str(tmp_path))
     port = worker.url.rpartition(":")[2]
     assert call(f"http://127.0.0.1:{port}", "GET", "/api/v1/capabilities", token=TOKEN).status == 200
 
 
-@pytest.mark.parametrize("args, needle", [(["--api-addr", "127.0.0.1:0", "--api-tls-cert", "/nonexistent"], "go together"),
-                                          (["--api-addr", "nonsense"], "--api-addr"),
-                                          (["--api-addr", "127.0.0.1:0", "--api-token-file", "/nonexistent"], "--api-token-file"),
-                                          ([], "--api-addr")])
+@pytest.mark.parametrize("args, needle", [
+    (["--api-addr", "127.0.0.1:0", "--api-tls-cert", "/nonexistent"], "go together"),
+    (["--api-addr", "nonsense"], "--api-addr"),
+    (["--api-addr", "127.0.0.1:0", "--api-token-file", "/nonexistent"], "--api-token-file"),
+    ([], "--api-addr")])
 def test_api_option_errors_exit_2(dirs, args, needle):
     proc = cli("api", *dirs.args()[:4], "--metrics-enabled", "false", *args)
     assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
@@ -309,7 +319,8 @@ def test_cli_result_wait_rides_out_a_busy_api(dirs, served):
     from apikit import scrape_values
     worker = served("run", "--api-max-waits", "1", metrics=True)
     call(worker.url, "POST", JOBS, doc=make_job("job-busy-parked", routing={"worker_pool": "elsewhere"}))
-    call(worker.url, "POST", JOBS, doc=make_job("job-busy-sleep8", operation="test.sleep", data={"seconds": 8}))
+    call(worker.url, "POST", JOBS,
+         doc=make_job("job-busy-sleep8", operation="test.sleep", data={"seconds": 8}))
     host, _, port = worker.url.partition("://")[2].rpartition(":")
     with socket.create_connection((host, int(port)), timeout=30) as holder:  # takes the only wait slot
         holder.sendall(b"GET /api/v1/jobs/job-busy-parked/result?wait=6 HTTP/1.1\r\nHost: x\r\n\r\n")

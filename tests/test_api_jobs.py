@@ -47,7 +47,8 @@ def test_retry_after_the_job_finished_answers_its_final_status(dirs, served):
 
 @pytest.mark.parametrize("change, field, code", [
     ({"execution": {"priority": 12}}, "execution.priority", "INVALID_JOB"),
-    ({"operation": "no.such-op", "payload": {"type": "no.such-op.v1", "data": {}}}, "operation", "HANDLER_NOT_FOUND"),
+    ({"operation": "no.such-op", "payload": {"type": "no.such-op.v1", "data": {}}}, "operation",
+     "HANDLER_NOT_FOUND"),
     ({"kind": 3}, "kind", "INVALID_JOB"),
     ({"job_id": "../../etc"}, "job_id", "INVALID_JOB"),
 ])
@@ -83,7 +84,8 @@ def test_size_and_media_type_limits_of_the_real_process(dirs, served):
     big = make_job("job-rows-00005", data={"pad": "x" * 3000})
     reply = call(api.url, "POST", JOBS, doc=big)
     assert reply.status == 413 and reply.json["details"]["limit"] == 2000
-    reply = call(api.url, "POST", JOBS, body=json.dumps(make_job()).encode(), headers={"Content-Type": "text/plain"})
+    reply = call(api.url, "POST", JOBS, body=json.dumps(make_job()).encode(),
+                 headers={"Content-Type": "text/plain"})
     assert reply.status == 415
     assert job_files(dirs) == []
 
@@ -95,8 +97,8 @@ def test_status_of_pending_then_completed_job_and_unknown_404(dirs, served):
     assert call(api.url, "POST", JOBS, doc=make_job("job-rows-00006")).status == 202
     pending = call(api.url, "GET", f"{JOBS}/job-rows-00006")
     assert pending.status == 200
-    assert set(pending.json["data"]) == {"job_id", "status", "operation", "attempt", "worker_id", "submitted_at",
-                                         "started_at", "completed_at", "error"}
+    assert set(pending.json["data"]) == {"job_id", "status", "operation", "attempt", "worker_id",
+                                         "submitted_at", "started_at", "completed_at", "error"}
     assert pending.json["data"]["status"] == "pending" and pending.json["data"]["operation"] == "system.echo"
     not_yet = call(api.url, "GET", f"{JOBS}/job-rows-00006/result")
     assert not_yet.status == 202 and not_yet.json["data"] == {"job_id": "job-rows-00006", "status": "pending"}
@@ -150,7 +152,8 @@ def test_cancel_pending_job_200_it_never_runs_then_409(dirs, served):
 
 def test_cancel_running_cancellable_job_202_then_its_result_is_cancelled(dirs, served):
     worker = served("run")
-    call(worker.url, "POST", JOBS, doc=make_job("job-rows-00012", operation="test.sleep", data={"seconds": 120}))
+    call(worker.url, "POST", JOBS,
+         doc=make_job("job-rows-00012", operation="test.sleep", data={"seconds": 120}))
     wait_for(lambda: call(worker.url, "GET", f"{JOBS}/job-rows-00012").json["data"]["status"] == "running",
              timeout=30, what="the job to run")
     reply = call(worker.url, "DELETE", f"{JOBS}/job-rows-00012")
@@ -215,7 +218,8 @@ HOSTILE_TOKENS = [
     _b64(b"[1.5,\"a\"]"), _b64(b'[true,"a"]'), _b64(b'["12",["a"]]'), _b64(b"[1,null]"), _b64(b"[1,2,3]"),
     _b64(b'{"a":1,"b":2}'), _b64(b'"ab"'), _b64(b"null"), _b64(b'[1,"' + b"x" * 2800 + b'"]'),
     _b64(b"\xff\xfe\x00[1,"), _b64(b'[1,"\xff\xfe"]'), "%%%", "!!!!", "====", "a", "A" * 4000,
-    "\u00e9t\u00e9", "\x00", "\ufffd", "-5:job-page-00001", "1e400:job-x", "nan:job-x", "inf:job-x", "9" * 4000 + ":x",
+    "\u00e9t\u00e9", "\x00", "\ufffd", "-5:job-page-00001", "1e400:job-x", "nan:job-x", "inf:job-x",
+    "9" * 4000 + ":x",
     "1_000:job-page-00001", "\u0663\u0663:job-page-00001", " 12:job-page-00001", ":job-x", "12:", "12",
     "12:" + "x" * 3000,
 ]
@@ -351,7 +355,8 @@ def test_progress_after_out_of_range_is_400_naming_it(dirs, served, request, poo
     for bad in ("99999999999999999999999", "9223372036854775808", "-1", "abc", "1.5"):
         reply = call(api.url, "GET", f"{path}?after={bad}")
         assert reply.status == 400 and reply.json["error"] == "INVALID_PARAMETER", (bad, reply)
-        assert reply.json["details"]["field"] == "after" and reply.json["message"].startswith("after: "), reply
+        assert (reply.json["details"]["field"] == "after"
+                and reply.json["message"].startswith("after: ")), reply
     top = call(api.url, "GET", f"{path}?after=9223372036854775807")
     assert top.status == 200 and top.json["data"]["events"] == [], top
     assert call(api.url, "GET", f"{path}?after=0").json["data"] == {"job_id": "job-after-00001", "after": 0,

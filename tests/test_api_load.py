@@ -34,8 +34,8 @@ def test_200_idle_and_50_waiting_connections_leave_metrics_and_jobs_alone(dirs, 
     assert call(worker.url, "POST", JOBS, doc=parked).status == 202
     baseline = _threads(worker.proc.pid)
     idle = [_open(worker.url) for _ in range(200)]
-    waiting = [_open(worker.url, b"GET /api/v1/jobs/job-load-parked/result?wait=60 HTTP/1.1\r\nHost: x\r\n\r\n")
-               for _ in range(50)]
+    wait_request = b"GET /api/v1/jobs/job-load-parked/result?wait=60 HTTP/1.1\r\nHost: x\r\n\r\n"
+    waiting = [_open(worker.url, wait_request) for _ in range(50)]
     try:
         wait_for(lambda: scrape_values(worker.metrics_url).get("guestkit_api_waiting_requests") == 50,
                  timeout=30, what="50 requests waiting for a result")
@@ -58,7 +58,8 @@ def test_200_idle_and_50_waiting_connections_leave_metrics_and_jobs_alone(dirs, 
         for sock in idle + waiting:
             sock.close()
     values = scrape_values(worker.metrics_url)
-    assert values['guestkit_api_requests_total{code="503",method="GET",route="/api/v1/jobs/{id}/result"}'] == 1
+    refused_wait = 'guestkit_api_requests_total{code="503",method="GET",route="/api/v1/jobs/{id}/result"}'
+    assert values[refused_wait] == 1
     assert values['guestkit_api_requests_total{code="202",method="POST",route="/api/v1/jobs"}'] == 4
     assert not any("job-load" in name for name in values), "no job id in any label"
 

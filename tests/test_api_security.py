@@ -90,7 +90,8 @@ def test_each_token_in_the_file_is_accepted(api, token_file, token):
     reply = call(server.url, "GET", "/api/v1/capabilities", token=token)
     assert reply.status == 200
     assert reply.json["data"]["worker_id"] == "w-test"
-    assert call(server.url, "GET", "/api/v1/capabilities", headers={"Authorization": f"bearer  {token}"}).status == 200
+    reply = call(server.url, "GET", "/api/v1/capabilities", headers={"Authorization": f"bearer  {token}"})
+    assert reply.status == 200
 
 
 def test_unauthenticated_requests_learn_nothing_about_routes(api, token_file):
@@ -200,7 +201,8 @@ def test_non_loopback_without_tls_is_warned_about(token_file, caplog):
     assert "without TLS" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        check_exposure(ApiOptions(addr="0.0.0.0:0", token_file=token_file, tls_cert="c", tls_key="k"), ["/srv"])
+        check_exposure(ApiOptions(addr="0.0.0.0:0", token_file=token_file, tls_cert="c", tls_key="k"),
+                       ["/srv"])
         check_exposure(ApiOptions(addr="127.0.0.1:0"), None)
     assert "without TLS" not in caplog.text
 
@@ -229,17 +231,20 @@ def test_body_over_the_limit_is_413_before_it_is_read(api):
 
 def test_body_just_over_the_limit_sent_whole_still_gets_its_413(api):
     server = api()
-    reply = call(server.url, "POST", "/api/v1/jobs", body=b" " * 4097, headers={"Content-Type": "application/json"})
+    reply = call(server.url, "POST", "/api/v1/jobs", body=b" " * 4097,
+                 headers={"Content-Type": "application/json"})
     assert reply.status == 413
 
 
-@pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx"])
+@pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded",
+                                   "application/jsonx"])
 def test_other_media_types_are_415(api, ctype):
     server = api()
     headers = {"Content-Type": ctype} if ctype else {}
     reply = call(server.url, "POST", "/api/v1/jobs", body=json.dumps(make_job()).encode(), headers=headers)
     assert reply.status == 415
-    assert reply.json["error"] == "UNSUPPORTED_MEDIA_TYPE" and reply.json["details"]["field"] == "Content-Type"
+    assert (reply.json["error"] == "UNSUPPORTED_MEDIA_TYPE"
+            and reply.json["details"]["field"] == "Content-Type")
 
 
 def test_chunked_body_is_411(api):
@@ -350,9 +355,10 @@ def test_client_certificate_is_required_with_client_ca(api, pki):
 
 def test_tls_option_errors_are_config_errors(tmp_path, pki):
     missing = str(tmp_path / "missing.pem")
-    for opts, message in [(dict(tls_cert=pki.cert), "go together"), (dict(client_ca=pki.ca), "needs --api-tls-cert"),
+    for opts, message in [(dict(tls_cert=pki.cert), "go together"),
+                          (dict(client_ca=pki.ca), "needs --api-tls-cert"),
                           (dict(tls_cert=pki.cert, tls_key=pki.key, client_ca=missing), "--api-client-ca")]:
         with pytest.raises(ConfigError, match=message):
-            start_api(ApiOptions(addr="127.0.0.1:0", **opts), transport=None, registry=default_registry(False),
-                      allow_paths=None, health=_healthy, worker_id="w", pool="p", max_concurrent=1,
-                      max_job_size=10, metrics_registry=CollectorRegistry())
+            start_api(ApiOptions(addr="127.0.0.1:0", **opts), transport=None,
+                      registry=default_registry(False), allow_paths=None, health=_healthy, worker_id="w",
+                      pool="p", max_concurrent=1, max_job_size=10, metrics_registry=CollectorRegistry())

@@ -26,8 +26,9 @@ def test_fleet_harness_runs_every_side(tmp_path):
     for module in ("redis", "huey", "dramatiq", "rq", "celery"):
         require(_have(module), f"python package {module} (pip install -e .[bench])")
     out = tmp_path / "fleet.json"
+    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
     env = dict(os.environ, GKW_BENCH_SCRATCH=str(tmp_path / "scratch"),
-               PYTHONPATH=os.pathsep.join([ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+               PYTHONPATH=os.pathsep.join([ROOT] + inherited))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "fleet.py"), "--quick", "--jobs", "40",
                            "--shapes", "1x2", "--json", str(out)], env=env, capture_output=True, text=True,
                           timeout=240)

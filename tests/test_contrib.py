@@ -306,8 +306,9 @@ def _has(panels, title_rx, expr_rx):
 @pytest.mark.parametrize("topic,title_rx,expr_rx", [
     ("job throughput", r"throughput", r"rate\(guestkit_worker_jobs_total\["),
     ("success rate", r"success rate", r'guestkit_worker_jobs_total\{status="completed"\}'),
-    ("job duration p50/p95/p99", r"duration", [rf"histogram_quantile\({q}, .*guestkit_worker_jobs_duration_seconds_bucket"
-                                              for q in ("0.5", "0.95", "0.99")]),
+    ("job duration p50/p95/p99", r"duration",
+     [rf"histogram_quantile\({q}, .*guestkit_worker_jobs_duration_seconds_bucket"
+      for q in ("0.5", "0.95", "0.99")]),
     ("active jobs vs capacity", r"active.*capacity", [r"guestkit_worker_active_jobs",
                                                       r"guestkit_worker_max_concurrent_jobs"]),
     ("queue depth", r"queue depth", r"guestkit_worker_queue_depth"),
@@ -319,8 +320,10 @@ def _has(panels, title_rx, expr_rx):
     ("failing health checks", r"health", r"guestkit_worker_health_check"),
     ("oldest running job", r"oldest running", r"guestkit_worker_oldest_running_job_seconds"),
     ("API requests", r"API requests", r"rate\(guestkit_api_requests_total\["),
-    ("API errors", r"API error", [r'guestkit_api_requests_total\{code=~"5\.\."\}', r'guestkit_api_requests_total\{code=~"4\.\."\}']),
-    ("API latency", r"API latency", r"histogram_quantile\(0.95, .*guestkit_api_request_duration_seconds_bucket"),
+    ("API errors", r"API error", [r'guestkit_api_requests_total\{code=~"5\.\."\}',
+                                  r'guestkit_api_requests_total\{code=~"4\.\."\}']),
+    ("API latency", r"API latency",
+     r"histogram_quantile\(0.95, .*guestkit_api_request_duration_seconds_bucket"),
     ("API waits and refusals", r"API waiting", [r"guestkit_api_waiting_requests",
                                                 r"rate\(guestkit_api_connections_rejected_total\["]),
 ])
@@ -358,7 +361,8 @@ def _synthetic_series():
     for inst, wid, job in (("w1:9090", "w1", "guestkit-worker"), ("w2:9090", "w2", "guestkit-worker"),
                            ("n1:9100", "n1", "node")):
         base = f'job="{job}", instance="{inst}"'
-        series.append((f'guestkit_worker_info{{{base}, worker_id="{wid}", pool="default", version="0.1"}}', "1x15"))
+        series.append((f'guestkit_worker_info{{{base}, worker_id="{wid}", pool="default", version="0.1"}}',
+                       "1x15"))
         series.append((f"up{{{base}}}", "1x15"))
         for op in ("guestkit.inspect", "system.echo"):
             for st, step in (("completed", 3), ("failed", 1), ("timeout", 1), ("cancelled", 0),
@@ -547,8 +551,8 @@ def test_sysusers_and_tmpfiles(tmp_path):
     print(out)
     uid, gid = int(user[2]), int(groups["guestkit-worker"][2])
     for sub in ("var/lib/guestkit-worker", "var/lib/guestkit-worker/results", "var/lib/guestkit-worker/work",
-                "var/cache/guestkit-worker", "var/lib/guestkit-worker/jobs/done", "var/lib/guestkit-worker/jobs/failed",
-                "var/lib/guestkit-worker/jobs/.processing"):
+                "var/cache/guestkit-worker", "var/lib/guestkit-worker/jobs/done",
+                "var/lib/guestkit-worker/jobs/failed", "var/lib/guestkit-worker/jobs/.processing"):
         st = (root / sub).stat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o750, uid, gid), sub
     # jobs/, shared with the producers (group guestkit-worker): group write; sticky, so a producer
@@ -575,7 +579,8 @@ def test_shared_jobs_dir_producers_submit_but_cannot_touch_each_others_jobs():
     """The jobs dir exactly as tmpfiles.d makes it; two producers (other users, members of group
     guestkit-worker, umask 027) submit; neither can delete or rename the other's job file; the
     worker, as the service user, claims, reads and runs both."""
-    sysusers, tmpfiles, setpriv = (shutil.which(t) for t in ("systemd-sysusers", "systemd-tmpfiles", "setpriv"))
+    sysusers, tmpfiles, setpriv = (shutil.which(t)
+                                   for t in ("systemd-sysusers", "systemd-tmpfiles", "setpriv"))
     if not (sysusers and tmpfiles and setpriv):
         pytest.skip("systemd-sysusers / systemd-tmpfiles / setpriv not installed")
     import tempfile
@@ -617,20 +622,23 @@ def test_shared_jobs_dir_producers_submit_but_cannot_touch_each_others_jobs():
                                        "operation": "system.echo",
                                        "payload": {"type": "system.echo.v1", "data": {"from": producer}}}))
             doc.chmod(0o644)
-            r = as_user(producer, producer, gid, f"{python} -m guestkit_worker submit "
-                                                 f"--jobs-dir {shlex.quote(str(jobs))} {shlex.quote(str(doc))}")
+            r = as_user(producer, producer, gid,
+                        f"{python} -m guestkit_worker submit "
+                        f"--jobs-dir {shlex.quote(str(jobs))} {shlex.quote(str(doc))}")
             assert r.returncode == 0, r.stdout + r.stderr
         for n, producer in ((1, 61001), (2, 61002)):  # 0640 as written, group the worker's (setgid)
             st = (jobs / f"shared-job-{n:04d}.json").stat()
             assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (producer, gid, 0o640)
         one = shlex.quote(str(jobs / "shared-job-0001.json"))
-        r = as_user(61002, 61002, gid, f"rm -f {one}; mv {one} {shlex.quote(str(jobs / 'stolen.json'))}; "
-                                       f"mv {shlex.quote(str(jobs / 'done'))} {shlex.quote(str(jobs / 'moved'))}")
+        r = as_user(61002, 61002, gid,
+                    f"rm -f {one}; mv {one} {shlex.quote(str(jobs / 'stolen.json'))}; "
+                    f"mv {shlex.quote(str(jobs / 'done'))} {shlex.quote(str(jobs / 'moved'))}")
         assert r.stderr.count("Operation not permitted") == 3, r.stderr
         assert (jobs / "shared-job-0001.json").exists() and not (jobs / "stolen.json").exists()
         assert (jobs / "done").is_dir() and not (jobs / "moved").exists()
         r = as_user(uid, gid, gid, f"{python} -m guestkit_worker run --once "
-                                   f"--metrics-enabled false --worker-id shared-w --jobs-dir {shlex.quote(str(jobs))} "
+                                   f"--metrics-enabled false --worker-id shared-w "
+                                   f"--jobs-dir {shlex.quote(str(jobs))} "
                                    f"--results-dir {shlex.quote(str(state / 'results'))} "
                                    f"--work-dir {shlex.quote(str(state / 'work'))}")
         assert r.returncode == 0, r.stderr[-3000:]
@@ -730,7 +738,8 @@ def test_env_file_is_plain_assignments():
         if not s or s.startswith("#"):
             continue
         assert re.match(r'^[A-Z_][A-Z0-9_]*=("[^"$`\\]*"|[^\s"\'$`\\]*)$', s), s
-    r = subprocess.run(["/bin/sh", "-c", 'set -a; . "$1"', "sh", str(ENVFILE)], capture_output=True, text=True)
+    r = subprocess.run(["/bin/sh", "-c", 'set -a; . "$1"', "sh", str(ENVFILE)], capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stderr
 
 
@@ -738,10 +747,11 @@ def test_env_file_is_plain_assignments():
 
 def test_readme_covers_install_facts():
     text = README.read_text()
-    for needle in ("guestkit-worker", "kvm", "/var/lib/guestkit-worker/jobs", "/var/lib/guestkit-worker/results",
-                   "/var/lib/guestkit-worker/work", "--collector.textfile.directory", TEXTFILE_DIR,
-                   "MemoryDenyWriteExecute", "PrivateDevices", "SystemCallFilter", "/etc/default/guestkit-worker",
-                   "/etc/cron.d/guestkit-worker", "promtool"):
+    for needle in ("guestkit-worker", "kvm", "/var/lib/guestkit-worker/jobs",
+                   "/var/lib/guestkit-worker/results", "/var/lib/guestkit-worker/work",
+                   "--collector.textfile.directory", TEXTFILE_DIR, "MemoryDenyWriteExecute", "PrivateDevices",
+                   "SystemCallFilter", "/etc/default/guestkit-worker", "/etc/cron.d/guestkit-worker",
+                   "promtool"):
         assert needle in text, needle
 
 
@@ -757,7 +767,8 @@ def test_textfile_through_node_exporter(tmp_path):
     textfile_dir = tmp_path / "textfile"
     textfile_dir.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-c", "from guestkit_worker.cli.main import entry_point; entry_point()",
+    r = subprocess.run([sys.executable, "-c",
+                        "from guestkit_worker.cli.main import entry_point; entry_point()",
                         "run", "--once", "--textfile-dir", str(textfile_dir),
                         "--jobs-dir", str(tmp_path / "jobs"), "--results-dir", str(tmp_path / "results"),
                         "--work-dir", str(tmp_path / "work"), "--shutdown-timeout", "30",
@@ -771,8 +782,8 @@ def test_textfile_through_node_exporter(tmp_path):
                              "--web.listen-address=127.0.0.1:0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        port = wait_for(lambda: proc.poll() is None and min(listening_ports(proc.pid), default=None), timeout=20,
-                        what="node_exporter listening")
+        port = wait_for(lambda: proc.poll() is None and min(listening_ports(proc.pid), default=None),
+                        timeout=20, what="node_exporter listening")
         body, deadline = None, time.monotonic() + 20
         while body is None and time.monotonic() < deadline:
             try:

@@ -63,8 +63,8 @@ def test_fleet_prometheus_config_rules_and_alert_unit_tests(tmp_path):
 
 def test_every_fleet_alert_has_a_test_group_that_fires_it():
     names, _ = _alert_exprs()
-    assert set(names) == {"GuestkitDeadLettersGrowing", "GuestkitNoConsumer", "GuestkitOldestWaitingJobTooOld",
-                          "GuestkitLeasesLost", "GuestkitRedisUnreachable"}
+    assert set(names) == {"GuestkitDeadLettersGrowing", "GuestkitNoConsumer",
+                          "GuestkitOldestWaitingJobTooOld", "GuestkitLeasesLost", "GuestkitRedisUnreachable"}
     tests = (FLEET / "alerts_test.yml").read_text()
     for name in names:
         assert re.search(rf"- name: {name}\n", tests), name
@@ -94,7 +94,8 @@ def exporter(redis_server):
     assert any(a.startswith("--check-streams=") for a in args)
     args = [a for a in args if not a.startswith("--redis.addr=")]
     port = free_port()
-    proc = subprocess.Popen([exe, *args, f"--redis.addr={redis_server.url}", f"--web.listen-address=127.0.0.1:{port}"],
+    proc = subprocess.Popen([exe, *args, f"--redis.addr={redis_server.url}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def scrape():
@@ -136,21 +137,24 @@ def test_exporter_with_the_shipped_arguments_sees_the_pools_streams(exporter, re
         poison = [d for d in got if d.poison]
         t.commit([Outcome(d, "rejected", failed=True) for d in poison])
         k = Keys(pool)
-        text = wait_for(lambda: (lambda s: s if _value(s, "redis_stream_length", stream=k.dead) else None)(exporter()),
-                        timeout=20, what="the pool's streams in the exporter")
+        text = wait_for(lambda: (lambda s: s if _value(s, "redis_stream_length", stream=k.dead) else None)(
+            exporter()), timeout=20, what="the pool's streams in the exporter")
         assert _value(text, "redis_stream_length", stream=k.jobs) == 3
-        assert _value(text, "redis_stream_group_messages_pending", stream=k.jobs, group="guestkit-workers") == 3
+        assert _value(text, "redis_stream_group_messages_pending", stream=k.jobs,
+                      group="guestkit-workers") == 3
         assert _value(text, "redis_stream_group_consumers", stream=k.jobs, group="guestkit-workers") == 1
         assert _value(text, "redis_stream_length", stream=k.dead) == 1
-        assert _value(text, "redis_stream_group_consumer_idle_seconds", stream=k.jobs, consumer="exporter-w1") is not None
+        assert _value(text, "redis_stream_group_consumer_idle_seconds", stream=k.jobs,
+                      consumer="exporter-w1") is not None
         # every series the fleet alerts and dashboard name is exported by redis_exporter or by a worker
         from prometheus_client import CollectorRegistry, generate_latest
 
         from guestkit_worker.metrics.families import WorkerMetrics
         reg = CollectorRegistry()
-        WorkerMetrics(operations=["system.echo"], handlers=["system.echo"], worker_id="w", pool="p", version="0",
-                      max_concurrent=1, registry=reg)
-        exported = {ln.split("{")[0].split(" ")[0] for ln in (text + generate_latest(reg).decode()).splitlines()
+        WorkerMetrics(operations=["system.echo"], handlers=["system.echo"], worker_id="w", pool="p",
+                      version="0", max_concurrent=1, registry=reg)
+        exposition = text + generate_latest(reg).decode()
+        exported = {ln.split("{")[0].split(" ")[0] for ln in exposition.splitlines()
                     if ln and not ln.startswith("#")}
         names, alerts = _alert_exprs()
         exprs = [m.group(1) for m in re.finditer(r"expr: (?:\|\n)?((?:.|\n)*?)\n\s+(?:for|labels):", alerts)]

@@ -106,7 +106,8 @@ def test_allow_path_refuses_before_looking_at_the_path(tmp_path):
     handler.validate({"image": {"path": str(image), "format": "raw"}, "target_format": "qcow2",
                       "output": {"destination": str(allowed / "o.qcow2")}})  # inside: fine
     with pytest.raises(JobValidationError) as exc:  # inside but missing: the usual error
-        handler.validate({"image": {"path": str(allowed / "nope.raw"), "format": "raw"}, "target_format": "qcow2"})
+        handler.validate({"image": {"path": str(allowed / "nope.raw"), "format": "raw"},
+                          "target_format": "qcow2"})
     assert exc.value.code == "INVALID_JOB" and "does not exist" in exc.value.reason
 
 
@@ -130,7 +131,8 @@ def test_round_trip_raw_qcow2_raw(tmp_path, debian_image):
                                         "compression": True, "output": {"destination": str(q)}})
     assert res1.output == str(q)
     d = res1.data
-    assert (d["target_format"], d["compression"], d["virtual_size"]) == ("qcow2", True, debian_image["raw_size"])
+    assert (d["target_format"], d["compression"], d["virtual_size"]) == (
+        "qcow2", True, debian_image["raw_size"])
     assert 0 < d["actual_size"] < debian_image["raw_size"]
     assert m1.write_bytes > 0 and m1.write_bytes == d["write_bytes"] == ctx1.disk_write_bytes
     assert m1.read_bytes > 0
@@ -211,7 +213,8 @@ def test_qemu_img_missing(tmp_path, debian_image, monkeypatch):
     assert not ok and "qemu-utils" in detail
     ctx, _ = make_context(tmp_path)
     with pytest.raises(EngineUnavailable) as exc:
-        handler.execute(ctx, {"image": {"path": debian_image["raw"], "format": "raw"}, "target_format": "qcow2"})
+        handler.execute(ctx, {"image": {"path": debian_image["raw"], "format": "raw"},
+                              "target_format": "qcow2"})
     assert exc.value.code == "ENGINE_UNAVAILABLE" and "qemu-utils" in exc.value.message
 
 

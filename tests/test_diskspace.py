@@ -19,7 +19,8 @@ from guestkit_worker.cli.optiontypes import size
 def _tmpfs(path, options):
     """A real tmpfs mounted on path (root only; in CI a failed mount fails the test)."""
     require(os.geteuid() == 0, "mounting a tmpfs needs root")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path], capture_output=True, text=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path], capture_output=True,
+                          text=True)
     require(proc.returncode == 0, f"cannot mount a tmpfs: {proc.stderr.strip()}")
     try:
         yield path
@@ -35,8 +36,8 @@ def _health(w):
 def _gauge_becomes(w, expected):
     """guestkit_worker_health_check{check="disk_space"} once it shows expected (the gauge is
     evaluated at most once every few seconds)."""
-    wait_for(lambda: value(parse(scrape(w.url)), "guestkit_worker_health_check", check="disk_space") == expected,
-             timeout=30, what=f"disk_space gauge {expected}")
+    wait_for(lambda: value(parse(scrape(w.url)), "guestkit_worker_health_check", check="disk_space")
+             == expected, timeout=30, what=f"disk_space gauge {expected}")
 
 
 def test_full_results_dir_makes_health_503_until_space_returns(dirs):

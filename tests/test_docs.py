@@ -97,12 +97,14 @@ def test_readme_runnable_commands(tmp_path):
     env = dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", VIRTUAL_ENV=str(venv))
     env.pop("PYTHONPATH", None)
     for block in blocks:
-        proc = subprocess.run(["sh", "-ec", block], cwd=repo, env=env, capture_output=True, text=True, timeout=240)
+        proc = subprocess.run(["sh", "-ec", block], cwd=repo, env=env, capture_output=True, text=True,
+                              timeout=240)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # the quick-start ran the bundled examples: their results are there and completed
     results = sorted(os.listdir(repo / "demo" / "results"))
     assert [r for r in results if r.endswith("-result.json")] == [
-        "example-hello-0001-result.json", "example-idempotent-0002-result.json", "example-routed-0003-result.json"]
+        "example-hello-0001-result.json", "example-idempotent-0002-result.json",
+        "example-routed-0003-result.json"]
     assert '"status": "completed"' in proc.stdout
     assert os.path.exists(venv / "share" / "man" / "man1" / "guestkit-worker.1")
 
@@ -135,7 +137,8 @@ def test_tests_run_installs_without_upgrading_and_readme_says_what():
         script = fh.read()
     install = re.search(r"apt-get install ([^\n]*\\\n)*[^\n]*", script).group(0)
     assert "--no-upgrade" in install
-    packages = [w for w in install.replace("\\", " ").split()[2:] if not w.startswith("-") and w != ">/dev/null"]
+    packages = [w for w in install.replace("\\", " ").split()[2:]
+                if not w.startswith("-") and w != ">/dev/null"]
     readme = " ".join(_read(README).split())
     sentence = re.search(r"installs the real engines the tests use, with `apt-get install --no-upgrade`.*?\)",
                          readme).group(0)

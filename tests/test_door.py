@@ -36,7 +36,8 @@ def test_bad_environment_values_exit_2_with_one_line(dirs, name, value, words):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["--log-level", "verbose"], "argument --log-level: expected DEBUG, INFO, WARNING or ERROR, got 'verbose'"),
+    (["--log-level", "verbose"],
+     "argument --log-level: expected DEBUG, INFO, WARNING or ERROR, got 'verbose'"),
     (["--max-concurrent", "x"], "argument --max-concurrent: expected a whole number, got 'x'"),
 ])
 def test_bad_flag_values_exit_2(dirs, args, words):
@@ -109,7 +110,8 @@ def test_unwritable_textfile_dir_refused_before_any_job(dirs, tmp_path):
         lock()
         proc = cli("--once", *dirs.args(), "--textfile-dir", str(tmp_path / "textfile"))
     line = _one_clean_line(proc)
-    assert line.startswith(f"guestkit-worker: error: --textfile-dir {tmp_path / 'textfile'}: cannot create a file")
+    assert line.startswith(f"guestkit-worker: error: --textfile-dir {tmp_path / 'textfile'}: "
+                           "cannot create a file")
     assert os.listdir(dirs.results) == [] and os.listdir(dirs.jobs) == ["door-textfile-01.json"]
 
 

@@ -78,7 +78,8 @@ def inspect_run(debian_image, tmp_path_factory):
     # an overlay backed by the raw image: allowed by --allow-backing-files (both under the allowed
     # test root); libguestfs gets the checked chain as a json: spec behind a pinned overlay
     backed = base / "backed-overlay.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", raw, "-F", "raw", str(backed)], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", raw, "-F", "raw", str(backed)],
+                   check=True)
     write_job(dirs.jobs, make_job("e2e-inspect-backed", "guestkit.inspect", {
         "image": {"path": str(backed), "format": "qcow2"}, "options": {"include_network": True}},
         execution={"timeout_seconds": 600}))
@@ -93,7 +94,8 @@ def inspect_run(debian_image, tmp_path_factory):
 def test_run_exit_status_and_archive(inspect_run):
     dirs = inspect_run["dirs"]
     assert inspect_run["proc"].returncode == 1, inspect_run["proc"].stderr[-3000:]  # two jobs must fail
-    assert dirs.listing("done") == ["e2e-inspect-backed.json", "e2e-inspect-qcow2.json", "e2e-inspect-raw.json"]
+    assert dirs.listing("done") == ["e2e-inspect-backed.json", "e2e-inspect-qcow2.json",
+                                    "e2e-inspect-raw.json"]
     assert [n for n in dirs.listing("failed") if n.endswith(".reason.json")] == [
         "e2e-inspect-badsum.json.reason.json", "e2e-inspect-timeout.json.reason.json"]
 
@@ -192,7 +194,8 @@ def test_convert_round_trip_through_worker(debian_image, dirs, tmp_path):
     write_job(dirs.jobs, make_job("e2e-convert-exists", "guestkit.convert", {
         "image": {"path": raw, "format": "raw"}, "target_format": "qcow2",
         "output": {"destination": str(existing)}}), "3.json")
-    cli("--once", "--max-concurrent", "1", "--textfile-dir", str(textdir), *dirs.args(), env=worker_env(), check=1)
+    cli("--once", "--max-concurrent", "1", "--textfile-dir", str(textdir), *dirs.args(), env=worker_env(),
+        check=1)
     assert not before
     first, second = dirs.result("e2e-convert-to-qcow2"), dirs.result("e2e-convert-to-raw")
     assert first["status"] == second["status"] == "completed"

@@ -72,9 +72,10 @@ def test_sigkill_at_random_moments_loses_nothing(dirs, ids):
         w = Worker(dirs, "--worker-id", wid, "--max-concurrent", "4", env=env, metrics=False,
                    log_name=f"kill-{round_}.log")
         try:
-            target = before + rng.randint(0, 40)  # kill once some more handlers have started (0: at start-up) ...
-            wait_for(lambda target=target: sum(len(v) for v in read_journal(journal).values()) >= target or
-                     len(_finished(dirs)) == n, timeout=60, what=f"progress before kill {round_}")
+            # kill once some more handlers have started (0: at start-up) ...
+            target = before + rng.randint(0, 40)
+            wait_for(lambda target=target: sum(len(v) for v in read_journal(journal).values()) >= target
+                     or len(_finished(dirs)) == n, timeout=60, what=f"progress before kill {round_}")
             time.sleep(rng.uniform(0, 0.05))  # ... plus a random fraction of a job
             killed_running.append(len([p for p in processing(dirs) if p.endswith(".running")]))
         finally:
@@ -94,7 +95,8 @@ def test_sigkill_at_random_moments_loses_nothing(dirs, ids):
     msg = f"seed {SEED}, running at kills {killed_running}"
     assert not broken, msg
     assert sorted(results) == [f"kill-{i:05d}" for i in range(n)], msg  # none lost
-    assert sorted(archived(dirs, "done")) == [f"kill-{i:05d}.json" for i in range(n)], msg  # each archived once
+    # each archived once
+    assert sorted(archived(dirs, "done")) == [f"kill-{i:05d}.json" for i in range(n)], msg
     assert archived(dirs, "failed") == [] and waiting(dirs) == [] and processing(dirs) == [], msg
     extra_attempts = 0
     for job_id, result in results.items():
@@ -124,8 +126,9 @@ def test_workers_sharing_a_jobs_dir_run_each_job_once(dirs, nworkers):
     try:
         wait_for(lambda: len(archived(dirs, "done")) == n, timeout=150, what="1000 jobs done")
         # a job is archived just before it is counted: wait (bounded) for the last counts
-        samples = wait_for(lambda: (lambda ss: ss if sum(total(s, "guestkit_worker_jobs_total") for s in ss) >= n
-                                    else None)([w.samples() for w in workers]), timeout=10, what="counts")
+        samples = wait_for(lambda: (lambda ss: ss if sum(total(s, "guestkit_worker_jobs_total") for s in ss)
+                                    >= n else None)([w.samples() for w in workers]),
+                           timeout=10, what="counts")
         assert all(w.alive() for w in workers)
     finally:
         for w in workers:
@@ -161,8 +164,8 @@ def test_results_dir_not_writable_then_writable_again(dirs):
         os.chmod(idem, 0o555)
         write_job(dirs.jobs, make_job("ro-results-0001", execution={"idempotency_key": "ro-k"}))
         write_job(dirs.jobs, make_job("ro-rejected-001", execution={"priority": 0}))
-        s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_result_write_errors_total") >= 4 else None)(
-            w.samples()), timeout=60, what="write errors counted")
+        s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_result_write_errors_total") >= 4
+                              else None)(w.samples()), timeout=60, what="write errors counted")
         assert total(s, "guestkit_worker_jobs_total") == 0  # not counted as ended
         assert archived(dirs, "done") == [] and archived(dirs, "failed") == []  # not marked done
         _assert_nothing_half_written(dirs)
@@ -172,8 +175,8 @@ def test_results_dir_not_writable_then_writable_again(dirs):
         os.chmod(dirs.results, 0o755)
         os.chmod(idem, 0o755)
         # an outcome is counted right after its job file is archived: wait for the count
-        s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_jobs_total") == 2 else None)(w.samples()),
-                     timeout=60, what="jobs finish once writable")
+        s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_jobs_total") == 2 else None)(
+            w.samples()), timeout=60, what="jobs finish once writable")
         assert len(_finished(dirs)) == 2
         assert dirs.result("ro-results-0001")["status"] == "completed"
         assert dirs.result("ro-rejected-001")["error"]["message"] == "execution.priority: must be 1-10, got 0"
@@ -198,16 +201,18 @@ def test_disk_full_while_writing_results(dirs, threads):
     w = Worker(dirs, "--worker-id", "enospc", "--max-concurrent", threads, shim=True, env=env)
     try:
         write_job(dirs.jobs, journal_job("full-journal-01", journal))
-        write_job(dirs.jobs, make_job("full-echo-0001", data={"n": 1}, execution={"idempotency_key": "full-k"}))
+        write_job(dirs.jobs, make_job("full-echo-0001", data={"n": 1},
+                                      execution={"idempotency_key": "full-k"}))
         write_job(dirs.jobs, make_job("full-reject-001", execution={"timeout_seconds": 0}))
-        s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_result_write_errors_total") >= 6 else None)(
-            w.samples()), timeout=60, what="ENOSPC counted")
+        s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_result_write_errors_total") >= 6
+                              else None)(w.samples()), timeout=60, what="ENOSPC counted")
         assert total(s, "guestkit_worker_jobs_total") == 0
         assert archived(dirs, "done") == [] and archived(dirs, "failed") == []
         _assert_nothing_half_written(dirs)
         assert "cannot store the outcome ([Errno 28] No space left on device)" in w.log()
         # the outcome is stored again after a pause; the handler is not run again for it
-        wait_for(lambda: w.log().count("job full-journal-01: cannot store the outcome") >= 2, what="stored again")
+        wait_for(lambda: w.log().count("job full-journal-01: cannot store the outcome") >= 2,
+                 what="stored again")
         assert read_journal(journal)["full-journal-01"] == [1]
         os.unlink(flag)  # space returns
         wait_for(lambda: len(_finished(dirs)) == 3, timeout=60, what="jobs finish once space returns")
@@ -238,7 +243,8 @@ def test_misbehaving_handlers_keep_capacity_accounting_honest(dirs):
     pid_file = os.path.join(dirs.base, "child.pid")
     w = Worker(dirs, "--worker-id", "misbehave", "--max-concurrent", "3")
     try:
-        write_job(dirs.jobs, make_job("hangs-00000001", "test.hang", {"seconds": 8}, execution={"timeout_seconds": 1}))
+        write_job(dirs.jobs, make_job("hangs-00000001", "test.hang", {"seconds": 8},
+                                      execution={"timeout_seconds": 1}))
         wait_for(lambda: os.path.exists(os.path.join(dirs.results, "hangs-00000001-result.json")), timeout=30,
                  what="timeout result of the hung handler")
         assert dirs.result("hangs-00000001")["status"] == "timeout"
@@ -249,7 +255,8 @@ def test_misbehaving_handlers_keep_capacity_accounting_honest(dirs):
         # the two free slots keep working while it hangs
         write_job(dirs.jobs, make_job("raises-0000001", "test.raise", {"message": "kaput"}))
         write_job(dirs.jobs, make_job("badresult-0001", "test.badresult"))
-        write_job(dirs.jobs, make_job("stubborn-child", "test.child", {"pid_file": pid_file, "ignore_sigterm": True},
+        write_job(dirs.jobs, make_job("stubborn-child", "test.child",
+                                      {"pid_file": pid_file, "ignore_sigterm": True},
                                       execution={"timeout_seconds": 1}))
         write_job(dirs.jobs, make_job("plain-echo-001"))
         wait_for(lambda: len(_finished(dirs)) == 5, timeout=60, what="five results")
@@ -277,10 +284,11 @@ def test_misbehaving_handlers_keep_capacity_accounting_honest(dirs):
         # the full capacity is back: three jobs run at once again
         for i in range(3):
             write_job(dirs.jobs, make_job(f"capacity-{i:05d}", "test.sleep", {"seconds": 1.5}))
-        s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_active_jobs") == 3 else None)(w.samples()),
-                     timeout=30, what="three active at once")
+        s = wait_for(lambda: (lambda s: s if total(s, "guestkit_worker_active_jobs") == 3 else None)(
+            w.samples()), timeout=30, what="three active at once")
         wait_for(lambda: len(_finished(dirs)) == 8, timeout=30, what="capacity jobs done")
-        wait_for(lambda: total(w.samples(), "guestkit_worker_active_jobs") == 0, timeout=30, what="none active")
+        wait_for(lambda: total(w.samples(), "guestkit_worker_active_jobs") == 0, timeout=30,
+                 what="none active")
     finally:
         w.ensure_stopped()
 
@@ -366,8 +374,9 @@ def test_one_shot_run_with_disk_full_exits_1_and_keeps_the_job(dirs, threads):
     assert not os.path.exists(os.path.join(dirs.results, "once-full-0001-result.json"))
     _assert_nothing_half_written(dirs)
     os.unlink(flag)  # space returns: the next run completes it
-    proc = subprocess.run([sys.executable, "-c", SHIM_MAIN, "run", *dirs.args(), "--once", "--metrics-enabled",
-                           "false"], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", SHIM_MAIN, "run", *dirs.args(), "--once",
+                           "--metrics-enabled", "false"], env=env, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert dirs.result("once-full-0001")["status"] == "completed"
     assert archived(dirs, "done") == ["once-full.json"]
@@ -379,16 +388,18 @@ def test_disk_full_when_requeueing_a_retry(dirs):
     flag = os.path.join(dirs.base, "disk-full")
     open(flag, "w").close()
     env = plugin_env(dirs.base, GKW_FAULT_DIR=dirs.jobs, GKW_FAULT_FLAG=flag)
-    write_job(dirs.jobs, make_job("flaky-enospc-01", "test.flaky", {"succeed_on": 2}, execution={"max_attempts": 2}))
+    write_job(dirs.jobs, make_job("flaky-enospc-01", "test.flaky", {"succeed_on": 2},
+                                  execution={"max_attempts": 2}))
     w = Worker(dirs, "--worker-id", "enospc-retry", shim=True, env=env, metrics=False)
     try:
-        wait_for(lambda: w.log().count("cannot be re-queued as attempt 2 ([Errno 28] No space left on device)") >= 2,
-                 timeout=30, what="two failed re-queues")
+        refused = "cannot be re-queued as attempt 2 ([Errno 28] No space left on device)"
+        wait_for(lambda: w.log().count(refused) >= 2, timeout=30, what="two failed re-queues")
         assert archived(dirs, "done") == [] and archived(dirs, "failed") == []
         assert not os.path.exists(os.path.join(dirs.results, "flaky-enospc-01-result.json"))
         assert temp_files(dirs.jobs) == []
         os.unlink(flag)
-        wait_for(lambda: archived(dirs, "done") == ["flaky-enospc-01.json"], timeout=30, what="retry completed")
+        wait_for(lambda: archived(dirs, "done") == ["flaky-enospc-01.json"], timeout=30,
+                 what="retry completed")
         result = dirs.result("flaky-enospc-01")
         assert (result["status"], result["execution_summary"]["attempt"]) == ("completed", 2)
         assert processing(dirs) == [] and waiting(dirs) == []
@@ -409,23 +420,27 @@ def test_workers_starting_together_recover_dead_claims_once(dirs):
             claims = os.path.join(d.jobs, ".processing", f"dead-{k}")
             os.makedirs(claims)
             for j in range(per_dead):
-                name = write_job(claims, journal_job(f"dead-{k}-{j:05d}", journal, execution={"max_attempts": 2}))
+                name = write_job(claims, journal_job(f"dead-{k}-{j:05d}", journal,
+                                                     execution={"max_attempts": 2}))
                 if j == 0:
                     os.rename(name, name + ".running")  # its handler had started
         env = plugin_env(base)
         procs = [subprocess.Popen([sys.executable, "-m", "guestkit_worker", "--once", *d.args(),
                                    "--worker-id", f"live-{n}", "--metrics-enabled", "false"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for n in range(4)]
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for n in range(4)]
         errs = [p.communicate(timeout=120)[1] for p in procs]
         assert [p.returncode for p in procs] == [0, 0, 0, 0], [e[-1500:] for e in errs]
-        assert [n for n in os.listdir(os.path.join(d.jobs, ".processing")) if n != ".running-ids.lock"] == [], r
+        held = [n for n in os.listdir(os.path.join(d.jobs, ".processing")) if n != ".running-ids.lock"]
+        assert held == [], r
         results, broken = load_results(d)
         assert not broken and len(results) == dead * per_dead
         runs = read_journal(journal)
         for job_id, result in results.items():
             expect = 2 if job_id.endswith("-00000") else 1
             assert result["execution_summary"]["attempt"] == expect and runs[job_id] == [expect], (r, job_id)
-        assert sum(len(re.findall(r"recovering \S+ left by dead worker dead-", e)) for e in errs) == dead * per_dead, r
+        recovered = sum(len(re.findall(r"recovering \S+ left by dead worker dead-", e)) for e in errs)
+        assert recovered == dead * per_dead, r
 
 
 def test_a_reused_job_file_name_never_replaces_a_job(dirs):
@@ -490,7 +505,8 @@ def test_stale_temp_files_are_removed_at_start(dirs):
     a_dir = os.path.join(dirs.jobs, ".dir-0000001.json.12.3.tmp")
     os.mkdir(a_dir)
     os.utime(a_dir, (time.time() - old,) * 2)
-    kept = [_touch(os.path.join(dirs.results, ".fresh-000001-result.json.4242.5.tmp"), fresh),  # being written
+    # the first three are fresh: being written
+    kept = [_touch(os.path.join(dirs.results, ".fresh-000001-result.json.4242.5.tmp"), fresh),
             _touch(os.path.join(idem, "." + "b" * 64 + ".json.8.0.tmp"), 1),
             _touch(os.path.join(dirs.jobs, ".fresh-000002.json.77.1.tmp"), fresh),
             _touch(os.path.join(dirs.jobs, "producer-0001.json.tmp"), old),   # write NAME.tmp, then rename

@@ -148,7 +148,8 @@ def test_status_is_the_stored_result_between_its_commit_and_the_archive(tmp_path
         assert t.job_status(doc["job_id"]).status == "running"
         result = {"job_id": doc["job_id"], "status": "cancelled", "failed_at": "2026-11-01T00:00:01Z",
                   "worker_id": "files-w1", "operation": "system.echo",
-                  "execution_summary": {"attempt": 1}, "error": {"code": "CANCELLED", "retry_recommended": True}}
+                  "execution_summary": {"attempt": 1},
+                  "error": {"code": "CANCELLED", "retry_recommended": True}}
         t.stage_result(Outcome(delivery, "cancelled", result=result))
         assert t.job_status(doc["job_id"]).status == "running", "a give-back result is not this run's end"
         result = dict(result, status="completed", completed_at="2026-11-01T00:00:02Z", error=None)
@@ -188,8 +189,8 @@ def test_a_job_moving_between_queue_and_worker_is_always_found_by_id(tmp_path):
     try:
         doc = _echo_doc("moving-0001")
         t.submit(doc)
-        mover = subprocess.Popen([sys.executable, "-c", _MOVER, t.layout.jobs_dir, t.layout.results_dir, "2000"],
-                                 stdout=subprocess.PIPE, text=True)
+        mover = subprocess.Popen([sys.executable, "-c", _MOVER, t.layout.jobs_dir, t.layout.results_dir,
+                                  "2000"], stdout=subprocess.PIPE, text=True)
         try:
             assert mover.stdout.readline().strip() == "ready"
             asked, missed, seen = 0, 0, set()
@@ -320,8 +321,8 @@ def test_submit_writes_what_a_worker_reads_or_refuses_it(tmp_path):
         with open(os.path.join(t.layout.jobs_dir, "size-as-sent.json"), "rb") as fh:
             assert fh.read() == sent
         big = dict(_echo_doc("size-too-big"), payload={"type": "system.echo.v1", "data": {"n": [[1]] * 1200}})
-        with pytest.raises(JobTooLarge, match=r"^the job document is \d+ bytes as stored, larger than the limit "
-                                              r"of 4000 bytes \(--max-job-size\); it was not queued"):
+        with pytest.raises(JobTooLarge, match=r"^the job document is \d+ bytes as stored, larger than the "
+                                              r"limit of 4000 bytes \(--max-job-size\); it was not queued"):
             t.submit(big)
         assert _waiting(t.layout.jobs_dir) == ["size-as-sent.json", "size-one-line.json"]
     finally:

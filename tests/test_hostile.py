@@ -61,7 +61,8 @@ def hostile_cases(base):
         "empty.json": (b"", "INVALID_JOB_FILE", "empty file"),
         "whitespace.json": (b" \n\t ", "INVALID_JOB_FILE", "empty file"),
         "bom.json": (b"\xef\xbb\xbf" + _raw(_doc("bom-job-000001")), "INVALID_JOB_FILE", "byte order mark"),
-        "bad-utf8.json": (b'{"job_id": "caf\xe9-000001"}', "INVALID_JOB_FILE", "not valid UTF-8 (byte offset 15)"),
+        "bad-utf8.json": (b'{"job_id": "caf\xe9-000001"}', "INVALID_JOB_FILE",
+                          "not valid UTF-8 (byte offset 15)"),
         "array.json": (b"[" + _raw(_doc("in-an-array-01")) + b"]", "INVALID_JOB_FILE",
                        "must hold a JSON object, got array"),
         "string.json": (b'"job"', "INVALID_JOB_FILE", "must hold a JSON object, got string"),
@@ -86,7 +87,8 @@ def hostile_cases(base):
         "id-slash-long.json": (_doc("aaaaaa/bbbbbb"), "INVALID_JOB", "job_id: may only contain"),
         "id-nul.json": (_doc("job-\u0000-000001"), "INVALID_JOB", "job_id: may only contain"),
         "id-newline.json": (_doc("job-\n-0000001"), "INVALID_JOB", "job_id: may only contain"),
-        "id-10000.json": (_doc("x" * 10_000), "INVALID_JOB", "job_id: must be at most 128 characters, got 10000"),
+        "id-10000.json": (_doc("x" * 10_000), "INVALID_JOB",
+                          "job_id: must be at most 128 characters, got 10000"),
         "id-dots.json": (_doc("........"), "INVALID_JOB", "job_id: may only contain"),
         "timeout-zero.json": (_doc("timeout-zero-01", execution={"timeout_seconds": 0}), "INVALID_JOB",
                               "execution.timeout_seconds: must be 1-604800, got 0"),
@@ -101,9 +103,11 @@ def hostile_cases(base):
         "created-number.json": (_doc("created-num-001", created_at=1700000000), "INVALID_JOB",
                                 "created_at: must be a string, got integer"),
         "deadline-past.json": (_doc("deadline-past-1", execution={"deadline": "2001-01-01T00:00:00Z"}),
-                               "DEADLINE_EXCEEDED", "deadline 2001-01-01T00:00:00Z has passed; the job was not run"),
+                               "DEADLINE_EXCEEDED",
+                               "deadline 2001-01-01T00:00:00Z has passed; the job was not run"),
         "link-shadow.json": (lambda p: os.symlink("/etc/shadow", p), "INVALID_JOB_FILE",
-                             "is a symbolic link; job files must be regular files (the link was not followed)"),
+                             "is a symbolic link; job files must be regular files "
+                             "(the link was not followed)"),
         "link-decoy.json": (lambda p: os.symlink(decoy, p), "INVALID_JOB_FILE", "is a symbolic link"),
         "link-dir.json": (lambda p: os.symlink(outside, p), "INVALID_JOB_FILE", "is a symbolic link"),
         "link-dangling.json": (lambda p: os.symlink(os.path.join(outside, "nowhere"), p), "INVALID_JOB_FILE",
@@ -333,10 +337,12 @@ def test_allow_path_confines_images_and_outputs(dirs):
     inside_img, outside_img = os.path.join(allowed, "disk.raw"), os.path.join(outside, "disk.raw")
     watch = OpenWatch(outside_img)
     jobs = {
-        "allowed-convert": (_convert_job("allowed-convert", inside_img, os.path.join(allowed, "out.qcow2")), None),
+        "allowed-convert": (_convert_job("allowed-convert", inside_img, os.path.join(allowed, "out.qcow2")),
+                            None),
         "image-outside01": (_convert_job("image-outside01", outside_img, os.path.join(allowed, "o1.qcow2")),
                             "payload.data.image.path"),
-        "image-dotdot001": (_convert_job("image-dotdot001", os.path.join(allowed, "..", "outside", "disk.raw"),
+        "image-dotdot001": (_convert_job("image-dotdot001",
+                                         os.path.join(allowed, "..", "outside", "disk.raw"),
                                          os.path.join(allowed, "o2.qcow2")), "payload.data.image.path"),
         "image-symlink01": (_convert_job("image-symlink01", os.path.join(allowed, "link.raw"),
                                          os.path.join(allowed, "o3.qcow2")), "payload.data.image.path"),
@@ -345,7 +351,8 @@ def test_allow_path_confines_images_and_outputs(dirs):
         "dest-dotdot0001": (_convert_job("dest-dotdot0001", inside_img,
                                          os.path.join(allowed, "..", "outside", "o5.qcow2")),
                             "payload.data.output.destination"),
-        "dest-linkdir001": (_convert_job("dest-linkdir001", inside_img, os.path.join(allowed, "out-link", "o6.qcow2")),
+        "dest-linkdir001": (_convert_job("dest-linkdir001", inside_img,
+                                         os.path.join(allowed, "out-link", "o6.qcow2")),
                             "payload.data.output.destination"),
         "inspect-outside": (_inspect_job("inspect-outside", outside_img), "payload.data.image.path"),
     }
@@ -365,7 +372,8 @@ def test_allow_path_confines_images_and_outputs(dirs):
         error = results[job_id]["error"]
         assert (results[job_id]["status"], error["code"], error["phase"]) == (
             "failed", "PATH_NOT_ALLOWED", "validation"), job_id
-        assert error["message"].startswith(field + ": ") and "outside the allowed directories" in error["message"]
+        assert (error["message"].startswith(field + ": ")
+                and "outside the allowed directories" in error["message"])
         # refused while validating: rejected, archived in failed/ with the same reason
         reason = dirs.reason(f"{job_id}.json")
         assert (reason["status"], reason["error"]["message"]) == (REJECTED, error["message"]), job_id
@@ -414,10 +422,12 @@ def test_allow_path_refusal_does_not_tell_whether_a_path_exists(dirs):
     jobs = {}  # job_id -> (field, probed path, document)
     for kind, path in images.items():
         jobs[f"cv-img-{kind}"] = ("payload.data.image.path", path,
-                                  _convert_job(f"cv-img-{kind}", path, os.path.join(allowed, f"{kind}.qcow2")))
+                                  _convert_job(f"cv-img-{kind}", path,
+                                               os.path.join(allowed, f"{kind}.qcow2")))
         jobs[f"in-img-{kind}"] = ("payload.data.image.path", path, _inspect_job(f"in-img-{kind}", path))
     for kind, path in outputs.items():
-        jobs[f"cv-out-{kind}"] = ("payload.data.output.destination", path, _convert_job(f"cv-out-{kind}", image, path))
+        jobs[f"cv-out-{kind}"] = ("payload.data.output.destination", path,
+                                  _convert_job(f"cv-out-{kind}", image, path))
         inspect_out = _inspect_job(f"in-out-{kind}", image)
         inspect_out["payload"]["data"]["output"] = {"destination": path}
         jobs[f"in-out-{kind}"] = ("payload.data.output.destination", path, inspect_out)
@@ -431,8 +441,8 @@ def test_allow_path_refusal_does_not_tell_whether_a_path_exists(dirs):
     for job_id, (field, path, _) in jobs.items():
         reason = dirs.reason(f"{job_id}.json")
         error = reason["error"]
-        assert (reason["status"], error["code"], error["phase"]) == (REJECTED, "PATH_NOT_ALLOWED", "validation"), \
-            (job_id, error)
+        assert (reason["status"], error["code"], error["phase"]) == (
+            REJECTED, "PATH_NOT_ALLOWED", "validation"), (job_id, error)
         assert error["message"] == f"{field}: {path} is outside the allowed directories ({allowed})", job_id
         assert error["details"] == {"field": field}
         assert dirs.result(job_id)["error"] == error
@@ -491,7 +501,8 @@ def test_planted_link_for_an_archive_dir_is_refused(dirs, sub):
     write_job(dirs.jobs, b"{not json", "daemon.json")
     proc = cli("--once", *dirs.args(), timeout=60)
     assert proc.returncode == 2
-    assert f"{os.path.join(dirs.jobs, sub)} is a symbolic link or not a directory; refusing to use it" in proc.stderr
+    refusal = f"{os.path.join(dirs.jobs, sub)} is a symbolic link or not a directory; refusing to use it"
+    assert refusal in proc.stderr
     assert os.listdir(target) == [] and waiting(dirs) == ["daemon.json"]
 
 
@@ -624,7 +635,8 @@ def test_http_garbage_long_urls_and_idle_connections_do_not_stop_a_scrape(dirs):
         wait_for(lambda: w.threads() >= baseline + 10, timeout=20, what="a thread per trickling client")
         assert w.threads() <= baseline + 64
         # garbage and very long request lines, while those are held
-        garbage = [b"\x00\xff" * 512 + b"\r\n\r\n", b"GARBAGE\r\n\r\n", b"GET\r\n\r\n", b"\x16\x03\x01\x02\x00" * 20,
+        garbage = [b"\x00\xff" * 512 + b"\r\n\r\n", b"GARBAGE\r\n\r\n", b"GET\r\n\r\n",
+                   b"\x16\x03\x01\x02\x00" * 20,
                    b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
                    b"GET /metrics?" + b"name[]=x&" * 100_000 + b" HTTP/1.1\r\n\r\n",
                    b"GET /metrics HTTP/1.1\r\n" + b"X-Long: " + b"h" * 100_000 + b"\r\n\r\n"]
@@ -648,6 +660,7 @@ def test_http_garbage_long_urls_and_idle_connections_do_not_stop_a_scrape(dirs):
             s.close()
     try:
         # the held connections' threads go away once the clients are gone
-        wait_for(lambda: w.threads() <= baseline, timeout=30, what=f"connection threads released ({baseline} at start)")
+        wait_for(lambda: w.threads() <= baseline, timeout=30,
+                 what=f"connection threads released ({baseline} at start)")
     finally:
         w.ensure_stopped()

@@ -46,8 +46,8 @@ def _qcow2_backed_by(path, backing, fmt="raw"):
 
 
 def _convert_job(job_id, image, fmt, dest):
-    return make_job(job_id, "guestkit.convert", {"image": {"path": image, "format": fmt}, "target_format": "raw",
-                                                 "output": {"destination": dest}},
+    return make_job(job_id, "guestkit.convert", {"image": {"path": image, "format": fmt},
+                                                 "target_format": "raw", "output": {"destination": dest}},
                     execution={"timeout_seconds": 60})
 
 
@@ -90,15 +90,16 @@ def test_images_that_reference_other_files_are_refused(dirs):
             "abs-backing-001": (_qcow2_backed_by(os.path.join(allowed, "abs.qcow2"), secret), "qcow2"),
             "json-backing-01": (_qcow2_backed_by(os.path.join(allowed, "json.qcow2"), "json:" + json.dumps(
                 {"driver": "raw", "file": {"driver": "file", "filename": secret}})), "qcow2"),
-            "rel-backing-001": (_qcow2_backed_by(os.path.join(allowed, "rel.qcow2"), "../outside/secret"), "qcow2"),
+            "rel-backing-001": (_qcow2_backed_by(os.path.join(allowed, "rel.qcow2"), "../outside/secret"),
+                                "qcow2"),
             "http-backing-01": (_qcow2_backed_by(os.path.join(allowed, "http.qcow2"),
                                                  f"http://127.0.0.1:{listener.port}/disk.raw"), "qcow2"),
             "nbd-backing-001": (_qcow2_backed_by(os.path.join(allowed, "nbd.qcow2"),
                                                  f"nbd://127.0.0.1:{listener.port}/x"), "qcow2"),
         }
         data_img = os.path.join(allowed, "datafile.qcow2")
-        qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={os.path.join(allowed, 'dummy.raw')},data_file_raw=on",
-                 data_img, "1M")
+        qemu_img("create", "-q", "-f", "qcow2",
+                 "-o", f"data_file={os.path.join(allowed, 'dummy.raw')},data_file_raw=on", data_img, "1M")
         qemu_img("amend", "-f", "qcow2", "-o", f"data_file={secret}", data_img)
         hostile["data-file-0001"] = (data_img, "qcow2")
         vmdk = os.path.join(allowed, "extent.vmdk")
@@ -156,8 +157,8 @@ def test_allowed_backing_files_stay_inside_and_regular(dirs):
     compare = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", base_img,
                               os.path.join(allowed, "inside-back-001.raw")], capture_output=True, text=True)
     assert compare.returncode == 0, compare.stdout + compare.stderr
-    words = {"outside-back-01": "outside the allowed directories", "json-back-00001": "not a plain local file",
-             "fifo-back-00001": "not a regular file"}
+    words = {"outside-back-01": "outside the allowed directories",
+             "json-back-00001": "not a plain local file", "fifo-back-00001": "not a regular file"}
     for job_id, needle in words.items():
         error = dirs.result(job_id)["error"]
         assert error["code"] == CODE and needle in error["message"], (job_id, error)

@@ -118,7 +118,8 @@ def test_example_jobs_validate_with_a_real_image(debian_image):
     (lambda d: d["image"].update(checksum="sha256:1234"), "payload.data.image.checksum", "64 hexadecimal"),
     (lambda d: d["image"].update(path="/nonexistent/disk.raw"), "payload.data.image.path", "does not exist"),
     (lambda d: d["image"].update(path="/"), "payload.data.image.path", "not a regular file"),
-    (lambda d: d.update(options={"include_users": "yes"}), "payload.data.options.include_users", "true or false"),
+    (lambda d: d.update(options={"include_users": "yes"}), "payload.data.options.include_users",
+     "true or false"),
     (lambda d: d.update(output={"format": "yaml"}), "payload.data.output.format", "json"),
     (lambda d: d.update(output={"destination": ""}), "payload.data.output.destination", "non-empty"),
 ])
@@ -174,7 +175,8 @@ def test_probe_finds_its_sections_module_however_it_is_run(tmp_path):
     from guestkit_worker.engines import probe_script
     require_tool("guestfs")
     env = dict(os.environ, PYTHONSAFEPATH="1", PYTHONPATH="")
-    proc = subprocess.run([inspect_mod.guestfs_python(), probe_script(), "--image", str(tmp_path / "none.raw"),
+    proc = subprocess.run([inspect_mod.guestfs_python(), probe_script(),
+                           "--image", str(tmp_path / "none.raw"),
                            "--format", "raw", "--sections", "users"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -261,7 +263,8 @@ def test_no_operating_system_error_is_mapped(tmp_path, debian_image, monkeypatch
 
 
 def test_probe_crash_is_inspection_failed(tmp_path, debian_image, monkeypatch, fresh_engine_cache):
-    monkeypatch.setenv("GUESTKIT_WORKER_GUESTFS_PYTHON", fake_guestfs_python(tmp_path, "Traceback: boom", rc=1))
+    monkeypatch.setenv("GUESTKIT_WORKER_GUESTFS_PYTHON",
+                       fake_guestfs_python(tmp_path, "Traceback: boom", rc=1))
     ctx, _ = make_context(tmp_path)
     with pytest.raises(HandlerError) as exc:
         InspectHandler().execute(ctx, {"image": {"path": debian_image["raw"], "format": "raw"}})

@@ -98,12 +98,14 @@ def test_three_requests_share_one_connection(server):
     finally:
         conn.close()
     # the server counts a request once its thread is done with it, maybe after the client read it
-    stats = wait_for(lambda: server.stats()["requests"] == 4 and server.stats(), timeout=TIMEOUT, what="4 requests")
+    stats = wait_for(lambda: server.stats()["requests"] == 4 and server.stats(), timeout=TIMEOUT,
+                     what="4 requests")
     assert stats["accepted"] == 1, stats  # one connection (parked or served on at once between requests)
 
 
 def test_curl_reuses_the_connection(server):
-    out = subprocess.run([require_tool("curl"), "-sS", "-v", "--max-time", "20", server.url + "/a", server.url + "/b"],
+    out = subprocess.run([require_tool("curl"), "-sS", "-v", "--max-time", "20",
+                          server.url + "/a", server.url + "/b"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "got \ngot \n"
@@ -132,7 +134,8 @@ def test_connection_header_and_version_decide(server, version, connection, kept,
 
 def test_pipelined_requests_are_answered_in_order(server):
     with client(server) as c:
-        c.sock.sendall(_post(b"/1", b"first") + _post(b"/2", b"second") + b"GET /3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.sock.sendall(_post(b"/1", b"first") + _post(b"/2", b"second")
+                       + b"GET /3 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert [c.answer()[2] for _ in range(3)] == [b"got first\n", b"got second\n", b"got \n"]
         c.sock.shutdown(socket.SHUT_WR)
         assert c.closed_by_server()

@@ -13,7 +13,8 @@ from conftest import cli, make_job, start_worker, wait_for, write_job
 from guestkit_worker.cli.logsetup import JsonFormatter, TextFormatter, escape_controls, setup
 
 RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \[")
-FORGED = "\n2026-01-01 00:00:00,000 INFO [MainThread] guestkit_worker.runtime.worker: job forged-0001: completed"
+FORGED = ("\n2026-01-01 00:00:00,000 INFO [MainThread] guestkit_worker.runtime.worker: "
+          "job forged-0001: completed")
 
 
 def test_escape_controls_leaves_no_line_break_or_escape_sequence():
@@ -23,7 +24,8 @@ def test_escape_controls_leaves_no_line_break_or_escape_sequence():
 
 
 def _record(msg, *args, exc_info=None):
-    return logging.LogRecord("guestkit_worker.runtime.worker", logging.WARNING, __file__, 1, msg, args, exc_info)
+    return logging.LogRecord("guestkit_worker.runtime.worker", logging.WARNING, __file__, 1, msg, args,
+                             exc_info)
 
 
 def test_formatters_keep_a_forged_line_inside_its_record():
@@ -149,8 +151,9 @@ def test_progress_inside_a_phase_is_logged_at_info_at_most_every_10_percent_and_
     from guestkit_worker.job.protocol import validate_document
     from guestkit_worker.metrics.families import NullMetrics
     from guestkit_worker.runtime.context import HandlerContext
-    ctx = HandlerContext(validate_document(make_job("progress-log-01")), worker_id="w", work_dir=str(tmp_path),
-                         metrics=NullMetrics(), progress_path=str(tmp_path / "p.jsonl"))
+    ctx = HandlerContext(validate_document(make_job("progress-log-01")), worker_id="w",
+                         work_dir=str(tmp_path), metrics=NullMetrics(),
+                         progress_path=str(tmp_path / "p.jsonl"))
     clock = [1000.0]
     ctx._clock = lambda: clock[0]
     caplog.set_level(logging.DEBUG, logger="guestkit_worker.runtime.context")

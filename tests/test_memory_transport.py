@@ -116,6 +116,7 @@ def test_it_imports_nothing_of_the_runtime():
     assert set(out) == {"guestkit_worker", "guestkit_worker.job", "guestkit_worker.job.errors",
                         "guestkit_worker.transports",
                         "guestkit_worker.transports.base", "guestkit_worker.transports.memory",
-                        "guestkit_worker.transports.memory.broker", "guestkit_worker.transports.memory.reclaim",
+                        "guestkit_worker.transports.memory.broker",
+                        "guestkit_worker.transports.memory.reclaim",
                         "guestkit_worker.transports.memory.store",
                         "guestkit_worker.transports.memory.transport"}

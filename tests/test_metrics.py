@@ -26,7 +26,8 @@ def scripted_jobs(dirs):
         write_job(dirs.jobs, make_job(f"metrics-ok-{i:03d}", execution={"idempotency_key": f"k{i}"}))
     write_job(dirs.jobs, make_job("metrics-rejected", execution={"priority": 42}))
     write_job(dirs.jobs, make_job("metrics-failed01", "test.raise"))
-    write_job(dirs.jobs, make_job("metrics-timeout1", "test.sleep", {"seconds": 60}, execution={"timeout_seconds": 1}))
+    write_job(dirs.jobs, make_job("metrics-timeout1", "test.sleep", {"seconds": 60},
+                                  execution={"timeout_seconds": 1}))
 
 
 @pytest.fixture
@@ -53,8 +54,8 @@ def test_exact_values_after_scripted_jobs(dirs, daemon):
     wait_for(lambda: "metrics-dup-0001" in dirs.all_results(), what="duplicate result")
     # outcomes are counted just after their job files are archived: wait for all seven
     # (the queue depth is already 0 then: see test_queue_depth_is_zero_as_soon_as_each_job_is_counted)
-    s = wait_for(lambda: (lambda m: m if total(m, "guestkit_worker_jobs_total") == 7 else None)(parse(scrape(url))),
-                 what="seven outcomes counted")
+    s = wait_for(lambda: (lambda m: m if total(m, "guestkit_worker_jobs_total") == 7 else None)(
+        parse(scrape(url))), what="seven outcomes counted")
     assert value(s, "guestkit_worker_jobs_total", operation="system.echo", status="duplicate") == 1
     echo = "system.echo"
     assert value(s, "guestkit_worker_jobs_total", operation=echo, status="completed") == 3
@@ -63,7 +64,8 @@ def test_exact_values_after_scripted_jobs(dirs, daemon):
     assert value(s, "guestkit_worker_jobs_total", operation="test.sleep", status="timeout") == 1
     assert value(s, "guestkit_worker_jobs_duration_seconds_count", operation=echo, status="completed") == 3
     assert value(s, "guestkit_worker_jobs_duration_seconds_sum", operation=echo, status="completed") < 3
-    assert value(s, "guestkit_worker_jobs_duration_seconds_bucket", operation=echo, status="completed", le="1.0") == 3
+    assert value(s, "guestkit_worker_jobs_duration_seconds_bucket", operation=echo, status="completed",
+                 le="1.0") == 3
     t = value(s, "guestkit_worker_jobs_duration_seconds_sum", operation="test.sleep", status="timeout")
     assert 1.0 <= t < 15
     assert value(s, "guestkit_handler_executions_total", handler="system.echo", status="success") == 3
@@ -109,7 +111,8 @@ def test_promtool_check_metrics(dirs, daemon):
     proc, url = daemon()
     wait_for(lambda: dirs.all_results(), what="a result")
     text = scrape(url)
-    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,
+                           timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.strip() == "" and check.stderr.strip() == ""
 
@@ -122,8 +125,8 @@ def test_queue_depth_and_active_while_busy(dirs, daemon):
 
     def busy():
         s = parse(scrape(url))
-        return s if value(s, "guestkit_worker_active_jobs") == 1 and value(s, "guestkit_worker_queue_depth") == 3 \
-            else None
+        busy = value(s, "guestkit_worker_active_jobs") == 1 and value(s, "guestkit_worker_queue_depth") == 3
+        return s if busy else None
     s = wait_for(busy, what="one active, three waiting")
     assert value(s, "guestkit_worker_max_concurrent_jobs") == 1
     status, _, body = get(url + "/health")
@@ -142,7 +145,8 @@ def test_prometheus_scrapes_worker(dirs, daemon, tmp_path):
     config = tmp_path / "prometheus.yml"
     config.write_text(f"global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n"
                       f"  - job_name: guestkit-worker\n    static_configs:\n      - targets: ['{target}']\n")
-    prom, port = start_and_find_port([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+    prom, port = start_and_find_port([prometheus, f"--config.file={config}",
+                                      f"--storage.tsdb.path={tmp_path / 'data'}",
                                       "--web.listen-address=127.0.0.1:0", "--log.level=warn"], "prometheus")
     try:
         api = f"http://127.0.0.1:{port}/api/v1/query?query="
@@ -150,8 +154,10 @@ def test_prometheus_scrapes_worker(dirs, daemon, tmp_path):
         def query(expr):
             status, _, body = get(api + urllib.parse.quote(expr))
             data = json.loads(body)
-            return {json.dumps(r["metric"], sort_keys=True): float(r["value"][1]) for r in data["data"]["result"]} \
-                if status == 200 and data["status"] == "success" else {}
+            if status != 200 or data["status"] != "success":
+                return {}
+            return {json.dumps(r["metric"], sort_keys=True): float(r["value"][1])
+                    for r in data["data"]["result"]}
         up = wait_for(lambda: query('up{job="guestkit-worker"}') or None, timeout=90, what="a scrape")
         assert list(up.values()) == [1.0]
         got = wait_for(lambda: (lambda r: r if len(r) >= 2 else None)(
@@ -177,8 +183,9 @@ def test_node_exporter_serves_textfile(dirs, tmp_path):
     assert value(s, "guestkit_worker_jobs_total", operation="system.echo", status="completed") == 2
     run_ts = value(s, "guestkit_worker_last_run_timestamp_seconds")
     assert value(s, "guestkit_worker_last_success_timestamp_seconds") == run_ts
-    node, port = start_and_find_port([exporter, "--web.listen-address=127.0.0.1:0", "--collector.disable-defaults",
-                                      "--collector.textfile", f"--collector.textfile.directory={textdir}"],
+    node, port = start_and_find_port([exporter, "--web.listen-address=127.0.0.1:0",
+                                      "--collector.disable-defaults", "--collector.textfile",
+                                      f"--collector.textfile.directory={textdir}"],
                                      "node_exporter")
     try:
         n = parse(scrape(f"http://127.0.0.1:{port}"))
@@ -218,7 +225,8 @@ def test_health_flips_with_unwritable_jobs_dir(dirs, daemon):
         status, _, body = get(url + "/health")
         doc = json.loads(body)
         assert status == 503 and doc["status"] == "unhealthy"
-        assert doc["checks"]["jobs_dir"]["ok"] is False and "not permitted" in doc["checks"]["jobs_dir"]["detail"]
+        assert (doc["checks"]["jobs_dir"]["ok"] is False
+                and "not permitted" in doc["checks"]["jobs_dir"]["detail"])
     finally:
         subprocess.run([chattr, "-i", dirs.jobs], check=True)
     status, _, body = get(url + "/health")
@@ -246,8 +254,8 @@ def test_made_up_operations_do_not_grow_series(tmp_path):
     registry = CollectorRegistry()
     jobs = tmp_path / "jobs"
     jobs.mkdir()
-    cfg = WorkerConfig(jobs_dir=str(jobs), results_dir=str(tmp_path / "results"), work_dir=str(tmp_path / "work"),
-                       worker_id="cardinality", once=True, durable=False)
+    cfg = WorkerConfig(jobs_dir=str(jobs), results_dir=str(tmp_path / "results"),
+                       work_dir=str(tmp_path / "work"), worker_id="cardinality", once=True, durable=False)
     worker = Worker(cfg, registry=registry)
 
     def jobs_series():
@@ -259,7 +267,8 @@ def test_made_up_operations_do_not_grow_series(tmp_path):
     assert worker.run() == 1
     after = jobs_series()
     assert set(after) == set(before)
-    assert value(parse(_expose(registry)), "guestkit_worker_jobs_total", operation="unknown", status="rejected") == 10000
+    assert value(parse(_expose(registry)), "guestkit_worker_jobs_total", operation="unknown",
+                 status="rejected") == 10000
     assert len(os.listdir(tmp_path / "results")) == 10000 + 1  # + .idempotency
 
 

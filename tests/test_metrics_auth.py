@@ -14,8 +14,9 @@ TOKEN = "s3cret-metrics-token-0123456789"
 
 
 def _curl(curl, url, *headers):
-    out = subprocess.run([curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", *sum((["-H", h] for h in headers), []),
-                          url], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([curl, "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                          *sum((["-H", h] for h in headers), []), url],
+                         capture_output=True, text=True, timeout=30)
     return int(out.stdout)
 
 
@@ -44,7 +45,8 @@ def test_metrics_behind_a_bearer_token(dirs, tmp_path):
             f"    static_configs:\n      - targets: ['{target}']\n")
         prom, port = start_and_find_port([prometheus, f"--config.file={config}",
                                           f"--storage.tsdb.path={tmp_path / 'data'}",
-                                          "--web.listen-address=127.0.0.1:0", "--log.level=warn"], "prometheus")
+                                          "--web.listen-address=127.0.0.1:0", "--log.level=warn"],
+                                         "prometheus")
         procs.append(prom)
 
         def up():
@@ -53,7 +55,8 @@ def test_metrics_behind_a_bearer_token(dirs, tmp_path):
             result = json.loads(out)["data"]["result"] if out else []
             got = {r["metric"]["job"]: r["value"][1] for r in result}
             return got if len(got) == 2 else None
-        assert wait_for(up, timeout=60, what="both scrape jobs tried") == {"guestkit-worker": "1", "no-token": "0"}
+        scraped = wait_for(up, timeout=60, what="both scrape jobs tried")
+        assert scraped == {"guestkit-worker": "1", "no-token": "0"}
     finally:
         for p in reversed(procs):
             stop(p)
@@ -64,4 +67,5 @@ def test_bad_token_file_refused_at_the_door(dirs, tmp_path):
     empty.write_text("# nothing\n")
     proc = cli("--once", *dirs.args(), "--metrics-addr", "127.0.0.1:0", "--metrics-token-file", str(empty))
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == f"guestkit-worker: error: --metrics-token-file {empty}: no token in the file"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"guestkit-worker: error: --metrics-token-file {empty}: no token in the file")

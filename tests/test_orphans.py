@@ -32,7 +32,8 @@ def test_a_sigkilled_workers_child_dies_and_the_next_start_kills_the_rest(dirs, 
                                   {"pid_file": child_file, "grandchild_pid_file": grand_file}))
     proc = start_worker(dirs, "--metrics-enabled", "false", "--worker-id", "orphan-w1")
     try:
-        wait_for(lambda: _read_pid(child_file) and _read_pid(grand_file), timeout=30, what="child and grandchild")
+        wait_for(lambda: _read_pid(child_file) and _read_pid(grand_file), timeout=30,
+                 what="child and grandchild")
     finally:
         proc.kill()  # SIGKILL: no handler of the worker runs
         proc.wait(timeout=10)
@@ -47,7 +48,8 @@ def test_a_sigkilled_workers_child_dies_and_the_next_start_kills_the_rest(dirs, 
         assert _alive(grandchild)
         start = cli("--once", "--metrics-enabled", "false", "--worker-id", "orphan-w2", *dirs.args())
         assert "killed 1 process(es) left by dead worker orphan-w1" in start.stderr, start.stderr[-2000:]
-        wait_for(lambda: not _alive(grandchild), timeout=10, what=f"grandchild {grandchild} killed by the next start")
+        wait_for(lambda: not _alive(grandchild), timeout=10,
+                 what=f"grandchild {grandchild} killed by the next start")
         assert os.listdir(os.path.join(dirs.work, ".children")) == []
         assert sorted(n for n in os.listdir(dirs.work) if n.startswith(".") and n != ".children") == \
             [".other-job-0001.guestfs-a1b2c3"]

@@ -35,8 +35,9 @@ def test_wheel_holds_every_module_of_the_tree(tmp_path):
             shutil.copytree(path, src / name)
         else:
             shutil.copy2(path, src / name)
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"),
-                           str(src)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                           "-w", str(tmp_path / "dist"), str(src)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     wheel = [p for p in os.listdir(tmp_path / "dist") if p.endswith(".whl")][0]
     names = zipfile.ZipFile(tmp_path / "dist" / wheel).namelist()

@@ -46,8 +46,10 @@ def test_inspect_report_does_not_follow_a_link_planted_at_the_temp_name(dirs):
     planted = os.path.join(shared, ".report.json.planted-rep-0001.partial")
     os.symlink(victim, planted)
     write_job(dirs.jobs, make_job("planted-rep-0001", "guestkit.inspect",
-                                  {"image": {"path": image, "format": "raw"}, "output": {"destination": dest}}))
-    env = worker_env(GUESTKIT_WORKER_GUESTFS_PYTHON=_fake_probe_python(dirs.base), SUPERMIN_KERNEL="/dev/null")
+                                  {"image": {"path": image, "format": "raw"},
+                                   "output": {"destination": dest}}))
+    env = worker_env(GUESTKIT_WORKER_GUESTFS_PYTHON=_fake_probe_python(dirs.base),
+                     SUPERMIN_KERNEL="/dev/null")
     cli("--once", "--allow-path", shared, *dirs.args(), env=env, check=0)
     with open(victim, "rb") as fh:
         assert fh.read() == PRECIOUS

@@ -50,7 +50,8 @@ def test_dashboard_api_row_tells_the_truth(tmp_path, dirs, served):  # noqa: F81
     gateway = served("api", "--worker-id", GATEWAY, metrics=True)
     # warm-up: each series the traffic touches exists before Prometheus's first scrape, so the
     # increases seen later are exactly the scripted requests
-    expected = {WORKER: traffic(worker.url, "warm-w", 1, 1, 1), GATEWAY: traffic(gateway.url, "warm-g", 1, 1, 1)}
+    expected = {WORKER: traffic(worker.url, "warm-w", 1, 1, 1),
+                GATEWAY: traffic(gateway.url, "warm-g", 1, 1, 1)}
     targets = {WORKER: urllib.parse.urlparse(worker.metrics_url).netloc,
                GATEWAY: urllib.parse.urlparse(gateway.metrics_url).netloc}
     config = tmp_path / "prometheus.yml"
@@ -97,7 +98,8 @@ def test_dashboard_api_row_tells_the_truth(tmp_path, dirs, served):  # noqa: F81
         assert share == pytest.approx(1 / 4, rel=0.1)
 
         # latency p95 by route: every route answered, each within the first buckets
-        p95 = {json.loads(k)["route"]: v for k, v in query(port, panel_query("API latency p95 by route")).items()}
+        by_route = query(port, panel_query("API latency p95 by route"))
+        p95 = {json.loads(k)["route"]: v for k, v in by_route.items()}
         assert set(p95) == {"/api/v1/jobs", "/api/v1/jobs/{id}"}, p95
         assert all(0 < v <= 1.0 for v in p95.values()), p95
 

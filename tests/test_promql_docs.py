@@ -82,7 +82,8 @@ def stack(tmp_path, dirs):
             f"  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{node_port}']\n")
         prom, port = start_and_find_port([prometheus, f"--config.file={config}",
                                           f"--storage.tsdb.path={tmp_path / 'data'}",
-                                          "--web.listen-address=127.0.0.1:0", "--log.level=warn"], "prometheus")
+                                          "--web.listen-address=127.0.0.1:0", "--log.level=warn"],
+                                         "prometheus")
         procs.append(prom)
         yield Prom(port), dirs
     finally:
@@ -94,8 +95,8 @@ def test_readme_and_dashboard_queries_tell_the_truth(stack):
     prom, dirs = stack
     # both targets scraped, and the daemon seen idle before any job, so rate() sees every job
     wait_for(lambda: len(prom.query("up == 1")) == 2 or None, timeout=90, what="both targets up")
-    wait_for(lambda: prom.query('count_over_time(guestkit_worker_active_jobs{job="guestkit-worker"}[1m]) >= 2')
-             or None, timeout=30, what="two scrapes of the idle daemon")
+    scraped_twice = 'count_over_time(guestkit_worker_active_jobs{job="guestkit-worker"}[1m]) >= 2'
+    wait_for(lambda: prom.query(scraped_twice) or None, timeout=30, what="two scrapes of the idle daemon")
     # before any success: no last_success series at all (not 0, i.e. not "57 years ago")
     assert prom.query('guestkit_worker_last_success_timestamp_seconds{job="guestkit-worker"}') == {}
 
@@ -107,11 +108,12 @@ def test_readme_and_dashboard_queries_tell_the_truth(stack):
     for i in range(3):
         write_job(dirs.jobs, make_job(f"promql-rej-{i:03d}", execution={"priority": 42}))
     write_job(dirs.jobs, make_job("zz-promql-long", "test.sleep", {"seconds": 120}))
-    wait_for(lambda: len(dirs.all_results()) == 11 and dirs.running(), timeout=60, what="11 results, 1 running")
+    wait_for(lambda: len(dirs.all_results()) == 11 and dirs.running(), timeout=60,
+             what="11 results, 1 running")
     wait_for(lambda: prom.query('sum(guestkit_worker_jobs_total{job="guestkit-worker"}) == 11') or None,
              timeout=30, what="Prometheus has all 11 ends")
-    wait_for(lambda: prom.query('guestkit_worker_oldest_running_job_seconds{job="guestkit-worker"} > 3') or None,
-             timeout=30, what="the running job's age")
+    wait_for(lambda: prom.query('guestkit_worker_oldest_running_job_seconds{job="guestkit-worker"} > 3')
+             or None, timeout=30, what="the running job's age")
 
     readme = readme_queries()
     values = {}
@@ -122,7 +124,8 @@ def test_readme_and_dashboard_queries_tell_the_truth(stack):
     assert values["readme success rate"] == pytest.approx(6 / 8) == values["dashboard Success rate"]
     # what the README's old query said over the same data (rejected and textfile series counted)
     values["old readme success rate"] = prom.scalar(
-        'sum(rate(guestkit_worker_jobs_total{status="completed"}[5m])) / sum(rate(guestkit_worker_jobs_total[5m]))')
+        'sum(rate(guestkit_worker_jobs_total{status="completed"}[5m]))'
+        ' / sum(rate(guestkit_worker_jobs_total[5m]))')
     assert values["old readme success rate"] != pytest.approx(6 / 8)
 
     # p95 duration of echo jobs that take milliseconds: inside a sub-second bucket (the spec's
@@ -132,7 +135,8 @@ def test_readme_and_dashboard_queries_tell_the_truth(stack):
     dash = prom.query(panel_query("Job duration p95 by operation"))
     values["dashboard p95 duration (system.echo)"] = dash['{"operation": "system.echo"}']
     assert values["readme p95 duration (system.echo)"] < 0.5
-    assert values["dashboard p95 duration (system.echo)"] == pytest.approx(values["readme p95 duration (system.echo)"])
+    assert values["dashboard p95 duration (system.echo)"] == pytest.approx(
+        values["readme p95 duration (system.echo)"])
 
     # capacity left: the daemon's 3 slots minus its 1 running job; the one-shot host's slots are not capacity
     values["readme capacity left"] = prom.scalar(readme["capacity left"])
@@ -150,7 +154,8 @@ def test_readme_and_dashboard_queries_tell_the_truth(stack):
     assert prom.query(readme["one-shot not running"]) == {}
     # a daemon that has completed jobs: time since its last success is seconds, not years
     since = prom.query(readme["time since the last completed job"])
-    values["readme time since last success (daemon)"] = since[next(k for k in since if "guestkit-worker" in k)]
+    daemon_series = next(k for k in since if "guestkit-worker" in k)
+    values["readme time since last success (daemon)"] = since[daemon_series]
     assert 0 <= values["readme time since last success (daemon)"] < 120
     # the one-shot run failed (3 of 4 jobs): its textfile has no last_success either
     assert not [k for k in since if '"node"' in k]

@@ -25,7 +25,8 @@ def test_bundled_examples_are_valid():
     paths = sorted(glob.glob(os.path.join(EXAMPLES, "*.json")))
     assert len(paths) == 3
     jobs = [validate_document(decode_job_bytes(Path(p).read_bytes())) for p in paths]
-    assert [j.job_id for j in jobs] == ["example-hello-0001", "example-idempotent-0002", "example-routed-0003"]
+    assert [j.job_id for j in jobs] == ["example-hello-0001", "example-idempotent-0002",
+                                        "example-routed-0003"]
     assert jobs[1].idempotency_key == "example-nightly-2026-11-01"
     assert jobs[1].max_attempts == 3
 
@@ -56,9 +57,12 @@ def test_defaults_filled_in():
     ({"execution": {"priority": "5"}}, "execution.priority: must be an integer, got string \"5\""),
     ({"execution": {"timeout_seconds": 0}}, "execution.timeout_seconds: must be 1-604800, got 0"),
     ({"execution": {"timeout_seconds": -5}}, "execution.timeout_seconds: must be 1-604800, got -5"),
-    ({"execution": {"timeout_seconds": 10 ** 12}}, "execution.timeout_seconds: must be 1-604800, got 1000000000000"),
-    ({"execution": {"timeout_seconds": True}}, "execution.timeout_seconds: must be an integer, got boolean true"),
-    ({"execution": {"attempt": 3, "max_attempts": 2}}, "execution.attempt: attempt (3) cannot exceed max_attempts (2)"),
+    ({"execution": {"timeout_seconds": 10 ** 12}},
+     "execution.timeout_seconds: must be 1-604800, got 1000000000000"),
+    ({"execution": {"timeout_seconds": True}},
+     "execution.timeout_seconds: must be an integer, got boolean true"),
+    ({"execution": {"attempt": 3, "max_attempts": 2}},
+     "execution.attempt: attempt (3) cannot exceed max_attempts (2)"),
     ({"execution": {"deadline": "tomorrow"}}, "execution.deadline: must be an RFC 3339 timestamp"),
     ({"version": "2.0"}, "version: unsupported protocol version \"2.0\""),
     ({"version": 1.0}, "version: must be a string, got number 1.0"),
@@ -67,11 +71,13 @@ def test_defaults_filled_in():
     ({"operation": 7}, "operation: must be a string, got integer 7"),
     ({"created_at": "not a date"}, "created_at: must be an RFC 3339 timestamp"),
     ({"created_at": "2026-13-45T99:00:00Z"}, "created_at: not a valid date/time"),
-    ({"payload": {"type": "system.echo", "data": {}}}, "payload.type: must be namespaced with a version suffix"),
+    ({"payload": {"type": "system.echo", "data": {}}},
+     "payload.type: must be namespaced with a version suffix"),
     ({"payload": {"type": "system.echo.v1"}}, "payload.data: required field is missing"),
     ({"payload": []}, "payload: must be an object, got array"),
     ({"metadata": {"labels": {"a": 1}}}, "metadata.labels.a: must be a string, got integer 1"),
-    ({"constraints": {"required_capabilities": "system.echo"}}, "constraints.required_capabilities: must be an array"),
+    ({"constraints": {"required_capabilities": "system.echo"}},
+     "constraints.required_capabilities: must be an array"),
     ({"surprise": 1}, "surprise: unknown top-level field"),
 ])
 def test_field_errors_name_field_and_reason(change, message):
@@ -92,7 +98,8 @@ def test_field_errors_name_field_and_reason(change, message):
     (12345678, "must be a string, got integer 12345678"),
 ])
 def test_hostile_job_ids(job_id, reason):
-    assert error_of(make_job(job_id)) == f"job_id: {reason}" or error_of(make_job(job_id)).startswith(f"job_id: {reason}")
+    error = error_of(make_job(job_id))
+    assert error == f"job_id: {reason}" or error.startswith(f"job_id: {reason}")
 
 
 @pytest.mark.parametrize("raw, reason", [

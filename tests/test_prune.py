@@ -32,7 +32,8 @@ def layout(dirs):
     cli("--once", "--metrics-enabled", "false", *dirs.args(), check=1)
     # a job sent back to the queue after its first attempt was cancelled: its file waits again
     # and its earlier result must stay until it ends
-    os.rename(os.path.join(dirs.jobs, "done", "prune-back-0001.json"), os.path.join(dirs.jobs, "prune-back-0001.json"))
+    os.rename(os.path.join(dirs.jobs, "done", "prune-back-0001.json"),
+              os.path.join(dirs.jobs, "prune-back-0001.json"))
     _cancelled_by_a_shutdown(dirs, "prune-back-0001")
     _cancelled_by_a_shutdown(dirs, "prune-wait-0001")  # its job goes back to the queue below
     # a job a live worker is running (claimed, started; the worker's liveness lock held), with
@@ -53,7 +54,8 @@ def layout(dirs):
     write_job(dirs.jobs, make_job("prune-young-001"))
     cli("--once", "--metrics-enabled", "false", *dirs.args(), check=0)  # runs young and back
     # sent back to the queue and not run yet: waiting, with its old first result
-    os.rename(os.path.join(dirs.jobs, "done", "prune-wait-0001.json"), os.path.join(dirs.jobs, "prune-wait-0001.json"))
+    os.rename(os.path.join(dirs.jobs, "done", "prune-wait-0001.json"),
+              os.path.join(dirs.jobs, "prune-wait-0001.json"))
     yield dirs
     os.close(lock)
 
@@ -82,22 +84,25 @@ def test_prune_removes_what_is_finished_and_old_and_nothing_else(layout):
     failed = lambda name: os.path.join(dirs.jobs, "failed", name)  # noqa: E731
     expected = {
         done("prune-done-0001.json"), res("prune-done-0001-result.json"),
-        failed("prune-fail-0001.json"), failed("prune-fail-0001.json.reason.json"), res("prune-fail-0001-result.json"),
-        failed("prune-rej-00001.json"), failed("prune-rej-00001.json.reason.json"), res("prune-rej-00001-result.json"),
+        failed("prune-fail-0001.json"), failed("prune-fail-0001.json.reason.json"),
+        res("prune-fail-0001-result.json"),
+        failed("prune-rej-00001.json"), failed("prune-rej-00001.json.reason.json"),
+        res("prune-rej-00001-result.json"),
         done("prune-idem-0001.json"),  # the job file goes, its result stays (the key points to it)
     }
     before = _snapshot(dirs.base)
     assert expected <= before
 
-    dry = cli("prune", "--older-than", _age(dirs), "--dry-run", "--jobs-dir", dirs.jobs, "--results-dir", dirs.results,
-              check=0)
+    dry = cli("prune", "--older-than", _age(dirs), "--dry-run", "--jobs-dir", dirs.jobs,
+              "--results-dir", dirs.results, check=0)
     assert {line[len("would remove "):] for line in dry.stdout.splitlines()} == expected
     assert _snapshot(dirs.base) == before  # a dry run removes nothing
 
-    proc = cli("prune", "--older-than", _age(dirs), "--jobs-dir", dirs.jobs, "--results-dir", dirs.results, check=0)
+    proc = cli("prune", "--older-than", _age(dirs), "--jobs-dir", dirs.jobs, "--results-dir", dirs.results,
+               check=0)
     assert {line[len("removed "):] for line in proc.stdout.splitlines()} == expected
-    assert "removed 9 file(s); kept 2 of waiting or running jobs and 1 result(s) idempotency records point to" \
-        in proc.stderr
+    assert ("removed 9 file(s); kept 2 of waiting or running jobs and 1 result(s) idempotency records "
+            "point to") in proc.stderr
     after = _snapshot(dirs.base)
     assert after == before - expected
     # what stayed, and why
@@ -160,7 +165,8 @@ def _given_back_result(dirs, job_id):
 def test_prune_refuses_bad_input_at_the_door(tmp_path, dirs):
     proc = cli("prune", "--older-than", "soon", "--jobs-dir", dirs.jobs, "--results-dir", dirs.results)
     assert proc.returncode == 2 and "expected a duration such as 30d" in proc.stderr
-    proc = cli("prune", "--older-than", "30d", "--jobs-dir", str(tmp_path / "typo"), "--results-dir", dirs.results)
+    proc = cli("prune", "--older-than", "30d", "--jobs-dir", str(tmp_path / "typo"),
+               "--results-dir", dirs.results)
     assert proc.returncode == 2 and f"--jobs-dir {tmp_path / 'typo'}: no such directory" in proc.stderr
     assert not (tmp_path / "typo").exists()
 

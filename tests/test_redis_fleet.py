@@ -98,8 +98,8 @@ def test_three_workers_drain_1000_jobs_with_one_sigkilled(tmp_path, redis_server
     fleet = Fleet(tmp_path, redis_server, pool, lease=2, threads=2)
     try:
         for job_id in ids:
-            assert t.submit(journal_job(job_id, journal, seconds=0.01, execution={"max_attempts": 3})).outcome \
-                == "created"
+            doc = journal_job(job_id, journal, seconds=0.01, execution={"max_attempts": 3})
+            assert t.submit(doc).outcome == "created"
         w1, w2, w3 = (fleet.start(n) for n in ("fleet-w1", "fleet-w2", "fleet-w3"))
         wait_for(lambda: len(final_results(t, ids)) >= 300, timeout=240, interval=0.2, what="300 results")
         w1.proc.send_signal(signal.SIGKILL)  # mid-run: it holds running jobs and taken ones
@@ -128,17 +128,19 @@ def test_three_workers_drain_1000_jobs_with_one_sigkilled(tmp_path, redis_server
             group_info(redis_server, pool)), timeout=30, what="an empty pending list")
         assert info["dead"] == [] and info["group"]["lag"] in (0, None)
         for w in (w2, w3):
-            wait_for(lambda w=w: metric(w, "guestkit_worker_queue_depth") == 0, timeout=30, what="queue_depth 0")
+            wait_for(lambda w=w: metric(w, "guestkit_worker_queue_depth") == 0, timeout=30,
+                     what="queue_depth 0")
         reclaimed = sum(metric(w, "guestkit_worker_jobs_reclaimed_total") for w in (w2, w3))
         assert reclaimed >= len(rerun) + len(late)
-        print(f"\nfleet: {len(ids)} jobs, {len(runs)} runs, {len(rerun)} re-run and {len(late)} run as attempt 2 "
-              f"after SIGKILL of {w1.name}, "
+        print(f"\nfleet: {len(ids)} jobs, {len(runs)} runs, {len(rerun)} re-run and {len(late)} run as "
+              f"attempt 2 after SIGKILL of {w1.name}, "
               f"reclaimed {reclaimed:.0f}; XINFO GROUPS {info['group']}; XLEN {info['xlen']}")
+        shown = ("guestkit_worker_jobs_reclaimed_total", "guestkit_worker_leases_lost_total",
+                 "guestkit_worker_dead_lettered_total",
+                 "guestkit_worker_transport_errors_total{operation=\"commit", "guestkit_worker_queue_depth",
+                 "guestkit_worker_jobs_total{operation=\"fault.journal\",status=\"co")
         for w in (w2, w3):
-            print(w.name, [line for line in scrape(w.url).splitlines() if line.startswith(
-                ("guestkit_worker_jobs_reclaimed_total", "guestkit_worker_leases_lost_total",
-                 "guestkit_worker_dead_lettered_total", "guestkit_worker_transport_errors_total{operation=\"commit",
-                 "guestkit_worker_queue_depth", "guestkit_worker_jobs_total{operation=\"fault.journal\",status=\"co"))])
+            print(w.name, [line for line in scrape(w.url).splitlines() if line.startswith(shown)])
     finally:
         fleet.stop_all()
 
@@ -161,7 +163,8 @@ def test_a_worker_stopped_past_its_lease_loses_the_job_to_another(tmp_path, redi
         assert result["worker_id"] == "stop-b" and result["execution_summary"]["attempt"] == 2
         assert [(j, att, pid) for j, att, pid in read_runs(journal)] == [
             ("stopped-job-001", 1, a.pid), ("stopped-job-001", 2, b.pid)]
-        wait_for(lambda: metric(a, "guestkit_worker_leases_lost_total") >= 1, timeout=30, what="a's lost lease")
+        wait_for(lambda: metric(a, "guestkit_worker_leases_lost_total") >= 1, timeout=30,
+                 what="a's lost lease")
         assert t.get_result("stopped-job-001")["worker_id"] == "stop-b"
         assert metric(b, "guestkit_worker_jobs_reclaimed_total") == 1
         info = group_info(redis_server, pool)
@@ -192,15 +195,18 @@ def test_redis_sigkilled_and_restarted_mid_run_loses_nothing(tmp_path, pool):
         wait_for(lambda: health(w1)[0] == 200, timeout=60, what="/health 200 again")
         t = producer(server, pool)
         try:
-            wait_for(lambda: len(final_results(t, ids)) == len(ids), timeout=240, interval=0.5, what="all results")
+            wait_for(lambda: len(final_results(t, ids)) == len(ids), timeout=240, interval=0.5,
+                     what="all results")
         except AssertionError as exc:  # say which jobs and where they are, with the workers' logs
             missing = sorted(set(ids) - set(final_results(t, ids)))
-            raise AssertionError(f"{exc}: missing {missing[:20]} ({len(missing)}); "
-                                 f"{group_info(server, pool)}; pending {server.client().xpending(t.k.jobs, GROUP)}\n"
-                                 + "\n".join(f"--- {w.name}\n" + "\n".join(
-                                     line for line in w.log().splitlines()
-                                     if any(j in line for j in missing[:5]) or "ERROR" in line or "WARNING" in line
-                                 )[-6000:] for w in (w1, w2))) from None
+            info = group_info(server, pool)
+            pending = server.client().xpending(t.k.jobs, GROUP)
+            logs = "\n".join(f"--- {w.name}\n" + "\n".join(
+                line for line in w.log().splitlines()
+                if any(j in line for j in missing[:5]) or "ERROR" in line or "WARNING" in line
+            )[-6000:] for w in (w1, w2))
+            raise AssertionError(f"{exc}: missing {missing[:20]} ({len(missing)}); {info}; "
+                                 f"pending {pending}\n" + logs) from None
         results = final_results(t, ids)
         runs = read_runs(journal)
         by_job = {}
@@ -217,7 +223,8 @@ def test_redis_sigkilled_and_restarted_mid_run_loses_nothing(tmp_path, pool):
         errors = sum(metric(w, "guestkit_worker_transport_errors_total") for w in (w1, w2))
         assert errors > 0
         for w in (w1, w2):
-            wait_for(lambda w=w: metric(w, "guestkit_worker_queue_depth") == 0, timeout=30, what="queue_depth 0")
+            wait_for(lambda w=w: metric(w, "guestkit_worker_queue_depth") == 0, timeout=30,
+                     what="queue_depth 0")
         print(f"\nredis restart: {len(ids)} jobs, {len(runs)} runs, "
               f"{sum(1 for a in by_job.values() if len(a) > 1)} re-run, transport errors {errors:.0f}")
     finally:
@@ -264,7 +271,8 @@ def test_poison_entry_added_with_redis_cli_is_dead_lettered(tmp_path, redis_serv
 
 def test_two_producers_racing_on_one_job_id(tmp_path, redis_server, pool):
     journal = tmp_path / "journal"
-    docs = [journal_job("raced-job-0001", journal), journal_job("raced-job-0001", journal, data={"tag": "other"})]
+    docs = [journal_job("raced-job-0001", journal),
+            journal_job("raced-job-0001", journal, data={"tag": "other"})]
     files = []
     for i, doc in enumerate(docs * 2):
         path = tmp_path / f"job{i}.json"
@@ -277,7 +285,8 @@ def test_two_producers_racing_on_one_job_id(tmp_path, redis_server, pool):
                               text=True) for f in files]
     outs = [(p.wait(60), *p.communicate(timeout=60)) for p in procs]
     assert sorted(rc for rc, _, _ in outs) == [0, 1, 1, 1], outs  # one created
-    refused = sorted("submitted before" in err or "already used by another job" in err for rc, _, err in outs if rc)
+    refused = sorted("submitted before" in err or "already used by another job" in err
+                     for rc, _, err in outs if rc)
     assert refused == [True, True, True], outs
     assert sum("already used by another job" in err for _, _, err in outs) in (1, 2), outs
     fleet = Fleet(tmp_path, redis_server, pool)
@@ -288,7 +297,8 @@ def test_two_producers_racing_on_one_job_id(tmp_path, redis_server, pool):
         # a plain XADD of the same job id is a duplicate: dead-lettered, never run
         from guestkit_worker.transports.redis import Keys
         redis_server.cli("XADD", Keys(pool).jobs, "*", "job", json.dumps(docs[0]))
-        wait_for(lambda: redis_server.client().xrange(Keys(pool).dead), timeout=30, what="the duplicate's dead letter")
+        wait_for(lambda: redis_server.client().xrange(Keys(pool).dead), timeout=30,
+                 what="the duplicate's dead letter")
         assert [r[0] for r in read_runs(journal)] == ["raced-job-0001"]
         info = group_info(redis_server, pool)
         assert info["group"]["pending"] == 0 and info["xlen"] == 0
@@ -321,9 +331,11 @@ def test_status_result_list_cancel_on_redis_locally_and_through_the_api(tmp_path
         wait_for(lambda: read_runs(journal), timeout=30, what="the long job to start")
         reply = call(api, "POST", "/api/v1/jobs", doc=journal_job("client-wait-01", journal))
         assert reply.status in (200, 201, 202), reply
-        assert call(api, "POST", "/api/v1/jobs", doc=journal_job("client-wait-01", journal)).status in (200, 409)
+        reply = call(api, "POST", "/api/v1/jobs", doc=journal_job("client-wait-01", journal))
+        assert reply.status in (200, 409)
         rc, out, err = cmd("status", "client-long-01")
-        assert rc == 0 and json.loads(out)["status"] == "running" and json.loads(out)["worker_id"] == "client-w1", err
+        assert (rc == 0 and json.loads(out)["status"] == "running"
+                and json.loads(out)["worker_id"] == "client-w1"), err
         assert call(api, "GET", "/api/v1/jobs/client-wait-01").json["data"]["status"] == "pending"
         rc, out, err = cmd("list")
         assert rc == 0 and "client-long-01" in out and "client-wait-01" in out, err

@@ -49,7 +49,8 @@ def test_sigterm_while_waiting_for_redis_at_start_stops_at_once(tmp_path, pool):
 def test_sigterm_while_waiting_for_its_worker_id_stops_at_once(tmp_path, redis_server, pool):
     from guestkit_worker.transports.redis import Keys
     redis_server.client().set(Keys(pool).alive("busy-id"), "another-process", px=120_000)
-    w = Worker(Dirs(tmp_path / "w"), *redis_args(redis_server.url, pool, "--worker-id", "busy-id"), metrics=False)
+    w = Worker(Dirs(tmp_path / "w"), *redis_args(redis_server.url, pool, "--worker-id", "busy-id"),
+               metrics=False)
     try:
         wait_for(lambda: "waiting up to a lease for it to expire" in w.log(), timeout=60,
                  what="the worker waiting for its worker id")

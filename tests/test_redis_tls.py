@@ -53,7 +53,8 @@ def run_once(url, *args, env=None):
 def test_a_job_completes_over_rediss_with_the_ca_given(tls_server, pki, tmp_path, pool):
     """The CA from the environment (the flag: the next test)."""
     env = worker_env(GUESTKIT_WORKER_REDIS_TLS_CA_FILE=pki.ca)
-    submitted, ran = submit_and_run_once(tmp_path, pool, "tls-job-0001", ["--redis-url", tls_server.url], env=env)
+    submitted, ran = submit_and_run_once(tmp_path, pool, "tls-job-0001", ["--redis-url", tls_server.url],
+                                         env=env)
     assert submitted.returncode == 0 and ran.returncode == 0, submitted.stderr + ran.stderr
     assert f"at {tls_server.url}" in ran.stderr
     result = stored_result(tls_server.client(), pool, "tls-job-0001")
@@ -67,12 +68,13 @@ def test_a_client_certificate_when_the_server_requires_one(mtls_server, pki, tmp
     assert submitted.returncode == 0 and ran.returncode == 0, submitted.stderr + ran.stderr
     assert stored_result(mtls_server.client(), pool, "mtls-job-0001")["status"] == "completed"
     url = with_password(mtls_server.url)
-    for cert, key, cause in ((None, None, "CERTIFICATE_REQUIRED"), (pki.stranger_cert, pki.stranger_key, "UNKNOWN_CA")):
+    for cert, key, cause in ((None, None, "CERTIFICATE_REQUIRED"),
+                             (pki.stranger_cert, pki.stranger_key, "UNKNOWN_CA")):
         args = ["--redis-tls-ca-file", pki.ca] + (["--redis-tls-cert-file", cert, "--redis-tls-key-file", key]
                                                   if cert else [])
         line = _one_clean_line(run_once(url, *args))
-        assert line.startswith(f"guestkit-worker: error: redis at {mtls_server.url}: the server refused the TLS "
-                               f"handshake (TLSV"), line
+        assert line.startswith(f"guestkit-worker: error: redis at {mtls_server.url}: the server refused "
+                               f"the TLS handshake (TLSV"), line
         assert cause in line and "--redis-tls-cert-file" in line and SECRET not in line, line
 
 
@@ -101,7 +103,8 @@ def test_the_system_store_does_not_trust_a_private_ca(tls_server, pool):
 def test_a_plain_client_on_the_tls_port_is_told_to_use_rediss(tls_server, pool):
     plain = with_password(tls_server.url.replace("rediss://", "redis://"))
     p = run_once(plain, "--pool", pool)
-    assert _one_clean_line(p) == (f"guestkit-worker: error: redis at {tls_server.url.replace('rediss', 'redis')}: "
+    plain_url = tls_server.url.replace("rediss", "redis")
+    assert _one_clean_line(p) == (f"guestkit-worker: error: redis at {plain_url}: "
                                   "the server speaks TLS: use a rediss:// URL (and --redis-tls-ca-file)")
     assert SECRET not in p.stderr
 
@@ -130,7 +133,8 @@ def test_tls_files_need_rediss_and_must_be_usable(pki, tmp_path):
          "--redis-tls-key-file needs --redis-tls-cert-file"),
         ("rediss://127.0.0.1:9/0", ["--redis-tls-cert-file", pki.client_cert, "--redis-tls-key-file",
                                     pki.stranger_key], {},
-         f"--redis-tls-cert-file {pki.client_cert}: not a usable client certificate and key (KEY_VALUES_MISMATCH)"),
+         f"--redis-tls-cert-file {pki.client_cert}: not a usable client certificate and key "
+         "(KEY_VALUES_MISMATCH)"),
     ]
     for url, args, env, words in cases:
         line = _one_clean_line(run_once(url, *args, env=worker_env(**env)))
@@ -204,7 +208,8 @@ def test_a_server_certificate_for_another_host_is_a_config_error(tmp_path, pki, 
         line = _one_clean_line(ran)
         assert line == (f"guestkit-worker: error: redis at {server.url}: the server's TLS certificate failed "
                         "verification (IP address mismatch, certificate is not valid for '127.0.0.1'); use a "
-                        "host name or address in --redis-url that the certificate names (its subjectAltName)"), line
+                        "host name or address in --redis-url that the certificate names "
+                        "(its subjectAltName)"), line
         assert SECRET not in ran.stderr
     finally:
         server.stop()

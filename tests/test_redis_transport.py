@@ -66,7 +66,8 @@ def make(redis_url, pool):
 
 def completed(t, d, data=None, key=None):
     result = {"job_id": d.job_id, "status": "completed", "completed_at": "2026-12-01T00:00:00Z",
-              "worker_id": t.worker_id, "execution_summary": {"attempt": d.attempt}, "error": None, "data": data}
+              "worker_id": t.worker_id, "execution_summary": {"attempt": d.attempt}, "error": None,
+              "data": data}
     o = Outcome(d, "completed", result=result, idempotency_key=key)
     t.commit([o])
     return o
@@ -130,7 +131,8 @@ def test_poison_entries_go_to_the_dead_letters(make, redis_server, pool):
     k = Keys(pool)
     redis_server.cli("XADD", k.jobs, "*", "job", "this is not json")
     redis_server.cli("XADD", k.jobs, "*", "job", json.dumps({"hello": "no job id"}))
-    redis_server.cli("XADD", k.jobs, "*", "job", json.dumps(make_job("big-job-0001", data={"pad": "x" * 2000})))
+    redis_server.cli("XADD", k.jobs, "*", "job",
+                     json.dumps(make_job("big-job-0001", data={"pad": "x" * 2000})))
     redis_server.cli("XADD", k.jobs, "*", "payload", "no job field")
     redis_server.cli("XADD", k.jobs, "*", "job", json.dumps(make_job("good-job-0001")))
     got = t.fetch(10, 0.1)
@@ -301,7 +303,8 @@ def test_idempotency_keys_reserve_complete_and_release(make):
     t.mark_started(d1)
     completed(t, d1, data={"v": 1}, key="key-1")
     r = t.reserve_idempotency_key("key-1", "idem-job-0002")
-    assert (r.won, r.state, r.holder_job_id, r.result["data"]) == (False, "completed", "idem-job-0001", {"v": 1})
+    assert (r.won, r.state, r.holder_job_id, r.result["data"]) == (
+        False, "completed", "idem-job-0001", {"v": 1})
     assert t.reserve_idempotency_key("key-2", "idem-job-0002").won
     t.release_idempotency_key("key-2", "idem-job-0002")
     assert t.reserve_idempotency_key("key-2", "idem-job-0001").won
@@ -449,7 +452,8 @@ def test_an_entry_dropped_after_a_failed_give_back_is_reclaimed_by_its_own_live_
             t.release(d)
         server.restart()  # the append-only file still holds the pending entry
         wait_for(lambda: t.health()["transport"][0], timeout=20, what="redis back")
-        assert server.client().xpending(Keys(pool).jobs, GROUP)["consumers"] == [{"name": b"w1", "pending": 1}]
+        pending = server.client().xpending(Keys(pool).jobs, GROUP)
+        assert pending["consumers"] == [{"name": b"w1", "pending": 1}]
         taken = []
 
         def keeper_and_recovery():  # what the lease keeper and the main loop do meanwhile
@@ -707,8 +711,9 @@ class NotRedis:
         self.thread.join(10)
 
 
-@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                                   b"\x00\x9c\xfe\x13 not a protocol anyone speaks \xff\r\n"],
+@pytest.mark.parametrize("reply", [
+    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    b"\x00\x9c\xfe\x13 not a protocol anyone speaks \xff\r\n"],
                          ids=["http", "garbage"])
 def test_a_redis_url_on_a_port_that_is_not_redis_is_one_line_naming_it(tmp_path, pool, reply):
     """run, api, submit and status with --redis-url on a port where something else answers: exit
@@ -742,7 +747,8 @@ def test_submit_queues_the_document_as_read_never_a_larger_form(redis_server, po
     from conftest import cli
     from redisfixture import stored_result
     job = tmp_path / "wide.json"
-    job.write_text(json.dumps(make_job("redis-wide-0001", data={"items": [[1]] * 249000}), separators=(",", ":")))
+    job.write_text(json.dumps(make_job("redis-wide-0001", data={"items": [[1]] * 249000}),
+                              separators=(",", ":")))
     assert 990_000 < job.stat().st_size < 1 << 20
     common = ["--transport", "redis", "--redis-url", redis_server.url, "--pool", pool]
     cli("submit", str(job), *common, timeout=60, check=0)

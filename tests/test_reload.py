@@ -79,7 +79,8 @@ def test_sighup_renews_the_tls_certificate_of_the_metrics_port(tmp_path, served)
     os.rename(key + ".new", key)
     os.rename(cert + ".new", cert)
     w.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: curl_code(url, "--cacert", new.ca) == 200, timeout=30, what="the renewed certificate served")
+    wait_for(lambda: curl_code(url, "--cacert", new.ca) == 200, timeout=30,
+             what="the renewed certificate served")
     assert curl_code(url, "--cacert", old.ca) == 0
     assert "reloaded --metrics-tls-cert" in w.log()
 

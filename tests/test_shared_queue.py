@@ -20,8 +20,9 @@ def test_workers_sharing_a_jobs_dir_never_run_one_idempotency_key_twice(dirs, wo
     for i in range(8):
         write_job(dirs.jobs, make_job(f"samekey-{i:04d}", "test.sleep", {"seconds": 0.3},
                                       execution={"idempotency_key": "one-key"}))
-    procs = [subprocess.Popen([sys.executable, "-m", "guestkit_worker", "--once", *dirs.args(), "--max-concurrent",
-                               "4", "--worker-id", f"key-w{n}", "--metrics-enabled", "false"],
+    procs = [subprocess.Popen([sys.executable, "-m", "guestkit_worker", "--once", *dirs.args(),
+                               "--max-concurrent", "4", "--worker-id", f"key-w{n}",
+                               "--metrics-enabled", "false"],
                               env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for n in range(workers)]
     ran = []
@@ -67,17 +68,20 @@ def test_a_reused_job_id_never_overwrites_its_result(dirs):
     """A second job file with the id of a job that has a result: DUPLICATE_JOB_ID, recorded in
     failed/ only; the stored result stays that of the first job."""
     write_job(dirs.jobs, make_job("reused-id-0001", data={"n": 1}), "first.json")
-    proc = subprocess.run([sys.executable, "-m", "guestkit_worker", "--once", *dirs.args(), "--metrics-enabled",
-                           "false"], env=worker_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "guestkit_worker", "--once", *dirs.args(),
+                           "--metrics-enabled", "false"], env=worker_env(), capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
     first = dirs.result("reused-id-0001")
     write_job(dirs.jobs, make_job("reused-id-0001", data={"n": 2}), "second.json")
-    proc = subprocess.run([sys.executable, "-m", "guestkit_worker", "--once", *dirs.args(), "--metrics-enabled",
-                           "false"], env=worker_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "guestkit_worker", "--once", *dirs.args(),
+                           "--metrics-enabled", "false"], env=worker_env(), capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 1, proc.stderr  # one job rejected
     assert dirs.result("reused-id-0001") == first
     reason = dirs.reason("second.json")
-    assert reason["error"]["code"] == "DUPLICATE_JOB_ID" and "already has a result" in reason["error"]["message"]
+    assert (reason["error"]["code"] == "DUPLICATE_JOB_ID"
+            and "already has a result" in reason["error"]["message"])
     assert dirs.listing("done") == ["first.json"] and "reused-id-0001: running" not in proc.stderr
 
 
@@ -135,7 +139,8 @@ def test_workers_sharing_a_jobs_dir_never_run_one_job_id_twice_at_once(dirs, wor
     other workers take while it runs are given back and, after it, rejected as DUPLICATE_JOB_ID
     (failed/ only); the result is the one run's."""
     journal = os.path.join(dirs.base, "journal")
-    procs = [start_worker(dirs, "--max-concurrent", "1", "--worker-id", f"id-w{n}", "--metrics-enabled", "false")
+    procs = [start_worker(dirs, "--max-concurrent", "1", "--worker-id", f"id-w{n}",
+                          "--metrics-enabled", "false")
              for n in range(workers)]
     try:
         locks = [os.path.join(dirs.jobs, ".processing", f"id-w{n}.lock") for n in range(workers)]

@@ -70,7 +70,8 @@ def test_soak_20000_jobs_flat_memory_no_leaks(dirs):
         while written < N:  # keep at most MAX_WAITING jobs waiting: a steady state, not one big queue
             if scraper.completed > progress[0]:
                 progress = (scraper.completed, time.monotonic())
-            assert time.monotonic() - progress[1] < 60, f"no job completed for 60 s ({scraper.completed} of {N})"
+            assert time.monotonic() - progress[1] < 60, (
+                f"no job completed for 60 s ({scraper.completed} of {N})")
             if written - scraper.completed < MAX_WAITING:
                 for i in range(written, min(written + BATCH, N)):
                     write_job(dirs.jobs, make_job(f"soak-{i:06d}", data={"i": i}))

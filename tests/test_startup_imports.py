@@ -38,6 +38,7 @@ def test_once_on_empty_dir_imports_no_api_client_or_redis(dirs):
 
 def test_once_with_api_addr_imports_the_api(dirs):
     """The counter-check: the same run with --api-addr does load the API."""
-    status, names = imported("--once", *dirs.args(), "--metrics-enabled", "false", "--api-addr", "127.0.0.1:0")
+    status, names = imported("--once", *dirs.args(), "--metrics-enabled", "false",
+                             "--api-addr", "127.0.0.1:0")
     assert status == 0
     assert {"guestkit_worker.api.service", "guestkit_worker.api.app"} <= names

@@ -57,7 +57,8 @@ def test_kill_tree_reaches_children_in_other_process_groups():
             "p = subprocess.Popen([sys.executable, '-c', 'import signal,time; signal.signal(signal.SIGTERM, "
             "signal.SIG_IGN); time.sleep(600)'], start_new_session=True)\n"
             "print(p.pid, flush=True); time.sleep(600)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
     grandchild = int(proc.stdout.readline())
     assert grandchild in descendants(proc.pid)
     kill_tree(proc, grace=0.5)
@@ -85,13 +86,13 @@ def test_metrics_children_cached_and_unknown_bounded():
     s = parse(generate_latest(reg).decode())
     assert value(s, "guestkit_worker_jobs_total", operation="system.echo", status="completed") == 1
     assert value(s, "guestkit_worker_jobs_total", operation="unknown", status="rejected") == 1
-    assert value(s, "guestkit_worker_jobs_duration_seconds_bucket", operation="system.echo", status="completed",
-                 le="1.0") == 1
+    assert value(s, "guestkit_worker_jobs_duration_seconds_bucket", operation="system.echo",
+                 status="completed", le="1.0") == 1
     assert value(s, "guestkit_worker_queue_wait_seconds_sum") == 3.0
     assert value(s, "guestkit_worker_active_jobs") == 0
     assert value(s, "guestkit_checksum_verifications_total", status="failure") == 1
-    assert (value(s, "guestkit_worker_disk_read_bytes_total"), value(s, "guestkit_worker_disk_write_bytes_total")) \
-        == (10, 5)
+    assert (value(s, "guestkit_worker_disk_read_bytes_total"),
+            value(s, "guestkit_worker_disk_write_bytes_total")) == (10, 5)
     assert m.label_operation("made.up") == "unknown"
     # NullMetrics (metrics disabled) answers every call the worker makes on WorkerMetrics
     public = {n for n in dir(WorkerMetrics) if not n.startswith("_") and callable(getattr(WorkerMetrics, n))}
@@ -107,7 +108,8 @@ def test_worker_metrics_are_a_transport_observer():
     m = WorkerMetrics(operations=["system.echo"], handlers=["system.echo"], worker_id="u", pool="p",
                       version="0", max_concurrent=2, registry=reg)
     events = {n for n in dir(TransportObserver) if not n.startswith("_")}
-    assert events == {"jobs_reclaimed", "lease_lost", "dead_lettered", "set_queue_oldest_age", "transport_error"}
+    assert events == {"jobs_reclaimed", "lease_lost", "dead_lettered", "set_queue_oldest_age",
+                      "transport_error"}
     m.jobs_reclaimed(2)
     m.lease_lost()
     m.dead_lettered("max_deliveries")

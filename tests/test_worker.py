@@ -68,7 +68,8 @@ def test_timeout_kills_child_process(dirs):
 
 def test_timeout_kills_child_ignoring_sigterm(dirs):
     pid_file = os.path.join(dirs.base, "child.pid")
-    write_job(dirs.jobs, make_job("timeout-stubborn", "test.child", {"pid_file": pid_file, "ignore_sigterm": True},
+    write_job(dirs.jobs, make_job("timeout-stubborn", "test.child",
+                                  {"pid_file": pid_file, "ignore_sigterm": True},
                                   execution={"timeout_seconds": 1}))
     cli("--once", *dirs.args(), check=1)
     assert dirs.result("timeout-stubborn")["status"] == "timeout"
@@ -76,7 +77,8 @@ def test_timeout_kills_child_ignoring_sigterm(dirs):
 
 
 def test_max_job_timeout_caps_document(dirs):
-    write_job(dirs.jobs, make_job("capped-timeout", "test.sleep", {"seconds": 30}, execution={"timeout_seconds": 600}))
+    write_job(dirs.jobs, make_job("capped-timeout", "test.sleep", {"seconds": 30},
+                                  execution={"timeout_seconds": 600}))
     cli("--once", "--max-job-timeout", "0.5", *dirs.args(), check=1)
     result = dirs.result("capped-timeout")
     assert result["status"] == "timeout"
@@ -86,7 +88,8 @@ def test_max_job_timeout_caps_document(dirs):
 def test_sigterm_with_jobs_in_flight_loses_nothing(dirs):
     for i in range(6):
         write_job(dirs.jobs, make_job(f"inflight-{i:04d}", "test.sleep", {"seconds": 30}))
-    proc = start_worker(dirs, "--max-concurrent", "2", "--shutdown-timeout", "0.5", "--metrics-enabled", "false")
+    proc = start_worker(dirs, "--max-concurrent", "2", "--shutdown-timeout", "0.5",
+                        "--metrics-enabled", "false")
     wait_for(lambda: len(dirs.running()) == 2, what="two running jobs")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -129,8 +132,9 @@ def test_second_signal_exits_at_once(dirs, tmp_path):
 def test_two_workers_one_jobs_dir_200_jobs(dirs):
     for i in range(200):
         write_job(dirs.jobs, make_job(f"shared-{i:04d}", "test.sleep", {"seconds": 0.005}))
-    procs = [subprocess.Popen(["python3", "-m", "guestkit_worker", "--once", *dirs.args(), "--max-concurrent", "4",
-                               "--worker-id", f"w{n}"], env=__import__("conftest").worker_env(),
+    procs = [subprocess.Popen(["python3", "-m", "guestkit_worker", "--once", *dirs.args(),
+                               "--max-concurrent", "4", "--worker-id", f"w{n}"],
+                              env=__import__("conftest").worker_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(2)]
     ran = []
     for p in procs:
@@ -145,13 +149,14 @@ def test_two_workers_one_jobs_dir_200_jobs(dirs):
 
 
 def test_recovery_after_sigkill_mid_job(dirs):
-    write_job(dirs.jobs, make_job("crash-retry-001", "test.sleep", {"seconds": 60}, execution={"max_attempts": 2}))
+    write_job(dirs.jobs, make_job("crash-retry-001", "test.sleep", {"seconds": 60},
+                                  execution={"max_attempts": 2}))
     write_job(dirs.jobs, make_job("crash-final-001", "test.sleep", {"seconds": 60}))
     write_job(dirs.jobs, make_job("crash-waiting1", "test.sleep", {"seconds": 0}), "zz-waiting.json")
     proc = start_worker(dirs, "--max-concurrent", "2", "--metrics-enabled", "false", "--worker-id", "doomed")
     running = os.path.join(dirs.jobs, ".processing", "doomed")
-    wait_for(lambda: len([n for n in os.listdir(running) if n.endswith(".running")]) == 2 if os.path.isdir(running)
-             else False, what="both jobs running")
+    wait_for(lambda: len([n for n in os.listdir(running) if n.endswith(".running")]) == 2
+             if os.path.isdir(running) else False, what="both jobs running")
     proc.kill()
     proc.wait(timeout=10)
     assert sorted(os.listdir(running)) == ["crash-final-001.json.running", "crash-retry-001.json.running"]
@@ -209,7 +214,8 @@ def test_crash_after_the_result_before_the_archive_keeps_result_and_key(dirs):
 
 
 def test_retry_until_success(dirs):
-    write_job(dirs.jobs, make_job("flaky-job-0001", "test.flaky", {"succeed_on": 3}, execution={"max_attempts": 3}))
+    write_job(dirs.jobs, make_job("flaky-job-0001", "test.flaky", {"succeed_on": 3},
+                                  execution={"max_attempts": 3}))
     proc = cli("--once", *dirs.args(), check=0)
     result = dirs.result("flaky-job-0001")
     assert result["status"] == "completed"
@@ -221,7 +227,8 @@ def test_retry_until_success(dirs):
 def test_a_retry_of_a_large_job_is_requeued_within_the_size_limit(dirs):
     """The next attempt of a 300 KB job is written back as one line (indented, it was 2 MB: over
     --max-job-size, rejected unread as INVALID_JOB_FILE)."""
-    path = write_job(dirs.jobs, make_job("flaky-wide-0001", "test.flaky", {"succeed_on": 2, "items": [[1]] * 60000},
+    path = write_job(dirs.jobs, make_job("flaky-wide-0001", "test.flaky",
+                                         {"succeed_on": 2, "items": [[1]] * 60000},
                                          execution={"max_attempts": 2}))
     assert 250_000 < os.path.getsize(path) < 350_000
     cli("--once", *dirs.args(), "--metrics-enabled", "false", check=0)
@@ -231,10 +238,12 @@ def test_a_retry_of_a_large_job_is_requeued_within_the_size_limit(dirs):
 
 
 def test_retry_exhausted_fails(dirs):
-    write_job(dirs.jobs, make_job("flaky-job-0002", "test.flaky", {"succeed_on": 9}, execution={"max_attempts": 2}))
+    write_job(dirs.jobs, make_job("flaky-job-0002", "test.flaky", {"succeed_on": 9},
+                                  execution={"max_attempts": 2}))
     cli("--once", *dirs.args(), check=1)
     result = dirs.result("flaky-job-0002")
-    assert (result["status"], result["error"]["code"], result["execution_summary"]["attempt"]) == ("failed", "FLAKY", 2)
+    outcome = (result["status"], result["error"]["code"], result["execution_summary"]["attempt"])
+    assert outcome == ("failed", "FLAKY", 2)
 
 
 def test_handler_errors_end_with_clear_results(dirs):
@@ -254,7 +263,8 @@ def test_handler_errors_end_with_clear_results(dirs):
 
 
 def test_hung_handler_gets_timeout_result_and_stays_busy(dirs):
-    write_job(dirs.jobs, make_job("hung-handler-01", "test.hang", {"seconds": 12}, execution={"timeout_seconds": 1}))
+    write_job(dirs.jobs, make_job("hung-handler-01", "test.hang", {"seconds": 12},
+                                  execution={"timeout_seconds": 1}))
     proc = cli("--once", "--shutdown-timeout", "0", *dirs.args(), check=1, timeout=60)
     result = dirs.result("hung-handler-01")
     assert result["status"] == "timeout"
@@ -266,12 +276,15 @@ INVALID = {
     "bad-json.json": (b"{nope", "INVALID_JOB_FILE", "invalid JSON"),
     "empty.json": (b"", "INVALID_JOB_FILE", "empty file"),
     "array.json": (b"[]", "INVALID_JOB_FILE", "must hold a JSON object"),
-    "bom.json": (b"\xef\xbb\xbf" + json.dumps(make_job("bom-job-00001")).encode(), "INVALID_JOB_FILE", "byte order mark"),
+    "bom.json": (b"\xef\xbb\xbf" + json.dumps(make_job("bom-job-00001")).encode(), "INVALID_JOB_FILE",
+                 "byte order mark"),
     "version.json": (make_job("bad-version-01", version="9"), "INVALID_JOB", "version: unsupported"),
     "priority.json": (make_job("bad-priority-1", execution={"priority": 12}), "INVALID_JOB",
                       "execution.priority: must be 1-10, got 12"),
-    "unknown-op.json": (make_job("unknown-op-001", "guestkit.teleport"), "HANDLER_NOT_FOUND", "guestkit.teleport"),
-    "ptype.json": (make_job("bad-ptype-0001", payload_type="system.other.v1"), "PAYLOAD_TYPE_MISMATCH", "system.other.v1"),
+    "unknown-op.json": (make_job("unknown-op-001", "guestkit.teleport"), "HANDLER_NOT_FOUND",
+                        "guestkit.teleport"),
+    "ptype.json": (make_job("bad-ptype-0001", payload_type="system.other.v1"), "PAYLOAD_TYPE_MISMATCH",
+                   "system.other.v1"),
     "caps.json": (make_job("bad-caps-00001", constraints={"required_capabilities": ["gpu.render"]}),
                   "CAPABILITY_MISMATCH", "gpu.render"),
     "expired.json": (make_job("expired-job-01", execution={"deadline": "2020-01-01T00:00:00Z"}),
@@ -341,15 +354,16 @@ def test_validate_and_submit_judge_paths_like_the_worker(dirs, tmp_path):
     images.mkdir()
     (images / "disk.raw").write_bytes(b"\0" * 4096)
     job = tmp_path / "inspect.json"
-    job.write_text(json.dumps(make_job("allowpath-0001", "guestkit.inspect", {"image": {"path": str(images / "disk.raw"),
-                                                                                       "format": "raw"}})))
-    assert cli("validate", str(job), check=0).stdout.strip() == f"{job}: ok (allowpath-0001, guestkit.inspect)"
+    job.write_text(json.dumps(make_job("allowpath-0001", "guestkit.inspect",
+                                       {"image": {"path": str(images / "disk.raw"), "format": "raw"}})))
+    proc = cli("validate", str(job), check=0)
+    assert proc.stdout.strip() == f"{job}: ok (allowpath-0001, guestkit.inspect)"
     proc = cli("validate", "--allow-path", str(images), str(job), check=0)
     assert proc.stdout.strip() == f"{job}: ok (allowpath-0001, guestkit.inspect)"
     other = tmp_path / "elsewhere"
     proc = cli("validate", "--allow-path", str(other), str(job), check=1)
-    assert proc.stdout.strip() == (f"{job}: payload.data.image.path: {images / 'disk.raw'} is outside the allowed "
-                                   f"directories ({other})")
+    assert proc.stdout.strip() == (f"{job}: payload.data.image.path: {images / 'disk.raw'} is outside "
+                                   f"the allowed directories ({other})")
     env = __import__("conftest").worker_env(GUESTKIT_WORKER_ALLOW_PATH=f"{other}:{tmp_path / 'also'}")
     proc = cli("submit", str(job), "--jobs-dir", dirs.jobs, env=env, check=1)
     assert "is outside the allowed directories" in proc.stderr
@@ -371,7 +385,8 @@ def test_submit_queues_the_file_as_it_is_and_refuses_what_workers_would_not_read
     assert 230_000 < size < 350_000
     env = __import__("conftest").worker_env(GUESTKIT_WORKER_MAX_JOB_SIZE="100000")
     proc = cli("submit", str(job), "--jobs-dir", dirs.jobs, env=env, check=1)
-    assert proc.stderr.strip().splitlines() == [f"{job}: file: larger than the limit of 100000 bytes (--max-job-size)"]
+    assert proc.stderr.strip().splitlines() == [
+        f"{job}: file: larger than the limit of 100000 bytes (--max-job-size)"]
     assert os.listdir(dirs.jobs) == []
     proc = cli("submit", str(job), "--jobs-dir", dirs.jobs, check=0)
     with open(os.path.join(dirs.jobs, "submit-wide-001.json"), "rb") as fh:
@@ -390,7 +405,8 @@ def test_usage_errors_exit_2(dirs):
 
 def test_environment_variables_configure(dirs):
     write_job(dirs.jobs, make_job("env-config-001"))
-    env = __import__("conftest").worker_env(GUESTKIT_WORKER_JOBS_DIR=dirs.jobs, GUESTKIT_WORKER_RESULTS_DIR=dirs.results,
+    env = __import__("conftest").worker_env(GUESTKIT_WORKER_JOBS_DIR=dirs.jobs,
+                                            GUESTKIT_WORKER_RESULTS_DIR=dirs.results,
                                             GUESTKIT_WORKER_WORK_DIR=dirs.work, GUESTKIT_WORKER_ONCE="true",
                                             GUESTKIT_WORKER_WORKER_ID="from-env-1")
     cli(env=env, check=0)

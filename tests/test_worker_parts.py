@@ -94,7 +94,8 @@ def test_committer_batches_retries_unstored_outcomes_and_survives_a_transport_bu
     gate.set()
     wait_for(lambda: c.pending == 0, timeout=10, what="batch stored")
     assert sorted(stored) == [0, 1, 2] and failed == [3]
-    assert tries == {"d0": 1, "d1": 2, "d2": 1, "d3": 3}  # committed again after a pause, up to the last delay
+    # committed again after a pause, up to the last delay
+    assert tries == {"d0": 1, "d1": 2, "d2": 1, "d3": 3}
     assert errors == [1, 3, 3, 3]  # each failed try reported
     assert len(batches[0]) >= 2  # grouped while the first waited
     c.put(4, Outcome(Delivery("d4"), "bug"))
@@ -167,7 +168,8 @@ def test_recovery_decides_each_case():
     assert kept.status == "completed" and kept.staged and kept.result["worker_id"] == "dead-w"
     assert _recover(q, "broken") == []  # not stored as an outcome: committed as failed directly
     [failed] = q.committed
-    assert failed.reason["error"]["code"] == "RECOVERY_FAILED" and "RuntimeError" in failed.reason["error"]["message"]
+    assert (failed.reason["error"]["code"] == "RECOVERY_FAILED"
+            and "RuntimeError" in failed.reason["error"]["message"])
 
 
 # -- leases -------------------------------------------------------------------------------
@@ -214,8 +216,8 @@ def test_a_handler_catching_exception_is_still_cancelled(dirs):
     swallow = SwallowingHandler()
     handlers.register(swallow)
     write_job(dirs.jobs, make_job("swallow-0001", "test.swallow", execution={"timeout_seconds": 1}))
-    cfg = WorkerConfig(jobs_dir=dirs.jobs, results_dir=dirs.results, work_dir=dirs.work, worker_id="swallow-w",
-                       once=True, durable=False, poll_interval=0.05)
+    cfg = WorkerConfig(jobs_dir=dirs.jobs, results_dir=dirs.results, work_dir=dirs.work,
+                       worker_id="swallow-w", once=True, durable=False, poll_interval=0.05)
     w = Worker(cfg, handlers=handlers, registry=CollectorRegistry())
     w.open()
     assert w.run() == 1
@@ -227,10 +229,11 @@ def test_a_handler_catching_exception_is_still_cancelled(dirs):
 
 # -- the worker's threads -----------------------------------------------------------------
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread ends on purpose
+# the thread ends on purpose
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_watchdog_pass_that_raises_is_survived_and_a_dead_thread_makes_health_fail(dirs):
-    cfg = WorkerConfig(jobs_dir=dirs.jobs, results_dir=dirs.results, work_dir=dirs.work, worker_id="threads-w",
-                       durable=False, poll_interval=0.05)
+    cfg = WorkerConfig(jobs_dir=dirs.jobs, results_dir=dirs.results, work_dir=dirs.work,
+                       worker_id="threads-w", durable=False, poll_interval=0.05)
     w = Worker(cfg, handlers=default_registry(load_plugins=False), registry=CollectorRegistry())
     w.open()
     runner = threading.Thread(target=w.run)
@@ -289,8 +292,9 @@ def test_job_threads_take_their_next_job_themselves_within_the_slots(dirs):
     --max-concurrent, every job runs once, and the table's counts end at zero."""
     for i in range(40):
         write_job(dirs.jobs, make_job(f"self-take-{i:04d}", "test.count"))
-    cfg = WorkerConfig(jobs_dir=dirs.jobs, results_dir=dirs.results, work_dir=dirs.work, worker_id="self-take-w",
-                       once=True, durable=False, poll_interval=0.05, max_concurrent=3)
+    cfg = WorkerConfig(jobs_dir=dirs.jobs, results_dir=dirs.results, work_dir=dirs.work,
+                       worker_id="self-take-w", once=True, durable=False, poll_interval=0.05,
+                       max_concurrent=3)
     handlers = default_registry(load_plugins=False)
     w = Worker(cfg, handlers=handlers, registry=CollectorRegistry())
     counting = CountingHandler(w.table)
@@ -305,7 +309,8 @@ def test_job_threads_take_their_next_job_themselves_within_the_slots(dirs):
         return got
     w.transport.fetch = recording_fetch
     assert w.run() == 0
-    assert sorted(os.listdir(os.path.join(dirs.jobs, "done"))) == [f"self-take-{i:04d}.json" for i in range(40)]
+    archived = sorted(os.listdir(os.path.join(dirs.jobs, "done")))
+    assert archived == [f"self-take-{i:04d}.json" for i in range(40)]
     assert all(dirs.result(f"self-take-{i:04d}")["status"] == "completed" for i in range(40))
     assert sum(claimed_by.values()) == 40 and claimed_by.get("job", 0) > 0, claimed_by
     assert 1 <= counting.most_running <= 3 and counting.most_in_hand <= 3

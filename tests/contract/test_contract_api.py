@@ -33,8 +33,8 @@ def front_door(transport_factory, tmp_path):
     def start_worker():
         cfg = WorkerConfig(work_dir=str(tmp_path / "work"), worker_id="contract-runner", poll_interval=0.1,
                            allow_paths=allowed_roots(), durable=False, metrics_enabled=False)
-        worker = Worker(cfg, transport=transport_factory.make("contract-runner"), registry=CollectorRegistry(),
-                        handlers=default_registry(load_plugins=False))
+        worker = Worker(cfg, transport=transport_factory.make("contract-runner"),
+                        registry=CollectorRegistry(), handlers=default_registry(load_plugins=False))
         worker.open()
         thread = threading.Thread(target=worker.run, name="contract-runner", daemon=True)
         thread.start()

@@ -23,8 +23,8 @@ def job(job_id=None, **execution):
 
 
 def result(job_id, status="completed", worker_id="contract-w1", attempt=1):
-    return {"job_id": job_id, "status": status, "completed_at": "2026-11-01T00:00:01Z", "worker_id": worker_id,
-            "operation": "system.echo", "execution_summary": {"attempt": attempt},
+    return {"job_id": job_id, "status": status, "completed_at": "2026-11-01T00:00:01Z",
+            "worker_id": worker_id, "operation": "system.echo", "execution_summary": {"attempt": attempt},
             "error": None if status == "completed" else {"code": "X", "message": "x", "phase": "execution"},
             "data": {"n": 1}}
 

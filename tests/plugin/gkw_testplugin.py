@@ -61,7 +61,8 @@ class ChildHandler(_Test):
 
         def started(line):
             pass
-        argv = [sys.executable, "-c", f"import os; open({pid_file!r}, 'w').write(str(os.getpid()))\n" + script]
+        argv = [sys.executable, "-c",
+                f"import os; open({pid_file!r}, 'w').write(str(os.getpid()))\n" + script]
         context.run(argv, on_stdout_line=started)
         return HandlerResult(data={"unreachable": True})
 
