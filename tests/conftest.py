@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -167,3 +168,73 @@ def wait_for(predicate, timeout=60, interval=0.05, what="condition"):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# -- the fast tier's guard ----------------------------------------------------------------
+# A test that starts a process or listens on a socket carries the ``integration`` marker, so
+# that -m "not integration" (the fast tier) leaves it out.  In a run that leaves integration
+# tests out, such a call in any other test (its fixtures and threads included) raises and
+# fails the test, whatever the test does with the exception: the marker cannot be forgotten.
+
+class IntegrationOnly(RuntimeError):
+    """Raised by a process start or a listening socket in a test without the integration marker."""
+
+
+_GUARD = {"test": None, "seen": []}  # the guarded test running now; what it tried
+
+
+def _refuse(what):
+    test = _GUARD["test"]
+    if test is None:  # outside a guarded test (collection, an integration test): allowed
+        return
+    message = (f"{test} {what}, but has no integration marker: mark this test integration "
+               "(@pytest.mark.integration, or pytestmark = pytest.mark.integration in its module)")
+    _GUARD["seen"].append(message)
+    raise IntegrationOnly(message)
+
+
+def _guarded(original, what):
+    def guard(*args, **kwargs):
+        _refuse(what)
+        return original(*args, **kwargs)
+    guard.__wrapped__ = original
+    return guard
+
+
+def _install_guard():
+    """Wrap what starts a process (subprocess.Popen, os.fork, os.system) and what opens a
+    listening socket (socket.socket.bind, .listen) with a check of the running test."""
+    subprocess.Popen.__init__ = _guarded(subprocess.Popen.__init__, "starts a process")
+    os.fork = _guarded(os.fork, "forks a process")
+    os.system = _guarded(os.system, "starts a process (os.system)")
+    socket.socket.bind = _guarded(socket.socket.bind, "binds a socket")
+    socket.socket.listen = _guarded(socket.socket.listen, "listens on a socket")
+
+
+def _leaves_out_integration(config):
+    return "not integration" in (config.getoption("markexpr", "") or "")
+
+
+def pytest_configure(config):
+    if _leaves_out_integration(config):
+        _install_guard()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    guarded = _leaves_out_integration(item.config) and item.get_closest_marker("integration") is None
+    _GUARD["test"] = item.nodeid if guarded else None
+    try:
+        yield
+    finally:
+        _GUARD["test"] = None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    seen = _GUARD["seen"]
+    if seen:  # a failure of its own, even when the test caught IntegrationOnly or it hit a thread
+        report = outcome.get_result()
+        report.outcome, report.longrepr = "failed", seen[0]
+        seen.clear()

@@ -9,6 +9,8 @@ import pytest
 from apikit import Pki, call, served, write_tokens  # noqa: F401 (fixture)
 from conftest import cli, make_job, require_tool, worker_env
 
+pytestmark = pytest.mark.integration
+
 JOBS = "/api/v1/jobs"
 TOKEN = "cli-token-0123456789abcdef"
 

@@ -9,6 +9,8 @@ import pytest
 from apikit import call, served  # noqa: F401 (fixture)
 from conftest import cli, make_job, require_tool, wait_for
 
+pytestmark = pytest.mark.integration
+
 JOBS = "/api/v1/jobs"
 
 

@@ -10,6 +10,8 @@ import pytest
 from apikit import call, scrape_values, served  # noqa: F401 (fixture)
 from conftest import make_job, wait_for
 
+pytestmark = pytest.mark.integration
+
 JOBS = "/api/v1/jobs"
 
 

@@ -65,6 +65,7 @@ def count(server, route, method, code):
 
 # -- tokens -------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_missing_token_is_401_with_challenge(api, token_file):
     server = api(token_file=token_file)
     reply = call(server.url, "GET", "/api/v1/capabilities")
@@ -74,6 +75,7 @@ def test_missing_token_is_401_with_challenge(api, token_file):
     assert count(server, "/api/v1/capabilities", "GET", 401) == 1
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("header", [f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", "Bearer x",
                                     f"Basic {TOKEN}", f"Bearer{TOKEN}", "Bearer "])
 def test_wrong_token_is_401(api, token_file, header):
@@ -84,6 +86,7 @@ def test_wrong_token_is_401(api, token_file, header):
     assert TOKEN not in reply.body.decode()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("token", [TOKEN, OTHER])
 def test_each_token_in_the_file_is_accepted(api, token_file, token):
     server = api(token_file=token_file)
@@ -94,6 +97,7 @@ def test_each_token_in_the_file_is_accepted(api, token_file, token):
     assert reply.status == 200
 
 
+@pytest.mark.integration
 def test_unauthenticated_requests_learn_nothing_about_routes(api, token_file):
     server = api(token_file=token_file)
     for method, path in [("GET", "/nowhere"), ("DELETE", "/api/v1/capabilities"), ("GET", "/api/v1/jobs/x")]:
@@ -102,6 +106,7 @@ def test_unauthenticated_requests_learn_nothing_about_routes(api, token_file):
     assert call(server.url, "DELETE", "/api/v1/capabilities", token=TOKEN).status == 405
 
 
+@pytest.mark.integration
 def test_unauthenticated_post_is_401_before_the_body_is_read(api, token_file):
     server = api(token_file=token_file)
     head = (b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -113,6 +118,7 @@ def test_unauthenticated_post_is_401_before_the_body_is_read(api, token_file):
     assert answer.startswith(b"HTTP/1.0 401") or answer.startswith(b"HTTP/1.1 401")
 
 
+@pytest.mark.integration
 def test_tokens_never_reach_the_log(api, token_file, caplog):
     server = api(token_file=token_file)
     with caplog.at_level(logging.DEBUG):
@@ -123,6 +129,7 @@ def test_tokens_never_reach_the_log(api, token_file, caplog):
     assert TOKEN not in caplog.text
 
 
+@pytest.mark.integration
 def test_token_file_readable_by_others_is_warned_about(api, token_file, caplog):
     import os
     api(token_file=token_file)  # 0600: no warning
@@ -186,6 +193,7 @@ def test_non_loopback_needs_tokens_and_allow_path(addr, token_file):
     assert check_exposure(ApiOptions(addr=addr, token_file=token_file), ["/srv/images"])
 
 
+@pytest.mark.integration
 def test_ipv6_loopback(api):
     try:
         server = api(addr="[::1]:0")
@@ -214,6 +222,7 @@ def test_loopback_needs_neither(addr):
 
 # -- media type, length and size -------------------------------------------------------------
 
+@pytest.mark.integration
 def test_body_over_the_limit_is_413_before_it_is_read(api):
     server = api()
     head = (b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -229,6 +238,7 @@ def test_body_over_the_limit_is_413_before_it_is_read(api):
     assert count(server, "/api/v1/jobs", "POST", 413) == 1
 
 
+@pytest.mark.integration
 def test_body_just_over_the_limit_sent_whole_still_gets_its_413(api):
     server = api()
     reply = call(server.url, "POST", "/api/v1/jobs", body=b" " * 4097,
@@ -236,6 +246,7 @@ def test_body_just_over_the_limit_sent_whole_still_gets_its_413(api):
     assert reply.status == 413
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded",
                                    "application/jsonx"])
 def test_other_media_types_are_415(api, ctype):
@@ -247,6 +258,7 @@ def test_other_media_types_are_415(api, ctype):
             and reply.json["details"]["field"] == "Content-Type")
 
 
+@pytest.mark.integration
 def test_chunked_body_is_411(api):
     server = api()
     answer = raw(server.url, b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -254,6 +266,7 @@ def test_chunked_body_is_411(api):
     assert b" 411 " in answer.split(b"\r\n", 1)[0]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("head, code", [(b"X-Pad: " + b"a" * 70000 + b"\r\n", b"431"),
                                         (b"".join(b"X-H%d: v\r\n" % i for i in range(120)), b"431")])
 def test_oversized_headers_are_refused(api, head, code):
@@ -265,6 +278,7 @@ def test_oversized_headers_are_refused(api, head, code):
 
 # -- slow clients and the connection cap ------------------------------------------------
 
+@pytest.mark.integration
 def test_body_sent_one_byte_a_second_is_cut_at_the_deadline(api):
     server = api(request_deadline=3)
     body = json.dumps(make_job()).encode()
@@ -298,6 +312,7 @@ def _busy_connection(server):
     return sock
 
 
+@pytest.mark.integration
 def test_connections_beyond_the_cap_get_503_with_retry_after(api):
     server = api(max_connections=3)
     busy = [_busy_connection(server) for _ in range(3)]
@@ -314,6 +329,7 @@ def test_connections_beyond_the_cap_get_503_with_retry_after(api):
              what="the server to serve again once the busy clients left")
 
 
+@pytest.mark.integration
 def test_idle_connections_make_room_for_requests(api):
     server = api(max_connections=3)
     idle = [socket.create_connection((server.host, server.port), timeout=20) for _ in range(10)]
@@ -333,6 +349,7 @@ def pki(tmp_path_factory):
     return Pki(tmp_path_factory.mktemp("pki"))
 
 
+@pytest.mark.integration
 def test_tls_serves_the_api(api, pki):
     server = api(tls_cert=pki.cert, tls_key=pki.key)
     assert server.url.startswith("https://")
@@ -340,6 +357,7 @@ def test_tls_serves_the_api(api, pki):
     assert reply.status == 200 and reply.json["success"] is True
 
 
+@pytest.mark.integration
 def test_client_certificate_is_required_with_client_ca(api, pki):
     import ssl
     server = api(tls_cert=pki.cert, tls_key=pki.key, client_ca=pki.ca)
@@ -353,6 +371,7 @@ def test_client_certificate_is_required_with_client_ca(api, pki):
                 context=pki.client_context(pki.client_cert, pki.client_key)).status == 200
 
 
+@pytest.mark.integration
 def test_tls_option_errors_are_config_errors(tmp_path, pki):
     missing = str(tmp_path / "missing.pem")
     for opts, message in [(dict(tls_cert=pki.cert), "go together"),

@@ -10,7 +10,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, require, require_tool
+
+pytestmark = pytest.mark.integration
 
 
 def _have(module):

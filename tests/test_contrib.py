@@ -217,6 +217,7 @@ def prom_dir(tmp_path):
     return tmp_path
 
 
+@pytest.mark.integration
 def test_promtool_check_config(promtool, prom_dir):
     rc, out = _run([promtool, "check", "config", "prometheus.yml"], cwd=prom_dir)
     print(out)
@@ -225,6 +226,7 @@ def test_promtool_check_config(promtool, prom_dir):
     assert "SUCCESS: 1 rule files found" in out
 
 
+@pytest.mark.integration
 def test_promtool_check_rules(promtool, prom_dir):
     rc, out = _run([promtool, "check", "rules", "alerts.yml"], cwd=prom_dir)
     print(out)
@@ -233,6 +235,7 @@ def test_promtool_check_rules(promtool, prom_dir):
     assert m and int(m.group(1)) == len(alert_rules()), out
 
 
+@pytest.mark.integration
 def test_promtool_test_rules(promtool, prom_dir):
     rc, out = _run([promtool, "test", "rules", "alerts_test.yml"], cwd=prom_dir)
     print(out)
@@ -337,6 +340,7 @@ def _rules_file(path, exprs):
         {"record": f"dashboard:expr_{i}", "expr": e} for i, e in enumerate(exprs)]}]}, indent=1))
 
 
+@pytest.mark.integration
 def test_dashboard_promql_parses(promtool, tmp_path):
     exprs = [concrete(t["expr"]) for _, t in dashboard_targets(dashboard())]
     _rules_file(tmp_path / "dashboard_rules.yml", exprs)
@@ -398,6 +402,7 @@ def _synthetic_series():
     return series
 
 
+@pytest.mark.integration
 def test_dashboard_queries_return_data(promtool, tmp_path):
     """Every panel query, with worker_id set as Grafana renders a multi-selection, returns samples.
 
@@ -493,6 +498,7 @@ def test_units_facts():
     assert _one(timer, "Install", "WantedBy") == "timers.target"
 
 
+@pytest.mark.integration
 def test_systemd_analyze_verify(systemd_analyze, tmp_path):
     stub = tmp_path / "guestkit-worker"
     stub.write_text("#!/bin/sh\nexit 0\n")
@@ -507,6 +513,7 @@ def test_systemd_analyze_verify(systemd_analyze, tmp_path):
     assert not ours, "systemd-analyze verify complained:\n" + "\n".join(ours)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["guestkit-worker.service", "guestkit-worker-once.service",
                                   "guestkit-worker-prune.service"])
 def test_systemd_security_exposure(systemd_analyze, tmp_path, name):
@@ -522,12 +529,14 @@ def test_systemd_security_exposure(systemd_analyze, tmp_path, name):
     assert summary, out[-3000:]
 
 
+@pytest.mark.integration
 def test_timer_calendar_is_valid(systemd_analyze):
     rc, out = _run([systemd_analyze, "calendar", "*:0/5"])
     assert rc == 0, out
     assert "Normalized form: *-*-* *:00/5:00" in out, out
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(os.geteuid() != 0, reason="creating files owned by guestkit-worker needs root")
 def test_sysusers_and_tmpfiles(tmp_path):
     sysusers, tmpfiles = shutil.which("systemd-sysusers"), shutil.which("systemd-tmpfiles")
@@ -574,6 +583,7 @@ def test_sysusers_and_tmpfiles(tmp_path):
         assert all("ACL" in line for line in out.splitlines() if "ailed" in line), out
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(os.geteuid() != 0, reason="acting as the worker and two producers needs root")
 def test_shared_jobs_dir_producers_submit_but_cannot_touch_each_others_jobs():
     """The jobs dir exactly as tmpfiles.d makes it; two producers (other users, members of group
@@ -688,6 +698,7 @@ def test_cron_line():
     assert CRON.name == "guestkit-worker" and "." not in CRON.name  # run-parts ignores names with dots
 
 
+@pytest.mark.integration
 def test_cron_command_runs(tmp_path):
     """Run the cron command through /bin/sh with a stub worker: env file exported, id defaulted, flock."""
     flock = shutil.which("flock")
@@ -731,6 +742,7 @@ def test_cron_command_runs(tmp_path):
     assert r.returncode != 0 and not record.exists()
 
 
+@pytest.mark.integration
 def test_env_file_is_plain_assignments():
     """Readable by systemd's EnvironmentFile= and by `set -a; . FILE` alike."""
     for line in ENVFILE.read_text().splitlines():
@@ -757,6 +769,7 @@ def test_readme_covers_install_facts():
 
 # ------------------------------------------------- one-shot textfile through the real node_exporter
 
+@pytest.mark.integration
 def test_textfile_through_node_exporter(tmp_path):
     """`run --once --textfile-dir` as in the units, read back by node_exporter's textfile collector.
 

@@ -50,6 +50,7 @@ def metric_names(expr):
     return {w for w in words if w not in PROMQL_FUNCS and w not in labels}
 
 
+@pytest.mark.integration
 def test_fleet_prometheus_config_rules_and_alert_unit_tests(tmp_path):
     promtool = require_tool("promtool")
     for name in ("prometheus.yml", "alerts.yml", "alerts_test.yml"):
@@ -72,6 +73,7 @@ def test_every_fleet_alert_has_a_test_group_that_fires_it():
         assert re.search(rf"alertname: {name}\n\s+exp_alerts: \[\]", tests), name
 
 
+@pytest.mark.integration
 def test_fleet_dashboard_queries_parse(tmp_path):
     promtool = require_tool("promtool")
     exprs = _dashboard_exprs()
@@ -123,6 +125,7 @@ def _value(text, name, **labels):
     return None
 
 
+@pytest.mark.integration
 def test_exporter_with_the_shipped_arguments_sees_the_pools_streams(exporter, redis_server, pool):
     require_redis_py()
     from guestkit_worker.transports.base import Outcome

@@ -15,7 +15,7 @@ from guestkit_worker.handlers import convert as convert_mod
 from guestkit_worker.handlers.convert import ConvertHandler
 from guestkit_worker.job.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 @pytest.fixture(autouse=True)

@@ -40,6 +40,7 @@ def _gauge_becomes(w, expected):
              == expected, timeout=30, what=f"disk_space gauge {expected}")
 
 
+@pytest.mark.integration
 def test_full_results_dir_makes_health_503_until_space_returns(dirs):
     with _tmpfs(dirs.results, "size=1m"):
         w = Worker(dirs, "--min-free-space", "256K")
@@ -65,6 +66,7 @@ def test_full_results_dir_makes_health_503_until_space_returns(dirs):
             w.ensure_stopped()
 
 
+@pytest.mark.integration
 def test_few_free_inodes_make_health_503(dirs):
     with _tmpfs(dirs.work, "size=4m,nr_inodes=1100"):
         w = Worker(dirs, "--min-free-space", "1M")
@@ -83,6 +85,7 @@ def test_few_free_inodes_make_health_503(dirs):
             w.ensure_stopped()
 
 
+@pytest.mark.integration
 def test_default_floor_refuses_a_small_work_dir(dirs):
     """The default --min-free-space is 100 MiB: a 4 MiB work directory is reported at once."""
     with _tmpfs(dirs.work, "size=4m"):

@@ -24,6 +24,7 @@ def _read(path):
         return fh.read()
 
 
+@pytest.mark.integration
 def test_committed_man_page_matches_parser():
     env = dict(os.environ, SOURCE_DATE_EPOCH="1793491200")
     page = subprocess.run([sys.executable, os.path.join(ROOT, "man", "build"), "--stdout"], env=env,
@@ -33,6 +34,7 @@ def test_committed_man_page_matches_parser():
     assert page == committed, "man/guestkit-worker.1 is stale: run man/build and commit it"
 
 
+@pytest.mark.integration
 def test_man_page_renders_without_warnings():
     groff = require_tool("groff")
     proc = subprocess.run([groff, "-man", "-Tutf8", "-ww", MAN], capture_output=True, text=True,
@@ -46,6 +48,7 @@ def test_man_page_renders_without_warnings():
     assert "guestkit_worker_jobs_total{operation,status}" in text
 
 
+@pytest.mark.integration
 def test_man_l_renders(tmp_path):
     man = require_tool("man")
     proc = subprocess.run([man, "-l", MAN], capture_output=True, text=True,
@@ -54,6 +57,7 @@ def test_man_l_renders(tmp_path):
     assert re.search(r"guestkit-worker\s+-\s+run guestkit VM disk-image jobs", proc.stdout)
 
 
+@pytest.mark.integration
 def test_wheel_installs_man_page(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                            "-w", str(tmp_path), ROOT], capture_output=True, text=True)
@@ -79,6 +83,7 @@ def runnable_blocks():
     return re.findall(r"<!-- runnable -->\n```sh\n(.*?)```", text, re.S)
 
 
+@pytest.mark.integration
 def test_readme_runnable_commands(tmp_path):
     """Run the README's runnable blocks in a copy of the repository, in a fresh virtualenv."""
     blocks = runnable_blocks()

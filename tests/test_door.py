@@ -11,6 +11,8 @@ from conftest import cli, make_job, wait_for, worker_env, write_job
 
 from guestkit_worker.cli.main import EXIT_TEXTFILE, _commands, get_parser
 
+pytestmark = pytest.mark.integration
+
 
 def _one_clean_line(proc):
     assert proc.returncode == 2, proc.stderr

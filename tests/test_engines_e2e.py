@@ -19,7 +19,7 @@ from conftest import UPSTREAM_JOBS, cli, make_job, worker_env, write_job
 from diskimage import EXPECTED, GUESTFS_ENV
 from metricskit import parse, value
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.engine]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600), pytest.mark.engine]
 
 SHARED = UPSTREAM_JOBS
 

@@ -52,6 +52,7 @@ def _finished(dirs):
 
 # -- SIGKILL at random moments ------------------------------------------------------------
 
+@pytest.mark.integration
 @pytest.mark.parametrize("ids", ["stable", "fresh"])
 def test_sigkill_at_random_moments_loses_nothing(dirs, ids):
     """300 jobs; SIGKILL the worker at a random moment, restart, five times; then let it finish.
@@ -115,6 +116,7 @@ def test_sigkill_at_random_moments_loses_nothing(dirs, ids):
 
 # -- several workers on one jobs dir ------------------------------------------------------
 
+@pytest.mark.integration
 @pytest.mark.parametrize("nworkers", [2, 4])
 def test_workers_sharing_a_jobs_dir_run_each_job_once(dirs, nworkers):
     n = 1000
@@ -154,6 +156,7 @@ def _assert_nothing_half_written(dirs):
     assert [n for n in os.listdir(dirs.results) if n.endswith("-result.json")] == []
 
 
+@pytest.mark.integration
 def test_results_dir_not_writable_then_writable_again(dirs):
     prefix = cap_drop_prefix()  # root without CAP_DAC_OVERRIDE: modes apply to the worker
     w = Worker(dirs, "--worker-id", "ro-results", prefix=prefix)
@@ -189,6 +192,7 @@ def test_results_dir_not_writable_then_writable_again(dirs):
         w.ensure_stopped()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("threads", ["1", "4"])
 def test_disk_full_while_writing_results(dirs, threads):
     """ENOSPC injected at the write call (tests/faultkit.py install_write_faults): the first
@@ -239,6 +243,7 @@ def test_disk_full_while_writing_results(dirs, threads):
 
 # -- handlers that misbehave: results and capacity accounting -------------------------------
 
+@pytest.mark.integration
 def test_misbehaving_handlers_keep_capacity_accounting_honest(dirs):
     pid_file = os.path.join(dirs.base, "child.pid")
     w = Worker(dirs, "--worker-id", "misbehave", "--max-concurrent", "3")
@@ -295,6 +300,7 @@ def test_misbehaving_handlers_keep_capacity_accounting_honest(dirs):
 
 # -- SIGTERM during a burst ---------------------------------------------------------------
 
+@pytest.mark.integration
 def test_sigterm_during_a_burst_drains_or_returns_every_job(dirs):
     n = 300
     journal = os.path.join(dirs.base, "journal")
@@ -324,6 +330,7 @@ def test_sigterm_during_a_burst_drains_or_returns_every_job(dirs):
     assert len(archived(dirs, "done")) == n and waiting(dirs) == [] and processing(dirs) == []
 
 
+@pytest.mark.integration
 def test_a_job_given_back_at_shutdown_then_crashed_runs_again(dirs):
     """SIGTERM with a short --shutdown-timeout cancels a running job and gives it back (its
     stored result says cancelled); the worker restarts with the same id, runs the job again and
@@ -356,6 +363,7 @@ def test_a_job_given_back_at_shutdown_then_crashed_runs_again(dirs):
     assert "archiving" not in third.log()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("threads", ["1", "4"])
 def test_one_shot_run_with_disk_full_exits_1_and_keeps_the_job(dirs, threads):
     """--once while results cannot be written: the job goes back to jobs/ untouched, no result
@@ -382,6 +390,7 @@ def test_one_shot_run_with_disk_full_exits_1_and_keeps_the_job(dirs, threads):
     assert archived(dirs, "done") == ["once-full.json"]
 
 
+@pytest.mark.integration
 def test_disk_full_when_requeueing_a_retry(dirs):
     """A recoverable failure whose next attempt cannot be written (ENOSPC in jobs/): the job file
     goes back unchanged instead of staying claimed; once space returns attempt 2 runs."""
@@ -407,6 +416,7 @@ def test_disk_full_when_requeueing_a_retry(dirs):
         w.ensure_stopped()
 
 
+@pytest.mark.integration
 def test_workers_starting_together_recover_dead_claims_once(dirs):
     """Four workers start at once over the claims of 30 dead workers (half of them started):
     they race to recover the same directories; every claim is recovered by exactly one, none
@@ -443,6 +453,7 @@ def test_workers_starting_together_recover_dead_claims_once(dirs):
         assert recovered == dead * per_dead, r
 
 
+@pytest.mark.integration
 def test_a_reused_job_file_name_never_replaces_a_job(dirs):
     """A producer writes x.json again while the first x.json runs: the second waits until the
     first is done, and a first one sent back to the queue (SIGTERM) takes a fresh name instead
@@ -480,6 +491,7 @@ def _touch(path, age, data=b"{}"):
     return path
 
 
+@pytest.mark.integration
 def test_stale_temp_files_are_removed_at_start(dirs):
     """atomic.write_bytes' temp files ('.NAME.PID.N.tmp') older than the threshold go when a
     worker starts; fresh ones (a write in progress on another host) and anything not of

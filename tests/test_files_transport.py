@@ -70,6 +70,7 @@ def test_foreign_names_are_remembered_within_a_bound(tmp_path, monkeypatch):
         t.close()
 
 
+@pytest.mark.integration
 def test_a_running_job_id_is_held_once_and_freed_when_its_holder_dies(tmp_path):
     """Two deliveries of one job id: the second cannot hold it while the first does (also in
     the same worker); a worker holds all its ids through one descriptor; a worker process that
@@ -178,6 +179,7 @@ t.close()
 """
 
 
+@pytest.mark.integration
 def test_a_job_moving_between_queue_and_worker_is_always_found_by_id(tmp_path):
     """A lookup by id checks the workers' dirs, then jobs/: a claim (jobs/ -> processing/) or a
     give-back followed by another worker's claim between the two checks must not answer "no such

@@ -161,6 +161,7 @@ def _job_id_of(content):
     return peek_job_id(content) if isinstance(content, dict) else None
 
 
+@pytest.mark.integration
 def test_hostile_job_files_rejected_and_worker_keeps_serving(dirs):
     cases, decoy = hostile_cases(dirs.base)
     watch = OpenWatch(decoy, os.path.dirname(decoy))
@@ -233,6 +234,7 @@ def test_hostile_job_files_rejected_and_worker_keeps_serving(dirs):
             s.close()
 
 
+@pytest.mark.integration
 def test_duplicate_job_id_of_a_running_job_is_rejected(dirs):
     journal = os.path.join(dirs.base, "journal")
     env = plugin_env(dirs.base)
@@ -289,6 +291,7 @@ def test_job_file_removed_between_listing_and_claiming(dirs):
     assert sum(v for (n, st), v in samples.items() if st == REJECTED) == 0
 
 
+@pytest.mark.integration
 def test_job_file_without_read_permission(dirs):
     prefix = cap_drop_prefix()
     path = write_job(dirs.jobs, make_job("no-read-perm-01"), "unreadable.json")
@@ -323,6 +326,7 @@ def _sha(path):
         return hashlib.sha256(fh.read()).hexdigest()
 
 
+@pytest.mark.integration
 def test_allow_path_confines_images_and_outputs(dirs):
     require_tool("qemu-img")
     base = dirs.base
@@ -393,6 +397,7 @@ def _textfile_samples(directory):
         return parse(fh.read())
 
 
+@pytest.mark.integration
 def test_allow_path_refusal_does_not_tell_whether_a_path_exists(dirs):
     """With --allow-path a path outside is refused before anything looks at it: an existing
     file (/etc/shadow), a directory, a device, a FIFO and a path that does not exist get the
@@ -459,6 +464,7 @@ def test_allow_path_refusal_does_not_tell_whether_a_path_exists(dirs):
     assert not os.path.exists("/etc/no-such-file-a7f3.raw") and not os.path.exists("/no-such-dir-a7f3")
 
 
+@pytest.mark.integration
 def test_outputs_never_overwrite_the_workers_own_files(dirs):
     base = dirs.base
     os.makedirs(os.path.join(base, "allowed"))
@@ -491,6 +497,7 @@ def test_outputs_never_overwrite_the_workers_own_files(dirs):
     assert not os.path.exists(os.path.join(dirs.jobs, "sneaky.json"))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("sub", ["failed", "done", ".processing"])
 def test_planted_link_for_an_archive_dir_is_refused(dirs, sub):
     """Whoever may write jobs/ could put a link where done/ or failed/ belong, sending archived
@@ -506,6 +513,7 @@ def test_planted_link_for_an_archive_dir_is_refused(dirs, sub):
     assert os.listdir(target) == [] and waiting(dirs) == ["daemon.json"]
 
 
+@pytest.mark.integration
 def test_planted_progress_link_is_not_followed(dirs):
     victim = os.path.join(dirs.base, "victim.txt")
     with open(victim, "w") as fh:
@@ -522,6 +530,7 @@ def test_planted_progress_link_is_not_followed(dirs):
 
 # -- modes of what the worker creates -----------------------------------------------------
 
+@pytest.mark.integration
 @pytest.mark.parametrize("umask, files, dirs_mode", [(0o000, 0o640, 0o770), (0o022, 0o640, 0o750),
                                                      (0o077, 0o600, 0o700)])
 def test_created_files_never_exceed_0640(tmp_path, umask, files, dirs_mode):
@@ -579,6 +588,7 @@ def _status(reply):
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
 
 
+@pytest.mark.integration
 def test_http_endpoint_exposes_only_metrics_and_health(dirs):
     with open("/etc/passwd", "rb") as fh:
         passwd_line = fh.readline().strip()
@@ -606,6 +616,7 @@ def test_http_endpoint_exposes_only_metrics_and_health(dirs):
         w.ensure_stopped()
 
 
+@pytest.mark.integration
 def test_http_garbage_long_urls_and_idle_connections_do_not_stop_a_scrape(dirs):
     w = Worker(dirs, "--worker-id", "http-hostile")
     socks, stop = [], threading.Event()

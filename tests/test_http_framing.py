@@ -21,6 +21,8 @@ from conftest import Dirs
 
 from guestkit_worker.http.request import _DISCARD_MAX_BYTES as DRAINED
 
+pytestmark = pytest.mark.integration
+
 TOKEN = "framing-token-0123456789abcdef"
 TIMEOUT = 20
 MAX_JOB = 4096

@@ -7,12 +7,15 @@ import resource
 import socket
 import threading
 
+import pytest
 from conftest import make_job, wait_for, write_job
 from faultkit import Worker, total
 from metricskit import get
 
 from guestkit_worker.http.linger import MAX_LINGERING
 from guestkit_worker.http.server import serve_wsgi
+
+pytestmark = pytest.mark.integration
 
 FLOOD = 1000
 

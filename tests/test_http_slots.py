@@ -11,8 +11,11 @@ import struct
 import threading
 import time
 
+import pytest
 from apikit import call, served, write_tokens  # noqa: F401 (fixture)
 from conftest import cli, make_job, wait_for
+
+pytestmark = pytest.mark.integration
 
 JOBS = "/api/v1/jobs"
 TOKEN = "slots-token-0123456789abcdef"

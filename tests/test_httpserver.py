@@ -133,6 +133,7 @@ def test_parse_addr_rejects_garbage_with_clear_message(text):
 
 # -- /metrics -----------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_metrics_exact_values(serve):
     server = serve()
     status, headers, body = request(server, "/metrics")
@@ -144,6 +145,7 @@ def test_metrics_exact_values(serve):
     assert values["disk_free_bytes"] == 1024.0
 
 
+@pytest.mark.integration
 def test_metrics_reflect_later_changes(serve, registry):
     server = serve()
     gauge = Gauge("late_gauge", "Registered after start.", registry=registry)
@@ -152,6 +154,7 @@ def test_metrics_reflect_later_changes(serve, registry):
     assert metric_values(body.decode())["late_gauge"] == 42.0
 
 
+@pytest.mark.integration
 def test_metrics_gzip(serve):
     server = serve()
     status, headers, body = request(server, "/metrics", headers={"Accept-Encoding": "gzip"})
@@ -160,6 +163,7 @@ def test_metrics_gzip(serve):
     assert metric_values(gzip.decompress(body).decode())["jobs_total"] == 3.0
 
 
+@pytest.mark.integration
 def test_metrics_openmetrics_negotiation(serve):
     server = serve()
     status, headers, body = request(
@@ -171,6 +175,7 @@ def test_metrics_openmetrics_negotiation(serve):
     assert "jobs_total 3.0" in text
 
 
+@pytest.mark.integration
 def test_metrics_name_filter(serve):
     server = serve()
     status, _, body = request(server, "/metrics?name[]=queue_depth")
@@ -180,6 +185,7 @@ def test_metrics_name_filter(serve):
     assert families[0].samples[0].value == 7.0
 
 
+@pytest.mark.integration
 def test_metrics_head_has_headers_but_no_body(serve):
     server = serve()
     _, _, get_body = request(server, "/metrics")
@@ -193,6 +199,7 @@ def test_metrics_head_has_headers_but_no_body(serve):
 
 # -- /health ------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_health_ok(serve):
     server = serve(health=lambda: (True, {"status": "ok", "jobs_running": 2}))
     status, headers, body = request(server, "/health")
@@ -201,6 +208,7 @@ def test_health_ok(serve):
     assert json.loads(body) == {"status": "ok", "jobs_running": 2}
 
 
+@pytest.mark.integration
 def test_health_unhealthy_is_503(serve):
     server = serve(health=lambda: (False, {"status": "draining", "reason": "shutdown"}))
     status, headers, body = request(server, "/health")
@@ -209,6 +217,7 @@ def test_health_unhealthy_is_503(serve):
     assert json.loads(body) == {"status": "draining", "reason": "shutdown"}
 
 
+@pytest.mark.integration
 def test_health_ignores_query_string(serve):
     server = serve()
     status, _, body = request(server, "/health?verbose=1&x=../../etc/passwd")
@@ -216,6 +225,7 @@ def test_health_ignores_query_string(serve):
     assert json.loads(body) == {"status": "ok", "jobs_running": 0}
 
 
+@pytest.mark.integration
 def test_health_raising_gives_503_and_server_survives(serve):
     def broken():
         raise RuntimeError("state file unreadable")
@@ -230,6 +240,7 @@ def test_health_raising_gives_503_and_server_survives(serve):
     assert request(server, "/metrics")[0] == 200
 
 
+@pytest.mark.integration
 def test_health_head_has_no_body(serve):
     server = serve()
     reply = raw_exchange(server, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -241,6 +252,7 @@ def test_health_head_has_no_body(serve):
 
 # -- landing page, 404, 405, OPTIONS, garbage -------------------------------------------
 
+@pytest.mark.integration
 def test_landing_page_links_both(serve):
     server = serve()
     status, headers, body = request(server, "/")
@@ -249,6 +261,7 @@ def test_landing_page_links_both(serve):
     assert b'href="/metrics"' in body and b'href="/health"' in body
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", ["/nope", "/metrics/extra", "/etc/passwd", "/../health",
                                   "/favicon.ico"])
 def test_unknown_path_is_404(serve, path):
@@ -259,6 +272,7 @@ def test_unknown_path_is_404(serve, path):
     assert b"not found" in body
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
 def test_other_methods_are_405_with_allow(serve, method):
     server = serve()
@@ -267,6 +281,7 @@ def test_other_methods_are_405_with_allow(serve, method):
     assert headers["allow"] == "GET, HEAD, OPTIONS"
 
 
+@pytest.mark.integration
 def test_options_lists_allowed_methods(serve):
     server = serve()
     status, headers, body = request(server, "/health", method="OPTIONS")
@@ -275,6 +290,7 @@ def test_options_lists_allowed_methods(serve):
     assert body == b""
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("line", [b"\x16\x03\x01 garbage\x00 NOT-HTTP", b"GARBAGE",
                                   b"GET / HTTP/1.1 extra", b"GET / HTTP/x.y"])
 def test_garbage_request_line_is_400(serve, line):
@@ -284,6 +300,7 @@ def test_garbage_request_line_is_400(serve, line):
     assert request(server, "/health")[0] == 200
 
 
+@pytest.mark.integration
 def test_100k_url_is_rejected_and_server_keeps_answering(serve):
     server = serve()
     reply = raw_exchange(server, b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -293,6 +310,7 @@ def test_100k_url_is_rejected_and_server_keeps_answering(serve):
     assert metric_values(body.decode())["jobs_total"] == 3.0
 
 
+@pytest.mark.integration
 def test_idle_connections_do_not_block_a_scrape(serve):
     server = serve()
     with contextlib.ExitStack() as stack:
@@ -318,6 +336,7 @@ def _wait_for_server_close(sock):
     return time.monotonic() - start
 
 
+@pytest.mark.integration
 def test_idle_connection_is_dropped_after_timeout(serve, monkeypatch):
     monkeypatch.setattr(http_request, "CONNECTION_TIMEOUT", 0.2)
     server = serve()
@@ -326,6 +345,7 @@ def test_idle_connection_is_dropped_after_timeout(serve, monkeypatch):
     assert request(server, "/health")[0] == 200
 
 
+@pytest.mark.integration
 def test_trickling_client_is_dropped_at_request_deadline(serve, monkeypatch):
     monkeypatch.setattr(http_request, "REQUEST_DEADLINE", 0.3)
     server = serve()
@@ -336,6 +356,7 @@ def test_trickling_client_is_dropped_at_request_deadline(serve, monkeypatch):
     assert request(server, "/health")[0] == 200
 
 
+@pytest.mark.integration
 def test_broken_collector_gives_500_and_server_survives(serve, caplog):
     class Broken:
         def collect(self):
@@ -350,6 +371,7 @@ def test_broken_collector_gives_500_and_server_survives(serve, caplog):
     assert request(server, "/health")[0] == 200
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("head, code", [
     (b"GET / HTTP/1.1\r\n" + b"X-Many: y\r\n" * 200, b"431"),
     (b"GET / HTTP/1.1\r\nX-Long: " + b"y" * 70_000 + b"\r\n", b"431"),
@@ -363,6 +385,7 @@ def test_oversized_headers_are_rejected(serve, head, code):
 
 # -- binding ------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_port_is_reported_and_url_built(serve):
     server = serve()
     assert server.host == "127.0.0.1"
@@ -370,6 +393,7 @@ def test_port_is_reported_and_url_built(serve):
     assert server.url == f"http://127.0.0.1:{server.port}"
 
 
+@pytest.mark.integration
 def test_port_in_use_is_config_error_before_any_thread(registry):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -382,11 +406,13 @@ def test_port_in_use_is_config_error_before_any_thread(registry):
         assert threading.active_count() == threads_before
 
 
+@pytest.mark.integration
 def test_tuple_address_is_accepted(serve):
     server = serve(("127.0.0.1", 0))
     assert request(server, "/health")[0] == 200
 
 
+@pytest.mark.integration
 def test_shutdown_closes_the_port(registry):
     server = start_server("127.0.0.1:0", registry=registry, health=_healthy)
     assert request(server, "/health")[0] == 200
@@ -396,6 +422,7 @@ def test_shutdown_closes_the_port(registry):
         socket.create_connection((server.host, server.port), timeout=TIMEOUT).close()
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not ipv6_loopback_available(), reason="IPv6 loopback not available here")
 def test_ipv6_loopback(serve):
     server = serve("[::1]:0")
@@ -406,6 +433,7 @@ def test_ipv6_loopback(serve):
     assert metric_values(body.decode())["jobs_total"] == 3.0
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not ipv6_loopback_available(), reason="IPv6 not available here")
 def test_dual_stack_answers_on_ipv4(serve):
     server = serve("[::]:0")
@@ -439,6 +467,7 @@ def _client_context(cert):
     return context
 
 
+@pytest.mark.integration
 def test_tls_serves_metrics(serve, tls_files):
     cert, key = tls_files
     server = serve(tls_cert=cert, tls_key=key)
@@ -448,6 +477,7 @@ def test_tls_serves_metrics(serve, tls_files):
     assert metric_values(body.decode())["jobs_total"] == 3.0
 
 
+@pytest.mark.integration
 def test_tls_stalled_handshake_does_not_block_others(serve, tls_files):
     cert, key = tls_files
     server = serve(tls_cert=cert, tls_key=key)
@@ -458,6 +488,7 @@ def test_tls_stalled_handshake_does_not_block_others(serve, tls_files):
     assert json.loads(body)["status"] == "ok"
 
 
+@pytest.mark.integration
 def test_tls_rejects_plain_http_and_keeps_serving(serve, tls_files):
     cert, key = tls_files
     server = serve(tls_cert=cert, tls_key=key)
@@ -477,6 +508,7 @@ def test_tls_bad_paths_are_config_errors(registry, tmp_path):
 
 # -- logging ------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_request_log_goes_to_logger_not_stderr(serve, caplog, capfd):
     logged = threading.Event()
 

@@ -12,6 +12,8 @@ import pytest
 from conftest import allowed_roots, cli, make_job, require_tool, write_job
 from fixtures_disk import make_context
 
+pytestmark = pytest.mark.integration
+
 SECRET = b"TOP-SECRET-shadow-line:$6$salt$hash\n"
 CODE = "BACKING_FILE_NOT_ALLOWED"
 

@@ -102,6 +102,7 @@ def test_example_full_job_fails_validation_on_missing_image():
     assert "/mnt/vms/prod-web-01.qcow2 does not exist" in exc.value.reason
 
 
+@pytest.mark.integration
 def test_example_jobs_validate_with_a_real_image(debian_image):
     for name in ("guestkit-inspect-basic.json", "guestkit-inspect-full.json"):
         data = copy.deepcopy(example(name)["payload"]["data"])
@@ -109,6 +110,7 @@ def test_example_jobs_validate_with_a_real_image(debian_image):
         _allowing_all().validate(data)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("mutate, field, words", [
     (lambda d: d.pop("image"), "payload.data.image", "required"),
     (lambda d: d["image"].update(format="iso"), "payload.data.image.format", "known: raw, qcow2"),
@@ -166,6 +168,7 @@ def test_summary_caps_lists():
 
 
 # -- failures before any appliance ------------------------------------------------------------
+@pytest.mark.integration
 def test_probe_finds_its_sections_module_however_it_is_run(tmp_path):
     """The probe is a file run by the system python: it imports guestfs_sections.py from its
     own directory even from another working directory with PYTHONSAFEPATH set (which keeps
@@ -183,6 +186,7 @@ def test_probe_finds_its_sections_module_however_it_is_run(tmp_path):
     assert json.loads(proc.stdout)["error"]["code"] == "IMAGE_OPEN_FAILED"
 
 
+@pytest.mark.integration
 def test_engine_unavailable(tmp_path, debian_image, monkeypatch, fresh_engine_cache):
     monkeypatch.setenv("GUESTKIT_WORKER_GUESTFS_PYTHON", str(tmp_path / "no-such-python"))
     handler = InspectHandler()
@@ -197,6 +201,7 @@ def test_engine_unavailable(tmp_path, debian_image, monkeypatch, fresh_engine_ca
     assert calls == [] and metrics.checksums == []
 
 
+@pytest.mark.integration
 def test_engine_status_is_cached(monkeypatch, fresh_engine_cache):
     require_tool("guestfs")
     ok, detail = InspectHandler().engine_status()
@@ -206,6 +211,7 @@ def test_engine_status_is_cached(monkeypatch, fresh_engine_cache):
     assert InspectHandler().engine_status() == (ok, detail)
 
 
+@pytest.mark.integration
 def test_checksum_mismatch_fails_before_launch(tmp_path, debian_image, guestfs_env, fresh_engine_cache):
     ctx, metrics = make_context(tmp_path)
     calls = record_runs(ctx)
@@ -224,6 +230,7 @@ def test_checksum_mismatch_fails_before_launch(tmp_path, debian_image, guestfs_e
     assert not dest.exists()
 
 
+@pytest.mark.integration
 def test_existing_output_refused_before_launch(tmp_path, debian_image, guestfs_env, fresh_engine_cache):
     dest = tmp_path / "report.json"
     dest.write_text("keep me")
@@ -236,6 +243,7 @@ def test_existing_output_refused_before_launch(tmp_path, debian_image, guestfs_e
     assert dest.read_text() == "keep me" and calls == []
 
 
+@pytest.mark.integration
 def test_path_outside_allowed_dirs(tmp_path, debian_image, guestfs_env):
     allowed = tmp_path / "allowed"
     allowed.mkdir()
@@ -245,6 +253,7 @@ def test_path_outside_allowed_dirs(tmp_path, debian_image, guestfs_env):
     assert exc.value.code == "PATH_NOT_ALLOWED" and "payload.data.image.path" in exc.value.message
 
 
+@pytest.mark.integration
 def test_no_operating_system_error_is_mapped(tmp_path, debian_image, monkeypatch, fresh_engine_cache):
     doc = {"error": {"code": "NO_OPERATING_SYSTEM", "message": "no operating system found in x",
                      "filesystems": []}}
@@ -262,6 +271,7 @@ def test_no_operating_system_error_is_mapped(tmp_path, debian_image, monkeypatch
     assert not [n for n in os.listdir(tmp_path) if ".guestfs-" in n]
 
 
+@pytest.mark.integration
 def test_probe_crash_is_inspection_failed(tmp_path, debian_image, monkeypatch, fresh_engine_cache):
     monkeypatch.setenv("GUESTKIT_WORKER_GUESTFS_PYTHON",
                        fake_guestfs_python(tmp_path, "Traceback: boom", rc=1))
@@ -277,6 +287,7 @@ def _progress_phases(ctx):
         return [json.loads(line)["phase"] for line in fh]
 
 
+@pytest.mark.integration
 def test_inspect_timeout_leaves_no_processes(tmp_path, debian_image, guestfs_env):
     job_id = "test-inspect-timeout"
     ctx, _ = make_context(tmp_path, job_id=job_id)
@@ -311,6 +322,7 @@ def test_inspect_timeout_leaves_no_processes(tmp_path, debian_image, guestfs_env
     assert set(glob.glob("/tmp/libguestfs*")) <= sockdirs_before  # socket directory removed too
 
 
+@pytest.mark.integration
 def test_declared_format_is_used_not_probed(tmp_path, debian_image, guestfs_env):
     """A raw image declared as qcow2 is read as qcow2 and fails (its header is checked before
     any appliance boots)."""

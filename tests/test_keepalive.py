@@ -14,6 +14,8 @@ from conftest import require_tool, wait_for
 from guestkit_worker.http import request as http_request
 from guestkit_worker.http.server import serve_wsgi
 
+pytestmark = pytest.mark.integration
+
 TIMEOUT = 10
 
 

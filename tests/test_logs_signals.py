@@ -8,6 +8,7 @@ import os
 import re
 import signal
 
+import pytest
 from conftest import cli, make_job, start_worker, wait_for, write_job
 
 from guestkit_worker.cli.logsetup import JsonFormatter, TextFormatter, escape_controls, setup
@@ -60,6 +61,7 @@ def test_setup_replaces_handlers_and_sets_the_level():
     assert json.loads(line)["event"] == "custom" and json.loads(line)["job_id"] == "j-1"
 
 
+@pytest.mark.integration
 def test_json_log_lines_of_a_real_run(dirs):
     write_job(dirs.jobs, make_job("json-log-0001"))
     write_job(dirs.jobs, make_job("json-log-0002", "test.raise", {"message": "kaput" + FORGED}))
@@ -77,6 +79,7 @@ def test_json_log_lines_of_a_real_run(dirs):
     print(json.dumps(done[0]))  # shown with -s: the captured line quoted in the closing note
 
 
+@pytest.mark.integration
 def test_text_logs_cannot_be_forged_by_a_job(dirs):
     write_job(dirs.jobs, make_job("forge-log-001", "test.raise", {"message": "kaput" + FORGED}))
     write_job(dirs.jobs, make_job("forge-log-002", "guestkit.convert", {
@@ -100,6 +103,7 @@ def _sigterm(proc):
             proc.wait()
 
 
+@pytest.mark.integration
 def test_sigterm_during_start_up_stops_cleanly(dirs):
     # the handlers are installed before start-up's work (recovery, binding): a SIGTERM then is a
     # clean, logged stop (not a kill by the default action: status -15, nothing logged)
@@ -114,6 +118,7 @@ def test_sigterm_during_start_up_stops_cleanly(dirs):
     assert "SIGTERM received" in err and "stopped" in err
 
 
+@pytest.mark.integration
 def test_sighup_is_logged_and_never_fatal(dirs):
     write_job(dirs.jobs, make_job("hup-sleep-0001", "test.sleep", {"seconds": 2}))
     proc = start_worker(dirs, "--metrics-enabled", "false")
@@ -132,6 +137,7 @@ def test_sighup_is_logged_and_never_fatal(dirs):
     assert dirs.result("hup-sleep-0001")["status"] == "completed"
 
 
+@pytest.mark.integration
 def test_sigterm_on_an_idle_daemon_is_logged(dirs):
     proc = start_worker(dirs, "--metrics-addr", "127.0.0.1:0")
     try:

@@ -100,6 +100,7 @@ def test_duplicates_and_entries_delivered_too_often_are_dead_letters():
     assert status.status == "failed" and status.error["code"] == "DEAD_LETTERED"
 
 
+@pytest.mark.integration
 def test_memory_is_no_operators_choice():
     cfg = WorkerConfig(transport="memory")
     with pytest.raises(ConfigError, match="transport 'memory' keeps jobs inside one process"):
@@ -108,6 +109,7 @@ def test_memory_is_no_operators_choice():
     assert proc.returncode == 2 and "--transport: expected file or redis, got 'memory'" in proc.stderr
 
 
+@pytest.mark.integration
 def test_it_imports_nothing_of_the_runtime():
     code = ("import sys, guestkit_worker.transports.memory as m; m.MemoryTransport('w').open(); "
             "print('\\n'.join(sorted(n for n in sys.modules if n.startswith('guestkit_worker'))))")

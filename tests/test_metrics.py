@@ -46,6 +46,7 @@ def daemon(dirs):
             p.communicate(timeout=60)
 
 
+@pytest.mark.integration
 def test_exact_values_after_scripted_jobs(dirs, daemon):
     scripted_jobs(dirs)
     proc, url = daemon()
@@ -91,6 +92,7 @@ def test_exact_values_after_scripted_jobs(dirs, daemon):
     assert not any(k[0].endswith("_created") for k in s)
 
 
+@pytest.mark.integration
 def test_queue_depth_is_zero_as_soon_as_each_job_is_counted(dirs, daemon):
     """The worker looks the queue up at most every 0.5 s while it is full, yet a job taken from
     a queue left empty leaves no stale depth behind: /metrics and /health say 0 the moment
@@ -105,6 +107,7 @@ def test_queue_depth_is_zero_as_soon_as_each_job_is_counted(dirs, daemon):
         assert (status, json.loads(body)["queue_depth"]) == (200, 0)
 
 
+@pytest.mark.integration
 def test_promtool_check_metrics(dirs, daemon):
     promtool = require_tool("promtool")
     write_job(dirs.jobs, make_job("promtool-job-01"))
@@ -117,6 +120,7 @@ def test_promtool_check_metrics(dirs, daemon):
     assert check.stdout.strip() == "" and check.stderr.strip() == ""
 
 
+@pytest.mark.integration
 def test_queue_depth_and_active_while_busy(dirs, daemon):
     write_job(dirs.jobs, make_job("depth-running-1", "test.sleep", {"seconds": 60}), "a.json")
     for i in range(3):
@@ -134,6 +138,7 @@ def test_queue_depth_and_active_while_busy(dirs, daemon):
     assert (status, health["active_jobs"], health["queue_depth"], health["max_concurrent"]) == (200, 1, 3, 1)
 
 
+@pytest.mark.integration
 def test_prometheus_scrapes_worker(dirs, daemon, tmp_path):
     prometheus = require_tool("prometheus")
     for i in range(2):
@@ -168,6 +173,7 @@ def test_prometheus_scrapes_worker(dirs, daemon, tmp_path):
         stop(prom)
 
 
+@pytest.mark.integration
 def test_node_exporter_serves_textfile(dirs, tmp_path):
     exporter = require_tool("prometheus-node-exporter")
     textdir = tmp_path / "textfile"
@@ -196,6 +202,7 @@ def test_node_exporter_serves_textfile(dirs, tmp_path):
         stop(node)
 
 
+@pytest.mark.integration
 def test_failed_run_updates_textfile_but_keeps_last_success(dirs, tmp_path):
     textdir = tmp_path / "textfile"
     textdir.mkdir()
@@ -213,6 +220,7 @@ def test_failed_run_updates_textfile_but_keeps_last_success(dirs, tmp_path):
     assert not [n for n in os.listdir(textdir) if n != "guestkit_worker.prom"]
 
 
+@pytest.mark.integration
 def test_health_flips_with_unwritable_jobs_dir(dirs, daemon):
     chattr = require_tool("chattr")
     proc, url = daemon()
@@ -233,6 +241,7 @@ def test_health_flips_with_unwritable_jobs_dir(dirs, daemon):
     assert status == 200 and json.loads(body)["status"] == "healthy"
 
 
+@pytest.mark.integration
 def test_port_in_use_exits_2_before_claiming(dirs):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

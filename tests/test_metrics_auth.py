@@ -9,7 +9,7 @@ import pytest
 from conftest import cli, require_tool, start_worker, wait_for
 from metricskit import start_and_find_port, stop, worker_url
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 TOKEN = "s3cret-metrics-token-0123456789"
 
 

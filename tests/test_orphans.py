@@ -5,7 +5,10 @@ next start."""
 import os
 import signal
 
+import pytest
 from conftest import cli, make_job, require_tool, start_worker, wait_for, write_job
+
+pytestmark = pytest.mark.integration
 
 
 def _alive(pid):

@@ -38,6 +38,7 @@ def convert(tmp_path, source, dest, job_id):
         handler.cleanup(ctx)
 
 
+@pytest.mark.integration
 def test_a_rerun_replaces_its_own_output_and_another_job_is_refused(tmp_path, source):
     dest = tmp_path / "out.qcow2"
     assert convert(tmp_path, source, dest, "own-out-0001").output == str(dest)
@@ -53,6 +54,7 @@ def test_a_rerun_replaces_its_own_output_and_another_job_is_refused(tmp_path, so
     assert os.getxattr(dest, OWNER_XATTR) == b"own-out-0001"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("planted", ["unmarked", "other_job", "other_owner"])
 def test_a_file_not_published_by_this_job_stays_a_conflict(tmp_path, source, planted):
     dest = tmp_path / "out.qcow2"
@@ -88,6 +90,7 @@ def test_a_destination_taken_while_the_job_ran_is_replaced_only_if_it_is_its_own
                 assert dest.read_bytes() == b"new" and os.getxattr(dest, OWNER_XATTR) == b"own-out-0004"
 
 
+@pytest.mark.integration
 def test_a_worker_reruns_a_convert_whose_result_was_lost(dirs, source, tmp_path):
     """Real CLI: a convert completes; its result is lost (removed) and its job file comes back
     (as after a crash between publishing and storing the outcome): the second run completes

@@ -8,6 +8,10 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: what the build reads besides the package (the readme, the man page it installs)
 BUILD_INPUTS = ("pyproject.toml", "README.md", "man")

@@ -8,7 +8,10 @@ import stat
 import subprocess
 import threading
 
+import pytest
 from conftest import cli, make_job, require_tool, worker_env, write_job
+
+pytestmark = pytest.mark.integration
 
 PRECIOUS = b"precious root-owned content\n"
 

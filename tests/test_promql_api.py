@@ -11,7 +11,7 @@ from conftest import make_job, require_tool, wait_for
 from metricskit import get, start_and_find_port, stop
 from test_contrib import concrete, dashboard, dashboard_targets
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 WORKER, GATEWAY = "promql-api-w1", "promql-api-gw"
 

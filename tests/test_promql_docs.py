@@ -12,7 +12,7 @@ from conftest import ROOT, cli, make_job, require_tool, start_worker, wait_for, 
 from metricskit import get, start_and_find_port, stop, worker_url
 from test_contrib import concrete, dashboard, dashboard_targets
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 ENDED = ("completed", "failed", "timeout", "cancelled")
 

@@ -77,6 +77,7 @@ def _age(dirs):
     return f"{time.time() - dirs.mark:.3f}"
 
 
+@pytest.mark.integration
 def test_prune_removes_what_is_finished_and_old_and_nothing_else(layout):
     dirs = layout
     res = lambda name: os.path.join(dirs.results, name)  # noqa: E731
@@ -121,6 +122,7 @@ def test_prune_removes_what_is_finished_and_old_and_nothing_else(layout):
 
 
 
+@pytest.mark.integration
 def test_older_than_0s_removes_everything_finished_and_never_a_waiting_or_running_job(dirs):
     """``--older-than 0s``: everything finished so far goes, however young; a job a live worker
     is running and a job waiting in the queue (with a shutdown's result from an earlier run)
@@ -162,6 +164,7 @@ def _given_back_result(dirs, job_id):
             "recoverable": True, "retry_recommended": True}}, fh)
 
 
+@pytest.mark.integration
 def test_prune_refuses_bad_input_at_the_door(tmp_path, dirs):
     proc = cli("prune", "--older-than", "soon", "--jobs-dir", dirs.jobs, "--results-dir", dirs.results)
     assert proc.returncode == 2 and "expected a duration such as 30d" in proc.stderr

@@ -3,7 +3,10 @@
 import json
 import os
 
+import pytest
 from conftest import cli, make_job
+
+pytestmark = pytest.mark.integration
 
 
 def _dead_claim(dirs, worker, name, raw, started=True):

@@ -20,7 +20,7 @@ from faultkit import Worker, journal_job, plugin_env
 from metricskit import parse, scrape
 from redisfixture import require_redis_py, start_redis
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 GROUP = "guestkit-workers"
 

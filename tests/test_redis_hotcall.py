@@ -10,6 +10,8 @@ from redisfixture import require_redis_py
 
 from guestkit_worker.transports.redis import Keys, RedisTransport
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(autouse=True)
 def _redis_py():

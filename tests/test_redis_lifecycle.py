@@ -12,7 +12,7 @@ from faultkit import Worker, journal_job, plugin_env
 from redisfixture import free_port, require_redis_py, start_redis
 from test_redis_fleet import Fleet, final_results, group_info, health, metric, producer, read_runs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,8 @@ from conftest import cli, make_job, worker_env
 from redisfixture import require_redis_py, start_redis, stored_result, submit_and_run_once
 from test_door import _one_clean_line
 
+pytestmark = pytest.mark.integration
+
 SECRET = "tls-Pa55word"
 
 

@@ -73,6 +73,7 @@ def completed(t, d, data=None, key=None):
     return o
 
 
+@pytest.mark.integration
 def test_submit_never_creates_two_jobs_for_one_id(make, redis_server, pool):
     make()  # an open worker: the stream and its consumer group exist before the producers race
     doc = make_job("race-job-0001")
@@ -96,6 +97,7 @@ def test_submit_never_creates_two_jobs_for_one_id(make, redis_server, pool):
     assert redis_server.client().xlen(Keys(pool).jobs) == 1
 
 
+@pytest.mark.integration
 def test_fetch_takes_only_what_was_asked_and_commit_stores_acks_and_deletes(make, redis_server, pool):
     t = make(result_ttl=3600)
     for i in range(5):
@@ -126,6 +128,7 @@ def test_fetch_takes_only_what_was_asked_and_commit_stores_acks_and_deletes(make
     assert t.metrics.counts["oldest"] == 0
 
 
+@pytest.mark.integration
 def test_poison_entries_go_to_the_dead_letters(make, redis_server, pool):
     t = make(max_job_bytes=1000)
     k = Keys(pool)
@@ -154,6 +157,7 @@ def test_poison_entries_go_to_the_dead_letters(make, redis_server, pool):
     assert t.fetch(10, 0.1) == []
 
 
+@pytest.mark.integration
 def test_poison_taken_over_from_a_dead_worker_goes_straight_to_the_dead_letters(make, redis_server, pool):
     a = make("worker-a", lease_seconds=1)
     b = make("worker-b", lease_seconds=1)
@@ -164,6 +168,7 @@ def test_poison_taken_over_from_a_dead_worker_goes_straight_to_the_dead_letters(
     assert redis_server.client().xpending(Keys(pool).jobs, GROUP)["pending"] == 0
 
 
+@pytest.mark.integration
 def test_a_plain_xadd_of_a_known_job_id_is_a_dead_lettered_duplicate(make, redis_server, pool):
     t = make()
     k = Keys(pool)
@@ -177,6 +182,7 @@ def test_a_plain_xadd_of_a_known_job_id_is_a_dead_lettered_duplicate(make, redis
     assert t.metrics.counts[("dead", "duplicate_job_id")] == 1
 
 
+@pytest.mark.integration
 def test_a_lost_lease_fences_renewal_and_outcome(make, redis_server, pool):
     a = make("worker-a", lease_seconds=1)
     b = make("worker-b", lease_seconds=1)
@@ -199,6 +205,7 @@ def test_a_lost_lease_fences_renewal_and_outcome(make, redis_server, pool):
     assert redis_server.client().xpending(Keys(pool).jobs, GROUP)["pending"] == 0
 
 
+@pytest.mark.integration
 def test_renewed_lease_is_never_taken_over(make, pool):
     a = make("worker-a", lease_seconds=1)
     b = make("worker-b", lease_seconds=1)
@@ -214,6 +221,7 @@ def test_renewed_lease_is_never_taken_over(make, pool):
     assert a.get_result("long-job-0001")["worker_id"] == "worker-a"
 
 
+@pytest.mark.integration
 def test_retry_requeues_the_rewritten_document_atomically(make, redis_server, pool):
     t = make()
     doc = make_job("retry-job-0001", execution={"max_attempts": 3})
@@ -229,6 +237,7 @@ def test_retry_requeues_the_rewritten_document_atomically(make, redis_server, po
     assert redis_server.client().xlen(Keys(pool).jobs) == 1
 
 
+@pytest.mark.integration
 def test_entries_delivered_too_often_are_dead_lettered(make, redis_server, pool):
     a = make("worker-a", lease_seconds=1, max_deliveries=2)
     b = make("worker-b", lease_seconds=1, max_deliveries=2)
@@ -247,6 +256,7 @@ def test_entries_delivered_too_often_are_dead_lettered(make, redis_server, pool)
     assert st.status == "failed" and st.error["code"] == "DEAD_LETTERED"
 
 
+@pytest.mark.integration
 def test_a_worker_id_in_use_by_a_live_worker_is_refused(make, redis_url, pool):
     make("twin-id", lease_seconds=1)
     twin = RedisTransport(redis_url, "twin-id", pool=pool, lease_seconds=1)
@@ -266,6 +276,7 @@ def test_a_worker_id_in_use_by_a_live_worker_is_refused(make, redis_url, pool):
         live.join(10)
 
 
+@pytest.mark.integration
 def test_a_restarted_worker_first_takes_back_its_own_entries(make, redis_url, pool):
     old = make("fixed-id")
     old.submit(make_job("own-job-00001"))
@@ -290,6 +301,7 @@ def test_a_restarted_worker_first_takes_back_its_own_entries(make, redis_url, po
         new.close()
 
 
+@pytest.mark.integration
 def test_idempotency_keys_reserve_complete_and_release(make):
     t = make()
     for i in (1, 2):
@@ -310,6 +322,7 @@ def test_idempotency_keys_reserve_complete_and_release(make):
     assert t.reserve_idempotency_key("key-2", "idem-job-0001").won
 
 
+@pytest.mark.integration
 def test_a_reservation_of_a_dead_worker_is_taken_over_a_lease_later(make, redis_server, pool):
     a = make("worker-a", lease_seconds=1)
     b = make("worker-b", lease_seconds=1)
@@ -321,6 +334,7 @@ def test_a_reservation_of_a_dead_worker_is_taken_over_a_lease_later(make, redis_
     assert redis_server.client().hget(Keys(pool).idem("key-x"), "job_id") == b"second-job-001"
 
 
+@pytest.mark.integration
 def test_cancel_status_and_list(make, redis_server, pool):
     t = make()
     t.submit(make_job("cancel-wait-01"))
@@ -344,6 +358,7 @@ def test_cancel_status_and_list(make, redis_server, pool):
     assert t.job_status("cancel-wait-01").status == "cancelled"
 
 
+@pytest.mark.integration
 def test_list_jobs_pages_newest_first_and_filters(make):
     t = make()
     ids = [f"list-job-{i:04d}" for i in range(25)]
@@ -364,6 +379,7 @@ def test_list_jobs_pages_newest_first_and_filters(make):
     assert t.list_jobs(status="completed").jobs == []
 
 
+@pytest.mark.integration
 def test_maintain_drops_expired_jobs_from_the_index_and_consumers_long_gone(make, redis_server, pool):
     t = make("maint-w1", result_ttl=1)
     gone = make("maint-gone")
@@ -386,6 +402,7 @@ def test_maintain_drops_expired_jobs_from_the_index_and_consumers_long_gone(make
     assert gone.fetch(1, 0.1) == []  # a live worker whose consumer was removed just reads on
 
 
+@pytest.mark.integration
 def test_progress_events(make):
     t = make()
     t.append_progress("prog-job-0001", {"step": 1})
@@ -394,6 +411,7 @@ def test_progress_events(make):
     assert t.read_progress("prog-job-0001", after=1) == [{"step": 2}]
 
 
+@pytest.mark.integration
 def test_redis_down_then_restarted_loses_nothing(tmp_path, pool):
     server = start_redis(tmp_path / "redis")
     try:
@@ -434,6 +452,7 @@ def test_redis_down_then_restarted_loses_nothing(tmp_path, pool):
         server.stop()
 
 
+@pytest.mark.integration
 def test_an_entry_dropped_after_a_failed_give_back_is_reclaimed_by_its_own_live_worker(tmp_path, pool):
     """The fleet's Redis-restart case, step by step: a job thread cannot give its entry back
     (Redis away), so the worker drops it from its hold.  After the restart the
@@ -472,6 +491,7 @@ def test_an_entry_dropped_after_a_failed_give_back_is_reclaimed_by_its_own_live_
         server.stop()
 
 
+@pytest.mark.integration
 def test_a_job_rejected_without_a_result_goes_back_to_the_queue(make, redis_server, pool):
     """What the worker does with a delivery of a job id it is running already: rejected with
     no result.  On Redis that entry is queued again (the job is not lost), its state untouched."""
@@ -487,6 +507,7 @@ def test_a_job_rejected_without_a_result_goes_back_to_the_queue(make, redis_serv
     assert d2.job_id == "twice-here-001" and d2.name != d.name
 
 
+@pytest.mark.integration
 def test_a_start_after_the_lease_was_lost_stops_the_run(make):
     a = make("worker-a", lease_seconds=1)
     b = make("worker-b", lease_seconds=1)
@@ -498,6 +519,7 @@ def test_a_start_after_the_lease_was_lost_stops_the_run(make):
     assert a.job_status("late-start-001").worker_id == "worker-b"
 
 
+@pytest.mark.integration
 def test_a_commit_whose_reply_was_lost_is_recognised_when_tried_again(make):
     t = make()
     t.submit(make_job("lost-reply-001"))
@@ -511,6 +533,7 @@ def test_a_commit_whose_reply_was_lost_is_recognised_when_tried_again(make):
     assert again.error is None and t.metrics.counts.get("lease_lost") is None
 
 
+@pytest.mark.integration
 def test_open_waits_for_a_redis_that_is_not_up_yet(tmp_path, pool):
     server = RedisServer(tmp_path / "redis")  # its port chosen, not started
     t = RedisTransport(server.url, "early-bird", pool=pool)
@@ -528,6 +551,7 @@ def test_open_waits_for_a_redis_that_is_not_up_yet(tmp_path, pool):
         server.stop()
 
 
+@pytest.mark.integration
 def test_password_from_file_or_url_never_shown(tmp_path, pool):
     secret = "s3cret-Pa55"
     server = start_redis(tmp_path / "redis", extra_args=["--requirepass", secret])
@@ -557,6 +581,7 @@ def test_password_from_file_or_url_never_shown(tmp_path, pool):
         server.stop()
 
 
+@pytest.mark.integration
 def test_without_the_redis_package_a_clear_error_names_the_extra():
     code = ("import sys; sys.modules['redis'] = None\n"
             "from guestkit_worker.transports.redis import RedisTransport\n"
@@ -589,6 +614,7 @@ def _script_calls(r):
     return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("script|exists", "evalsha")}
 
 
+@pytest.mark.integration
 def test_batched_scripts_skip_script_exists_and_survive_a_flushed_script_cache(make, redis_server, pool):
     """Admit and commit go as plain EVALSHA in one pipeline: no SCRIPT EXISTS round trip before
     them; after SCRIPT FLUSH (a restarted server) the NOSCRIPT calls are made again, nothing lost."""
@@ -623,6 +649,7 @@ def test_batched_scripts_skip_script_exists_and_survive_a_flushed_script_cache(m
     assert "error" not in str(t.metrics.counts)
 
 
+@pytest.mark.integration
 def test_admit_says_whether_a_result_is_stored_under_the_job_id(make, redis_server, pool):
     """The admit script tells the worker, in the same step, that no result is stored yet (the
     worker then skips its own look); a job given back with a shutdown's result stored is
@@ -649,6 +676,7 @@ def test_admit_says_whether_a_result_is_stored_under_the_job_id(make, redis_serv
     assert d3.started is True and t.job_status("result-look-001").status == "running"
 
 
+@pytest.mark.integration
 def test_take_reads_admits_and_starts_in_one_step_and_admits_foreign_entries_fully(make, redis_server, pool):
     """fetch(): the take script starts an entry its job hash names (the job_id field written by
     submit is only a hint); an entry XADDed by another producer, or one whose job_id field
@@ -711,6 +739,7 @@ class NotRedis:
         self.thread.join(10)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("reply", [
     b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     b"\x00\x9c\xfe\x13 not a protocol anyone speaks \xff\r\n"],
@@ -741,6 +770,7 @@ def test_a_redis_url_on_a_port_that_is_not_redis_is_one_line_naming_it(tmp_path,
         server.close()
 
 
+@pytest.mark.integration
 def test_submit_queues_the_document_as_read_never_a_larger_form(redis_server, pool, tmp_path):
     """submit over Redis queues the job file's own bytes: a compact document of about 1 MB is
     not re-encoded with ', ' and ': ' (1.25 MB, over --max-job-size, dead-lettered unread)."""
@@ -759,6 +789,7 @@ def test_submit_queues_the_document_as_read_never_a_larger_form(redis_server, po
     assert redis_server.client().xlen(Keys(pool).dead) == 0
 
 
+@pytest.mark.integration
 def test_a_rejected_entry_never_overwrites_the_result_of_its_job_id(redis_server, pool, tmp_path):
     """An invalid document (an unknown top-level field) XADDed with the id of a job that has a
     result: dead-lettered duplicate_job_id when delivered; the stored result stays, byte for byte."""

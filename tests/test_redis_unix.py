@@ -10,6 +10,8 @@ import pytest
 from conftest import cli, make_job
 from redisfixture import require_redis_py, start_redis, stored_result, submit_and_run_once
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def unix_server(tmp_path_factory):

@@ -11,7 +11,7 @@ import pytest
 from apikit import Pki, call, served  # noqa: F401 (fixture)
 from conftest import require_tool, wait_for
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 def replace(path, text):

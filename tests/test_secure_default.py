@@ -4,7 +4,10 @@ producer cannot copy or fingerprint files the worker can read."""
 import hashlib
 import os
 
+import pytest
 from conftest import cli, make_job, require_tool, worker_env, write_job
+
+pytestmark = pytest.mark.integration
 
 SECRET = "/etc/shadow"
 

@@ -12,6 +12,8 @@ from conftest import cli, make_job, start_worker, wait_for, worker_env, write_jo
 
 from guestkit_worker.transports.files import FileTransport
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.mark.parametrize("workers", [2, 4])
 def test_workers_sharing_a_jobs_dir_never_run_one_idempotency_key_twice(dirs, workers):

@@ -14,7 +14,7 @@ from conftest import make_job, wait_for, write_job
 from faultkit import Worker, archived, total, waiting
 from metricskit import get, parse
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
 N = 20_000
 WARM_UP = 2_000

@@ -4,7 +4,10 @@
 import subprocess
 import sys
 
+import pytest
 from conftest import worker_env
+
+pytestmark = pytest.mark.integration
 
 #: modules of other commands or of options not given (the REST API, the HTTP client of the
 #: client commands, the Redis transport); none is needed to build the parser

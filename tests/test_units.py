@@ -50,6 +50,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert target.read_text() == "first\n" and sorted(os.listdir(tmp_path)) == ["full", "r.json"]
 
 
+@pytest.mark.integration
 def test_kill_tree_reaches_children_in_other_process_groups():
     # a child that starts a grandchild in its own session (as qemu under libguestfs), both ignoring SIGTERM
     code = ("import os, signal, subprocess, sys, time\n"

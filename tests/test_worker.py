@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import cli, make_job, start_worker, wait_for, write_job
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 def pid_alive(pid):

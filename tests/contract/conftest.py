@@ -43,7 +43,12 @@ for _path in sorted(glob.glob(os.path.join(HERE, "factory_*.py"))):
     FACTORIES[_mod.NAME] = _mod
 
 
-@pytest.fixture(params=sorted(FACTORIES))
+#: a factory whose transport needs a process (INTEGRATION = True) marks its tests integration
+PARAMS = [pytest.param(name, marks=[pytest.mark.integration] if getattr(mod, "INTEGRATION", False) else [])
+          for name, mod in sorted(FACTORIES.items())]
+
+
+@pytest.fixture(params=PARAMS)
 def transport_factory(request, tmp_path):
     factory = FACTORIES[request.param].make_factory(request, tmp_path)
     opened = []

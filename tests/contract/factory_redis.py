@@ -7,6 +7,8 @@ import uuid
 from redisfixture import require_redis_py
 
 NAME = "redis"
+#: its tests carry the integration marker (the session's redis-server is a process)
+INTEGRATION = True
 
 
 class RedisFactory:

@@ -13,6 +13,8 @@ from guestkit_worker.handlers import default_registry
 from guestkit_worker.runtime.config import WorkerConfig
 from guestkit_worker.runtime.worker import Worker
 
+pytestmark = pytest.mark.integration
+
 JOBS = "/api/v1/jobs"
 
 
