@@ -86,6 +86,14 @@ def test_field_errors_name_field_and_reason(change, message):
     assert error_of(doc).startswith(message)
 
 
+@pytest.mark.parametrize("field", ["version", "job_id", "created_at", "kind", "operation", "payload"])
+def test_a_missing_required_field_is_named(field):
+    # version and kind were accepted when missing (the quick pass for valid documents skipped
+    # the check of an absent required field, and nothing afterwards needed its value)
+    doc = {k: v for k, v in make_job("missing-0001").items() if k != field}
+    assert error_of(doc) == f"{field}: required field is missing"
+
+
 @pytest.mark.parametrize("job_id, reason", [
     ("short", "must be at least 8 characters, got 5"),
     ("../../etc/passwd", "may only contain letters, digits"),

@@ -290,6 +290,9 @@ def validate_document(doc):
 def _validate_valid(doc):
     """The checks of the full pass, in the same order, stopping at the first problem
     (KeyError for a missing field): the quick way through for valid documents."""
+    for key in REQUIRED_FIELDS:  # even those whose value the Job does not keep (version, kind)
+        if key not in doc:
+            raise KeyError(key)
     return _job(doc, {key: run(doc) for key, run in _FIELD_CHECKS
                       if key in doc or key not in _SKIP_WHEN_ABSENT})
 
