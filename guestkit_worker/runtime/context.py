@@ -24,15 +24,17 @@ class HandlerContext:
     """
 
     def __init__(self, job, *, worker_id, work_dir, metrics, progress_path=None, progress_sink=None,
-                 deadline=None, allowed_paths=None, protected_paths=(), children=None):
+                 deadline=None, allowed_paths=None, protected_paths=(), children=None, clock=None):
         self.job = job
+        if clock is not None:  # the clock of ``deadline`` (default time.monotonic, see _clock)
+            self._clock = clock
         self.job_id = job.job_id
         self.worker_id = worker_id
         self.work_dir = str(work_dir)
         self._cancel_event = None  # created when a handler first asks for it
         self._cancelled = False
         self.cancel_reason = None
-        self.deadline = deadline  # time.monotonic() value, or None
+        self.deadline = deadline  # a value of the context's clock (time.monotonic()), or None
         self.allowed_paths = allowed_paths  # None: everything allowed
         self.protected_paths = tuple(protected_paths)
         self._metrics = metrics
@@ -83,7 +85,7 @@ class HandlerContext:
 
     def remaining(self):
         """Seconds left before the job's timeout, or None when it has none."""
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        return None if self.deadline is None else max(0.0, self.deadline - self._clock())
 
     # -- progress -----------------------------------------------------------------------
     def progress(self, phase, percent=None, message=""):
@@ -109,6 +111,7 @@ class HandlerContext:
 
     #: progress inside a phase is logged at INFO at most every this many percent and seconds
     PROGRESS_LOG_PERCENT, PROGRESS_LOG_SECONDS = 10.0, 30.0
+    #: monotonic seconds: deadlines and the progress log's pace (a constructor argument replaces it)
     _clock = staticmethod(time.monotonic)
     _logged = (None, None, 0.0)  # phase, percent and time of the last progress logged at INFO
 

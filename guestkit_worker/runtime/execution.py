@@ -34,14 +34,20 @@ _REQUEUED = ("shutdown", "cancelled")
 
 class Executor(Intake):
     """Runs deliveries in job threads (:meth:`process`), stops runs (:meth:`stop`,
-    :meth:`cancel_now`, :meth:`abandon`) and hands their outcomes to ``store``."""
+    :meth:`cancel_now`, :meth:`abandon`) and hands their outcomes to ``store``.
+
+    clock: monotonic seconds for job deadlines, stop times and the wait for a busy idempotency
+    key; the watchdog compares deadlines and stop times with its own clock, so both get the same
+    one (default time.monotonic; tests inject one to move time without sleeping)."""
 
     def __init__(self, cfg: Any, transport: Any, handlers: Any, metrics: Any, table: RunTable,
                  store: Callable[[Run, Outcome], None], *, work_dir: str, stopping: Callable[[], bool],
-                 on_start: Callable[[float], None], on_backoff: Callable[[], None]) -> None:
+                 on_start: Callable[[float], None], on_backoff: Callable[[], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg, self.transport, self.handlers, self.metrics = cfg, transport, handlers, metrics
         self.table, self.store, self.work_dir = table, store, work_dir
         self.stopping, self.on_start, self.on_backoff = stopping, on_start, on_backoff
+        self.clock = clock
         self.children: Any = None  # orphans.ChildRegistry, set when the worker opens
 
     # -- one delivery -------------------------------------------------------------------
@@ -66,10 +72,11 @@ class Executor(Intake):
     def _execute(self, run: Run) -> None:
         job, handler, cfg = run.job, run.handler, self.cfg
         timeout = cfg.timeout_of(job)
-        ctx = run.ctx = HandlerContext(job, worker_id=cfg.worker_id, work_dir=self.work_dir, metrics=self.metrics,
-                                       progress_sink=self.transport.append_progress,
-                                       deadline=time.monotonic() + timeout, allowed_paths=cfg.allow_paths,
-                                       protected_paths=self.transport.protected_paths, children=self.children)
+        ctx = run.ctx = HandlerContext(job, worker_id=cfg.worker_id, work_dir=self.work_dir,
+                                       metrics=self.metrics, progress_sink=self.transport.append_progress,
+                                       deadline=self.clock() + timeout, allowed_paths=cfg.allow_paths,
+                                       protected_paths=self.transport.protected_paths, children=self.children,
+                                       clock=self.clock)
         if run.stop_reason is not None:
             ctx.cancel(run.stop_reason)
         try:
@@ -118,9 +125,9 @@ class Executor(Intake):
             self.metrics.handler_returned(handler.name, hstatus, duration)
             self.table.remove(run)
         if not run.finalize():
-            log.warning("job %s: handler returned %.1fs after it was stopped; its outcome was already written "
-                        "and this late outcome (%s) is discarded", job.job_id,
-                        time.monotonic() - (run.stop_at or run.started_mono), outcome[0])
+            log.warning("job %s: handler returned %.1fs after it was stopped; its outcome was already "
+                        "written and this late outcome (%s) is discarded", job.job_id,
+                        self.clock() - run.stop_at if run.stop_at is not None else duration, outcome[0])
             return
         status, res, err = outcome
         self.conclude(run, status, res, err)
@@ -131,7 +138,7 @@ class Executor(Intake):
         with run.lock:
             if run.stop_at is not None or run.finalized:
                 return
-            run.stop_reason, run.stop_at = reason, time.monotonic()
+            run.stop_reason, run.stop_at = reason, self.clock()
             if run.ctx is None:  # not started yet: _execute cancels it as soon as it has a context
                 return
         if reason == "timeout":

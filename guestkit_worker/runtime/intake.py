@@ -30,7 +30,7 @@ KEY_BUSY_RECHECK_SECONDS = 0.2
 
 class Intake:
     """The intake steps of :class:`~guestkit_worker.runtime.execution.Executor`, which provides the
-    configuration, transport, run table and the outcome path (``_hand_over``, ``_result``,
+    configuration, transport, run table, clock and the outcome path (``_hand_over``, ``_result``,
     ``give_back``)."""
 
     def _admit(self, run: Run) -> bool:
@@ -127,7 +127,7 @@ class Intake:
         """Hold the job's idempotency key before it runs; False when it was disposed of (a
         duplicate of a completed job, or given back at shutdown)."""
         job = run.job
-        end = time.monotonic() + self.cfg.timeout_of(job)
+        end = self.clock() + self.cfg.timeout_of(job)
         while True:
             r = self.transport.reserve_idempotency_key(job.idempotency_key, job.job_id)
             if r.won:
@@ -136,7 +136,7 @@ class Intake:
             if r.state == "completed":
                 self._duplicate(run, r)
                 return False
-            if self.stopping() or time.monotonic() > end:  # another worker runs it: try again later
+            if self.stopping() or self.clock() > end:  # another worker runs it: try again later
                 self.transport.release(run.delivery)
                 return False
             time.sleep(KEY_BUSY_RECHECK_SECONDS)
