@@ -34,7 +34,8 @@ Callback = Callable[[Any, Any], None]
 class Committer:
     def __init__(self, commit: Callable[[Sequence[Any]], None], on_stored: Callback, on_failed: Callback, *,
                  backlog: int, on_error: Callback | None = None, on_idle: Callable[[], None] | None = None,
-                 retry_delays: Sequence[float] = RETRY_DELAYS, clock: Callable[[], float] = time.monotonic) -> None:
+                 retry_delays: Sequence[float] = RETRY_DELAYS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._commit = commit
         self._on_stored, self._on_failed, self._on_idle = on_stored, on_failed, on_idle
         self._on_error = on_error or (lambda run, o: None)

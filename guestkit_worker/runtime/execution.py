@@ -26,8 +26,8 @@ from .runs import Run, RunTable
 log = logging.getLogger(__name__)
 
 #: what a stop reason makes of the run: its result status
-_STOP_STATUS = {"timeout": "timeout", "shutdown": "cancelled", "cancelled": "cancelled", "requested": "cancelled",
-                "lease_lost": None}
+_STOP_STATUS = {"timeout": "timeout", "shutdown": "cancelled", "cancelled": "cancelled",
+                "requested": "cancelled", "lease_lost": None}
 #: stop reasons after which the job goes back to the queue (its result says cancelled meanwhile)
 _REQUEUED = ("shutdown", "cancelled")
 
@@ -88,7 +88,8 @@ class Executor(Intake):
             try:
                 self.transport.release(run.delivery)
             except (TransportUnavailable, OSError) as again:
-                log.warning("job %s: cannot give it back either (%s); recovery takes it over", job.job_id, again)
+                log.warning("job %s: cannot give it back either (%s); recovery takes it over",
+                            job.job_id, again)
             run.to(JobState.PENDING)
             self.on_backoff()
             return
@@ -121,7 +122,8 @@ class Executor(Intake):
             except Exception:
                 log.exception("job %s: cleanup of %s failed", job.job_id, handler.name)
             duration = time.monotonic() - run.started_mono
-            hstatus = {"completed": "success", "timeout": "timeout"}.get(outcome[0] if outcome else "", "error")
+            hstatus = {"completed": "success", "timeout": "timeout"}.get(outcome[0] if outcome else "",
+                                                                          "error")
             self.metrics.handler_returned(handler.name, hstatus, duration)
             self.table.remove(run)
         if not run.finalize():
@@ -146,7 +148,8 @@ class Executor(Intake):
                         self.cfg.timeout_of(run.job))
         else:
             log.warning("job %s: stopping it (%s)", run.job_id, reason)
-        threading.Thread(target=run.ctx.cancel, args=(reason,), name=f"kill-{run.job_id}", daemon=True).start()
+        threading.Thread(target=run.ctx.cancel, args=(reason,), name=f"kill-{run.job_id}",
+                         daemon=True).start()
 
     def cancel_now(self, runs: list) -> int:
         """Stop these runs at once (a second signal): processes SIGKILLed, ``cancelled`` results
@@ -182,7 +185,8 @@ class Executor(Intake):
         if status in _STOP_STATUS:
             reason_of_stop, status = status, _STOP_STATUS[status]
             if status is None:  # the lease went to another worker: that worker owns the job now
-                log.warning("job %s: lease lost; outcome dropped, the job belongs to another worker", job.job_id)
+                log.warning("job %s: lease lost; outcome dropped, the job belongs to another worker",
+                            job.job_id)
                 return
         outcome = None
         if status == "completed":
@@ -202,7 +206,8 @@ class Executor(Intake):
             error = docs.execution_error(status, err, timeout=self.cfg.timeout_of(job),
                                          on_request=reason_of_stop == "requested")
             result = self._result(run, status, error=error)
-            run.to({"failed": JobState.FAILED, "timeout": JobState.TIMEOUT, "cancelled": JobState.CANCELLED}[status])
+            run.to({"failed": JobState.FAILED, "timeout": JobState.TIMEOUT,
+                    "cancelled": JobState.CANCELLED}[status])
             requeue = reason_of_stop in _REQUEUED
             reason = None if requeue else docs.reason_document(run.delivery.name, job.job_id, status,
                                                                self.cfg.worker_id, error)
@@ -268,15 +273,16 @@ class Executor(Intake):
 
     def store_error(self, run: Run, outcome: Outcome) -> None:
         """One failed try to store an outcome: counted, and no new job is taken for a while."""
-        log.error("job %s: cannot store the outcome (%s); trying again after a pause, without running it again",
-                  run.job_id, outcome.error)
+        log.error("job %s: cannot store the outcome (%s); trying again after a pause, without running it "
+                  "again", run.job_id, outcome.error)
         self.metrics.result_write_failed()
         self.on_backoff()
 
     def store_failed(self, run: Run, outcome: Outcome) -> None:
         """The outcome could not be stored after all its tries: the job goes back to the queue
         (it runs again later; nothing is lost)."""
-        log.error("job %s: giving up storing the outcome (%s); job returned to the queue", run.job_id, outcome.error)
+        log.error("job %s: giving up storing the outcome (%s); job returned to the queue", run.job_id,
+                  outcome.error)
         self.table.count("unstored")  # a one-shot run that leaves a job undone does not exit 0
         self._release_key(run)
         self.give_back(run)

@@ -62,7 +62,8 @@ class Intake:
             return False
         try:
             if not self._hold_job_id(d):  # another worker runs this id: it runs after that one
-                log.info("job %s: already running in another worker; %s returned to the queue", job.job_id, d.name)
+                log.info("job %s: already running in another worker; %s returned to the queue", job.job_id,
+                         d.name)
                 self.table.remove(run)
                 self.give_back(run)
                 return False
@@ -110,16 +111,19 @@ class Intake:
         summary = earlier.get("execution_summary")
         attempt = summary.get("attempt") if isinstance(summary, dict) else None
         status, error = earlier.get("status"), earlier.get("error")
-        if earlier.get("worker_id") == self.cfg.worker_id and attempt == job.attempt and status in docs.RESULT_STATUSES:
+        mine = earlier.get("worker_id") == self.cfg.worker_id and attempt == job.attempt
+        if mine and status in docs.RESULT_STATUSES:
             log.info("job %s: its outcome (%s) was stored before; archiving it", job.job_id, status)
-            reason = None if status == "completed" else docs.reason_document(run.delivery.name, job.job_id, status,
-                                                                             self.cfg.worker_id, error)
+            completed = status == "completed"
+            reason = None if completed else docs.reason_document(run.delivery.name, job.job_id, status,
+                                                                 self.cfg.worker_id, error)
             self._hand_over(run, Outcome(run.delivery, status, result=earlier, staged=True, reason=reason,
-                                         failed=status != "completed",
-                                         idempotency_key=job.idempotency_key if status == "completed" else None))
+                                         failed=not completed,
+                                         idempotency_key=job.idempotency_key if completed else None))
             return True
-        err = JobValidationError("job_id", f"job id {job.job_id} already has a result ({status}, attempt {attempt}); "
-                                 "a job id is never reused, so this job was not run", code="DUPLICATE_JOB_ID")
+        err = JobValidationError("job_id", f"job id {job.job_id} already has a result ({status}, attempt "
+                                 f"{attempt}); a job id is never reused, so this job was not run",
+                                 code="DUPLICATE_JOB_ID")
         self.reject(run, err, doc, write_result=False)
         return True
 

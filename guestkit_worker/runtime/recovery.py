@@ -52,7 +52,7 @@ class Recovery:
             outcome = Outcome(delivery, "failed", reason=reason, failed=True)
             self.transport.commit([outcome])
             if outcome.error is not None:
-                raise outcome.error
+                raise outcome.error from exc
 
     def _decide(self, delivery: Any, dead_worker: str) -> None:
         run = Run(delivery)
@@ -91,6 +91,5 @@ class Recovery:
         run.to(JobState.FAILED)
         result = docs.result_document(job_id=job.job_id, status="failed", worker_id=self.worker_id, job=job,
                                       started_at=run.started_at, error=error)
-        self.store(run, Outcome(delivery, "failed", result=result, failed=True,
-                                reason=docs.reason_document(delivery.name, job.job_id, "failed", self.worker_id,
-                                                            error)))
+        reason = docs.reason_document(delivery.name, job.job_id, "failed", self.worker_id, error)
+        self.store(run, Outcome(delivery, "failed", result=result, failed=True, reason=reason))

@@ -55,7 +55,8 @@ class RunTable:
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)  # a slot freed (notified only then: it wakes the consumer)
+        # a slot freed (notified only then: it wakes the consumer)
+        self.changed = threading.Condition(self.lock)
         self.running: dict = {}          # job_id -> Run whose handler runs
         self.in_hand = 0                 # deliveries handed to job threads and not done with
         self.not_started = 0             # of which not started yet (queue depth counts them)

@@ -74,7 +74,8 @@ class Worker:
         if hasattr(self.metrics, "track_queue_depth"):
             self.metrics.track_queue_depth(self.queue_depth)
         if hasattr(self.metrics, "track_health"):
-            self.metrics.track_health(lambda: {name: c["ok"] for name, c in self.health()[1]["checks"].items()})
+            self.metrics.track_health(lambda: {name: c["ok"]
+                                               for name, c in self.health()[1]["checks"].items()})
             self.metrics.track_running(self.table.running_starts)
         # the committer's callbacks go to the executor, which is built next (it hands outcomes over)
         self.committer = Committer(self.transport.commit, lambda r, o: self.executor.stored(r, o),
@@ -82,16 +83,20 @@ class Worker:
                                    on_error=lambda r, o: self.executor.store_error(r, o),
                                    backlog=COMMIT_BACKLOG_PER_THREAD * cfg.max_concurrent,
                                    on_idle=self._outcomes_stored)
-        self.executor = Executor(cfg, self.transport, self.handlers, self.metrics, self.table, self.committer.put,
-                                 work_dir=os.path.abspath(cfg.work_dir), stopping=self._stopping,
-                                 on_start=lambda deadline: self.watchdog.notify(deadline), on_backoff=self._back_off)
+        self.executor = Executor(cfg, self.transport, self.handlers, self.metrics, self.table,
+                                 self.committer.put, work_dir=os.path.abspath(cfg.work_dir),
+                                 stopping=self._stopping,
+                                 on_start=lambda deadline: self.watchdog.notify(deadline),
+                                 on_backoff=self._back_off)
         self.recovery = Recovery(self.transport, self.committer.put, worker_id=cfg.worker_id,
                                  max_job_bytes=cfg.max_job_bytes, label=self.metrics.label_operation)
         self.watchdog = Watchdog(self.table.runs, self.executor.stop, self.executor.abandon)
         lease = getattr(self.transport, "lease_seconds", None)
-        self.leases = LeaseKeeper(self.transport, self.table.runs, self.executor.stop, lease) if lease else None
+        self.leases = (LeaseKeeper(self.transport, self.table.runs, self.executor.stop, lease)
+                       if lease else None)
         # leased deliveries (Redis) are taken over a lease after their worker died: look as often
-        self._recovery_interval = min(RECOVERY_INTERVAL_SECONDS, lease / 2) if lease else RECOVERY_INTERVAL_SECONDS
+        self._recovery_interval = (min(RECOVERY_INTERVAL_SECONDS, lease / 2) if lease
+                                   else RECOVERY_INTERVAL_SECONDS)
         self._stop = threading.Event()         # stop fetching and taking new jobs
         self._wake = threading.Event()         # wake the main loop early
         self._drained = threading.Event()      # --once: nothing left to fetch or finish
@@ -105,8 +110,9 @@ class Worker:
         self._last = {"recovery": 0.0, "sweep": 0.0, "cancel": 0.0, "depth": 0.0}
         self._sweeper: threading.Thread | None = None
         self.hard_stop = False                 # set by a second signal
-        #: the exit status the worker must end with whatever its jobs did (its worker id taken)
-        self.fatal_cause: str | None = None  #: why the worker stopped on its own (the CLI maps it to an exit status)
+        #: why the worker stopped on its own, whatever its jobs did (worker_id_taken: its worker id
+        #: taken); the CLI maps it to an exit status
+        self.fatal_cause: str | None = None
         self.stuck_threads = 0
 
     # -- public -------------------------------------------------------------------------
@@ -148,7 +154,8 @@ class Worker:
         os.makedirs(self.cfg.work_dir, exist_ok=True)
         self.transport.open()
         # processes left by workers that were killed (their children's children) go first
-        self.executor.children = ChildRegistry(os.path.join(self.executor.work_dir, ".children"), self.cfg.worker_id)
+        self.executor.children = ChildRegistry(os.path.join(self.executor.work_dir, ".children"),
+                                               self.cfg.worker_id)
         self.executor.children.reap_dead_workers()
         # handlers check a job's paths against --allow-path while validating it: a refused
         # path rejects the job before anything looks at the file system
@@ -329,7 +336,8 @@ class Worker:
             return
         runs = [r for r in self.table.runs() if not r.finalized and r.ctx is not None]
         if runs:
-            log.warning("stopping: cancelling %d job(s) still running after %ss", len(runs), cfg.shutdown_timeout)
+            log.warning("stopping: cancelling %d job(s) still running after %ss", len(runs),
+                        cfg.shutdown_timeout)
             for run in runs:
                 self.executor.stop(run, "shutdown")
             self._wait(lambda: not self._busy(), time.monotonic() + ABANDON_GRACE_SECONDS)
@@ -360,18 +368,22 @@ class Worker:
     # -- health -------------------------------------------------------------------------
     def health(self) -> tuple:
         """(healthy, body) for /health."""
-        disk = check_disk_space({**self.transport.local_dirs, "work": self.cfg.work_dir}, self.cfg.min_free_space)
-        checks = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in {**self.transport.health(), "disk_space": disk}.items()}
+        disk = check_disk_space({**self.transport.local_dirs, "work": self.cfg.work_dir},
+                                self.cfg.min_free_space)
+        found = {**self.transport.health(), "disk_space": disk}
+        checks = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in found.items()}
         age = time.monotonic() - self._heartbeat
         limit = max(5.0, 3 * self.cfg.poll_interval)
-        checks["main_loop"] = {"ok": age < limit, "detail": f"last heartbeat {age:.1f}s ago (limit {limit:.0f}s)"}
+        checks["main_loop"] = {"ok": age < limit,
+                               "detail": f"last heartbeat {age:.1f}s ago (limit {limit:.0f}s)"}
         threads = {"committer": self.committer.alive(), "watchdog": self.watchdog.alive(),
                    "consumer": self._consumer is None or self._consumer.is_alive() or self._stopping()
                    or self._drained.is_set()}
         if self.leases is not None:
             threads["lease_keeper"] = self.leases.alive()
         dead = sorted(name for name, ok in threads.items() if not ok)
-        checks["threads"] = {"ok": not dead, "detail": f"stopped: {', '.join(dead)}" if dead else "all running"}
+        checks["threads"] = {"ok": not dead,
+                             "detail": f"stopped: {', '.join(dead)}" if dead else "all running"}
         healthy = all(c["ok"] for c in checks.values())
         body = {"status": "healthy" if healthy else "unhealthy", "worker_id": self.cfg.worker_id,
                 "pool": self.cfg.pool, "version": __version__,
