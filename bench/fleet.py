@@ -61,7 +61,7 @@ def submit_jobs(url, n):
     import redis
 
     from guestkit_worker.transports.redis.keys import Keys
-    from guestkit_worker.transports.redis.queue import digest, job_facts, now_iso
+    from guestkit_worker.transports.redis.queue import digest, hash_facts, now_iso
     from guestkit_worker.transports.redis.scripts import load_scripts
     client = redis.Redis.from_url(url)
     k = Keys(POOL)
@@ -71,7 +71,7 @@ def submit_jobs(url, n):
         for i in range(n):
             doc = common.echo_job(f"bench-{i:06d}", i)
             s.submit(keys=[k.jobs, k.job(doc["job_id"]), k.index],
-                     args=[json.dumps(doc).encode(), doc["job_id"], digest(doc), *job_facts(doc), now_iso()],
+                     args=[json.dumps(doc).encode(), doc["job_id"], digest(doc), *hash_facts(doc), now_iso()],
                      client=pipe)
         replies = pipe.execute()
     finally:

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from guestkit_worker.job.outcomes import cancelled_before_start
 from guestkit_worker.transports.files import FileTransport
 
 
@@ -63,7 +64,7 @@ def test_foreign_names_are_remembered_within_a_bound(tmp_path, monkeypatch):
                 fh.write("{}")
         for d in t.fetch(8, 1.0):
             t.release(d, not_for_me=True)
-        assert len(t._foreign) == 5
+        assert len(t.queue.foreign) == 5
         # the three forgotten ones are offered again; the remembered ones are not
         assert sorted(d.name for d in t.fetch(8, 0.2)) == [f"foreign-{i}.json" for i in range(3)]
     finally:
@@ -101,10 +102,10 @@ def test_a_running_job_id_is_held_once_and_freed_when_its_holder_dies(tmp_path):
         fds = [n for n in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{n}") == lock_file]
         assert len(fds) == 2  # one per worker (b opened its own for its try), not one per held id
         for d in others:
-            a._drop_job_id(d)
-        a._drop_job_id(da)
+            a.job_ids.drop(d)
+        a.job_ids.drop(da)
         assert b.hold_job_id(db)
-        b._drop_job_id(db)
+        b.job_ids.drop(db)
         size = os.stat(b.layout.running_ids_path).st_size
         holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
@@ -255,7 +256,7 @@ def test_submit_status_and_cancel_never_list_the_jobs_dir(tmp_path, monkeypatch)
         assert t.job_status("new-job-0001").status == "pending"
         assert t.job_status("finished-0001").status == "completed"
         assert t.job_status("never-submitted") is None
-        assert t.cancel("never-submitted") == "not_found"
+        assert t.cancel("never-submitted", cancelled_before_start) == "not_found"
         monkeypatch.undo()
         assert not [p for p in listed if os.path.realpath(p) == os.path.realpath(t.layout.jobs_dir)], listed
     finally:
@@ -291,7 +292,7 @@ def test_a_job_given_back_under_an_alternate_name_is_found_by_id(tmp_path):
             d = other.fetch(1, 1.0)[0]
             if d.name == "reuse-a.json":
                 os.unlink(d.path)
-                other._unreserve(d.name)
+                other.names.discard(d.name)
             else:
                 other.release(d)
         st = t.job_status("reuse-a")
@@ -327,5 +328,44 @@ def test_submit_writes_what_a_worker_reads_or_refuses_it(tmp_path):
                                               r"limit of 4000 bytes \(--max-job-size\); it was not queued"):
             t.submit(big)
         assert _waiting(t.layout.jobs_dir) == ["size-as-sent.json", "size-one-line.json"]
+    finally:
+        t.close()
+
+
+def test_a_claim_whose_decision_raises_is_archived_with_the_reason_the_worker_built(tmp_path):
+    """Taking over a dead worker's job file, the decision raises: the file goes to failed/ with
+    the reason document the worker's ``unrecoverable`` returned, as it is (the transport builds
+    none of its own), and the takeover is reported to the observer."""
+    from guestkit_worker.job import outcomes
+    from guestkit_worker.transports.base import TransportObserver
+
+    class Seen(TransportObserver):
+        reclaimed = 0
+
+        def jobs_reclaimed(self, n=1):
+            self.reclaimed += n
+    dead = tmp_path / "jobs" / ".processing" / "files-dead"
+    dead.mkdir(parents=True)
+    (dead / "raise-decide-01.json.running").write_text(json.dumps(_echo_doc("raise-decide-01")))
+    seen = Seen()
+    t = FileTransport(str(tmp_path / "jobs"), str(tmp_path / "results"), "files-w1", max_job_bytes=1 << 20,
+                      durable=False, observer=seen)
+    t.open()
+    try:
+        built = []
+
+        def decide(delivery, worker):
+            raise RuntimeError("the decision failed")
+
+        def unrecoverable(delivery, worker, exc):
+            error = outcomes.error_document("RECOVERY_FAILED", f"{worker}: {exc}", phase="recovery")
+            built.append(outcomes.reason_document(delivery.name, "raise-decide-01", "failed", "files-w1",
+                                                  error))
+            return built[-1]
+        assert t.reclaim(decide, 10, unrecoverable=unrecoverable) == 1
+        with open(os.path.join(t.layout.failed_dir, "raise-decide-01.json.reason.json")) as fh:
+            assert json.load(fh) == built[0]
+        assert built[0]["error"]["message"] == "files-dead: the decision failed" and seen.reclaimed == 1
+        assert os.listdir(t.layout.processing) == [] and not dead.exists()
     finally:
         t.close()

@@ -270,7 +270,7 @@ def test_job_file_removed_between_listing_and_claiming(dirs):
     cfg = WorkerConfig(jobs_dir=dirs.jobs, results_dir=dirs.results, work_dir=dirs.work, worker_id="vanish-w",
                        max_concurrent=2, poll_interval=0.05, once=True, durable=False)
     worker = InProcessWorker(cfg, registry=CollectorRegistry())
-    real_claim = worker.transport._claim
+    real_claim = worker.transport.queue.claim
     gone = []
 
     def claim(name):
@@ -278,7 +278,7 @@ def test_job_file_removed_between_listing_and_claiming(dirs):
             os.unlink(os.path.join(dirs.jobs, name))  # removed after the listing, before the rename
             gone.append(name)
         return real_claim(name)
-    worker.transport._claim = claim
+    worker.transport.queue.claim = claim
     worker.open()
     assert worker.run() == 0
     assert sorted(gone) == [f"vanish-{i}.json" for i in range(3)]

@@ -49,3 +49,23 @@ def test_a_claim_whose_recovery_raises_goes_to_failed_and_the_rest_recover(dirs)
     assert dirs.result("zz-after-odd1")["status"] == "completed"
     with open(os.path.join(dirs.results, "odd-result-001-result.json")) as fh:
         assert fh.read() == "[1, 2]\n"  # not touched
+
+
+def test_a_file_worker_counts_the_claims_it_takes_over(dirs):
+    """The file transport reports each job file it takes over from a dead worker to the worker's
+    metrics (guestkit_worker_jobs_reclaimed_total), as the Redis transport does."""
+    from prometheus_client import CollectorRegistry
+
+    from guestkit_worker.runtime.worker import Worker, WorkerConfig
+    for i in range(3):  # the started one runs again as attempt 2
+        doc = make_job(f"count-claim-{i}", execution={"max_attempts": 2})
+        _dead_claim(dirs, "dead-count", f"count-claim-{i}.json", json.dumps(doc).encode(), started=i == 0)
+    cfg = WorkerConfig(jobs_dir=dirs.jobs, results_dir=dirs.results, work_dir=dirs.work, worker_id="count-w",
+                       poll_interval=0.05, once=True, durable=False)
+    worker = Worker(cfg, registry=CollectorRegistry())
+    worker.open()
+    assert worker.run() == 0
+    value = {s.name: s.value for m in worker.metrics.registry.collect() for s in m.samples}
+    assert value["guestkit_worker_jobs_reclaimed_total"] == 3
+    assert sorted(dirs.all_results()) == [f"count-claim-{i}" for i in range(3)]
+    assert dirs.result("count-claim-0")["execution_summary"]["attempt"] == 2

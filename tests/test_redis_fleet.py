@@ -269,6 +269,35 @@ def test_poison_entry_added_with_redis_cli_is_dead_lettered(tmp_path, redis_serv
         fleet.stop_all()
 
 
+def test_the_workers_routing_verdict_decides_what_leaves_the_pool(tmp_path, redis_server, pool):
+    """A job routed to another pool sits in this pool's stream, where no worker can ever take it:
+    the worker's intake says so (other_pool) and the transport dead-letters it as
+    not_for_this_pool.  A job pinned to another worker id of this pool is only given back
+    (not_for_me): it waits for that worker, which runs it."""
+    from guestkit_worker.transports.redis import Keys
+    k = Keys(pool)
+    journal = tmp_path / "journal"
+    t = producer(redis_server, pool)
+    fleet = Fleet(tmp_path, redis_server, pool)
+    try:
+        routed = journal_job("routed-gpu-001", journal, routing={"worker_pool": "gpu"})
+        assert t.submit(routed).outcome == "created"
+        pinned = journal_job("pinned-w2-0001", journal, routing={"worker_id": "route-w2"})
+        assert t.submit(pinned).outcome == "created"
+        w1 = fleet.start("route-w1")
+        dead = wait_for(lambda: redis_server.client().xrange(k.dead), timeout=60, what="the dead letter")
+        assert [f[b"reason"] for _, f in dead] == [b"not_for_this_pool"]
+        assert t.job_status("routed-gpu-001").status == "failed"
+        assert metric(w1, "guestkit_worker_dead_lettered_total", reason="not_for_this_pool") == 1
+        assert t.job_status("pinned-w2-0001").status in ("pending", "running")  # w1 keeps giving it back
+        fleet.start("route-w2")
+        assert t.wait_result("pinned-w2-0001", 60)["status"] == "completed"
+        assert [(j, a) for j, a, _ in read_runs(journal)] == [("pinned-w2-0001", 1)]
+        assert len(redis_server.client().xrange(k.dead)) == 1
+    finally:
+        fleet.stop_all()
+
+
 def test_two_producers_racing_on_one_job_id(tmp_path, redis_server, pool):
     journal = tmp_path / "journal"
     docs = [journal_job("raced-job-0001", journal),

@@ -14,6 +14,7 @@ from conftest import ROOT, make_job, wait_for
 from redisfixture import RedisServer, require_redis_py, start_redis
 
 from guestkit_worker.job.errors import ConfigError, JobFileError
+from guestkit_worker.job.outcomes import cancelled_before_start
 from guestkit_worker.transports.base import LeaseLost, Outcome, TransportUnavailable
 from guestkit_worker.transports.redis import GROUP, Keys, RedisTransport
 
@@ -183,6 +184,27 @@ def test_a_plain_xadd_of_a_known_job_id_is_a_dead_lettered_duplicate(make, redis
 
 
 @pytest.mark.integration
+def test_release_acts_on_the_workers_routing_verdict_not_on_the_document(make, redis_server, pool):
+    """The transport never reads a job's routing: released as not_for_me alone, a job whose
+    document routes it to another pool is queued again (the worker found it pinned to another
+    worker of this pool, say); with the worker's verdict other_pool it is a dead letter
+    not_for_this_pool, the job failed with the transport's own DEAD_LETTERED record."""
+    t = make()
+    k = Keys(pool)
+    assert t.submit(make_job("routed-away-01", routing={"worker_pool": "gpu"})).outcome == "created"
+    [d] = t.fetch(1, 0.1)
+    t.release(d, not_for_me=True)
+    assert redis_server.client().xrange(k.dead) == [] and t.depth() == 1
+    [d] = t.fetch(1, 0.1)
+    t.release(d, not_for_me=True, other_pool=True)
+    dead = redis_server.client().xrange(k.dead)
+    assert [f[b"reason"] for _, f in dead] == [b"not_for_this_pool"]
+    assert t.metrics.counts[("dead", "not_for_this_pool")] == 1 and t.depth() == 0
+    st = t.job_status("routed-away-01")
+    assert st.status == "failed" and st.error["code"] == "DEAD_LETTERED"
+
+
+@pytest.mark.integration
 def test_a_lost_lease_fences_renewal_and_outcome(make, redis_server, pool):
     a = make("worker-a", lease_seconds=1)
     b = make("worker-b", lease_seconds=1)
@@ -340,18 +362,19 @@ def test_cancel_status_and_list(make, redis_server, pool):
     t.submit(make_job("cancel-wait-01"))
     t.submit(make_job("cancel-run-001"))
     t.submit(make_job("no-cancel-001", execution={"cancellable": False}))
-    assert t.cancel("cancel-wait-01") == "cancelled"   # still waiting: deleted from the stream
+    # still waiting: deleted from the stream
+    assert t.cancel("cancel-wait-01", cancelled_before_start) == "cancelled"
     assert t.get_result("cancel-wait-01")["error"]["code"] == "CANCELLED"
     assert t.depth() == 2  # the group's lag is null after the deletion: length minus pending
     running = t.fetch(5, 0.1)
     assert [d.job_id for d in running] == ["cancel-run-001", "no-cancel-001"]
     for d in running:
         t.mark_started(d)
-    assert t.cancel("cancel-run-001") == "cancelling"
-    assert t.cancel("no-cancel-001") == "not_cancellable"
+    assert t.cancel("cancel-run-001", cancelled_before_start) == "cancelling"
+    assert t.cancel("no-cancel-001", cancelled_before_start) == "not_cancellable"
     assert t.cancel_requests(["cancel-run-001", "no-cancel-001"]) == {"cancel-run-001"}
-    assert t.cancel("cancel-wait-01") == "finished"
-    assert t.cancel("never-was-0001") == "not_found"
+    assert t.cancel("cancel-wait-01", cancelled_before_start) == "finished"
+    assert t.cancel("never-was-0001", cancelled_before_start) == "not_found"
     assert t.job_status("never-was-0001") is None
     st = t.job_status("cancel-run-001")
     assert (st.status, st.worker_id, st.cancellable) == ("running", "w1", True)

@@ -10,6 +10,7 @@ import sys
 import pytest
 from conftest import cli, make_job, start_worker, wait_for, worker_env, write_job
 
+from guestkit_worker.job.outcomes import cancelled_before_start
 from guestkit_worker.transports.files import FileTransport
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,7 @@ def test_a_running_job_cancelled_on_request_is_archived_not_requeued(dirs):
     try:
         wait_for(lambda: dirs.running(), timeout=30, what="job running")
         api = FileTransport(dirs.jobs, dirs.results, "cancel-api", max_job_bytes=1 << 20)
-        assert api.cancel("cancel-me-0001") == "cancelling"
+        assert api.cancel("cancel-me-0001", cancelled_before_start) == "cancelling"
         result = wait_for(lambda: os.path.exists(os.path.join(dirs.results, "cancel-me-0001-result.json"))
                           and dirs.result("cancel-me-0001"), timeout=30, what="cancelled result")
         assert result["status"] == "cancelled" and result["error"]["code"] == "CANCELLED"
@@ -57,7 +58,7 @@ def test_a_running_job_cancelled_on_request_is_archived_not_requeued(dirs):
         wait_for(lambda: dirs.listing("failed"), timeout=30, what="archived")
         assert dirs.reason("cancel-me-0001.json")["status"] == "cancelled"
         assert [n for n in os.listdir(dirs.jobs) if n.endswith(".json")] == []  # not back in the queue
-        assert api.cancel("cancel-me-0001") == "finished"
+        assert api.cancel("cancel-me-0001", cancelled_before_start) == "finished"
         assert os.listdir(os.path.join(dirs.jobs, ".cancel")) == []  # the request is gone with the job
         assert proc.poll() is None  # the worker goes on
     finally:

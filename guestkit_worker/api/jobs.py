@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Callable
 
 from ..job.errors import JobFileError, JobValidationError
+from ..job.outcomes import cancelled_before_start
 from ..job.protocol import Job, check_job_id
 from ..transports.base import (
     FINAL_STATUSES,
@@ -56,7 +57,8 @@ class JobsApi:
     """``transport``: where jobs go and results come from; ``admit(raw) -> Job`` checks a
     document as the worker would; ``max_waits`` caps concurrent ``?wait=`` requests."""
 
-    def __init__(self, transport: Transport, admit: Callable[[bytes], Job], *, max_waits: int = DEFAULT_MAX_WAITS,
+    def __init__(self, transport: Transport, admit: Callable[[bytes], Job], *,
+                 max_waits: int = DEFAULT_MAX_WAITS,
                  on_wait: Callable[[int], None] = lambda delta: None) -> None:
         self.transport = transport
         self.admit = admit
@@ -142,7 +144,7 @@ class JobsApi:
     # -- DELETE /api/v1/jobs/ID --------------------------------------------------------
     def cancel(self, job_id: str) -> Answer:
         status = self._status(job_id)
-        verdict = self.transport.cancel(job_id)
+        verdict = self.transport.cancel(job_id, cancelled_before_start)
         if verdict == "cancelled":
             log.info("job %s cancelled over the API before it ran", job_id)
             return ok({"job_id": job_id, "status": "cancelled"})

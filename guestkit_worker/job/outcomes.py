@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -72,9 +73,11 @@ def execution_error(status: str, err: BaseException | None, *, timeout: float | 
                            retry_recommended=status == "cancelled" or recoverable,
                            details=getattr(err, "details", None))
     if status == "timeout":
-        error.update(code="TIMEOUT", message=f"job exceeded its timeout of {timeout}s; its processes were killed")
+        error.update(code="TIMEOUT",
+                     message=f"job exceeded its timeout of {timeout}s; its processes were killed")
     elif status == "cancelled" and on_request:
-        error.update(code="CANCELLED", message="job was cancelled on request while it ran; it will not be run again",
+        error.update(code="CANCELLED",
+                     message="job was cancelled on request while it ran; it will not be run again",
                      recoverable=False, retry_recommended=False)
     elif status == "cancelled":
         error.update(code="CANCELLED", message="worker shut down before the job finished; "
@@ -126,14 +129,44 @@ def reason_document(job_file: str, job_id: str | None, status: str, worker_id: s
             "at": iso(utcnow()), "error": error}
 
 
-def cancelled_before_start(doc: Mapping, job_file: str, worker_id: str) -> tuple:
-    """(result, reason) of a waiting job cancelled on request: it never ran."""
+@dataclass(frozen=True)
+class QueuedJob:
+    """What a queue knows of a job that waited and never started, handed by a transport to the
+    builder of its documents (:func:`cancelled_before_start`).
+
+    ``name``: where it waited (a job file, a stream entry); ``worker_id``: who acts on it now
+    (a worker, the API or the command line: the transport's worker id); ``doc``: its document
+    when the transport has it at hand, else None, and then ``operation`` and ``attempt`` as
+    the transport recorded them."""
+
+    job_id: str
+    name: str
+    worker_id: str
+    doc: Mapping | None = None
+    operation: str | None = None
+    attempt: int | None = None
+
+
+def cancelled_before_start(queued: QueuedJob) -> tuple[dict, dict]:
+    """(result, reason) of a waiting job cancelled on request: it never ran.
+
+    Args:
+        queued: the facts the transport has of the job.
+
+    Returns:
+        The ``cancelled`` result document (its ``worker_id`` is whoever cancelled it) and the
+        reason kept beside an archived job file.
+    """
     try:
-        job = validate_document(dict(doc))
+        job = validate_document(dict(queued.doc)) if isinstance(queued.doc, Mapping) else None
     except JobValidationError:
         job = None
     error = error_document("CANCELLED", "job was cancelled on request before it started; it will not be run",
                            phase="queue")
-    job_id = job.job_id if job else doc.get("job_id")
-    result = result_document(job_id=job_id, status="cancelled", worker_id=worker_id, job=job, error=error)
-    return result, reason_document(job_file, job_id, "cancelled", worker_id, error)
+    job_id = job.job_id if job else queued.job_id
+    result = result_document(job_id=job_id, status="cancelled", worker_id=queued.worker_id, job=job,
+                             error=error)
+    if job is None:
+        result["operation"] = queued.operation
+        result["execution_summary"]["attempt"] = queued.attempt or 1
+    return result, reason_document(queued.name, job_id, "cancelled", queued.worker_id, error)

@@ -17,7 +17,7 @@ from typing import Any
 from ..job import outcomes as docs
 from ..job.admission import check_job, routed_elsewhere
 from ..job.errors import HandlerError, JobValidationError
-from ..job.protocol import decode_job_bytes, peek_job_id, validate_document
+from ..job.protocol import decode_job_bytes, peek_job_id, pool_accepts, validate_document
 from ..job.states import JobState
 from ..transports.base import Outcome
 from .runs import Run
@@ -41,7 +41,7 @@ class Intake:
             d.job_id = peek_job_id(doc)
             if routed_elsewhere(doc, cfg.pool, cfg.worker_id):
                 log.info("job file %s: meant for another pool or worker; left in the queue", d.name)
-                self.transport.release(d, not_for_me=True)
+                self.transport.release(d, not_for_me=True, other_pool=not pool_accepts(doc, cfg.pool))
                 run.to(JobState.PENDING)
                 return False
             job = run.job = validate_document(doc)
@@ -62,8 +62,8 @@ class Intake:
             return False
         try:
             if not self._hold_job_id(d):  # another worker runs this id: it runs after that one
-                log.info("job %s: already running in another worker; %s returned to the queue", job.job_id,
-                         d.name)
+                log.info("job %s: already running in another worker; %s returned to the queue",
+                         job.job_id, d.name)
                 self.table.remove(run)
                 self.give_back(run)
                 return False

@@ -33,12 +33,13 @@ class Recovery:
         self.worker_id, self.max_job_bytes, self.label = worker_id, max_job_bytes, label
 
     def reclaim(self, limit: int = 1 << 30) -> int:
-        n = self.transport.reclaim(self.decide, limit)
+        n = self.transport.reclaim(self.decide, limit, unrecoverable=self.unrecoverable)
         if n:
             log.warning("recovered %d job(s) left by dead workers", n)
         return n
 
     def decide(self, delivery: Any, dead_worker: str) -> None:
+        """Dispose of one delivery a dead worker left (the transport's ReclaimDecision)."""
         try:
             self._decide(delivery, dead_worker)
         except OSError:
@@ -46,13 +47,18 @@ class Recovery:
         except Exception as exc:
             log.exception("job %s: recovering it from worker %s failed; archiving it as failed",
                           delivery.name, dead_worker)
-            error = docs.error_document("RECOVERY_FAILED", f"recovering the job left by worker {dead_worker} "
-                                        f"failed: {type(exc).__name__}: {exc}", phase="recovery")
-            reason = docs.reason_document(delivery.name, delivery.job_id, "failed", self.worker_id, error)
-            outcome = Outcome(delivery, "failed", reason=reason, failed=True)
+            outcome = Outcome(delivery, "failed", reason=self.unrecoverable(delivery, dead_worker, exc),
+                              failed=True)
             self.transport.commit([outcome])
             if outcome.error is not None:
                 raise outcome.error from exc
+
+    def unrecoverable(self, delivery: Any, dead_worker: str, exc: BaseException) -> dict:
+        """The reason kept beside a job whose recovery raised (RECOVERY_FAILED): here, and by the
+        transport when even archiving it with this reason raised (UnrecoverableReason)."""
+        error = docs.error_document("RECOVERY_FAILED", f"recovering the job left by worker {dead_worker} "
+                                    f"failed: {type(exc).__name__}: {exc}", phase="recovery")
+        return docs.reason_document(delivery.name, delivery.job_id, "failed", self.worker_id, error)
 
     def _decide(self, delivery: Any, dead_worker: str) -> None:
         run = Run(delivery)

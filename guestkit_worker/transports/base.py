@@ -4,13 +4,25 @@ both in one object (:class:`Transport`), because a crash-safe outcome needs the 
 and the delivery acknowledged in one step (one Lua script for Redis; result file, directory
 flush, then the job file's archive for files).
 
-Roles:
+Who owns what:
 
-* the **worker** owns policy: admission, the retry decision, attempts, timeouts,
-  ``WORKER_CRASHED``, and every result and reason document (``guestkit_worker.job.outcomes``);
+* the **worker** (``guestkit_worker.runtime``) owns policy: admission, routing, the retry
+  decision, attempts, timeouts, ``WORKER_CRASHED``, cancellation, and what to do with each
+  delivery a dead worker left (:data:`ReclaimDecision`);
+* **``guestkit_worker.job.outcomes``** builds every result, error and reason document, for
+  the worker and for the API and command line, which cancel waiting jobs without a worker;
 * the **queue** owns delivery, leases, orphan detection and atomic requeue;
 * the **store** owns durability, progress events and the atomicity of idempotency
   reservations.
+
+A transport therefore never builds a result, error or reason document and never judges a job
+document: it stores the documents it is handed (:class:`Outcome`, the builder passed to
+:meth:`Transport.cancel`, the reason :data:`UnrecoverableReason` returns), takes verdicts as
+arguments (``not_for_me`` and ``other_pool`` of :meth:`JobQueue.release`, the attempt in the
+document :meth:`JobQueue.retry` queues), and reads the facts it indexes (job id, operation,
+attempt, cancellable) through the job layer (``job.protocol.peek_job_id``,
+``job.facts.job_facts``).  What only it sees (reclaims, lost leases, dead letters, its own
+errors) it reports to the :class:`TransportObserver` it is given.
 
 A :class:`Delivery` is an opaque token: the worker reads its attributes for logs and
 decisions, and hands it back to the transport that made it; it never looks inside.
@@ -18,18 +30,42 @@ decisions, and hands it back to the transport that made it; it never looks insid
 Errors: storage trouble (disk full, permission, a queue server gone) raises
 :class:`TransportUnavailable` (or ``OSError`` for local files); a job document that cannot be
 read as JSON raises :class:`guestkit_worker.job.errors.JobFileError` from :meth:`JobQueue.read`.
+The errors live in :mod:`.errors` and the records in :mod:`.records`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import abc
-import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..job.errors import GuestkitWorkerError
+from ..job.outcomes import QueuedJob
+from .errors import (
+    InvalidPageToken,
+    JobTooLarge,
+    LeaseLost,
+    OutcomeUnknown,
+    StopRequested,
+    TransportUnavailable,
+)
+from .records import (
+    Delivery,
+    JobStatus,
+    Outcome,
+    Page,
+    Reservation,
+    SubmitReceipt,
+    compact_job_bytes,
+    job_bytes,
+)
+
+__all__ = [
+    "FINAL_STATUSES", "JOB_STATUSES", "CancelledDocuments", "Delivery", "InvalidPageToken", "JobQueue",
+    "JobStatus", "JobTooLarge", "LeaseLost", "Outcome", "OutcomeUnknown", "Page", "QueuedJob",
+    "ReclaimDecision", "Reservation", "ResultStore", "StopRequested", "SubmitReceipt", "Transport",
+    "TransportObserver", "TransportUnavailable", "UnrecoverableReason", "compact_job_bytes", "job_bytes",
+]
 
 #: Every status a job can be seen in (the API's and ``status``'s vocabulary).
 JOB_STATUSES = ("pending", "running", "completed", "failed", "timeout", "cancelled", "rejected")
@@ -37,184 +73,17 @@ JOB_STATUSES = ("pending", "running", "completed", "failed", "timeout", "cancell
 FINAL_STATUSES = frozenset({"completed", "failed", "timeout", "cancelled", "rejected"})
 
 
-class TransportUnavailable(GuestkitWorkerError):
-    """The queue or store cannot be reached or written right now (retry later; nothing is lost)."""
-
-
-class InvalidPageToken(ValueError):
-    """A ``list_jobs`` page_token that this transport did not make.  The token arrives from a
-    client as is, so its message is fixed: one line that never repeats the token."""
-
-    def __init__(self) -> None:
-        super().__init__("not a token from a previous page of this listing; leave it out to start "
-                         "from the first page")
-
-
-class OutcomeUnknown(TransportUnavailable):
-    """A change was sent to the queue or store, but its answer never came back (a timeout, a
-    connection lost after sending): it may or may not have been made.  Submitting the same
-    document again is safe: one job id and document never make a second job."""
-
-
-class JobTooLarge(GuestkitWorkerError):
-    """A job document whose stored form would be over the workers' --max-job-size: it is not
-    queued (a worker would refuse it unread, and the job would end without a result)."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        self.size, self.limit = size, limit
-        super().__init__(f"the job document is {size} bytes as stored, larger than the limit of {limit} "
-                         "bytes (--max-job-size); it was not queued: make it smaller or raise the limit")
-
-
-_COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def compact_job_bytes(doc: Mapping[str, Any]) -> bytes:
-    """A job document as one line of JSON, the smallest form json writes: a retry's rewrite
-    stays about the size of the document read (indented, it can grow eightfold).
-    backslashreplace: a lone surrogate (decoded from a \\udXXX escape) becomes that escape again."""
-    return _COMPACT.encode(doc).encode("utf-8", "backslashreplace")
-
-
-def job_bytes(doc: Mapping[str, Any], raw: bytes | None, limit: int) -> bytes:
-    """The bytes a submitted job is queued as: ``raw`` (the very bytes that were validated)
-    when given, else :func:`compact_job_bytes`.  JobTooLarge when they are over ``limit``,
-    the size workers read: once queued, the job would be refused unread, without a result."""
-    data = raw if raw is not None else compact_job_bytes(doc)
-    if len(data) > limit:
-        raise JobTooLarge(len(data), limit)
-    return data
-
-
-class StopRequested(GuestkitWorkerError):
-    """The worker was asked to stop while the transport waited for its server at start (or
-    for a worker id to be free): nothing was taken, the worker ends as a clean stop."""
-
-
-class LeaseLost(GuestkitWorkerError):
-    """This worker no longer owns a delivery (another worker reclaimed it): its outcome must not
-    be stored and its handler should stop."""
-
-
-class Delivery:
-    """One delivery of one job to this worker.  Transports subclass it and add their own slots.
-
-    Attributes the worker may read:
-
-    * ``name``: short text naming the delivery in logs (a file name, a stream entry id);
-    * ``job_id``: the job's id once known (set by the worker after :meth:`JobQueue.read`);
-    * ``attempt``: the job's ``execution.attempt`` once known;
-    * ``started``: True once the job counts as started: :meth:`JobQueue.mark_started` ran, or
-      the transport records the start in the step that delivers (see
-      :attr:`JobQueue.starts_on_fetch`), or a reclaimed delivery whose handler had started
-      in a worker that died;
-    * ``delivered_at``: wall-clock time of this delivery (for the queue-wait metric);
-    * ``delivery_count``: how many times the queue has handed this entry out (1 the first time);
-    * ``no_result_yet``: True when the transport, in the same atomic step that delivered it
-      to this worker, saw no result stored under ``job_id`` (and no other delivery can store
-      one while this worker owns it): the worker's look for a result stored before is spared.
-    """
-
-    __slots__ = ("name", "job_id", "attempt", "started", "delivered_at", "delivery_count", "no_result_yet")
-
-    def __init__(self, name: str, *, started: bool = False, delivery_count: int = 1) -> None:
-        self.name = name
-        self.job_id: str | None = None
-        self.attempt: int | None = None
-        self.started = started
-        self.delivered_at = time.time()
-        self.delivery_count = delivery_count
-        self.no_result_yet = False
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r})"
-
-
-@dataclass
-class Outcome:
-    """How one delivery ends, handed to :meth:`Transport.commit`.
-
-    ``status`` is the result's status (``completed failed timeout cancelled``) or
-    ``rejected`` / ``duplicate``; ``result`` the result document to store (None when no
-    result is stored, e.g. a duplicate of the job itself, or a rejected file without a job
-    id); ``encoded`` its bytes from :meth:`ResultStore.encode_result` when already
-    serialised; ``reason`` the reason document kept beside a failed job; ``failed`` whether
-    the job is archived as failed; ``idempotency_key`` a key to mark completed with this
-    result (``status == "completed"`` only) or to release otherwise.
-    """
-
-    delivery: Delivery
-    status: str
-    result: dict | None = None
-    encoded: bytes | None = None
-    reason: dict | None = None
-    failed: bool = False
-    idempotency_key: str | None = None
-    #: store the result, then give the delivery back unchanged instead of acknowledging it (a
-    #: job cancelled by a worker's shutdown runs again)
-    release: bool = False
-    #: set by ResultStore.stage_result once the result is written ahead of commit()
-    staged: bool = False
-    error: BaseException | None = None  #: set by commit() when this outcome was not stored
-
-
-@dataclass
-class SubmitReceipt:
-    """What :meth:`JobQueue.submit` did: ``created`` (a new job), ``exists`` (the same document
-    was submitted before: nothing new was created) or ``conflict`` (another document already
-    has this job id).  ``status`` is the job's current status (one of JOB_STATUSES)."""
-
-    job_id: str
-    outcome: str
-    status: str = "pending"
-    location: str | None = None  #: where it waits, for messages (a file path, a stream id)
-
-
-@dataclass
-class JobStatus:
-    """One job as the API and the ``status``/``list`` commands show it."""
-
-    job_id: str
-    status: str
-    operation: str | None = None
-    attempt: int | None = None
-    worker_id: str | None = None
-    submitted_at: str | None = None
-    started_at: str | None = None
-    completed_at: str | None = None
-    error: dict | None = None
-    cancellable: bool = False
-
-    def to_dict(self) -> dict:
-        return {"job_id": self.job_id, "status": self.status, "operation": self.operation,
-                "attempt": self.attempt, "worker_id": self.worker_id, "submitted_at": self.submitted_at,
-                "started_at": self.started_at, "completed_at": self.completed_at, "error": self.error}
-
-
-@dataclass
-class Reservation:
-    """The answer of :meth:`ResultStore.reserve_idempotency_key`.
-
-    ``won`` True: this job holds the key now and may run.  Otherwise ``holder_job_id`` holds
-    it, ``state`` is ``running`` (another delivery is running it) or ``completed`` (then
-    ``result`` is that job's stored result document)."""
-
-    won: bool
-    holder_job_id: str | None = None
-    state: str | None = None
-    result: dict | None = None
-
-
-@dataclass
-class Page:
-    """One page of :meth:`Transport.list_jobs`."""
-
-    jobs: list = field(default_factory=list)
-    next_page_token: str | None = None
-
-
-#: decide(delivery, dead_worker_id): called by JobQueue.reclaim for each delivery it took back
+#: decide(delivery, dead_worker_id): the worker's decision for each delivery JobQueue.reclaim
+#: took back; it disposes of the delivery (commit, retry or release) with documents it builds
 ReclaimDecision = Callable[[Delivery, str], None]
+
+#: unrecoverable(delivery, dead_worker_id, error) -> reason document: built by the worker for a
+#: delivery whose decision raised; the transport keeps it as it disposes of the delivery
+UnrecoverableReason = Callable[[Delivery, str, BaseException], dict]
+
+#: cancelled(queued_job) -> (result, reason): the documents of a waiting job cancelled on
+#: request (guestkit_worker.job.outcomes.cancelled_before_start); the transport stores them
+CancelledDocuments = Callable[[QueuedJob], tuple[dict, dict]]
 
 
 class TransportObserver:
@@ -226,7 +95,8 @@ class TransportObserver:
         """``n`` deliveries of dead workers were taken back."""
 
     def lease_lost(self) -> None:
-        """A lease this worker held was taken by another worker."""
+        """A delivery this worker held was taken over by another worker (its outcome, retry or
+        renewal was refused)."""
 
     def dead_lettered(self, reason: str) -> None:
         """A delivery was moved aside for good (``reason``: why)."""
@@ -252,90 +122,6 @@ class JobQueue(abc.ABC):
     #: (no hand-over through the consumer thread); True where that look is a cheap local one
     fetch_from_job_threads = False
 
-    @abc.abstractmethod
-    def open(self) -> None:
-        """Connect or create what is needed and announce this worker as alive.  Raises
-        ConfigError for a misconfiguration an operator must fix (exit 2)."""
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Release what open() took; deliveries still held stay for reclaim by other workers (a
-        lease later where liveness is lease-based).  Idempotent.  Afterwards :meth:`fetch`
-        delivers nothing (an empty list) and :meth:`reclaim` takes nothing (0), so a thread
-        still looking for work at shutdown is harmless."""
-
-    @abc.abstractmethod
-    def describe(self) -> str:
-        """One line for logs saying where jobs come from (no secrets)."""
-
-    @abc.abstractmethod
-    def submit(self, doc: Mapping[str, Any], raw: bytes | None = None) -> SubmitReceipt:
-        """Queue a validated job document; never creates two jobs for one job id (see
-        SubmitReceipt).  ``raw``: the document's bytes as received, if any: what is queued
-        (see :func:`job_bytes`; JobTooLarge when over the transport's max_job_bytes)."""
-
-    @abc.abstractmethod
-    def fetch(self, max_count: int, timeout: float) -> Sequence[Delivery]:
-        """Take up to max_count waiting jobs for this worker (no prefetch beyond that), waiting
-        up to timeout seconds for the first one.  An empty list when none came."""
-
-    @abc.abstractmethod
-    def read(self, delivery: Delivery) -> bytes:
-        """The delivered job document's bytes; JobFileError when they cannot be a job (not a
-        regular file, over --max-job-size, ...)."""
-
-    @abc.abstractmethod
-    def mark_started(self, delivery: Delivery) -> None:
-        """Record durably that the job's handler is about to run (reclaim then counts it as an
-        attempt).  Sets ``delivery.started``.  Makes no round trip for a delivery whose start
-        :meth:`fetch` recorded already (:attr:`starts_on_fetch`)."""
-
-    def extend_lease(self, delivery: Delivery) -> bool:
-        """Renew this worker's claim on a running delivery; False when the lease was lost
-        (another worker owns it now).  A no-op (True) where liveness is not lease-based."""
-        return True
-
-    @abc.abstractmethod
-    def retry(self, delivery: Delivery, doc: Mapping[str, Any]) -> None:
-        """Atomically replace the delivered job by ``doc`` (the same job, its attempt + 1) at
-        the back of the queue."""
-
-    def hold_job_id(self, delivery: Delivery) -> bool:
-        """Atomically mark ``delivery.job_id`` as running in this delivery before its handler
-        starts; False while another live delivery (another job file, another worker) holds it:
-        the worker then gives this one back unstarted.  The hold ends when the delivery is
-        acknowledged, retried or released, and a hold of a worker that died is taken over.
-        Default True: for queues that never hand out two deliveries of one job id."""
-        return True
-
-    @abc.abstractmethod
-    def release(self, delivery: Delivery, *, not_for_me: bool = False) -> None:
-        """Give a delivery back unstarted and unchanged.  not_for_me: it is meant for another
-        pool or worker, so do not hand it to this worker again soon."""
-
-    @abc.abstractmethod
-    def reclaim(self, decide: ReclaimDecision, limit: int) -> int:
-        """Take over up to ``limit`` deliveries of workers that died (or lost their lease) and
-        hand each to ``decide``, which must dispose of it (commit, retry or release).  Returns
-        how many were handed over.  Exceptions raised by decide for one delivery must not stop
-        the others; such a delivery is disposed of as poison by the transport."""
-
-    @abc.abstractmethod
-    def depth(self) -> int:
-        """Jobs waiting to be delivered to this worker's pool."""
-
-    def cancel_requests(self, job_ids: Iterable[str]) -> set:
-        """The subset of these running job ids for which a cancel was requested."""
-        return set()
-
-    def maintain(self) -> None:
-        """Periodic housekeeping (stale temp files, trimming); called from the worker's main
-        loop every few minutes, never concurrently with itself."""
-
-    def health(self) -> dict:
-        """{check name: (ok, detail)}; detail must not reveal absolute paths or secrets."""
-        return {}
-
     #: local directories a job's output must never be written into
     protected_paths: Sequence[str] = ()
 
@@ -356,21 +142,269 @@ class JobQueue(abc.ABC):
     #: worker id (the worker then stops; the command line exits with its own status for it)
     identity_lost: str | None = None
 
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Connect or create what is needed and announce this worker as alive.
+
+        Raises:
+            ConfigError: a misconfiguration an operator must fix (exit 2), e.g. a live worker
+                has this worker id.
+            StopRequested: the worker was asked to stop while the transport waited.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release what open() took; idempotent.
+
+        Deliveries still held stay for reclaim by other workers (a lease later where liveness
+        is lease-based).  Afterwards :meth:`fetch` delivers nothing (an empty list) and
+        :meth:`reclaim` takes nothing (0), so a thread still looking for work at shutdown is
+        harmless.
+        """
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Say where jobs come from, for logs.
+
+        Returns:
+            One line, without secrets.
+        """
+
+    @abc.abstractmethod
+    def submit(self, doc: Mapping[str, Any], raw: bytes | None = None) -> SubmitReceipt:
+        """Queue a validated job document; never creates two jobs for one job id.
+
+        Args:
+            doc: the job document, validated by the caller.
+            raw: the document's bytes as received, if any: what is queued (see
+                :func:`job_bytes`).
+
+        Returns:
+            What was done: ``created``, ``exists`` (the same document before) or ``conflict``.
+
+        Raises:
+            JobTooLarge: the stored form is over the transport's max_job_bytes.
+            TransportUnavailable: the queue cannot be written now (OutcomeUnknown: the
+                answer was lost; submitting again is safe).
+        """
+
+    @abc.abstractmethod
+    def fetch(self, max_count: int, timeout: float) -> Sequence[Delivery]:
+        """Take waiting jobs for this worker (no prefetch beyond ``max_count``).
+
+        Args:
+            max_count: the most deliveries to take (the worker's free threads).
+            timeout: seconds to wait for the first one.
+
+        Returns:
+            The deliveries taken; an empty list when none came (or the queue is closed).
+
+        Raises:
+            TransportUnavailable: the queue cannot be reached now.
+        """
+
+    @abc.abstractmethod
+    def read(self, delivery: Delivery) -> bytes:
+        """The delivered job document's bytes.
+
+        Args:
+            delivery: a delivery this worker holds.
+
+        Returns:
+            The bytes as queued (the worker decodes and judges them).
+
+        Raises:
+            JobFileError: they cannot be a job (not a regular file, over --max-job-size, ...).
+        """
+
+    @abc.abstractmethod
+    def mark_started(self, delivery: Delivery) -> None:
+        """Record durably that the job's handler is about to run (reclaim then counts it as an
+        attempt) and set ``delivery.started``.
+
+        Makes no round trip for a delivery whose start :meth:`fetch` recorded already
+        (:attr:`starts_on_fetch`).  A delivery another worker owns by now is either marked
+        lost (the next :meth:`extend_lease` answers False) or raises.
+
+        Args:
+            delivery: a delivery this worker holds, its ``job_id`` and ``attempt`` set.
+
+        Raises:
+            TransportUnavailable: the start cannot be recorded now.
+        """
+
+    def extend_lease(self, delivery: Delivery) -> bool:
+        """Renew this worker's claim on a running delivery.
+
+        Args:
+            delivery: a delivery this worker holds.
+
+        Returns:
+            False when the lease was lost (another worker owns it now); True otherwise, and
+            always where liveness is not lease-based (this default).
+        """
+        return True
+
+    @abc.abstractmethod
+    def retry(self, delivery: Delivery, doc: Mapping[str, Any]) -> None:
+        """Atomically replace the delivered job by ``doc`` at the back of the queue.
+
+        Args:
+            delivery: a delivery this worker holds.
+            doc: the same job as the worker rewrote it (``execution.attempt`` + 1): queued as
+                it is.
+
+        Raises:
+            LeaseLost: another worker owns the delivery now; nothing was queued.
+            TransportUnavailable: the queue cannot be written now.
+        """
+
+    def hold_job_id(self, delivery: Delivery) -> bool:
+        """Atomically mark ``delivery.job_id`` as running in this delivery before its handler
+        starts.
+
+        The hold ends when the delivery is acknowledged, retried or released, and a hold of a
+        worker that died is taken over.
+
+        Args:
+            delivery: a delivery this worker holds, its ``job_id`` set.
+
+        Returns:
+            False while another live delivery (another job file, another worker) holds the
+            id: the worker then gives this one back unstarted.  This default answers True, for
+            queues that never hand out two deliveries of one job id.
+        """
+        return True
+
+    @abc.abstractmethod
+    def release(self, delivery: Delivery, *, not_for_me: bool = False, other_pool: bool = False) -> None:
+        """Give a delivery back unstarted and unchanged.
+
+        Args:
+            delivery: a delivery this worker holds.
+            not_for_me: the worker's routing verdict: the job is meant for another pool or
+                worker, so do not hand it to this worker again soon.
+            other_pool: the worker's routing verdict: the job's routing excludes this worker's
+                whole pool.  A queue that holds one pool's jobs only (Redis) can deliver it to
+                no worker and moves it aside (a dead letter); a queue shared by all pools
+                (files) treats it as ``not_for_me``.
+
+        Raises:
+            LeaseLost: (some transports) another worker owns the delivery now; others leave
+                it alone silently.
+            TransportUnavailable: the queue cannot be written now.
+        """
+
+    @abc.abstractmethod
+    def reclaim(self, decide: ReclaimDecision, limit: int, *,
+                unrecoverable: UnrecoverableReason | None = None) -> int:
+        """Take over deliveries of workers that died (or lost their lease) and hand each to
+        the worker's decision.
+
+        Each taken delivery is reported to the observer (``jobs_reclaimed``).  ``decide``
+        disposes of it (commit, retry or release); an ``OSError`` from it leaves the delivery
+        held for the next reclaim.  Any other exception must not stop the others: that
+        delivery is disposed of as poison, keeping the reason ``unrecoverable`` builds
+        (files: archived in failed/ with it; Redis and memory: a dead letter whose job state
+        carries its error).
+
+        Args:
+            decide: the worker's decision, called with each delivery and its dead owner.
+            limit: the most deliveries to take over in this call.
+            unrecoverable: builds the reason document of a delivery whose decision raised;
+                None: no reason is kept.
+
+        Returns:
+            How many deliveries were handed to ``decide``.
+
+        Raises:
+            TransportUnavailable: the queue cannot be reached now.
+        """
+
+    @abc.abstractmethod
+    def depth(self) -> int:
+        """Count the jobs waiting to be delivered to this worker's pool.
+
+        Returns:
+            The number waiting (not counting deliveries held by workers).
+
+        Raises:
+            TransportUnavailable: the queue cannot be reached now.
+        """
+
+    def cancel_requests(self, job_ids: Iterable[str]) -> set:
+        """Find which running jobs were asked to stop (:meth:`Transport.cancel`).
+
+        Args:
+            job_ids: the job ids this worker runs.
+
+        Returns:
+            The subset for which a cancel was requested (empty on trouble or by default).
+        """
+        return set()
+
+    def maintain(self) -> None:
+        """Periodic housekeeping (stale temp files, trimming); called from the worker's main
+        loop every few minutes, never concurrently with itself.  Default: nothing to do.
+
+        Raises:
+            TransportUnavailable: the queue cannot be reached now.
+        """
+        return None
+
+    def health(self) -> dict:
+        """Check the queue and store.
+
+        Returns:
+            {check name: (ok, detail)}; detail must not reveal absolute paths or secrets.
+        """
+        return {}
+
 
 class ResultStore(abc.ABC):
     """Results, progress events and idempotency records."""
 
     @abc.abstractmethod
     def encode_result(self, result: Mapping[str, Any]) -> bytes:
-        """The stored form of a result; TypeError/ValueError when it cannot be stored."""
+        """The stored form of a result.
+
+        Args:
+            result: a result document built by the worker.
+
+        Returns:
+            Its bytes as this store keeps them.
+
+        Raises:
+            TypeError, ValueError: it cannot be stored (not JSON-serialisable).
+        """
 
     @abc.abstractmethod
     def get_result(self, job_id: str) -> dict | None:
-        """The stored result of job_id (the last attempt's), or None."""
+        """The stored result of a job.
+
+        Args:
+            job_id: the job's id.
+
+        Returns:
+            Its last attempt's result document, or None when none is stored.
+
+        Raises:
+            TransportUnavailable: the store cannot be read now.
+            ValueError: what is stored is not a result document.
+        """
 
     def wait_result(self, job_id: str, timeout: float) -> dict | None:
-        """Like get_result, but wait up to timeout seconds for a final result.  Implementations
-        should be woken by the commit rather than poll; this default polls."""
+        """Like :meth:`get_result`, but wait for a final result.
+
+        Implementations should be woken by the commit rather than poll; this default polls.
+
+        Args:
+            job_id: the job's id.
+            timeout: seconds to wait.
+
+        Returns:
+            The final result, or whatever is stored (maybe None) when the time is up.
+        """
         end = time.monotonic() + timeout
         while True:
             result = self.get_result(job_id)
@@ -384,25 +418,67 @@ class ResultStore(abc.ABC):
     def stage_result(self, outcome: Outcome) -> None:
         """Optionally store outcome's result ahead of :meth:`Transport.commit`, from the job's
         own thread, so that many job threads' writes overlap and commit() only has to make them
-        durable together (sets ``outcome.staged``).  Raises like commit would; default: nothing
-        (commit stores it)."""
+        durable together (sets ``outcome.staged``).  Default: nothing (commit stores it).
+
+        Args:
+            outcome: the outcome the worker will commit.
+
+        Raises:
+            OSError, TransportUnavailable, TypeError, ValueError: as commit would.
+        """
+        return None
 
     @abc.abstractmethod
     def append_progress(self, job_id: str, event: Mapping[str, Any]) -> None:
-        """Append one progress event of a running job (best effort: may drop on storage error)."""
+        """Append one progress event of a running job (best effort: may drop on storage error).
+
+        Args:
+            job_id: the running job's id.
+            event: the event as the handler's context built it.
+        """
 
     @abc.abstractmethod
     def read_progress(self, job_id: str, after: int = 0) -> list:
-        """The job's progress events after the first ``after`` ones, oldest first."""
+        """The job's progress events.
+
+        Args:
+            job_id: the job's id.
+            after: how many of the first events to skip.
+
+        Returns:
+            The events after the first ``after`` ones, oldest first.
+
+        Raises:
+            TransportUnavailable: the store cannot be read now.
+        """
 
     @abc.abstractmethod
     def reserve_idempotency_key(self, key: str, job_id: str) -> Reservation:
-        """Atomically reserve key for job_id before its handler runs; exactly one of two racing
-        reservations wins.  A reservation held by a worker that died is taken over."""
+        """Atomically reserve a key for a job before its handler runs; exactly one of two
+        racing reservations wins, and a reservation held by a worker that died is taken over.
+
+        Args:
+            key: the job's ``execution.idempotency_key``.
+            job_id: the job about to run.
+
+        Returns:
+            Whether it won, else who holds the key and in which state.
+
+        Raises:
+            OSError, TransportUnavailable: the store cannot be written now.
+        """
 
     @abc.abstractmethod
     def release_idempotency_key(self, key: str, job_id: str) -> None:
-        """Drop job_id's reservation of key (it did not complete: the key may run again)."""
+        """Drop a job's reservation of a key (it did not complete: the key may run again).
+
+        Args:
+            key: the reserved key.
+            job_id: the job that holds it (another holder's reservation is left alone).
+
+        Raises:
+            OSError, TransportUnavailable: the store cannot be written now.
+        """
 
 
 class Transport(JobQueue, ResultStore):
@@ -410,26 +486,79 @@ class Transport(JobQueue, ResultStore):
 
     @abc.abstractmethod
     def commit(self, outcomes: Sequence[Outcome]) -> None:
-        """Durably store each outcome's result, mark its idempotency key, and acknowledge its
-        delivery (archive the job), in an order a crash cannot break: a job is never
-        acknowledged before its result is durable.  Several outcomes may share one flush to disk or
-        round trip.  An outcome that could not be stored gets ``error`` set and its delivery
-        stays held (the worker keeps it and commits it again later); the others go on.
-        Raises LeaseLost through ``error`` when this worker no longer owns the delivery."""
+        """Store each outcome and acknowledge its delivery, in an order a crash cannot break.
+
+        Each outcome's result is made durable, its idempotency key marked, then its delivery
+        acknowledged (archived) or, with ``release``, given back: a job is never acknowledged
+        before its result is durable.  Several outcomes may share one flush to disk or round
+        trip.  The documents are stored as the worker built them.  Never raises for one
+        outcome: an outcome that could not be stored gets ``error`` set and its delivery stays
+        held (the worker commits it again later); the others go on.
+
+        Args:
+            outcomes: outcomes of deliveries this worker holds.
+
+        Note:
+            ``error`` is a LeaseLost (also reported to the observer) when this worker no
+            longer owns the delivery, OSError or TransportUnavailable on storage trouble,
+            TypeError or ValueError for a result that cannot be stored.
+        """
 
     @abc.abstractmethod
     def job_status(self, job_id: str) -> JobStatus | None:
-        """Where job_id is now, or None when no such job is known."""
+        """Where a job is now.
+
+        Args:
+            job_id: the job's id.
+
+        Returns:
+            Its status, or None when no such job is known.
+
+        Raises:
+            TransportUnavailable: the queue or store cannot be read now.
+        """
 
     @abc.abstractmethod
     def list_jobs(self, *, status: str | None = None, operation: str | None = None,
                   limit: int = 100, page_token: str | None = None) -> Page:
-        """One page of known jobs, newest first; page_token from the previous page
-        (:class:`InvalidPageToken` for any other)."""
+        """One page of known jobs, newest first.
+
+        Args:
+            status: only jobs in this status (one of JOB_STATUSES).
+            operation: only jobs of this operation.
+            limit: the most jobs on the page.
+            page_token: ``next_page_token`` of the previous page, or None for the first.
+
+        Returns:
+            The page and the token of the next one (None on the last).
+
+        Raises:
+            InvalidPageToken: a page_token this transport did not make.
+            TransportUnavailable: the queue or store cannot be read now.
+        """
 
     @abc.abstractmethod
-    def cancel(self, job_id: str) -> str:
-        """Cancel a job: ``cancelled`` (it was waiting: it will never run and has a cancelled
-        result now), ``cancelling`` (it is running and cancellable: its worker is asked to stop
-        it), ``finished`` (it already ended), ``not_cancellable`` (running, and its document
-        does not allow it) or ``not_found``."""
+    def cancel(self, job_id: str, cancelled: CancelledDocuments) -> str:
+        """Cancel a job, atomically with respect to the workers.
+
+        A waiting job is taken out of the queue and gets the result (and reason) that
+        ``cancelled`` builds from what the transport knows of it (:class:`QueuedJob`); the
+        transport stores them as they are.  A running one is flagged for its worker
+        (:meth:`JobQueue.cancel_requests`) when its document allows it.
+
+        Args:
+            job_id: the job's id.
+            cancelled: builds the documents of a waiting job cancelled on request (called only
+                for such a job, maybe before the transport knows it still waits:
+                ``guestkit_worker.job.outcomes.cancelled_before_start``).
+
+        Returns:
+            ``cancelled`` (it was waiting: it will never run and has its cancelled result now),
+            ``cancelling`` (it is running and cancellable: its worker is asked to stop it),
+            ``finished`` (it already ended), ``not_cancellable`` (running, and its document
+            does not allow it) or ``not_found``.
+
+        Raises:
+            TransportUnavailable: the queue or store cannot be reached or written now (or the
+                file transport is not open: a waiting job is claimed to be cancelled).
+        """

@@ -3,8 +3,9 @@
 Each ``factory_*.py`` module beside this file adds one transport: it defines ``NAME`` and
 ``make_factory(request, tmp_path)`` returning an object with
 
-* ``make(worker_id, **options)``: a new, not yet opened Transport (options: max_job_bytes);
-  transports made by one factory share one queue and one store;
+* ``make(worker_id, **options)``: a new, not yet opened Transport (options: max_job_bytes, and
+  observer: the TransportObserver it reports to); transports made by one factory share one
+  queue and one store;
 * ``kill(transport)``: make that transport's worker dead as a crash would (nothing cleaned up),
   seen from outside: its files, keys or broker entry as a dead process leaves them.  The
   transport object must not be used afterwards (a dead process makes no calls), except close();

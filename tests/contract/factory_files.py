@@ -13,9 +13,9 @@ class FilesFactory:
         self.jobs = os.path.join(str(base), "jobs")
         self.results = os.path.join(str(base), "results")
 
-    def make(self, worker_id, *, max_job_bytes=1 << 20):
+    def make(self, worker_id, *, max_job_bytes=1 << 20, observer=None):
         return FileTransport(self.jobs, self.results, worker_id, max_job_bytes=max_job_bytes, durable=False,
-                             poll_interval=0.05)
+                             poll_interval=0.05, observer=observer)
 
     def kill(self, transport):
         # what the others see of a crashed worker: its lock file no longer locked (the kernel

@@ -16,9 +16,9 @@ class MemoryFactory:
         self.skew = 0.0
         self.broker = MemoryBroker(clock=lambda: time.monotonic() + self.skew)
 
-    def make(self, worker_id, *, max_job_bytes=1 << 20):
+    def make(self, worker_id, *, max_job_bytes=1 << 20, observer=None):
         return MemoryTransport(worker_id, broker=self.broker, lease_seconds=LEASE_SECONDS,
-                               max_job_bytes=max_job_bytes)
+                               max_job_bytes=max_job_bytes, observer=observer)
 
     def kill(self, transport):
         self.broker.declare_dead(transport.worker_id)

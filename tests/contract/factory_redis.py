@@ -17,10 +17,10 @@ class RedisFactory:
         self.pool = f"contract{uuid.uuid4().hex[:10]}"
         self._client = None
 
-    def make(self, worker_id, *, max_job_bytes=1 << 20):
+    def make(self, worker_id, *, max_job_bytes=1 << 20, observer=None):
         from guestkit_worker.transports.redis import RedisTransport
         return RedisTransport(self.server.url, worker_id, pool=self.pool, lease_seconds=1,
-                              max_job_bytes=max_job_bytes)
+                              max_job_bytes=max_job_bytes, metrics=observer)
 
     def kill(self, transport):
         # a crash: nothing acknowledged or cleaned up; the worker's entries go idle and are

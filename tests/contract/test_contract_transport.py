@@ -8,9 +8,16 @@ import uuid
 
 import pytest
 
+from guestkit_worker.job import outcomes
 from guestkit_worker.job.errors import JobFileError, JobValidationError
 from guestkit_worker.job.protocol import decode_job_bytes
-from guestkit_worker.transports.base import FINAL_STATUSES, LeaseLost, Outcome, TransportUnavailable
+from guestkit_worker.transports.base import (
+    FINAL_STATUSES,
+    LeaseLost,
+    Outcome,
+    TransportObserver,
+    TransportUnavailable,
+)
 
 
 def job(job_id=None, **execution):
@@ -303,22 +310,120 @@ def test_cancel(t):
     waiting, running, fixed = job(), job(), job(cancellable=False)
     for doc in (waiting, running, fixed):
         t.submit(doc)
-    assert t.cancel(waiting["job_id"]) == "cancelled"
+    assert t.cancel(waiting["job_id"], outcomes.cancelled_before_start) == "cancelled"
     assert t.get_result(waiting["job_id"])["status"] == "cancelled"
     assert t.job_status(waiting["job_id"]).status == "cancelled"
     ds = take(t, 2)
     assert sorted(d.job_id for d in ds) == sorted([running["job_id"], fixed["job_id"]])
     for d in ds:
         t.mark_started(d)
-    assert t.cancel(running["job_id"]) == "cancelling"
-    assert t.cancel(fixed["job_id"]) == "not_cancellable"
+    assert t.cancel(running["job_id"], outcomes.cancelled_before_start) == "cancelling"
+    assert t.cancel(fixed["job_id"], outcomes.cancelled_before_start) == "not_cancellable"
     assert t.cancel_requests([running["job_id"], fixed["job_id"]]) == {running["job_id"]}
     for d in ds:
         done(t, d, "cancelled" if d.job_id == running["job_id"] else "completed")
     assert t.cancel_requests([running["job_id"]]) == set()
-    assert t.cancel(running["job_id"]) == "finished"
-    assert t.cancel("contract-never-submitted") == "not_found"
+    assert t.cancel(running["job_id"], outcomes.cancelled_before_start) == "finished"
+    assert t.cancel("contract-never-submitted", outcomes.cancelled_before_start) == "not_found"
     assert t.job_status("contract-never-submitted") is None
+
+
+def test_cancel_stores_the_documents_its_caller_built(t):
+    """A waiting job cancelled: the transport hands what it knows of it (QueuedJob) to the
+    caller's builder and stores the result it returns as it is; it builds none of its own."""
+    doc = job(max_attempts=2)
+    t.submit(doc)
+    asked = []
+
+    def cancelled(queued):
+        asked.append(queued)
+        result, reason = outcomes.cancelled_before_start(queued)
+        return dict(result, data={"built_by": "the caller"}), reason
+    assert t.cancel(doc["job_id"], cancelled) == "cancelled"
+    assert [(q.job_id, q.worker_id, q.operation, q.attempt or 1) for q in asked] == \
+        [(doc["job_id"], "contract-w1", "system.echo", 1)]
+    stored = t.get_result(doc["job_id"])
+    assert stored["data"] == {"built_by": "the caller"} and stored["worker_id"] == "contract-w1"
+    assert stored["error"]["code"] == "CANCELLED" and stored["error"]["phase"] == "queue"
+    assert t.job_status(doc["job_id"]).status == "cancelled"
+    assert t.fetch(4, 0.2) == [] and t.depth() == 0
+
+
+class CountingObserver(TransportObserver):
+    """Counts what a transport reports."""
+
+    def __init__(self):
+        self.counts = {}
+
+    def _count(self, what, n=1):
+        self.counts[what] = self.counts.get(what, 0) + n
+
+    def jobs_reclaimed(self, n=1):
+        self._count("reclaimed", n)
+
+    def lease_lost(self):
+        self._count("lease_lost")
+
+    def dead_lettered(self, reason):
+        self._count(f"dead:{reason}")
+
+
+def test_takeovers_and_fenced_deliveries_are_reported_to_the_observer(transport_factory):
+    """Each delivery taken over counts once on the worker that takes it; a delivery its worker
+    finds taken over (its outcome refused) counts once on that worker, however often it tries."""
+    seen_a, seen_b = CountingObserver(), CountingObserver()
+    a = transport_factory.make("contract-stalls", observer=seen_a)
+    b = transport_factory.make("contract-takes", observer=seen_b)
+    a.open()
+    b.open()
+    doc = job()
+    a.submit(doc)
+    [da] = take(a)
+    a.mark_started(da)
+    transport_factory.lapse(a)
+    [(db, _previous)] = _reclaim_until(b)
+    assert seen_b.counts == {"reclaimed": 1}
+    oa = Outcome(da, "completed", result=result(doc["job_id"], worker_id="contract-stalls"))
+    for _ in range(2):
+        oa.error = None
+        a.commit([oa])
+        assert isinstance(oa.error, LeaseLost), oa.error
+    assert seen_a.counts == {"lease_lost": 1}
+    done(b, db)
+    assert seen_b.counts == {"reclaimed": 1}
+
+
+def test_a_delivery_whose_decision_raises_is_disposed_of_with_the_workers_reason(transport_factory):
+    """The worker's decision for a reclaimed delivery raises: the transport asks the worker for
+    the reason (unrecoverable), disposes of the delivery for good and keeps that reason's error
+    where it keeps job state; it builds none of its own."""
+    a, b = transport_factory.make("contract-dies"), transport_factory.make("contract-lives")
+    a.open()
+    b.open()
+    doc = job()
+    a.submit(doc)
+    [d] = take(a)
+    a.mark_started(d)
+    transport_factory.kill(a)
+    asked = []
+
+    def decide(delivery, dead):
+        raise RuntimeError("the decision failed")
+
+    def unrecoverable(delivery, dead, exc):
+        asked.append((dead, type(exc).__name__))
+        error = outcomes.error_document("RECOVERY_FAILED", "the worker's own words", phase="recovery")
+        return outcomes.reason_document(delivery.name, delivery.job_id, "failed", "contract-lives", error)
+    end = time.monotonic() + 30
+    while not asked and time.monotonic() < end:
+        b.reclaim(decide, 10, unrecoverable=unrecoverable)
+        time.sleep(0.05)
+    assert asked == [("contract-dies", "RuntimeError")]
+    assert b.fetch(4, 0.2) == [] and b.reclaim(_refuse, 10) == 0 and b.depth() == 0
+    st = b.job_status(doc["job_id"])  # the file transport finds no job without a result by id
+    if st is not None:
+        assert st.status == "failed" and st.error["code"] == "RECOVERY_FAILED", st
+        assert st.error["message"] == "the worker's own words"
 
 
 def test_list_jobs_newest_first_in_pages(t):
@@ -372,7 +477,6 @@ def test_recovery_never_archives_a_crashed_run_with_a_shutdowns_result(transport
     """A run given back at shutdown leaves a ``cancelled`` result; the same worker runs the job
     again and dies; recovery (the real Recovery over this transport) re-queues it as attempt 2
     instead of archiving it with the shutdown's result."""
-    from guestkit_worker.job import outcomes
     from guestkit_worker.runtime.recovery import Recovery
     a, b = transport_factory.make("contract-dies"), transport_factory.make("contract-lives")
     a.open()
@@ -514,7 +618,7 @@ def test_storage_trouble_is_transport_unavailable_or_oserror(transport_factory):
         "get_result": lambda: t.get_result(held["job_id"]),
         "wait_result": lambda: t.wait_result(held["job_id"], 0.1),
         "job_status": lambda: t.job_status(held["job_id"]), "list_jobs": lambda: t.list_jobs(limit=2),
-        "cancel": lambda: t.cancel(waiting["job_id"]),
+        "cancel": lambda: t.cancel(waiting["job_id"], outcomes.cancelled_before_start),
         "cancel_requests": lambda: t.cancel_requests([held["job_id"]]),
         "reserve": lambda: t.reserve_idempotency_key("contract-outage-key", held["job_id"]),
         "release_key": lambda: t.release_idempotency_key("contract-other-key", held["job_id"]),

@@ -1,31 +1,24 @@
-"""Finding jobs by id in the file transport: submit (never two jobs for one id), job_status,
-list_jobs and cancel.  A job is found under its conventional file name JOB_ID.json (what
-``submit`` and the API write) or the alternate JOB_ID.N.json a give-back took when a producer
-had reused its name (layout.ALTERNATE_NAMES), always by name: jobs/ is never listed for one id.
-A job file placed under another name by a producer still runs, but only its result is found
-by id."""
+"""Finding jobs by id in the file transport: submit (never two jobs for one id), job_status and
+list_jobs.  A job is found under its conventional file name JOB_ID.json (what ``submit`` and
+the API write) or the alternate JOB_ID.N.json a give-back took when a producer had reused its
+name (layout.ALTERNATE_NAMES), always by name: jobs/ is never listed for one id.  A job file
+placed under another name by a producer still runs, but only its result is found by id."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ...job.outcomes import cancelled_before_start, stamp
+from ...job.facts import job_facts
+from ...job.outcomes import stamp
 from ...system import atomic
-from ..base import (
-    FINAL_STATUSES,
-    InvalidPageToken,
-    JobStatus,
-    Outcome,
-    Page,
-    SubmitReceipt,
-    TransportUnavailable,
-    job_bytes,
-)
-from .layout import RUNNING_SUFFIX, alternate_names, read_json
+from ..base import FINAL_STATUSES, InvalidPageToken, JobStatus, Page, SubmitReceipt, job_bytes
+from .layout import RUNNING_SUFFIX, Layout, alternate_names, read_json
+from .results import FileResultStore
 
 _RESULT_SUFFIX = "-result.json"
 _LOOKUPS = 3  # looks before a job is called unknown (each sees any one move)
@@ -37,10 +30,18 @@ def _names_of(job_id: str) -> list:
 
 
 class FileIndex:
-    """Mixin of FileTransport."""
+    """Jobs of one jobs and results directory, by id.
+
+    results: where stored results are read; max_job_bytes: the largest job file submit
+    writes; durable: fsync what submit writes."""
+
+    def __init__(self, layout: Layout, results: FileResultStore, *, max_job_bytes: int,
+                 durable: bool) -> None:
+        self.layout, self.results = layout, results
+        self.max_job_bytes, self.durable = max_job_bytes, durable
 
     # -- locating -----------------------------------------------------------------------
-    def _locate(self, job_id: str) -> tuple | None:
+    def locate(self, job_id: str) -> tuple | None:
         """(status, path, worker_id) of a job file waiting or held by a worker, or None.
 
         The workers' dirs are looked at before jobs/ and again after it: a job claimed
@@ -92,10 +93,10 @@ class FileIndex:
         job_id = doc["job_id"]
         data = job_bytes(doc, raw, self.max_job_bytes)
         L = self.layout
-        found = self._locate(job_id)
+        found = self.locate(job_id)
         if found is not None:
             return self._receipt(job_id, read_json(found[1]), doc, found[0], found[1])
-        result = self._result_or_none(job_id)
+        result = self.results.result_or_none(job_id)
         if result is not None:
             return self._receipt(job_id, self._archived_doc(job_id), doc, str(result.get("status")),
                                  L.result_path(job_id))
@@ -120,22 +121,22 @@ class FileIndex:
         return None
 
     def _job_status_once(self, job_id: str) -> JobStatus | None:
-        found = self._locate(job_id)
+        found = self.locate(job_id)
         if found is not None:
             status, path, worker = found
             doc = read_json(path)
             doc = doc if isinstance(doc, dict) else {}
-            ex = doc.get("execution") if isinstance(doc.get("execution"), dict) else {}
+            facts = job_facts(doc)
             if status == "running":
-                done = self._stored_outcome(job_id, ex.get("attempt", 1))
+                done = self._stored_outcome(job_id, facts.attempt)
                 if done is not None:  # its result is stored, its job file not archived yet
                     done.submitted_at = doc.get("created_at")
                     return done
-            return JobStatus(job_id, status, operation=doc.get("operation"), attempt=ex.get("attempt", 1),
+            return JobStatus(job_id, status, operation=doc.get("operation"), attempt=facts.attempt,
                              worker_id=worker, submitted_at=doc.get("created_at"),
                              started_at=_mtime_stamp(path) if status == "running" else None,
-                             cancellable=ex.get("cancellable", True) is not False)
-        result = self._result_or_none(job_id)
+                             cancellable=facts.cancellable)
+        result = self.results.result_or_none(job_id)
         if result is None:
             return None
         status = _status_of_result(job_id, result)
@@ -148,7 +149,7 @@ class FileIndex:
         """The status of a running job's stored final result for this very attempt (the window
         between the result's commit and the job file's archive), or None.  A cancelled result is
         never taken: a shutdown's give-back leaves one behind for an attempt that runs again."""
-        result = self._result_or_none(job_id)
+        result = self.results.result_or_none(job_id)
         if not result or result.get("status") not in ("completed", "failed", "timeout"):
             return None
         summary = result.get("execution_summary")
@@ -182,11 +183,9 @@ class FileIndex:
         """(job_id, mtime_ns) of every job found by id: held, waiting, then with a result."""
         L = self.layout
         dirs = []
-        try:
+        with contextlib.suppress(OSError):
             dirs = [os.path.join(L.processing_root, e) for e in os.listdir(L.processing_root)
                     if not e.endswith(".lock")]
-        except OSError:
-            pass
         for d in dirs + [L.jobs_dir]:
             try:
                 with os.scandir(d) as it:
@@ -209,52 +208,6 @@ class FileIndex:
                         yield e.name[:-len(_RESULT_SUFFIX)], _mtime_ns(e)
         except OSError:
             pass
-
-    # -- cancel -------------------------------------------------------------------------
-    def cancel(self, job_id: str) -> str:
-        for _ in range(3):  # the job may move between looking and acting: look again
-            found = self._locate(job_id)
-            if found is None:
-                if self._result_or_none(job_id) is not None:
-                    return "finished"
-                if self.job_status(job_id) is None:
-                    return "not_found"
-                continue
-            status, path, _worker = found
-            if status == "pending" and os.path.dirname(path) == self.layout.jobs_dir:
-                if self._lock_fd is None:
-                    raise TransportUnavailable("cancelling a waiting job needs an open transport")
-                delivery = self._claim(os.path.basename(path))
-                if delivery is None:
-                    continue
-                delivery.job_id = job_id
-                doc = read_json(delivery.path)
-                result, reason = cancelled_before_start(doc if isinstance(doc, dict) else {"job_id": job_id},
-                                                        delivery.name, self.layout.worker_id)
-                outcome = Outcome(delivery, "cancelled", result=result, reason=reason, failed=True)
-                self.commit([outcome])
-                if outcome.error is not None:
-                    self.release(delivery)
-                    raise TransportUnavailable(f"cannot store the cancelled result: {outcome.error}")
-                return "cancelled"
-            doc = read_json(path)
-            ex = doc.get("execution") if isinstance(doc, dict) and isinstance(doc.get("execution"), dict) else {}
-            if ex.get("cancellable", True) is False:
-                return "not_cancellable"
-            marker = os.path.join(self.layout.cancel_dir, job_id)
-            try:
-                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-                os.close(fd)
-            except FileExistsError:
-                pass
-            return "cancelling"
-        return "cancelling"
-
-    def cancel_requests(self, job_ids: Iterable[str]) -> set:
-        d = self.layout.cancel_dir
-        asked = {j for j in job_ids if os.path.lexists(os.path.join(d, j))}
-        self._cancel_seen |= asked
-        return asked
 
 
 def _canonical(doc: Mapping) -> str:

@@ -6,7 +6,8 @@
     jobs/.processing/.running-ids.lock  one byte locked per running job id (nothing is written)
     jobs/.cancel/JOB_ID              a cancel request for a running job
     jobs/done/                       finished jobs (completed, duplicate)
-    jobs/failed/                     failed, timed out, cancelled and rejected jobs, each with NAME.reason.json
+    jobs/failed/                     failed, timed out, cancelled and rejected jobs, each with
+                                     NAME.reason.json
     results/JOB_ID-result.json       one result per job, written atomically
     results/JOB_ID-progress.jsonl    progress events
     results/.idempotency/            idempotency key -> reservation or completed record

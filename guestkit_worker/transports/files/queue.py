@@ -1,5 +1,5 @@
-"""The queue half of the file transport: listing jobs/, claiming a job file by renaming it into
-this worker's processing directory, marking it started, putting it back (retry, release) and
+"""The queue of the file transport: listing jobs/, claiming a job file by renaming it into this
+worker's processing directory, marking it started, putting it back (retry, release) and
 archiving it.  A claim is an atomic rename, so two workers never run the same job file."""
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 
 from ...system import atomic
-from ..base import Delivery, LeaseLost, compact_job_bytes
+from ..base import Delivery, LeaseLost, TransportObserver, compact_job_bytes
+from .claimed import ClaimedNames
 from .jobfile import read_job_file
-from .layout import ALTERNATE_NAMES, MAX_NAME_BYTES, RUNNING_SUFFIX, alternate_names, json_bytes
+from .jobids import RunningIds
+from .layout import ALTERNATE_NAMES, MAX_NAME_BYTES, RUNNING_SUFFIX, Layout, alternate_names, json_bytes
+from .liveness import WorkerLock
 
 log = logging.getLogger(__name__)
 
@@ -31,35 +34,39 @@ _DEPTH_REUSE_SECONDS = 0.1
 class FileDelivery(Delivery):
     """A job file this worker owns until it is archived, retried or released."""
 
-    __slots__ = ("path", "cancel_marker", "id_lock", "id_busy")
+    __slots__ = ("path", "cancel_marker", "id_lock", "id_busy", "lost")
 
     def __init__(self, name: str, path: str, *, started: bool = False) -> None:
         super().__init__(name, started=started)
         self.path = path
         self.cancel_marker: str | None = None
-        self.id_lock: tuple | None = None  # (byte, job id) of its job id's lock (hold_job_id)
+        self.id_lock: tuple | None = None  # (byte, job id) of its job id's hold (RunningIds)
         self.id_busy = False   # ... or found it held by another worker
+        self.lost = False      # found taken over by another worker (reported once)
 
 
 class FileQueue:
-    """Mixin of FileTransport: needs self.layout, self.max_job_bytes, self.durable, self.once,
-    self.poll_interval (set by FileTransport.__init__)."""
+    """Job files of one jobs directory, as one worker takes and gives them back.
 
-    fetch_from_job_threads = True  # a claim is one rename in a list kept in memory
+    lock: this worker's liveness lock (nothing is claimed without it); names: the names in
+    its processing dir; job_ids: the holds of running job ids (dropped when a job file
+    leaves); observer: told of job files found taken over.  once: only the job files present
+    at the first listing (and their retries) are ever taken."""
 
-    def _init_queue(self) -> None:
-        # Names of the job files in our processing dir.  Only this process writes there (the
-        # flock keeps out anyone else with our worker id, and recovery by other workers starts
-        # only once we are dead), so a name is reserved here before a file is moved in and
-        # plain renames cannot replace anything.
-        self._here: set = set()
-        self._here_lock = threading.Lock()
+    def __init__(self, layout: Layout, lock: WorkerLock, names: ClaimedNames, job_ids: RunningIds,
+                 observer: TransportObserver, *, max_job_bytes: int, durable: bool, once: bool,
+                 poll_interval: float) -> None:
+        self.layout, self.lock, self.names, self.job_ids = layout, lock, names, job_ids
+        self.observer = observer
+        self.max_job_bytes, self.durable, self.once = max_job_bytes, durable, once
+        self.poll_interval = poll_interval
         self._scan_lock = threading.Lock()
         self._pending: collections.deque = collections.deque()  # names to try, file-name order
         self._scanned_at = float("-inf")
         self._waiting = 0                      # jobs/ names not meant for others at the last scan
-        self._foreign: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self._eligible: set | None = None   # --once: the names present at start (and retries)
+        #: names released as meant for another pool or worker -> when (not taken for a while)
+        self.foreign: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._eligible: set | None = None      # --once: the names present at start (and retries)
         self._given_back: dict = {}            # names released unstarted: tried after the others
         self._depth_fresh = False              # the last fetch ended on a listing and took nothing
 
@@ -78,7 +85,7 @@ class FileQueue:
         """List jobs/ again (called with _scan_lock held)."""
         names = self._list_jobs_dir()
         now = time.monotonic()
-        foreign = self._foreign
+        foreign = self.foreign
         while foreign and now - next(iter(foreign.values())) >= FOREIGN_RECHECK_SECONDS:
             foreign.popitem(last=False)  # oldest first: entries are added in time order
         if self._eligible is None and self.once:
@@ -90,14 +97,14 @@ class FileQueue:
             pending.sort(key=lambda n: back.get(n, 0.0))  # the others keep file-name order
         if self._eligible is not None:
             pending = [n for n in pending if n in self._eligible]
-        with self._here_lock:
-            self._pending = collections.deque(n for n in pending if n not in self._here)
+        self._pending = collections.deque(self.names.unclaimed(pending))
         self._scanned_at = now
 
     def _refresh_after(self) -> float:
         return min(self.poll_interval, 0.5)
 
     def depth(self) -> int:
+        """Job files waiting in jobs/, less those released as meant for others."""
         with self._scan_lock:
             # a fetch that found nothing listed jobs/ just now (the consumer asks right after
             # it): that listing is the depth; an idle worker lists jobs/ once per look, not twice
@@ -108,9 +115,10 @@ class FileQueue:
 
     # -- claiming -----------------------------------------------------------------------
     def fetch(self, max_count: int, timeout: float) -> Sequence[Delivery]:
-        """Nothing without this worker's lock (never opened, or closed): a job claimed into the
-        processing dir of a worker that holds no lock would be taken for a dead worker's."""
-        if self._lock_fd is None:
+        """Claim up to max_count job files.  Nothing without this worker's lock (never opened,
+        or closed): a job claimed into the processing dir of a worker that holds no lock would
+        be taken for a dead worker's."""
+        if not self.lock.held:
             return []
         end = time.monotonic() + timeout
         out: list = []
@@ -118,13 +126,13 @@ class FileQueue:
         while True:
             with self._scan_lock:
                 # after a wait always list again; at first only when nothing is left to try
-                listed = not first or not self._pending or \
-                    time.monotonic() - self._scanned_at >= self._refresh_after()
+                listed = (not first or not self._pending
+                          or time.monotonic() - self._scanned_at >= self._refresh_after())
                 if listed:
                     self._rescan()
                 first = False
                 while self._pending and len(out) < max_count:
-                    delivery = self._claim(self._pending.popleft())
+                    delivery = self.claim(self._pending.popleft())
                     if delivery is not None:
                         out.append(delivery)
                 self._depth_fresh = listed and not out
@@ -132,35 +140,26 @@ class FileQueue:
             left = end - time.monotonic()
             if out or exhausted or left <= 0:
                 return out
-            self._idle_wait(min(self._refresh_after(), left))
+            time.sleep(min(self._refresh_after(), left))
 
-    def _idle_wait(self, seconds: float) -> None:
-        time.sleep(seconds)
+    def claim(self, name: str) -> FileDelivery | None:
+        """Move jobs/NAME into this worker's processing dir.
 
-    def _reserve(self, name: str) -> bool:
-        """Reserve a name in our processing dir; False while a job file of that name is here."""
-        with self._here_lock:
-            if name in self._here:
-                return False
-            self._here.add(name)
-            return True
-
-    def _unreserve(self, name: str) -> None:
-        with self._here_lock:
-            self._here.discard(name)
-
-    def _claim(self, name: str) -> FileDelivery | None:
+        Returns:
+            The delivery, or None when the file is gone (another worker claimed it, its
+            producer removed it) or a job file of that name is here already (claimed after it).
+        """
         self._depth_fresh = False
         if self._eligible is not None:
             self._eligible.discard(name)
         self._given_back.pop(name, None)
-        if not self._reserve(name):
-            return None  # a job file of this name is claimed or running here: claim it after that one
+        if not self.names.reserve(name):
+            return None
         dst = f"{self.layout.processing}/{name}"
         try:
             os.rename(f"{self.layout.jobs_dir}/{name}", dst)  # the name is reserved: nothing to replace
         except OSError as exc:
-            self._unreserve(name)
+            self.names.discard(name)
             if exc.errno != errno.ENOENT:  # ENOENT: another worker claimed it, or its producer removed it
                 log.error("cannot claim %s: %s", name, exc)
             return None
@@ -169,21 +168,25 @@ class FileQueue:
     def read(self, delivery: Delivery) -> bytes:
         return read_job_file(delivery.path, delivery.name, self.max_job_bytes)
 
-    def _still_ours(self, delivery: Delivery) -> bool:
+    def still_ours(self, delivery: Delivery) -> bool:
         """True while the delivery's job file is in this worker's processing dir.  Only a worker
         whose lock was lost while it lived (its lock file removed) can find it gone: another
         worker took the job over, so this one must neither store its outcome nor queue the job
-        again (LeaseLost)."""
+        again (:meth:`fenced`)."""
         return os.path.lexists(delivery.path)
+
+    def fenced(self, delivery: Delivery) -> LeaseLost:
+        """The error for a delivery another worker took over (reported to the observer once)."""
+        if not delivery.lost:
+            delivery.lost = True
+            self.observer.lease_lost()
+        return LeaseLost(f"job file {delivery.name} is no longer in this worker's processing directory: "
+                         "another worker took it over (was this worker's lock file removed while it ran?)")
 
     def extend_lease(self, delivery: Delivery) -> bool:
         """No lease: a claim lasts as long as this worker's lock; False once the job was taken
-        over (see _still_ours)."""
-        return self._still_ours(delivery)
-
-    def _lost(self, delivery: Delivery) -> LeaseLost:
-        return LeaseLost(f"job file {delivery.name} is no longer in this worker's processing directory: "
-                         "another worker took it over (was this worker's lock file removed while it ran?)")
+        over (see :meth:`still_ours`)."""
+        return self.still_ours(delivery)
 
     def mark_started(self, delivery: Delivery) -> None:
         running = delivery.path + RUNNING_SUFFIX
@@ -193,8 +196,9 @@ class FileQueue:
 
     # -- giving back --------------------------------------------------------------------
     def retry(self, delivery: Delivery, doc: Mapping) -> None:
-        if not self._still_ours(delivery):
-            raise self._lost(delivery)  # queued again by its new owner, if at all
+        """Write doc as a new job file in jobs/ and drop the delivered one."""
+        if not self.still_ours(delivery):
+            raise self.fenced(delivery)  # queued again by its new owner, if at all
         data = compact_job_bytes(doc)  # one line: an indented rewrite can outgrow --max-job-size
         for dst in self._queue_names(delivery.name):
             try:
@@ -203,27 +207,26 @@ class FileQueue:
             except FileExistsError:
                 continue
         os.unlink(delivery.path)
-        self._unreserve(delivery.name)
+        self._left(delivery)
         self._depth_fresh = False
-        self._drop_job_id(delivery)
         if self._eligible is not None:
             self._eligible.add(os.path.basename(dst))  # a one-shot run waits for its retries
 
     def release(self, delivery: Delivery, *, not_for_me: bool = False) -> None:
+        """Move the job file back to jobs/ (remembered for a while when not_for_me)."""
         for dst in self._queue_names(delivery.name):
             try:
                 atomic.rename_noreplace(delivery.path, dst)
                 break
             except FileExistsError:
                 continue
-        self._unreserve(delivery.name)
-        self._drop_job_id(delivery)
+        self._left(delivery)
         with self._scan_lock:
             self._depth_fresh = False
-            remembered = self._foreign if not_for_me else self._given_back
+            remembered = self.foreign if not_for_me else self._given_back
             remembered[os.path.basename(dst)] = time.monotonic()
-            if delivery.id_busy and self._eligible is not None:
-                self._eligible.add(os.path.basename(dst))  # a one-shot run waits for it to run after the other
+            if delivery.id_busy and self._eligible is not None:  # a one-shot run waits for it to run
+                self._eligible.add(os.path.basename(dst))          # after the other delivery of its id
             while len(remembered) > MAX_FOREIGN_NAMES:
                 remembered.pop(next(iter(remembered)))
 
@@ -245,24 +248,36 @@ class FileQueue:
         while True:
             yield os.path.join(jobs, f"{stem}.{time.time_ns()}.json")
 
-    def _archive(self, delivery: Delivery, failed: bool, reason: dict | None) -> str:
-        """Move the job file to done/ or failed/ (with its reason beside it)."""
+    def archive(self, delivery: Delivery, failed: bool, reason: dict | None) -> str:
+        """Move the job file to done/ or failed/, with the reason document (as given) beside it.
+
+        Returns:
+            Where the job file went.
+
+        Raises:
+            OSError: it could not be moved (it stays held); a reason that cannot be written is
+                logged only.
+        """
         name = delivery.name
         raw = os.fsencode(name)
         if len(raw) > MAX_NAME_BYTES:  # keep room for the suffixes (the reason names the original)
-            name = os.fsdecode(raw[:MAX_NAME_BYTES - 30] + b"~" + hashlib.sha256(raw).hexdigest()[:16].encode()
-                               + b".json")
+            digest = hashlib.sha256(raw).hexdigest()[:16].encode()
+            name = os.fsdecode(raw[:MAX_NAME_BYTES - 30] + b"~" + digest + b".json")
         dst = f"{self.layout.failed_dir if failed else self.layout.done_dir}/{name}"
         try:
             atomic.rename_noreplace(delivery.path, dst)  # two workers archiving the same name: both kept
         except FileExistsError:
             dst = f"{dst}.{time.time_ns()}"
             atomic.rename_noreplace(delivery.path, dst)
-        self._unreserve(delivery.name)
-        self._drop_job_id(delivery)
+        self._left(delivery)
         if reason is not None:
             try:
                 atomic.write_bytes(dst + ".reason.json", json_bytes(reason), durable=False)
             except OSError as exc:
                 log.error("job %s: cannot write reason file for %s: %s", delivery.job_id or "-", dst, exc)
         return dst
+
+    def _left(self, delivery: Delivery) -> None:
+        """The delivery's job file left the processing dir: free its name and its job id."""
+        self.names.discard(delivery.name)
+        self.job_ids.drop(delivery)

@@ -187,16 +187,6 @@ def digest(doc: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def job_facts(doc: Any) -> tuple:
-    """(operation, cancellable, attempt) of a job document, as its job state keeps them."""
-    doc = doc if isinstance(doc, dict) else {}
-    ex = doc.get("execution") if isinstance(doc.get("execution"), dict) else {}
-    op = doc.get("operation") if isinstance(doc.get("operation"), str) else None
-    attempt = ex.get("attempt")
-    attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 1
-    return op, ex.get("cancellable") is not False, attempt
-
-
 def peek(raw: bytes, max_bytes: int) -> tuple:
     """(job id, document) of an entry's bytes, or (None, None) when they are over max_bytes or
     not a JSON object with a non-empty string job_id (the worker rejects such an entry)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from ..base import Delivery, ReclaimDecision
+from ..base import Delivery, ReclaimDecision, UnrecoverableReason
 from .broker import Entry, now_iso
 
 log = logging.getLogger(__name__)
@@ -16,15 +16,19 @@ class ReclaimMixin:
     """reclaim and the dead letters of :class:`~.transport.MemoryTransport`, which provides the
     broker, the hand-out and the claim checks."""
 
-    def reclaim(self, decide: ReclaimDecision, limit: int) -> int:
+    def reclaim(self, decide: ReclaimDecision, limit: int, *,
+                unrecoverable: UnrecoverableReason | None = None) -> int:
         """Take over up to limit deliveries whose worker is dead (closed, declared dead, or an
-        earlier life of this worker id) or whose lease ran out, and hand each to decide."""
+        earlier life of this worker id) or whose lease ran out, and hand each to decide; one
+        whose decision raised is a dead letter, its job failed with the error of the reason
+        ``unrecoverable`` builds (DEAD_LETTERED without one)."""
         if limit <= 0 or self._closed:
             return 0
         with self.broker.cond:
             self.broker.check()
             taken = self._take_over(limit)
         for d, previous in taken:
+            self.observer.jobs_reclaimed()
             log.warning("%s (job %s): taken over from worker %s (delivery %d%s)", d.name, d.job_id, previous,
                         d.delivery_count, ", its handler had started" if d.started else "")
             try:
@@ -34,7 +38,9 @@ class ReclaimMixin:
                 self._let_go(d)
             except Exception as exc:
                 log.exception("%s: disposing of the reclaimed job failed; moved to the dead letters", d.name)
-                self._dead_letter(d, "reclaim_failed", f"{type(exc).__name__}: {exc}")
+                reason = unrecoverable(d, previous, exc) if unrecoverable is not None else None
+                error = reason.get("error") if isinstance(reason, dict) else None
+                self._dead_letter(d, "reclaim_failed", f"{type(exc).__name__}: {exc}", error)
         return len(taken)
 
     def _take_over(self, limit: int) -> list:
@@ -65,19 +71,22 @@ class ReclaimMixin:
                 claim.expires = float("-inf")
             self._held.discard(d.generation)
 
-    def _dead_letter(self, d: Delivery, reason: str, detail: str) -> None:
+    def _dead_letter(self, d: Delivery, reason: str, detail: str, error: dict | None = None) -> None:
         with self.broker.cond:
             claim = self._claim_of(d)
             if claim is not None:
                 self._held.discard(d.generation)
-                self._fail_dead(claim.entry, reason, detail)
+                self._fail_dead(claim.entry, reason, detail, error)
 
-    def _fail_dead(self, entry: Entry, reason: str, detail: str) -> None:
-        """Dead-letter entry; the job it is ends failed with DEAD_LETTERED (cond held)."""
+    def _fail_dead(self, entry: Entry, reason: str, detail: str, error: dict | None = None) -> None:
+        """Dead-letter entry; the job it is ends failed with ``error`` as given, else the
+        transport's own record of the disposal, DEAD_LETTERED (cond held)."""
         b = self.broker
         b.dead_letter(entry, reason, detail, self.worker_id)
+        self.observer.dead_lettered(reason)
         job = b.jobs.get(entry.job_id or "")
         if job is not None and job.entry == entry.id:
             job.status, job.completed_at, job.ended = "failed", now_iso(), b.clock()
-            job.error = {"code": "DEAD_LETTERED", "message": f"{reason}: {detail}"}
+            own = {"code": "DEAD_LETTERED", "message": f"{reason}: {detail}"}
+            job.error = error if error is not None else own
         b.cond.notify_all()

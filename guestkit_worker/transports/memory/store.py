@@ -9,8 +9,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..base import FINAL_STATUSES, JobStatus, Outcome, Page, Reservation
-from .broker import Job, KeyHold, now_iso
+from ..base import FINAL_STATUSES, CancelledDocuments, JobStatus, Outcome, Page, QueuedJob, Reservation
+from .broker import Job, KeyHold, now_iso, peek
 
 #: one shared encoder (stateless, so threads share it): compact, UTF-8, no NaN
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
@@ -143,6 +143,7 @@ class StoreMixin:
             error = o.reason.get("error") if isinstance(o.reason, dict) else None
             detail = str(error.get("message", "")) if isinstance(error, dict) else ""
             b.dead_letter(entry, "rejected", detail, self.worker_id)
+            self.observer.dead_lettered("rejected")
         else:
             del b.claims[entry.id]
             self._held.discard(d.generation)
@@ -177,9 +178,9 @@ class StoreMixin:
                 last = job.seq
         return page
 
-    def cancel(self, job_id: str) -> str:
-        """A job still waiting is taken out of the queue and gets its cancelled result now; a
-        delivered or running one is flagged for its worker (cancel_requests)."""
+    def cancel(self, job_id: str, cancelled: CancelledDocuments) -> str:
+        """A job still waiting is taken out of the queue and stores the result ``cancelled``
+        builds; a delivered or running one is flagged for its worker (cancel_requests)."""
         b = self.broker
         with b.cond:
             b.check()
@@ -189,11 +190,16 @@ class StoreMixin:
             if job.status in FINAL_STATUSES:
                 return "finished"
             if job.entry in b.waiting:
+                entry = b.waiting[job.entry]
+                result, _reason = cancelled(QueuedJob(job_id, entry.name, self.worker_id,
+                                                      peek(entry.raw, self.max_job_bytes)[1], job.operation,
+                                                      job.attempt))
+                body = self.encode_result(result)
                 del b.waiting[job.entry]
-                result = cancelled_result(job_id, job.operation, job.attempt)
-                b.results[job_id] = self.encode_result(result)
-                job.status, job.completed_at, job.error = "cancelled", result["failed_at"], result["error"]
-                job.ended = b.clock()
+                b.results[job_id] = body
+                error = result.get("error")
+                job.status, job.completed_at = "cancelled", result.get("failed_at") or now_iso()
+                job.error, job.ended = error if isinstance(error, dict) else None, b.clock()
                 b.cond.notify_all()
                 return "cancelled"
             if not job.cancellable:
@@ -226,16 +232,3 @@ def _status_of(job: Job) -> JobStatus:
                      worker_id=job.worker_id, submitted_at=job.submitted_at, started_at=job.started_at,
                      completed_at=job.completed_at, error=job.error,
                      cancellable=job.status not in FINAL_STATUSES and job.cancellable)
-
-
-def cancelled_result(job_id: str, operation: str | None, attempt: int | None) -> dict:
-    """The result of a job cancelled while it waited in the queue (it never ran)."""
-    at = now_iso()
-    return {"job_id": job_id, "status": "cancelled", "failed_at": at, "worker_id": None,
-            "operation": operation,
-            "execution_summary": {"started_at": None, "duration_seconds": 0.0, "attempt": attempt or 1,
-                                  "idempotency_key": None},
-            "outputs": {"primary": None, "artifacts": []},
-            "error": {"code": "CANCELLED", "message": "cancelled while waiting in the queue; it never ran",
-                      "phase": "queued", "recoverable": False, "retry_recommended": False},
-            "observability": None, "data": None}

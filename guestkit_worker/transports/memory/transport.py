@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...job.errors import ConfigError, JobFileError
-from ..base import Delivery, LeaseLost, SubmitReceipt, Transport
-from .broker import Claim, Entry, Job, MemoryBroker, digest, job_facts, now_iso, peek
+from ...job.facts import job_facts
+from ..base import Delivery, LeaseLost, SubmitReceipt, Transport, TransportObserver
+from .broker import Claim, Entry, Job, MemoryBroker, digest, now_iso, peek
 from .reclaim import ReclaimMixin
 from .store import StoreMixin
 
@@ -53,7 +54,7 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
     lease_seconds: a delivery not renewed this long (broker clock) may be taken over;
     max_deliveries: an entry taken over more often is a dead letter; result_ttl: maintain()
     forgets a finished job and its result this long after it ended; max_job_bytes: read()
-    refuses a larger document."""
+    refuses a larger document; observer: told of takeovers, lost deliveries and dead letters."""
 
     protected_paths = ()
     local_dirs: Mapping[str, str] = {}
@@ -61,7 +62,8 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
 
     def __init__(self, worker_id: str = "memory", *, broker: MemoryBroker | None = None,
                  lease_seconds: float = 60.0, max_deliveries: int = 5, result_ttl: float = 7 * 24 * 3600.0,
-                 max_job_bytes: int = 1 << 20, clock: Any = None) -> None:
+                 max_job_bytes: int = 1 << 20, clock: Any = None,
+                 observer: TransportObserver | None = None) -> None:
         if broker is not None and clock is not None:
             raise ValueError("clock: give it to the MemoryBroker (its transports share one clock), "
                              "not to the transport")
@@ -73,6 +75,7 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
         self.max_deliveries = int(max_deliveries)
         self.result_ttl = float(result_ttl)
         self.max_job_bytes = int(max_job_bytes)
+        self.observer = observer if observer is not None else TransportObserver()
         self._token: object | None = None  # this transport's life in broker.alive (set by open)
         self._held: set = set()              # generations of the deliveries it holds
         self._closed = True                  # not open (yet, or any more): it delivers nothing
@@ -126,9 +129,9 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
         return SubmitReceipt(job_id, "created", "pending", location=entry.name)
 
     def _new_job(self, job_id: str, entry: Entry, doc: Any) -> Job:
-        op, cancellable, attempt = job_facts(doc)
-        job = Job(job_id, self.broker.number(), entry.id, digest(doc) if isinstance(doc, dict) else "", op,
-                  cancellable, attempt, now_iso())
+        facts = job_facts(doc)
+        job = Job(job_id, self.broker.number(), entry.id, digest(doc) if isinstance(doc, dict) else "",
+                  facts.operation, facts.cancellable, facts.attempt, now_iso())
         self.broker.jobs[job_id] = job
         return job
 
@@ -175,6 +178,7 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
                         entry.job_id, job.entry)
             detail = f"job {entry.job_id} is already known as entry-{job.entry}"
             b.dead_letter(entry, "duplicate_job_id", detail, self.worker_id)
+            self.observer.dead_lettered("duplicate_job_id")
             return False
         return True
 
@@ -198,7 +202,10 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
         return claim
 
     def _lose(self, d: Delivery) -> LeaseLost:
+        """d belongs to another worker now: reported once, and the error for its caller."""
         self._held.discard(d.generation)
+        if not d.lost:
+            self.observer.lease_lost()
         d.lost = True
         return LeaseLost(f"{d.name} (job {d.job_id}) now belongs to another worker")
 
@@ -247,16 +254,17 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
     # -- giving back --------------------------------------------------------------------
     def retry(self, delivery: Delivery, doc: Mapping[str, Any]) -> None:
         raw = _encode(doc)
-        attempt = job_facts(doc)[2]
+        attempt = job_facts(doc).attempt
         with self.broker.cond:
             self.broker.check()
             if self._claim_of(delivery) is None:
                 raise self._lose(delivery)
             self._requeue(delivery, raw, attempt=attempt)
 
-    def release(self, delivery: Delivery, *, not_for_me: bool = False) -> None:
+    def release(self, delivery: Delivery, *, not_for_me: bool = False, other_pool: bool = False) -> None:
         """Queue the entry again unchanged, at the back (not handed to this worker again for a
-        while when not_for_me).  A delivery another worker owns by now is left alone."""
+        while when not_for_me or other_pool: a broker has no pools, any worker may take it).
+        A delivery another worker owns by now is left alone."""
         b = self.broker
         with b.cond:
             b.check()
@@ -264,7 +272,7 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
                 self._lose(delivery)
                 return
             entry = self._requeue(delivery, delivery.raw)
-            if not_for_me:
+            if not_for_me or other_pool:
                 entry.skip[self.worker_id] = b.clock() + FOREIGN_RECHECK_SECONDS
 
     def _requeue(self, delivery: Delivery, raw: bytes, *, attempt: int | None = None) -> Entry:

@@ -7,9 +7,8 @@ import json
 import re
 from typing import Any
 
-from ..base import FINAL_STATUSES, InvalidPageToken, JobStatus, Page
+from ..base import FINAL_STATUSES, CancelledDocuments, InvalidPageToken, JobStatus, Page, QueuedJob
 from .keys import GROUP
-from .queue import now_iso
 
 #: how many index members list_jobs reads per round while filtering
 _CHUNK = 200
@@ -48,18 +47,6 @@ def _status_of(job_id: str, h: dict) -> JobStatus:
                      worker_id=g.get("worker_id"), submitted_at=g.get("submitted_at"),
                      started_at=g.get("started_at"), completed_at=g.get("completed_at"), error=error,
                      cancellable=status not in FINAL_STATUSES and g.get("cancellable") != "0")
-
-
-def cancelled_result(job_id: str, operation: str | None, attempt: int | None) -> dict:
-    """The result of a job cancelled while it waited in the stream (it never ran)."""
-    at = now_iso()
-    return {"job_id": job_id, "status": "cancelled", "failed_at": at, "worker_id": None, "operation": operation,
-            "execution_summary": {"started_at": None, "duration_seconds": 0.0, "attempt": attempt or 1,
-                                  "idempotency_key": None},
-            "outputs": {"primary": None, "artifacts": []},
-            "error": {"code": "CANCELLED", "message": "cancelled while waiting in the queue; it never ran",
-                      "phase": "queued", "recoverable": False, "retry_recommended": False},
-            "observability": None, "data": None}
 
 
 class IndexMixin:
@@ -107,15 +94,20 @@ class IndexMixin:
                     break
         return Page(jobs=jobs, next_page_token=nxt if len(jobs) == limit else None)
 
-    def cancel(self, job_id: str) -> str:
+    def cancel(self, job_id: str, cancelled: CancelledDocuments) -> str:
+        """One script decides and acts atomically, so the documents of a cancelled waiting job
+        are built before it runs, from the job hash (its entry's document stays in the
+        stream): stored only when the job still waits."""
         k = self.k
         with self._guard("cancel"):
-            h = self.r.hmget(k.job(job_id), "operation", "attempt")
-            op, attempt = _text(h[0]), _text(h[1])
-            result = cancelled_result(job_id, op or None, int(attempt) if attempt and attempt.isdigit() else None)
+            op, attempt, entry = (_text(v) for v in self.r.hmget(k.job(job_id), "operation", "attempt", "entry"))
+            queued = QueuedJob(job_id, entry or job_id, self.worker_id, None, op or None,
+                               int(attempt) if attempt and attempt.isdigit() else None)
+            result, _reason = cancelled(queued)
+            ended = result.get("failed_at") or result.get("completed_at") or ""
             answer = self.s.cancel(keys=[k.jobs, k.job(job_id), k.result(job_id)],
-                                   args=[GROUP, self.encode_result(result), self.result_ttl, result["failed_at"],
-                                         json.dumps(result["error"])])
+                                   args=[GROUP, self.encode_result(result), self.result_ttl, ended,
+                                         json.dumps(result.get("error"))])
         return _text(answer)
 
     def maintain(self) -> None:

@@ -13,7 +13,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ...job.errors import JobFileError
-from ...job.protocol import decode_job_bytes, peek_job_id, pool_accepts
+from ...job.facts import job_facts
+from ...job.protocol import decode_job_bytes, peek_job_id
 from ..base import Delivery, LeaseLost, SubmitReceipt, TransportUnavailable, compact_job_bytes, job_bytes
 from .connection import MAX_BLOCK_SECONDS
 from .keys import GROUP
@@ -35,8 +36,7 @@ class RedisDelivery(Delivery):
         self.lost = False     # another worker owns the entry now
         self.start_recorded = False  # the step that delivered it marked it started in Redis
         self.job_id = peek_job_id(doc)
-        attempt = (doc.get("execution") or {}).get("attempt") if isinstance(doc.get("execution"), dict) else None
-        self.attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 1
+        self.attempt = job_facts(doc).attempt
         self.renewed = time.monotonic()
 
 
@@ -50,12 +50,11 @@ def digest(doc: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def job_facts(doc: Mapping[str, Any]) -> tuple:
-    """(operation, cancellable '1'|'0', attempt) of a job document, as kept in its job hash."""
-    ex = doc.get("execution") if isinstance(doc.get("execution"), dict) else {}
-    op = doc.get("operation") if isinstance(doc.get("operation"), str) else ""
-    attempt = ex.get("attempt") if isinstance(ex.get("attempt"), int) else 1
-    return op, "0" if ex.get("cancellable") is False else "1", str(attempt)
+def hash_facts(doc: Mapping[str, Any]) -> tuple:
+    """(operation, cancellable '1'|'0', attempt) of a job document (read by the job layer's
+    job_facts), as its job hash keeps them."""
+    facts = job_facts(doc)
+    return facts.operation or "", "1" if facts.cancellable else "0", str(facts.attempt)
 
 
 def _text(value: Any) -> str:
@@ -69,7 +68,7 @@ class QueueMixin:
     def submit(self, doc: Mapping[str, Any], raw: bytes | None = None) -> SubmitReceipt:
         job_id = doc["job_id"]
         body = job_bytes(doc, raw, self.max_job_bytes)  # never larger than what workers read
-        op, cancellable, attempt = job_facts(doc)
+        op, cancellable, attempt = hash_facts(doc)
         k = self.k
         with self._guard("submit"):
             outcome, status, entry = self.hot.evalsha(
@@ -153,7 +152,7 @@ class QueueMixin:
                                        self.result_ttl, ""]))
                     continue
                 d = RedisDelivery(entry, raw, doc, started=bool(starter), delivery_count=count)
-                op, cancellable, attempt = job_facts(doc)
+                op, cancellable, attempt = hash_facts(doc)
                 now = now_iso()
                 calls.append((None, d, "admit", [k.jobs, k.dead, k.running, k.job(d.job_id), k.index,
                                                  k.result(d.job_id)],
@@ -295,14 +294,13 @@ class QueueMixin:
                 d.renewed = now
 
     def retry(self, delivery: Delivery, doc: Mapping[str, Any]) -> None:
-        attempt = (doc.get("execution") or {}).get("attempt", 1)
-        self._requeue(delivery, compact_job_bytes(doc), attempt, "retry")
+        self._requeue(delivery, compact_job_bytes(doc), job_facts(doc).attempt, "retry")
 
-    def release(self, delivery: Delivery, *, not_for_me: bool = False) -> None:
-        """Queue the entry again unchanged (a new entry at the back).  A job whose routing or
-        constraints exclude this pool, whose stream holds it, can never run here: it goes to
-        the dead letters.  Releasing an entry another worker owns by now does nothing."""
-        if not_for_me and not pool_accepts(delivery.doc, self.pool):
+    def release(self, delivery: Delivery, *, not_for_me: bool = False, other_pool: bool = False) -> None:
+        """Queue the entry again unchanged (a new entry at the back).  A job the worker found
+        routed away from this pool (other_pool), whose stream holds it, can never run here: it
+        goes to the dead letters.  Releasing an entry another worker owns by now does nothing."""
+        if other_pool:
             self._dead_letter(delivery, "not_for_this_pool",
                               f"routing or constraints exclude pool {self.pool}, whose stream holds it")
             return
@@ -323,9 +321,12 @@ class QueueMixin:
             self._lease_lost(delivery)
             raise LeaseLost(f"stream entry {delivery.name} (job {delivery.job_id}) now belongs to another worker")
 
-    def _dead_letter(self, delivery: Delivery, reason: str, detail: str) -> bool:
+    def _dead_letter(self, delivery: Delivery, reason: str, detail: str, error: dict | None = None) -> bool:
+        """Move the entry to the dead letters; its job ends failed with ``error`` as given (a
+        reason's error built by the worker), else the transport's own record of the disposal
+        (DEAD_LETTERED)."""
         k = self.k
-        error = json.dumps({"code": "DEAD_LETTERED", "message": f"{reason}: {detail}"})
+        error = json.dumps(error if error is not None else {"code": "DEAD_LETTERED", "message": f"{reason}: {detail}"})
         keys = [k.jobs, k.dead, k.running] + ([k.job(delivery.job_id)] if delivery.job_id else [])
         with self._guard("dead_letter"):
             ok = self.s.dead(keys=keys, args=[GROUP, self.worker_id, delivery.name, reason, detail, DEAD_MAXLEN,

@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from ...job.protocol import peek_job_id
-from ..base import ReclaimDecision
+from ..base import ReclaimDecision, UnrecoverableReason
 from .keys import GROUP
 from .queue import RedisDelivery, _fields, _text
 
@@ -24,7 +24,8 @@ class ReclaimMixin:
     """The reclaim method of the JobQueue; state, clients and the admission of what it takes
     over (``_admit``, ``_dead_letter``) come from :class:`.transport.RedisTransport`."""
 
-    def reclaim(self, decide: ReclaimDecision, limit: int) -> int:
+    def reclaim(self, decide: ReclaimDecision, limit: int, *,
+                unrecoverable: UnrecoverableReason | None = None) -> int:
         """First this worker's own entries left pending by its previous life (same worker
         id), then entries of other consumers idle longer than the lease, except for a lease
         after Redis came back from an outage (the grace: after an outage every lease looks
@@ -51,9 +52,9 @@ class ReclaimMixin:
                 found += self.s.reclaim(keys=[k.jobs, k.running],
                                         args=[GROUP, self.worker_id, int(self.lease_seconds * 1000),
                                               min(limit - len(found), RECLAIM_SCAN), RECLAIM_SCAN, held])
-        return self._hand_over(found, decide)
+        return self._hand_over(found, decide, unrecoverable)
 
-    def _hand_over(self, rows: list, decide: ReclaimDecision) -> int:
+    def _hand_over(self, rows: list, decide: ReclaimDecision, unrecoverable: UnrecoverableReason | None) -> int:
         over = [r for r in rows if int(r[2]) > self.max_deliveries]
         for entry, fields, count, owner, _ in over:
             d = RedisDelivery(_text(entry), b"", {}, delivery_count=int(count))
@@ -79,7 +80,9 @@ class ReclaimMixin:
                     still = d.name in self._held
                 if still:
                     try:
-                        self._dead_letter(d, "reclaim_failed", f"{type(exc).__name__}: {exc}")
+                        reason = unrecoverable(d, owners[d.name], exc) if unrecoverable is not None else None
+                        self._dead_letter(d, "reclaim_failed", f"{type(exc).__name__}: {exc}",
+                                          reason.get("error") if isinstance(reason, dict) else None)
                     except Exception:
                         log.exception("stream entry %s: cannot move it to the dead letters", d.name)
         return n
