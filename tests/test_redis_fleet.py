@@ -67,12 +67,12 @@ class Fleet:
 def producer(server, pool):
     from guestkit_worker.transports.redis import RedisTransport
     t = RedisTransport(server.url, "test-producer", pool=pool)
-    t._connect()  # a producer needs no open(); the tests read keys through its client
+    t.link.connect()  # a producer needs no open(); the tests read keys through its client
     return t
 
 
 def final_results(t, ids):
-    pipe = t.r.pipeline(transaction=False)
+    pipe = t.link.r.pipeline(transaction=False)
     for job_id in ids:
         pipe.get(t.k.result(job_id))
     return {j: json.loads(r) for j, r in zip(ids, pipe.execute()) if r}

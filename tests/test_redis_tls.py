@@ -160,7 +160,7 @@ def test_after_a_first_round_trip_the_same_symptom_is_an_outage(tmp_path, pki, p
         assert t.submit(make_job("tls-outage-001")).outcome == "created"
         tls.stop()
         plain = RedisServer(tmp_path / "plain", port=tls.port).start()
-        t.r.connection_pool.disconnect()
+        t.link.r.connection_pool.disconnect()
         with pytest.raises(TransportUnavailable):
             t.job_status("tls-outage-001")
         assert t.health()["transport"][0] is False

@@ -286,7 +286,7 @@ def test_a_worker_id_in_use_by_a_live_worker_is_refused(make, redis_url, pool):
 
     def keep_alive(t):  # the first worker lives on: it refreshes its key as it fetches
         while not stop.wait(0.2):
-            t._alive(force=True)
+            t.link.alive(force=True)
     live = threading.Thread(target=keep_alive, args=(make.made[-1],))
     live.start()
     try:
@@ -305,8 +305,8 @@ def test_a_restarted_worker_first_takes_back_its_own_entries(make, redis_url, po
     old.submit(make_job("own-job-00002"))
     d1, d2 = old.fetch(2, 0.1)
     old.mark_started(d1)
-    old._alive_at = float("inf")  # the old process is gone: its liveness key expires
-    old.r.delete(old.k.alive("fixed-id"))  # (now rather than a lease later)
+    old.link.alive_at = float("inf")  # the old process is gone: its liveness key expires
+    old.link.r.delete(old.k.alive("fixed-id"))  # (now rather than a lease later)
     new = RedisTransport(redis_url, "fixed-id", pool=pool)  # same worker id, a new process
     new.open()
     try:
@@ -350,7 +350,7 @@ def test_a_reservation_of_a_dead_worker_is_taken_over_a_lease_later(make, redis_
     b = make("worker-b", lease_seconds=1)
     assert a.reserve_idempotency_key("key-x", "holder-job-001").won
     assert not b.reserve_idempotency_key("key-x", "second-job-001").won  # a is alive
-    a._alive_at = float("inf")  # a dies: its liveness key is no longer refreshed
+    a.link.alive_at = float("inf")  # a dies: its liveness key is no longer refreshed
     wait_for(lambda: b.reserve_idempotency_key("key-x", "second-job-001").won, timeout=10,
              what="the reservation to be taken over")
     assert redis_server.client().hget(Keys(pool).idem("key-x"), "job_id") == b"second-job-001"
@@ -416,7 +416,7 @@ def test_maintain_drops_expired_jobs_from_the_index_and_consumers_long_gone(make
     r = redis_server.client()
     wait_for(lambda: not r.exists(k.job("short-lived-01")), timeout=10, what="the job's state to expire")
     assert r.zscore(k.index, "short-lived-01") is not None
-    t.stale_consumer_seconds = 0.5
+    t.link.stale_consumer_seconds = 0.5
     time.sleep(0.6)  # the consumers' idle time must exceed it (this is the condition, not a wait for one)
     t.maintain()
     assert r.zscore(k.index, "short-lived-01") is None and t.list_jobs().jobs[0].job_id == "still-held-01"
@@ -461,7 +461,7 @@ def test_redis_down_then_restarted_loses_nothing(tmp_path, pool):
         committer.join(60)
         assert box["o"].error is None and t.get_result("outage-job-001")["status"] == "completed"
         # past a lease of trying, the outcome comes back with the error (the worker decides)
-        t.lease_seconds = 1
+        t.link.lease_seconds = 1
         server.kill()
         o = completed(t, d2)
         assert isinstance(o.error, TransportUnavailable) and isinstance(o.error, OSError)
@@ -550,8 +550,7 @@ def test_a_commit_whose_reply_was_lost_is_recognised_when_tried_again(make):
     t.mark_started(d)
     o = completed(t, d)
     assert o.error is None
-    with t._lock:
-        t._held[d.name] = d  # as if the first reply never arrived
+    t.held.hold(d)  # as if the first reply never arrived
     again = completed(t, d)
     assert again.error is None and t.metrics.counts.get("lease_lost") is None
 

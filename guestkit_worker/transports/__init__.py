@@ -25,8 +25,8 @@ def open_transport(config: Any, *, metrics: TransportObserver | None = None) -> 
         from .redis import RedisTransport  # imports redis-py, only now
         return RedisTransport(config.redis_url, config.worker_id, pool=config.pool,
                               password_file=config.redis_password_file, tls_ca_file=config.redis_tls_ca_file,
-                              tls_cert_file=config.redis_tls_cert_file, tls_key_file=config.redis_tls_key_file,
-                              lease_seconds=config.lease_seconds,
+                              tls_cert_file=config.redis_tls_cert_file,
+                              tls_key_file=config.redis_tls_key_file, lease_seconds=config.lease_seconds,
                               max_deliveries=config.max_deliveries, result_ttl=config.result_ttl,
                               max_job_bytes=config.max_job_bytes, metrics=metrics)
     if name in ("file", "files"):

@@ -1,9 +1,11 @@
 """Redis Streams transport (needs the ``redis`` extra: ``pip install 'guestkit-worker[redis]'``).
 
-Modules: :mod:`.keys` (key names), :mod:`.connection` (URL, password, clients),
-:mod:`.scripts` (the Lua scripts; :func:`~.scripts.load_scripts`), :mod:`.queue` (delivery,
-leases, reclaim, dead letters), :mod:`.store` (results, idempotency, commit), :mod:`.index`
-(status, list, cancel) and :mod:`.transport` (:class:`~.transport.RedisTransport`).
+Modules: :mod:`.keys` (key names), :mod:`.connection` (URL, password, clients), :mod:`.tls`,
+:mod:`.scripts` (the Lua scripts; :func:`~.scripts.load_scripts`), :mod:`.hotcall` (the
+submission's per-thread connection), and the parts :class:`~.transport.RedisTransport`
+composes: :mod:`.link` (clients, outages, the worker id), :mod:`.held` (entries held),
+:mod:`.queue` (delivery, leases, dead letters), :mod:`.reclaim` (taking over),
+:mod:`.store` (results, idempotency, commit) and :mod:`.index` (status, list, cancel).
 redis-py is imported only when a :class:`RedisTransport` is created.
 """
 

@@ -20,6 +20,7 @@ that try is safe even when the first call had run: it answers ``exists``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections.abc import Sequence
@@ -127,7 +128,5 @@ class ThreadConnections:
             conns = list(self._all)
             self._all.clear()
         for conn in conns:
-            try:
+            with contextlib.suppress(Exception):
                 conn.disconnect()
-            except Exception:
-                pass

@@ -1,5 +1,6 @@
-"""Where a job is and what can be done to it: ``job_status``, ``list_jobs`` (newest first, from
-the pool's index sorted set) and ``cancel``, read from the per-job state hashes."""
+"""Where a job is and what can be done to it (:class:`RedisIndex`): ``job_status``,
+``list_jobs`` (newest first, from the pool's index sorted set) and ``cancel``, read from the
+per-job state hashes, and the index's housekeeping (``maintain``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 from ..base import FINAL_STATUSES, CancelledDocuments, InvalidPageToken, JobStatus, Page, QueuedJob
 from .keys import GROUP
+from .link import RedisLink
+from .store import encode_result
 
 #: how many index members list_jobs reads per round while filtering
 _CHUNK = 200
@@ -49,12 +52,16 @@ def _status_of(job_id: str, h: dict) -> JobStatus:
                      cancellable=status not in FINAL_STATUSES and g.get("cancellable") != "0")
 
 
-class IndexMixin:
-    """job_status, list_jobs and cancel; state and clients come from the transport."""
+class RedisIndex:
+    """job_status, list_jobs, cancel and maintain over ``link``."""
+
+    def __init__(self, link: RedisLink) -> None:
+        self.link = link
 
     def job_status(self, job_id: str) -> JobStatus | None:
-        with self._guard("status"):
-            h = self.r.hgetall(self.k.job(job_id))
+        link = self.link
+        with link.guard("status"):
+            h = link.r.hgetall(link.k.job(job_id))
         return _status_of(job_id, h) if h else None
 
     def list_jobs(self, *, status: str | None = None, operation: str | None = None,
@@ -65,11 +72,12 @@ class IndexMixin:
         top, after = "+inf", None
         if page_token:
             top, after = _decode_token(page_token)
+        link, k = self.link, self.link.k
         jobs, nxt = [], None
-        with self._guard("list"):
+        with link.guard("list"):
             offset = 0
             while len(jobs) < limit:
-                members = self.r.zrevrangebyscore(self.k.index, top, "-inf", start=offset, num=_CHUNK,
+                members = link.r.zrevrangebyscore(k.index, top, "-inf", start=offset, num=_CHUNK,
                                                   withscores=True)
                 if not members:
                     break
@@ -77,9 +85,9 @@ class IndexMixin:
                 rows = [(_text(m), int(s)) for m, s in members]
                 if after is not None:  # same score: members come in descending order
                     rows = [(m, s) for m, s in rows if not (str(s) == top and m >= after)]
-                pipe = self.r.pipeline(transaction=False)
+                pipe = link.r.pipeline(transaction=False)
                 for m, _ in rows:
-                    pipe.hgetall(self.k.job(m))
+                    pipe.hgetall(k.job(m))
                 for (m, s), h in zip(rows, pipe.execute()):
                     if not h:
                         continue  # expired with its result; maintain() drops it from the index
@@ -98,38 +106,35 @@ class IndexMixin:
         """One script decides and acts atomically, so the documents of a cancelled waiting job
         are built before it runs, from the job hash (its entry's document stays in the
         stream): stored only when the job still waits."""
-        k = self.k
-        with self._guard("cancel"):
-            op, attempt, entry = (_text(v) for v in self.r.hmget(k.job(job_id), "operation", "attempt", "entry"))
-            queued = QueuedJob(job_id, entry or job_id, self.worker_id, None, op or None,
+        link, k = self.link, self.link.k
+        with link.guard("cancel"):
+            facts = link.r.hmget(k.job(job_id), "operation", "attempt", "entry")
+            op, attempt, entry = (_text(v) for v in facts)
+            queued = QueuedJob(job_id, entry or job_id, link.worker_id, None, op or None,
                                int(attempt) if attempt and attempt.isdigit() else None)
             result, _reason = cancelled(queued)
             ended = result.get("failed_at") or result.get("completed_at") or ""
-            answer = self.s.cancel(keys=[k.jobs, k.job(job_id), k.result(job_id)],
-                                   args=[GROUP, self.encode_result(result), self.result_ttl, ended,
+            answer = link.s.cancel(keys=[k.jobs, k.job(job_id), k.result(job_id)],
+                                   args=[GROUP, encode_result(result), link.result_ttl, ended,
                                          json.dumps(result.get("error"))])
         return _text(answer)
 
     def maintain(self) -> None:
         """Drop index members whose job has expired; remove consumers of workers long gone
-        (no pending entries, idle over an hour or ten leases)."""
-        k = self.k
-        with self._guard("maintain"):
-            cutoff = int((self._redis_time() - self.result_ttl) * 1000)
-            old = [_text(m) for m in self.r.zrangebyscore(k.index, "-inf", cutoff, start=0, num=1000)]
+        (no pending entries, idle longer than ``stale_consumer_seconds``)."""
+        link, k = self.link, self.link.k
+        with link.guard("maintain"):
+            cutoff = int((link.redis_time() - link.result_ttl) * 1000)
+            old = [_text(m) for m in link.r.zrangebyscore(k.index, "-inf", cutoff, start=0, num=1000)]
             if old:
-                pipe = self.r.pipeline(transaction=False)
+                pipe = link.r.pipeline(transaction=False)
                 for m in old:
                     pipe.exists(k.job(m))
                 gone = [m for m, e in zip(old, pipe.execute()) if not e]
                 if gone:
-                    self.r.zrem(k.index, *gone)
-            idle_ms = self.stale_consumer_seconds * 1000
-            for c in self.r.xinfo_consumers(k.jobs, GROUP):
+                    link.r.zrem(k.index, *gone)
+            idle_ms = link.stale_consumer_seconds * 1000
+            for c in link.r.xinfo_consumers(k.jobs, GROUP):
                 name = _text(c.get("name"))
-                if name != self.worker_id and not c.get("pending") and int(c.get("idle") or 0) > idle_ms:
-                    self.s.leave(keys=[k.jobs], args=[GROUP, name])
-
-    def _redis_time(self) -> float:
-        sec, usec = self.r.time()
-        return sec + usec / 1e6
+                if name != link.worker_id and not c.get("pending") and int(c.get("idle") or 0) > idle_ms:
+                    link.s.leave(keys=[k.jobs], args=[GROUP, name])

@@ -333,7 +333,8 @@ if waiting > 0 then
   local e = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
   if #e == 1 then
     local t = redis.call('TIME')
-    age = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(string.match(e[1][1], '^(%d+)'))
+    local enqueued = tonumber(string.match(e[1][1], '^(%d+)'))
+    age = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - enqueued
   end
 end
 return {waiting, math.max(age, -1)}

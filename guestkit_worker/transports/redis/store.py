@@ -1,5 +1,5 @@
-"""Results, job state, progress events and idempotency keys in Redis, and the atomic
-outcome (the :class:`~..base.ResultStore` half of the transport plus ``commit``)."""
+"""Results, job state, progress events and idempotency keys in Redis, and the atomic outcome
+(:class:`RedisStore`: the :class:`~..base.ResultStore` half of the transport plus ``commit``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..base import LeaseLost, Outcome, Reservation, TransportUnavailable
+from .held import HeldEntries
 from .keys import GROUP
+from .link import RedisLink, RedisUnavailable, text
 from .queue import now_iso
 from .scripts import DEAD_MAXLEN
 
@@ -20,61 +22,70 @@ log = logging.getLogger(__name__)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+def encode_result(result: Mapping[str, Any]) -> bytes:
+    """The stored form of a result document (TypeError/ValueError when JSON cannot hold it)."""
+    return _ENCODER.encode(result).encode("utf-8", "surrogatepass")
 
 
-class StoreMixin:
-    """The ResultStore methods and commit; state and clients come from the transport."""
+class RedisStore:
+    """The ResultStore methods and commit over ``link``; ``held``: the entries this worker holds
+    (an acknowledged one is forgotten, a fenced one reported)."""
+
+    def __init__(self, link: RedisLink, held: HeldEntries) -> None:
+        self.link, self.held = link, held
 
     def encode_result(self, result: Mapping[str, Any]) -> bytes:
-        return _ENCODER.encode(result).encode("utf-8", "surrogatepass")
+        return encode_result(result)
 
     def get_result(self, job_id: str) -> dict | None:
-        with self._guard("get_result"):
-            raw = self.r.get(self.k.result(job_id))
+        link = self.link
+        with link.guard("get_result"):
+            raw = link.r.get(link.k.result(job_id))
         return json.loads(raw) if raw else None
 
     def append_progress(self, job_id: str, event: Mapping[str, Any]) -> None:
-        key = self.k.progress(job_id)
+        link = self.link
+        key = link.k.progress(job_id)
         try:
-            with self._guard("progress"):
-                pipe = self.r.pipeline(transaction=False)
+            with link.guard("progress"):
+                pipe = link.r.pipeline(transaction=False)
                 pipe.rpush(key, _ENCODER.encode(event))
-                pipe.expire(key, self.result_ttl)
+                pipe.expire(key, link.result_ttl)
                 pipe.execute()
         except (TransportUnavailable, TypeError, ValueError) as exc:  # best effort
             log.debug("job %s: progress event dropped (%s)", job_id, exc)
 
     def read_progress(self, job_id: str, after: int = 0) -> list:
-        with self._guard("progress"):
-            items = self.r.lrange(self.k.progress(job_id), max(0, int(after)), -1)
+        link = self.link
+        with link.guard("progress"):
+            items = link.r.lrange(link.k.progress(job_id), max(0, int(after)), -1)
         return [json.loads(i) for i in items]
 
     def reserve_idempotency_key(self, key: str, job_id: str) -> Reservation:
         """Atomic on the server; a key whose holder's worker is no longer alive (its liveness
         key expired a lease after its last sign of life) is taken over."""
-        k = self.k
-        self._alive()
-        with self._guard("idempotency"):
+        link, k = self.link, self.link.k
+        link.alive()
+        with link.guard("idempotency"):
             for _ in range(10):  # the holder changed between the read and the script: read again
-                holder_worker = _text(self.r.hget(k.idem(key), "worker") or b"")
-                reply = self.s.reserve(keys=[k.idem(key), k.alive(holder_worker or self.worker_id)],
-                                       args=[job_id, self.worker_id, holder_worker, self.result_ttl])
-                if _text(reply[0]) != "again":
+                holder_worker = text(link.r.hget(k.idem(key), "worker") or b"")
+                reply = link.s.reserve(keys=[k.idem(key), k.alive(holder_worker or link.worker_id)],
+                                       args=[job_id, link.worker_id, holder_worker, link.result_ttl])
+                if text(reply[0]) != "again":
                     break
-        answer = _text(reply[0])
+        answer = text(reply[0])
         if answer == "won":
             return Reservation(True)
         if answer == "again":
             raise TransportUnavailable(f"idempotency key {key}: its holder keeps changing; try again")
-        holder = _text(reply[1])
+        holder = text(reply[1])
         return Reservation(False, holder_job_id=holder, state=answer,
                            result=self.get_result(holder) if answer == "completed" else None)
 
     def release_idempotency_key(self, key: str, job_id: str) -> None:
-        with self._guard("idempotency"):
-            self.s.release_key(keys=[self.k.idem(key)], args=[job_id])
+        link = self.link
+        with link.guard("idempotency"):
+            link.s.release_key(keys=[link.k.idem(key)], args=[job_id])
 
     # -- the outcome --------------------------------------------------------------------
     def commit(self, outcomes: Sequence[Outcome]) -> None:
@@ -96,41 +107,53 @@ class StoreMixin:
                 o.error = exc
         if not calls:
             return
-        give_up = time.monotonic() + self.lease_seconds
+        replies = self._send([("commit", keys, args) for _, (keys, args) in calls])
+        if isinstance(replies, TransportUnavailable):
+            for o, _ in calls:
+                o.error = replies
+            return
+        for (o, _), reply in zip(calls, replies):
+            self._committed(o, reply)
+
+    def _send(self, calls: list) -> list | TransportUnavailable:
+        """The replies of one batch of commit calls, tried again while Redis is away (see
+        commit); the error once trying is over."""
+        link = self.link
+        give_up = time.monotonic() + link.lease_seconds
         pause = 0.1
         while True:
             try:
-                with self._guard("commit"):
-                    replies = self.s.batch([("commit", keys, args) for _, (keys, args) in calls])
-                break
+                with link.guard("commit"):
+                    return link.s.batch(calls)
             except TransportUnavailable as exc:
-                if time.monotonic() + pause > give_up or self._closing.is_set() or self.stopping():
-                    for o, _ in calls:
-                        o.error = exc
-                    return
+                if time.monotonic() + pause > give_up or link.closing.is_set() or link.stopping():
+                    return exc
                 log.warning("storing %d outcome(s): %s; trying again in %.1fs", len(calls), exc, pause)
-                self._pause(pause)
+                link.pause(pause)
                 pause = min(2.0, pause * 2)
-        for (o, _), reply in zip(calls, replies):
-            d = o.delivery
-            if isinstance(reply, Exception):
-                self.metrics.transport_error("commit")
-                o.error = self._unavailable_error(f"redis commit: {reply}")
-            elif reply in (1, 2):
-                self._forget(d)
-                if reply == 1 and o.status == "rejected" and o.result is None and \
-                        (getattr(d, "poison", None) or not d.job_id):
-                    self._dead_lettered((getattr(d, "poison", None) or ("rejected",))[0])
-            else:
-                self._lease_lost(d)
-                o.error = LeaseLost(f"stream entry {d.name} (job {d.job_id}) now belongs to another worker; "
-                                    "its outcome was not stored")
+
+    def _committed(self, o: Outcome, reply: Any) -> None:
+        """Act on one commit script's reply."""
+        d = o.delivery
+        if isinstance(reply, Exception):
+            self.link.observer.transport_error("commit")
+            o.error = RedisUnavailable(f"redis commit: {reply}")
+        elif reply in (1, 2):
+            self.held.forget(d)
+            poison = getattr(d, "poison", None)
+            if reply == 1 and o.status == "rejected" and o.result is None and (poison or not d.job_id):
+                self.held.dead_lettered((poison or ("rejected",))[0])
+        else:
+            self.held.lease_lost(d)
+            o.error = LeaseLost(f"stream entry {d.name} (job {d.job_id}) now belongs to another worker; "
+                                "its outcome was not stored")
 
     def _commit_call(self, o: Outcome) -> tuple:
-        k, d = self.k, o.delivery
+        """(keys, args) of the commit script for one outcome."""
+        link, k, d = self.link, self.link.k, o.delivery
         job_id = state_of = d.job_id or ""  # state_of: the job whose state and result this sets
         result = o.result
-        body = o.encoded if o.encoded is not None else (self.encode_result(result) if result is not None else b"")
+        body = o.encoded if o.encoded is not None else (encode_result(result) if result is not None else b"")
         status = "completed" if o.status == "duplicate" else o.status
         ended = None
         if isinstance(result, dict):
@@ -142,9 +165,10 @@ class StoreMixin:
         if o.idempotency_key:
             mode = "complete" if o.status == "completed" else "release"
         dead_reason = detail = requeue = ""
+        poison = getattr(d, "poison", None)
         if o.status == "rejected" and result is None:
-            if getattr(d, "poison", None) or not job_id:  # nowhere else to keep it: a dead letter
-                dead_reason, detail = getattr(d, "poison", None) or ("rejected", "")
+            if poison or not job_id:  # nowhere else to keep it: a dead letter
+                dead_reason, detail = poison or ("rejected", "")
                 if not detail and isinstance(error, dict):
                     detail = str(error.get("message", ""))
             else:  # a job rejected without a result (its id runs here already): back to the queue
@@ -153,7 +177,7 @@ class StoreMixin:
             requeue = d.raw
         idem = k.idem(o.idempotency_key) if o.idempotency_key else k.result(job_id)
         keys = [k.jobs, k.dead, k.running, k.job(job_id), k.result(job_id), k.progress(job_id), idem]
-        args = [GROUP, self.worker_id, d.name, body, self.result_ttl, status, ended or now_iso(),
-                _ENCODER.encode(error) if error is not None else "", mode, state_of, dead_reason, detail, DEAD_MAXLEN,
-                requeue]
+        args = [GROUP, link.worker_id, d.name, body, link.result_ttl, status, ended or now_iso(),
+                _ENCODER.encode(error) if error is not None else "", mode, state_of, dead_reason, detail,
+                DEAD_MAXLEN, requeue]
         return keys, args

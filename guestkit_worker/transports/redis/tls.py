@@ -57,7 +57,8 @@ class TlsFiles:
         try:
             context = ssl.create_default_context(cafile=ca)
         except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"--redis-tls-ca-file {self.ca_file}: not a usable CA file ({_reason(exc)})") from None
+            raise ConfigError(f"--redis-tls-ca-file {self.ca_file}: not a usable CA file "
+                              f"({_reason(exc)})") from None
         if self.cert_file:
             try:
                 context.load_cert_chain(os.path.expanduser(self.cert_file),

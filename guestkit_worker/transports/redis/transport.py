@@ -1,322 +1,197 @@
 """The Redis Streams transport: a fleet of workers on many hosts shares one pool's stream.
 
-:class:`RedisTransport` joins the queue (:mod:`.queue`), the store (:mod:`.store`) and the
-index (:mod:`.index`) over two redis-py clients (:mod:`.connection`) and the Lua scripts
-(:mod:`.scripts`).  Leases: an entry delivered to this worker is its while the entry's idle
-time in the consumer group's pending list stays below ``lease_seconds``; the worker renews
-it (``extend_lease``) every lease/4 while the job runs, and other workers take over entries
-idle longer than that (``reclaim``), except for a lease after Redis came back from an outage
-(every lease looks expired then; live owners renew meanwhile).
+:class:`RedisTransport` composes separate parts that use one another only through their
+public methods: the link to Redis (:mod:`.link`: clients, scripts, outages, the worker id),
+the entries this worker holds (:mod:`.held`), the queue (:mod:`.queue`), the reclaimer
+(:mod:`.reclaim`), the store (:mod:`.store`) and the index (:mod:`.index`).  Leases: an entry
+delivered to this worker is its while the entry's idle time in the consumer group's pending
+list stays below ``lease_seconds``; the worker renews it (``extend_lease``) every lease/4
+while the job runs, and other workers take over entries idle longer than that (``reclaim``),
+except for a lease after Redis came back from an outage (every lease looks expired then; live
+owners renew meanwhile).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import socket
-import threading
-import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ...job.errors import ConfigError
 from ...job.protocol import DEFAULT_MAX_JOB_BYTES
-from ..base import OutcomeUnknown, StopRequested, Transport, TransportObserver, TransportUnavailable
+from ..base import (
+    CancelledDocuments,
+    Delivery,
+    JobStatus,
+    Outcome,
+    Page,
+    ReclaimDecision,
+    Reservation,
+    SubmitReceipt,
+    Transport,
+    TransportObserver,
+    TransportUnavailable,
+    UnrecoverableReason,
+)
 from . import connection, tls
-from .hotcall import ThreadConnections
-from .index import IndexMixin
-from .keys import GROUP, Keys
-from .queue import QueueMixin
-from .reclaim import ReclaimMixin
-from .scripts import Scripts, load_scripts
-from .store import StoreMixin
+from .held import HeldEntries
+from .index import RedisIndex
+from .keys import GROUP
+from .link import RedisLink, RedisOutcomeUnknown, RedisUnavailable
+from .queue import RedisQueue
+from .reclaim import RedisReclaimer
+from .store import RedisStore
+
+__all__ = ["RedisOutcomeUnknown", "RedisTransport", "RedisUnavailable"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_SECONDS = 60.0
 DEFAULT_MAX_DELIVERIES = 5
 DEFAULT_RESULT_TTL = 7 * 24 * 3600
-#: oldest Redis with XPENDING IDLE and XAUTOCLAIM
-MIN_REDIS = (6, 2)
-#: replies that mean "storage trouble, try again later" rather than a bug
-_TRANSIENT_REPLIES = ("MISCONF", "READONLY", "LOADING", "OOM", "NOGROUP", "MASTERDOWN", "TRYAGAIN",
-                      "CLUSTERDOWN", "BUSY ")
 
 
-class RedisUnavailable(TransportUnavailable, OSError):
-    """Redis cannot be reached or answers that it is in trouble.  An OSError too, so that
-    every path of the worker that handles storage trouble (give the job back, back off, try
-    again later) handles a Redis outage the same way."""
+class RedisTransport(Transport):
+    """Jobs, results and job state of worker pool ``pool`` on the Redis at ``url``.
 
-
-class RedisOutcomeUnknown(OutcomeUnknown, RedisUnavailable):
-    """A change reached Redis and its reply never came back: it may or may not have been made."""
-
-
-class RedisTransport(QueueMixin, ReclaimMixin, StoreMixin, IndexMixin, Transport):
-    """Jobs, results and job state of worker pool ``pool`` on the Redis at ``url``."""
+    Parts: ``link`` (:class:`~.link.RedisLink`), ``held`` (:class:`~.held.HeldEntries`),
+    ``queue`` (:class:`~.queue.RedisQueue`), ``reclaimer`` (:class:`~.reclaim.RedisReclaimer`),
+    ``store`` (:class:`~.store.RedisStore`) and ``index`` (:class:`~.index.RedisIndex`).
+    metrics: the :class:`~..base.TransportObserver` told of failed calls, takeovers, lost
+    leases, dead letters and the oldest waiting job's age."""
 
     protected_paths = ()
+    starts_on_fetch = RedisQueue.starts_on_fetch
 
     def __init__(self, url: str, worker_id: str, *, pool: str = "default", password_file: str | None = None,
                  tls_ca_file: str | None = None, tls_cert_file: str | None = None,
-                 tls_key_file: str | None = None, lease_seconds: float = DEFAULT_LEASE_SECONDS, max_deliveries: int = DEFAULT_MAX_DELIVERIES,
-                 result_ttl: int = DEFAULT_RESULT_TTL, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
+                 tls_key_file: str | None = None, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                 max_deliveries: int = DEFAULT_MAX_DELIVERIES, result_ttl: int = DEFAULT_RESULT_TTL,
+                 max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
                  metrics: TransportObserver | None = None) -> None:
         connection.check_url(url)
-        self.tls = tls.TlsFiles(tls_ca_file, tls_cert_file, tls_key_file)
-        tls.check(url, self.tls, connection.describe(url))
+        tls_files = tls.TlsFiles(tls_ca_file, tls_cert_file, tls_key_file)
+        tls.check(url, tls_files, connection.describe(url))
         if lease_seconds < 1:
             raise ConfigError(f"--lease-seconds must be at least 1, got {lease_seconds}")
         if max_deliveries < 1:
             raise ConfigError(f"--max-deliveries must be at least 1, got {max_deliveries}")
         if result_ttl < 1:
             raise ConfigError(f"--result-ttl must be at least 1 second, got {result_ttl}")
-        self.url, self.password_file = url, password_file
         self.worker_id, self.pool = worker_id, pool
-        self.k = Keys(pool)
-        self.lease_seconds = float(lease_seconds)
-        self.max_deliveries = int(max_deliveries)
-        self.result_ttl = int(result_ttl)
-        self.max_job_bytes = int(max_job_bytes)
+        self.max_deliveries, self.max_job_bytes = int(max_deliveries), int(max_job_bytes)
         #: what only the transport sees is reported here (the worker passes its metrics)
         self.metrics = metrics if metrics is not None else TransportObserver()
-        #: maintain() removes consumers idle this long with nothing pending (workers long gone)
-        self.stale_consumer_seconds = max(3600.0, 10 * self.lease_seconds)
-        self._redis = connection.import_redis()
-        self.r: Any = None
-        self.rb: Any = None
-        self.s: Scripts | None = None
-        self._lock = threading.Lock()
-        self._held: dict[str, Any] = {}     # entry id -> delivery held by this worker
-        self._own_done = False              # own pending entries of a previous life taken back
-        self._own_cursor = "-"
-        self._group_ok = False
-        self._alive_at = 0.0                # last refresh of this worker's liveness key
-        #: what this process writes in its worker id's liveness key (host, pid, random): a
-        #: second process with the same id is told apart from this one
-        self.mark = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.identity_lost: str | None = None
-        self._closing = threading.Event()   # close() called: stop retrying commits
-        self._reached = False               # a round trip succeeded: connection trouble is an outage
-        self._ok_at = float("-inf")         # end of the last round trip that succeeded
-        self._down_since: float | None = None  # while Redis fails: the last success before
-        self._back_at = float("-inf")       # Redis answered again after an outage (see reclaim's grace)
-        self._away = 0.0                    # how long that outage was, seen from here (inf: since start)
-        self._grace_told = float("-inf")    # the _back_at whose grace the log has announced
+        self.link = RedisLink(url, worker_id, pool=pool, password_file=password_file, tls_files=tls_files,
+                              lease_seconds=float(lease_seconds), result_ttl=int(result_ttl),
+                              observer=self.metrics, stopping=lambda: self.stopping())
+        self.k = self.link.k
+        self.held = HeldEntries(self.metrics)
+        self.queue = RedisQueue(self.link, self.held, max_job_bytes=self.max_job_bytes)
+        self.reclaimer = RedisReclaimer(self.link, self.held, self.queue, max_deliveries=self.max_deliveries)
+        self.store = RedisStore(self.link, self.held)
+        self.index = RedisIndex(self.link)
 
-    # -- connection ---------------------------------------------------------------------
-    def _connect(self) -> None:
-        """Make the clients (no round trip yet).  open() does it, and so does the first use
-        by a producer or a reader that never calls open()."""
-        if self.r is None:
-            password = connection.password_from(self.url, self.password_file)
-            self.r, self.rb = connection.make_clients(self.url, password, self.tls)
-            self.s = load_scripts(self.r)
-            self.hot = ThreadConnections(self.r)
+    @property
+    def lease_seconds(self) -> float:
+        return self.link.lease_seconds
 
-    def open(self) -> None:
-        """Connect, check the server, create the stream and group, take the worker id.  While
-        Redis cannot be reached, wait for it (a pause growing to 10 s, each try logged): a
-        fleet may start before its Redis.  A wrong password or a server too old is a
-        ConfigError at once.  The worker asked to stop meanwhile: StopRequested at once."""
-        self._connect()
-        pause = 0.5
-        while True:
-            try:
-                return self._open_once()
-            except TransportUnavailable as exc:
-                log.warning("%s; trying again in %.1fs", exc, pause)
-                if self._pause(pause):
-                    raise StopRequested(f"stop requested while waiting for redis at {self.where} ({exc})") from None
-                pause = min(10.0, pause * 2)
-
-    def _pause(self, seconds: float) -> bool:
-        """Wait up to seconds; True as soon as the worker is asked to stop (``stopping``) or
-        close() is called, so that no wait of the transport outlives a stop."""
-        end = time.monotonic() + seconds
-        while not (self._closing.is_set() or self.stopping()):
-            left = end - time.monotonic()
-            if left <= 0:
-                return False
-            self._closing.wait(min(0.1, left))
-        return True
-
-    def _open_once(self) -> None:
-        with self._guard("open"):
-            try:
-                info = self.r.info("server")
-            except self._redis.exceptions.AuthenticationError as exc:
-                raise ConfigError(f"redis at {self.where}: authentication failed ({exc}); check the "
-                                  "password (--redis-password-file or the URL)") from None
-            except self._redis.exceptions.ResponseError as exc:
-                if "NOAUTH" in str(exc) or "NOPERM" in str(exc):
-                    raise ConfigError(f"redis at {self.where}: {exc}") from None
-                raise
-        version = tuple(int(x) for x in str(info.get("redis_version", "0.0")).split(".")[:2])
-        if version < MIN_REDIS:
-            raise ConfigError(f"redis at {self.where} is version {info.get('redis_version')}; the Redis "
-                              f"transport needs {MIN_REDIS[0]}.{MIN_REDIS[1]} or later")
-        self._ensure_group()
-        self._claim_worker_id()
-        log.info("redis transport: %s, lease %ss, at most %d deliveries, results kept %ss", self.describe(),
-                 self.lease_seconds, self.max_deliveries, self.result_ttl)
-
-    def _ensure_group(self) -> None:
-        """Create the stream and the consumer group (from the stream's start, so entries a
-        producer added before any worker existed are delivered) and this consumer."""
-        if self._group_ok:
-            return
-        with self._guard("open"):
-            try:
-                self.r.xgroup_create(self.k.jobs, GROUP, id="0", mkstream=True)
-            except self._redis.exceptions.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-            self.r.xgroup_createconsumer(self.k.jobs, GROUP, self.worker_id)
-        self._group_ok = True
-
-    def _claim_worker_id(self) -> None:
-        """Take this worker id's liveness key.  Two live workers with one id would share one
-        consumer (and each other's deliveries): wait up to a lease for a predecessor's key to
-        expire (a worker that crashed), then refuse (ConfigError) if it is still refreshed.  The
-        key holds this process's mark: see _alive for a second process that took it later."""
-        key = self.k.alive(self.worker_id)
-        ttl_ms = int(self.lease_seconds * 1000)
-        end = time.monotonic() + self.lease_seconds * 1.5
-        with self._guard("open"):
-            while not self.r.set(key, self.mark, px=ttl_ms, nx=True):
-                if time.monotonic() > end:
-                    raise ConfigError(f"worker id {self.worker_id} is in use by a live worker of pool {self.pool} "
-                                      f"(its liveness key {key} is being refreshed); give every worker of a fleet "
-                                      "its own --worker-id")
-                log.warning("worker id %s: its liveness key %s exists (a predecessor that crashed, or a live "
-                            "worker with the same id); waiting up to a lease for it to expire", self.worker_id, key)
-                if self._pause(min(1.0, self.lease_seconds / 4)):
-                    raise StopRequested(f"stop requested while waiting for worker id {self.worker_id} to be free")
-        self._alive_at = time.monotonic()
-
-    def _lose_identity(self, other: str) -> None:
-        """Another process holds this worker id's liveness key now (it took the id while this
-        one was away past its lease): this one takes nothing more and the worker stops."""
-        if self.identity_lost:
-            return
-        self.identity_lost = (f"worker id {self.worker_id} of pool {self.pool} was taken over by another "
-                              f"live process (its liveness key {self.k.alive(self.worker_id)} names {other}, "
-                              f"this process is {self.mark})")
-
-    def close(self) -> None:
-        """Leave the group when this consumer holds nothing; held entries stay for reclaim.  A
-        worker whose id another process took leaves the consumer and the key to that process."""
-        self._closing.set()
-        if self.r is None:
-            return
-        try:
-            with self._guard("close"):
-                if not self.identity_lost:
-                    self.s.leave(keys=[self.k.jobs], args=[GROUP, self.worker_id])
-                with self._lock:
-                    held = bool(self._held)
-                if not held and not self.identity_lost:  # reservations of held jobs stay until it expires
-                    self.s.unalive(keys=[self.k.alive(self.worker_id)], args=[self.mark])
-        except Exception as exc:
-            log.debug("redis transport: leaving the group failed (%s)", exc)
-        self.hot.close()
-        for client in (self.r, self.rb):
-            try:
-                client.close()
-            except Exception:
-                pass
+    @property
+    def identity_lost(self) -> str | None:
+        return self.link.identity_lost
 
     @property
     def where(self) -> str:
-        return connection.describe(self.url)
+        return self.link.where
+
+    # -- life ---------------------------------------------------------------------------
+    def open(self) -> None:
+        self.link.open()
+        log.info("redis transport: %s, lease %ss, at most %d deliveries, results kept %ss", self.describe(),
+                 self.lease_seconds, self.max_deliveries, self.link.result_ttl)
+
+    def close(self) -> None:
+        """Leave the group when this consumer holds nothing; held entries stay for reclaim."""
+        self.link.close(holding=bool(self.held.entries()))
 
     def describe(self) -> str:
         return f"redis stream {self.k.jobs} at {self.where}, consumer {self.worker_id} of group {GROUP}"
 
     def health(self) -> dict:
         try:
-            with self._guard("health"):
-                self.r.ping()
+            with self.link.guard("health"):
+                self.link.r.ping()
         except TransportUnavailable as exc:
             return {"transport": (False, f"redis at {self.where} unreachable: {exc}")}
         return {"transport": (True, f"redis at {self.where} reachable")}
 
-    @contextlib.contextmanager
-    def _guard(self, operation: str) -> Iterator[None]:
-        """Turn the client's connection errors (and replies meaning a server in trouble) into
-        TransportUnavailable, counted in guestkit_worker_transport_errors_total{operation}
-        (a call that reached Redis without a reply: RedisOutcomeUnknown, an OutcomeUnknown).
-        Before the first round trip succeeded, a connection no retry will cure (TLS
-        certificates, TLS or plain on the wrong port, a server that does not speak Redis) is a
-        ConfigError instead."""
-        exc_mod = self._redis.exceptions
-        if self.r is None:
-            self._connect()
-        try:
-            yield
-            self._reached = True
-            self._ok_at = time.monotonic()
-            if self._down_since is not None:
-                self._came_back()
-        except OutcomeUnknown as exc:
-            self._unavailable(operation)
-            raise RedisOutcomeUnknown(f"redis {operation}: {exc}") from None
-        except (exc_mod.ConnectionError, exc_mod.TimeoutError) as exc:
-            if isinstance(exc, exc_mod.AuthenticationError) and operation == "open":
-                raise
-            problem = None if self._reached else tls.diagnose(self.url, self.tls, exc)
-            if problem:
-                raise ConfigError(f"redis at {self.where}: {problem}") from None
-            self._unavailable(operation)
-            raise RedisUnavailable(f"redis {operation}: {type(exc).__name__}: {exc}") from None
-        except exc_mod.InvalidResponse as exc:  # not the Redis protocol: something else on that port
-            what = f"the server did not answer as Redis ({str(exc)[:120]})"
-            if not self._reached:
-                raise ConfigError(f"--redis-url {self.where}: {what}; is that the Redis port?") from None
-            self._unavailable(operation)
-            raise RedisUnavailable(f"redis {operation}: {what}") from None
-        except exc_mod.ResponseError as exc:
-            text = str(exc)
-            if not text.startswith(_TRANSIENT_REPLIES):
-                raise
-            self._unavailable(operation)
-            if text.startswith("NOGROUP"):
-                self._group_ok = False  # the stream was deleted (or Redis lost its data): recreate
-            raise RedisUnavailable(f"redis {operation}: {text}") from None
+    def maintain(self) -> None:
+        self.index.maintain()
 
-    @staticmethod
-    def _unavailable_error(message: str) -> RedisUnavailable:
-        return RedisUnavailable(message)
+    # -- the queue ----------------------------------------------------------------------
+    def submit(self, doc: Mapping[str, Any], raw: bytes | None = None) -> SubmitReceipt:
+        return self.queue.submit(doc, raw)
 
-    def _unavailable(self, operation: str) -> None:
-        self.metrics.transport_error(operation)
-        if self._down_since is None:
-            self._down_since = self._ok_at
+    def fetch(self, max_count: int, timeout: float) -> Sequence[Delivery]:
+        return self.queue.fetch(max_count, timeout)
 
-    def _came_back(self) -> None:
-        """Redis answers again.  After an outage of a quarter lease or more (since the last
-        success before it; unknown before the first success), the leases of live workers may
-        look expired: the grace of reclaim (one lease from now) lets them renew and store first."""
-        down, self._down_since = self._down_since, None
-        if down is None or self._ok_at - down < self.lease_seconds / 4:
-            return
-        self._back_at, self._away = self._ok_at, self._ok_at - down
+    def read(self, delivery: Delivery) -> bytes:
+        return self.queue.read(delivery)
 
-    def _in_grace(self) -> bool:
-        """True for a lease after Redis came back from an outage (see _came_back); the first
-        reclaim that waits says so in the log."""
-        back = self._back_at
-        if time.monotonic() - back >= self.lease_seconds:
-            return False
-        if self._grace_told != back:
-            self._grace_told = back
-            away = "since this worker started" if self._away == float("inf") else f"for {self._away:.1f}s"
-            log.warning("redis at %s answers again (unreachable %s); jobs of other workers are taken over "
-                        "only %.0fs after that, so that live workers renew their leases and store their "
-                        "outcomes first", self.where, away, self.lease_seconds,
-                        extra={"event": "reclaim_grace"})
-        return True
+    def mark_started(self, delivery: Delivery) -> None:
+        self.queue.mark_started(delivery)
+
+    def extend_lease(self, delivery: Delivery) -> bool:
+        return self.queue.extend_lease(delivery)
+
+    def renew_held(self) -> None:
+        """See :meth:`.queue.RedisQueue.renew_held` (called by the worker's lease keeper)."""
+        self.queue.renew_held()
+
+    def retry(self, delivery: Delivery, doc: Mapping[str, Any]) -> None:
+        self.queue.retry(delivery, doc)
+
+    def release(self, delivery: Delivery, *, not_for_me: bool = False, other_pool: bool = False) -> None:
+        self.queue.release(delivery, not_for_me=not_for_me, other_pool=other_pool)
+
+    def reclaim(self, decide: ReclaimDecision, limit: int, *,
+                unrecoverable: UnrecoverableReason | None = None) -> int:
+        return self.reclaimer.reclaim(decide, limit, unrecoverable)
+
+    def depth(self) -> int:
+        return self.queue.depth()
+
+    def cancel_requests(self, job_ids: Iterable[str]) -> set:
+        return self.queue.cancel_requests(job_ids)
+
+    # -- the store and the index --------------------------------------------------------
+    def encode_result(self, result: Mapping[str, Any]) -> bytes:
+        return self.store.encode_result(result)
+
+    def get_result(self, job_id: str) -> dict | None:
+        return self.store.get_result(job_id)
+
+    def append_progress(self, job_id: str, event: Mapping[str, Any]) -> None:
+        self.store.append_progress(job_id, event)
+
+    def read_progress(self, job_id: str, after: int = 0) -> list:
+        return self.store.read_progress(job_id, after)
+
+    def reserve_idempotency_key(self, key: str, job_id: str) -> Reservation:
+        return self.store.reserve_idempotency_key(key, job_id)
+
+    def release_idempotency_key(self, key: str, job_id: str) -> None:
+        self.store.release_idempotency_key(key, job_id)
+
+    def commit(self, outcomes: Sequence[Outcome]) -> None:
+        self.store.commit(outcomes)
+
+    def job_status(self, job_id: str) -> JobStatus | None:
+        return self.index.job_status(job_id)
+
+    def list_jobs(self, *, status: str | None = None, operation: str | None = None,
+                  limit: int = 100, page_token: str | None = None) -> Page:
+        return self.index.list_jobs(status=status, operation=operation, limit=limit, page_token=page_token)
+
+    def cancel(self, job_id: str, cancelled: CancelledDocuments) -> str:
+        return self.index.cancel(job_id, cancelled)
