@@ -5,6 +5,8 @@ raising, timed out, cancelled on request or by a shutdown, a handler that ignore
 
 from runtimekit import GRACE, Rig, job
 
+from guestkit_worker.job import outcomes
+
 
 def test_a_job_runs_to_its_stored_completed_result(tmp_path):
     rig = Rig(tmp_path)
@@ -103,7 +105,7 @@ def test_a_cancel_request_cancels_the_running_job_for_good(tmp_path):
     rig = Rig(tmp_path)
     job_id = rig.submit(job(operation="unit.wait"))
     rig.start_next("unit.wait")
-    assert rig.transport.cancel(job_id) == "cancelling"
+    assert rig.transport.cancel(job_id, outcomes.cancelled_before_start) == "cancelling"
     # what the worker's main loop does with the transport's cancel requests
     for run in rig.table.runs():
         if run.job_id in rig.transport.cancel_requests([run.job_id]):
