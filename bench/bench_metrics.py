@@ -7,9 +7,8 @@ histogram) and job_finished (jobs counter + histogram, last-success time): three
 observations plus one attribute store (the two ``*_total`` counters are the histograms' counts,
 exposed at scrape time).  (The active-jobs and last-success gauges are read
 when scraped: the first from the worker's table of running handlers, the second from that
-attribute.)  (set_queue_depth runs once per scan
-of the jobs dir, not per job; its cost is listed with the single calls.)  Sides, alternating
-per round:
+attribute; the queue depth gauge too, from the worker's count.)  Sides, alternating per
+round:
 
 * cached    -- the worker's path (labelled children cached at start);
 * uncached  -- the same families updated with ``.labels(...)`` lookups each time (what the
@@ -87,8 +86,7 @@ def breakdown():
                        ("handler_started", "m.handler_started(0.5)"),
                        ("handler_returned", "m.handler_returned('system.echo', 'success', 0.001)"),
                        ("job_finished", "m.job_finished('system.echo', 'completed', 0.002)"),
-                       ("  of which one observe()", "m.queue_wait.observe(0.5)"),
-                       ("set_queue_depth (per scan)", "m.set_queue_depth(3)")):
+                       ("  of which one observe()", "m.queue_wait.observe(0.5)")):
         out[name] = min(timeit.repeat(stmt, globals=g, number=n, repeat=3)) / n * 1e6
     return out
 

@@ -95,10 +95,30 @@ def test_metrics_children_cached_and_unknown_bounded():
     assert (value(s, "guestkit_worker_disk_read_bytes_total"),
             value(s, "guestkit_worker_disk_write_bytes_total")) == (10, 5)
     assert m.label_operation("made.up") == "unknown"
-    # NullMetrics (metrics disabled) answers every call the worker makes on WorkerMetrics
-    public = {n for n in dir(WorkerMetrics) if not n.startswith("_") and callable(getattr(WorkerMetrics, n))}
-    missing = {n for n in public if not callable(getattr(NullMetrics(), n, None))}
-    assert public and not missing, missing
+
+
+def test_null_metrics_implement_every_call_and_refuse_a_misspelt_one():
+    """Metrics on or off, the worker makes the same calls: NullMetrics has exactly the public
+    methods of WorkerMetrics (the interface's, which include the transport's observer calls),
+    and a misspelt call fails at once instead of recording nothing."""
+    from guestkit_worker.metrics.families import WorkerMetricsInterface
+    from guestkit_worker.transports.base import TransportObserver
+
+    def public(cls):
+        return {n for n in dir(cls) if not n.startswith("_")}
+
+    assert public(NullMetrics) == public(WorkerMetrics) == public(WorkerMetricsInterface)
+    assert public(TransportObserver) <= public(WorkerMetricsInterface)
+    assert "job_finished" in public(NullMetrics) and "set_queue_depth" not in public(NullMetrics)
+    null = NullMetrics()
+    assert null.job_finished("system.echo", "completed", 0.5) is None
+    assert null.label_operation("made.up") == "made.up"
+    with pytest.raises(AttributeError):
+        null.job_finishd("system.echo", "completed", 0.5)
+    m = WorkerMetrics(operations=["system.echo"], handlers=["system.echo"], worker_id="u", pool="p",
+                      version="0", max_concurrent=2, registry=CollectorRegistry())
+    with pytest.raises(AttributeError):
+        m.job_finishd("system.echo", "completed", 0.5)
 
 
 def test_worker_metrics_are_a_transport_observer():

@@ -1,14 +1,20 @@
 """Prometheus metric families of the worker, with labelled children cached for the hot path.
 
-The worker records through :class:`WorkerMetrics` (or :class:`NullMetrics` when metrics are
-off); handlers record through their context, never through prometheus_client directly.
-Label values are bounded: an operation that no handler serves is recorded as ``unknown``.
+The worker records through :class:`WorkerMetricsInterface`: :class:`WorkerMetrics` when metrics
+are on, :class:`NullMetrics` when they are off.  Both implement every method of the interface
+explicitly, so a misspelt call fails at once (AttributeError) instead of recording nothing.
+Handlers record through their context, never through prometheus_client directly.  Label values
+are bounded: an operation that no handler serves is recorded as ``unknown``.
 """
 
+from __future__ import annotations
+
+import abc
 import logging
 import os
 import re
 import time
+from collections.abc import Callable, Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
@@ -43,7 +49,100 @@ TRANSPORT_OPERATIONS = ("open", "fetch", "start", "renew", "commit", "retry", "r
                         "cancel_requests", "idempotency", "progress", "health", "maintain", "close")
 
 
-class WorkerMetrics:
+class WorkerMetricsInterface(abc.ABC):
+    """Every call the worker, its handlers' contexts, its transport and the one-shot textfile
+    make on the worker's metrics.  The transport's calls (:meth:`jobs_reclaimed` to
+    :meth:`transport_error`) are those of ``transports.base.TransportObserver``, which a
+    transport is given instead of this class (transports import nothing of metrics)."""
+
+    # -- read at scrape time: the owner hands in functions -----------------------------------
+    @abc.abstractmethod
+    def track_health(self, checks: Callable[[], dict]) -> None:
+        """Serve ``guestkit_worker_health_check{check}`` from ``checks()`` -> {name: ok}."""
+
+    @abc.abstractmethod
+    def track_running(self, starts: Callable[[], Iterable[float]]) -> None:
+        """Serve ``guestkit_worker_oldest_running_job_seconds`` from ``starts()``: the
+        ``time.monotonic()`` start times of the running handlers."""
+
+    @abc.abstractmethod
+    def track_active(self, count: Callable[[], int]) -> None:
+        """Serve ``guestkit_worker_active_jobs`` from ``count()``: the number of handlers whose
+        thread has not returned yet (the worker's table of running handlers)."""
+
+    @abc.abstractmethod
+    def track_queue_depth(self, depth: Callable[[], int]) -> None:
+        """Serve ``guestkit_worker_queue_depth`` from ``depth()`` when scraped (the worker's
+        last look at the queue plus the jobs it holds not started), never a stale copy."""
+
+    # -- one job ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def label_operation(self, operation: str) -> str:
+        """The ``operation`` label value for a job's operation (bounded: ``unknown`` for one
+        that no handler serves)."""
+
+    @abc.abstractmethod
+    def job_finished(self, operation: str, status: str, duration: float) -> None:
+        """A job ended with outcome ``status`` after ``duration`` seconds."""
+
+    @abc.abstractmethod
+    def handler_started(self, queue_wait: float | None = None) -> None:
+        """A handler started, ``queue_wait`` seconds after the job was created (or claimed)."""
+
+    @abc.abstractmethod
+    def handler_returned(self, handler: str, status: str, duration: float) -> None:
+        """A handler returned with ``status`` (success, error, timeout) after ``duration`` s."""
+
+    @abc.abstractmethod
+    def checksum(self, status: str) -> None:
+        """An image checksum was verified: ``status`` success, failure or skipped."""
+
+    @abc.abstractmethod
+    def disk_io(self, read_bytes: int = 0, write_bytes: int = 0) -> None:
+        """A handler read and wrote these many bytes of disk images."""
+
+    @abc.abstractmethod
+    def result_write_failed(self) -> None:
+        """A result could not be stored (its job went back to the queue)."""
+
+    # -- what the transport reports (transports.base.TransportObserver) ---------------------
+    @abc.abstractmethod
+    def jobs_reclaimed(self, n: int = 1) -> None:
+        """``n`` deliveries of dead workers were taken back."""
+
+    @abc.abstractmethod
+    def lease_lost(self) -> None:
+        """A lease this worker held was taken by another worker."""
+
+    @abc.abstractmethod
+    def dead_lettered(self, reason: str) -> None:
+        """A queue entry was moved to the dead letters (``reason``: why)."""
+
+    @abc.abstractmethod
+    def set_queue_oldest_age(self, seconds: float) -> None:
+        """The oldest job not yet delivered has waited ``seconds``."""
+
+    @abc.abstractmethod
+    def transport_error(self, operation: str) -> None:
+        """A call of ``operation`` (fetch, commit, ...) to the queue's server failed."""
+
+    # -- the one-shot textfile -------------------------------------------------------------
+    @abc.abstractmethod
+    def collectors(self) -> list:
+        """The worker's own collectors (not process_* / python_*), for the textfile export."""
+
+    @property
+    @abc.abstractmethod
+    def last_success_value(self) -> float | None:
+        """Unix time of the last success, None before the first (no sample is exported then)."""
+
+    @last_success_value.setter
+    @abc.abstractmethod
+    def last_success_value(self, value: float | None) -> None:
+        """Set the last success time (the textfile keeps the previous file's on a failed run)."""
+
+
+class WorkerMetrics(WorkerMetricsInterface):
     """Every metric family of the worker, registered in one registry."""
 
     def __init__(self, *, operations, handlers, worker_id, pool, version, max_concurrent,
@@ -130,40 +229,36 @@ class WorkerMetrics:
         self._checksum_children = {st: self.checksums.labels(st) for st in CHECKSUM_STATUSES}
         self._queue_wait_observe = self.queue_wait.labels().observe
 
-    def collectors(self):
-        """The worker's own collectors (not process_* / python_*), for the textfile export."""
+    def collectors(self) -> list:
         return [self.jobs_total, self.jobs_duration, self.active, self.depth, self.handler_total,
                 self.handler_duration, self.checksums, self.disk_read, self.disk_write, self.info,
                 self.capacity, self.queue_wait, self.last_success, self.result_errors, self.reclaimed,
                 self.leases_lost, self.dead_letters, self.transport_errors, self.oldest_waiting]
 
     @property
-    def last_success_value(self):
-        """Unix time of the last success, None before the first (no sample is exported then)."""
+    def last_success_value(self) -> float | None:
         return self.last_success.value
 
     @last_success_value.setter
-    def last_success_value(self, value):
+    def last_success_value(self, value: float | None) -> None:
         self.last_success.value = value
 
-    def track_health(self, checks):
-        """Serve ``guestkit_worker_health_check{check}`` from ``checks()`` -> {name: ok}."""
+    def track_health(self, checks: Callable[[], dict]) -> None:
         self.health_checks.track(checks)
 
-    def track_running(self, starts):
-        """Serve ``guestkit_worker_oldest_running_job_seconds`` from ``starts()``: the
-        ``time.monotonic()`` start times of the running handlers."""
+    def track_running(self, starts: Callable[[], Iterable[float]]) -> None:
         self.oldest_running.track(starts)
 
-    def track_active(self, count):
-        """Serve ``guestkit_worker_active_jobs`` from ``count()``: the number of handlers whose
-        thread has not returned yet (the worker's table of running handlers)."""
+    def track_active(self, count: Callable[[], int]) -> None:
         self._active_fn = count
 
-    def label_operation(self, operation):
+    def track_queue_depth(self, depth: Callable[[], int]) -> None:
+        self.depth.set_function(depth)
+
+    def label_operation(self, operation: str) -> str:
         return operation if operation in self.operations else UNKNOWN_OPERATION
 
-    def job_finished(self, operation, status, duration):
+    def job_finished(self, operation: str, status: str, duration: float) -> None:
         child = self._job_children.get((operation, status))
         if child is None:
             child = self._job_children[(UNKNOWN_OPERATION, status)]
@@ -171,50 +266,41 @@ class WorkerMetrics:
         if status == "completed" and self.track_last_success:
             self.last_success_value = time.time()
 
-    def handler_started(self, queue_wait=None):
+    def handler_started(self, queue_wait: float | None = None) -> None:
         if queue_wait is not None:
             self._queue_wait_observe(queue_wait if queue_wait > 0.0 else 0.0)
 
-    def handler_returned(self, handler, status, duration):
+    def handler_returned(self, handler: str, status: str, duration: float) -> None:
         child = self._handler_children.get((handler, status))
         if child is None:  # a handler registered after start: create once, then cached
             child = self._handler_children[(handler, status)] = self.handler_duration.labels(handler, status)
         child.observe(duration)  # also counts guestkit_handler_executions_total
 
-    def set_queue_depth(self, n):
-        self.depth.set(n)
-
-    def track_queue_depth(self, depth):
-        """Serve ``guestkit_worker_queue_depth`` from ``depth()`` when scraped (the worker's
-        last look at the queue plus the jobs it holds not started), never a stale copy."""
-        self.depth.set_function(depth)
-
-    def checksum(self, status):
+    def checksum(self, status: str) -> None:
         self._checksum_children[status].inc()
 
-    def disk_io(self, read_bytes=0, write_bytes=0):
+    def disk_io(self, read_bytes: int = 0, write_bytes: int = 0) -> None:
         if read_bytes:
             self.disk_read.inc(read_bytes)
         if write_bytes:
             self.disk_write.inc(write_bytes)
 
-    def result_write_failed(self):
+    def result_write_failed(self) -> None:
         self.result_errors.inc()
 
-    # -- transports (injected into them: they call these, never prometheus_client) ---------
-    def jobs_reclaimed(self, n=1):
+    def jobs_reclaimed(self, n: int = 1) -> None:
         self.reclaimed.inc(n)
 
-    def lease_lost(self):
+    def lease_lost(self) -> None:
         self.leases_lost.inc()
 
-    def dead_lettered(self, reason):
+    def dead_lettered(self, reason: str) -> None:
         self.dead_letters.labels(reason if reason in DEAD_LETTER_REASONS else "rejected").inc()
 
-    def set_queue_oldest_age(self, seconds):
+    def set_queue_oldest_age(self, seconds: float) -> None:
         self.oldest_waiting.set(seconds)
 
-    def transport_error(self, operation):
+    def transport_error(self, operation: str) -> None:
         self.transport_errors.labels(operation if operation in TRANSPORT_OPERATIONS else "other").inc()
 
 
@@ -243,18 +329,68 @@ class CountOf(Collector):
         yield family
 
 
-class NullMetrics:
-    """Stand-in used when metrics are disabled: every recording call does nothing."""
+class NullMetrics(WorkerMetricsInterface):
+    """The worker's metrics when they are disabled: every call records nothing, and the
+    operation label is the operation itself (nothing is bounded where nothing is exported)."""
 
-    def __getattr__(self, name):
-        return _noop
+    def track_health(self, checks: Callable[[], dict]) -> None:
+        pass
 
-    def label_operation(self, operation):
+    def track_running(self, starts: Callable[[], Iterable[float]]) -> None:
+        pass
+
+    def track_active(self, count: Callable[[], int]) -> None:
+        pass
+
+    def track_queue_depth(self, depth: Callable[[], int]) -> None:
+        pass
+
+    def label_operation(self, operation: str) -> str:
         return operation
 
+    def job_finished(self, operation: str, status: str, duration: float) -> None:
+        pass
 
-def _noop(*args, **kwargs):
-    return None
+    def handler_started(self, queue_wait: float | None = None) -> None:
+        pass
+
+    def handler_returned(self, handler: str, status: str, duration: float) -> None:
+        pass
+
+    def checksum(self, status: str) -> None:
+        pass
+
+    def disk_io(self, read_bytes: int = 0, write_bytes: int = 0) -> None:
+        pass
+
+    def result_write_failed(self) -> None:
+        pass
+
+    def jobs_reclaimed(self, n: int = 1) -> None:
+        pass
+
+    def lease_lost(self) -> None:
+        pass
+
+    def dead_lettered(self, reason: str) -> None:
+        pass
+
+    def set_queue_oldest_age(self, seconds: float) -> None:
+        pass
+
+    def transport_error(self, operation: str) -> None:
+        pass
+
+    def collectors(self) -> list:
+        return []
+
+    @property
+    def last_success_value(self) -> float | None:
+        return None
+
+    @last_success_value.setter
+    def last_success_value(self, value: float | None) -> None:
+        pass
 
 
 def _zero():

@@ -27,7 +27,7 @@ from prometheus_client import REGISTRY
 
 from .. import __version__
 from ..handlers import default_registry
-from ..metrics.families import NullMetrics, WorkerMetrics
+from ..metrics.families import NullMetrics, WorkerMetrics, WorkerMetricsInterface
 from ..system.diskspace import check_disk_space
 from ..system.orphans import ChildRegistry
 from ..system.tempfiles import TEMP_SWEEP_INTERVAL_SECONDS
@@ -54,7 +54,8 @@ class Worker:
     #: called once run() has started the worker's own threads (e.g. the HTTP port accepts only then)
     on_running = None
 
-    def __init__(self, config: WorkerConfig, *, handlers: Any = None, metrics: Any = None,
+    def __init__(self, config: WorkerConfig, *, handlers: Any = None,
+                 metrics: WorkerMetricsInterface | None = None,
                  registry: Any = REGISTRY, transport: Any = None) -> None:
         self.cfg = cfg = config
         self.handlers = handlers if handlers is not None else default_registry()
@@ -69,14 +70,11 @@ class Worker:
         self.transport = transport if transport is not None else open_transport(cfg, metrics=self.metrics)
         self.transport.stopping = self._stopping  # a wait for the transport's server ends on a stop
         self.table = RunTable(cfg.max_concurrent)
-        if hasattr(self.metrics, "track_active"):
-            self.metrics.track_active(self.table.active)  # until its thread returns, not its timeout
-        if hasattr(self.metrics, "track_queue_depth"):
-            self.metrics.track_queue_depth(self.queue_depth)
-        if hasattr(self.metrics, "track_health"):
-            self.metrics.track_health(lambda: {name: c["ok"]
-                                               for name, c in self.health()[1]["checks"].items()})
-            self.metrics.track_running(self.table.running_starts)
+        self.metrics.track_active(self.table.active)  # until its thread returns, not its timeout
+        self.metrics.track_queue_depth(self.queue_depth)
+        self.metrics.track_health(lambda: {name: c["ok"]
+                                           for name, c in self.health()[1]["checks"].items()})
+        self.metrics.track_running(self.table.running_starts)
         # the committer's callbacks go to the executor, which is built next (it hands outcomes over)
         self.committer = Committer(self.transport.commit, lambda r, o: self.executor.stored(r, o),
                                    lambda r, o: self.executor.store_failed(r, o),
