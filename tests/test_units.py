@@ -17,6 +17,45 @@ from guestkit_worker.system import atomic
 from guestkit_worker.system.procs import descendants, kill_tree
 
 
+def _status_lists_outside_job_states():
+    """file:line of every tuple, list or set literal of four or more job statuses in the package,
+    outside job/states.py."""
+    import ast
+    import pathlib
+
+    import guestkit_worker
+    from guestkit_worker.job.states import JOB_STATUSES, OUTCOME_STATUSES
+    names = set(JOB_STATUSES) | set(OUTCOME_STATUSES)
+    package = pathlib.Path(guestkit_worker.__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path == package / "job" / "states.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                values = {e.value for e in node.elts if isinstance(e, ast.Constant)}
+                if len(values & names) >= 4:
+                    found.append(f"{path.relative_to(package)}:{node.lineno}")
+    return found
+
+
+def test_job_statuses_are_defined_once_in_job_states():
+    """The API, the command line, the transports and the metrics take their status lists from
+    job/states.py; the Redis scripts' table of final statuses says the same."""
+    import re
+
+    from guestkit_worker.job.states import FINAL_STATUSES, JOB_STATUSES, OUTCOME_STATUSES, RESULT_STATUSES
+    from guestkit_worker.transports.redis import scripts
+    assert _status_lists_outside_job_states() == []
+    assert JOB_STATUSES == ("pending", "running", "completed", "failed", "timeout", "cancelled", "rejected")
+    assert FINAL_STATUSES == set(RESULT_STATUSES) | {"rejected"} and FINAL_STATUSES < set(JOB_STATUSES)
+    assert OUTCOME_STATUSES == RESULT_STATUSES + ("rejected", "duplicate")
+    assert {s.value for s in JobState} == set(JOB_STATUSES) - {"rejected"} | {"assigned"}
+    with open(scripts.__file__, encoding="utf-8") as fh:
+        lua = re.search(r"local FINAL = \{([^}]*)\}", fh.read())
+    assert {k.split("=")[0].strip() for k in lua.group(1).split(",")} == FINAL_STATUSES
+
+
 def test_state_machine_happy_paths():
     s = JobState.PENDING
     for nxt in (JobState.ASSIGNED, JobState.RUNNING, JobState.TIMEOUT):

@@ -14,14 +14,8 @@ from typing import Callable
 from ..job.errors import JobFileError, JobValidationError
 from ..job.outcomes import cancelled_before_start
 from ..job.protocol import Job, check_job_id
-from ..transports.base import (
-    FINAL_STATUSES,
-    JOB_STATUSES,
-    InvalidPageToken,
-    JobTooLarge,
-    OutcomeUnknown,
-    Transport,
-)
+from ..job.states import FINAL_STATUSES, JOB_STATUSES
+from ..transports.base import InvalidPageToken, JobTooLarge, OutcomeUnknown, Transport
 from .limits import DEFAULT_MAX_WAITS, DEFAULT_PAGE, MAX_PAGE, MAX_PROGRESS_AFTER, MAX_WAIT
 from .responses import Answer, ApiError, busy, ok
 

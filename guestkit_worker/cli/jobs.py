@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable
 
 from ..job.errors import ConfigError
-from ..transports.base import JOB_STATUSES
+from ..job.states import JOB_STATUSES
 from .exitcodes import EXIT_OUTCOME_UNKNOWN
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_NOT_FINISHED, EXIT_REFUSED, EXIT_UNAVAILABLE = range(7)

@@ -1,10 +1,5 @@
 """Every document that says how a job ended: results, their error objects and the reason kept
-beside a failed job file, and the one vocabulary of statuses they use.
-
-Result statuses: ``completed failed timeout cancelled``.  Outcome statuses (metrics, reasons,
-``--once`` exit status) add ``rejected`` (refused at admission) and ``duplicate`` (an
-idempotency key that had already completed).
-"""
+beside a failed job file.  Their statuses are those of :mod:`.states`."""
 
 from __future__ import annotations
 
@@ -16,9 +11,6 @@ from typing import Any
 
 from .errors import JobValidationError
 from .protocol import validate_document
-
-RESULT_STATUSES = ("completed", "failed", "timeout", "cancelled")
-OUTCOME_STATUSES = RESULT_STATUSES + ("rejected", "duplicate")
 
 _second = (None, "")  # (whole second, its formatted prefix), replaced as one tuple
 

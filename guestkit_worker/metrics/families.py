@@ -21,13 +21,13 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from ..job.states import OUTCOME_STATUSES
 from ..system import atomic
 from .histogram import LeanHistogram
 from .live import HealthChecks, OldestRunningJob, OptionalTimestamp
 
 log = logging.getLogger(__name__)
 
-JOB_STATUSES = ("completed", "failed", "timeout", "cancelled", "rejected", "duplicate")
 HANDLER_STATUSES = ("success", "error", "timeout")
 CHECKSUM_STATUSES = ("success", "failure", "skipped")
 UNKNOWN_OPERATION = "unknown"
@@ -220,7 +220,7 @@ class WorkerMetrics(WorkerMetricsInterface):
         # cached children: no .labels() lookup on the hot path
         self._job_children = {}
         for op in list(operations) + [UNKNOWN_OPERATION]:
-            for st in JOB_STATUSES:
+            for st in OUTCOME_STATUSES:
                 self._job_children[(op, st)] = self.jobs_duration.labels(op, st)
         self._handler_children = {}
         for h in handlers:

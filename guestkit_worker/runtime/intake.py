@@ -18,7 +18,7 @@ from ..job import outcomes as docs
 from ..job.admission import check_job, routed_elsewhere
 from ..job.errors import HandlerError, JobValidationError
 from ..job.protocol import decode_job_bytes, peek_job_id, pool_accepts, validate_document
-from ..job.states import JobState
+from ..job.states import RESULT_STATUSES, JobState
 from ..transports.base import Outcome
 from .runs import Run
 
@@ -112,7 +112,7 @@ class Intake:
         attempt = summary.get("attempt") if isinstance(summary, dict) else None
         status, error = earlier.get("status"), earlier.get("error")
         mine = earlier.get("worker_id") == self.cfg.worker_id and attempt == job.attempt
-        if mine and status in docs.RESULT_STATUSES:
+        if mine and status in RESULT_STATUSES:
             log.info("job %s: its outcome (%s) was stored before; archiving it", job.job_id, status)
             completed = status == "completed"
             reason = None if completed else docs.reason_document(run.delivery.name, job.job_id, status,

@@ -41,6 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable
 
 from ..job.outcomes import QueuedJob
+from ..job.states import FINAL_STATUSES
 from .errors import (
     InvalidPageToken,
     JobTooLarge,
@@ -61,16 +62,11 @@ from .records import (
 )
 
 __all__ = [
-    "FINAL_STATUSES", "JOB_STATUSES", "CancelledDocuments", "Delivery", "InvalidPageToken", "JobQueue",
+    "CancelledDocuments", "Delivery", "InvalidPageToken", "JobQueue",
     "JobStatus", "JobTooLarge", "LeaseLost", "Outcome", "OutcomeUnknown", "Page", "QueuedJob",
     "ReclaimDecision", "Reservation", "ResultStore", "StopRequested", "SubmitReceipt", "Transport",
     "TransportObserver", "TransportUnavailable", "UnrecoverableReason", "compact_job_bytes", "job_bytes",
 ]
-
-#: Every status a job can be seen in (the API's and ``status``'s vocabulary).
-JOB_STATUSES = ("pending", "running", "completed", "failed", "timeout", "cancelled", "rejected")
-#: Statuses after which nothing more happens to a job.
-FINAL_STATUSES = frozenset({"completed", "failed", "timeout", "cancelled", "rejected"})
 
 
 #: decide(delivery, dead_worker_id): the worker's decision for each delivery JobQueue.reclaim

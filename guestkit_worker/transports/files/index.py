@@ -15,8 +15,9 @@ from typing import Any
 
 from ...job.facts import job_facts
 from ...job.outcomes import stamp
+from ...job.states import FINAL_STATUSES
 from ...system import atomic
-from ..base import FINAL_STATUSES, InvalidPageToken, JobStatus, Page, SubmitReceipt, job_bytes
+from ..base import InvalidPageToken, JobStatus, Page, SubmitReceipt, job_bytes
 from .layout import RUNNING_SUFFIX, Layout, alternate_names, read_json
 from .results import FileResultStore
 

@@ -12,8 +12,8 @@ import threading
 import time
 from collections.abc import Mapping
 
+from ...job.states import FINAL_STATUSES
 from ...system import atomic
-from ..base import FINAL_STATUSES
 from .layout import Layout, read_json, result_bytes
 
 log = logging.getLogger(__name__)

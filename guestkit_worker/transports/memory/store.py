@@ -9,7 +9,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..base import FINAL_STATUSES, CancelledDocuments, JobStatus, Outcome, Page, QueuedJob, Reservation
+from ...job.states import FINAL_STATUSES
+from ..base import CancelledDocuments, JobStatus, Outcome, Page, QueuedJob, Reservation
 from .broker import Job, KeyHold, now_iso, peek
 
 #: one shared encoder (stateless, so threads share it): compact, UTF-8, no NaN

@@ -8,7 +8,8 @@ import json
 import re
 from typing import Any
 
-from ..base import FINAL_STATUSES, CancelledDocuments, InvalidPageToken, JobStatus, Page, QueuedJob
+from ...job.states import FINAL_STATUSES
+from ..base import CancelledDocuments, InvalidPageToken, JobStatus, Page, QueuedJob
 from .keys import GROUP
 from .link import RedisLink
 from .store import encode_result
