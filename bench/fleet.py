@@ -60,8 +60,9 @@ def submit_jobs(url, n):
     and `submit` do), all in one MULTI/EXEC: they appear at once to workers already waiting."""
     import redis
 
+    from guestkit_worker.job.timestamps import stamp
     from guestkit_worker.transports.redis.keys import Keys
-    from guestkit_worker.transports.redis.queue import digest, hash_facts, now_iso
+    from guestkit_worker.transports.redis.queue import digest, hash_facts
     from guestkit_worker.transports.redis.scripts import load_scripts
     client = redis.Redis.from_url(url)
     k = Keys(POOL)
@@ -71,7 +72,7 @@ def submit_jobs(url, n):
         for i in range(n):
             doc = common.echo_job(f"bench-{i:06d}", i)
             s.submit(keys=[k.jobs, k.job(doc["job_id"]), k.index],
-                     args=[json.dumps(doc).encode(), doc["job_id"], digest(doc), *hash_facts(doc), now_iso()],
+                     args=[json.dumps(doc).encode(), doc["job_id"], digest(doc), *hash_facts(doc), stamp()],
                      client=pipe)
         replies = pipe.execute()
     finally:

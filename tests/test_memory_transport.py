@@ -118,7 +118,7 @@ def test_it_imports_nothing_of_the_runtime():
     # the job layer (documents, facts, errors), the interface and the transport itself only
     assert set(out) == {"guestkit_worker", "guestkit_worker.job", "guestkit_worker.job.errors",
                         "guestkit_worker.job.decode", "guestkit_worker.job.facts",
-                        "guestkit_worker.job.outcomes", "guestkit_worker.job.protocol",
+                        "guestkit_worker.job.outcomes", "guestkit_worker.job.protocol", "guestkit_worker.job.states", "guestkit_worker.job.timestamps",
                         "guestkit_worker.transports", "guestkit_worker.transports.errors",
                         "guestkit_worker.transports.records",
                         "guestkit_worker.transports.base", "guestkit_worker.transports.memory",

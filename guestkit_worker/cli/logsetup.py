@@ -16,8 +16,9 @@ import json
 import logging
 import re
 import sys
-import time
 from typing import Optional, TextIO
+
+from ..job.timestamps import stamp
 
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
@@ -92,8 +93,7 @@ class JsonFormatter(logging.Formatter):
         self.worker_id = worker_id
 
     def format(self, record: logging.LogRecord) -> str:
-        t = record.created
-        doc = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1e6):06d}Z",
+        doc = {"time": stamp(record.created),
                "level": record.levelname, "logger": record.name, "thread": record.threadName,
                "worker_id": self.worker_id, "job_id": job_id_of(record), "event": event_name(record),
                "message": _message(record)}

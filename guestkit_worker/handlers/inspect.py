@@ -53,7 +53,6 @@ import shutil
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 
 from ..engines import probe_script
 from ..engines.chain import checked_chain
@@ -69,6 +68,7 @@ from ..engines.images import (
 from ..engines.libguestfs import INSTALL_HINT, engine_status, guestfs_python
 from ..engines.outputs import PrivateOutput
 from ..job.errors import EngineUnavailable, HandlerError, JobValidationError
+from ..job.timestamps import stamp
 from ..system.checksum import parse_checksum, verify_sha256
 from .base import HandlerResult, ImageHandler
 from .inspect_report import OPTION_FLAGS, SAMPLE_LIMIT, SECTIONS, effective_sections, summarize
@@ -171,7 +171,7 @@ class InspectHandler(ImageHandler):
         report = {
             "schema": "guestkit.inspect.report.v1",
             "job_id": job_id,
-            "generated_at": datetime.now(timezone.utc).isoformat(),
+            "generated_at": stamp(),
             "image": {"path": path, "format": fmt, "size_bytes": size, "checksum": checksum_state},
             "engine": dict(doc.get("engine") or {}, inspection_seconds=round(elapsed, 2)),
             "sections": sorted(sections),

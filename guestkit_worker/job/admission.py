@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import HandlerError, JobValidationError
-from .outcomes import iso
 from .protocol import Job, decode_job_bytes, pool_accepts, validate_document
 
 #: Fields a handler's own validation error keeps as they are (others are under payload.data).
@@ -39,7 +38,7 @@ def check_job(job: Job, registry: Any) -> Any:
         raise JobValidationError("constraints.required_capabilities",
                                  f"this worker does not serve {', '.join(missing)}", code="CAPABILITY_MISMATCH")
     if job.expired():
-        raise JobValidationError("execution.deadline", f"deadline {iso(job.deadline)} has passed; the job was "
+        raise JobValidationError("execution.deadline", f"deadline {job.doc['execution']['deadline']} has passed; the job was "
                                  "not run", code="DEADLINE_EXCEEDED")
     if not isinstance(job.data, dict):
         raise JobValidationError("payload.data", "must be an object")

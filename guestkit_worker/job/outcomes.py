@@ -3,36 +3,13 @@ beside a failed job file.  Their statuses are those of :mod:`.states`."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from .errors import JobValidationError
 from .protocol import validate_document
-
-_second = (None, "")  # (whole second, its formatted prefix), replaced as one tuple
-
-
-def stamp(t: float | None = None) -> str:
-    """RFC 3339 UTC time stamp with microseconds of time.time() (or t), e.g.
-    2026-11-28T10:10:30.342027Z; the date part is formatted once per second."""
-    global _second
-    t = time.time() if t is None else t
-    sec = int(t)
-    cached = _second
-    if cached[0] != sec:
-        cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
-    return f"{cached[1]}.{int((t - sec) * 1e6):06d}Z"
-
-
-def iso(dt: datetime) -> str:
-    return dt.isoformat().replace("+00:00", "Z")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+from .timestamps import stamp
 
 
 def error_document(code: str, message: str, *, phase: str, recoverable: bool = False,
@@ -118,7 +95,7 @@ def reason_document(job_file: str, job_id: str | None, status: str, worker_id: s
                     error: dict | None) -> dict:
     """What is kept beside a job file archived in failed/."""
     return {"job_file": job_file, "job_id": job_id, "status": status, "worker_id": worker_id,
-            "at": iso(utcnow()), "error": error}
+            "at": stamp(), "error": error}
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ import logging
 import subprocess
 import threading
 import time
-from datetime import datetime, timezone
 
 from ..job.errors import JobCancelled
+from ..job.timestamps import stamp
 from ..system.atomic import append_line
 from ..system.paths import check_path as _check_path
 from ..system.procs import ChildProcess
@@ -97,7 +97,7 @@ class HandlerContext:
                 "" if percent is None else f"{percent:.0f}% ", message)
         if not (self._progress_path or self._progress_sink):
             return
-        event = {"job_id": self.job_id, "timestamp": datetime.now(timezone.utc).isoformat(),
+        event = {"job_id": self.job_id, "timestamp": stamp(),
                  "sequence": seq, "phase": phase, "message": message}
         if percent is not None:
             event["progress_percent"] = round(float(percent), 1)

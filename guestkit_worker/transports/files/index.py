@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ...job.facts import job_facts
-from ...job.outcomes import stamp
 from ...job.states import FINAL_STATUSES
+from ...job.timestamps import stamp
 from ...system import atomic
 from ..base import InvalidPageToken, JobStatus, Page, SubmitReceipt, job_bytes
 from .layout import RUNNING_SUFFIX, Layout, alternate_names, read_json

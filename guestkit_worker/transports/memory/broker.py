@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 from ..base import TransportUnavailable
@@ -175,10 +174,6 @@ class MemoryBroker:
         self.claims.pop(entry.id, None)
         self._dead.append({"entry": entry.name, "reason": reason, "detail": detail, "worker": worker_id,
                            "raw": entry.raw})
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def digest(doc: Mapping[str, Any]) -> str:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import logging
 
+from ...job.timestamps import stamp as now_iso
 from ..base import Delivery, ReclaimDecision, UnrecoverableReason
-from .broker import Entry, now_iso
+from .broker import Entry
 
 log = logging.getLogger(__name__)
 

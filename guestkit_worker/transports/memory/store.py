@@ -10,8 +10,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...job.states import FINAL_STATUSES
+from ...job.timestamps import stamp as now_iso
 from ..base import CancelledDocuments, JobStatus, Outcome, Page, QueuedJob, Reservation
-from .broker import Job, KeyHold, now_iso, peek
+from .broker import Job, KeyHold, peek
 
 #: one shared encoder (stateless, so threads share it): compact, UTF-8, no NaN
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))

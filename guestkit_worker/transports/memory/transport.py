@@ -18,8 +18,9 @@ from typing import Any
 
 from ...job.errors import ConfigError, JobFileError
 from ...job.facts import job_facts
+from ...job.timestamps import stamp as now_iso
 from ..base import Delivery, LeaseLost, SubmitReceipt, Transport, TransportObserver
-from .broker import Claim, Entry, Job, MemoryBroker, digest, now_iso, peek
+from .broker import Claim, Entry, Job, MemoryBroker, digest, peek
 from .reclaim import ReclaimMixin
 from .store import StoreMixin
 

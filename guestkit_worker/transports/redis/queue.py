@@ -10,12 +10,12 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 from ...job.errors import JobFileError
 from ...job.facts import job_facts
 from ...job.protocol import decode_job_bytes, peek_job_id
+from ...job.timestamps import stamp as now_iso
 from ..base import Delivery, LeaseLost, SubmitReceipt, TransportUnavailable, compact_job_bytes, job_bytes
 from .connection import MAX_BLOCK_SECONDS
 from .held import HeldEntries
@@ -41,10 +41,6 @@ class RedisDelivery(Delivery):
         self.job_id = peek_job_id(doc)
         self.attempt = job_facts(doc).attempt
         self.renewed = time.monotonic()
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def digest(doc: Mapping[str, Any]) -> str:

@@ -9,11 +9,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ...job.timestamps import stamp as now_iso
 from ..base import LeaseLost, Outcome, Reservation, TransportUnavailable
 from .held import HeldEntries
 from .keys import GROUP
 from .link import RedisLink, RedisUnavailable, text
-from .queue import now_iso
 from .scripts import DEAD_MAXLEN
 
 log = logging.getLogger(__name__)
