@@ -184,3 +184,37 @@ def test_worker_metrics_are_a_transport_observer():
     quiet = TransportObserver()  # the no-op default answers the same calls
     assert (quiet.jobs_reclaimed(2), quiet.lease_lost(), quiet.dead_lettered("max_deliveries"),
             quiet.set_queue_oldest_age(7.5), quiet.transport_error("fetch")) == (None,) * 5
+
+
+def test_the_defaults_of_options_config_transport_and_servers_are_one_table():
+    """``--help``, a WorkerConfig built in a program, the Redis transport and the HTTP servers
+    default alike: each reads guestkit_worker/defaults.py."""
+    import inspect
+
+    from guestkit_worker import defaults
+    from guestkit_worker.api.jobs import JobsApi
+    from guestkit_worker.api.service import ApiOptions
+    from guestkit_worker.cli.options import RUN_OPTIONS
+    from guestkit_worker.http.server import serve_wsgi
+    from guestkit_worker.runtime.config import WorkerConfig
+    from guestkit_worker.transports.redis.transport import RedisTransport
+
+    option = {dest: default for _, dest, _, default, *_ in RUN_OPTIONS}
+    cfg = WorkerConfig()
+    config_of_option = {"max_job_size": "max_job_bytes"}
+    for dest in ("jobs_dir", "results_dir", "work_dir", "pool", "transport", "max_concurrent", "poll_interval",
+                 "shutdown_timeout", "max_job_size", "min_free_space", "redis_url", "lease_seconds",
+                 "max_deliveries", "result_ttl"):
+        assert getattr(cfg, config_of_option.get(dest, dest)) == option[dest], dest
+
+    def default(func, name):
+        return inspect.signature(func).parameters[name].default
+
+    for name in ("lease_seconds", "max_deliveries", "result_ttl"):
+        assert default(RedisTransport.__init__, name) == option[name], name
+    assert default(RedisTransport.__init__, "max_job_bytes") == option["max_job_size"]
+    assert default(serve_wsgi, "max_connections") == option["http_max_connections"]
+    assert ApiOptions(addr="127.0.0.1:0").max_connections == option["api_max_connections"]
+    assert ApiOptions(addr="127.0.0.1:0").max_waits == option["api_max_waits"]
+    assert default(JobsApi.__init__, "max_waits") == option["api_max_waits"]
+    assert option["jobs_dir"] == defaults.DEFAULT_JOBS_DIR and option["redis_url"] == defaults.DEFAULT_REDIS_URL

@@ -11,12 +11,13 @@ import threading
 from collections.abc import Mapping
 from typing import Callable
 
+from ..defaults import DEFAULT_API_MAX_WAITS
 from ..job.errors import JobFileError, JobValidationError
 from ..job.outcomes import cancelled_before_start
 from ..job.protocol import Job, check_job_id
 from ..job.states import FINAL_STATUSES, JOB_STATUSES
 from ..transports.base import InvalidPageToken, JobTooLarge, OutcomeUnknown, Transport
-from .limits import DEFAULT_MAX_WAITS, DEFAULT_PAGE, MAX_PAGE, MAX_PROGRESS_AFTER, MAX_WAIT
+from .limits import DEFAULT_PAGE, MAX_PAGE, MAX_PROGRESS_AFTER, MAX_WAIT
 from .responses import Answer, ApiError, busy, ok
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class JobsApi:
     document as the worker would; ``max_waits`` caps concurrent ``?wait=`` requests."""
 
     def __init__(self, transport: Transport, admit: Callable[[bytes], Job], *,
-                 max_waits: int = DEFAULT_MAX_WAITS,
+                 max_waits: int = DEFAULT_API_MAX_WAITS,
                  on_wait: Callable[[int], None] = lambda delta: None) -> None:
         self.transport = transport
         self.admit = admit

@@ -1,9 +1,6 @@
-"""Default bounds of the REST API (a module of constants only, cheap for the command line)."""
+"""Fixed bounds of the REST API (a module of constants only; the bounds an operator sets have
+their defaults in :mod:`guestkit_worker.defaults`)."""
 
-#: --api-max-connections: connections served at once; one more is answered 503 at once.
-DEFAULT_MAX_CONNECTIONS = 64
-#: --api-max-waits: requests waiting for a result (result?wait=) at once; one more gets 503.
-DEFAULT_MAX_WAITS = 32
 #: Longest ?wait= honoured, in seconds.
 MAX_WAIT = 60.0
 #: Largest and default ``limit`` of one page of GET /api/v1/jobs.

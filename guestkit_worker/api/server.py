@@ -24,10 +24,10 @@ import logging
 import ssl
 from typing import Callable
 
+from ..defaults import DEFAULT_API_MAX_CONNECTIONS
 from ..http import listen as httplisten
 from ..http import server as wsgiserver
 from ..job.errors import ConfigError
-from .limits import DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def tls_context(tls_cert: str | None, tls_key: str | None,
 
 def start_api_server(addr: str | tuple[str, int], app: Callable, *,
                      tls_cert: str | None = None, tls_key: str | None = None,
-                     client_ca: str | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                     client_ca: str | None = None, max_connections: int = DEFAULT_API_MAX_CONNECTIONS,
                      request_deadline: float | None = None,
                      on_refused: Callable[[], None] = lambda: None,
                      start: bool = True) -> wsgiserver.WSGIService:

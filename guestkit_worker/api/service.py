@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .. import __version__
+from ..defaults import DEFAULT_API_MAX_CONNECTIONS, DEFAULT_API_MAX_WAITS
 from ..http.auth import TokenSet
 from ..http.server import parse_addr
 from ..job.errors import ConfigError
 from ..transports.base import Transport
 from .app import ApiApp, capabilities_document
 from .jobs import JobsApi
-from .limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAITS
 from .metrics import ApiMetrics
 from .precheck import admit
 from .server import is_loopback, start_api_server, tls_context
@@ -32,8 +32,8 @@ class ApiOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     client_ca: str | None = None
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    max_waits: int = DEFAULT_MAX_WAITS
+    max_connections: int = DEFAULT_API_MAX_CONNECTIONS
+    max_waits: int = DEFAULT_API_MAX_WAITS
     request_deadline: float | None = None  #: seconds for a whole request (None: the server's 30)
 
 

@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from ..api.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAITS
+from .. import defaults as d
 from .exitcodes import EXIT_USAGE
 from .optiontypes import boolean as _bool
 from .optiontypes import choice
@@ -30,10 +30,10 @@ _log_format = choice("text", "json")
 RUN_OPTIONS = [
     (("--worker-id",), "worker_id", str, None, "ID", "worker identity in results and metrics "
      "(default: host name plus a short random suffix)"),
-    (("--pool",), "pool", str, "default", "NAME", "worker pool; jobs routed to another pool are left alone"),
-    (("--transport",), "transport", _transport, "file", "file|redis",
+    (("--pool",), "pool", str, d.DEFAULT_POOL, "NAME", "worker pool; jobs routed to another pool are left alone"),
+    (("--transport",), "transport", _transport, d.DEFAULT_TRANSPORT, "file|redis",
      "where jobs come from and results go: a jobs directory, or a Redis stream shared by a fleet"),
-    (("--redis-url",), "redis_url", str, "redis://localhost:6379/0", "URL",
+    (("--redis-url",), "redis_url", str, d.DEFAULT_REDIS_URL, "URL",
      "with --transport redis: redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH"),
     (("--redis-password-file",), "redis_password_file", str, None, "FILE",
      "with --transport redis: the password is this file's first line (wins over the URL's)"),
@@ -43,33 +43,33 @@ RUN_OPTIONS = [
      "with a rediss:// URL: the client certificate (PEM) for a Redis that requires one (tls-auth-clients)"),
     (("--redis-tls-key-file",), "redis_tls_key_file", str, None, "FILE",
      "with a rediss:// URL: the client certificate's private key (PEM; default: in the certificate file)"),
-    (("--lease-seconds",), "lease_seconds", _positive_float, 60.0, "SECONDS",
+    (("--lease-seconds",), "lease_seconds", _positive_float, d.DEFAULT_LEASE_SECONDS, "SECONDS",
      "with --transport redis: a running job's claim is renewed every lease/4; a worker silent for "
      "longer loses its jobs to the others"),
-    (("--max-deliveries",), "max_deliveries", _positive_int, 5, "N",
+    (("--max-deliveries",), "max_deliveries", _positive_int, d.DEFAULT_MAX_DELIVERIES, "N",
      "with --transport redis: entries delivered more often go to the dead letters"),
-    (("--result-ttl",), "result_ttl", _positive_int, 604800, "SECONDS",
+    (("--result-ttl",), "result_ttl", _positive_int, d.DEFAULT_RESULT_TTL, "SECONDS",
      "with --transport redis: how long results and job states are kept"),
-    (("--jobs-dir",), "jobs_dir", str, "./jobs", "DIR", "directory of incoming job files"),
-    (("--results-dir",), "results_dir", str, "./results", "DIR", "directory for result and progress files"),
-    (("--work-dir",), "work_dir", str, "./work", "DIR", "scratch and default output directory for handlers"),
-    (("--max-concurrent",), "max_concurrent", _positive_int, 4, "N", "jobs run at once"),
-    (("--poll-interval",), "poll_interval", _positive_float, 1.0, "SECONDS", "how often the jobs dir is scanned"),
-    (("--shutdown-timeout",), "shutdown_timeout", _nonneg_float, 30.0, "SECONDS",
+    (("--jobs-dir",), "jobs_dir", str, d.DEFAULT_JOBS_DIR, "DIR", "directory of incoming job files"),
+    (("--results-dir",), "results_dir", str, d.DEFAULT_RESULTS_DIR, "DIR", "directory for result and progress files"),
+    (("--work-dir",), "work_dir", str, d.DEFAULT_WORK_DIR, "DIR", "scratch and default output directory for handlers"),
+    (("--max-concurrent",), "max_concurrent", _positive_int, d.DEFAULT_MAX_CONCURRENT, "N", "jobs run at once"),
+    (("--poll-interval",), "poll_interval", _positive_float, d.DEFAULT_POLL_INTERVAL, "SECONDS", "how often the jobs dir is scanned"),
+    (("--shutdown-timeout",), "shutdown_timeout", _nonneg_float, d.DEFAULT_SHUTDOWN_TIMEOUT, "SECONDS",
      "on SIGTERM, how long running jobs may finish before they are cancelled"),
     (("--max-job-timeout",), "max_job_timeout", _positive_float, None, "SECONDS",
      "cap on every job's execution.timeout_seconds"),
-    (("--max-job-size",), "max_job_size", _positive_int, 1048576, "BYTES",
+    (("--max-job-size",), "max_job_size", _positive_int, d.DEFAULT_MAX_JOB_BYTES, "BYTES",
      "job files larger than this are rejected unread"),
-    (("--min-free-space",), "min_free_space", _size, 104857600, "SIZE", "/health answers 503 (disk_space) when "
+    (("--min-free-space",), "min_free_space", _size, d.DEFAULT_MIN_FREE_SPACE, "SIZE", "/health answers 503 (disk_space) when "
      "the results, jobs or work dir has less free space (bytes, 512M, 1G) or fewer than 1000 free inodes"),
     (("--allow-path",), "allow_path", str, None, "DIR", "image paths and outputs must resolve inside DIR "
      "(repeatable; the environment variable takes a colon-separated list); without it every image "
      "and output path is refused, and / allows every path"),
     (("--metrics-enabled",), "metrics_enabled", _bool, True, "true|false", "serve /metrics and /health"),
-    (("--metrics-addr",), "metrics_addr", str, "0.0.0.0:9090", "HOST:PORT",
+    (("--metrics-addr",), "metrics_addr", str, d.DEFAULT_METRICS_ADDR, "HOST:PORT",
      "listen address of /metrics and /health ([::]:PORT for IPv6 and dual stack)"),
-    (("--http-max-connections",), "http_max_connections", _positive_int, 64, "N",
+    (("--http-max-connections",), "http_max_connections", _positive_int, d.DEFAULT_HTTP_MAX_CONNECTIONS, "N",
      "connections the HTTP port serves at once; when all are taken, an idle one or one still "
      "sending its request head, of the client address holding the most, makes room for a newcomer; "
      "when none can, newcomers get 503 at once"),
@@ -79,8 +79,8 @@ RUN_OPTIONS = [
      "with one of this file's tokens (one a line) as Authorization: Bearer TOKEN; /health stays open"),
     (("--textfile-dir",), "textfile_dir", str, None, "DIR", "with --once: write DIR/guestkit_worker.prom "
      "for node_exporter's textfile collector"),
-    (("--log-level",), "log_level", _log_level, "INFO", "LEVEL", "DEBUG, INFO, WARNING or ERROR"),
-    (("--log-format",), "log_format", _log_format, "text", "text|json",
+    (("--log-level",), "log_level", _log_level, d.DEFAULT_LOG_LEVEL, "LEVEL", "DEBUG, INFO, WARNING or ERROR"),
+    (("--log-format",), "log_format", _log_format, d.DEFAULT_LOG_FORMAT, "text|json",
      "log lines as text, or as JSON objects (time, level, worker_id, job_id, event, message)"),
 ]
 #: (flags, dest, type, default, metavar, help): the API options of ``run`` and ``api``, in the
@@ -93,9 +93,9 @@ API_OPTIONS = [
     (("--api-tls-key",), "api_tls_key", str, None, "FILE", "private key for --api-tls-cert"),
     (("--api-client-ca",), "api_client_ca", str, None, "FILE", "require API clients to present a "
      "certificate signed by a CA in FILE"),
-    (("--api-max-connections",), "api_max_connections", _positive_int, DEFAULT_MAX_CONNECTIONS, "N",
+    (("--api-max-connections",), "api_max_connections", _positive_int, d.DEFAULT_API_MAX_CONNECTIONS, "N",
      "API connections served at once; more are answered 503 at once"),
-    (("--api-max-waits",), "api_max_waits", _positive_int, DEFAULT_MAX_WAITS, "N",
+    (("--api-max-waits",), "api_max_waits", _positive_int, d.DEFAULT_API_MAX_WAITS, "N",
      "API requests waiting for a result (result?wait=) at once; more get 503"),
 ]
 RUN_OPTIONS += API_OPTIONS  # --api-*: the REST API beside the jobs (and for the api command)

@@ -18,9 +18,10 @@ import logging
 
 from prometheus_client import make_wsgi_app
 
+from ..defaults import DEFAULT_HTTP_MAX_CONNECTIONS
 from .auth import CHALLENGE, CHALLENGE_INVALID, bearer_token
 from .listen import ssl_context
-from .server import DEFAULT_MAX_CONNECTIONS, WSGIService, parse_addr, serve_wsgi
+from .server import WSGIService, parse_addr, serve_wsgi
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def _make_app(registry, health, tokens=None):
 
 
 def start_server(addr, *, registry, health, tls_cert=None, tls_key=None,
-                 max_connections=DEFAULT_MAX_CONNECTIONS, start=True, tokens=None):
+                 max_connections=DEFAULT_HTTP_MAX_CONNECTIONS, start=True, tokens=None):
     """Serve ``/metrics``, ``/health`` and ``/`` on ``addr``; returns the :class:`WSGIService`.
 
     ``addr`` is a ``HOST:PORT`` string (see :func:`parse_addr`) or a ``(host, port)`` tuple.

@@ -38,6 +38,7 @@ import socket
 import threading
 import time
 
+from ..defaults import DEFAULT_HTTP_MAX_CONNECTIONS
 from ..job.errors import ConfigError
 from . import listen as httplisten
 from . import request as http_request
@@ -50,10 +51,8 @@ from .threads import ConnectionThreads
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_CONNECTIONS", "WSGIService", "parse_addr", "serve_wsgi"]
+__all__ = ["WSGIService", "parse_addr", "serve_wsgi"]
 
-#: Connections open at once unless the caller says otherwise (--http-max-connections).
-DEFAULT_MAX_CONNECTIONS = 64
 #: Pause of the accept loop after accept() failed for lack of file descriptors or memory.
 _POLL_INTERVAL = 0.1
 #: Connections accepted per wake-up of the accept loop before it looks at the others again.
@@ -404,7 +403,7 @@ def _close(conn):
     conn.close()
 
 
-def serve_wsgi(app, addr, *, tls_cert=None, tls_key=None, max_connections=DEFAULT_MAX_CONNECTIONS,
+def serve_wsgi(app, addr, *, tls_cert=None, tls_key=None, max_connections=DEFAULT_HTTP_MAX_CONNECTIONS,
                name="http", option="--metrics-addr", start=True, ssl_context=None,
                request_deadline=None, handler_class=None, refusal=None, on_refused=None,
                max_requests=http_request.MAX_REQUESTS_PER_CONNECTION):

@@ -8,10 +8,8 @@ import math
 import threading
 from typing import Any
 
+from ..defaults import DEFAULT_MAX_JOB_BYTES
 from .errors import JobFileError
-
-#: Job files larger than this are rejected before they are parsed.
-DEFAULT_MAX_JOB_BYTES = 1024 * 1024
 
 
 def json_type_name(value: Any) -> str:

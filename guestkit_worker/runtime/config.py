@@ -6,8 +6,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 
-from ..job.protocol import DEFAULT_MAX_JOB_BYTES
-from ..system.diskspace import DEFAULT_MIN_FREE_SPACE
+from .. import defaults as d
 
 
 def default_worker_id() -> str:
@@ -20,33 +19,33 @@ class WorkerConfig:
     guestkit_worker.transports.open_transport); jobs_dir and results_dir are the file
     transport's."""
 
-    jobs_dir: str = "jobs"
-    results_dir: str = "results"
-    work_dir: str = "work"
+    jobs_dir: str = d.DEFAULT_JOBS_DIR
+    results_dir: str = d.DEFAULT_RESULTS_DIR
+    work_dir: str = d.DEFAULT_WORK_DIR
     worker_id: str = field(default_factory=default_worker_id)
-    pool: str = "default"
-    max_concurrent: int = 4
-    poll_interval: float = 1.0
-    shutdown_timeout: float = 30.0
+    pool: str = d.DEFAULT_POOL
+    max_concurrent: int = d.DEFAULT_MAX_CONCURRENT
+    poll_interval: float = d.DEFAULT_POLL_INTERVAL
+    shutdown_timeout: float = d.DEFAULT_SHUTDOWN_TIMEOUT
     max_job_timeout: float | None = None
-    max_job_bytes: int = DEFAULT_MAX_JOB_BYTES
+    max_job_bytes: int = d.DEFAULT_MAX_JOB_BYTES
     #: /health's disk_space check: 503 when a written directory has less free space
-    min_free_space: int = DEFAULT_MIN_FREE_SPACE
+    min_free_space: int = d.DEFAULT_MIN_FREE_SPACE
     allow_paths: list | None = None
     allow_backing_files: bool = False
     once: bool = False
     metrics_enabled: bool = True
     durable: bool = True
-    transport: str = "file"
+    transport: str = d.DEFAULT_TRANSPORT
     #: the Redis transport's settings (README "A fleet on Redis")
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = d.DEFAULT_REDIS_URL
     redis_password_file: str | None = None
     redis_tls_ca_file: str | None = None
     redis_tls_cert_file: str | None = None
     redis_tls_key_file: str | None = None
-    lease_seconds: float = 60.0
-    max_deliveries: int = 5
-    result_ttl: int = 7 * 24 * 3600
+    lease_seconds: float = d.DEFAULT_LEASE_SECONDS
+    max_deliveries: int = d.DEFAULT_MAX_DELIVERIES
+    result_ttl: int = d.DEFAULT_RESULT_TTL
 
     def timeout_of(self, job) -> float:
         """A job's timeout under --max-job-timeout."""

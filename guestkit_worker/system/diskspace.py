@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-#: --min-free-space default: 100 MiB
-DEFAULT_MIN_FREE_SPACE = 100 * 1024 * 1024
 #: free inodes below which a directory is reported as full (fixed)
 MIN_FREE_INODES = 1000
 

@@ -17,8 +17,13 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ...defaults import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MAX_DELIVERIES,
+    DEFAULT_MAX_JOB_BYTES,
+    DEFAULT_RESULT_TTL,
+)
 from ...job.errors import ConfigError
-from ...job.protocol import DEFAULT_MAX_JOB_BYTES
 from ..base import (
     CancelledDocuments,
     Delivery,
@@ -46,9 +51,6 @@ __all__ = ["RedisOutcomeUnknown", "RedisTransport", "RedisUnavailable"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LEASE_SECONDS = 60.0
-DEFAULT_MAX_DELIVERIES = 5
-DEFAULT_RESULT_TTL = 7 * 24 * 3600
 
 
 class RedisTransport(Transport):
