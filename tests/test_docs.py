@@ -10,7 +10,7 @@ import zipfile
 import pytest
 from conftest import ROOT, require_tool
 
-from guestkit_worker.cli.main import RUN_OPTIONS
+from guestkit_worker.cli.options import RUN_OPTIONS
 
 pytestmark = pytest.mark.timeout(300)
 MAN = os.path.join(ROOT, "man", "guestkit-worker.1")

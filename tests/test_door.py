@@ -135,3 +135,26 @@ def test_textfile_write_failing_at_the_end_has_its_own_exit_code(dirs, tmp_path)
     assert proc.returncode == EXIT_TEXTFILE == 3, err
     assert dirs.result("door-textfile-02")["status"] == "completed"
     assert f"cannot write the textfile in {textfile}" in err
+
+
+@pytest.mark.parametrize("command", [["status", "door-env-job-1"], ["result", "door-env-job-1"], ["list"],
+                                     ["cancel", "door-env-job-1"], ["submit", "--wait", "5", "JOB"]])
+def test_job_commands_read_every_variable_of_their_options_like_run(dirs, command):
+    """The job commands take each setting from its flag, else its GUESTKIT_WORKER_* variable,
+    else the default, through run's option table: a bad value is one line and exit 2, and
+    --help lists every variable they read (before: without --api, status/result/list/cancel and
+    submit --wait read GUESTKIT_WORKER_MAX_JOB_SIZE with int(): a ValueError traceback, exit 1,
+    and no --help of theirs named it)."""
+    job = os.path.join(dirs.base, "job.json")
+    with open(job, "w") as fh:
+        fh.write(__import__("json").dumps(make_job("door-env-job-1")))
+    argv = [job if a == "JOB" else a for a in command]
+    proc = cli(*argv, "--jobs-dir", dirs.jobs, "--results-dir", dirs.results,
+               env=worker_env(GUESTKIT_WORKER_MAX_JOB_SIZE="abc"), timeout=60)
+    line = _one_clean_line(proc)
+    assert line == "guestkit-worker: error: GUESTKIT_WORKER_MAX_JOB_SIZE: expected a whole number, got 'abc'"
+    assert not os.path.exists(os.path.join(dirs.jobs, "door-env-job-1.json"))  # nothing queued
+    text = " ".join(cli(command[0], "--help", check=0).stdout.split())
+    for name in ("API_URL", "API_TOKEN_FILE", "API_CA", "TRANSPORT", "REDIS_URL", "POOL", "JOBS_DIR",
+                 "RESULTS_DIR", "MAX_JOB_SIZE", "RESULT_TTL"):
+        assert f"GUESTKIT_WORKER_{name}" in text, name

@@ -218,3 +218,22 @@ def test_the_defaults_of_options_config_transport_and_servers_are_one_table():
     assert ApiOptions(addr="127.0.0.1:0").max_waits == option["api_max_waits"]
     assert default(JobsApi.__init__, "max_waits") == option["api_max_waits"]
     assert option["jobs_dir"] == defaults.DEFAULT_JOBS_DIR and option["redis_url"] == defaults.DEFAULT_REDIS_URL
+
+
+def test_no_module_but_defaults_spells_a_default():
+    """The default directories, Redis URL and metrics address are written once, in
+    guestkit_worker/defaults.py (before: "./jobs" and "./results" also in cli/options.py,
+    cli/jobs.py and cli/prune.py, the Redis URL in cli/options.py and runtime/config.py)."""
+    import ast
+    import pathlib
+
+    import guestkit_worker
+    from guestkit_worker import defaults
+    values = {defaults.DEFAULT_JOBS_DIR, defaults.DEFAULT_RESULTS_DIR, defaults.DEFAULT_WORK_DIR,
+              defaults.DEFAULT_REDIS_URL, defaults.DEFAULT_METRICS_ADDR}
+    package = pathlib.Path(guestkit_worker.__file__).parent
+    found = [f"{path.relative_to(package)}:{node.lineno} {node.value}"
+             for path in sorted(package.rglob("*.py")) if path != package / "defaults.py"
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Constant) and node.value in values]
+    assert found == []

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any, Callable
@@ -23,6 +22,7 @@ from typing import Any, Callable
 from ..job.errors import ConfigError
 from ..job.states import JOB_STATUSES
 from .exitcodes import EXIT_OUTCOME_UNKNOWN
+from .options import API_CLIENT_OPTIONS, add_api_client_options, add_queue_options, queue_config, setting
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_NOT_FINISHED, EXIT_REFUSED, EXIT_UNAVAILABLE = range(7)
 #: ``--wait`` without a value: wait up to an hour.
@@ -33,35 +33,8 @@ _WAIT_STEP = 60.0
 _BUSY_ERRORS = ("TOO_MANY_WAITS", "TOO_MANY_CONNECTIONS")
 
 CLIENT_COMMANDS = ("status", "result", "list", "cancel")
-_ENV = "GUESTKIT_WORKER_"
 
 Reply = tuple[int, Any]
-
-
-def add_api_client_options(p: argparse.ArgumentParser) -> None:
-    """--api and how to reach it (each also read from GUESTKIT_WORKER_<NAME>)."""
-    g = p.add_argument_group("talking to a worker's REST API")
-    g.add_argument("--api", metavar="URL", default=None,
-                   help=f"the API's base URL, e.g. http://127.0.0.1:8080 (env {_ENV}API_URL); "
-                        "without it the command acts on the local jobs and results directories")
-    g.add_argument("--api-token-file", metavar="FILE", default=None,
-                   help=f"send the first token of FILE as a bearer token (env {_ENV}API_TOKEN_FILE)")
-    g.add_argument("--api-ca", metavar="FILE", default=None,
-                   help=f"CA certificates to check an https:// API against (env {_ENV}API_CA)")
-    g.add_argument("--api-client-cert", metavar="FILE", default=None,
-                   help=f"client certificate for an API run with --api-client-ca (env {_ENV}API_CLIENT_CERT)")
-    g.add_argument("--api-client-key", metavar="FILE", default=None,
-                   help=f"private key of --api-client-cert (env {_ENV}API_CLIENT_KEY)")
-
-
-def _add_local_options(p: argparse.ArgumentParser) -> None:
-    from .options import add_transport_options
-    g = p.add_argument_group("without --api")
-    add_transport_options(g)
-    g.add_argument("--jobs-dir", dest="jobs_dir", metavar="DIR", default=None,
-                   help=f"jobs directory (default: ./jobs; env {_ENV}JOBS_DIR)")
-    g.add_argument("--results-dir", dest="results_dir", metavar="DIR", default=None,
-                   help=f"results directory (default: ./results; env {_ENV}RESULTS_DIR)")
 
 
 def add_client_commands(sub: Any) -> None:
@@ -91,26 +64,23 @@ def add_client_commands(sub: Any) -> None:
     p.add_argument("job_id", metavar="ID")
     for name in CLIENT_COMMANDS:
         add_api_client_options(sub.choices[name])
-        _add_local_options(sub.choices[name])
+        add_queue_options(sub.choices[name].add_argument_group("without --api"))
 
 
-def _option(args: argparse.Namespace, dest: str) -> str | None:
-    value = getattr(args, dest, None)
-    if value is None:
-        value = os.environ.get(_ENV + ("API_URL" if dest == "api" else dest.upper())) or None
-    return value
+def _client_setting(args: argparse.Namespace, dest: str) -> str | None:
+    return setting(args, dest, API_CLIENT_OPTIONS)
 
 
 def api_client(args: argparse.Namespace):
     """An ApiClient from --api and friends, or None without --api."""
-    url = _option(args, "api")
+    url = _client_setting(args, "api_url")
     if not url:
         return None
     from ..api.client import ApiClient, read_token
-    token_file = _option(args, "api_token_file")
+    token_file = _client_setting(args, "api_token_file")
     return ApiClient(url, token=read_token(token_file) if token_file else None,
-                     ca_file=_option(args, "api_ca"), client_cert=_option(args, "api_client_cert"),
-                     client_key=_option(args, "api_client_key"))
+                     ca_file=_client_setting(args, "api_ca"), client_cert=_client_setting(args, "api_client_cert"),
+                     client_key=_client_setting(args, "api_client_key"))
 
 
 class LocalJobs:
@@ -302,21 +272,13 @@ def local_jobs(args: argparse.Namespace, allow_paths: list | None = None, *, loc
     """The local transport (the files on --jobs-dir, --results-dir) behind the API's endpoint code.
     ``lock``: open it (take a liveness lock), which cancelling a waiting job needs.  With
     --transport redis (or GUESTKIT_WORKER_TRANSPORT=redis): the pool's Redis keys instead."""
-    from ..job.protocol import DEFAULT_MAX_JOB_BYTES
-    from ..runtime.config import WorkerConfig, default_worker_id
+    from ..runtime.config import default_worker_id
     from ..transports import open_transport
     from .preflight import existing_dir
-    if (getattr(args, "transport", None) or os.environ.get(_ENV + "TRANSPORT")) == "redis":
-        from .options import queue_config
-        cfg = queue_config(args, f"{default_worker_id()}-cli")
-        return _local(open_transport(cfg), allow_paths, cfg.max_job_bytes, lock)
-    jobs_dir = args.jobs_dir or os.environ.get(_ENV + "JOBS_DIR") or "./jobs"
-    results_dir = getattr(args, "results_dir", None) or os.environ.get(_ENV + "RESULTS_DIR") or "./results"
-    existing_dir("--jobs-dir", jobs_dir)
-    max_bytes = int(os.environ.get(_ENV + "MAX_JOB_SIZE") or DEFAULT_MAX_JOB_BYTES)
-    transport = open_transport(WorkerConfig(jobs_dir=jobs_dir, results_dir=results_dir, max_job_bytes=max_bytes,
-                                            worker_id=f"{default_worker_id()}-cli"))
-    return _local(transport, allow_paths, max_bytes, lock)
+    cfg = queue_config(args, f"{default_worker_id()}-cli")
+    if cfg.transport == "file":  # a typo must not create a directory no worker reads
+        existing_dir("--jobs-dir", cfg.jobs_dir)
+    return _local(open_transport(cfg), allow_paths, cfg.max_job_bytes, lock)
 
 
 def _local(transport: Any, allow_paths: list | None, max_bytes: int, lock: bool) -> LocalJobs:
@@ -383,7 +345,7 @@ def cmd_submit_jobs(args: argparse.Namespace, submit_one: Callable[[argparse.Nam
                     allow_paths: list | None) -> int:
     """submit JOB.json...: over --api, or with --wait through the local transport; otherwise
     each file through ``submit_one`` (the jobs-dir writer), the highest exit status wins."""
-    if _option(args, "api") or args.wait:
+    if _client_setting(args, "api_url") or args.wait:
         return run_with_backend(args, submit_many, lambda a: local_jobs(a, allow_paths))
     status = EXIT_OK
     for path in args.jobs:
@@ -392,5 +354,5 @@ def cmd_submit_jobs(args: argparse.Namespace, submit_one: Callable[[argparse.Nam
     return status
 
 
-__all__ = ["add_client_commands", "add_api_client_options", "run_client_command", "submit_many",
+__all__ = ["add_client_commands", "run_client_command", "submit_many",
            "run_with_backend", "LocalJobs"]

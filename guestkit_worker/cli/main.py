@@ -13,13 +13,13 @@ import sys
 
 from .. import __version__
 from .exitcodes import EXIT_ABORTED, EXIT_JOBS_FAILED, EXIT_OK, EXIT_TEXTFILE, EXIT_USAGE  # noqa: F401
-from .options import (  # noqa: F401
+from .options import (
     API_COMMAND_OPTIONS,
-    RUN_OPTIONS,
     add_allow_backing,
     add_allow_path,
+    add_api_client_options,
+    add_queue_options,
     add_run_options,
-    add_transport_options,
     allowed_paths,
     env_name,
     resolve,
@@ -38,6 +38,7 @@ def get_parser():
                     "directory, with Prometheus metrics, a health endpoint and cron-friendly one-shot runs.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from .jobs import DEFAULT_WAIT, add_client_commands
     run = sub.add_parser("run", help="run the worker (the default command)",
                          description="Run the worker: claim job files, run their handlers, write results.")
     add_run_options(run)
@@ -54,16 +55,11 @@ def get_parser():
                                         "(written beside, then renamed), so the worker never reads it half-way; "
                                         "with --api, POST it to a worker's REST API instead.")
     submit.add_argument("jobs", nargs="+", metavar="JOB.json", help="job documents to submit ('-' reads standard input)")
-    submit.add_argument("--wait", type=float, nargs="?", const=3600.0, default=0, metavar="SECONDS",
-                        help="then wait up to SECONDS (default 3600) for every job to finish; exit 0 only if all "
-                             "completed")
-    submit.add_argument("--results-dir", dest="results_dir", default=None, metavar="DIR",
-                        help=f"with --wait and no --api: results directory (default: ./results; "
-                             f"env {env_name('results_dir')})")
-    submit.add_argument("--jobs-dir", dest="jobs_dir", default=None, metavar="DIR",
-                        help=f"jobs directory (default: ./jobs; env {env_name('jobs_dir')})")
+    submit.add_argument("--wait", type=float, nargs="?", const=DEFAULT_WAIT, default=0, metavar="SECONDS",
+                        help=f"then wait up to SECONDS (default {DEFAULT_WAIT:g}) for every job to finish; exit 0 "
+                             "only if all completed")
     add_allow_path(submit)
-    add_transport_options(submit)
+    add_queue_options(submit)
     validate = sub.add_parser("validate", help="check job files and print every problem",
                               description="Check each FILE against the job protocol and the operations this "
                                           "worker serves; print one line per file; exit 1 if any is invalid.")
@@ -71,11 +67,10 @@ def get_parser():
     add_allow_path(validate)
     sub.add_parser("list-operations", help="print each operation and whether its engine is installed",
                    description="Print each operation this worker serves and whether its engine is installed.")
-    from .jobs import add_api_client_options, add_client_commands
     add_api_client_options(submit)
     add_client_commands(sub)
     from .prune import add_prune_command
-    add_prune_command(sub, env_name)
+    add_prune_command(sub)
     return parser
 
 
@@ -101,7 +96,7 @@ def main(argv=None):
         return cmd_validate(args)
     if args.command == "prune":
         from .prune import cmd_prune
-        return cmd_prune(args, env_name, usage_error)
+        return cmd_prune(args)
     if args.command == "list-operations" or getattr(args, "list_operations", False):
         from .documents import cmd_list_operations
         return cmd_list_operations()

@@ -101,20 +101,38 @@ API_OPTIONS = [
 RUN_OPTIONS += API_OPTIONS  # --api-*: the REST API beside the jobs (and for the api command)
 #: the run options that also apply to ``api`` (the API alone over the same transport)
 #: (every one but those about running jobs, so a transport's own options apply to both)
-API_COMMAND_OPTIONS = {o[1] for o in RUN_OPTIONS} - {"work_dir", "max_concurrent", "poll_interval", "shutdown_timeout",
-                                                     "max_job_timeout", "textfile_dir", "min_free_space"}
+API_COMMAND_OPTIONS = {o[1] for o in RUN_OPTIONS} - {"work_dir", "max_concurrent", "poll_interval",
+                                                     "shutdown_timeout", "max_job_timeout", "textfile_dir",
+                                                     "min_free_space"}
+#: (flags, dest, type, default, metavar, help): how the job commands (status, result, list,
+#: cancel, submit) reach a worker's REST API; each also reads GUESTKIT_WORKER_<DEST>
+API_CLIENT_OPTIONS = [
+    (("--api",), "api_url", str, None, "URL", "the API's base URL, e.g. http://127.0.0.1:8080; without "
+     "it the command acts on the local jobs and results directories"),
+    (("--api-token-file",), "api_token_file", str, None, "FILE",
+     "send the first token of FILE as a bearer token"),
+    (("--api-ca",), "api_ca", str, None, "FILE", "CA certificates to check an https:// API against"),
+    (("--api-client-cert",), "api_client_cert", str, None, "FILE",
+     "client certificate for an API run with --api-client-ca"),
+    (("--api-client-key",), "api_client_key", str, None, "FILE", "private key of --api-client-cert"),
+]
+#: the run options of a command that talks to the queue without running jobs (submit, status,
+#: result, list, cancel): the transport, where it is and the limits its documents are held to
+QUEUE_OPTIONS = ("transport", "redis_url", "redis_password_file", "redis_tls_ca_file", "redis_tls_cert_file",
+                 "redis_tls_key_file", "pool", "jobs_dir", "results_dir", "lease_seconds", "max_deliveries",
+                 "result_ttl", "max_job_size")
 
 
-def env_name(dest):
+def env_name(dest: str) -> str:
+    """The environment variable of a table's option: GUESTKIT_WORKER_<DEST>."""
     return ENV_PREFIX + dest.upper()
 
 
-def add_run_options(p, only=None):
-    if only is None:
-        p.add_argument("--once", action="store_true", default=None,
-                       help=f"run the jobs present at start, wait for them, exit (env {env_name('once')})")
-        add_allow_backing(p)
-    for flags, dest, typ, default, metavar, text in RUN_OPTIONS:
+def add_options(p, table: list, only=None) -> None:
+    """Add the options of ``table`` (those whose dest is in ``only``, default all) to ``p``; each
+    parses to None when not given (:func:`setting` then reads the environment or the default),
+    and its help names the default and the variable."""
+    for flags, dest, typ, default, metavar, text in table:
         if only is not None and dest not in only:
             continue
         shown = f"default: {default}; " if default is not None else ""
@@ -123,7 +141,45 @@ def add_run_options(p, only=None):
                        help=f"{text} ({shown}env {env_name(dest)})")
 
 
-def add_allow_backing(p):
+def add_run_options(p, only=None) -> None:
+    """The run options (only those whose dest is in ``only``), and without ``only`` --once and
+    --allow-backing-files too."""
+    if only is None:
+        p.add_argument("--once", action="store_true", default=None,
+                       help=f"run the jobs present at start, wait for them, exit (env {env_name('once')})")
+        add_allow_backing(p)
+    add_options(p, RUN_OPTIONS, only)
+
+
+def setting(args: argparse.Namespace, dest: str, table: list = RUN_OPTIONS):
+    """The value of the option ``dest`` of ``table``: its flag, else GUESTKIT_WORKER_<DEST>
+    (empty counts as unset) read with the option's type, else its default.  A bad value in the
+    environment ends the command as a usage error (exit 2) naming the variable."""
+    flags, dest, typ, default, metavar, text = next(o for o in table if o[1] == dest)
+    value = getattr(args, dest, None)
+    if value is not None:
+        return value
+    env = os.environ.get(env_name(dest))
+    if not env:
+        return default
+    try:
+        return path_list(env) if dest == "allow_path" else typ(env)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise SystemExit(usage_error(f"{env_name(dest)}: {exc}")) from None
+
+
+def _flag(args, dest: str) -> bool:
+    """A store_true flag, else GUESTKIT_WORKER_<DEST> as true/false, else off."""
+    if getattr(args, dest, None):
+        return True
+    env = os.environ.get(env_name(dest))
+    try:
+        return _bool(env) if env else False
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(usage_error(f"{env_name(dest)}: {exc}")) from None
+
+
+def add_allow_backing(p) -> None:
     p.add_argument("--allow-backing-files", dest="allow_backing_files", action="store_true", default=None,
                    help="let images reference other local files (qcow2 backing and data files, VMDK extents "
                         "and parents), each of which must resolve inside --allow-path and be a regular file; "
@@ -131,18 +187,12 @@ def add_allow_backing(p):
                         f"(env {env_name('allow_backing_files')}=true)")
 
 
-def allow_backing(args):
+def allow_backing(args: argparse.Namespace) -> bool:
     """--allow-backing-files, else GUESTKIT_WORKER_ALLOW_BACKING_FILES (true/false), else off."""
-    if getattr(args, "allow_backing_files", None):
-        return True
-    env = os.environ.get(env_name("allow_backing_files"))
-    try:
-        return _bool(env) if env else False
-    except argparse.ArgumentTypeError as exc:
-        raise SystemExit(usage_error(f"{env_name('allow_backing_files')}: {exc}"))
+    return _flag(args, "allow_backing_files")
 
 
-def add_allow_path(p):
+def add_allow_path(p) -> None:
     """--allow-path for validate and submit: judge paths as a worker with that policy would."""
     p.add_argument("--allow-path", dest="allow_path", action="append", default=None, metavar="DIR",
                    help="judge image paths and outputs as a worker run with this --allow-path would "
@@ -150,25 +200,18 @@ def add_allow_path(p):
     add_allow_backing(p)
 
 
-#: the run options of a command that only talks to the queue (submit, status, result, list, cancel)
-TRANSPORT_OPTIONS = ("transport", "redis_url", "redis_password_file", "redis_tls_ca_file", "redis_tls_cert_file",
-                     "redis_tls_key_file", "pool")
-#: ...and what such a command reads from the environment or defaults without a flag
-_QUEUE_SETTINGS = TRANSPORT_OPTIONS + ("jobs_dir", "results_dir", "lease_seconds", "max_deliveries",
-                                       "result_ttl", "max_job_size")
+def add_queue_options(p) -> None:
+    """The transport, Redis, pool, directory and size flags of a command that submits or reads
+    jobs: the same flags and environment variables as run."""
+    add_options(p, RUN_OPTIONS, QUEUE_OPTIONS)
 
 
-def add_transport_options(p):
-    """--transport, --redis-url, --redis-password-file, --redis-tls-* and --pool for a command
-    that submits or reads jobs: the same flags and environment variables as run."""
-    for flags, dest, typ, default, metavar, text in RUN_OPTIONS:
-        if dest in TRANSPORT_OPTIONS:
-            shown = f"default: {default}; " if default is not None else ""
-            p.add_argument(*flags, dest=dest, type=typ, default=None, metavar=metavar,
-                           help=f"{text} ({shown}env {env_name(dest)})")
+def add_api_client_options(p) -> None:
+    """--api and how to reach it, in their own group of the command's --help."""
+    add_options(p.add_argument_group("talking to a worker's REST API"), API_CLIENT_OPTIONS)
 
 
-def transport_settings(args):
+def transport_settings(args: argparse.Namespace) -> dict:
     """WorkerConfig's transport fields from resolved run options."""
     return {"transport": args.transport, "redis_url": args.redis_url,
             "redis_password_file": args.redis_password_file, "redis_tls_ca_file": args.redis_tls_ca_file,
@@ -177,62 +220,35 @@ def transport_settings(args):
             "max_deliveries": args.max_deliveries, "result_ttl": args.result_ttl}
 
 
-def queue_config(args, worker_id):
-    """A WorkerConfig for a command that only talks to the queue: each setting from its flag
-    (when the command has it), else GUESTKIT_WORKER_*, else the run option's default."""
+def queue_config(args: argparse.Namespace, worker_id: str):
+    """A WorkerConfig for a command that only talks to the queue: each setting from its flag,
+    else GUESTKIT_WORKER_*, else the run option's default."""
     from ..runtime.config import WorkerConfig
-    values = {}
-    for flags, dest, typ, default, metavar, text in RUN_OPTIONS:
-        if dest not in _QUEUE_SETTINGS:
-            continue
-        value = getattr(args, dest, None)
-        if value is None:
-            env = os.environ.get(env_name(dest))
-            try:
-                value = typ(env) if env else default
-            except (ValueError, argparse.ArgumentTypeError) as exc:
-                raise SystemExit(usage_error(f"{env_name(dest)}: {exc}"))
-        values[dest] = value
+    values = {dest: setting(args, dest) for dest in QUEUE_OPTIONS}
     values["max_job_bytes"] = values.pop("max_job_size")
     return WorkerConfig(worker_id=worker_id, **values)
 
 
-def path_list(value):
+def path_list(value: str) -> list:
     """GUESTKIT_WORKER_ALLOW_PATH: colon-separated directories, empty parts ignored."""
     return [p for p in value.split(":") if p]
 
 
-def allowed_paths(args):
-    if args.allow_path is not None:
-        return args.allow_path
-    env = os.environ.get(env_name("allow_path"))
-    return path_list(env) if env else None
+def allowed_paths(args: argparse.Namespace):
+    """--allow-path (repeated), else GUESTKIT_WORKER_ALLOW_PATH, else None."""
+    return setting(args, "allow_path")
 
 
-def resolve(args):
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill options not given on the command line from GUESTKIT_WORKER_* or the default."""
-    for flags, dest, typ, default, metavar, text in RUN_OPTIONS:
-        if getattr(args, dest, None) is not None:
-            continue
-        env = os.environ.get(env_name(dest))
-        if env is not None and env != "":
-            try:
-                value = path_list(env) if dest == "allow_path" else typ(env)
-            except (ValueError, argparse.ArgumentTypeError) as exc:
-                raise SystemExit(usage_error(f"{env_name(dest)}: {exc}"))
-        else:
-            value = default
-        setattr(args, dest, value)
+    for option in RUN_OPTIONS:
+        setattr(args, option[1], setting(args, option[1]))
     if args.once is None:
-        env = os.environ.get(env_name("once"))
-        try:
-            args.once = _bool(env) if env else False
-        except argparse.ArgumentTypeError as exc:
-            raise SystemExit(usage_error(f"{env_name('once')}: {exc}"))
+        args.once = _flag(args, "once")
     return args
 
 
-def setup_logging(args):
+def setup_logging(args: argparse.Namespace) -> None:
     """Logging as --log-level and --log-format say, every record stamped with the worker id."""
     from .logsetup import setup
     setup(args.log_level, args.log_format, worker_id=args.worker_id)

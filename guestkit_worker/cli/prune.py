@@ -185,8 +185,9 @@ def prune(jobs_dir: str, results_dir: str, older_than: float, *, dry_run: bool =
 
 
 # -- command line ------------------------------------------------------------------------------
-def add_prune_command(sub, env_name) -> None:
-    """``guestkit-worker prune`` on the subparsers of the CLI (env_name(dest) -> variable name)."""
+def add_prune_command(sub) -> None:
+    """``guestkit-worker prune`` on the subparsers of the CLI."""
+    from .options import RUN_OPTIONS, add_options
     p = sub.add_parser("prune", help="remove finished jobs, results and progress files older than DURATION",
                        description="Remove archived job files (done/, failed/ with their reasons), results "
                                    "and progress files older than DURATION; never a waiting or running job, "
@@ -196,10 +197,7 @@ def add_prune_command(sub, env_name) -> None:
                         "finished so far")
     p.add_argument("--dry-run", dest="dry_run", action="store_true",
                    help="print what would be removed, remove nothing")
-    p.add_argument("--jobs-dir", dest="jobs_dir", default=None, metavar="DIR",
-                   help=f"jobs directory (default: ./jobs; env {env_name('jobs_dir')})")
-    p.add_argument("--results-dir", dest="results_dir", default=None, metavar="DIR",
-                   help=f"results directory (default: ./results; env {env_name('results_dir')})")
+    add_options(p, RUN_OPTIONS, ("jobs_dir", "results_dir"))
 
 
 def _duration(text):
@@ -210,15 +208,15 @@ def _duration(text):
         raise argparse.ArgumentTypeError(str(exc))
 
 
-def cmd_prune(args, env_name, usage_error) -> int:
+def cmd_prune(args) -> int:
     """Run prune for the CLI: one line per path, a summary on stderr; 0, or 1 when a removal
     failed, 2 for a missing directory."""
     import sys
 
     from ..job.errors import ConfigError
+    from .options import setting, usage_error
     from .preflight import existing_dir
-    jobs_dir = args.jobs_dir or os.environ.get(env_name("jobs_dir")) or "./jobs"
-    results_dir = args.results_dir or os.environ.get(env_name("results_dir")) or "./results"
+    jobs_dir, results_dir = setting(args, "jobs_dir"), setting(args, "results_dir")
     try:
         existing_dir("--jobs-dir", jobs_dir)
         existing_dir("--results-dir", results_dir)
