@@ -9,7 +9,8 @@ import sys
 import pytest
 from conftest import cli, make_job, wait_for, worker_env, write_job
 
-from guestkit_worker.cli.main import EXIT_TEXTFILE, _commands, get_parser
+from guestkit_worker.cli.exitcodes import EXIT_TEXTFILE
+from guestkit_worker.cli.main import _commands, get_parser
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ import threading
 from typing import Any, Callable
 
 from ..job.errors import ConfigError
+from .exitcodes import EXIT_OK
 from .options import allow_backing, transport_settings
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def cmd_api(args: argparse.Namespace, usage_error: Callable[[str], int]) -> int:
     for server in servers:
         server.shutdown()
     transport.close()
-    return 0
+    return EXIT_OK
 
 
 __all__ = ["api_options", "check_api_options", "open_transport", "serve_api", "cmd_api",

@@ -2,13 +2,8 @@
 ``submit --api``.  With ``--api URL`` they talk to a worker's REST API
 (:mod:`guestkit_worker.api.client`); without it they act on the local transport directly through
 the same endpoint code the API runs (:class:`guestkit_worker.api.jobs.JobsApi`), so both
-ways answer alike and exit alike.
-
-Exit status (documented in the man page): 0 found / done, 1 the job failed (or the document
-is invalid), 2 usage (also an --api whose paths are not the API's, an id no job can have), 3 no
-such job, 4 not finished yet, 5 refused (already finished, not
-cancellable, job id taken by another document), 6 the API or the job store is unavailable
-(connection, TLS, token, 5xx), 7 a submission's outcome is unknown (504 OUTCOME_UNKNOWN).
+ways answer alike and exit alike, with the job commands' statuses of :mod:`.exitcodes`
+(an HTTP answer maps to one in :func:`_error`; with several files the highest wins).
 """
 
 from __future__ import annotations
@@ -21,10 +16,18 @@ from typing import Any, Callable
 
 from ..job.errors import ConfigError
 from ..job.states import JOB_STATUSES
-from .exitcodes import EXIT_OUTCOME_UNKNOWN
+from .exitcodes import (
+    EXIT_JOBS_FAILED,
+    EXIT_NOT_FINISHED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_OUTCOME_UNKNOWN,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
 from .options import API_CLIENT_OPTIONS, add_api_client_options, add_queue_options, queue_config, setting
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_NOT_FINISHED, EXIT_REFUSED, EXIT_UNAVAILABLE = range(7)
 #: ``--wait`` without a value: wait up to an hour.
 DEFAULT_WAIT = 3600.0
 #: Longest single ``?wait=`` asked of the API (it honours 60 s at most).
@@ -130,7 +133,7 @@ def _error(reply: Reply, what: str) -> int:
     if status == 409:
         return EXIT_REFUSED
     if status in (400, 411, 413, 415, 422):
-        return EXIT_FAILED
+        return EXIT_JOBS_FAILED
     if status == 504 and code == "OUTCOME_UNKNOWN":
         return EXIT_OUTCOME_UNKNOWN
     return EXIT_UNAVAILABLE
@@ -155,7 +158,7 @@ def _print_json(data: Any) -> None:
 
 
 def _result_exit(data: dict) -> int:
-    return EXIT_OK if data.get("status") == "completed" else EXIT_FAILED
+    return EXIT_OK if data.get("status") == "completed" else EXIT_JOBS_FAILED
 
 
 def wait_for_result(backend: Any, job_id: str, seconds: float) -> Reply:
@@ -242,7 +245,7 @@ def submit_many(args: argparse.Namespace, backend: Any) -> int:
             raw = _read_job(path)
         except OSError as exc:
             print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
-            worst = max(worst, EXIT_FAILED)
+            worst = max(worst, EXIT_JOBS_FAILED)
             continue
         reply = backend.submit(raw)
         if reply[0] not in (200, 202):

@@ -12,7 +12,6 @@ import os
 import sys
 
 from .. import __version__
-from .exitcodes import EXIT_ABORTED, EXIT_JOBS_FAILED, EXIT_OK, EXIT_TEXTFILE, EXIT_USAGE  # noqa: F401
 from .options import (
     API_COMMAND_OPTIONS,
     add_allow_backing,

@@ -214,6 +214,7 @@ def cmd_prune(args) -> int:
     import sys
 
     from ..job.errors import ConfigError
+    from .exitcodes import EXIT_NOT_ALL_REMOVED, EXIT_OK
     from .options import setting, usage_error
     from .preflight import existing_dir
     jobs_dir, results_dir = setting(args, "jobs_dir"), setting(args, "results_dir")
@@ -231,4 +232,4 @@ def cmd_prune(args) -> int:
     print(f"{'would remove' if args.dry_run else 'removed'} {len(report.removed)} file(s); kept "
           f"{report.kept_active} of waiting or running jobs and {report.kept_idempotent} result(s) "
           f"idempotency records point to", file=sys.stderr)
-    return 1 if report.errors else 0
+    return EXIT_NOT_ALL_REMOVED if report.errors else EXIT_OK

@@ -4,7 +4,7 @@ server, the REST API beside it, and the one-shot textfile."""
 import logging
 import os
 
-from .exitcodes import EXIT_OK, EXIT_TEXTFILE, EXIT_WORKER_ID_TAKEN
+from .exitcodes import EXIT_JOBS_FAILED, EXIT_OK, EXIT_TEXTFILE, EXIT_WORKER_ID_TAKEN
 from .options import allow_backing, setup_logging, transport_settings, usage_error
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def cmd_run(args):
             return usage_error(str(exc))
         return usage_error(f"cannot set up the job directories: {exc}")
     try:
-        status = worker.run()
+        status = EXIT_OK if worker.run() == 0 else EXIT_JOBS_FAILED  # 0: every job completed
     finally:
         for server in servers:
             server.shutdown()
