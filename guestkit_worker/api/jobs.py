@@ -49,21 +49,22 @@ def _number(query: Mapping[str, str], name: str, kind: type, *, low: float, high
 
 
 class JobsApi:
-    """``transport``: where jobs go and results come from; ``admit(raw) -> Job`` checks a
-    document as the worker would; ``max_waits`` caps concurrent ``?wait=`` requests."""
+    """``transport``: where jobs go and results come from; ``check_submission(raw) -> Job``
+    checks a document as the worker would (:func:`.precheck.check_submission`); ``max_waits``
+    caps concurrent ``?wait=`` requests."""
 
-    def __init__(self, transport: Transport, admit: Callable[[bytes], Job], *,
+    def __init__(self, transport: Transport, check_submission: Callable[[bytes], Job], *,
                  max_waits: int = DEFAULT_API_MAX_WAITS,
                  on_wait: Callable[[int], None] = lambda delta: None) -> None:
         self.transport = transport
-        self.admit = admit
+        self.check_submission = check_submission
         self._wait_slots = threading.BoundedSemaphore(max_waits)
         self._on_wait = on_wait
 
     # -- POST /api/v1/jobs -------------------------------------------------------------
     def submit(self, raw: bytes) -> Answer:
         try:
-            job = self.admit(raw)
+            job = self.check_submission(raw)
         except JobFileError as exc:
             raise ApiError(400, "INVALID_JSON", f"the body is not a JSON job document: {exc.reason}",
                            field="body") from None

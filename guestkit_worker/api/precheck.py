@@ -10,7 +10,7 @@ from ..job.errors import HandlerError, JobValidationError
 from ..job.protocol import Job, decode_job_bytes, validate_document
 
 
-def admit(raw: bytes, registry: Any, max_bytes: int) -> Job:
+def check_submission(raw: bytes, registry: Any, max_bytes: int) -> Job:
     """Decode and validate a job document and its payload against the handler that would run
     it (with the worker's path policy, already configured in ``registry``).
 

@@ -17,7 +17,7 @@ from ..transports.base import Transport
 from .app import ApiApp, capabilities_document
 from .jobs import JobsApi
 from .metrics import ApiMetrics
-from .precheck import admit
+from .precheck import check_submission
 from .server import is_loopback, start_api_server, tls_context
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def start_api(options: ApiOptions, *, transport: Transport, registry: Any,
         tokens = TokenSet.from_file(options.token_file)
         _warn_if_readable_by_others(options.token_file)
     metrics = ApiMetrics(metrics_registry)
-    jobs = JobsApi(transport, lambda raw: admit(raw, registry, max_job_size),
+    jobs = JobsApi(transport, lambda raw: check_submission(raw, registry, max_job_size),
                    max_waits=options.max_waits, on_wait=metrics.waiting.inc)
     app = ApiApp(jobs, capabilities=capabilities_document(
                      worker_id=worker_id, pool=pool, version=__version__, registry=registry,

@@ -40,14 +40,15 @@ def check_api_options(args: argparse.Namespace) -> None:
         raise ConfigError("--api-client-ca needs --api-tls-cert and --api-tls-key")
 
 
-def open_transport(args: argparse.Namespace, worker_id: str):
-    """The configured transport as ``worker_id``, opened: the files on --jobs-dir/--results-dir
-    (it holds a liveness lock, so that cancelling a waiting job can claim it), or the Redis
-    stream of --pool with --transport redis."""
+def open_api_transport(args: argparse.Namespace, worker_id: str):
+    """The transport ``guestkit-worker api`` fronts, as ``worker_id``, opened: the files on
+    --jobs-dir/--results-dir (it holds a liveness lock, so that cancelling a waiting job can
+    claim it), or the Redis stream of --pool with --transport redis."""
     from ..runtime.config import WorkerConfig
-    from ..transports import open_transport as build
-    transport = build(WorkerConfig(jobs_dir=args.jobs_dir, results_dir=args.results_dir, worker_id=worker_id,
-                                   pool=args.pool, max_job_bytes=args.max_job_size, **transport_settings(args)))
+    from ..transports import open_transport
+    transport = open_transport(WorkerConfig(jobs_dir=args.jobs_dir, results_dir=args.results_dir,
+                                            worker_id=worker_id, pool=args.pool, max_job_bytes=args.max_job_size,
+                                            **transport_settings(args)))
     transport.open()
     return transport
 
@@ -113,7 +114,7 @@ def cmd_api(args: argparse.Namespace, usage_error: Callable[[str], int]) -> int:
     servers, transport = [], None
     try:
         check_api_options(args)
-        transport = open_transport(args, worker_id)
+        transport = open_api_transport(args, worker_id)
         health = transport_health(transport, worker_id, args.pool)
         if args.metrics_enabled:
             from prometheus_client import Gauge
@@ -159,5 +160,4 @@ def cmd_api(args: argparse.Namespace, usage_error: Callable[[str], int]) -> int:
     return EXIT_OK
 
 
-__all__ = ["api_options", "check_api_options", "open_transport", "serve_api", "cmd_api",
-]
+__all__ = ["api_options", "check_api_options", "open_api_transport", "serve_api", "cmd_api"]

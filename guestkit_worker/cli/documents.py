@@ -1,5 +1,5 @@
 """Commands about job documents that run no worker: ``list-operations``, ``validate`` and
-``submit`` of one file (``commands.cmd_submit_jobs`` loops over the files and --wait)."""
+``submit`` of one file (:func:`.jobs.cmd_submit_jobs` loops over the files and --wait)."""
 
 import os
 import sys

@@ -287,19 +287,19 @@ def local_jobs(args: argparse.Namespace, allow_paths: list | None = None, *, loc
 def _local(transport: Any, allow_paths: list | None, max_bytes: int, lock: bool) -> LocalJobs:
     """The API's endpoint code over ``transport`` in this process (opened when ``lock``)."""
     from ..api.jobs import JobsApi
-    from ..api.precheck import admit
+    from ..api.precheck import check_submission
     registry = []
 
-    def admit_here(raw: bytes):
-        if not registry:
+    def check_with_local_handlers(raw: bytes):
+        if not registry:  # built on the first submission only: status, list... need no handlers
             from ..handlers import default_registry
             registry.append(default_registry())
             registry[0].configure_paths(allow_paths, transport.protected_paths)
-        return admit(raw, registry[0], max_bytes)
+        return check_submission(raw, registry[0], max_bytes)
 
     if lock:
         transport.open()
-    return LocalJobs(JobsApi(transport, admit_here), transport if lock else None)
+    return LocalJobs(JobsApi(transport, check_with_local_handlers), transport if lock else None)
 
 
 def run_with_backend(args: argparse.Namespace, action: Callable[[argparse.Namespace, Any], int],

@@ -51,14 +51,6 @@ def check_job(job: Job, registry: Any) -> Any:
     return handler
 
 
-def admit(raw: bytes, registry: Any, max_bytes: int) -> tuple[dict, Job, Any]:
-    """(document, job, handler) of job bytes this worker would run; raises JobFileError,
-    JobValidationError or HandlerError with the verdict."""
-    doc = decode_job_bytes(raw, max_bytes)
-    job = validate_document(doc)
-    return doc, job, check_job(job, registry)
-
-
 def problems(raw: bytes, registry: Any, max_bytes: int) -> tuple[list, Job | None]:
     """For ``validate`` and ``submit``: every protocol problem of the document, else the
     admission verdict; ([], job) when the worker would run it."""

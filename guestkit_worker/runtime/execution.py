@@ -57,7 +57,7 @@ class Executor(Intake):
         run = Run(delivery)
         started = False
         try:
-            if self._admit(run):
+            if self._ready_to_run(run):
                 started = True
                 self.table.started()
                 self._execute(run)
@@ -213,7 +213,7 @@ class Executor(Intake):
                                                                self.cfg.worker_id, error)
             outcome = Outcome(run.delivery, status, result=result, reason=reason, failed=not requeue,
                               release=requeue)
-        self._hand_over(run, outcome)
+        self._send_to_committer(run, outcome)
 
     def _retry(self, run: Run, err: Any) -> None:
         job = run.job
@@ -235,7 +235,8 @@ class Executor(Intake):
         log.warning("job %s: attempt %d/%d failed (%s); re-queued as attempt %d", job.job_id, job.attempt,
                     job.max_attempts, err, job.attempt + 1)
 
-    def _hand_over(self, run: Run, outcome: Outcome) -> None:
+    def _send_to_committer(self, run: Run, outcome: Outcome) -> None:
+        """Queue ``outcome`` for the committer, which stores a batch of them in one commit."""
         if run.key_held:
             outcome.idempotency_key = run.job.idempotency_key
         if self.cfg.max_concurrent > 1 and outcome.result is not None and not outcome.release:

@@ -30,10 +30,10 @@ KEY_BUSY_RECHECK_SECONDS = 0.2
 
 class Intake:
     """The intake steps of :class:`~guestkit_worker.runtime.execution.Executor`, which provides the
-    configuration, transport, run table, clock and the outcome path (``_hand_over``, ``_result``,
+    configuration, transport, run table, clock and the outcome path (``_send_to_committer``, ``_result``,
     ``give_back``)."""
 
-    def _admit(self, run: Run) -> bool:
+    def _ready_to_run(self, run: Run) -> bool:
         """Parse and check a delivered job; reject, release or mark it duplicate.  True: run it."""
         d, cfg, doc = run.delivery, self.cfg, None
         try:
@@ -117,9 +117,9 @@ class Intake:
             completed = status == "completed"
             reason = None if completed else docs.reason_document(run.delivery.name, job.job_id, status,
                                                                  self.cfg.worker_id, error)
-            self._hand_over(run, Outcome(run.delivery, status, result=earlier, staged=True, reason=reason,
-                                         failed=not completed,
-                                         idempotency_key=job.idempotency_key if completed else None))
+            self._send_to_committer(run, Outcome(run.delivery, status, result=earlier, staged=True,
+                                                 reason=reason, failed=not completed,
+                                                 idempotency_key=job.idempotency_key if completed else None))
             return True
         err = JobValidationError("job_id", f"job id {job.job_id} already has a result ({status}, attempt "
                                  f"{attempt}); a job id is never reused, so this job was not run",
@@ -154,7 +154,7 @@ class Intake:
             result = self._result(run, "completed", data=earlier.get("data"), outputs=earlier.get("outputs"))
             result["duplicate_of"] = {"job_id": r.holder_job_id, "completed_at": earlier.get("completed_at")}
         run.to(JobState.COMPLETED)
-        self._hand_over(run, Outcome(run.delivery, "duplicate", result=result))
+        self._send_to_committer(run, Outcome(run.delivery, "duplicate", result=result))
 
     def reject(self, run: Run, err: BaseException, doc: Any, write_result: bool = True) -> None:
         """Refuse a delivery: its reason goes to the archive, and a ``failed`` result under its
@@ -170,7 +170,7 @@ class Intake:
         if run.job is None and isinstance(doc, dict) and isinstance(doc.get("operation"), str):
             run.operation_label = self.metrics.label_operation(doc["operation"])
         run.to(JobState.FAILED)
-        self._hand_over(run, Outcome(d, "rejected", result=result, reason=reason, failed=True))
+        self._send_to_committer(run, Outcome(d, "rejected", result=result, reason=reason, failed=True))
 
     def _kept_result(self, run: Run, job_id: str) -> str | None:
         """Why a rejected delivery must not store a result under job_id, or None: another
