@@ -44,7 +44,7 @@ def main():
         data = fh.read()  # the ceiling's bytes; reading also warms the page cache
     want = hashlib.sha256(data).hexdigest()
     ctx = HandlerContext(types.SimpleNamespace(job_id="bench-checksum"), worker_id="bench", work_dir=base,
-                         metrics=NullMetrics(), progress_path=None)
+                         metrics=NullMetrics())
 
     def handler():
         assert verify_sha256(path, f"sha256:{want}", ctx) == want

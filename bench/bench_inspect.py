@@ -43,7 +43,7 @@ def main():
     except ImportError as exc:
         return skip(args, f"tests/diskimage.py not importable ({exc})")
     from guestkit_worker.engines import probe_script
-    from guestkit_worker.handlers.inspect import guestfs_python
+    from guestkit_worker.engines.libguestfs import guestfs_python
     python = guestfs_python()
     missing = [t for t in ("sfdisk", "mkfs.ext4", "qemu-img") if not shutil.which(t)]
     if missing:

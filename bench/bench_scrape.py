@@ -41,7 +41,8 @@ def main():
     rounds = args.rounds or 25
     disable_created_metrics()
     from guestkit_worker.http.metrics_port import start_server
-    from guestkit_worker.runtime.worker import Worker, WorkerConfig
+    from guestkit_worker.runtime.config import WorkerConfig
+    from guestkit_worker.runtime.worker import Worker
     base = common.fresh_dir("scrape")
     cfg = WorkerConfig(jobs_dir=os.path.join(base, "jobs"), results_dir=os.path.join(base, "results"),
                        work_dir=os.path.join(base, "work"), worker_id="bench-scrape")

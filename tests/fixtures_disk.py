@@ -5,7 +5,6 @@ the session-scoped ``debian_image`` fixture builds the image once per session ev
 modules import it (the result is cached at module level).
 """
 
-import os
 import types
 
 import pytest
@@ -32,16 +31,26 @@ class RecordingMetrics:
         self.write_bytes += write_bytes
 
 
+class RecordingProgress:
+    """Stands in for the transport's progress store: keeps every event the handler reports."""
+
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, job_id, event):
+        self.events.append(event)
+
+
 def make_context(work_dir, job_id="test-job-0001", **kw):
-    """A real HandlerContext for job_id working in work_dir, with a RecordingMetrics; its
-    allowed_paths default to the test root (conftest.allowed_roots)."""
+    """A real HandlerContext for job_id working in work_dir, with a RecordingMetrics and a
+    RecordingProgress (``ctx._progress_sink.events``); its allowed_paths default to the test
+    root (conftest.allowed_roots)."""
     metrics = RecordingMetrics()
     if "allowed_paths" not in kw:
         from conftest import allowed_roots
         kw["allowed_paths"] = allowed_roots()
     ctx = HandlerContext(types.SimpleNamespace(job_id=job_id), worker_id="t",
-                         work_dir=str(work_dir), metrics=metrics,
-                         progress_path=os.path.join(str(work_dir), f"{job_id}.progress.jsonl"), **kw)
+                         work_dir=str(work_dir), metrics=metrics, progress_sink=RecordingProgress(), **kw)
     return ctx, metrics
 
 

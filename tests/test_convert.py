@@ -35,8 +35,7 @@ def run_job(tmp_path, data, job_id="test-convert-0001"):
 
 
 def progress_events(ctx):
-    with open(ctx._progress_path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh]
+    return list(ctx._progress_sink.events)
 
 
 def qemu_compare(a, fa, b, fb):
@@ -148,8 +147,7 @@ def test_round_trip_raw_qcow2_raw(tmp_path, debian_image):
     cmp = qemu_compare(raw, "raw", str(back), "raw")
     assert cmp.returncode == 0 and "Images are identical" in cmp.stdout
     assert qemu_compare(raw, "raw", str(q), "qcow2").returncode == 0
-    assert sorted(os.listdir(tmp_path)) == sorted(
-        ["rt.qcow2", "rt.raw", "test-convert-0001.progress.jsonl", "test-convert-0002.progress.jsonl"])
+    assert sorted(os.listdir(tmp_path)) == ["rt.qcow2", "rt.raw"]
 
 
 def test_default_destination_in_work_dir(tmp_path, debian_image):
@@ -202,7 +200,7 @@ def test_wrong_source_format_fails_without_partial(tmp_path, debian_image):
             handler.cleanup(ctx)
     # the chain check reads the header first: a raw image is not a valid qcow2
     assert exc.value.code == "INVALID_IMAGE" and "not a valid qcow2 image" in exc.value.message
-    assert os.listdir(tmp_path) == ["test-job-0001.progress.jsonl"]
+    assert os.listdir(tmp_path) == []  # nothing left behind
     assert metrics.write_bytes == 0
 
 

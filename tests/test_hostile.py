@@ -261,8 +261,8 @@ def test_duplicate_job_id_of_a_running_job_is_rejected(dirs):
 
 def test_job_file_removed_between_listing_and_claiming(dirs):
     """The scan lists a name, the producer deletes the file, then a job thread claims it."""
+    from guestkit_worker.runtime.config import WorkerConfig
     from guestkit_worker.runtime.worker import Worker as InProcessWorker
-    from guestkit_worker.runtime.worker import WorkerConfig
     for i in range(3):
         write_job(dirs.jobs, make_job(f"stays-{i:08d}"), f"stays-{i}.json")
     for i in range(3):

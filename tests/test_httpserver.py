@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
 from guestkit_worker.http import request as http_request
-from guestkit_worker.http.metrics_port import parse_addr, start_server
+from guestkit_worker.http.listen import parse_addr
+from guestkit_worker.http.metrics_port import start_server
 from guestkit_worker.job.errors import ConfigError, GuestkitWorkerError
 
 TIMEOUT = 5.0

@@ -19,8 +19,8 @@ from diskimage import require_tool
 from fixtures_disk import make_context
 
 from guestkit_worker.engines import libguestfs as engine_mod
-from guestkit_worker.handlers import inspect as inspect_mod
-from guestkit_worker.handlers.inspect import InspectHandler, effective_sections, summarize
+from guestkit_worker.handlers.inspect import InspectHandler
+from guestkit_worker.handlers.inspect_report import SAMPLE_LIMIT, SECTIONS, effective_sections, summarize
 from guestkit_worker.job.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
 from guestkit_worker.system.checksum import sha256_file
 
@@ -150,7 +150,7 @@ def test_allow_path_refuses_before_looking_at_the_image(tmp_path):
 
 
 def test_effective_sections():
-    assert effective_sections(None) == set(inspect_mod.SECTIONS)
+    assert effective_sections(None) == set(SECTIONS)
     basic = example("guestkit-inspect-basic.json")["payload"]["data"]["options"]
     assert effective_sections(basic) == {"packages", "services", "network", "security"}
     assert effective_sections({}) == set()
@@ -162,9 +162,9 @@ def test_summary_caps_lists():
                            "packages": [{"name": f"p{i}", "version": "1"} for i in range(100)]},
               "services": {"count": 30, "enabled": [{"name": f"u{i}.service"} for i in range(30)]}}
     s = summarize(report)
-    assert s["packages"]["count"] == 100 and len(s["packages"]["sample"]) == inspect_mod.SAMPLE_LIMIT
+    assert s["packages"]["count"] == 100 and len(s["packages"]["sample"]) == SAMPLE_LIMIT
     assert s["packages"]["truncated"] is True
-    assert len(s["services"]["enabled"]) == inspect_mod.SAMPLE_LIMIT
+    assert len(s["services"]["enabled"]) == SAMPLE_LIMIT
 
 
 # -- failures before any appliance ------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_probe_finds_its_sections_module_however_it_is_run(tmp_path):
     from guestkit_worker.engines import probe_script
     require_tool("guestfs")
     env = dict(os.environ, PYTHONSAFEPATH="1", PYTHONPATH="")
-    proc = subprocess.run([inspect_mod.guestfs_python(), probe_script(),
+    proc = subprocess.run([engine_mod.guestfs_python(), probe_script(),
                            "--image", str(tmp_path / "none.raw"),
                            "--format", "raw", "--sections", "users"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -283,8 +283,7 @@ def test_probe_crash_is_inspection_failed(tmp_path, debian_image, monkeypatch, f
 
 # -- real appliance launches (3) --------------------------------------------------------------
 def _progress_phases(ctx):
-    with open(ctx._progress_path, encoding="utf-8") as fh:
-        return [json.loads(line)["phase"] for line in fh]
+    return [event["phase"] for event in ctx._progress_sink.events]
 
 
 @pytest.mark.integration

@@ -259,7 +259,8 @@ def test_port_in_use_exits_2_before_claiming(dirs):
 
 
 def test_made_up_operations_do_not_grow_series(tmp_path):
-    from guestkit_worker.runtime.worker import Worker, WorkerConfig
+    from guestkit_worker.runtime.config import WorkerConfig
+    from guestkit_worker.runtime.worker import Worker
     registry = CollectorRegistry()
     jobs = tmp_path / "jobs"
     jobs.mkdir()

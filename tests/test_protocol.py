@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import UPSTREAM_JOBS, make_job
 
+from guestkit_worker.job.decode import decode_job_bytes
 from guestkit_worker.job.errors import JobFileError, JobValidationError
-from guestkit_worker.job.protocol import decode_job_bytes, pool_accepts, validate_document
+from guestkit_worker.job.protocol import pool_accepts, validate_document
 
 SHARED = UPSTREAM_JOBS
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples", "jobs")

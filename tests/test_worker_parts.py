@@ -16,10 +16,11 @@ from guestkit_worker.handlers import default_registry
 from guestkit_worker.handlers.base import Handler, HandlerResult
 from guestkit_worker.job.errors import JobCancelled
 from guestkit_worker.runtime.committer import Committer
+from guestkit_worker.runtime.config import WorkerConfig
 from guestkit_worker.runtime.leases import LeaseKeeper
 from guestkit_worker.runtime.recovery import Recovery
 from guestkit_worker.runtime.watchdog import Watchdog
-from guestkit_worker.runtime.worker import Worker, WorkerConfig
+from guestkit_worker.runtime.worker import Worker
 from guestkit_worker.transports.base import Delivery, Outcome
 
 # -- watchdog -----------------------------------------------------------------------------

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..job.admission import check_job
+from ..job.decode import decode_job_bytes
 from ..job.errors import HandlerError, JobValidationError
-from ..job.protocol import Job, decode_job_bytes, validate_document
+from ..job.protocol import Job, validate_document
 
 
 def check_submission(raw: bytes, registry: Any, max_bytes: int) -> Job:

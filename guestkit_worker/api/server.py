@@ -27,6 +27,7 @@ from typing import Callable
 from ..defaults import DEFAULT_API_MAX_CONNECTIONS
 from ..http import listen as httplisten
 from ..http import server as wsgiserver
+from ..http.listen import parse_addr
 from ..job.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def start_api_server(addr: str | tuple[str, int], app: Callable, *,
     """Serve ``app`` (a WSGI callable) on ``addr``; returns the service (``url``, ``port``,
     ``start()``, ``shutdown()``, ``stats()``).  ConfigError when the address cannot be bound or
     the TLS files cannot be loaded.  ``start=False``: bound, accepting only after ``start()``."""
-    host, port = wsgiserver.parse_addr(addr, "--api-addr") if isinstance(addr, str) else addr
+    host, port = parse_addr(addr, "--api-addr") if isinstance(addr, str) else addr
     context = tls_context(tls_cert, tls_key, client_ca)
     try:
         service = wsgiserver.serve_wsgi(app, (host, port), ssl_context=context, max_connections=max_connections,

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from .. import __version__
 from ..defaults import DEFAULT_API_MAX_CONNECTIONS, DEFAULT_API_MAX_WAITS
 from ..http.auth import TokenSet
-from ..http.server import parse_addr
+from ..http.listen import parse_addr
 from ..job.errors import ConfigError
 from ..transports.base import Transport
 from .app import ApiApp, capabilities_document

@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def cmd_run(args):
-    from ..runtime.worker import default_worker_id
+    from ..runtime.config import default_worker_id
     args.worker_id = args.worker_id or default_worker_id()  # known to every log record
     setup_logging(args)
     # handlers first: a SIGTERM during start-up (loading handlers, recovery, binding) is a clean,
@@ -21,7 +21,8 @@ def cmd_run(args):
     from prometheus_client import REGISTRY, disable_created_metrics
 
     from ..job.errors import ConfigError
-    from ..runtime.worker import Worker, WorkerConfig
+    from ..runtime.config import WorkerConfig
+    from ..runtime.worker import Worker
     from ..transports.base import StopRequested
     disable_created_metrics()
     if args.textfile_dir and not args.once:

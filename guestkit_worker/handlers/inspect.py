@@ -71,10 +71,9 @@ from ..job.errors import EngineUnavailable, HandlerError, JobValidationError
 from ..job.timestamps import stamp
 from ..system.checksum import parse_checksum, verify_sha256
 from .base import HandlerResult, ImageHandler
-from .inspect_report import OPTION_FLAGS, SAMPLE_LIMIT, SECTIONS, effective_sections, summarize
+from .inspect_report import OPTION_FLAGS, SECTIONS, effective_sections, summarize
 
-__all__ = ["InspectHandler", "OPTION_FLAGS", "SAMPLE_LIMIT", "SECTIONS", "effective_sections",
-           "engine_status", "guestfs_python", "summarize"]
+__all__ = ["InspectHandler"]
 
 log = logging.getLogger(__name__)
 

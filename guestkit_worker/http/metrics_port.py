@@ -21,14 +21,12 @@ from prometheus_client import make_wsgi_app
 from ..defaults import DEFAULT_HTTP_MAX_CONNECTIONS
 from .auth import CHALLENGE, CHALLENGE_INVALID, bearer_token
 from .listen import ssl_context
-from .server import WSGIService, parse_addr, serve_wsgi
+from .server import serve_wsgi
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MetricsServer", "parse_addr", "start_server"]
+__all__ = ["start_server"]
 
-#: The running server start_server returns (kept under this name for callers).
-MetricsServer = WSGIService
 #: Largest request body read (and thrown away) before answering 405.
 _MAX_DISCARDED_BODY = 65536
 
@@ -158,7 +156,7 @@ def _make_app(registry, health, tokens=None):
 
 def start_server(addr, *, registry, health, tls_cert=None, tls_key=None,
                  max_connections=DEFAULT_HTTP_MAX_CONNECTIONS, start=True, tokens=None):
-    """Serve ``/metrics``, ``/health`` and ``/`` on ``addr``; returns the :class:`WSGIService`.
+    """Serve ``/metrics``, ``/health`` and ``/`` on ``addr``; returns the :class:`.server.WSGIService`.
 
     ``addr`` is a ``HOST:PORT`` string (see :func:`parse_addr`) or a ``(host, port)`` tuple.
     ``registry`` is the prometheus_client registry to expose; ``health()`` returns

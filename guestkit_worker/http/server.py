@@ -51,7 +51,7 @@ from .threads import ConnectionThreads
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WSGIService", "parse_addr", "serve_wsgi"]
+__all__ = ["WSGIService", "serve_wsgi"]
 
 #: Pause of the accept loop after accept() failed for lack of file descriptors or memory.
 _POLL_INTERVAL = 0.1

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .decode import decode_job_bytes
 from .errors import HandlerError, JobValidationError
-from .protocol import Job, decode_job_bytes, pool_accepts, validate_document
+from .protocol import Job, pool_accepts, validate_document
 
 #: Fields a handler's own validation error keeps as they are (others are under payload.data).
 _TOP_FIELDS = ("payload", "operation", "constraints", "execution", "job_id")

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .. import PROTOCOL_VERSION
-from .decode import decode_job_bytes  # noqa: F401 (re-exported)
 from .decode import json_type_name as _type_name
 from .errors import JobValidationError
 

@@ -1,6 +1,5 @@
 """The object handed to every handler: job identity, cancellation, progress, children, metrics."""
 
-import json
 import logging
 import subprocess
 import threading
@@ -8,7 +7,6 @@ import time
 
 from ..job.errors import JobCancelled
 from ..job.timestamps import stamp
-from ..system.atomic import append_line
 from ..system.paths import check_path as _check_path
 from ..system.procs import ChildProcess
 
@@ -23,7 +21,7 @@ class HandlerContext:
     processes that die with the job, and ``record_*`` to feed the metrics.
     """
 
-    def __init__(self, job, *, worker_id, work_dir, metrics, progress_path=None, progress_sink=None,
+    def __init__(self, job, *, worker_id, work_dir, metrics, progress_sink=None,
                  deadline=None, allowed_paths=None, protected_paths=(), children=None, clock=None):
         self.job = job
         if clock is not None:  # the clock of ``deadline`` (default time.monotonic, see _clock)
@@ -38,7 +36,6 @@ class HandlerContext:
         self.allowed_paths = allowed_paths  # None: everything allowed
         self.protected_paths = tuple(protected_paths)
         self._metrics = metrics
-        self._progress_path = progress_path
         self._progress_sink = progress_sink  # callable(job_id, event): the transport's progress store
         self._children = set()
         self._registry = children  # orphans.ChildRegistry: children recorded for a crash's clean-up
@@ -89,25 +86,19 @@ class HandlerContext:
 
     # -- progress -----------------------------------------------------------------------
     def progress(self, phase, percent=None, message=""):
-        """Log a progress event and append it (JSON line) to the job's progress file."""
+        """Log a progress event and hand it to the transport's progress store (the sink)."""
         with self._lock:
             self._seq += 1
             seq = self._seq
         log.log(self._progress_level(phase, percent), "job %s: [%s] %s%s", self.job_id, phase,
                 "" if percent is None else f"{percent:.0f}% ", message)
-        if not (self._progress_path or self._progress_sink):
+        if self._progress_sink is None:
             return
         event = {"job_id": self.job_id, "timestamp": stamp(),
                  "sequence": seq, "phase": phase, "message": message}
         if percent is not None:
             event["progress_percent"] = round(float(percent), 1)
-        if self._progress_sink is not None:
-            self._progress_sink(self.job_id, event)
-            return
-        try:
-            append_line(self._progress_path, json.dumps(event))
-        except OSError as exc:
-            log.warning("job %s: cannot append progress to %s: %s", self.job_id, self._progress_path, exc)
+        self._progress_sink(self.job_id, event)
 
     #: progress inside a phase is logged at INFO at most every this many percent and seconds
     PROGRESS_LOG_PERCENT, PROGRESS_LOG_SECONDS = 10.0, 30.0

@@ -16,8 +16,9 @@ from typing import Any
 
 from ..job import outcomes as docs
 from ..job.admission import check_job, routed_elsewhere
+from ..job.decode import decode_job_bytes
 from ..job.errors import HandlerError, JobValidationError
-from ..job.protocol import decode_job_bytes, peek_job_id, pool_accepts, validate_document
+from ..job.protocol import peek_job_id, pool_accepts, validate_document
 from ..job.states import RESULT_STATUSES, JobState
 from ..transports.base import Outcome
 from .runs import Run

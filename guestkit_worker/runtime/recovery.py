@@ -17,8 +17,9 @@ import logging
 from typing import Any, Callable
 
 from ..job import outcomes as docs
+from ..job.decode import decode_job_bytes
 from ..job.errors import JobValidationError
-from ..job.protocol import decode_job_bytes, validate_document
+from ..job.protocol import validate_document
 from ..job.states import JobState
 from ..transports.base import Outcome
 from .runs import Run

@@ -33,14 +33,14 @@ from ..system.orphans import ChildRegistry
 from ..system.tempfiles import TEMP_SWEEP_INTERVAL_SECONDS
 from ..transports import open_transport
 from .committer import COMMIT_BACKLOG_PER_THREAD, Committer
-from .config import WorkerConfig, default_worker_id
+from .config import WorkerConfig
 from .execution import Executor
 from .leases import LeaseKeeper
 from .recovery import Recovery
 from .runs import RunTable
 from .watchdog import ABANDON_GRACE_SECONDS, Watchdog
 
-__all__ = ["Worker", "WorkerConfig", "default_worker_id"]
+__all__ = ["Worker"]
 
 log = logging.getLogger(__name__)
 

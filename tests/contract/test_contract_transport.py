@@ -9,8 +9,8 @@ import uuid
 import pytest
 
 from guestkit_worker.job import outcomes
+from guestkit_worker.job.decode import decode_job_bytes
 from guestkit_worker.job.errors import JobFileError, JobValidationError
-from guestkit_worker.job.protocol import decode_job_bytes
 from guestkit_worker.job.states import FINAL_STATUSES
 from guestkit_worker.transports.base import (
     LeaseLost,

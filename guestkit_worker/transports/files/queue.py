@@ -34,12 +34,11 @@ _DEPTH_REUSE_SECONDS = 0.1
 class FileDelivery(Delivery):
     """A job file this worker owns until it is archived, retried or released."""
 
-    __slots__ = ("path", "cancel_marker", "id_lock", "id_busy", "lost")
+    __slots__ = ("path", "id_lock", "id_busy", "lost")
 
     def __init__(self, name: str, path: str, *, started: bool = False) -> None:
         super().__init__(name, started=started)
         self.path = path
-        self.cancel_marker: str | None = None
         self.id_lock: tuple | None = None  # (byte, job id) of its job id's hold (RunningIds)
         self.id_busy = False   # ... or found it held by another worker
         self.lost = False      # found taken over by another worker (reported once)

@@ -12,9 +12,10 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ...job.decode import decode_job_bytes
 from ...job.errors import JobFileError
 from ...job.facts import job_facts
-from ...job.protocol import decode_job_bytes, peek_job_id
+from ...job.protocol import peek_job_id
 from ...job.timestamps import stamp as now_iso
 from ..base import Delivery, LeaseLost, SubmitReceipt, TransportUnavailable, compact_job_bytes, job_bytes
 from .connection import MAX_BLOCK_SECONDS
