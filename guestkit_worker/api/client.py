@@ -19,8 +19,12 @@ _TRANSIENT = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, ssl
 
 
 class ApiUnreachable(GuestkitWorkerError):
-    """The API could not be reached or did not answer with JSON (connection, TLS, garbage);
-    ``transient`` when a retry may well succeed (see ``_TRANSIENT``)."""
+    """The API could not be reached or did not answer with JSON (connection, TLS, garbage).
+
+    Attributes:
+        transient: True when a busy server is the likely cause (the answer lost to a reset, a
+            connection closed without an answer), so asking again after a pause may succeed.
+    """
 
     def __init__(self, message: str, transient: bool = False) -> None:
         super().__init__(message)
@@ -28,7 +32,17 @@ class ApiUnreachable(GuestkitWorkerError):
 
 
 def read_token(path: str) -> str:
-    """The first token of a token file (the format the API reads)."""
+    """Read the token a client sends from a token file, in the format the API reads.
+
+    Args:
+        path: A file of bearer tokens, one a line.
+
+    Returns:
+        Its first token.
+
+    Raises:
+        ConfigError: The file cannot be read or holds no token (one line naming the file).
+    """
     return load_tokens(path)[0]
 
 
@@ -42,8 +56,20 @@ def _bad_url(url: str, problem: str) -> ConfigError:
 
 
 def parse_base_url(url: str) -> tuple[str, str, int, str]:
-    """(scheme, host, port, path prefix) of an --api base URL; ConfigError (one line naming
-    --api and the form wanted) for anything that is not ``http[s]://HOST[:PORT][/PREFIX]``."""
+    """Split an ``--api`` base URL, ``http[s]://HOST[:PORT][/PREFIX]``.
+
+    Args:
+        url: The base URL as the user gave it.
+
+    Returns:
+        ``(scheme, host, port, path prefix)``: the port defaults to 80 or 443, the prefix has no
+        trailing ``/`` (``""`` for none).
+
+    Raises:
+        ConfigError: Anything else (another scheme, no host, port 0 or over 65535, a query,
+            fragment, credentials, a space or control character): one line naming ``--api``
+            and the form wanted.
+    """
     if any(ch.isspace() or not ch.isprintable() for ch in url):
         raise _bad_url(url, "it contains a space or a control character")
     try:
@@ -77,11 +103,29 @@ def _job_not_found(body: Any) -> bool:
 
 
 class ApiClient:
-    """``base_url`` like ``http://127.0.0.1:8080`` or ``https://host:8443``."""
+    """A client of one worker's REST API: one request per call, one connection per request.
+
+    Each job call answers ``(HTTP status, decoded JSON body)`` as the API gave them, so a
+    caller maps statuses itself (as the job commands do, to their exit statuses).
+    """
 
     def __init__(self, base_url: str, *, token: str | None = None, ca_file: str | None = None,
                  client_cert: str | None = None, client_key: str | None = None,
                  timeout: float = 30.0) -> None:
+        """Check the base URL and, for https, load the TLS files; nothing is sent yet.
+
+        Args:
+            base_url: The API's base URL, like ``http://127.0.0.1:8080`` or ``https://host:8443``.
+            token: A bearer token sent with every request, or None.
+            ca_file: CA certificates to verify an https server against (default: the system's).
+            client_cert: A client certificate (PEM) for an API run with ``--api-client-ca``.
+            client_key: Its private key (default: in ``client_cert``).
+            timeout: Seconds a request may take (a result's ``wait`` is added to it).
+
+        Raises:
+            ConfigError: The base URL is not one (see :func:`parse_base_url`), or a TLS file
+                cannot be loaded.
+        """
         self.scheme, self.host, self.port, self.prefix = parse_base_url(base_url)
         self.base_url = base_url
         self.token = token
@@ -98,8 +142,22 @@ class ApiClient:
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 timeout: float | None = None) -> tuple[int, Any]:
-        """(HTTP status, decoded JSON body); ApiUnreachable when there is no JSON answer,
-        ConfigError (naming --api) for a 404 that is not the API's "no such job"."""
+        """Send one request and decode its JSON answer.
+
+        Args:
+            method: The HTTP method.
+            path: The path below the base URL's prefix, with its query.
+            body: The request body (sent as JSON), or None.
+            timeout: Seconds for this request instead of the client's.
+
+        Returns:
+            ``(HTTP status, decoded JSON body)``.
+
+        Raises:
+            ApiUnreachable: No answer (connection, TLS, timeout) or an answer without JSON.
+            ConfigError: A 404 that is not the API's "no such job": the base URL's path is
+                not a guestkit-worker API (one line naming ``--api``).
+        """
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -133,21 +191,97 @@ class ApiClient:
 
     @staticmethod
     def job_path(job_id: str, tail: str = "") -> str:
+        """The path of a job's resource.
+
+        Args:
+            job_id: The job id (quoted whole: a ``/`` in it cannot reach another path).
+            tail: What follows the job's path, e.g. ``/result``.
+
+        Returns:
+            ``/api/v1/jobs/JOB_ID`` followed by ``tail``.
+        """
         return f"/api/v1/jobs/{quote(job_id, safe='')}{tail}"
 
     def submit(self, raw: bytes) -> tuple[int, Any]:
+        """POST a job document.
+
+        Args:
+            raw: The document's bytes, sent as they are (the API validates them).
+
+        Returns:
+            ``(status, body)``: 202 queued, 200 the same document was submitted before, 409
+            its job id holds another document, 400/413/415/422 refused.
+
+        Raises:
+            ApiUnreachable: See :meth:`request`.
+            ConfigError: See :meth:`request`.
+        """
         return self.request("POST", "/api/v1/jobs", raw)
 
     def status(self, job_id: str) -> tuple[int, Any]:
+        """GET a job's status.
+
+        Args:
+            job_id: The job's id.
+
+        Returns:
+            ``(status, body)``: 200 with the status in ``data``, 404 no such job.
+
+        Raises:
+            ApiUnreachable: See :meth:`request`.
+            ConfigError: See :meth:`request`.
+        """
         return self.request("GET", self.job_path(job_id))
 
     def result(self, job_id: str, wait: float = 0) -> tuple[int, Any]:
+        """GET a job's result, waiting for it on the server if asked.
+
+        Args:
+            job_id: The job's id.
+            wait: Seconds the server may wait for the job to finish (0: answer at once; the API
+                honours at most 60).
+
+        Returns:
+            ``(status, body)``: 200 with the result document in ``data``, 202 not finished
+            yet (its status in ``data``), 404 no such job, 503 too many waiting clients.
+
+        Raises:
+            ApiUnreachable: See :meth:`request`.
+            ConfigError: See :meth:`request`.
+        """
         query = f"?wait={wait:g}" if wait > 0 else ""
         return self.request("GET", self.job_path(job_id, "/result") + query, timeout=self.timeout + wait)
 
     def cancel(self, job_id: str) -> tuple[int, Any]:
+        """DELETE a job: cancel it.
+
+        Args:
+            job_id: The job's id.
+
+        Returns:
+            ``(status, body)``: 200 cancelled before it ran, 202 running and told to stop, 409
+            finished or not cancellable, 404 no such job.
+
+        Raises:
+            ApiUnreachable: See :meth:`request`.
+            ConfigError: See :meth:`request`.
+        """
         return self.request("DELETE", self.job_path(job_id))
 
     def list(self, **query: Any) -> tuple[int, Any]:
+        """GET one page of the job listing, newest first.
+
+        Args:
+            **query: The listing's parameters (``status``, ``operation``, ``limit``,
+                ``page_token``); those that are None are left out.
+
+        Returns:
+            ``(status, body)``: 200 with ``jobs`` and ``next_page_token`` in ``data``, 400
+            naming the parameter it refused.
+
+        Raises:
+            ApiUnreachable: See :meth:`request`.
+            ConfigError: See :meth:`request`.
+        """
         given = {k: v for k, v in query.items() if v is not None}
         return self.request("GET", "/api/v1/jobs" + (f"?{urlencode(given)}" if given else ""))
