@@ -45,7 +45,8 @@ def _jobs(dirs):
 def test_every_time_stamp_the_worker_writes_is_utc_with_z(dirs):
     require_tool("qemu-img")
     _jobs(dirs)
-    env = worker_env(GUESTKIT_WORKER_GUESTFS_PYTHON=_fake_probe_python(dirs.base), SUPERMIN_KERNEL="/dev/null")
+    env = worker_env(GUESTKIT_WORKER_GUESTFS_PYTHON=_fake_probe_python(dirs.base),
+                     SUPERMIN_KERNEL="/dev/null")
     proc = cli("--once", "--log-format", "json", *dirs.args(), env=env, timeout=180)
     assert proc.returncode == 1, proc.stderr[-2000:]  # the rejected job
     results = dirs.all_results()
@@ -60,7 +61,8 @@ def test_every_time_stamp_the_worker_writes_is_utc_with_z(dirs):
     assert len(events) >= 3
     for i, event in enumerate(events):
         stamps[f"progress event {i} ({event['phase']})"] = event["timestamp"]
-    stamps["inspection report generated_at"] = _read_json(os.path.join(dirs.base, "report.json"))["generated_at"]
+    report = _read_json(os.path.join(dirs.base, "report.json"))
+    stamps["inspection report generated_at"] = report["generated_at"]
     stamps["reason at"] = dirs.reason("stamp-reject-1.json")["at"]
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     assert len(lines) >= 5

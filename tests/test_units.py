@@ -44,16 +44,18 @@ def test_job_statuses_are_defined_once_in_job_states():
     job/states.py; the Redis scripts' table of final statuses says the same."""
     import re
 
-    from guestkit_worker.job.states import FINAL_STATUSES, JOB_STATUSES, OUTCOME_STATUSES, RESULT_STATUSES
+    from guestkit_worker.job import states
     from guestkit_worker.transports.redis import scripts
     assert _status_lists_outside_job_states() == []
-    assert JOB_STATUSES == ("pending", "running", "completed", "failed", "timeout", "cancelled", "rejected")
-    assert FINAL_STATUSES == set(RESULT_STATUSES) | {"rejected"} and FINAL_STATUSES < set(JOB_STATUSES)
-    assert OUTCOME_STATUSES == RESULT_STATUSES + ("rejected", "duplicate")
-    assert {s.value for s in JobState} == set(JOB_STATUSES) - {"rejected"} | {"assigned"}
+    assert states.JOB_STATUSES == ("pending", "running", "completed", "failed", "timeout", "cancelled",
+                                   "rejected")
+    assert set(states.RESULT_STATUSES) | {"rejected"} == states.FINAL_STATUSES
+    assert set(states.JOB_STATUSES) > states.FINAL_STATUSES
+    assert states.OUTCOME_STATUSES == states.RESULT_STATUSES + ("rejected", "duplicate")
+    assert {s.value for s in JobState} == set(states.JOB_STATUSES) - {"rejected"} | {"assigned"}
     with open(scripts.__file__, encoding="utf-8") as fh:
         lua = re.search(r"local FINAL = \{([^}]*)\}", fh.read())
-    assert {k.split("=")[0].strip() for k in lua.group(1).split(",")} == FINAL_STATUSES
+    assert {k.split("=")[0].strip() for k in lua.group(1).split(",")} == states.FINAL_STATUSES
 
 
 def test_state_machine_happy_paths():
@@ -202,8 +204,9 @@ def test_the_defaults_of_options_config_transport_and_servers_are_one_table():
     option = {dest: default for _, dest, _, default, *_ in RUN_OPTIONS}
     cfg = WorkerConfig()
     config_of_option = {"max_job_size": "max_job_bytes"}
-    for dest in ("jobs_dir", "results_dir", "work_dir", "pool", "transport", "max_concurrent", "poll_interval",
-                 "shutdown_timeout", "max_job_size", "min_free_space", "redis_url", "lease_seconds",
+    for dest in ("jobs_dir", "results_dir", "work_dir", "pool", "transport", "max_concurrent",
+                 "poll_interval", "shutdown_timeout", "max_job_size", "min_free_space", "redis_url",
+                 "lease_seconds",
                  "max_deliveries", "result_ttl"):
         assert getattr(cfg, config_of_option.get(dest, dest)) == option[dest], dest
 
@@ -217,7 +220,8 @@ def test_the_defaults_of_options_config_transport_and_servers_are_one_table():
     assert ApiOptions(addr="127.0.0.1:0").max_connections == option["api_max_connections"]
     assert ApiOptions(addr="127.0.0.1:0").max_waits == option["api_max_waits"]
     assert default(JobsApi.__init__, "max_waits") == option["api_max_waits"]
-    assert option["jobs_dir"] == defaults.DEFAULT_JOBS_DIR and option["redis_url"] == defaults.DEFAULT_REDIS_URL
+    assert option["jobs_dir"] == defaults.DEFAULT_JOBS_DIR
+    assert option["redis_url"] == defaults.DEFAULT_REDIS_URL
 
 
 def test_no_module_but_defaults_spells_a_default():

@@ -71,7 +71,8 @@ def start_api_server(addr: str | tuple[str, int], app: Callable, *,
     host, port = parse_addr(addr, "--api-addr") if isinstance(addr, str) else addr
     context = tls_context(tls_cert, tls_key, client_ca)
     try:
-        service = wsgiserver.serve_wsgi(app, (host, port), ssl_context=context, max_connections=max_connections,
+        service = wsgiserver.serve_wsgi(app, (host, port), ssl_context=context,
+                                        max_connections=max_connections,
                                         name="api", option="--api-addr", request_deadline=request_deadline,
                                         refusal=_REFUSAL, on_refused=on_refused, start=start)
     except ConfigError as exc:

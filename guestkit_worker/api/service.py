@@ -92,7 +92,8 @@ def start_api(options: ApiOptions, *, transport: Transport, registry: Any,
     if options.tls_cert:
         def renew() -> str:
             service.use_tls(tls_context(options.tls_cert, options.tls_key, options.client_ca))
-            return f"certificate {options.tls_cert}" + (f", client CA {options.client_ca}" if options.client_ca else "")
+            ca = f", client CA {options.client_ca}" if options.client_ca else ""
+            return f"certificate {options.tls_cert}{ca}"
         service.reloadable.append(("--api-tls-cert", renew))
     return service
 

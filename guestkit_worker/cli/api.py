@@ -46,9 +46,9 @@ def open_api_transport(args: argparse.Namespace, worker_id: str):
     claim it), or the Redis stream of --pool with --transport redis."""
     from ..runtime.config import WorkerConfig
     from ..transports import open_transport
-    transport = open_transport(WorkerConfig(jobs_dir=args.jobs_dir, results_dir=args.results_dir,
-                                            worker_id=worker_id, pool=args.pool, max_job_bytes=args.max_job_size,
-                                            **transport_settings(args)))
+    cfg = WorkerConfig(jobs_dir=args.jobs_dir, results_dir=args.results_dir, worker_id=worker_id,
+                       pool=args.pool, max_job_bytes=args.max_job_size, **transport_settings(args))
+    transport = open_transport(cfg)
     transport.open()
     return transport
 

@@ -82,7 +82,8 @@ def api_client(args: argparse.Namespace):
     from ..api.client import ApiClient, read_token
     token_file = _client_setting(args, "api_token_file")
     return ApiClient(url, token=read_token(token_file) if token_file else None,
-                     ca_file=_client_setting(args, "api_ca"), client_cert=_client_setting(args, "api_client_cert"),
+                     ca_file=_client_setting(args, "api_ca"),
+                     client_cert=_client_setting(args, "api_client_cert"),
                      client_key=_client_setting(args, "api_client_key"))
 
 
@@ -201,7 +202,8 @@ def run_client_command(args: argparse.Namespace, backend: Any) -> int:
     if args.command == "result":
         reply = wait_for_result(backend, args.job_id, args.wait) if args.wait else backend.result(args.job_id)
         if reply[0] == 202:
-            print(f"guestkit-worker: {args.job_id}: not finished ({reply[1]['data']['status']})", file=sys.stderr)
+            status = reply[1]["data"]["status"]
+            print(f"guestkit-worker: {args.job_id}: not finished ({status})", file=sys.stderr)
             return EXIT_NOT_FINISHED
         if reply[0] != 200:
             return _error(reply, args.job_id)
@@ -211,7 +213,8 @@ def run_client_command(args: argparse.Namespace, backend: Any) -> int:
         reply = backend.cancel(args.job_id)
         if reply[0] not in (200, 202):
             return _error(reply, args.job_id)
-        print(f"{args.job_id} {'cancelled' if reply[0] == 200 else 'cancelling (running; its handler is told to stop)'}")
+        done = "cancelled" if reply[0] == 200 else "cancelling (running; its handler is told to stop)"
+        print(f"{args.job_id} {done}")
         return EXIT_OK
     reply = backend.list(status=args.status, operation=args.operation, limit=args.limit,
                          page_token=args.page_token)
@@ -224,7 +227,8 @@ def run_client_command(args: argparse.Namespace, backend: Any) -> int:
         _print_json(page)
         return EXIT_OK
     for job in page["jobs"]:
-        print(f"{job['job_id']}\t{job['status']}\t{job.get('operation') or '-'}\t{job.get('submitted_at') or '-'}")
+        fields = (job["job_id"], job["status"], job.get("operation") or "-", job.get("submitted_at") or "-")
+        print("\t".join(str(f) for f in fields))
     if page.get("next_page_token"):
         print(f"more: --page-token {page['next_page_token']}", file=sys.stderr)
     return EXIT_OK

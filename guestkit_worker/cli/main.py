@@ -26,7 +26,8 @@ from .options import (
     usage_error,
 )
 
-COMMANDS = ("run", "api", "submit", "validate", "list-operations", "status", "result", "list", "cancel", "prune")
+COMMANDS = ("run", "api", "submit", "validate", "list-operations", "status", "result", "list", "cancel",
+            "prune")
 
 
 def get_parser():
@@ -43,20 +44,23 @@ def get_parser():
     add_run_options(run)
     run.add_argument("--list-operations", action="store_true",
                      help="print each operation and whether its engine is installed, then exit")
-    api = sub.add_parser("api", help="serve the REST API alone (no job threads) over the jobs and results dirs",
+    api = sub.add_parser("api",
+                         help="serve the REST API alone (no job threads) over the jobs and results dirs",
                          description="Serve the REST API (--api-addr) in front of the jobs and results "
-                                     "directories, without running jobs: a gateway for the workers that share them.")
+                                     "directories, without running jobs: a gateway for the workers that "
+                                     "share them.")
     add_run_options(api, only=API_COMMAND_OPTIONS)
     add_allow_backing(api)
     api.set_defaults(once=False)
     submit = sub.add_parser("submit", help="validate job files and queue them (jobs dir, or --api URL)",
                             description="Validate each JOB and place it in the jobs directory as JOB_ID.json "
-                                        "(written beside, then renamed), so the worker never reads it half-way; "
-                                        "with --api, POST it to a worker's REST API instead.")
-    submit.add_argument("jobs", nargs="+", metavar="JOB.json", help="job documents to submit ('-' reads standard input)")
+                                        "(written beside, then renamed), so the worker never reads it "
+                                        "half-way; with --api, POST it to a worker's REST API instead.")
+    submit.add_argument("jobs", nargs="+", metavar="JOB.json",
+                        help="job documents to submit ('-' reads standard input)")
     submit.add_argument("--wait", type=float, nargs="?", const=DEFAULT_WAIT, default=0, metavar="SECONDS",
-                        help=f"then wait up to SECONDS (default {DEFAULT_WAIT:g}) for every job to finish; exit 0 "
-                             "only if all completed")
+                        help=f"then wait up to SECONDS (default {DEFAULT_WAIT:g}) for every job to finish; "
+                             "exit 0 only if all completed")
     add_allow_path(submit)
     add_queue_options(submit)
     validate = sub.add_parser("validate", help="check job files and print every problem",

@@ -30,7 +30,8 @@ _log_format = choice("text", "json")
 RUN_OPTIONS = [
     (("--worker-id",), "worker_id", str, None, "ID", "worker identity in results and metrics "
      "(default: host name plus a short random suffix)"),
-    (("--pool",), "pool", str, d.DEFAULT_POOL, "NAME", "worker pool; jobs routed to another pool are left alone"),
+    (("--pool",), "pool", str, d.DEFAULT_POOL, "NAME",
+     "worker pool; jobs routed to another pool are left alone"),
     (("--transport",), "transport", _transport, d.DEFAULT_TRANSPORT, "file|redis",
      "where jobs come from and results go: a jobs directory, or a Redis stream shared by a fleet"),
     (("--redis-url",), "redis_url", str, d.DEFAULT_REDIS_URL, "URL",
@@ -51,18 +52,23 @@ RUN_OPTIONS = [
     (("--result-ttl",), "result_ttl", _positive_int, d.DEFAULT_RESULT_TTL, "SECONDS",
      "with --transport redis: how long results and job states are kept"),
     (("--jobs-dir",), "jobs_dir", str, d.DEFAULT_JOBS_DIR, "DIR", "directory of incoming job files"),
-    (("--results-dir",), "results_dir", str, d.DEFAULT_RESULTS_DIR, "DIR", "directory for result and progress files"),
-    (("--work-dir",), "work_dir", str, d.DEFAULT_WORK_DIR, "DIR", "scratch and default output directory for handlers"),
-    (("--max-concurrent",), "max_concurrent", _positive_int, d.DEFAULT_MAX_CONCURRENT, "N", "jobs run at once"),
-    (("--poll-interval",), "poll_interval", _positive_float, d.DEFAULT_POLL_INTERVAL, "SECONDS", "how often the jobs dir is scanned"),
+    (("--results-dir",), "results_dir", str, d.DEFAULT_RESULTS_DIR, "DIR",
+     "directory for result and progress files"),
+    (("--work-dir",), "work_dir", str, d.DEFAULT_WORK_DIR, "DIR",
+     "scratch and default output directory for handlers"),
+    (("--max-concurrent",), "max_concurrent", _positive_int, d.DEFAULT_MAX_CONCURRENT, "N",
+     "jobs run at once"),
+    (("--poll-interval",), "poll_interval", _positive_float, d.DEFAULT_POLL_INTERVAL, "SECONDS",
+     "how often the jobs dir is scanned"),
     (("--shutdown-timeout",), "shutdown_timeout", _nonneg_float, d.DEFAULT_SHUTDOWN_TIMEOUT, "SECONDS",
      "on SIGTERM, how long running jobs may finish before they are cancelled"),
     (("--max-job-timeout",), "max_job_timeout", _positive_float, None, "SECONDS",
      "cap on every job's execution.timeout_seconds"),
     (("--max-job-size",), "max_job_size", _positive_int, d.DEFAULT_MAX_JOB_BYTES, "BYTES",
      "job files larger than this are rejected unread"),
-    (("--min-free-space",), "min_free_space", _size, d.DEFAULT_MIN_FREE_SPACE, "SIZE", "/health answers 503 (disk_space) when "
-     "the results, jobs or work dir has less free space (bytes, 512M, 1G) or fewer than 1000 free inodes"),
+    (("--min-free-space",), "min_free_space", _size, d.DEFAULT_MIN_FREE_SPACE, "SIZE",
+     "/health answers 503 (disk_space) when the results, jobs or work dir has less free space "
+     "(bytes, 512M, 1G) or fewer than 1000 free inodes"),
     (("--allow-path",), "allow_path", str, None, "DIR", "image paths and outputs must resolve inside DIR "
      "(repeatable; the environment variable takes a colon-separated list); without it every image "
      "and output path is refused, and / allows every path"),
@@ -73,13 +79,15 @@ RUN_OPTIONS = [
      "connections the HTTP port serves at once; when all are taken, an idle one or one still "
      "sending its request head, of the client address holding the most, makes room for a newcomer; "
      "when none can, newcomers get 503 at once"),
-    (("--metrics-tls-cert",), "metrics_tls_cert", str, None, "FILE", "serve the endpoint over TLS with this certificate"),
+    (("--metrics-tls-cert",), "metrics_tls_cert", str, None, "FILE",
+     "serve the endpoint over TLS with this certificate"),
     (("--metrics-tls-key",), "metrics_tls_key", str, None, "FILE", "private key for --metrics-tls-cert"),
     (("--metrics-token-file",), "metrics_token_file", str, None, "FILE", "/metrics answers only requests "
      "with one of this file's tokens (one a line) as Authorization: Bearer TOKEN; /health stays open"),
     (("--textfile-dir",), "textfile_dir", str, None, "DIR", "with --once: write DIR/guestkit_worker.prom "
      "for node_exporter's textfile collector"),
-    (("--log-level",), "log_level", _log_level, d.DEFAULT_LOG_LEVEL, "LEVEL", "DEBUG, INFO, WARNING or ERROR"),
+    (("--log-level",), "log_level", _log_level, d.DEFAULT_LOG_LEVEL, "LEVEL",
+     "DEBUG, INFO, WARNING or ERROR"),
     (("--log-format",), "log_format", _log_format, d.DEFAULT_LOG_FORMAT, "text|json",
      "log lines as text, or as JSON objects (time, level, worker_id, job_id, event, message)"),
 ]

@@ -20,8 +20,8 @@ def number(kind, text: str):
     try:
         return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") \
-            from None
+        whole = "whole " if kind is int else ""
+        raise argparse.ArgumentTypeError(f"expected a {whole}number, got {text!r}") from None
 
 
 def positive_int(text: str) -> int:

@@ -45,9 +45,9 @@ def prepare_dir(flag: str, path: str) -> Optional[str]:
     except FileExistsError:  # another worker made it meanwhile
         if os.path.isdir(path):
             return None
-        raise ConfigError(f"{flag} {path}: exists but is not a directory")
+        raise ConfigError(f"{flag} {path}: exists but is not a directory") from None
     except OSError as exc:
-        raise ConfigError(f"{flag} {path}: cannot create it: {_why(exc)}")
+        raise ConfigError(f"{flag} {path}: cannot create it: {_why(exc)}") from None
     log.info("created %s directory %s", flag.lstrip("-").replace("-dir", ""), path)
     return path
 
@@ -62,10 +62,10 @@ def writable_dir(flag: str, path: str) -> str:
     try:
         fd, probe = tempfile.mkstemp(prefix=".guestkit_worker.probe.", dir=path)
     except OSError as exc:
-        raise ConfigError(f"{flag} {path}: cannot create a file there: {_why(exc)}")
+        raise ConfigError(f"{flag} {path}: cannot create a file there: {_why(exc)}") from None
     os.close(fd)
     try:
         os.unlink(probe)
     except OSError as exc:
-        raise ConfigError(f"{flag} {path}: cannot remove a file there: {_why(exc)}")
+        raise ConfigError(f"{flag} {path}: cannot remove a file there: {_why(exc)}") from None
     return path

@@ -205,7 +205,7 @@ def _duration(text):
     try:
         return parse_duration(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc))
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_prune(args) -> int:

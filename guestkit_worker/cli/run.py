@@ -76,7 +76,8 @@ def cmd_run(args):
                 tokens = TokenSet.from_file(args.metrics_token_file, "--metrics-token-file")
             servers.append(start_server(args.metrics_addr, registry=REGISTRY, health=worker.health,
                                         tls_cert=args.metrics_tls_cert, tls_key=args.metrics_tls_key,
-                                        max_connections=args.http_max_connections, start=False, tokens=tokens))
+                                        max_connections=args.http_max_connections, start=False,
+                                        tokens=tokens))
         servers += start_worker_api(args, worker, REGISTRY)
         if any(server.reloadable for server in servers):
             from .signals import reload_servers
@@ -108,7 +109,8 @@ def cmd_run(args):
         try:
             write_textfile(args.textfile_dir, worker.metrics, succeeded=status == EXIT_OK)
         except OSError as exc:
-            log.error("cannot write the textfile in %s: %s; exiting %d", args.textfile_dir, exc, EXIT_TEXTFILE)
+            log.error("cannot write the textfile in %s: %s; exiting %d", args.textfile_dir, exc,
+                      EXIT_TEXTFILE)
             status = EXIT_TEXTFILE
     if not args.once:
         status = EXIT_OK

@@ -112,7 +112,8 @@ class SignalWatcher:
             except Exception:  # the watcher must outlive a reload
                 log.exception("SIGHUP: reloading failed")
         elif self.worker is None:  # still starting: attach() applies it
-            log.info("%s received during start-up: stopping once started", name, extra={"event": "signal_stop"})
+            log.info("%s received during start-up: stopping once started", name,
+                     extra={"event": "signal_stop"})
         else:
             log.info("%s received: stopping; no new jobs are claimed, running jobs get up to %ss "
                      "(a second SIGTERM or SIGINT cancels them at once)", name, self.shutdown_timeout,

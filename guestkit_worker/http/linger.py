@@ -10,6 +10,7 @@ socket holds no slot; at most ``MAX_LINGERING`` linger at once (the oldest is cl
 """
 
 import collections
+import contextlib
 import selectors
 import socket
 import time
@@ -94,8 +95,6 @@ class Lingering:
             self._forget(sock)
 
     def _forget(self, sock):
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(sock)
-        except (KeyError, ValueError):
-            pass
         sock.close()

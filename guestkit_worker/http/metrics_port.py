@@ -13,6 +13,7 @@ Anything else is 404; methods other than GET, HEAD and OPTIONS are 405.  Nothing
 exposed: no file access and no way to submit work.
 """
 
+import contextlib
 import json
 import logging
 
@@ -86,10 +87,8 @@ def _discard_body(environ):
     except ValueError:
         return
     if 0 < length <= _MAX_DISCARDED_BODY:
-        try:
+        with contextlib.suppress(OSError):
             environ["wsgi.input"].read(length)
-        except OSError:
-            pass
 
 
 def _bearer_protected(app, tokens):
@@ -102,7 +101,8 @@ def _bearer_protected(app, tokens):
         body = b"401 Unauthorized: /metrics needs Authorization: Bearer TOKEN\n"
         challenge = CHALLENGE_INVALID if presented is not None else CHALLENGE
         start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
-                                            ("Content-Length", str(len(body))), ("WWW-Authenticate", challenge)])
+                                            ("Content-Length", str(len(body))),
+                                            ("WWW-Authenticate", challenge)])
         return [body] if environ["REQUEST_METHOD"] != "HEAD" else []
     return protected
 

@@ -23,6 +23,7 @@ until its next request starts.  Request logs go to this module's logger at DEBUG
 stderr, and no reply names the Python version.
 """
 
+import contextlib
 import io
 import logging
 import select
@@ -280,9 +281,9 @@ class RequestHandler(WSGIRequestHandler):
             self.wfile.flush()
             if self.close_connection:
                 return False
-            if not self._reader.ready(self.rfile):
-                if self._reader.eof or not LINGER_MS or not self._poller().poll(LINGER_MS):
-                    return not self._reader.eof
+            if not self._reader.ready(self.rfile) and (
+                    self._reader.eof or not LINGER_MS or not self._poller().poll(LINGER_MS)):
+                return not self._reader.eof
 
     def _poller(self):
         """A poll object on this connection's socket (made on first use)."""
@@ -383,19 +384,15 @@ class RequestHandler(WSGIRequestHandler):
     def close(self):
         """Close the connection's files and socket (the server calls this when it is done)."""
         self.close_files()
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
         self.connection.close()
 
     def close_files(self):
         """Close the connection's buffered files, not its socket."""
         for stream in (self.wfile, self.rfile):
-            try:
+            with contextlib.suppress(OSError):
                 stream.close()
-            except OSError:
-                pass
 
     def _discard_input(self):
         """Send the answer and end our side, then read and drop what the client still sends:

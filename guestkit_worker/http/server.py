@@ -31,6 +31,7 @@ program can start its own threads first.
 """
 
 import collections
+import contextlib
 import errno
 import logging
 import selectors
@@ -128,10 +129,8 @@ class WSGIService:
             thread = self._accept_thread
         self._server.stopping = True  # a kept connection being served ends after its current answer
         self._stop.set()
-        try:
+        with contextlib.suppress(OSError):  # buffer full: a wake-up is already pending
             self._wake_w.send(b"x")
-        except OSError:  # buffer full: a wake-up is already pending
-            pass
         if thread is not None:
             thread.join()
         self._wake_r.close()
@@ -279,18 +278,14 @@ class WSGIService:
         self._open -= 1
         self._leave(host)
         self._counts["evicted"] += 1
-        try:
+        with contextlib.suppress(OSError):
             socket.socket.shutdown(conn, socket.SHUT_RDWR)  # the plain socket's, also under TLS
-        except OSError:
-            pass
 
     def _drop(self, sel, sock, reason, item=None):
         """Close a connection of the waiting room: gracefully while the loop runs (a new one
         pushed out of its slot gets the refusal answer), at once when it is ending."""
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             sel.unregister(sock)
-        except (KeyError, ValueError):
-            pass
         with self._lock:
             self._open -= 1
             self._leave(_host(item))
@@ -382,10 +377,8 @@ class WSGIService:
             if self._stopped or sock in self._cut:
                 return False
             self._parked.append((sock, handler))
-        try:
+        with contextlib.suppress(OSError):  # buffer full: a wake-up is already pending
             self._wake_w.send(b"p")
-        except OSError:  # buffer full: a wake-up is already pending
-            pass
         return True
 
 
@@ -396,10 +389,8 @@ def _host(item):
 
 
 def _close(conn):
-    try:
+    with contextlib.suppress(OSError):
         conn.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
     conn.close()
 
 

@@ -33,14 +33,17 @@ def check_job(job: Job, registry: Any) -> Any:
                                  f"serves {', '.join(registry.operations)}", code="HANDLER_NOT_FOUND")
     if job.payload_type not in handler.payload_types:
         raise JobValidationError("payload.type", f"{job.payload_type!r} is not accepted by {job.operation} "
-                                 f"(accepts {', '.join(handler.payload_types)})", code="PAYLOAD_TYPE_MISMATCH")
+                                 f"(accepts {', '.join(handler.payload_types)})",
+                                 code="PAYLOAD_TYPE_MISMATCH")
     missing = [c for c in job.constraints.get("required_capabilities") or () if registry.get(c) is None]
     if missing:
         raise JobValidationError("constraints.required_capabilities",
-                                 f"this worker does not serve {', '.join(missing)}", code="CAPABILITY_MISMATCH")
+                                 f"this worker does not serve {', '.join(missing)}",
+                                 code="CAPABILITY_MISMATCH")
     if job.expired():
-        raise JobValidationError("execution.deadline", f"deadline {job.doc['execution']['deadline']} has passed; the job was "
-                                 "not run", code="DEADLINE_EXCEEDED")
+        deadline = job.doc["execution"]["deadline"]  # as the document says it
+        raise JobValidationError("execution.deadline", f"deadline {deadline} has passed; the job was not run",
+                                 code="DEADLINE_EXCEEDED")
     if not isinstance(job.data, dict):
         raise JobValidationError("payload.data", "must be an object")
     try:

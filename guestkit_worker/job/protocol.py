@@ -99,7 +99,8 @@ def parse_timestamp(value, where):
     """Parse an RFC 3339 timestamp into an aware datetime."""
     _want(value, "string", where)
     if not RFC3339_RE.fullmatch(value):
-        raise JobValidationError(where, f"must be an RFC 3339 timestamp like 2026-01-30T16:00:00Z, got {_short(value)}")
+        raise JobValidationError(where, "must be an RFC 3339 timestamp like 2026-01-30T16:00:00Z, "
+                                        f"got {_short(value)}")
     text = value[:-1] + "+00:00" if value[-1] in "Zz" else value
     try:
         return datetime.fromisoformat(text)
@@ -168,7 +169,8 @@ def _string_list(value, where):
 def _check_version(doc):
     version = _want(doc["version"], "string", "version")
     if version != PROTOCOL_VERSION:
-        raise JobValidationError("version", f"unsupported protocol version {_short(version)}, expected \"1.0\"")
+        raise JobValidationError("version",
+                                 f"unsupported protocol version {_short(version)}, expected \"1.0\"")
 
 
 def _check_kind(doc):
@@ -180,7 +182,8 @@ def _check_kind(doc):
 def _check_operation(doc):
     operation = _want(doc["operation"], "string", "operation")
     if not OPERATION_RE.fullmatch(operation) or len(operation) > 128:
-        raise JobValidationError("operation", f"must be namespaced like 'guestkit.inspect', got {_short(operation)}")
+        raise JobValidationError("operation",
+                                 f"must be namespaced like 'guestkit.inspect', got {_short(operation)}")
     return operation
 
 
@@ -320,11 +323,9 @@ def pool_accepts(job_doc, pool):
     if not isinstance(job_doc, dict):
         return True
     routing = job_doc.get("routing")
-    if isinstance(routing, dict) and isinstance(routing.get("worker_pool"), str):
-        if routing["worker_pool"] != pool:
-            return False
+    if isinstance(routing, dict) and isinstance(routing.get("worker_pool"), str) \
+            and routing["worker_pool"] != pool:
+        return False
     constraints = job_doc.get("constraints")
-    if isinstance(constraints, dict) and isinstance(constraints.get("allowed_worker_pools"), list):
-        if pool not in constraints["allowed_worker_pools"]:
-            return False
-    return True
+    return not (isinstance(constraints, dict) and isinstance(constraints.get("allowed_worker_pools"), list)
+                and pool not in constraints["allowed_worker_pools"])

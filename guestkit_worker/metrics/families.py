@@ -145,70 +145,14 @@ class WorkerMetricsInterface(abc.ABC):
 class WorkerMetrics(WorkerMetricsInterface):
     """Every metric family of the worker, registered in one registry."""
 
-    def __init__(self, *, operations, handlers, worker_id, pool, version, max_concurrent,
-                 registry=REGISTRY, track_last_success=True):
+    def __init__(self, *, operations: Iterable[str], handlers: Iterable[str], worker_id: str, pool: str,
+                 version: str, max_concurrent: int, registry: CollectorRegistry = REGISTRY,
+                 track_last_success: bool = True) -> None:
         self.registry = registry
         self.track_last_success = track_last_success
-        r = registry
-        # the three histograms a job updates are LeanHistogram (one lock, bisect): see .histogram
-        self.jobs_duration = LeanHistogram("guestkit_worker_jobs_duration_seconds",
-                                       "Wall time of ended jobs, by operation and final status.",
-                                       ["operation", "status"], buckets=DURATION_BUCKETS, registry=r)
-        self.jobs_total = CountOf("guestkit_worker_jobs", "Jobs that ended, by operation and final status.",
-                                  self.jobs_duration, registry=r)
-        self.active = Gauge("guestkit_worker_active_jobs",
-                            "Handlers running now (a timed-out handler counts until its thread returns).",
-                            registry=r)
-        self.depth = Gauge("guestkit_worker_queue_depth",
-                           "Jobs waiting, including those claimed but not yet started.", registry=r)
-        self.handler_duration = LeanHistogram("guestkit_handler_duration_seconds",
-                                          "Handler run time, by handler and outcome.",
-                                          ["handler", "status"], buckets=DURATION_BUCKETS, registry=r)
-        self.handler_total = CountOf("guestkit_handler_executions", "Handler runs, by handler and outcome.",
-                                     self.handler_duration, registry=r)
-        self.checksums = Counter("guestkit_checksum_verifications", "Image checksum verifications by outcome.",
-                                 ["status"], registry=r)
-        self.disk_read = Counter("guestkit_worker_disk_read_bytes", "Bytes handlers read from disk images.",
-                                 registry=r)
-        self.disk_write = Counter("guestkit_worker_disk_write_bytes", "Bytes handlers wrote to disk images.",
-                                  registry=r)
-        self.info = Gauge("guestkit_worker_info", "Worker identity; always 1.", ["worker_id", "pool", "version"],
-                          registry=r)
-        self.capacity = Gauge("guestkit_worker_max_concurrent_jobs", "Jobs this worker runs at once at most.",
-                              registry=r)
-        self.queue_wait = LeanHistogram("guestkit_worker_queue_wait_seconds",
-                                    "Time from job creation (or claim, if later) to handler start.",
-                                    buckets=QUEUE_WAIT_BUCKETS, registry=r)
-        self.last_success = OptionalTimestamp(
-            "guestkit_worker_last_success_timestamp_seconds",
-            "Unix time of the last completed job (one-shot: of the last successful run); absent before the first.",
-            registry=r)
-        # read when scraped, from functions the owner injects (track_health, track_running)
-        self.health_checks = HealthChecks("guestkit_worker_health_check",
-                                          "Checks of /health: 1 ok, 0 failing (any 0 makes /health answer 503).",
-                                          registry=r)
-        self.oldest_running = OldestRunningJob("guestkit_worker_oldest_running_job_seconds",
-                                               "How long the longest-running handler has been running; 0 when none "
-                                               "runs.", registry=r)
-        self.result_errors = Counter("guestkit_worker_result_write_errors",
-                                     "Results that could not be written (job returned to the queue).", registry=r)
-        self.reclaimed = Counter("guestkit_worker_jobs_reclaimed",
-                                 "Deliveries taken over from workers that died or lost their lease.", registry=r)
-        self.leases_lost = Counter("guestkit_worker_leases_lost",
-                                   "Deliveries this worker found taken over by another (its outcome not stored).",
-                                   registry=r)
-        self.dead_letters = Counter("guestkit_worker_dead_lettered",
-                                    "Queue entries moved to the dead letters, by reason.", ["reason"], registry=r)
-        self.transport_errors = Counter("guestkit_worker_transport_errors",
-                                        "Queue or store operations that failed (server unreachable or in trouble).",
-                                        ["operation"], registry=r)
-        self.oldest_waiting = Gauge("guestkit_worker_queue_oldest_waiting_seconds",
-                                    "Age of the oldest job not yet delivered to any worker (Redis transport; "
-                                    "0 when none waits).", registry=r)
-        for reason in DEAD_LETTER_REASONS:
-            self.dead_letters.labels(reason)
-        for op in TRANSPORT_OPERATIONS:
-            self.transport_errors.labels(op)
+        self._job_families(registry)
+        self._worker_families(registry)
+        self._transport_families(registry)
         self.info.labels(worker_id, pool, version).set(1)
         self.capacity.set(max_concurrent)
         # Two gauges are read when scraped instead of updated per job (each update is a locked
@@ -217,15 +161,88 @@ class WorkerMetrics(WorkerMetricsInterface):
         self._active_fn = _zero
         self.active.set_function(lambda: self._active_fn())
         self.operations = set(operations)
-        # cached children: no .labels() lookup on the hot path
-        self._job_children = {}
-        for op in list(operations) + [UNKNOWN_OPERATION]:
-            for st in OUTCOME_STATUSES:
-                self._job_children[(op, st)] = self.jobs_duration.labels(op, st)
-        self._handler_children = {}
-        for h in handlers:
-            for st in HANDLER_STATUSES:
-                self._handler_children[(h, st)] = self.handler_duration.labels(h, st)
+        self._cache_children(list(operations), list(handlers))
+
+    def _job_families(self, r: CollectorRegistry) -> None:
+        """What one job updates: the three histograms are LeanHistogram (one lock, bisect; see
+        .histogram), the two totals their counts."""
+        self.jobs_duration = LeanHistogram("guestkit_worker_jobs_duration_seconds",
+                                           "Wall time of ended jobs, by operation and final status.",
+                                           ["operation", "status"], buckets=DURATION_BUCKETS, registry=r)
+        self.jobs_total = CountOf("guestkit_worker_jobs", "Jobs that ended, by operation and final status.",
+                                  self.jobs_duration, registry=r)
+        self.handler_duration = LeanHistogram("guestkit_handler_duration_seconds",
+                                              "Handler run time, by handler and outcome.",
+                                              ["handler", "status"], buckets=DURATION_BUCKETS, registry=r)
+        self.handler_total = CountOf("guestkit_handler_executions", "Handler runs, by handler and outcome.",
+                                     self.handler_duration, registry=r)
+        self.queue_wait = LeanHistogram("guestkit_worker_queue_wait_seconds",
+                                        "Time from job creation (or claim, if later) to handler start.",
+                                        buckets=QUEUE_WAIT_BUCKETS, registry=r)
+        self.checksums = Counter("guestkit_checksum_verifications",
+                                 "Image checksum verifications by outcome.", ["status"], registry=r)
+        self.disk_read = Counter("guestkit_worker_disk_read_bytes", "Bytes handlers read from disk images.",
+                                 registry=r)
+        self.disk_write = Counter("guestkit_worker_disk_write_bytes", "Bytes handlers wrote to disk images.",
+                                  registry=r)
+        self.result_errors = Counter("guestkit_worker_result_write_errors",
+                                     "Results that could not be written (job returned to the queue).",
+                                     registry=r)
+
+    def _worker_families(self, r: CollectorRegistry) -> None:
+        """The worker's identity and state; the live ones are read when scraped, from functions
+        the owner hands in (track_active, track_queue_depth, track_health, track_running)."""
+        self.active = Gauge("guestkit_worker_active_jobs",
+                            "Handlers running now (a timed-out handler counts until its thread returns).",
+                            registry=r)
+        self.depth = Gauge("guestkit_worker_queue_depth",
+                           "Jobs waiting, including those claimed but not yet started.", registry=r)
+        self.info = Gauge("guestkit_worker_info", "Worker identity; always 1.",
+                          ["worker_id", "pool", "version"], registry=r)
+        self.capacity = Gauge("guestkit_worker_max_concurrent_jobs", "Jobs this worker runs at once at most.",
+                              registry=r)
+        self.last_success = OptionalTimestamp(
+            "guestkit_worker_last_success_timestamp_seconds",
+            "Unix time of the last completed job (one-shot: of the last successful run); "
+            "absent before the first.",
+            registry=r)
+        self.health_checks = HealthChecks(
+            "guestkit_worker_health_check",
+            "Checks of /health: 1 ok, 0 failing (any 0 makes /health answer 503).", registry=r)
+        self.oldest_running = OldestRunningJob(
+            "guestkit_worker_oldest_running_job_seconds",
+            "How long the longest-running handler has been running; 0 when none runs.", registry=r)
+
+    def _transport_families(self, r: CollectorRegistry) -> None:
+        """What the transport reports (through the observer calls), every label exported from
+        the start."""
+        self.reclaimed = Counter("guestkit_worker_jobs_reclaimed",
+                                 "Deliveries taken over from workers that died or lost their lease.",
+                                 registry=r)
+        self.leases_lost = Counter("guestkit_worker_leases_lost",
+                                   "Deliveries this worker found taken over by another (its outcome not "
+                                   "stored).", registry=r)
+        self.dead_letters = Counter("guestkit_worker_dead_lettered",
+                                    "Queue entries moved to the dead letters, by reason.", ["reason"],
+                                    registry=r)
+        self.transport_errors = Counter("guestkit_worker_transport_errors",
+                                        "Queue or store operations that failed (server unreachable or in "
+                                        "trouble).", ["operation"], registry=r)
+        self.oldest_waiting = Gauge("guestkit_worker_queue_oldest_waiting_seconds",
+                                    "Age of the oldest job not yet delivered to any worker (Redis transport; "
+                                    "0 when none waits).", registry=r)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+        for op in TRANSPORT_OPERATIONS:
+            self.transport_errors.labels(op)
+
+    def _cache_children(self, operations: list, handlers: list) -> None:
+        """The labelled children of the per-job families, looked up once: no .labels() on the
+        hot path."""
+        self._job_children = {(op, st): self.jobs_duration.labels(op, st)
+                              for op in operations + [UNKNOWN_OPERATION] for st in OUTCOME_STATUSES}
+        self._handler_children = {(h, st): self.handler_duration.labels(h, st)
+                                  for h in handlers for st in HANDLER_STATUSES}
         self._checksum_children = {st: self.checksums.labels(st) for st in CHECKSUM_STATUSES}
         self._queue_wait_observe = self.queue_wait.labels().observe
 

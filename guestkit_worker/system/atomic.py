@@ -1,5 +1,6 @@
 """Atomic file writes: temp file in the same directory, fsync, rename, fsync of the directory."""
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -44,10 +45,8 @@ def write_bytes(path, data, *, mode=0o640, durable=True, overwrite=True, sync_di
             os.link(tmp, path)  # fails with FileExistsError instead of replacing
             os.unlink(tmp)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     if durable and sync_dir:
         fsync_dir(directory or ".")

@@ -7,6 +7,7 @@ chunks, bytes read are added to the job's disk-read counter (even when the job i
 half-way) and the outcome is counted with ``context.record_checksum_verification``.
 """
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -64,10 +65,8 @@ def sha256_file(path, context=None, chunk_size=CHUNK_SIZE, on_progress=None):
     try:
         total = os.fstat(fd).st_size
         if hasattr(os, "posix_fadvise"):
-            try:
+            with contextlib.suppress(OSError):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            except OSError:
-                pass
         with open(fd, "rb", buffering=0, closefd=False) as fh:
             while True:
                 if context is not None:

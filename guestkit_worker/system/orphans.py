@@ -13,6 +13,7 @@
   Start times (from /proc) guard against pids reused since.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -75,18 +76,16 @@ class ChildRegistry:
                  "worker_pid": self._me[0], "worker_start": self._me[1]}
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            fd = os.open(self._path(pid), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(self._path(pid), flags, 0o600)
             with os.fdopen(fd, "w") as fh:
                 json.dump(entry, fh)
         except OSError as exc:  # the child runs anyway; only the clean-up after a crash is lost
             log.warning("job %s: cannot record child pid %s in %s: %s", job_id, pid, self.directory, exc)
 
     def remove(self, pid: int) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self._path(pid))
-        except OSError:
-            pass
 
     def reap_dead_workers(self) -> int:
         """Kill what is left of the children of workers that are gone; return how many processes."""
@@ -124,10 +123,8 @@ class ChildRegistry:
                     log.warning("job %s: killed %d process(es) left by dead worker %s (pid %s): %s",
                                 entry.get("job_id"), len(pids), entry.get("worker_id"), worker_pid,
                                 " ".join(map(str, pids)))
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(path)
-            except OSError:
-                pass
         for job_id in dead_jobs - live_jobs:
             self._remove_scratch(job_id)
         return killed

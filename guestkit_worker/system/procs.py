@@ -117,8 +117,8 @@ class ChildProcess:
         # exec'd through setpriv --pdeathsig KILL: the child dies with the thread that started it,
         # even when the worker is SIGKILLed (see guestkit_worker.system.orphans)
         self.proc = subprocess.Popen(
-            pdeathsig_prefix() + self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env, cwd=cwd, start_new_session=True, close_fds=True)
+            pdeathsig_prefix() + self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True, close_fds=True)
         self.stdout_chunks, self.stderr_chunks = [], []
         self._readers = [
             threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_chunks, on_stdout_line),
