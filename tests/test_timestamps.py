@@ -6,7 +6,10 @@ import json
 import os
 import re
 
+import pytest
 from conftest import cli, make_job, require_tool, worker_env, write_job
+
+pytestmark = pytest.mark.integration
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
