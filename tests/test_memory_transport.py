@@ -116,7 +116,7 @@ def test_it_imports_nothing_of_the_runtime():
     out = subprocess.run([sys.executable, "-c", code], env=worker_env(), capture_output=True, text=True,
                          timeout=60, check=True).stdout.split()
     # the job layer and the defaults below it, the interface and the transport itself only
-    allowed = ("guestkit_worker.job", "guestkit_worker.defaults", "guestkit_worker.transports.memory")
+    allowed = ("guestkit_worker.job", "guestkit_worker.settings", "guestkit_worker.transports.memory")
     interface = {"guestkit_worker", "guestkit_worker.transports", "guestkit_worker.transports.base",
                  "guestkit_worker.transports.errors", "guestkit_worker.transports.records"}
     assert interface | {"guestkit_worker.transports.memory.transport"} <= set(out)

@@ -190,15 +190,15 @@ def test_worker_metrics_are_a_transport_observer():
 
 def test_the_defaults_of_options_config_transport_and_servers_are_one_table():
     """``--help``, a WorkerConfig built in a program, the Redis transport and the HTTP servers
-    default alike: each reads guestkit_worker/defaults.py."""
+    default alike: each reads guestkit_worker/settings/defaults.py."""
     import inspect
 
-    from guestkit_worker import defaults
     from guestkit_worker.api.jobs import JobsApi
     from guestkit_worker.api.service import ApiOptions
     from guestkit_worker.cli.options import RUN_OPTIONS
     from guestkit_worker.http.server import serve_wsgi
     from guestkit_worker.runtime.config import WorkerConfig
+    from guestkit_worker.settings import defaults
     from guestkit_worker.transports.redis.transport import RedisTransport
 
     option = {dest: default for _, dest, _, default, *_ in RUN_OPTIONS}
@@ -226,18 +226,18 @@ def test_the_defaults_of_options_config_transport_and_servers_are_one_table():
 
 def test_no_module_but_defaults_spells_a_default():
     """The default directories, Redis URL and metrics address are written once, in
-    guestkit_worker/defaults.py (before: "./jobs" and "./results" also in cli/options.py,
+    guestkit_worker/settings/defaults.py (before: "./jobs" and "./results" also in cli/options.py,
     cli/jobs.py and cli/prune.py, the Redis URL in cli/options.py and runtime/config.py)."""
     import ast
     import pathlib
 
     import guestkit_worker
-    from guestkit_worker import defaults
+    from guestkit_worker.settings import defaults
     values = {defaults.DEFAULT_JOBS_DIR, defaults.DEFAULT_RESULTS_DIR, defaults.DEFAULT_WORK_DIR,
               defaults.DEFAULT_REDIS_URL, defaults.DEFAULT_METRICS_ADDR}
     package = pathlib.Path(guestkit_worker.__file__).parent
     found = [f"{path.relative_to(package)}:{node.lineno} {node.value}"
-             for path in sorted(package.rglob("*.py")) if path != package / "defaults.py"
+             for path in sorted(package.rglob("*.py")) if path != package / "settings" / "defaults.py"
              for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
              if isinstance(node, ast.Constant) and node.value in values]
     assert found == []

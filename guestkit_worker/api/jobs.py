@@ -11,11 +11,11 @@ import threading
 from collections.abc import Mapping
 from typing import Callable
 
-from ..defaults import DEFAULT_API_MAX_WAITS
 from ..job.errors import JobFileError, JobValidationError
 from ..job.outcomes import cancelled_before_start
 from ..job.protocol import Job, check_job_id
 from ..job.states import FINAL_STATUSES, JOB_STATUSES
+from ..settings.defaults import DEFAULT_API_MAX_WAITS
 from ..transports.base import InvalidPageToken, JobTooLarge, OutcomeUnknown, Transport
 from .limits import DEFAULT_PAGE, MAX_PAGE, MAX_PROGRESS_AFTER, MAX_WAIT
 from .responses import Answer, ApiError, busy, ok

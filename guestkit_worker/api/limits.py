@@ -1,5 +1,5 @@
 """Fixed bounds of the REST API (a module of constants only; the bounds an operator sets have
-their defaults in :mod:`guestkit_worker.defaults`)."""
+their defaults in :mod:`guestkit_worker.settings.defaults`)."""
 
 #: Longest ?wait= honoured, in seconds.
 MAX_WAIT = 60.0

@@ -24,11 +24,11 @@ import logging
 import ssl
 from typing import Callable
 
-from ..defaults import DEFAULT_API_MAX_CONNECTIONS
 from ..http import listen as httplisten
 from ..http import server as wsgiserver
 from ..http.listen import parse_addr
 from ..job.errors import ConfigError
+from ..settings.defaults import DEFAULT_API_MAX_CONNECTIONS
 
 log = logging.getLogger(__name__)
 

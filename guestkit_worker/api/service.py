@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .. import __version__
-from ..defaults import DEFAULT_API_MAX_CONNECTIONS, DEFAULT_API_MAX_WAITS
 from ..http.auth import TokenSet
 from ..http.listen import parse_addr
 from ..job.errors import ConfigError
+from ..settings.defaults import DEFAULT_API_MAX_CONNECTIONS, DEFAULT_API_MAX_WAITS
 from ..transports.base import Transport
 from .app import ApiApp, capabilities_document
 from .jobs import JobsApi

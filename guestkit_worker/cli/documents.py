@@ -25,8 +25,8 @@ def _check_file(path, registry, max_bytes=None):
     """(problems, job, raw) of one job file: its problems (empty when valid), the parsed job
     and the bytes read, judged by the worker's own admission (guestkit_worker.job.admission) with
     a size limit of max_bytes (default: the worker's default --max-job-size)."""
-    from ..defaults import DEFAULT_MAX_JOB_BYTES
     from ..job.admission import problems
+    from ..settings.defaults import DEFAULT_MAX_JOB_BYTES
     max_bytes = max_bytes or DEFAULT_MAX_JOB_BYTES
     try:
         if path == "-":

@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from .. import defaults as d
+from ..settings import defaults as d
 from .exitcodes import EXIT_USAGE
 from .optiontypes import boolean as _bool
 from .optiontypes import choice

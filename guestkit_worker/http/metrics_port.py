@@ -19,7 +19,7 @@ import logging
 
 from prometheus_client import make_wsgi_app
 
-from ..defaults import DEFAULT_HTTP_MAX_CONNECTIONS
+from ..settings.defaults import DEFAULT_HTTP_MAX_CONNECTIONS
 from .auth import CHALLENGE, CHALLENGE_INVALID, bearer_token
 from .listen import ssl_context
 from .server import serve_wsgi

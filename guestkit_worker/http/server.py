@@ -39,8 +39,8 @@ import socket
 import threading
 import time
 
-from ..defaults import DEFAULT_HTTP_MAX_CONNECTIONS
 from ..job.errors import ConfigError
+from ..settings.defaults import DEFAULT_HTTP_MAX_CONNECTIONS
 from . import listen as httplisten
 from . import request as http_request
 from .linger import Lingering

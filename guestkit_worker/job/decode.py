@@ -8,7 +8,7 @@ import math
 import threading
 from typing import Any
 
-from ..defaults import DEFAULT_MAX_JOB_BYTES
+from ..settings.defaults import DEFAULT_MAX_JOB_BYTES
 from .errors import JobFileError
 
 

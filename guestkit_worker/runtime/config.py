@@ -6,7 +6,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 
-from .. import defaults as d
+from ..settings import defaults as d
 
 
 def default_worker_id() -> str:

@@ -17,13 +17,13 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ...defaults import (
+from ...job.errors import ConfigError
+from ...settings.defaults import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_DELIVERIES,
     DEFAULT_MAX_JOB_BYTES,
     DEFAULT_RESULT_TTL,
 )
-from ...job.errors import ConfigError
 from ..base import (
     CancelledDocuments,
     Delivery,
