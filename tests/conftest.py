@@ -60,6 +60,17 @@ def write_job(jobs_dir, doc, name=None):
     os.rename(tmp, path)
     return path
 
+def fake_probe_python(base):
+    """A stand-in 'python' for the libguestfs probe in directory ``base``: it says guestfs is
+    there and prints an almost empty inspection, for tests about the report rather than the guest."""
+    script = os.path.join(base, "fake-python")
+    with open(script, "w") as fh:
+        fh.write("#!/bin/sh\nif [ \"$1\" = \"-c\" ]; then echo 1.48.6; exit 0; fi\n"
+                 "echo '{\"operating_system\": {\"type\": \"linux\"}}'\n")
+    os.chmod(script, 0o755)
+    return script
+
+
 
 class Dirs:
     def __init__(self, base):

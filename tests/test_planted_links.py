@@ -9,7 +9,7 @@ import subprocess
 import threading
 
 import pytest
-from conftest import cli, make_job, require_tool, worker_env, write_job
+from conftest import cli, fake_probe_python, make_job, require_tool, worker_env, write_job
 
 pytestmark = pytest.mark.integration
 
@@ -22,17 +22,6 @@ def _victim(base):
     with open(path, "wb") as fh:
         fh.write(PRECIOUS)
     return path
-
-
-def _fake_probe_python(base):
-    """A stand-in 'python' for the libguestfs probe: says guestfs is there and prints an
-    empty inspection (this test is about writing the report, not about libguestfs)."""
-    script = os.path.join(base, "fake-python")
-    with open(script, "w") as fh:
-        fh.write("#!/bin/sh\nif [ \"$1\" = \"-c\" ]; then echo 1.48.6; exit 0; fi\n"
-                 "echo '{\"operating_system\": {\"type\": \"linux\"}}'\n")
-    os.chmod(script, 0o755)
-    return script
 
 
 def test_inspect_report_does_not_follow_a_link_planted_at_the_temp_name(dirs):
@@ -51,7 +40,7 @@ def test_inspect_report_does_not_follow_a_link_planted_at_the_temp_name(dirs):
     write_job(dirs.jobs, make_job("planted-rep-0001", "guestkit.inspect",
                                   {"image": {"path": image, "format": "raw"},
                                    "output": {"destination": dest}}))
-    env = worker_env(GUESTKIT_WORKER_GUESTFS_PYTHON=_fake_probe_python(dirs.base),
+    env = worker_env(GUESTKIT_WORKER_GUESTFS_PYTHON=fake_probe_python(dirs.base),
                      SUPERMIN_KERNEL="/dev/null")
     cli("--once", "--allow-path", shared, *dirs.args(), env=env, check=0)
     with open(victim, "rb") as fh:

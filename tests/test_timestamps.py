@@ -7,22 +7,11 @@ import os
 import re
 
 import pytest
-from conftest import cli, make_job, require_tool, worker_env, write_job
+from conftest import cli, fake_probe_python, make_job, require_tool, worker_env, write_job
 
 pytestmark = pytest.mark.integration
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-
-
-def _fake_probe_python(base):
-    """A stand-in 'python' for the libguestfs probe: says guestfs is there and prints an
-    empty inspection (this test is about the report's time stamp, not about libguestfs)."""
-    script = os.path.join(base, "fake-python")
-    with open(script, "w") as fh:
-        fh.write("#!/bin/sh\nif [ \"$1\" = \"-c\" ]; then echo 1.48.6; exit 0; fi\n"
-                 "echo '{\"operating_system\": {\"type\": \"linux\"}}'\n")
-    os.chmod(script, 0o755)
-    return script
 
 
 def _read_json(path):
@@ -48,7 +37,7 @@ def _jobs(dirs):
 def test_every_time_stamp_the_worker_writes_is_utc_with_z(dirs):
     require_tool("qemu-img")
     _jobs(dirs)
-    env = worker_env(GUESTKIT_WORKER_GUESTFS_PYTHON=_fake_probe_python(dirs.base),
+    env = worker_env(GUESTKIT_WORKER_GUESTFS_PYTHON=fake_probe_python(dirs.base),
                      SUPERMIN_KERNEL="/dev/null")
     proc = cli("--once", "--log-format", "json", *dirs.args(), env=env, timeout=180)
     assert proc.returncode == 1, proc.stderr[-2000:]  # the rejected job

@@ -46,6 +46,19 @@ def take(t, n=1, timeout=5.0):
             got.append(d)
     return got
 
+def _a_started_job(factory, a_name, b_name, *, observers=(None, None), **job_fields):
+    """Two open workers of one queue, and a job ``a`` has taken and started: (a, b, doc, delivery)."""
+    a, b = (factory.make(name, **({"observer": seen} if seen else {}))
+            for name, seen in zip((a_name, b_name), observers))
+    a.open()
+    b.open()
+    doc = job(**job_fields)
+    a.submit(doc)
+    [delivery] = take(a)
+    a.mark_started(delivery)
+    return a, b, doc, delivery
+
+
 
 def done(t, d, status="completed", **kw):
     o = Outcome(d, status, result=result(d.job_id, status), failed=status != "completed", **kw)
@@ -372,14 +385,8 @@ def test_takeovers_and_fenced_deliveries_are_reported_to_the_observer(transport_
     """Each delivery taken over counts once on the worker that takes it; a delivery its worker
     finds taken over (its outcome refused) counts once on that worker, however often it tries."""
     seen_a, seen_b = CountingObserver(), CountingObserver()
-    a = transport_factory.make("contract-stalls", observer=seen_a)
-    b = transport_factory.make("contract-takes", observer=seen_b)
-    a.open()
-    b.open()
-    doc = job()
-    a.submit(doc)
-    [da] = take(a)
-    a.mark_started(da)
+    a, b, doc, da = _a_started_job(transport_factory, "contract-stalls", "contract-takes",
+                                    observers=(seen_a, seen_b))
     transport_factory.lapse(a)
     [(db, _previous)] = _reclaim_until(b)
     assert seen_b.counts == {"reclaimed": 1}
@@ -397,13 +404,7 @@ def test_a_delivery_whose_decision_raises_is_disposed_of_with_the_workers_reason
     """The worker's decision for a reclaimed delivery raises: the transport asks the worker for
     the reason (unrecoverable), disposes of the delivery for good and keeps that reason's error
     where it keeps job state; it builds none of its own."""
-    a, b = transport_factory.make("contract-dies"), transport_factory.make("contract-lives")
-    a.open()
-    b.open()
-    doc = job()
-    a.submit(doc)
-    [d] = take(a)
-    a.mark_started(d)
+    a, b, doc, d = _a_started_job(transport_factory, "contract-dies", "contract-lives")
     transport_factory.kill(a)
     asked = []
 
@@ -478,13 +479,7 @@ def test_recovery_never_archives_a_crashed_run_with_a_shutdowns_result(transport
     again and dies; recovery (the real Recovery over this transport) re-queues it as attempt 2
     instead of archiving it with the shutdown's result."""
     from guestkit_worker.runtime.recovery import Recovery
-    a, b = transport_factory.make("contract-dies"), transport_factory.make("contract-lives")
-    a.open()
-    b.open()
-    doc = job(max_attempts=3)
-    a.submit(doc)
-    [d] = take(a)
-    a.mark_started(d)
+    a, b, doc, d = _a_started_job(transport_factory, "contract-dies", "contract-lives", max_attempts=3)
     error = outcomes.execution_error("cancelled", None)
     back = outcomes.result_document(job_id=doc["job_id"], status="cancelled", worker_id="contract-dies",
                                     error=error)
@@ -525,13 +520,7 @@ def _reclaim_until(t, n=1, timeout=30.0):
 
 
 def test_a_renewed_claim_is_never_taken_over(transport_factory):
-    a, b = transport_factory.make("contract-renews"), transport_factory.make("contract-waits")
-    a.open()
-    b.open()
-    doc = job()
-    a.submit(doc)
-    [d] = take(a)
-    a.mark_started(d)
+    a, b, doc, d = _a_started_job(transport_factory, "contract-renews", "contract-waits")
     step = (a.lease_seconds or 1.0) / 4
     for _ in range(10):  # two and a half leases, renewed every quarter of one
         assert a.extend_lease(d)
@@ -544,13 +533,7 @@ def test_a_renewed_claim_is_never_taken_over(transport_factory):
 def test_a_lapsed_claim_is_taken_over_and_its_first_owner_fenced(transport_factory):
     """A worker that stopped renewing (stalled, cut off) while another took its job over can
     neither renew, nor store its outcome over the new owner's, nor queue the job again."""
-    a, b = transport_factory.make("contract-stalls"), transport_factory.make("contract-takes")
-    a.open()
-    b.open()
-    doc = job(max_attempts=3)
-    a.submit(doc)
-    [da] = take(a)
-    a.mark_started(da)
+    a, b, doc, da = _a_started_job(transport_factory, "contract-stalls", "contract-takes", max_attempts=3)
     transport_factory.lapse(a)
     [(db, previous)] = _reclaim_until(b)
     assert (db.job_id, db.started, previous) == (doc["job_id"], True, "contract-stalls")
@@ -578,13 +561,7 @@ def test_a_lapsed_claim_is_taken_over_and_its_first_owner_fenced(transport_facto
 def test_a_commit_the_store_refuses_keeps_the_delivery(transport_factory):
     """The outcome gets an OSError (the worker's committer tries those again) and the delivery
     stays with its worker: not queued again, not taken over, stored by the next commit."""
-    a, b = transport_factory.make("contract-stores"), transport_factory.make("contract-other")
-    a.open()
-    b.open()
-    doc = job()
-    a.submit(doc)
-    [d] = take(a)
-    a.mark_started(d)
+    a, b, doc, d = _a_started_job(transport_factory, "contract-stores", "contract-other")
     o = Outcome(d, "completed", result=result(doc["job_id"], worker_id="contract-stores"))
     transport_factory.break_store()
     try:
