@@ -255,7 +255,7 @@ class WSGIService:
 
     def _make_room(self, sel, waiting, host):
         """True when a newcomer from ``host`` may have a slot: one is free, or an idle
-        connection or a slow request head gave its slot up (see http_slots)."""
+        connection or a slow request head gave its slot up (see :mod:`guestkit_worker.http.slots`)."""
         with self._lock:
             if self._open < self.max_connections:
                 return True

@@ -9,6 +9,7 @@ or cancelled.  The outcome's documents come from guestkit_worker.job.outcomes; s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from ..job import outcomes as docs
 from ..job.errors import HandlerError, JobCancelled, JobValidationError
 from ..job.states import JobState
 from ..system.procs import kill_tree_now
-from ..transports.base import Outcome, TransportUnavailable
+from ..transports.base import LeaseLost, Outcome, TransportUnavailable
 from .context import HandlerContext
 from .intake import Intake
 from .runs import Run, RunTable
@@ -220,9 +221,15 @@ class Executor(Intake):
         doc = dict(job.doc)
         doc["execution"] = dict(doc.get("execution") or {}, attempt=job.attempt + 1)
         run.to(JobState.FAILED)
+        if not self.transport.extend_lease(run.delivery):  # taken over: the job is another's now
+            self._drop_lost(run, "its retry")
+            return
         self._release_key(run)
         try:
             self.transport.retry(run.delivery, doc)
+        except LeaseLost:
+            self._drop_lost(run, "its retry")
+            return
         except OSError as exc:
             # e.g. ENOSPC writing the new attempt: give the job back unchanged (this attempt runs
             # again after the back-off) rather than leave it held and unfinished
@@ -258,6 +265,17 @@ class Executor(Intake):
             except OSError as exc:
                 log.error("job %s: cannot release idempotency key: %s", run.job_id, exc)
 
+    def _drop_lost(self, run: Run, what: str) -> None:
+        """Another worker took this delivery over: drop ``what`` and touch nothing of the job
+        (its idempotency key and its queue entry belong to the new owner)."""
+        run.key_held = False
+        log.warning("job %s: another worker took the job over; %s is dropped", run.job_id, what,
+                    extra={"event": "lease_lost"})
+        # the transport lets go of what it held for the delivery (its job id's lock, say); fenced
+        # or already gone, nothing of the job is this worker's any more
+        with contextlib.suppress(LeaseLost, OSError):
+            self.transport.release(run.delivery)
+
     def give_back(self, run: Run) -> None:
         try:
             self.transport.release(run.delivery)
@@ -281,7 +299,11 @@ class Executor(Intake):
 
     def store_failed(self, run: Run, outcome: Outcome) -> None:
         """The outcome could not be stored after all its tries: the job goes back to the queue
-        (it runs again later; nothing is lost)."""
+        (it runs again later; nothing is lost).  An outcome refused because another worker took
+        the job over is dropped instead: the key and the job are that worker's now."""
+        if isinstance(outcome.error, LeaseLost):
+            self._drop_lost(run, "its outcome")
+            return
         log.error("job %s: giving up storing the outcome (%s); job returned to the queue", run.job_id,
                   outcome.error)
         self.table.count("unstored")  # a one-shot run that leaves a job undone does not exit 0

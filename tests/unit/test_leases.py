@@ -2,6 +2,9 @@
 clock: a renewed delivery is never taken over, one not renewed in time is, and a run whose lease
 was lost is stopped and its outcome dropped (the job belongs to the worker that took it over)."""
 
+import os
+import tempfile
+
 from runtimekit import Rig, job
 
 LEASE = 10.0
@@ -49,3 +52,56 @@ def test_a_lost_lease_stops_the_run_and_drops_its_outcome(tmp_path):
     b.run_next()
     result = b.result(job_id)
     assert result["worker_id"] == "unit-w2" and result["execution_summary"]["attempt"] == 2
+
+
+
+def _lapse(rig, files):
+    """A's claim runs out: for memory its lease on the clock, for files its worker's lock (the
+    lock file replaced by one nobody locks, as when its process died)."""
+    rig.clock.advance(LEASE + 1)
+    if files is not None:
+        processing = os.path.join(files, "jobs", ".processing")
+        fd, fresh = tempfile.mkstemp(prefix=".unlocked-", dir=processing)
+        os.close(fd)
+        os.replace(fresh, os.path.join(processing, rig.cfg.worker_id + ".lock"))
+
+
+def test_an_outcome_refused_after_a_takeover_leaves_the_key_to_the_new_owner(tmp_path):
+    """A's run outlives its lease unnoticed (no renewal ran); B takes the job over and holds its
+    idempotency key for attempt 2; then A's commit is refused (LeaseLost): A drops its outcome
+    and does not release B's key."""
+    a, b = _two_workers(tmp_path)
+    job_id = a.submit(job(operation="unit.wait", max_attempts=2, idempotency_key="key-held"))
+    a.start_next("unit.wait")
+    _lapse(a, None)
+    assert b.recovery.reclaim() == 1
+    b.start_next("unit.wait")
+    a.handler("unit.wait").finish()
+    a.join()
+    other = b.transport.reserve_idempotency_key("key-held", "another-job-0001")
+    assert not other.won and other.holder_job_id == job_id  # before: won, B's hold was deleted
+    assert a.table.outcomes() == {} and a.table.in_hand == 0
+    b.handler("unit.wait").finish()
+    b.join()
+    assert b.result(job_id)["execution_summary"]["attempt"] == 2
+
+
+def test_a_file_worker_refused_after_a_takeover_lets_go_of_the_job_id(tmp_path):
+    """Files: A's claim is taken over while it runs; A's commit is refused (LeaseLost) and A
+    lets go of the job id, so B runs attempt 2 at once (before: A held the id until its process
+    ended, and B gave attempt 2 back again and again)."""
+    queue = str(tmp_path / "q")
+    a = Rig(tmp_path, "unit-w1", files=queue)
+    b = Rig(tmp_path, "unit-w2", clock=a.clock, files=queue)
+    job_id = a.submit(job(operation="unit.wait", max_attempts=2, idempotency_key="key-held"))
+    a.start_next("unit.wait")
+    _lapse(a, queue)
+    assert b.recovery.reclaim() == 1
+    a.handler("unit.wait").finish()
+    a.join()
+    assert a.table.outcomes() == {} and a.table.in_hand == 0
+    b.start_next("unit.wait")  # its run begins: the job id is free
+    b.handler("unit.wait").finish()
+    b.join()
+    result = b.result(job_id)
+    assert result["status"] == "completed" and result["execution_summary"]["attempt"] == 2

@@ -72,7 +72,8 @@ class FileIdempotency:
         path = self._path(key)
         with self._locked():
             rec = read_json(path)
-            if isinstance(rec, dict) and rec.get("job_id") == job_id and rec.get("state") == "running":
+            if (isinstance(rec, dict) and rec.get("job_id") == job_id and rec.get("state") == "running"
+                    and rec.get("worker_id") == self.layout.worker_id):  # never another worker's hold
                 os.unlink(path)
 
     def settle(self, o: Outcome) -> None:

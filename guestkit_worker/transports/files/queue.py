@@ -219,6 +219,9 @@ class FileQueue:
                 break
             except FileExistsError:
                 continue
+            except FileNotFoundError:  # taken over meanwhile: its job id and name are not ours
+                self._left(delivery)
+                raise
         self._left(delivery)
         with self._scan_lock:
             self._depth_fresh = False

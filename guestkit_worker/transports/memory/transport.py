@@ -10,7 +10,6 @@ hand-out, so a worker that lost its claim can neither renew, store, retry nor re
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,21 @@ from typing import Any
 from ...job.errors import ConfigError, JobFileError
 from ...job.facts import job_facts
 from ...job.timestamps import stamp as now_iso
-from ..base import Delivery, LeaseLost, SubmitReceipt, Transport, TransportObserver
+from ...settings.defaults import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MAX_DELIVERIES,
+    DEFAULT_MAX_JOB_BYTES,
+    DEFAULT_RESULT_TTL,
+)
+from ..base import (
+    Delivery,
+    LeaseLost,
+    SubmitReceipt,
+    Transport,
+    TransportObserver,
+    compact_job_bytes,
+    job_bytes,
+)
 from .broker import Claim, Entry, Job, MemoryBroker, digest, peek
 from .reclaim import ReclaimMixin
 from .store import StoreMixin
@@ -62,8 +75,9 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
     fetch_from_job_threads = True  # a look under a lock in this process
 
     def __init__(self, worker_id: str = "memory", *, broker: MemoryBroker | None = None,
-                 lease_seconds: float = 60.0, max_deliveries: int = 5, result_ttl: float = 7 * 24 * 3600.0,
-                 max_job_bytes: int = 1 << 20, clock: Any = None,
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS, max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+                 result_ttl: float = DEFAULT_RESULT_TTL, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
+                 clock: Any = None,
                  observer: TransportObserver | None = None) -> None:
         if broker is not None and clock is not None:
             raise ValueError("clock: give it to the MemoryBroker (its transports share one clock), "
@@ -117,7 +131,7 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
     # -- submission ---------------------------------------------------------------------
     def submit(self, doc: Mapping[str, Any], raw: bytes | None = None) -> SubmitReceipt:
         job_id = doc["job_id"]
-        body = raw if raw is not None else _encode(doc)
+        body = job_bytes(doc, raw, self.max_job_bytes)  # JobTooLarge: never queued unreadable
         b = self.broker
         with b.cond:
             b.check()
@@ -254,7 +268,7 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
 
     # -- giving back --------------------------------------------------------------------
     def retry(self, delivery: Delivery, doc: Mapping[str, Any]) -> None:
-        raw = _encode(doc)
+        raw = compact_job_bytes(doc)
         attempt = job_facts(doc).attempt
         with self.broker.cond:
             self.broker.check()
@@ -303,7 +317,3 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
             if b.outage is not None:
                 return set()
             return {j for j in job_ids if j in b.jobs and b.jobs[j].cancel}
-
-
-def _encode(doc: Mapping[str, Any]) -> bytes:
-    return json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogatepass")
