@@ -24,9 +24,10 @@ def affected(ecosystem, name, *ranges, versions=None, **extra):
 def record(rid, *entries, modified="2026-12-01T00:00:00Z", summary="", severity=None, **extra):
     doc = {"schema_version": "1.6.0", "id": rid, "modified": modified, "summary": summary or f"{rid} summary",
            "aliases": [f"CVE-{rid}"], "affected": list(entries)}
+    if isinstance(severity, str):  # a CVSS vector
+        severity = [{"type": "CVSS_V4" if severity.startswith("CVSS:4") else "CVSS_V3", "score": severity}]
     if severity:
-        doc["severity"] = [{"type": "CVSS_V3" if not severity.startswith("CVSS:4") else "CVSS_V4",
-                            "score": severity}]
+        doc["severity"] = severity
     doc.update(extra)
     return doc
 

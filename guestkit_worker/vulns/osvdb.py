@@ -199,8 +199,10 @@ def parse_record(doc) -> tuple[Record, list] | None:
     try:
         modified = parse_timestamp(doc.get("modified"))
         aliases = _strings(_typed(doc, "aliases", list, [], where), where + "aliases")
-        summary = _typed(doc, "summary", str, "", where)
-        record = Record(rid, aliases, summary[:500], modified, _severity(doc, where), _labels(doc))
+        summary = _typed(doc, "summary", str, "", where).strip()
+        if not summary:  # some distributions write only details: keep its first line
+            summary = _typed(doc, "details", str, "", where).strip().split("\n", 1)[0]
+        record = Record(rid, aliases, summary[:300], modified, _severity(doc, where), _labels(doc))
         withdrawn = _typed(doc, "withdrawn", str, "", where)
         entries = [_affected(e, record) for e in _typed(doc, "affected", list, [], where)]
     except _Skip as exc:
