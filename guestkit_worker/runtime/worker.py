@@ -159,6 +159,7 @@ class Worker:
         # path rejects the job before anything looks at the file system
         self.handlers.configure_paths(self.cfg.allow_paths, self.transport.protected_paths,
                                       allow_backing=self.cfg.allow_backing_files)
+        self.handlers.configure_vulns(self.cfg.vuln_db, self.cfg.vuln_db_max_age)
         self.transport.maintain()
         self.recovery.reclaim()
         self._last["recovery"] = self._last["sweep"] = time.monotonic()
