@@ -5,10 +5,12 @@ shared by jobs; and ``guestkit-worker vulndb info``."""
 
 import json
 import os
+import signal
 import time
 
 import pytest
-from conftest import cli, make_job, worker_env, write_job
+from conftest import cli, make_job, start_worker, wait_for, worker_env, write_job
+from metricskit import parse, scrape, series, value, worker_url
 from osvkit import CVSS_CRITICAL, affected, record, write_zip
 
 pytestmark = pytest.mark.integration
@@ -142,3 +144,49 @@ def test_vulndb_info_exit_statuses(dirs):
     proc = cli("vulndb", "info", env=env)
     assert proc.returncode == 2 and "GUESTKIT_WORKER_VULN_DB_MAX_AGE: expected a duration" in proc.stderr
     assert cli("vulndb").returncode == 2
+
+
+def test_metrics_of_a_daemon_and_one_index_shared_by_jobs(dirs):
+    db = _database(dirs.base, age=2 * 86400)
+    proc = start_worker(dirs, "--metrics-addr", "127.0.0.1:0", "--shutdown-timeout", "1", "--vuln-db", db)
+    try:
+        url = worker_url(proc)
+        # indexed at start by the refresher: the gauges exist before any scan
+        samples = wait_for(lambda: (lambda m: m if ("guestkit_vuln_db_age_seconds", frozenset()) in m
+                                    else None)(parse(scrape(url))), what="the database age gauge")
+        assert 2 * 86400 <= value(samples, "guestkit_vuln_db_age_seconds") < 2 * 86400 + 600
+        assert series(samples, "guestkit_vuln_db_records") == {
+            ("guestkit_vuln_db_records", frozenset({("ecosystem", "Debian:11")})): 1.0,
+            ("guestkit_vuln_db_records", frozenset({("ecosystem", "Debian:12")})): 1.0}
+        findings = series(samples, "guestkit_scan_findings_total")
+        assert {dict(k[1])["severity"]: v for k, v in findings.items()} == {
+            "critical": 0, "high": 0, "medium": 0, "low": 0, "unknown": 0}
+        for n in (1, 2):
+            write_job(dirs.jobs, _scan_job(f"vuln-metrics-000{n}", packages=(OPENSSL, OPENSSL)))
+        wait_for(lambda: len(dirs.all_results()) == 2, what="two scan results")
+        results = dirs.all_results()
+        assert {r["status"] for r in results.values()} == {"completed"}
+        assert len({r["data"]["indexed_at"] for r in results.values()}) == 1  # one index for both
+        samples = wait_for(lambda: (lambda m: m if value(m, "guestkit_scans_total") == 2 else None)(
+            parse(scrape(url))), what="two scans counted")
+        assert value(samples, "guestkit_scan_findings_total", severity="critical") == 4
+        assert value(samples, "guestkit_scan_findings_total", severity="high") == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+
+
+def test_without_a_database_the_age_is_absent_not_zero():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from guestkit_worker.metrics.live import ScanTotals
+    from guestkit_worker.runtime.vulnwatch import scan_snapshot
+    from guestkit_worker.vulns.stats import ScanStats
+    registry = CollectorRegistry()
+    ScanTotals(registry).track(lambda: dict(scan_snapshot(), age_seconds=None, records={},
+                                            findings=ScanStats().snapshot()["findings"]))
+    samples = parse(generate_latest(registry).decode())
+    assert not series(samples, "guestkit_vuln_db_age_seconds")  # 0 would read as a fresh database
+    assert not series(samples, "guestkit_vuln_db_records")
+    assert len(series(samples, "guestkit_scan_findings_total")) == 5
