@@ -34,6 +34,12 @@ EXIT_OUTCOME_UNKNOWN = 7
 #: a file could not be removed (the others were)
 EXIT_NOT_ALL_REMOVED = 1
 
+# -- vulndb info -------------------------------------------------------------------------------
+#: the database is unavailable: --vuln-db not set, not a directory, or no readable record
+EXIT_VULNDB_UNAVAILABLE = 1
+#: the database was read but is older than --vuln-db-max-age (scans would fail VULN_DB_STALE)
+EXIT_VULNDB_STALE = 3
+
 #: the statuses of run (and api, validate, plain submit), as the man page lists them
 RUN_STATUSES = (EXIT_OK, EXIT_JOBS_FAILED, EXIT_USAGE, EXIT_TEXTFILE, EXIT_WORKER_ID_TAKEN, EXIT_ABORTED)
 #: the statuses of the job commands
@@ -41,3 +47,5 @@ JOB_COMMAND_STATUSES = (EXIT_OK, EXIT_JOBS_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, E
                         EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_OUTCOME_UNKNOWN)
 #: the statuses of prune
 PRUNE_STATUSES = (EXIT_OK, EXIT_NOT_ALL_REMOVED, EXIT_USAGE)
+#: the statuses of vulndb info
+VULNDB_STATUSES = (EXIT_OK, EXIT_VULNDB_UNAVAILABLE, EXIT_USAGE, EXIT_VULNDB_STALE)

@@ -3,7 +3,7 @@
 :func:`get_parser` only builds the parser (argparse-manpage imports it); reading the
 environment, logging set-up and everything else happens in :func:`main`, which hands each
 command to its module: :mod:`.run`, :mod:`.api`, :mod:`.documents` (validate, submit,
-list-operations), :mod:`.jobs` (the queue clients) and :mod:`.prune`.  The options themselves
+list-operations), :mod:`.jobs` (the queue clients), :mod:`.prune` and :mod:`.vulndb`.  The options themselves
 are in :mod:`.options`, the exit statuses in :mod:`.exitcodes`.
 """
 
@@ -27,7 +27,7 @@ from .options import (
 )
 
 COMMANDS = ("run", "api", "submit", "validate", "list-operations", "status", "result", "list", "cancel",
-            "prune")
+            "prune", "vulndb")
 
 
 def get_parser():
@@ -74,6 +74,8 @@ def get_parser():
     add_client_commands(sub)
     from .prune import add_prune_command
     add_prune_command(sub)
+    from .vulndb import add_vulndb_command
+    add_vulndb_command(sub)
     return parser
 
 
@@ -100,6 +102,9 @@ def main(argv=None):
     if args.command == "prune":
         from .prune import cmd_prune
         return cmd_prune(args)
+    if args.command == "vulndb":
+        from .vulndb import cmd_vulndb
+        return cmd_vulndb(args)
     if args.command == "list-operations" or getattr(args, "list_operations", False):
         from .documents import cmd_list_operations
         return cmd_list_operations()
