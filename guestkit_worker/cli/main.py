@@ -55,7 +55,9 @@ def get_parser():
     submit = sub.add_parser("submit", help="validate job files and queue them (jobs dir, or --api URL)",
                             description="Validate each JOB and place it in the jobs directory as JOB_ID.json "
                                         "(written beside, then renamed), so the worker never reads it "
-                                        "half-way; with --api, POST it to a worker's REST API instead.")
+                                        "half-way; with --api, POST it to a worker's REST API instead. "
+                                        "Prints JOB_ID STATUS per job; the same document submitted again "
+                                        "is no error, another one with a used job id is.")
     submit.add_argument("jobs", nargs="+", metavar="JOB.json",
                         help="job documents to submit ('-' reads standard input)")
     submit.add_argument("--wait", type=float, nargs="?", const=DEFAULT_WAIT, default=0, metavar="SECONDS",
