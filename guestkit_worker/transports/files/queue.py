@@ -5,6 +5,7 @@ archiving it.  A claim is an atomic rename, so two workers never run the same jo
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import hashlib
 import logging
@@ -199,12 +200,15 @@ class FileQueue:
         if not self.still_ours(delivery):
             raise self.fenced(delivery)  # queued again by its new owner, if at all
         data = compact_job_bytes(doc)  # one line: an indented rewrite can outgrow --max-job-size
+        submitted = os.lstat(delivery.path).st_mtime_ns
         for dst in self._queue_names(delivery.name):
             try:
                 atomic.write_bytes(dst, data, durable=self.durable, mode=0o640, overwrite=False)
                 break
             except FileExistsError:
                 continue
+        with contextlib.suppress(OSError):  # the job's submission time (its status's submitted_at)
+            os.utime(dst, ns=(submitted, submitted), follow_symlinks=False)
         os.unlink(delivery.path)
         self._left(delivery)
         self._depth_fresh = False
