@@ -27,7 +27,7 @@ from .options import (
 )
 
 COMMANDS = ("run", "api", "submit", "validate", "list-operations", "status", "result", "list", "cancel",
-            "prune")
+            "prune", "workers")
 
 
 def get_parser():
@@ -76,6 +76,8 @@ def get_parser():
     add_client_commands(sub)
     from .prune import add_prune_command
     add_prune_command(sub)
+    from .workers import add_workers_command
+    add_workers_command(sub)
     return parser
 
 
@@ -102,6 +104,9 @@ def main(argv=None):
     if args.command == "prune":
         from .prune import cmd_prune
         return cmd_prune(args)
+    if args.command == "workers":
+        from .workers import cmd_workers
+        return cmd_workers(args)
     if args.command == "list-operations" or getattr(args, "list_operations", False):
         from .documents import cmd_list_operations
         return cmd_list_operations()

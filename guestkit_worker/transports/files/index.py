@@ -19,6 +19,7 @@ from ...job.timestamps import stamp
 from ...system import atomic
 from ..base import InvalidPageToken, JobStatus, Page, SubmitReceipt, job_bytes
 from .layout import RUNNING_SUFFIX, Layout, alternate_names, read_json
+from .liveness import lock_held
 from .results import FileResultStore
 
 _RESULT_SUFFIX = "-result.json"
@@ -143,7 +144,8 @@ class FileIndex:
             return JobStatus(job_id, status, operation=doc.get("operation"), attempt=facts.attempt,
                              worker_id=worker, submitted_at=submitted,
                              started_at=_ctime_stamp(path) if status == "running" else None,
-                             cancellable=facts.cancellable)
+                             cancellable=facts.cancellable,
+                             worker_gone=worker is not None and not lock_held(self.layout.lock_path(worker)))
         result = self.results.result_or_none(job_id)
         if result is None:
             return None
