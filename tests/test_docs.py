@@ -159,6 +159,9 @@ def test_tests_run_installs_without_upgrading_and_readme_says_what():
                          readme).group(0)
     for package in packages:
         assert package in sentence, package
+    # and the extras: other extras join the one pip line as the suite needs them
+    extras = re.search(r"pip install -q -e '\.\[([a-z0-9,_-]+)\]'", script).group(1)
+    assert f"then `pip install -e '.[{extras}]'`" in readme, extras
 
 
 def test_readme_flag_table_has_list_operations():
