@@ -227,7 +227,8 @@ def run_client_command(args: argparse.Namespace, backend: Any) -> int:
         _print_json(page)
         return EXIT_OK
     for job in page["jobs"]:
-        fields = (job["job_id"], job["status"], job.get("operation") or "-", job.get("submitted_at") or "-")
+        status = job["status"] + (" (worker gone)" if job.get("worker_gone") else "")
+        fields = (job["job_id"], status, job.get("operation") or "-", job.get("submitted_at") or "-")
         print("\t".join(str(f) for f in fields))
     if page.get("next_page_token"):
         print(f"more: --page-token {page['next_page_token']}", file=sys.stderr)

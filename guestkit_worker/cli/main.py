@@ -27,7 +27,7 @@ from .options import (
 )
 
 COMMANDS = ("run", "api", "submit", "validate", "list-operations", "status", "result", "list", "cancel",
-            "prune", "vulndb")
+            "prune", "vulndb", "workers")
 
 
 def get_parser():
@@ -55,7 +55,9 @@ def get_parser():
     submit = sub.add_parser("submit", help="validate job files and queue them (jobs dir, or --api URL)",
                             description="Validate each JOB and place it in the jobs directory as JOB_ID.json "
                                         "(written beside, then renamed), so the worker never reads it "
-                                        "half-way; with --api, POST it to a worker's REST API instead.")
+                                        "half-way; with --api, POST it to a worker's REST API instead. "
+                                        "Prints JOB_ID STATUS per job; the same document submitted again "
+                                        "is no error, another one with a used job id is.")
     submit.add_argument("jobs", nargs="+", metavar="JOB.json",
                         help="job documents to submit ('-' reads standard input)")
     submit.add_argument("--wait", type=float, nargs="?", const=DEFAULT_WAIT, default=0, metavar="SECONDS",
@@ -76,6 +78,8 @@ def get_parser():
     add_prune_command(sub)
     from .vulndb import add_vulndb_command
     add_vulndb_command(sub)
+    from .workers import add_workers_command
+    add_workers_command(sub)
     return parser
 
 
@@ -105,6 +109,9 @@ def main(argv=None):
     if args.command == "vulndb":
         from .vulndb import cmd_vulndb
         return cmd_vulndb(args)
+    if args.command == "workers":
+        from .workers import cmd_workers
+        return cmd_workers(args)
     if args.command == "list-operations" or getattr(args, "list_operations", False):
         from .documents import cmd_list_operations
         return cmd_list_operations()

@@ -132,11 +132,36 @@ class JobStatus:
     completed_at: str | None = None
     error: dict | None = None
     cancellable: bool = False
+    #: the worker holding this unfinished job is known dead (its lock is free, its liveness key
+    #: expired): the job waits to be taken over, it does not run
+    worker_gone: bool = False
 
     def to_dict(self) -> dict:
-        return {"job_id": self.job_id, "status": self.status, "operation": self.operation,
-                "attempt": self.attempt, "worker_id": self.worker_id, "submitted_at": self.submitted_at,
-                "started_at": self.started_at, "completed_at": self.completed_at, "error": self.error}
+        out = {"job_id": self.job_id, "status": self.status, "operation": self.operation,
+               "attempt": self.attempt, "worker_id": self.worker_id, "submitted_at": self.submitted_at,
+               "started_at": self.started_at, "completed_at": self.completed_at, "error": self.error}
+        if self.worker_gone:  # only then: the answer of a job whose worker lives is unchanged
+            out["worker_gone"] = True
+        return out
+
+
+@dataclass
+class WorkerInfo:
+    """One worker of a pool as the ``workers`` command shows it.  ``alive``: its lock is held
+    (files) or its liveness key is there (Redis); ``running``: ids of the jobs it holds
+    started; ``held``: how many deliveries it holds in all (started or not); ``last_seen``: its
+    last sign of life (RFC 3339), as far as the transport records one."""
+
+    worker_id: str
+    pool: str | None
+    alive: bool
+    running: list = field(default_factory=list)
+    held: int = 0
+    last_seen: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"worker_id": self.worker_id, "pool": self.pool, "alive": self.alive,
+                "running": list(self.running), "held": self.held, "last_seen": self.last_seen}
 
 
 @dataclass

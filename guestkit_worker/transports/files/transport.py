@@ -62,11 +62,11 @@ class FileTransport(Transport):
 
     def __init__(self, jobs_dir: str, results_dir: str, worker_id: str, *, max_job_bytes: int,
                  durable: bool = True, once: bool = False, poll_interval: float = 1.0,
-                 observer: TransportObserver | None = None) -> None:
+                 observer: TransportObserver | None = None, pool: str | None = None) -> None:
         self.layout = L = Layout(jobs_dir, results_dir, worker_id)
         self.worker_id = worker_id
         observer = observer if observer is not None else TransportObserver()
-        self.lock = WorkerLock(L)
+        self.lock = WorkerLock(L, pool)
         self.names = ClaimedNames()
         self.job_ids = RunningIds(L)
         self.queue = FileQueue(L, self.lock, self.names, self.job_ids, observer, max_job_bytes=max_job_bytes,
@@ -141,7 +141,13 @@ class FileTransport(Transport):
 
     def reclaim(self, decide: ReclaimDecision, limit: int = 1 << 30, *,
                 unrecoverable: UnrecoverableReason | None = None) -> int:
+        self.lock.touch()  # the daemon reclaims every 30 s: its last sign of life for `workers`
         return self.reclaimer.reclaim(decide, limit, unrecoverable)
+
+    def workers(self) -> list:
+        """Every worker that has a lock file or a processing dir here (:mod:`.workers`)."""
+        from .workers import file_workers
+        return file_workers(self.layout)
 
     def depth(self) -> int:
         return self.queue.depth()

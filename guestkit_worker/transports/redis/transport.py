@@ -191,6 +191,11 @@ class RedisTransport(Transport):
     def job_status(self, job_id: str) -> JobStatus | None:
         return self.index.job_status(job_id)
 
+    def workers(self) -> list:
+        """The pool's workers, live and gone (:mod:`.workers`)."""
+        from .workers import redis_workers
+        return redis_workers(self.link)
+
     def list_jobs(self, *, status: str | None = None, operation: str | None = None,
                   limit: int = 100, page_token: str | None = None) -> Page:
         return self.index.list_jobs(status=status, operation=operation, limit=limit, page_token=page_token)
