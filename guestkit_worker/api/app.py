@@ -8,6 +8,7 @@ Order of checks for every request: the route (404), the token (401 with
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -35,6 +36,7 @@ ROUTES = (
     ("/api/v1/jobs/{id}/progress", re.compile(rf"/api/v1/jobs/{_ID}/progress"), {"GET": "progress"}),
     ("/api/v1/capabilities", re.compile(r"/api/v1/capabilities"), {"GET": "capabilities"}),
     ("/api/v1/health", re.compile(r"/api/v1/health"), {"GET": "health"}),
+    ("/api/v1/openapi.json", re.compile(r"/api/v1/openapi\.json"), {"GET": "openapi"}),
 )
 #: route label of requests that match no route
 UNMATCHED = "unmatched"
@@ -47,6 +49,13 @@ def match(path: str) -> tuple[str, dict[str, str] | None, dict[str, str]]:
         if found:
             return template, found.groupdict(), methods
     return UNMATCHED, None, {}
+
+
+@functools.lru_cache(maxsize=1)
+def _openapi_bytes() -> bytes:
+    """The OpenAPI document, rendered once (imported on first use: start-up stays light)."""
+    from .openapi import render
+    return render()
 
 
 def _media_type(value: str) -> str:
@@ -88,7 +97,7 @@ class ApiApp:
             log.exception("API %s %s: unexpected error", method, route)
             answer = Answer(500, error_body(ApiError(500, "INTERNAL_ERROR", "internal error; see the "
                                                                             "worker's log")))
-        body = encode(answer.body)
+        body = answer.body if isinstance(answer.body, bytes) else encode(answer.body)
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                    ("Cache-Control", "no-store")] + answer.headers
         start_response(status_line(answer.status), headers)
@@ -133,6 +142,8 @@ class ApiApp:
             return self.jobs.progress(job_id, query)
         if endpoint == "capabilities":
             return ok(self.capabilities())
+        if endpoint == "openapi":
+            return Answer(200, _openapi_bytes())
         healthy, body = self.health()
         return Answer(200 if healthy else 503, body)
 
