@@ -3,7 +3,7 @@ answer must be one the OpenAPI document (docs/openapi.json) describes, with its 
 type, body schema and headers; tokens must be required; other methods must get 405.
 
 The run is deterministic (a fixed seed and example count) and bounded in time; its summary
-line is printed, so ``pytest -s`` shows it."""
+line is printed, so ``pytest -s`` shows it.  Also here: the answers it led to fixing."""
 
 import re
 import subprocess
@@ -72,3 +72,19 @@ def test_schemathesis_finds_nothing_on_redis(dirs, served, tmp_path, redis_serve
     assert first.status == 202
     assert_conforms(api.url, tmp_path)
 
+
+# -- what it led to fixing ------------------------------------------------------------------
+
+def test_escaped_slash_in_a_job_id_stays_in_the_id(dirs, served):
+    """A job id is one path segment: ``%2F`` in it is not a path separator, so ``X%2Fresult``
+    is the job "X/result" (no such job), never job X's result, and DELETE of it is 404."""
+    api = served("run")
+    assert call(api.url, "POST", "/api/v1/jobs", doc=make_job("slash-job-0001")).status == 202
+    assert call(api.url, "GET", "/api/v1/jobs/slash-job-0001/result?wait=30").status == 200
+    for method in ("GET", "DELETE"):
+        reply = call(api.url, method, "/api/v1/jobs/slash-job-0001%2Fresult")
+        assert reply.status == 404, (method, reply)
+        assert reply.json["error"] == "NOT_FOUND" and reply.json["details"] == {"field": "job_id"}
+        assert reply.json["message"] == "no job with id slash-job-0001/result"
+    # escaped unreserved characters are the same path (RFC 3986)
+    assert call(api.url, "GET", "/api/v1/jobs/slash%2Djob%2D0001").json["data"]["job_id"] == "slash-job-0001"

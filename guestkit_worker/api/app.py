@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from typing import Any, Callable
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from .. import PROTOCOL_VERSION
 from ..http.auth import CHALLENGE, CHALLENGE_INVALID, TokenSet, bearer_token
@@ -42,12 +42,32 @@ ROUTES = (
 UNMATCHED = "unmatched"
 
 
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _unescape_unreserved(match_: re.Match) -> str:
+    char = chr(int(match_.group(1), 16))
+    return char if char in _UNRESERVED else match_.group(0)
+
+
+def request_path(environ: dict) -> str:
+    """The request's path with only its escaped unreserved characters decoded (RFC 3986
+    normalisation): an escaped ``/`` (``%2F``) stays inside its segment, so a job id holding
+    one cannot reach another route.  Without ``RAW_URI`` (another WSGI server): PATH_INFO."""
+    raw = environ.get("RAW_URI")
+    if not raw:
+        return environ.get("PATH_INFO", "")
+    return _ESCAPE.sub(_unescape_unreserved, raw.partition("?")[0].partition("#")[0])
+
+
 def match(path: str) -> tuple[str, dict[str, str] | None, dict[str, str]]:
-    """(route template, path parameters or None when nothing matched, methods)."""
+    """(route template, path parameters or None when nothing matched, methods) for a path as
+    :func:`request_path` gives it; the parameters are decoded (UTF-8)."""
     for template, pattern, methods in ROUTES:
         found = pattern.fullmatch(path)
         if found:
-            return template, found.groupdict(), methods
+            return template, {k: unquote(v, errors="replace") for k, v in found.groupdict().items()}, methods
     return UNMATCHED, None, {}
 
 
@@ -80,7 +100,7 @@ class ApiApp:
     def __call__(self, environ: dict, start_response: Callable) -> list:
         started = time.monotonic()
         method = environ.get("REQUEST_METHOD", "GET")
-        route, params, methods = match(environ.get("PATH_INFO", ""))
+        route, params, methods = match(request_path(environ))
         try:
             answer = self._answer(environ, method, params, methods)
         except ApiError as err:
