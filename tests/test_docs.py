@@ -174,10 +174,11 @@ def _statuses_listed(text):
 
 
 def test_exit_statuses_of_man_page_and_readme_are_the_exitcodes_table():
-    """The man page's EXIT STATUS (run; the job commands; prune; vulndb info) and the README's lists
-    give exactly the statuses of guestkit_worker/cli/exitcodes.py, in order."""
+    """The man page's EXIT STATUS (run; the job commands; prune; vulndb info; dead) and the README's
+    lists give exactly the statuses of guestkit_worker/cli/exitcodes.py, in order."""
     from guestkit_worker.cli import exitcodes as x
-    tables = [x.RUN_STATUSES, x.JOB_COMMAND_STATUSES, x.PRUNE_STATUSES, x.VULNDB_STATUSES]
+    tables = [x.RUN_STATUSES, x.JOB_COMMAND_STATUSES, x.PRUNE_STATUSES, x.VULNDB_STATUSES,
+              x.DEAD_STATUSES]
     with open(os.path.join(ROOT, "man", "guestkit-worker.1.in")) as fh:
         section = fh.read().split("[EXIT STATUS]\n", 1)[1].split("\n[", 1)[0]
     man = [tuple(int(n) for n in re.findall(r"^\.B (\d+)$", part, re.M))
@@ -188,4 +189,5 @@ def test_exit_statuses_of_man_page_and_readme_are_the_exitcodes_table():
               re.search(r"Their exit\s+status: (.*?)\n\n", text, re.S).group(1),
               re.search(r"Its exit status: (.*?)\.", text, re.S).group(1),
               re.search(r"Its exit status \(vulndb info\): (.*?)\.\n", text, re.S).group(1)]
+              re.search(r"`dead`'s exit status: (.*?)\.\n", text, re.S).group(1)]
     assert [_statuses_listed(p) for p in readme] == tables

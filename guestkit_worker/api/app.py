@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, unquote
 from .. import PROTOCOL_VERSION
 from ..http.auth import CHALLENGE, CHALLENGE_INVALID, TokenSet, bearer_token
 from ..transports.base import TransportUnavailable
+from .dead import DeadApi
 from .jobs import JobsApi
 from .metrics import ApiMetrics
 from .responses import Answer, ApiError, encode, error_body, ok, status_line
@@ -34,6 +35,10 @@ ROUTES = (
     ("/api/v1/jobs/{id}", re.compile(rf"/api/v1/jobs/{_ID}"), {"GET": "status", "DELETE": "cancel"}),
     ("/api/v1/jobs/{id}/result", re.compile(rf"/api/v1/jobs/{_ID}/result"), {"GET": "result"}),
     ("/api/v1/jobs/{id}/progress", re.compile(rf"/api/v1/jobs/{_ID}/progress"), {"GET": "progress"}),
+    ("/api/v1/dead", re.compile(r"/api/v1/dead/?"), {"GET": "dead_list"}),
+    ("/api/v1/dead/{entry}", re.compile(rf"/api/v1/dead/{_ID}"),
+     {"GET": "dead_show", "DELETE": "dead_purge"}),
+    ("/api/v1/dead/{entry}/requeue", re.compile(rf"/api/v1/dead/{_ID}/requeue"), {"POST": "dead_requeue"}),
     ("/api/v1/capabilities", re.compile(r"/api/v1/capabilities"), {"GET": "capabilities"}),
     ("/api/v1/health", re.compile(r"/api/v1/health"), {"GET": "health"}),
     ("/api/v1/openapi.json", re.compile(r"/api/v1/openapi\.json"), {"GET": "openapi"}),
@@ -89,8 +94,9 @@ class ApiApp:
 
     def __init__(self, jobs: JobsApi, *, capabilities: Callable[[], dict],
                  health: Callable[[], tuple[bool, dict]], tokens: TokenSet | None,
-                 max_body: int, metrics: ApiMetrics) -> None:
+                 max_body: int, metrics: ApiMetrics, dead: DeadApi | None = None) -> None:
         self.jobs = jobs
+        self.dead = dead
         self.capabilities = capabilities
         self.health = health
         self.tokens = tokens
@@ -160,12 +166,25 @@ class ApiApp:
             return self.jobs.result(job_id, query)
         if endpoint == "progress":
             return self.jobs.progress(job_id, query)
+        if endpoint.startswith("dead_"):
+            return self._dead(endpoint, job_id, query)
         if endpoint == "capabilities":
             return ok(self.capabilities())
         if endpoint == "openapi":
             return Answer(200, _openapi_bytes())
         healthy, body = self.health()
         return Answer(200 if healthy else 503, body)
+
+    def _dead(self, endpoint: str, entry: str | None, query: dict) -> Answer:
+        if self.dead is None:
+            raise ApiError(404, "NOT_FOUND", "this API serves no dead letters")
+        if endpoint == "dead_list":
+            return self.dead.list(query)
+        if endpoint == "dead_show":
+            return self.dead.show(entry)
+        if endpoint == "dead_requeue":
+            return self.dead.requeue(entry)
+        return self.dead.purge(entry)
 
     def _authenticate(self, environ: dict) -> None:
         token = bearer_token(environ.get("HTTP_AUTHORIZATION"))

@@ -3,7 +3,8 @@
 :func:`get_parser` only builds the parser (argparse-manpage imports it); reading the
 environment, logging set-up and everything else happens in :func:`main`, which hands each
 command to its module: :mod:`.run`, :mod:`.api`, :mod:`.documents` (validate, submit,
-list-operations), :mod:`.jobs` (the queue clients), :mod:`.prune` and :mod:`.vulndb`.  The options themselves
+list-operations), :mod:`.jobs` (the queue clients), :mod:`.dead` (dead letters), :mod:`.prune`,
+:mod:`.vulndb` and :mod:`.workers`.  The options themselves
 are in :mod:`.options`, the exit statuses in :mod:`.exitcodes`.
 """
 
@@ -27,7 +28,7 @@ from .options import (
 )
 
 COMMANDS = ("run", "api", "submit", "validate", "list-operations", "status", "result", "list", "cancel",
-            "prune", "vulndb", "workers")
+            "dead", "prune", "vulndb", "workers")
 
 
 def get_parser():
@@ -74,6 +75,8 @@ def get_parser():
                    description="Print each operation this worker serves and whether its engine is installed.")
     add_api_client_options(submit)
     add_client_commands(sub)
+    from .dead import add_dead_command
+    add_dead_command(sub)
     from .prune import add_prune_command
     add_prune_command(sub)
     from .vulndb import add_vulndb_command
@@ -100,6 +103,9 @@ def main(argv=None):
     if args.command in ("status", "result", "list", "cancel"):
         from .jobs import cmd_client
         return cmd_client(args)
+    if args.command == "dead":
+        from .dead import cmd_dead
+        return cmd_dead(args)
     if args.command == "validate":
         from .documents import cmd_validate
         return cmd_validate(args)

@@ -184,3 +184,45 @@ class Page:
 
     jobs: list = field(default_factory=list)
     next_page_token: str | None = None
+
+
+@dataclass
+class DeadLetter:
+    """One dead letter: a queue entry moved aside for good.  ``entry`` names it in the
+    transport's dead letters (a stream entry id, a file name in failed/); ``reason`` is a short
+    code (``not_json``, ``too_large``, ``no_job_id``, ``duplicate_job_id``, ...), ``detail`` one
+    line; ``job_id`` when known; ``dead_at`` an RFC 3339 UTC time stamp; ``raw`` the document's
+    bytes as they were queued (None when the entry kept none; only :meth:`dead_get` fills it)."""
+
+    entry: str
+    reason: str
+    detail: str
+    job_id: str | None
+    dead_at: str
+    raw: bytes | None = None
+
+    def to_dict(self) -> dict:
+        return {"entry": self.entry, "reason": self.reason, "detail": self.detail, "job_id": self.job_id,
+                "dead_at": self.dead_at}
+
+
+@dataclass
+class DeadPage:
+    """One page of :meth:`Transport.dead_list`, newest first."""
+
+    entries: list = field(default_factory=list)
+    next_page_token: str | None = None
+
+
+@dataclass
+class DeadRequeue:
+    """What :meth:`Transport.dead_requeue` did: ``queued`` (a new delivery waits at
+    ``location``; the dead letter is gone), ``not_found``, or ``refused`` with ``reason`` and
+    ``detail`` (the transport found, in the same step, that it cannot run: e.g. another entry
+    is the job of its id)."""
+
+    outcome: str
+    location: str | None = None
+    job_id: str | None = None
+    reason: str | None = None
+    detail: str | None = None

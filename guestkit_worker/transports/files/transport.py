@@ -14,6 +14,9 @@ from ...job.outcomes import QueuedJob
 from ...system.tempfiles import sweep_temp_files
 from ..base import (
     CancelledDocuments,
+    DeadLetter,
+    DeadPage,
+    DeadRequeue,
     Delivery,
     JobStatus,
     Outcome,
@@ -28,6 +31,7 @@ from ..base import (
 )
 from .cancels import CancelMarkers
 from .claimed import ClaimedNames
+from .dead import FileDeadLetters
 from .idempotency import FileIdempotency
 from .index import FileIndex
 from .jobids import RunningIds
@@ -48,8 +52,8 @@ class FileTransport(Transport):
     (:class:`~.liveness.WorkerLock`), ``names`` (:class:`~.claimed.ClaimedNames`), ``job_ids``
     (:class:`~.jobids.RunningIds`), ``queue`` (:class:`~.queue.FileQueue`), ``reclaimer``
     (:class:`~.reclaim.FileReclaimer`), ``results`` (:class:`~.results.FileResultStore`),
-    ``keys`` (:class:`~.idempotency.FileIdempotency`), ``index`` (:class:`~.index.FileIndex`)
-    and ``cancels`` (:class:`~.cancels.CancelMarkers`).
+    ``keys`` (:class:`~.idempotency.FileIdempotency`), ``index`` (:class:`~.index.FileIndex`),
+    ``cancels`` (:class:`~.cancels.CancelMarkers`) and ``dead`` (:class:`~.dead.FileDeadLetters`).
 
     durable: fsync results, retries and idempotency records (off only for tests and benches);
     once: fetch only the jobs present at the first fetch or depth (after open's recovery) and
@@ -76,6 +80,7 @@ class FileTransport(Transport):
         self.keys = FileIdempotency(L, self.results, self.lock.worker_alive, durable=durable)
         self.index = FileIndex(L, self.results, max_job_bytes=max_job_bytes, durable=durable)
         self.cancels = CancelMarkers(L)
+        self.dead = FileDeadLetters(L, max_job_bytes=max_job_bytes, durable=durable)
 
     @property
     def protected_paths(self) -> tuple:
@@ -239,6 +244,19 @@ class FileTransport(Transport):
             return
         if o.delivery.job_id is not None:
             self.cancels.settled(o.delivery.job_id)
+
+    # -- dead letters -------------------------------------------------------------------
+    def dead_list(self, limit: int = 100, page_token: str | None = None) -> DeadPage:
+        return self.dead.dead_list(limit, page_token)
+
+    def dead_get(self, entry: str) -> DeadLetter | None:
+        return self.dead.dead_get(entry)
+
+    def dead_requeue(self, entry: str) -> DeadRequeue:
+        return self.dead.dead_requeue(entry)
+
+    def dead_purge(self, entry: str) -> bool:
+        return self.dead.dead_purge(entry)
 
     # -- cancel -------------------------------------------------------------------------
     def cancel(self, job_id: str, cancelled: CancelledDocuments) -> str:
