@@ -149,6 +149,7 @@ def test_rpm_sqlite_skips_damaged_headers_and_refuses_junk(tmp_path):
         rpmdb.read_sqlite(str(junk))
 
 
+@pytest.mark.integration
 def test_rpm_berkeley_db_through_db_dump(tmp_path):
     """A real Berkeley DB hash file (db_load, as rpm's Packages: 4-byte keys, header values)."""
     good = header([(1000, 6, "bash"), (1001, 6, "4.2.46"), (1002, 6, "35.el7_9"), (1022, 6, "x86_64"),
