@@ -12,8 +12,9 @@ import uuid
 import pytest
 
 #: session fixtures for disk images (debian_image, guestfs_env) live in tests/fixtures_disk.py,
-#: a real redis-server (redis_server, redis_url, pool) in tests/redisfixture.py
-pytest_plugins = ["fixtures_disk", "redisfixture"]
+#: a real redis-server (redis_server, redis_url, pool) in tests/redisfixture.py, a real Kafka
+#: broker (kafka_broker, kafka_bootstrap) in tests/kafkafixture.py
+pytest_plugins = ["fixtures_disk", "redisfixture", "kafkafixture"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN_DIR = os.path.join(ROOT, "tests", "plugin")
