@@ -191,9 +191,16 @@ def build_debian_image(directory):
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     root = make_root_tree(os.path.join(directory, "rootfs"))
-    raw = os.path.join(directory, "debian12.raw")
-    fs_img = os.path.join(directory, "rootfs.ext4")
-    qcow2 = os.path.join(directory, "debian12.qcow2")
+    raw, qcow2 = image_from_root(root, directory, "debian12")
+    return {"raw": raw, "qcow2": qcow2, "expected": dict(EXPECTED), "raw_size": IMAGE_MIB * 1024 * 1024}
+
+
+def image_from_root(root, directory, stem):
+    """``STEM.raw`` (MBR, one ext4 partition holding the tree root) and its ``STEM.qcow2`` copy
+    in directory; returns (raw, qcow2)."""
+    raw = os.path.join(directory, f"{stem}.raw")
+    fs_img = os.path.join(directory, f"{stem}.ext4")
+    qcow2 = os.path.join(directory, f"{stem}.qcow2")
 
     image_bytes = IMAGE_MIB * 1024 * 1024
     part_sectors = image_bytes // SECTOR - PART_START_SECTOR
@@ -221,4 +228,4 @@ def build_debian_image(directory):
                 dst.write(block)
     os.unlink(fs_img)
     _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow2])
-    return {"raw": raw, "qcow2": qcow2, "expected": dict(EXPECTED), "raw_size": image_bytes}
+    return raw, qcow2

@@ -418,4 +418,4 @@ def test_list_operations_shows_engines():
     proc = cli("list-operations", check=0)
     lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
     assert lines["system.echo"].split()[1] == "available"
-    assert {"guestkit.inspect", "guestkit.convert", "test.sleep"} <= set(lines)
+    assert {"guestkit.inspect", "guestkit.convert", "guestkit.scan", "test.sleep"} <= set(lines)

@@ -11,6 +11,7 @@ from importlib import metadata
 from .convert import ConvertHandler
 from .echo import EchoHandler
 from .inspect import InspectHandler
+from .scan import ScanHandler
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def default_registry(load_plugins=True):
     reg.register(EchoHandler())
     reg.register(InspectHandler())
     reg.register(ConvertHandler())
+    reg.register(ScanHandler())
     if load_plugins:
         reg.load_entry_points()
     return reg
