@@ -188,6 +188,6 @@ def test_exit_statuses_of_man_page_and_readme_are_the_exitcodes_table():
     readme = [re.search(r"^Exit status: (.*?)\n\n", text, re.S | re.M).group(1),
               re.search(r"Their exit\s+status: (.*?)\n\n", text, re.S).group(1),
               re.search(r"Its exit status: (.*?)\.", text, re.S).group(1),
-              re.search(r"Its exit status \(vulndb info\): (.*?)\.\n", text, re.S).group(1)]
+              re.search(r"Its exit status \(vulndb info\): (.*?)\.\n", text, re.S).group(1),
               re.search(r"`dead`'s exit status: (.*?)\.\n", text, re.S).group(1)]
     assert [_statuses_listed(p) for p in readme] == tables
