@@ -26,6 +26,7 @@ of its files; a change re-indexes (one thread indexes, the others wait for its r
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -401,8 +402,14 @@ def load_database(path: str) -> OsvDatabase:
     started = time.monotonic()
     database = OsvDatabase(path)
     files = database_files(path)
-    for name in files:
-        (database.add_zip if name.endswith(".zip") else database.add_json_file)(name)
+    collecting = gc.isenabled()
+    gc.disable()  # the index is millions of acyclic objects: collections while it grows are waste
+    try:
+        for name in files:
+            (database.add_zip if name.endswith(".zip") else database.add_json_file)(name)
+    finally:
+        if collecting:
+            gc.enable()
     database.index_seconds = time.monotonic() - started
     if database.skipped or database.skipped_files:
         log.warning("vulnerability database %s: %d records and %d files skipped (first: %s)", path,
