@@ -26,10 +26,12 @@ of its files; a change re-indexes (one thread indexes, the others wait for its r
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import zipfile
@@ -74,11 +76,12 @@ class Record:
 
 class Affected:
     """One ``affected[]`` entry of one record: its ECOSYSTEM ranges as tuples of (event,
-    version) pairs, its listed versions, and its own severity (which overrides the record's)."""
+    version) pairs, its listed versions (a tuple), and its own severity (which overrides the
+    record's)."""
 
     __slots__ = ("record", "ranges", "versions", "severity", "labels")
 
-    def __init__(self, record: Record, ranges: tuple, versions: frozenset, severity: tuple = (),
+    def __init__(self, record: Record, ranges: tuple, versions: tuple, severity: tuple = (),
                  labels: tuple = ()):
         self.record, self.ranges, self.versions = record, ranges, versions
         self.severity, self.labels = severity, labels
@@ -91,7 +94,6 @@ class _Skip(Exception):
 _RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)\Z")
 _EVENT_KEYS = ("introduced", "fixed", "last_affected", "limit")
 _LABEL_KEYS = ("severity", "urgency")
-_NONE: frozenset = frozenset()
 
 
 def parse_timestamp(text) -> float:
@@ -129,17 +131,21 @@ def _typed(doc: dict, key: str, kind, default, where: str):
 
 
 def _strings(values, where: str) -> tuple:
-    if not all(isinstance(v, str) for v in values):
+    """``values`` as a tuple of interned strings (versions repeat across records)."""
+    if set(map(type, values)) - {str}:
         raise _Skip(f"{where} holds a value that is not a string")
-    return tuple(values)
+    return tuple(map(sys.intern, values))
 
 
 def _severity(doc: dict, where: str) -> tuple:
-    entries = _typed(doc, "severity", list, [], where)
+    entries = doc.get("severity")
+    if not entries:
+        return ()
+    if type(entries) is not list:
+        raise _Skip(f"{where}severity is {type(entries).__name__}, not list")
     out = []
     for item in entries:
-        if not isinstance(item, dict) or not isinstance(item.get("type"), str) \
-                or not isinstance(item.get("score"), str):
+        if type(item) is not dict or type(item.get("type")) is not str or type(item.get("score")) is not str:
             raise _Skip(f"{where}severity[] entry is not {{type: str, score: str}}")
         out.append((item["type"], item["score"]))
     return tuple(out)
@@ -147,44 +153,66 @@ def _severity(doc: dict, where: str) -> tuple:
 
 def _labels(doc: dict) -> tuple:
     """Severity words of database_specific / ecosystem_specific (ignored when not strings)."""
-    out = []
+    out = ()
     for section in ("ecosystem_specific", "database_specific"):
         part = doc.get(section)
-        if isinstance(part, dict):
-            out.extend(part[k] for k in _LABEL_KEYS if isinstance(part.get(k), str))
-    return tuple(out)
+        if type(part) is dict:
+            for key in _LABEL_KEYS:
+                word = part.get(key)
+                if type(word) is str:
+                    out += (word,)
+    return out
+
+
+def _events(events, where: str) -> tuple:
+    if type(events) is not list:
+        raise _Skip(f"{where}ranges[].events is {type(events).__name__}, not list")
+    parsed = []
+    for event in events:
+        if type(event) is not dict or len(event) != 1:
+            raise _Skip(f"{where}ranges[].events[] entry is not one {{kind: version}}")
+        (kind, version), = event.items()
+        if kind not in _EVENT_KEYS or type(version) is not str:
+            raise _Skip(f"{where}ranges[].events[] has {kind!r}: {type(version).__name__}")
+        parsed.append((kind, sys.intern(version)))
+    return tuple(parsed)
 
 
 def _ranges(entry: dict, where: str) -> tuple:
+    ranges = entry.get("ranges")
+    if not ranges:
+        return ()
+    if type(ranges) is not list:
+        raise _Skip(f"{where}ranges is {type(ranges).__name__}, not list")
     out = []
-    for rng in _typed(entry, "ranges", list, [], where):
-        if not isinstance(rng, dict) or not isinstance(rng.get("type"), str):
+    for rng in ranges:
+        if type(rng) is not dict or type(rng.get("type")) is not str:
             raise _Skip(f"{where}ranges[] entry has no string type")
-        events = _typed(rng, "events", list, [], where + "ranges[].")
-        parsed = []
-        for event in events:
-            if not isinstance(event, dict) or len(event) != 1:
-                raise _Skip(f"{where}ranges[].events[] entry is not one {{kind: version}}")
-            (kind, version), = event.items()
-            if kind not in _EVENT_KEYS or not isinstance(version, str):
-                raise _Skip(f"{where}ranges[].events[] has {kind!r}: {type(version).__name__}")
-            parsed.append((kind, version))
-        if rng["type"] == "ECOSYSTEM" and parsed:
-            out.append(tuple(parsed))
+        events = _events(rng.get("events") or [], where)
+        if rng["type"] == "ECOSYSTEM" and events:
+            out.append(events)
     return tuple(out)
 
 
-def _affected(entry, record: Record) -> tuple[str, str, Affected]:
-    if not isinstance(entry, dict):
+def _affected(entry, record: Record) -> tuple[str, str, Affected] | None:
+    """(ecosystem, name, Affected) of one affected[] entry; None when it can match nothing
+    (no ECOSYSTEM range and no versions)."""
+    if type(entry) is not dict:
         raise _Skip("affected[] entry is not an object")
-    package = _typed(entry, "package", dict, {}, "affected[].")
-    ecosystem, name = package.get("ecosystem"), package.get("name")
-    if not isinstance(ecosystem, str) or not isinstance(name, str):
+    package = entry.get("package")
+    if type(package) is not dict or type(package.get("ecosystem")) is not str \
+            or type(package.get("name")) is not str:
         raise _Skip("affected[].package has no string ecosystem and name")
-    versions = _strings(_typed(entry, "versions", list, [], "affected[]."), "affected[].versions")
-    item = Affected(record, _ranges(entry, "affected[]."), frozenset(versions) if versions else _NONE,
-                    _severity(entry, "affected[]."), _labels(entry))
-    return ecosystem, name, item
+    listed = entry.get("versions") or []
+    if type(listed) is not list:
+        raise _Skip(f"affected[].versions is {type(listed).__name__}, not list")
+    versions = _strings(listed, "affected[].versions")
+    ranges = _ranges(entry, "affected[].")
+    severity = _severity(entry, "affected[].")
+    if not ranges and not versions:
+        return None
+    item = Affected(record, ranges, versions, severity, _labels(entry))
+    return sys.intern(package["ecosystem"]), sys.intern(package["name"]), item
 
 
 def parse_record(doc) -> tuple[Record, list] | None:
@@ -205,6 +233,7 @@ def parse_record(doc) -> tuple[Record, list] | None:
         record = Record(rid, aliases, summary[:300], modified, _severity(doc, where), _labels(doc))
         withdrawn = _typed(doc, "withdrawn", str, "", where)
         entries = [_affected(e, record) for e in _typed(doc, "affected", list, [], where)]
+        entries = [e for e in entries if e is not None]
     except _Skip as exc:
         raise _Skip(str(exc) if str(exc).startswith(where) else where + str(exc)) from None
     return (record, entries) if not withdrawn else (record, None)
@@ -373,8 +402,14 @@ def load_database(path: str) -> OsvDatabase:
     started = time.monotonic()
     database = OsvDatabase(path)
     files = database_files(path)
-    for name in files:
-        (database.add_zip if name.endswith(".zip") else database.add_json_file)(name)
+    collecting = gc.isenabled()
+    gc.disable()  # the index is millions of acyclic objects: collections while it grows are waste
+    try:
+        for name in files:
+            (database.add_zip if name.endswith(".zip") else database.add_json_file)(name)
+    finally:
+        if collecting:
+            gc.enable()
     database.index_seconds = time.monotonic() - started
     if database.skipped or database.skipped_files:
         log.warning("vulnerability database %s: %d records and %d files skipped (first: %s)", path,

@@ -3,10 +3,13 @@
 Public API::
 
     compare(kind: str, a: str, b: str) -> int      # -1, 0 or 1; kind is model.DPKG/RPM/APK
-    sort_key(kind: str) -> Callable[[str], object]  # a functools.cmp_to_key wrapper for sorted()
+    sort_key(kind: str) -> Callable[[str], object]  # a key function for sorted()
+    key(kind: str, version: str) -> object          # one version's sort key
 
-* dpkg: python-debian's ``Version`` (epochs, ``~`` before everything, ``+deb12u4`` <
-  ``+deb12u10``); a version dpkg would refuse raises ``ValueError``.
+* dpkg: python-debian's ``Version`` parses and checks it (a version dpkg would refuse raises
+  ``ValueError``); the order is dpkg's own (epochs, ``~`` before everything, letters before
+  other characters, digit runs as numbers: ``+deb12u4`` < ``+deb12u10``), computed as a tuple
+  once per version so that comparisons are cheap.
 * rpm: ``[EPOCH:]VERSION[-RELEASE]`` compared part by part with rpmvercmp's rules: runs of
   digits numerically, runs of letters by byte order, a digit run beats a letter run, ``~``
   sorts before anything (even the end) and ``^`` after the end but before anything else.  A
@@ -29,18 +32,56 @@ from typing import Callable
 from .model import APK, DPKG, RPM
 
 # -- dpkg ------------------------------------------------------------------------------------
+# python-debian parses and checks the version (epoch, upstream, revision); the order is dpkg's
+# verrevcmp turned into a tuple once per version, so a comparison is a C-level tuple comparison
+# (the matcher compares each installed version with thousands of bounds).
 
 
-@functools.lru_cache(maxsize=65536)
-def _dpkg_version(text: str):
+def _dpkg_weight(char: str) -> int:
+    """dpkg's order of one character of a non-digit run: ~ first, then the end, letters, others."""
+    if char == "~":
+        return -1
+    return ord(char) if char.isalpha() else ord(char) + 256
+
+
+_DPKG_END = ((0,), 0)  # an empty non-digit run and no digits: what a part that ended compares as
+
+
+def _dpkg_part_key(text: str) -> tuple:
+    """The upstream version or revision as ((weights of a non-digit run + end, digits), ...,
+    _DPKG_END): runs compare weight by weight, digit runs as numbers, and a version that ended
+    as _DPKG_END against the other's next part.  Only the first pair can have an empty run (every
+    later one follows a digit run), so no pair but the last equals _DPKG_END, which is what
+    makes plain tuple comparison right for versions of different lengths."""
+    pairs = []
+    pos = 0
+    while pos < len(text):
+        start = pos
+        while pos < len(text) and not text[pos].isdigit():
+            pos += 1
+        letters = tuple(_dpkg_weight(c) for c in text[start:pos]) + (0,)
+        start = pos
+        while pos < len(text) and text[pos].isdigit():
+            pos += 1
+        pairs.append((letters, int(text[start:pos] or 0)))
+    if not pairs:
+        pairs.append(_DPKG_END)  # "" is "0": both start with the neutral pair
+    pairs.append(_DPKG_END)
+    return tuple(pairs)
+
+
+@functools.lru_cache(maxsize=131072)
+def _dpkg_key(text: str) -> tuple:
     from debian.debian_support import Version  # optional extra "scan"
 
-    return Version(text)
+    version = Version(text)  # ValueError for a version dpkg would refuse
+    return (int(version.epoch or 0), _dpkg_part_key(version.upstream_version or ""),
+            _dpkg_part_key(version.debian_revision or ""))
 
 
 def _dpkg_compare(a: str, b: str) -> int:
-    va, vb = _dpkg_version(a), _dpkg_version(b)
-    return (va > vb) - (va < vb)
+    ka, kb = _dpkg_key(a), _dpkg_key(b)
+    return (ka > kb) - (ka < kb)
 
 
 # -- rpm -------------------------------------------------------------------------------------
@@ -237,4 +278,19 @@ def compare(kind: str, a: str, b: str) -> int:
 
 def sort_key(kind: str) -> Callable[[str], object]:
     """A key for ``sorted()`` that orders version strings of ``kind``."""
+    if kind == DPKG:
+        return _dpkg_key
     return functools.cmp_to_key(functools.partial(compare, kind))
+
+
+def key(kind: str, version: str):
+    """An object that orders like ``version`` among versions of ``kind`` (a tuple for dpkg,
+    computed once per version; a comparison wrapper for rpm and apk).  ValueError as compare."""
+    if kind == DPKG:
+        return _dpkg_key(version)
+    if kind not in _COMPARERS:
+        compare(kind, version, version)  # raises the unknown-kind error
+    return _WRAPPERS[kind](version)
+
+
+_WRAPPERS = {kind: functools.cmp_to_key(fn) for kind, fn in ((RPM, _rpm_compare), (APK, _apk_compare))}
