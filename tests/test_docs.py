@@ -55,6 +55,9 @@ def test_man_l_renders(tmp_path):
                           env=dict(os.environ, MANPAGER="cat", MANWIDTH="80", LC_ALL="C.UTF-8"))
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert re.search(r"guestkit-worker\s+-\s+run guestkit VM disk-image jobs", proc.stdout)
+    # no word is hyphenated across lines: metavars (SECONDS), variables and paths are read whole
+    broken = re.findall(r"\S*\u2010\n\s*\S*", proc.stdout)
+    assert not broken, broken
 
 
 @pytest.mark.integration
@@ -188,3 +191,13 @@ def test_exit_statuses_of_man_page_and_readme_are_the_exitcodes_table():
               re.search(r"Their exit\s+status: (.*?)\n\n", text, re.S).group(1),
               re.search(r"Its exit status: (.*?)\.", text, re.S).group(1)]
     assert [_statuses_listed(p) for p in readme] == tables
+
+
+def test_top_level_help_names_the_transports_and_once():
+    """``guestkit-worker --help`` is the first thing a user reads: it says that the worker runs
+    without a command, from a jobs directory or Redis, and how to run it once (--once)."""
+    from guestkit_worker.cli.main import get_parser
+    text = " ".join(get_parser().format_help().split())
+    for words in ("jobs directory", "--transport redis", "--once", "Without a COMMAND the worker runs",
+                  "run --help"):
+        assert words in text, words
