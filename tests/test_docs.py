@@ -201,3 +201,15 @@ def test_top_level_help_names_the_transports_and_once():
     for words in ("jobs directory", "--transport redis", "--once", "Without a COMMAND the worker runs",
                   "run --help"):
         assert words in text, words
+
+
+@pytest.mark.integration
+def test_a_run_in_the_checkout_leaves_nothing_for_git_to_show():
+    """``guestkit-worker`` run in a checkout with the default directories (./jobs, ./results,
+    ./work) and the README's demo (./demo, ./.venv) leave nothing ``git status`` would list."""
+    paths = ["jobs/a.json", "results/a-result.json", "work/x", "demo/jobs/a.json", ".venv/bin/python"]
+    proc = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True,
+                          text=True)
+    if proc.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert proc.stdout.split() == paths
