@@ -55,6 +55,9 @@ def test_man_l_renders(tmp_path):
                           env=dict(os.environ, MANPAGER="cat", MANWIDTH="80", LC_ALL="C.UTF-8"))
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert re.search(r"guestkit-worker\s+-\s+run guestkit VM disk-image jobs", proc.stdout)
+    # no word is hyphenated across lines: metavars (SECONDS), variables and paths are read whole
+    broken = re.findall(r"\S*\u2010\n\s*\S*", proc.stdout)
+    assert not broken, broken
 
 
 @pytest.mark.integration
@@ -191,3 +194,25 @@ def test_exit_statuses_of_man_page_and_readme_are_the_exitcodes_table():
               re.search(r"Its exit status \(vulndb info\): (.*?)\.\n", text, re.S).group(1),
               re.search(r"`dead`'s exit status: (.*?)\.\n", text, re.S).group(1)]
     assert [_statuses_listed(p) for p in readme] == tables
+
+
+def test_top_level_help_names_the_transports_and_once():
+    """``guestkit-worker --help`` is the first thing a user reads: it says that the worker runs
+    without a command, from a jobs directory or Redis, and how to run it once (--once)."""
+    from guestkit_worker.cli.main import get_parser
+    text = " ".join(get_parser().format_help().split())
+    for words in ("jobs directory", "--transport redis", "--once", "Without a COMMAND the worker runs",
+                  "run --help"):
+        assert words in text, words
+
+
+@pytest.mark.integration
+def test_a_run_in_the_checkout_leaves_nothing_for_git_to_show():
+    """``guestkit-worker`` run in a checkout with the default directories (./jobs, ./results,
+    ./work) and the README's demo (./demo, ./.venv) leave nothing ``git status`` would list."""
+    paths = ["jobs/a.json", "results/a-result.json", "work/x", "demo/jobs/a.json", ".venv/bin/python"]
+    proc = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True,
+                          text=True)
+    if proc.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert proc.stdout.split() == paths

@@ -36,7 +36,11 @@ def get_parser():
     parser = argparse.ArgumentParser(
         prog="guestkit-worker",
         description="Run guestkit job protocol v1.0 jobs (VM disk inspection and conversion) from a jobs "
-                    "directory, with Prometheus metrics, a health endpoint and cron-friendly one-shot runs.")
+                    "directory or a Redis Streams pool (--transport redis), with Prometheus metrics, a "
+                    "health endpoint, a REST API (--api-addr) and cron-friendly one-shot runs (--once). "
+                    "Without a COMMAND the worker runs (run): as a daemon, or with --once it runs the "
+                    "jobs waiting now and exits.  run --help lists every option of the worker, "
+                    "COMMAND --help those of a command.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from .jobs import DEFAULT_WAIT, add_client_commands
