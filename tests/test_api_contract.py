@@ -14,7 +14,7 @@ import sys
 import pytest
 from apikit import call, served, write_tokens  # noqa: F401 (fixture)
 from conftest import make_job, require, worker_env
-from redisfixture import pool, redis_server  # noqa: F401 (fixtures)
+from redisfixture import require_redis_py
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +68,7 @@ def test_schemathesis_finds_nothing_on_files(dirs, served, tmp_path):
 
 
 def test_schemathesis_finds_nothing_on_redis(dirs, served, tmp_path, redis_server, pool):
+    require_redis_py()
     api = served("run", "--transport", "redis", "--redis-url", redis_server.url, "--pool", pool,
                  "--api-token-file", write_tokens(tmp_path, TOKEN))
     first = call(api.url, "POST", "/api/v1/jobs", doc=make_job("contract-redis-0001"), token=TOKEN)
