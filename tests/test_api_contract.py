@@ -91,3 +91,57 @@ def test_escaped_slash_in_a_job_id_stays_in_the_id(dirs, served):
         assert reply.json["message"] == "no job with id slash-job-0001/result"
     # escaped unreserved characters are the same path (RFC 3986)
     assert call(api.url, "GET", "/api/v1/jobs/slash%2Djob%2D0001").json["data"]["job_id"] == "slash-job-0001"
+
+
+def _conforms(reply, path, method="get"):
+    """Check an answer against the document's schema for its path, method and status."""
+    from jsonschema import Draft202012Validator
+
+    from guestkit_worker.api.openapi import document
+    doc = document()
+    answer = doc["paths"][path][method]["responses"][str(reply.status)]
+    if "$ref" in answer:
+        answer = doc["components"]["responses"][answer["$ref"].rsplit("/", 1)[1]]
+    schema = {"components": doc["components"], **answer["content"]["application/json"]["schema"]}
+    errors = [e.message for e in Draft202012Validator(schema).iter_errors(reply.json)]
+    assert errors == [], (path, reply.status, errors, reply.json)
+
+
+@pytest.mark.parametrize("transport", ["files", "redis"])
+def test_every_final_status_answers_as_the_document_says(dirs, served, transport, request):
+    """The outcomes schemathesis cannot make (a handler that raises, a timeout, a cancel while
+    running, a job the worker rejects): their result and status match the document."""
+    from conftest import wait_for, write_job
+    where = ()
+    if transport == "redis":
+        require_redis_py()
+        where = ("--transport", "redis", "--redis-url", request.getfixturevalue("redis_server").url,
+                 "--pool", request.getfixturevalue("pool"))
+    worker = served("run", *where)
+    jobs = {"completed": make_job("final-completed-01"),
+            "failed": make_job("final-failed-0001", operation="test.raise", data={"message": "boom"}),
+            "timeout": make_job("final-timeout-001", operation="test.sleep", data={"seconds": 60},
+                                execution={"timeout_seconds": 1}),
+            "cancelled": make_job("final-cancel-0001", operation="test.sleep", data={"seconds": 60})}
+    for doc in jobs.values():
+        assert call(worker.url, "POST", "/api/v1/jobs", doc=doc).status == 202
+    wait_for(lambda: call(worker.url, "GET", "/api/v1/jobs/final-cancel-0001").json["data"]["status"]
+             == "running", timeout=60, what="the job to run")
+    assert call(worker.url, "DELETE", "/api/v1/jobs/final-cancel-0001").status == 202
+    if transport == "files":  # a job file that the API would have refused: the worker refuses it
+        write_job(dirs.jobs, make_job("final-reject-0001", operation="no.such-op"))
+        jobs["failed at admission"] = {"job_id": "final-reject-0001"}
+    for status, doc in jobs.items():
+        path = f"/api/v1/jobs/{doc['job_id']}"
+        result = call(worker.url, "GET", path + "/result?wait=30", timeout=60)
+        assert result.status == 200 and result.json["data"]["status"] == status.split()[0], result
+        _conforms(result, "/api/v1/jobs/{id}/result")
+        if status != "completed":
+            assert result.json["data"]["error"]["code"], result
+        job = call(worker.url, "GET", path)
+        _conforms(job, "/api/v1/jobs/{id}")
+        assert job.json["data"]["status"] == {"failed at admission": "rejected"}.get(status, status)
+    _conforms(call(worker.url, "GET", "/api/v1/jobs"), "/api/v1/jobs")
+    progress = call(worker.url, "GET", "/api/v1/jobs/final-failed-0001/progress")
+    _conforms(progress, "/api/v1/jobs/{id}/progress")
+    _conforms(call(worker.url, "GET", "/api/v1/health"), "/api/v1/health")
