@@ -40,13 +40,12 @@ import json
 import ssl
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, TypedDict
 from urllib.parse import quote, urlencode, urlsplit
 
-__all__ = ["Client", "Submission", "Reply", "ClientError", "Unreachable", "ClientConfigError", "BadUrl",
-           "NotAnApi",
-           "NotFinished", "ApiError", "Invalid", "Unauthorized", "NotFound", "Conflict", "Unavailable",
-           "OutcomeUnknown", "error_for", "poll_result", "read_token"]
+__all__ = ["Client", "Submission", "Reply", "JobStatus", "Page", "ClientError", "Unreachable",
+           "ClientConfigError", "BadUrl", "NotAnApi", "NotFinished", "ApiError", "Invalid", "Unauthorized",
+           "NotFound", "Conflict", "Unavailable", "OutcomeUnknown", "error_for", "poll_result", "read_token"]
 
 JOBS_PATH = "/api/v1/jobs"
 #: Longest single ``?wait=`` the API honours, in seconds.
@@ -175,6 +174,27 @@ class Reply(NamedTuple):
 
     status: int
     body: Any
+
+
+class JobStatus(TypedDict):
+    """A job as ``status()`` and ``list()`` show it (times are RFC 3339 UTC, None until known)."""
+
+    job_id: str
+    status: str  #: pending, running, completed, failed, timeout, cancelled or rejected
+    operation: str | None
+    attempt: int | None
+    worker_id: str | None
+    submitted_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    error: dict | None
+
+
+class Page(TypedDict):
+    """One page of ``list()``: its jobs, newest first, and the token of the next (None: last)."""
+
+    jobs: list[JobStatus]
+    next_page_token: str | None
 
 
 class Submission(NamedTuple):
@@ -388,7 +408,7 @@ class Client:
         data = self._data(reply, 200, 202)
         return Submission(data["job_id"], data["status"], reply.status == 202)
 
-    def status(self, job_id: str) -> dict:
+    def status(self, job_id: str) -> JobStatus:
         """A job's status: ``job_id``, ``status``, ``operation``, ``attempt``, ``worker_id``,
         ``submitted_at``, ``started_at``, ``completed_at``, ``error``.  NotFound when unknown."""
         return self._data(self.request("GET", self.job_path(job_id)), 200)
@@ -422,14 +442,14 @@ class Client:
         return self._data(self.request("DELETE", self.job_path(job_id)), 200, 202)
 
     def list(self, *, status: str | None = None, operation: str | None = None,
-             limit: int | None = None, page_token: str | None = None) -> dict:
+             limit: int | None = None, page_token: str | None = None) -> Page:
         """One page of jobs, newest first: ``{"jobs": [status, ...], "next_page_token": ...}``
         (None on the last page).  Invalid names a parameter it refused."""
         query = {k: v for k, v in (("status", status), ("operation", operation), ("limit", limit),
                                    ("page_token", page_token)) if v is not None}
         return self._data(self.request("GET", JOBS_PATH + (f"?{urlencode(query)}" if query else "")), 200)
 
-    def jobs(self, *, status: str | None = None, operation: str | None = None) -> Iterator[dict]:
+    def jobs(self, *, status: str | None = None, operation: str | None = None) -> Iterator[JobStatus]:
         """Every job (newest first), page after page."""
         token = None
         while True:

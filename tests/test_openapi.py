@@ -69,3 +69,18 @@ def test_served_document_is_the_kept_one_behind_the_tokens(dirs, served, tmp_pat
     head = call(api.url, "HEAD", OPENAPI_PATH, token="doc-token-0001")
     assert head.status == 200 and head.body == b""
     assert head.headers["content-length"] == str(len(reply.body))
+
+
+def test_every_status_the_endpoints_raise_is_described():
+    """Each ``ApiError(STATUS`` of the API's modules is an answer of some operation (405 is the
+    answer to methods the document leaves out, 500 the one no operation promises)."""
+    import glob
+    import re
+    raised = set()
+    for path in glob.glob(os.path.join(ROOT, "guestkit_worker", "api", "*.py")):
+        with open(path, encoding="utf-8") as fh:
+            raised |= set(re.findall(r"ApiError\((\d{3})", fh.read()))
+    described = {status for item in document()["paths"].values() for op in item.values()
+                 for status in op["responses"]}
+    assert raised - {"405", "500"} <= described, sorted(raised - described)
+    assert {"400", "401", "404", "409", "413", "422", "503", "504"} <= raised

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import PROTOCOL_VERSION, __version__
 from ..job.protocol import JOB_ID_RE, OPERATION_RE, PAYLOAD_TYPE_RE
-from ..job.states import FINAL_STATUSES, JOB_STATUSES
+from ..job.states import JOB_STATUSES, RESULT_STATUSES
 from .limits import DEFAULT_PAGE, MAX_PAGE, MAX_PROGRESS_AFTER, MAX_WAIT
 
 #: The path this document is served at.
@@ -69,7 +69,7 @@ def _schemas() -> dict:
             "job_id": {"type": "string"}, "status": statuses, "operation": text_or_null,
             "attempt": _nullable("integer"), "worker_id": text_or_null,
             "submitted_at": text_or_null, "started_at": text_or_null, "completed_at": text_or_null,
-            "error": {"type": ["object", "null"]}}}
+            "error": _ref("schemas", "JobErrorOrNull")}}
     return {
         "Error": {
             "type": "object", "required": ["success", "error", "message"], "additionalProperties": False,
@@ -86,10 +86,13 @@ def _schemas() -> dict:
         "JobRef": {"type": "object", "required": ["job_id", "status"], "additionalProperties": False,
                    "properties": {"job_id": {"type": "string"}, "status": statuses,
                                   "cancel_requested": {"type": "boolean"}}},
-        "Result": {"type": "object", "required": ["job_id", "status"],
-                   "description": "The stored result document, as the worker wrote it.",
-                   "properties": {"job_id": {"type": "string"},
-                                  "status": {"type": "string", "enum": sorted(FINAL_STATUSES)}}},
+        "JobError": {"type": "object", "required": ["code", "message"],
+                     "description": "Why a job failed, timed out, was cancelled or rejected.",
+                     "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                                    "phase": {"type": "string"}, "recoverable": {"type": "boolean"},
+                                    "retry_recommended": {"type": "boolean"}, "details": {"type": "object"}}},
+        "JobErrorOrNull": {"anyOf": [_ref("schemas", "JobError"), {"type": "null"}]},
+        "Result": _result(),
         "Page": {"type": "object", "required": ["jobs", "next_page_token"], "additionalProperties": False,
                  "properties": {"jobs": {"type": "array", "items": _ref("schemas", "JobStatus")},
                                 "next_page_token": text_or_null}},
@@ -108,6 +111,25 @@ def _schemas() -> dict:
                                       "type": "object", "required": ["ok"],
                                       "properties": {"ok": {"type": "boolean"}}}}}},
     }
+
+
+def _result() -> dict:
+    text_or_null = _nullable("string")
+    summary = {"type": "object", "properties": {
+        "started_at": text_or_null, "duration_seconds": {"type": "number", "minimum": 0},
+        "attempt": {"type": "integer", "minimum": 1}, "idempotency_key": text_or_null}}
+    outputs = {"type": "object", "properties": {"primary": {}, "artifacts": {"type": "array"}}}
+    return {"type": "object", "required": ["job_id", "status", "worker_id", "error"],
+            "description": "The stored result document, as the worker wrote it (completed_at when it "
+                           "completed, else failed_at); a job refused when a worker took it (status "
+                           "rejected) has a failed result whose error.phase is validation.",
+            "properties": {"job_id": {"type": "string"},
+                           "status": {"type": "string", "enum": list(RESULT_STATUSES)},
+                           "completed_at": {"type": "string"}, "failed_at": {"type": "string"},
+                           "worker_id": {"type": "string"}, "operation": text_or_null,
+                           "execution_summary": summary, "outputs": outputs,
+                           "error": _ref("schemas", "JobErrorOrNull"),
+                           "observability": {"type": ["object", "null"]}, "data": {}}}
 
 
 def _capabilities() -> dict:
