@@ -211,3 +211,27 @@ def test_redis_requeue_of_a_duplicate_is_refused_and_of_an_unrun_job_follows_it(
         assert t.job_status(routed["job_id"]).status == "pending" and t.depth() == 1
     finally:
         t.close()
+
+
+def test_redis_a_listing_never_carries_the_documents(dirs, request):
+    """Listing 20 dead letters of 2 MB each sends their reasons, not their 40 MB of documents
+    (Redis's own count of bytes sent); showing one gives its size, not 2 MB of text."""
+    from guestkit_worker.transports.redis import Keys, RedisTransport
+    queue = Queue("redis", dirs, request)
+    client = queue.server.client()
+    big = b'{"job_id": "huge-dead-0001", "pad": "' + b"p" * (2 << 20) + b'"}'
+    for i in range(20):
+        client.xadd(Keys(queue.pool).dead, {"reason": "too_large", "detail": "2 MB", "entry": f"1-{i}",
+                                            "job": big})
+    t = RedisTransport(queue.server.url, "dead-lister", pool=queue.pool)
+    try:
+        before = client.info("stats")["total_net_output_bytes"]
+        page = t.dead_list(limit=20)
+        sent = client.info("stats")["total_net_output_bytes"] - before
+        assert len(page.entries) == 20 and sent < 100_000, sent
+        assert page.entries[0].job_id is None  # not read from a document over 64 KiB
+    finally:
+        t.close()
+    shown = queue.dead("show", page.entries[0].entry)
+    data = json.loads(shown.stdout)
+    assert data["size"] == len(big) and data["document"] is None, shown
