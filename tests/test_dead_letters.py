@@ -235,3 +235,25 @@ def test_redis_a_listing_never_carries_the_documents(dirs, request):
     shown = queue.dead("show", page.entries[0].entry)
     data = json.loads(shown.stdout)
     assert data["size"] == len(big) and data["document"] is None, shown
+
+
+def test_redis_requeue_goes_by_the_documents_job_id_not_the_entrys_field(dirs, request):
+    """A dead letter whose job_id field names another job than its document (a producer's own
+    XADD) is queued under the document's id; the other job's state is left alone."""
+    from guestkit_worker.transports.redis import Keys, RedisTransport
+    queue = Queue("redis", dirs, request)
+    t = RedisTransport(queue.server.url, "dead-field", pool=queue.pool)
+    try:
+        other = make_job("field-named-0001")
+        t.submit(other)
+        mine = make_job("document-says-01")
+        queue.server.client().xadd(Keys(queue.pool).dead, {
+            "reason": "rejected", "detail": "x", "entry": "1-1", "job": json.dumps(mine),
+            "job_id": other["job_id"]})
+        [letter] = t.dead_list().entries
+        done = t.dead_requeue(letter.entry)
+        assert (done.outcome, done.job_id) == ("queued", mine["job_id"]), done
+        assert t.job_status(mine["job_id"]).status == "pending"
+        assert t.job_status(other["job_id"]).status == "pending" and t.depth() == 2
+    finally:
+        t.close()

@@ -41,7 +41,7 @@ class RedisDeadLetters:
         """One dead letter with its document, from its stream entry."""
         f = entry_fields(fields)
         raw = f.get(b"job")
-        job_id = text(f[b"job_id"]) if f.get(b"job_id") else job_id_of(raw, self.max_job_bytes)
+        job_id = job_id_of(raw, self.max_job_bytes) or peek_job_id({"job_id": text(f.get(b"job_id") or b"")})
         entry = text(eid)
         return DeadLetter(entry, text(f.get(b"reason") or b"unknown"), text(f.get(b"detail") or b""), job_id,
                           _stamp(entry), raw)
@@ -79,13 +79,12 @@ class RedisDeadLetters:
         if letter is None:
             return DeadRequeue("not_found")
         link, k = self.link, self.link.k
-        job_id, args = letter.job_id, ["", "", "1", "1"]
-        try:
+        try:  # the document's own job id decides, never the entry's job_id field
             doc = decode_job_bytes(letter.raw or b"", max(self.max_job_bytes, len(letter.raw or b"")))
         except JobFileError:
-            doc, job_id = None, None
-        if doc is not None and job_id is not None:
-            args = [digest(doc), *hash_facts(doc)]
+            doc = None
+        job_id = peek_job_id(doc)
+        args = [digest(doc), *hash_facts(doc)] if job_id is not None else ["", "", "1", "1"]
         keys = [k.dead, k.jobs, k.index] + ([k.job(job_id)] if job_id else [])
         with link.guard("dead_letter"):
             reply = link.s.dead_requeue(keys=keys, args=[entry, job_id or "", *args, stamp()])
