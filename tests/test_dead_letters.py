@@ -4,6 +4,7 @@ purge`` and the /api/v1/dead endpoints show them, refuse to queue the one that s
 run, queue the other again (a worker with a larger limit then completes it) and purge."""
 
 import json
+import os
 import re
 from urllib.parse import quote
 
@@ -257,3 +258,23 @@ def test_redis_requeue_goes_by_the_documents_job_id_not_the_entrys_field(dirs, r
         assert t.job_status(other["job_id"]).status == "pending" and t.depth() == 2
     finally:
         t.close()
+
+
+def test_files_a_dead_letter_whose_name_is_not_ascii_is_listed_and_addressed(dirs, request):
+    """Job files named in another script (or with bytes that are not UTF-8, or a %) are listed
+    with %XX escapes, and show, requeue and purge find them by that one spelling."""
+    queue = Queue("files", dirs, request)
+    for name in ("\u00e9t\u00e9-1", "100%-2"):
+        queue.inject(b"not json", name)
+    with open(os.path.join(dirs.jobs, b"raw-\xff-3.json".decode("utf-8", "surrogateescape")), "wb") as fh:
+        fh.write(b"[]")
+    queue.run_once()
+    listed = queue.dead("list").stdout.splitlines()
+    entries = sorted(line.split("\t")[0] for line in listed)
+    assert entries == ["%C3%A9t%C3%A9-1.json", "100%25-2.json", "raw-%FF-3.json"], listed
+    shown = queue.dead("show", "raw-%FF-3.json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["document"] == "[]", shown
+    purged = queue.dead("purge", "%C3%A9t%C3%A9-1.json", "100%25-2.json", "raw-%FF-3.json")
+    assert purged.returncode == 0 and queue.dead("list").stdout == "", purged
+    assert os.listdir(os.path.join(dirs.jobs, "failed")) == []
+    assert queue.dead("show", "100%-2.json").returncode == 3  # not its spelling
