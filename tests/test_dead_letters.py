@@ -4,6 +4,7 @@ purge`` and the /api/v1/dead endpoints show them, refuse to queue the one that s
 run, queue the other again (a worker with a larger limit then completes it) and purge."""
 
 import json
+import os
 import re
 from urllib.parse import quote
 
@@ -211,3 +212,69 @@ def test_redis_requeue_of_a_duplicate_is_refused_and_of_an_unrun_job_follows_it(
         assert t.job_status(routed["job_id"]).status == "pending" and t.depth() == 1
     finally:
         t.close()
+
+
+def test_redis_a_listing_never_carries_the_documents(dirs, request):
+    """Listing 20 dead letters of 2 MB each sends their reasons, not their 40 MB of documents
+    (Redis's own count of bytes sent); showing one gives its size, not 2 MB of text."""
+    from guestkit_worker.transports.redis import Keys, RedisTransport
+    queue = Queue("redis", dirs, request)
+    client = queue.server.client()
+    big = b'{"job_id": "huge-dead-0001", "pad": "' + b"p" * (2 << 20) + b'"}'
+    for i in range(20):
+        client.xadd(Keys(queue.pool).dead, {"reason": "too_large", "detail": "2 MB", "entry": f"1-{i}",
+                                            "job": big})
+    t = RedisTransport(queue.server.url, "dead-lister", pool=queue.pool)
+    try:
+        before = client.info("stats")["total_net_output_bytes"]
+        page = t.dead_list(limit=20)
+        sent = client.info("stats")["total_net_output_bytes"] - before
+        assert len(page.entries) == 20 and sent < 100_000, sent
+        assert page.entries[0].job_id is None  # not read from a document over 64 KiB
+    finally:
+        t.close()
+    shown = queue.dead("show", page.entries[0].entry)
+    data = json.loads(shown.stdout)
+    assert data["size"] == len(big) and data["document"] is None, shown
+
+
+def test_redis_requeue_goes_by_the_documents_job_id_not_the_entrys_field(dirs, request):
+    """A dead letter whose job_id field names another job than its document (a producer's own
+    XADD) is queued under the document's id; the other job's state is left alone."""
+    from guestkit_worker.transports.redis import Keys, RedisTransport
+    queue = Queue("redis", dirs, request)
+    t = RedisTransport(queue.server.url, "dead-field", pool=queue.pool)
+    try:
+        other = make_job("field-named-0001")
+        t.submit(other)
+        mine = make_job("document-says-01")
+        queue.server.client().xadd(Keys(queue.pool).dead, {
+            "reason": "rejected", "detail": "x", "entry": "1-1", "job": json.dumps(mine),
+            "job_id": other["job_id"]})
+        [letter] = t.dead_list().entries
+        done = t.dead_requeue(letter.entry)
+        assert (done.outcome, done.job_id) == ("queued", mine["job_id"]), done
+        assert t.job_status(mine["job_id"]).status == "pending"
+        assert t.job_status(other["job_id"]).status == "pending" and t.depth() == 2
+    finally:
+        t.close()
+
+
+def test_files_a_dead_letter_whose_name_is_not_ascii_is_listed_and_addressed(dirs, request):
+    """Job files named in another script (or with bytes that are not UTF-8, or a %) are listed
+    with %XX escapes, and show, requeue and purge find them by that one spelling."""
+    queue = Queue("files", dirs, request)
+    for name in ("\u00e9t\u00e9-1", "100%-2"):
+        queue.inject(b"not json", name)
+    with open(os.path.join(dirs.jobs, b"raw-\xff-3.json".decode("utf-8", "surrogateescape")), "wb") as fh:
+        fh.write(b"[]")
+    queue.run_once()
+    listed = queue.dead("list").stdout.splitlines()
+    entries = sorted(line.split("\t")[0] for line in listed)
+    assert entries == ["%C3%A9t%C3%A9-1.json", "100%25-2.json", "raw-%FF-3.json"], listed
+    shown = queue.dead("show", "raw-%FF-3.json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["document"] == "[]", shown
+    purged = queue.dead("purge", "%C3%A9t%C3%A9-1.json", "100%25-2.json", "raw-%FF-3.json")
+    assert purged.returncode == 0 and queue.dead("list").stdout == "", purged
+    assert os.listdir(os.path.join(dirs.jobs, "failed")) == []
+    assert queue.dead("show", "100%-2.json").returncode == 3  # not its spelling

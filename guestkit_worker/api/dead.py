@@ -84,8 +84,10 @@ class DeadApi:
         if letter is None:
             raise _not_found(entry)
         data = letter.to_dict()
-        data["size"] = len(letter.raw) if letter.raw is not None else None
-        data["document"] = letter.raw.decode("utf-8", "replace") if letter.raw is not None else None
+        raw = letter.raw
+        data["size"] = len(raw) if raw is not None else None
+        shown = raw is not None and len(raw) <= self.max_job_bytes  # never an answer larger than a job
+        data["document"] = raw.decode("utf-8", "replace") if shown else None
         return ok(data)
 
     # -- POST /api/v1/dead/ENTRY/requeue -----------------------------------------------

@@ -2,7 +2,9 @@
 job.  A worker rejects such a file without a result (unreadable, over --max-job-size, not
 JSON, no job id, or a job id another job file holds) and archives it in ``jobs/failed/`` with
 ``NAME.reason.json`` beside it; those with ``status: rejected`` and no job id (or the
-``DUPLICATE_JOB_ID`` code) are the dead letters, named by their file name in failed/.
+``DUPLICATE_JOB_ID`` code) are the dead letters.  A dead letter's entry is its file name in
+failed/ with ``%`` and every byte outside printable ASCII escaped as ``%XX`` (a name that is not
+UTF-8, or has other scripts, is still listed and addressed; each name has one spelling).
 
 A requeue renames the file back into jobs/ (one atomic rename: the file is either a dead
 letter or a waiting job, never both nor neither), flushes jobs/, then removes the reason."""
@@ -14,6 +16,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from urllib.parse import quote, unquote_to_bytes
 
 from ...job.deadletters import job_id_of, rejection_reason
 from ...job.errors import JobFileError
@@ -24,10 +27,12 @@ from .jobfile import read_job_file
 from .layout import MAX_NAME_BYTES, Layout, alternate_names, read_json
 
 REASON_SUFFIX = ".reason.json"
-#: a page token: the last entry's reason file time (ns) and its name
-_TOKEN = re.compile(r"([0-9]{1,20}):([^/\x00]{1,255})")
-#: longest entry name looked up (a file name in failed/)
-_MAX_ENTRY = 255
+#: a page token: the last entry's reason file time (ns) and its entry
+_TOKEN = re.compile(r"([0-9]{1,20}):([ -~]{1,765})")
+#: longest file name looked up in failed/ (bytes)
+_MAX_NAME = 255
+#: the characters an entry keeps as they are (printable ASCII but ``%`` and ``/``)
+_KEPT = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%/")
 
 
 def _is_dead(reason: object) -> bool:
@@ -39,11 +44,24 @@ def _is_dead(reason: object) -> bool:
     return reason.get("job_id") is None or code == "DUPLICATE_JOB_ID"
 
 
-def _safe(entry: object) -> bool:
-    """A plain name of a file in failed/ (no path, no dot file, no reason file, ASCII-printable)."""
-    return (isinstance(entry, str) and 0 < len(entry) <= _MAX_ENTRY and entry.isascii()
-            and entry.isprintable() and "/" not in entry and not entry.startswith(".")
-            and not entry.endswith(REASON_SUFFIX))
+def _safe(name: object) -> bool:
+    """A plain name of a file in failed/ (no path, no dot file, no reason file, no NUL)."""
+    return (isinstance(name, str) and 0 < len(os.fsencode(name)) <= _MAX_NAME and "/" not in name
+            and "\x00" not in name and not name.startswith(".") and not name.endswith(REASON_SUFFIX))
+
+
+def entry_of(name: str) -> str:
+    """The entry of file name ``name``: printable ASCII, ``%XX`` for ``%`` and other bytes."""
+    return quote(os.fsencode(name), safe=_KEPT)
+
+
+def name_of(entry: object) -> str | None:
+    """The file name an entry spells (only its one spelling), or None."""
+    if not isinstance(entry, str) or not 0 < len(entry) <= 3 * _MAX_NAME or not entry.isascii():
+        return None
+    raw = unquote_to_bytes(entry)
+    name = os.fsdecode(raw)
+    return name if _safe(name) and quote(raw, safe=_KEPT) == entry else None
 
 
 class FileDeadLetters:
@@ -72,7 +90,7 @@ class FileDeadLetters:
         return found
 
     def _letter(self, entry: str, mtime_ns: int | None = None) -> DeadLetter | None:
-        """The dead letter ``entry`` (without its bytes), or None when it is none."""
+        """The dead letter of file name ``entry`` (without its bytes), or None when it is none."""
         reason = read_json(self._path(entry) + REASON_SUFFIX)
         if not _is_dead(reason) or not os.path.lexists(self._path(entry)):
             return None
@@ -84,7 +102,7 @@ class FileDeadLetters:
                 mtime_ns = os.lstat(self._path(entry) + REASON_SUFFIX).st_mtime_ns
             at = stamp(mtime_ns / 1e9)
         job_id = reason.get("job_id") if isinstance(reason.get("job_id"), str) else None
-        return DeadLetter(entry, rejection_reason(error, job_id), detail, job_id, at)
+        return DeadLetter(entry_of(entry), rejection_reason(error, job_id), detail, job_id, at)
 
     def dead_list(self, limit: int = 100, page_token: str | None = None) -> DeadPage:
         """Newest first (by the time the reason was written); the token is that time and the
@@ -95,7 +113,10 @@ class FileDeadLetters:
             found = _TOKEN.fullmatch(page_token)
             if found is None:
                 raise InvalidPageToken()
-            after = (int(found.group(1)), found.group(2))
+            name = name_of(found.group(2))
+            if name is None:
+                raise InvalidPageToken()
+            after = (int(found.group(1)), name)
         letters: list = []
         last = None
         for ns, name in self._candidates():
@@ -105,7 +126,7 @@ class FileDeadLetters:
             if letter is None:
                 continue
             if len(letters) == limit:
-                return DeadPage(letters, f"{last[0]}:{last[1]}")
+                return DeadPage(letters, f"{last[0]}:{entry_of(last[1])}")
             letters.append(letter)
             last = (ns, name)
         return DeadPage(letters, None)
@@ -113,7 +134,8 @@ class FileDeadLetters:
     def dead_get(self, entry: str) -> DeadLetter | None:
         """The dead letter with its bytes; ``raw`` None when the file cannot be read as a job
         file (a link, a FIFO, over --max-job-size: its reason says which)."""
-        if not _safe(entry):
+        entry = name_of(entry)
+        if entry is None:
             return None
         letter = self._letter(entry)
         if letter is None:
@@ -130,7 +152,8 @@ class FileDeadLetters:
         return letter
 
     def dead_requeue(self, entry: str) -> DeadRequeue:
-        if not _safe(entry) or self._letter(entry) is None:
+        entry = name_of(entry)
+        if entry is None or self._letter(entry) is None:
             return DeadRequeue("not_found")
         reason_doc = read_json(self._path(entry) + REASON_SUFFIX)
         job_file = reason_doc.get("job_file") if isinstance(reason_doc, dict) else None
@@ -163,7 +186,8 @@ class FileDeadLetters:
 
     def dead_purge(self, entry: str) -> bool:
         """Remove the file, then its reason (a reason left alone is no dead letter)."""
-        if not _safe(entry) or self._letter(entry) is None:
+        entry = name_of(entry)
+        if entry is None or self._letter(entry) is None:
             return False
         try:
             os.unlink(self._path(entry))

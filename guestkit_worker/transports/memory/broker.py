@@ -145,7 +145,7 @@ class MemoryBroker:
 
     def dead_letters(self) -> list:
         """Copies of the entries taken out of the queue as unusable, oldest first: {"entry",
-        "reason", "detail", "worker", "raw"}."""
+        "reason", "detail", "worker", "raw", "id", "job_id", "at"}."""
         with self.cond:
             return [dict(d) for d in self._dead]
 

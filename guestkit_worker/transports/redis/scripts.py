@@ -380,6 +380,29 @@ end
 redis.call('XDEL', KEYS[1], ARGV[1])
 return {'queued', id}
 """,
+    # KEYS dead; ARGV highest id ('+' or '(' id), how many
+    # -> {{id, reason, detail, job_id field or a job_id read from a document under 64 KiB, or ''}, ...}
+    # A page of dead letters newest first without their documents: a listing never carries
+    # the (maybe huge) 'job' fields over the wire.  The job_id read here is only a candidate:
+    # the caller checks it as the job layer does.
+    "dead_page": r"""
+local rows = redis.call('XREVRANGE', KEYS[1], ARGV[1], '-', 'COUNT', tonumber(ARGV[2]))
+local out = {}
+for _, e in ipairs(rows) do
+  local f, keep = e[2], {}
+  for i = 1, #f - 1, 2 do
+    if keep[f[i]] == nil then keep[f[i]] = f[i + 1] end
+  end
+  local jid = keep['job_id']
+  local doc = keep['job']
+  if not jid and doc and #doc <= 65536 then
+    local ok, d = pcall(cjson.decode, doc)
+    if ok and type(d) == 'table' and type(d['job_id']) == 'string' then jid = d['job_id'] end
+  end
+  out[#out + 1] = {e[1], keep['reason'] or 'unknown', keep['detail'] or '', jid or ''}
+end
+return out
+""",
     # KEYS jobs; ARGV group, me -> 1 consumer deleted | 0 it still holds entries
     "leave": r"""
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
