@@ -25,7 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_job, require, wait_for, write_job
+from conftest import ROOT, cli, make_job, require, wait_for, write_job
+from redisfixture import require_redis_py, start_redis
+
+from guestkit_worker.transports.redis.keys import Keys
 
 # the first test also waits for the session's build: a cold one (apt inside) takes 4-8 min here
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -276,6 +279,45 @@ def test_entrypoint_runs_an_echo_job_once_and_exits_0(worker_image, runtime, vol
     assert result["status"] == "completed" and result["data"] == {"greeting": "from a container"}
     assert result["worker_id"] == box.name
     assert (state / "results" / "ctr-echo-0001-result.json").stat().st_uid == UID  # not root
+
+
+def test_a_fleet_worker_configured_as_the_manifests_say_runs_a_job_from_redis(worker_image, runtime, volumes,
+                                                                              tmp_path, pool):
+    """The image with contrib/kubernetes/config.yaml's variables (its Redis URL and pool
+    replaced by the test's) and the password as a file where the manifests mount the Secret:
+    a job submitted to a Redis with requirepass runs in the container, its result in Redis."""
+    import yaml
+    require_redis_py()
+    import redis
+    password = "container-test-password"
+    server = start_redis(tmp_path / "redis", extra_args=["--requirepass", password])
+    try:
+        secrets = tmp_path / "secrets"
+        secrets.mkdir()
+        (secrets / "password").write_text(password + "\n")
+        os.chown(secrets / "password", 0, UID)  # root:fsGroup, 0440, as a Kubernetes Secret volume
+        os.chmod(secrets / "password", 0o440)
+        with open(os.path.join(ROOT, "contrib", "kubernetes", "config.yaml")) as fh:
+            env = dict(yaml.safe_load(fh)["data"], GUESTKIT_WORKER_REDIS_URL=server.url,
+                       GUESTKIT_WORKER_POOL=pool)
+        mount = os.path.dirname(env["GUESTKIT_WORKER_REDIS_PASSWORD_FILE"])
+        job = tmp_path / "job.json"
+        job.write_text(json.dumps(make_job("ctr-redis-0001", data={"via": "redis"})))
+        cli("submit", str(job), "--transport", "redis", "--pool", pool, "--redis-url", server.url,
+            "--redis-password-file", str(secrets / "password"), check=0, timeout=60)
+        box = Container(worker_image, runtime, {**volumes[1], str(secrets): f"{mount}:ro"},
+                        {**env, "GUESTKIT_WORKER_WORKER_ID": "ctr-redis-worker"})
+        try:
+            box.start(["run", "--once", "--metrics-enabled", "false"], tmp_path / "redis-worker.log")
+            assert box.proc.wait(timeout=180) == 0, (tmp_path / "redis-worker.log").read_text()[-3000:]
+        finally:
+            box.remove()
+        client = redis.Redis.from_url(server.url, password=password)
+        result = json.loads(client.get(Keys(pool).result("ctr-redis-0001")))
+        assert (result["status"], result["worker_id"], result["data"]) == (
+            "completed", "ctr-redis-worker", {"via": "redis"})
+    finally:
+        server.stop()
 
 
 def _phase_reached(state: Path, job_id: str, phases: tuple) -> bool:
