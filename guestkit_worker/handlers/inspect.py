@@ -8,9 +8,9 @@ Payload (``guestkit.inspect.v1``)::
               include_security, include_storage, include_databases, deep_scan}
     output:  {format: json, destination?, overwrite?}
 
-Options: when the ``options`` object is absent every section is reported; when it is given,
-only the sections whose ``include_*`` flag is true (the protocol's default for each flag is
-false).  The operating-system block and the mountpoints are always reported.
+Options: every section is reported unless its ``include_*`` flag is false (each costs a few
+file reads in the appliance the job starts anyway); ``deep_scan``, the one costly option, is
+off unless true.  The operating-system block and the mountpoints are always reported.
 ``include_storage`` adds filesystems (device, type, UUID, label), block devices, partitions
 and LVM volumes; ``deep_scan`` adds package summaries, kernels found in /boot and counts of
 SSH authorized keys per login account.  ``read_only`` is accepted, but the image is always

@@ -55,6 +55,14 @@ class HandlerRegistry:
                 else:
                     configure(allowed, protected, allow_backing=allow_backing)
 
+    def configure_vulns(self, db_dir, max_age_seconds):
+        """Hand the vulnerability database (--vuln-db, None when not set) and its age limit in
+        seconds (--vuln-db-max-age, 0 = none) to every handler that scans."""
+        for handler in self._handlers:
+            configure = getattr(handler, "configure_vulns", None)
+            if configure is not None:
+                configure(db_dir, max_age_seconds)
+
     def load_entry_points(self):
         """Register third-party handlers; a broken plugin is logged and skipped."""
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
