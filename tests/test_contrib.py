@@ -43,9 +43,11 @@ ENVFILE = CONTRIB / "default" / "guestkit-worker"
 README = CONTRIB / "README.md"
 
 BINARY = "/usr/bin/guestkit-worker"
+REFRESH = "/usr/libexec/guestkit-worker/guestkit-worker-vulndb-refresh"
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 UNITS = ("guestkit-worker.service", "guestkit-worker-once.service", "guestkit-worker-once.timer",
-         "guestkit-worker-prune.service", "guestkit-worker-prune.timer")
+         "guestkit-worker-prune.service", "guestkit-worker-prune.timer",
+         "guestkit-worker-vulndb.service", "guestkit-worker-vulndb.timer")
 
 COUNTERS = {
     "guestkit_worker_jobs_total", "guestkit_handler_executions_total",
@@ -513,6 +515,7 @@ def test_systemd_analyze_verify(systemd_analyze, tmp_path):
     stub.chmod(0o755)
     for name in UNITS:
         text = (SYSTEMD / name).read_text()
+        text = text.replace(REFRESH, str(CONTRIB / "vulndb" / os.path.basename(REFRESH)))
         (tmp_path / name).write_text(text.replace(BINARY, str(stub)))
     rc, out = _run([systemd_analyze, "verify", "--man=no", *[str(tmp_path / n) for n in UNITS]], cwd=tmp_path)
     print(out)
@@ -523,7 +526,7 @@ def test_systemd_analyze_verify(systemd_analyze, tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("name", ["guestkit-worker.service", "guestkit-worker-once.service",
-                                  "guestkit-worker-prune.service"])
+                                  "guestkit-worker-prune.service", "guestkit-worker-vulndb.service"])
 def test_systemd_security_exposure(systemd_analyze, tmp_path, name):
     """The sandbox keeps `systemd-analyze security` at 2.5 or below (0 = locked down, 10 = none)."""
     (tmp_path / name).write_text((SYSTEMD / name).read_text())

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 from fixtures_disk import make_context
-from vulnstub import install
 
 from guestkit_worker import vulns as vulns_package
 from guestkit_worker.handlers.inspect import InspectHandler
@@ -16,8 +15,6 @@ from guestkit_worker.job.errors import EngineUnavailable, HandlerError, JobValid
 from guestkit_worker.vulns import sbom
 from guestkit_worker.vulns.inventory import read_inventory
 from guestkit_worker.vulns.model import GuestOS, InstalledPackage
-
-install()
 
 IMAGE = {"path": "/srv/images/web-01.qcow2", "format": "qcow2"}
 

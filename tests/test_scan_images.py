@@ -13,13 +13,10 @@ from cyclonedx.validation.json import JsonStrictValidator
 from diskimage import require_tool
 from fixtures_disk import guestfs_env, make_context  # noqa: F401
 from vulnimages import EXPECTED_FINDINGS, build_scan_images, write_osv_database
-from vulnstub import install
 
 from guestkit_worker.engines.outputs import OWNER_XATTR
 from guestkit_worker.handlers.inspect import InspectHandler
 from guestkit_worker.handlers.scan import ScanHandler
-
-install()
 
 pytestmark = [pytest.mark.integration, pytest.mark.engine, pytest.mark.timeout(1800)]
 
@@ -100,6 +97,15 @@ def test_scan_finds_exactly_the_expected_vulnerabilities(runs, name):
     assert result.data["summary"] == report["summary"]
     assert report["summary"]["total"] == len(EXPECTED_FINDINGS[name])
     assert result.output == report["report_path"]
+
+
+def test_severity_comes_from_the_cvss_vector(runs):
+    _, report = ok(runs, "debian")
+    rated = {f["id"]: f["severity"] for f in report["vulnerabilities"]}
+    assert (rated["TEST-2026-0001"], rated["TEST-2026-0005"], rated["TEST-2026-0004"]) == (
+        "critical", "medium", "unknown")
+    assert report["summary"]["by_severity"] == {"critical": 1, "high": 0, "medium": 1, "low": 0, "unknown": 3}
+    assert report["summary"]["fixable"] == 3
 
 
 def test_scan_reads_the_packages_and_the_ecosystem(runs):
