@@ -77,10 +77,10 @@ def test_missing_scan_extra_names_the_pip_command(tmp_path, monkeypatch):
     ctx, _ = make_context(tmp_path)
     with pytest.raises(EngineUnavailable) as exc:
         handler().execute(ctx, {"image": IMAGE})
-    assert exc.value.message.endswith("pip install 'guestkit-worker[scan]'")
+    assert exc.value.message.endswith("pip install '.[scan]' in a checkout")
     monkeypatch.setitem(sys.modules, "cyclonedx", None)
     monkeypatch.setitem(sys.modules, "cyclonedx.model", None)
-    hint = r"needs cyclonedx-python-lib .*pip install 'guestkit-worker\[scan\]'"
+    hint = r"needs cyclonedx-python-lib .*pip install '\.\[scan\]' in a checkout"
     with pytest.raises(ImportError, match=hint):
         sbom.cyclonedx_json(GuestOS("debian", "12"), [])
 

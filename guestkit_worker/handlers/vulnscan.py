@@ -8,7 +8,7 @@ Used by ``guestkit.inspect`` (``options.vulnerabilities``) and ``guestkit.scan``
 
 The scan's libraries (python-debian, cvss, cyclonedx-python-lib) are the optional extra
 ``scan``; they are imported only when a scan runs, and their absence is ENGINE_UNAVAILABLE
-naming ``pip install 'guestkit-worker[scan]'``.
+naming ``pip install '.[scan]' in a checkout``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..vulns.inventory import read_inventory
 
 log = logging.getLogger(__name__)
 
-EXTRA_HINT = "pip install 'guestkit-worker[scan]'"
+EXTRA_HINT = "pip install '.[scan]' in a checkout"
 
 
 @dataclass

@@ -7,7 +7,7 @@ the properties ``guestkit:source_name`` and ``guestkit:source_version``.  The gu
 BOM's metadata component, which depends on every package.
 
 Written with cyclonedx-python-lib (the ``scan`` extra), imported only when an SBOM is made; an
-ImportError names ``pip install 'guestkit-worker[scan]'``.
+ImportError names ``pip install '.[scan]' in a checkout``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from .model import APK, DPKG, RPM, GuestOS, InstalledPackage
 
 PURL_TYPES = {DPKG: "deb", RPM: "rpm", APK: "apk"}
-EXTRA_HINT = "pip install 'guestkit-worker[scan]'"
+EXTRA_HINT = "pip install '.[scan]' in a checkout"
 
 
 def _library():
