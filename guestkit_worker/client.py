@@ -25,11 +25,11 @@ Errors::
     │       └── NotAnApi     the base URL answers 404 where the API has a route
     ├── NotFinished          result(): the job has not ended (yet)
     └── ApiError             the API answered with an error; status, code, message, field
-        ├── Invalid          400, 411, 413, 415, 422: the request or document was refused
+        ├── Invalid          400, 411, 413, 414, 415, 422: the request or document was refused
         ├── Unauthorized     401: no token, or not one of --api-token-file
         ├── NotFound         404: no job with this id
         ├── Conflict         409: job_id holds another document, or the job cannot be cancelled
-        ├── Unavailable      503: the job store is unreachable or a bound was reached; retry later
+        ├── Unavailable      503 (or another 5xx): the job store is unreachable or busy; retry later
         └── OutcomeUnknown   504: the submission may or may not exist; submit the same document again
 """
 
@@ -122,7 +122,7 @@ class ApiError(ClientError):
 
 
 class Invalid(ApiError):
-    """400, 411, 413, 415 or 422: the request or the job document was refused."""
+    """400, 411, 413, 414, 415 or 422: the request or the job document was refused."""
 
 
 class Unauthorized(ApiError):

@@ -89,6 +89,8 @@ def test_escaped_slash_in_a_job_id_stays_in_the_id(dirs, served):
         assert reply.status == 404, (method, reply)
         assert reply.json["error"] == "NOT_FOUND" and reply.json["details"] == {"field": "job_id"}
         assert reply.json["message"] == "no job with id slash-job-0001/result"
+    # a path's escapes are UTF-8, as a client library sends them
+    assert call(api.url, "GET", "/api/v1/jobs/caf%C3%A9-0001").json["message"] == "no job with id café-0001"
     # escaped unreserved characters are the same path (RFC 3986)
     assert call(api.url, "GET", "/api/v1/jobs/slash%2Djob%2D0001").json["data"]["job_id"] == "slash-job-0001"
 

@@ -131,3 +131,18 @@ def test_importing_the_library_loads_only_the_standard_library():
     outside = [n for n in loaded if n.split(".")[0] not in sys.stdlib_module_names
                and not n.startswith(("guestkit_worker", "_"))]
     assert outside == [], outside
+
+
+@pytest.mark.parametrize("status, code, kind", [
+    (504, "OUTCOME_UNKNOWN", gkc.OutcomeUnknown), (504, "GATEWAY_TIMEOUT", gkc.Unavailable),
+    (503, "TOO_MANY_WAITS", gkc.Unavailable), (500, "INTERNAL_ERROR", gkc.Unavailable),
+    (413, "PAYLOAD_TOO_LARGE", gkc.Invalid), (415, "UNSUPPORTED_MEDIA_TYPE", gkc.Invalid),
+    (418, "TEAPOT", gkc.ApiError)])
+def test_answers_that_a_live_api_gives_rarely_map_to_their_type(status, code, kind):
+    """504 OUTCOME_UNKNOWN (a Redis that took a submission and never answered: see
+    test_redis_hotcall) and the other rare answers, from their JSON bodies."""
+    err = gkc.error_for(status, {"success": False, "error": code, "message": "m", "details": {"field": "f"}})
+    assert type(err) is kind and (err.status, err.code, err.field) == (status, code, "f")
+    assert isinstance(err, gkc.ApiError)
+    if kind is gkc.Unavailable:
+        assert err.busy == (code == "TOO_MANY_WAITS")
