@@ -28,10 +28,11 @@ import pytest
 from conftest import ROOT, cli, make_job, require, wait_for, write_job
 from redisfixture import require_redis_py, start_redis
 
+from guestkit_worker.handlers.inspect_report import OPTION_FLAGS
 from guestkit_worker.transports.redis.keys import Keys
 
 # the first test also waits for the session's build: a cold one (apt inside) takes 4-8 min here
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 BASE = "localhost/debian:bookworm-slim"
 IMAGE = "localhost/guestkit-worker:test"
@@ -407,12 +408,14 @@ def test_sigterm_to_pid_1_drains_a_worker_busy_with_an_inspect_job(worker_image,
     within --shutdown-timeout, stores its result and exits 0."""
     state, log = volumes[0], tmp_path / "daemon.log"
     _give(state, make_job("ctr-echo-0002", data={"n": 2}))
+    quick = {flag: False for flag in OPTION_FLAGS}  # the guest's identity only: the appliance still boots
     _give(state, make_job("ctr-inspect-0001", "guestkit.inspect", {
-        "image": {"path": f"{IMAGES}/debian12.qcow2", "format": "qcow2"}},
-        execution={"timeout_seconds": 600}))
+        "image": {"path": f"{IMAGES}/debian12.qcow2", "format": "qcow2"}, "options": quick},
+        execution={"timeout_seconds": 900}))
     box = _container(worker_image, runtime, volumes, GUESTKIT_WORKER_METRICS_ADDR="127.0.0.1:0")
     try:
-        box.start(["run", "--worker-id", box.name, "--shutdown-timeout", "300"], log)
+        # a drain long enough for a loaded shared machine (TCG boots take minutes there)
+        box.start(["run", "--worker-id", box.name, "--shutdown-timeout", "900"], log)
         wait_for(lambda: _result(state, "ctr-echo-0002") or box.proc.poll() is not None, timeout=120,
                  what="the echo job's result")
         _check_health(box, log)
@@ -423,7 +426,7 @@ def test_sigterm_to_pid_1_drains_a_worker_busy_with_an_inspect_job(worker_image,
         box.terminate()
         wait_for(lambda: "SIGTERM received: stopping" in log.read_text(), timeout=60, what="SIGTERM logged")
         _give(state, make_job("ctr-echo-late", data={}))  # arrives while draining: left alone
-        assert box.proc.wait(timeout=420) == 0, log.read_text()[-3000:]
+        assert box.proc.wait(timeout=960) == 0, log.read_text()[-3000:]
     finally:
         box.remove()
     text = log.read_text()
