@@ -28,10 +28,11 @@ import pytest
 from conftest import ROOT, cli, make_job, require, wait_for, write_job
 from redisfixture import require_redis_py, start_redis
 
+from guestkit_worker.handlers.inspect_report import OPTION_FLAGS
 from guestkit_worker.transports.redis.keys import Keys
 
 # the first test also waits for the session's build: a cold one (apt inside) takes 4-8 min here
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 BASE = "localhost/debian:bookworm-slim"
 IMAGE = "localhost/guestkit-worker:test"
@@ -158,7 +159,7 @@ class Container:
         if self.use_podman:
             assert _run(["podman", "kill", "--signal", "TERM", self.name], timeout=60).returncode == 0
         else:
-            os.kill(_tini_pid(self.name), signal.SIGTERM)
+            os.kill(_tini_pid(self.proc.pid), signal.SIGTERM)
 
     def remove(self) -> None:
         """Kill what is left of the container's processes, then remove the working container."""
@@ -191,16 +192,16 @@ def _descendants(pid: int) -> list:
     return found
 
 
-def _tini_pid(marker: str) -> int:
-    """The tini whose command line holds marker (a worker id unique to the test)."""
-    for entry in os.listdir("/proc"):
+def _tini_pid(runner: int) -> int:
+    """The tini that the container runner (buildah run, process runner) started."""
+    for pid in _descendants(runner):
         try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
         except OSError:
             continue
-        if argv[0].endswith(b"/tini") and marker.encode() in argv:
-            return int(entry)
-    raise AssertionError(f"no tini process running the worker {marker}")
+        if argv0.endswith(b"/tini"):
+            return pid
+    raise AssertionError(f"no tini under the container runner {runner}")
 
 
 @pytest.fixture(scope="session")
@@ -281,43 +282,115 @@ def test_entrypoint_runs_an_echo_job_once_and_exits_0(worker_image, runtime, vol
     assert (state / "results" / "ctr-echo-0001-result.json").stat().st_uid == UID  # not root
 
 
-def test_a_fleet_worker_configured_as_the_manifests_say_runs_a_job_from_redis(worker_image, runtime, volumes,
-                                                                              tmp_path, pool):
-    """The image with contrib/kubernetes/config.yaml's variables (its Redis URL and pool
-    replaced by the test's) and the password as a file where the manifests mount the Secret:
-    a job submitted to a Redis with requirepass runs in the container, its result in Redis."""
+def _secret_file(directory: Path, name: str, text: str) -> Path:
+    """A file as a Kubernetes Secret volume with fsGroup holds it: root:10001, mode 0440."""
+    directory.mkdir(exist_ok=True)
+    path = directory / name
+    path.write_text(text + "\n")
+    os.chown(path, 0, UID)
+    os.chmod(path, 0o440)
+    return path
+
+
+def _manifest(name: str) -> list:
     import yaml
+    with open(os.path.join(ROOT, "contrib", "kubernetes", name)) as fh:
+        return [d for d in yaml.safe_load_all(fh) if d]
+
+
+@pytest.fixture
+def fleet(tmp_path, pool):
+    """A Redis with requirepass, the password as a Secret-like file, and the environment of
+    contrib/kubernetes/config.yaml with the test's Redis URL and pool:
+    (server, password file, {host dir: container dir} of that file, env)."""
     require_redis_py()
-    import redis
     password = "container-test-password"
     server = start_redis(tmp_path / "redis", extra_args=["--requirepass", password])
     try:
-        secrets = tmp_path / "secrets"
-        secrets.mkdir()
-        (secrets / "password").write_text(password + "\n")
-        os.chown(secrets / "password", 0, UID)  # root:fsGroup, 0440, as a Kubernetes Secret volume
-        os.chmod(secrets / "password", 0o440)
-        with open(os.path.join(ROOT, "contrib", "kubernetes", "config.yaml")) as fh:
-            env = dict(yaml.safe_load(fh)["data"], GUESTKIT_WORKER_REDIS_URL=server.url,
-                       GUESTKIT_WORKER_POOL=pool)
-        mount = os.path.dirname(env["GUESTKIT_WORKER_REDIS_PASSWORD_FILE"])
-        job = tmp_path / "job.json"
-        job.write_text(json.dumps(make_job("ctr-redis-0001", data={"via": "redis"})))
-        cli("submit", str(job), "--transport", "redis", "--pool", pool, "--redis-url", server.url,
-            "--redis-password-file", str(secrets / "password"), check=0, timeout=60)
-        box = Container(worker_image, runtime, {**volumes[1], str(secrets): f"{mount}:ro"},
-                        {**env, "GUESTKIT_WORKER_WORKER_ID": "ctr-redis-worker"})
-        try:
-            box.start(["run", "--once", "--metrics-enabled", "false"], tmp_path / "redis-worker.log")
-            assert box.proc.wait(timeout=180) == 0, (tmp_path / "redis-worker.log").read_text()[-3000:]
-        finally:
-            box.remove()
-        client = redis.Redis.from_url(server.url, password=password)
-        result = json.loads(client.get(Keys(pool).result("ctr-redis-0001")))
-        assert (result["status"], result["worker_id"], result["data"]) == (
-            "completed", "ctr-redis-worker", {"via": "redis"})
+        env = dict(_manifest("config.yaml")[0]["data"], GUESTKIT_WORKER_REDIS_URL=server.url,
+                   GUESTKIT_WORKER_POOL=pool)
+        secret = _secret_file(tmp_path / "redis-secret", "password", password)
+        mount = {str(secret.parent): os.path.dirname(env["GUESTKIT_WORKER_REDIS_PASSWORD_FILE"]) + ":ro"}
+        yield server, secret, mount, env
     finally:
         server.stop()
+
+
+def _redis_client(server, secret: Path):
+    import redis
+    return redis.Redis.from_url(server.url, password=secret.read_text().strip())
+
+
+def test_a_fleet_worker_configured_as_the_manifests_say_runs_a_job_from_redis(worker_image, runtime, volumes,
+                                                                              tmp_path, pool, fleet):
+    """The image with contrib/kubernetes/config.yaml's variables (its Redis URL and pool
+    replaced by the test's) and the password as a file where the manifests mount the Secret:
+    a job submitted to a Redis with requirepass runs in the container, its result in Redis."""
+    server, secret, mount, env = fleet
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps(make_job("ctr-redis-0001", data={"via": "redis"})))
+    cli("submit", str(job), "--transport", "redis", "--pool", pool, "--redis-url", server.url,
+        "--redis-password-file", str(secret), check=0, timeout=60)
+    box = Container(worker_image, runtime, {**volumes[1], **mount},
+                    {**env, "GUESTKIT_WORKER_WORKER_ID": "ctr-redis-worker"})
+    try:
+        box.start(["run", "--once", "--metrics-enabled", "false"], tmp_path / "redis-worker.log")
+        assert box.proc.wait(timeout=180) == 0, (tmp_path / "redis-worker.log").read_text()[-3000:]
+    finally:
+        box.remove()
+    result = json.loads(_redis_client(server, secret).get(Keys(pool).result("ctr-redis-0001")))
+    assert (result["status"], result["worker_id"], result["data"]) == (
+        "completed", "ctr-redis-worker", {"via": "redis"})
+
+
+def test_the_api_gateway_as_the_manifests_run_it_queues_a_job(worker_image, runtime, volumes, tmp_path, pool,
+                                                              fleet):
+    """api.yaml's command (its address on a free port of every interface, so the exposure
+    checks apply: tokens and --allow-path are required) with config.yaml's variables: a job
+    POSTed with a token is accepted (202) into the pool's stream, one without gets 401, and
+    the gateway stops on SIGTERM with exit 0."""
+    server, secret, mount, env = fleet
+    args = _manifest("api.yaml")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = [("0.0.0.0:0" if a.startswith("0.0.0.0:") else a) for a in args]
+    token_file = args[args.index("--api-token-file") + 1]
+    tokens = _secret_file(tmp_path / "api-secret", os.path.basename(token_file), "gateway-test-token")
+    log = tmp_path / "gateway.log"
+    mounts = {**mount, str(tokens.parent): os.path.dirname(token_file) + ":ro"}
+    env = {**env, "GUESTKIT_WORKER_WORKER_ID": "ctr-gateway", "GUESTKIT_WORKER_METRICS_ADDR": "127.0.0.1:0"}
+    box = Container(worker_image, runtime, mounts, env)
+    try:
+        box.start(args, log)
+        url = wait_for(lambda: _api_url(log) or box.proc.poll() is not None, timeout=120, what="the API")
+        assert box.proc.poll() is None, log.read_text()[-3000:]
+        body = json.dumps(make_job("ctr-gateway-0001")).encode()
+        assert _post(url, body, None)[0] == 401
+        assert _post(url, body, "gateway-test-token") == (202, "pending")
+        box.terminate()
+        assert box.proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        box.remove()
+    state = _redis_client(server, secret).hgetall(Keys(pool).job("ctr-gateway-0001"))
+    assert state[b"status"] == b"pending"
+    # the README says so: a Secret file is group-readable (the pod's fsGroup), and the API warns
+    assert f"--api-token-file {token_file} can be read by its group or others (mode 0440)" in log.read_text()
+
+
+def _api_url(log: Path):
+    found = re.search(r"serving the REST API on http://0\.0\.0\.0:(\d+)", log.read_text())
+    return f"http://127.0.0.1:{found.group(1)}" if found else None
+
+
+def _post(url: str, body: bytes, token) -> tuple:
+    """POST a job; (HTTP status, the answer's data.status or None)."""
+    import urllib.error
+    import urllib.request
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(f"{url}/api/v1/jobs", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())["data"]["status"]
+    except urllib.error.HTTPError as err:
+        return err.code, None
 
 
 def _phase_reached(state: Path, job_id: str, phases: tuple) -> bool:
@@ -335,12 +408,14 @@ def test_sigterm_to_pid_1_drains_a_worker_busy_with_an_inspect_job(worker_image,
     within --shutdown-timeout, stores its result and exits 0."""
     state, log = volumes[0], tmp_path / "daemon.log"
     _give(state, make_job("ctr-echo-0002", data={"n": 2}))
+    quick = {flag: False for flag in OPTION_FLAGS}  # the guest's identity only: the appliance still boots
     _give(state, make_job("ctr-inspect-0001", "guestkit.inspect", {
-        "image": {"path": f"{IMAGES}/debian12.qcow2", "format": "qcow2"}},
-        execution={"timeout_seconds": 600}))
+        "image": {"path": f"{IMAGES}/debian12.qcow2", "format": "qcow2"}, "options": quick},
+        execution={"timeout_seconds": 900}))
     box = _container(worker_image, runtime, volumes, GUESTKIT_WORKER_METRICS_ADDR="127.0.0.1:0")
     try:
-        box.start(["run", "--worker-id", box.name, "--shutdown-timeout", "300"], log)
+        # a drain long enough for a loaded shared machine (TCG boots take minutes there)
+        box.start(["run", "--worker-id", box.name, "--shutdown-timeout", "900"], log)
         wait_for(lambda: _result(state, "ctr-echo-0002") or box.proc.poll() is not None, timeout=120,
                  what="the echo job's result")
         _check_health(box, log)
@@ -351,7 +426,7 @@ def test_sigterm_to_pid_1_drains_a_worker_busy_with_an_inspect_job(worker_image,
         box.terminate()
         wait_for(lambda: "SIGTERM received: stopping" in log.read_text(), timeout=60, what="SIGTERM logged")
         _give(state, make_job("ctr-echo-late", data={}))  # arrives while draining: left alone
-        assert box.proc.wait(timeout=420) == 0, log.read_text()[-3000:]
+        assert box.proc.wait(timeout=960) == 0, log.read_text()[-3000:]
     finally:
         box.remove()
     text = log.read_text()
