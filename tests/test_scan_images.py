@@ -1,22 +1,22 @@
 """guestkit.scan and guestkit.inspect with ``options.vulnerabilities`` on real disk images built
 from files the tests write (tests/vulnimages.py): a Debian, an rpm (Rocky) and an apk (Alpine)
 guest and a Debian guest with a hostile dpkg status, matched against an OSV database in OSV's
-own layout.  Five appliance launches in all, one per job, shared by the module's tests.
+own layout.  One real worker run (``run --once --vuln-db``) of six image jobs, one appliance launch each,
+shared by the module's tests.
 """
 
 import json
 import os
 
 import pytest
+from conftest import Dirs, cli, make_job, worker_env, write_job
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
-from diskimage import require_tool
-from fixtures_disk import guestfs_env, make_context  # noqa: F401
+from diskimage import GUESTFS_ENV, require_tool
+from metricskit import parse, value
 from vulnimages import EXPECTED_FINDINGS, build_scan_images, write_osv_database
 
 from guestkit_worker.engines.outputs import OWNER_XATTR
-from guestkit_worker.handlers.inspect import InspectHandler
-from guestkit_worker.handlers.scan import ScanHandler
 
 pytestmark = [pytest.mark.integration, pytest.mark.engine, pytest.mark.timeout(1800)]
 
@@ -33,49 +33,50 @@ def scan_images(tmp_path_factory):
     return _CACHE["images"]
 
 
-def run_job(handler, tmp_path, job_id, data, osv):
-    """validate + execute + cleanup of one job in a real HandlerContext; (result, context)."""
-    handler.configure_paths(__import__("conftest").allowed_roots())
-    handler.configure_vulns(osv, 7 * 86400)
-    ctx, _ = make_context(tmp_path, job_id=job_id)
-    handler.validate(data)
-    try:
-        return handler.execute(ctx, data), ctx
-    finally:
-        handler.cleanup(ctx)
+def scan_job(job_id, image, **data):
+    return make_job(job_id, "guestkit.scan", dict(data, image=image), payload_type="guestkit.scan.v1",
+                    execution={"timeout_seconds": 900})
 
 
 @pytest.fixture(scope="module")
 def runs(scan_images, tmp_path_factory):
-    """Each job once: {name: (HandlerResult or the exception, report dict or None)}."""
+    """One real worker run (--once, two at a time, --vuln-db) of every job: a scan of each image
+    (the Debian one with an output and an SBOM destination), an inspection of the Debian image
+    with vulnerabilities, and an echo job queued after them all.  {name: (result, report)}."""
     require_tool("guestfs")
-    os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
-    os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
     base = tmp_path_factory.mktemp("scanruns")
-    out = {}
-    deb_out = {"format": "json", "destination": str(base / "deb-scan.json")}
-    deb_sbom = {"format": "cyclonedx", "destination": str(base / "deb.cdx.json")}
+    dirs = Dirs(base)
+    textdir = base / "textfile"
+    textdir.mkdir()
+    qcow2 = {name: {"path": scan_images[name]["qcow2"], "format": "qcow2"} for name in scan_images
+             if name != "osv"}
     jobs = {
-        "debian": (ScanHandler(), {"image": {"path": scan_images["debian"]["qcow2"], "format": "qcow2"},
-                                   "output": deb_out, "sbom": deb_sbom}),
-        "inspect": (InspectHandler(), {"image": {"path": scan_images["debian"]["raw"], "format": "raw"},
-                                       "options": {"include_packages": True, "vulnerabilities": True}}),
-        "rpm": (ScanHandler(), {"image": {"path": scan_images["rpm"]["qcow2"], "format": "qcow2"},
-                                "sbom": {"format": "cyclonedx"}}),
-        "apk": (ScanHandler(), {"image": {"path": scan_images["apk"]["qcow2"], "format": "qcow2"},
-                                "sbom": {"format": "cyclonedx"}}),
-        "hostile": (ScanHandler(), {"image": {"path": scan_images["hostile"]["qcow2"], "format": "qcow2"}}),
+        "debian": scan_job("scan-debian-0001", qcow2["debian"],
+                           output={"format": "json", "destination": str(base / "deb-scan.json")},
+                           sbom={"format": "cyclonedx", "destination": str(base / "deb.cdx.json")}),
+        "inspect": make_job("scan-inspect-0001", "guestkit.inspect", {
+            "image": {"path": scan_images["debian"]["raw"], "format": "raw"},
+            "options": {"include_packages": True, "vulnerabilities": True}},
+            execution={"timeout_seconds": 900}),
+        "rpm": scan_job("scan-rpm-0001", qcow2["rpm"], sbom={"format": "cyclonedx"}),
+        "apk": scan_job("scan-apk-0001", qcow2["apk"], sbom={"format": "cyclonedx"}),
+        "hostile": scan_job("scan-hostile-0001", qcow2["hostile"]),
+        "badrpm": scan_job("scan-badrpm-0001", qcow2["badrpm"]),
+        "echo": make_job("scan-zz-echo-0001", "system.echo", {"after": "the scans"}),
     }
-    for name, (handler, data) in jobs.items():
-        work = base / name
-        work.mkdir()
-        try:
-            result, _ = run_job(handler, work, f"scan-{name}-0001", data, scan_images["osv"])
-        except Exception as exc:  # the test of that job reports it
-            out[name] = (exc, None)
-            continue
-        with open(result.output, encoding="utf-8") as fh:
-            out[name] = (result, json.load(fh))
+    for doc in jobs.values():
+        write_job(dirs.jobs, doc)
+    proc = cli("run", "--once", "--max-concurrent", "2", "--vuln-db", scan_images["osv"],
+               "--textfile-dir", str(textdir), *dirs.args(), env=worker_env(**GUESTFS_ENV), timeout=1700)
+    out = {"_proc": proc, "_dirs": dirs, "_metrics": parse((textdir / "guestkit_worker.prom").read_text())}
+    for name, doc in jobs.items():
+        result = dirs.result(doc["job_id"])
+        primary = (result.get("outputs") or {}).get("primary")
+        report = None
+        if result["status"] == "completed" and primary:
+            with open(primary, encoding="utf-8") as fh:
+                report = json.load(fh)
+        out[name] = (result, report)
     return out
 
 
@@ -83,6 +84,13 @@ def ok(runs, name):
     result, report = runs[name]
     assert report is not None, f"{name}: {result!r}"
     return result, report
+
+
+def progress(runs, job_id):
+    """The progress events of job_id (the results directory's JOB_ID-progress.jsonl)."""
+    path = os.path.join(runs["_dirs"].results, f"{job_id}-progress.jsonl")
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 def findings(report):
@@ -94,9 +102,9 @@ def findings(report):
 def test_scan_finds_exactly_the_expected_vulnerabilities(runs, name):
     result, report = ok(runs, name)
     assert findings(report) == sorted(EXPECTED_FINDINGS[name])
-    assert result.data["summary"] == report["summary"]
+    assert result["data"]["summary"] == report["summary"]
     assert report["summary"]["total"] == len(EXPECTED_FINDINGS[name])
-    assert result.output == report["report_path"]
+    assert result["outputs"]["primary"] == report["report_path"]
 
 
 def test_severity_comes_from_the_cvss_vector(runs):
@@ -122,8 +130,8 @@ def test_scan_reads_the_packages_and_the_ecosystem(runs):
 
 def test_scan_report_and_sbom_are_outputs_of_the_job(runs):
     result, report = ok(runs, "debian")
-    assert result.artifacts == [report["sbom_path"]]
-    for path in (result.output, report["sbom_path"]):
+    assert result["outputs"]["artifacts"] == [report["sbom_path"]]
+    for path in (result["outputs"]["primary"], report["sbom_path"]):
         assert os.getxattr(path, OWNER_XATTR) == b"scan-debian-0001"
 
 
@@ -146,7 +154,9 @@ def test_inspect_with_vulnerabilities_gives_the_same_findings_in_one_launch(runs
     result, report = ok(runs, "inspect")
     assert findings(report["vulnerabilities"]) == sorted(EXPECTED_FINDINGS["debian"])
     assert report["packages"]["count"] == 5  # the inspection's own package section is still there
-    assert result.data["vulnerabilities"]["summary"] == report["vulnerabilities"]["summary"]
+    assert result["data"]["vulnerabilities"]["summary"] == report["vulnerabilities"]["summary"]
+    launches = [e for e in progress(runs, "scan-inspect-0001") if e.get("message") == "appliance running"]
+    assert len(launches) == 1
 
 
 def test_hostile_dpkg_status_completes_with_notes(runs):
@@ -158,3 +168,20 @@ def test_hostile_dpkg_status_completes_with_notes(runs):
         "dpkg status: package 'huge' skipped (unreadable name, version or architecture)",
         "dpkg status: package 'nul\\x00bytes' skipped (unreadable name, version or architecture)",
         "dpkg status: package '?' skipped (unreadable name, version or architecture)"]
+
+
+def test_an_unreadable_rpm_database_fails_the_job_and_the_worker_lives_on(runs):
+    result, _ = runs["badrpm"]
+    assert result["status"] == "failed"
+    assert result["error"]["code"] == "PACKAGE_DB_UNREADABLE"
+    assert result["error"]["message"] == ("the guest's package database cannot be read: the rpm sqlite "
+                                          "database cannot be read: file is not a database")
+    echo, _ = runs["echo"]
+    assert echo["status"] == "completed" and echo["data"] == {"after": "the scans"}
+    assert runs["_proc"].returncode == 1, runs["_proc"].stderr[-2000:]  # one job failed, the run went on
+
+
+def test_findings_are_counted_in_the_metrics(runs):
+    metrics = runs["_metrics"]
+    assert value(metrics, "guestkit_scan_findings_total", severity="critical") == 2  # scan + inspect
+    assert value(metrics, "guestkit_scan_findings_total", severity="medium") == 2

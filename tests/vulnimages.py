@@ -1,6 +1,6 @@
 """Disk images and an OSV database for the vulnerability-scan tests, from files the tests write.
 
-``build_scan_images(directory)`` makes three guests the way :mod:`diskimage` does (a root
+``build_scan_images(directory)`` makes these guests the way :mod:`diskimage` does (a root
 tree, mkfs.ext4 -d, an MBR raw image and its qcow2 copy):
 
 * ``debian``: Debian 12 with a dpkg status holding a binary whose source differs (libssl3 from
@@ -11,7 +11,8 @@ tree, mkfs.ext4 -d, an MBR raw image and its qcow2 copy):
   source RPM, epoch 1; bash);
 * ``apk``: Alpine 3.19 with ``/lib/apk/db/installed`` (libcrypto3 with origin openssl; musl);
 * ``hostile``: Debian 12 whose dpkg status has a 10 MB version, NUL bytes and non-UTF-8 next to
-  one good package.
+  one good package;
+* ``badrpm``: Rocky Linux 9 whose ``rpmdb.sqlite`` is not an SQLite database.
 
 ``write_osv_database(directory)`` writes ``Debian/all.zip``, ``Rocky Linux/all.zip`` ...
 (OSV's layout) with records that match, records that must not (another release's ecosystem, a
@@ -139,6 +140,13 @@ def _rpm_root(directory):
     return root
 
 
+def _bad_rpm_root(directory):
+    root = make_root_tree(os.path.join(directory, "badrpm-root"))
+    _os_release(root, 'NAME="Rocky Linux"\nID="rocky"\nVERSION_ID="9.3"\n')
+    _write(root, "var/lib/rpm/rpmdb.sqlite", b"SQLite format 3\0" + bytes(range(256)) * 64)
+    return root
+
+
 def _apk_root(directory):
     root = make_root_tree(os.path.join(directory, "apk-root"))
     _os_release(root, 'NAME="Alpine Linux"\nID=alpine\nVERSION_ID=3.19.1\n'
@@ -164,11 +172,11 @@ def hostile_status():
 
 
 def build_scan_images(directory):
-    """The four guests (see the module docstring): {name: {"raw": path, "qcow2": path}}."""
+    """The five guests (see the module docstring): {name: {"raw": path, "qcow2": path}}."""
     directory = os.fspath(directory)
     roots = {"debian": _debian_root(directory, "debian", DEBIAN_STATUS),
              "hostile": _debian_root(directory, "hostile", hostile_status()),
-             "rpm": _rpm_root(directory), "apk": _apk_root(directory)}
+             "rpm": _rpm_root(directory), "apk": _apk_root(directory), "badrpm": _bad_rpm_root(directory)}
     images = {}
     for name, root in roots.items():
         raw, qcow2 = image_from_root(root, directory, f"scan-{name}")

@@ -18,6 +18,7 @@ from .guestfiles import (
     clean,
     optional_arch,
     read_capped,
+    utf8,
 )
 from .model import APK, InstalledPackage
 
@@ -40,24 +41,17 @@ def _blocks(data: bytes):
         yield entry
 
 
-def _decode(raw: bytes | None) -> str | None:
-    try:
-        return None if raw is None else raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
 def parse_installed(data: bytes) -> tuple[list[InstalledPackage], list[str]]:
     """(installed packages, notes about skipped entries) of an apk installed file's bytes."""
     notes = Notes()
     packages = []
     for entry in _blocks(data):
-        name = clean(_decode(entry.get("name")), NAME_RE, MAX_NAME)
-        version = clean(_decode(entry.get("version")), VERSION_RE, MAX_VERSION)
-        arch = optional_arch(_decode(entry.get("arch")))
-        origin = clean(_decode(entry.get("origin")) or name, NAME_RE, MAX_NAME)
+        name = clean(utf8(entry.get("name")), NAME_RE, MAX_NAME)
+        version = clean(utf8(entry.get("version")), VERSION_RE, MAX_VERSION)
+        arch = optional_arch(utf8(entry.get("arch")))
+        origin = clean(utf8(entry.get("origin")) or name, NAME_RE, MAX_NAME)
         if None in (name, version, arch, origin):
-            label = (_decode(entry.get("name")) or "?")[:60]
+            label = (utf8(entry.get("name")) or "?")[:60]
             notes.add(f"apk installed: package {label!r} skipped (unreadable name, version, arch or origin)")
             continue
         packages.append(InstalledPackage(name=name, version=version, source_name=origin,

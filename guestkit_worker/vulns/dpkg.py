@@ -22,6 +22,7 @@ from .guestfiles import (
     clean,
     optional_arch,
     read_capped,
+    utf8,
 )
 from .model import DPKG, InstalledPackage
 
@@ -51,28 +52,19 @@ def _stanzas(data: bytes):
         yield fields
 
 
-def _text(raw: bytes | None) -> str | None:
-    if raw is None:
-        return None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
 def _package(fields: dict, notes: Notes) -> InstalledPackage | None:
-    status = _text(fields.get("status")) or ""
+    status = utf8(fields.get("status")) or ""
     if status.split() != ["install", "ok", "installed"]:
         return None
-    label = (_text(fields.get("package")) or "?")[:60]
-    name = clean(_text(fields.get("package")), NAME_RE, MAX_NAME)
-    version = clean(_text(fields.get("version")), VERSION_RE, MAX_VERSION)
-    arch = optional_arch(_text(fields.get("architecture")))
+    label = (utf8(fields.get("package")) or "?")[:60]
+    name = clean(utf8(fields.get("package")), NAME_RE, MAX_NAME)
+    version = clean(utf8(fields.get("version")), VERSION_RE, MAX_VERSION)
+    arch = optional_arch(utf8(fields.get("architecture")))
     if name is None or version is None or arch is None:
         notes.add(f"dpkg status: package {label!r} skipped (unreadable name, version or architecture)")
         return None
     source_name, source_version = name, version
-    raw_source = _text(fields.get("source"))
+    raw_source = utf8(fields.get("source"))
     if raw_source is not None:
         m = SOURCE_RE.fullmatch(raw_source)
         src = clean(m.group(1), NAME_RE, MAX_NAME) if m else None

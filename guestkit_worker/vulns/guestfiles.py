@@ -43,6 +43,14 @@ def clean(value: str | None, pattern: re.Pattern, limit: int) -> str | None:
     return value
 
 
+def utf8(raw: bytes | None) -> str | None:
+    """raw decoded as UTF-8; None when absent or not UTF-8."""
+    try:
+        return None if raw is None else raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def optional_arch(value: str | None) -> str | None:
     """An architecture value: "" when absent, None when implausible."""
     return clean(value, ARCH_RE, MAX_NAME) if value else ""
