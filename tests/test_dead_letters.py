@@ -127,6 +127,11 @@ def test_api_lists_pages_shows_refuses_requeues_and_purges(queue, served, tmp_pa
     refused = get("POST", f"/api/v1/dead/{quote(bad)}/requeue")
     assert refused.status == 422 and refused.json["error"] == "NOT_REQUEUEABLE", refused
     assert refused.json["details"]["reason"] == "not_json"
+    over_api = ("--api", api.url, "--api-token-file", tokens)
+    listed = cli("dead", "list", "--json", *over_api, timeout=60)
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)["entries"]) == 2, listed
+    assert cli("dead", "requeue", bad, *over_api, timeout=60).returncode == 5
+    assert cli("dead", "show", "no-such-entry", *over_api, timeout=60).returncode == 3
 
     requeued = get("POST", f"/api/v1/dead/{quote(large)}/requeue")
     assert requeued.status == 200 and requeued.headers["location"] == f"/api/v1/jobs/{BIG_ID}", requeued
