@@ -127,6 +127,11 @@ def test_api_lists_pages_shows_refuses_requeues_and_purges(queue, served, tmp_pa
     refused = get("POST", f"/api/v1/dead/{quote(bad)}/requeue")
     assert refused.status == 422 and refused.json["error"] == "NOT_REQUEUEABLE", refused
     assert refused.json["details"]["reason"] == "not_json"
+    over_api = ("--api", api.url, "--api-token-file", tokens)
+    listed = cli("dead", "list", "--json", *over_api, timeout=60)
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)["entries"]) == 2, listed
+    assert cli("dead", "requeue", bad, *over_api, timeout=60).returncode == 5
+    assert cli("dead", "show", "no-such-entry", *over_api, timeout=60).returncode == 3
 
     requeued = get("POST", f"/api/v1/dead/{quote(large)}/requeue")
     assert requeued.status == 200 and requeued.headers["location"] == f"/api/v1/jobs/{BIG_ID}", requeued
@@ -278,3 +283,26 @@ def test_files_a_dead_letter_whose_name_is_not_ascii_is_listed_and_addressed(dir
     assert purged.returncode == 0 and queue.dead("list").stdout == "", purged
     assert os.listdir(os.path.join(dirs.jobs, "failed")) == []
     assert queue.dead("show", "100%-2.json").returncode == 3  # not its spelling
+
+
+def test_files_a_directory_named_like_a_job_file_is_a_dead_letter_that_purges(dirs, request):
+    """A directory named NAME.json in jobs/ is rejected unread and kept in failed/: listed as
+    unreadable, refused a requeue, and purged with what it holds (no link inside followed)."""
+    queue = Queue("files", dirs, request)
+    inside = os.path.join(dirs.jobs, "adir.json")
+    os.makedirs(inside)
+    with open(os.path.join(inside, "inner"), "w") as fh:
+        fh.write("x")
+    keep = os.path.join(dirs.base, "keep-me")
+    with open(keep, "w") as fh:
+        fh.write("kept")
+    os.symlink(keep, os.path.join(inside, "link"))
+    queue.run_once()
+    [line] = queue.dead("list").stdout.splitlines()
+    assert line.split("\t")[:2] == ["adir.json", "unreadable"], line
+    assert queue.dead("requeue", "adir.json").returncode == 5
+    purged = queue.dead("purge", "adir.json")
+    assert purged.returncode == 0 and purged.stdout == "adir.json purged\n", purged
+    assert os.listdir(os.path.join(dirs.jobs, "failed")) == []
+    with open(keep) as fh:
+        assert fh.read() == "kept"

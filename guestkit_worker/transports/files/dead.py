@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+import stat
 import time
 from collections.abc import Iterator
 from urllib.parse import quote, unquote_to_bytes
@@ -185,12 +187,17 @@ class FileDeadLetters:
             yield os.path.join(jobs, f"{stem}.{time.time_ns()}.json")
 
     def dead_purge(self, entry: str) -> bool:
-        """Remove the file, then its reason (a reason left alone is no dead letter)."""
+        """Remove the file (a directory a producer had named NAME.json: with what it holds, no
+        link followed), then its reason (a reason left alone is no dead letter)."""
         entry = name_of(entry)
         if entry is None or self._letter(entry) is None:
             return False
+        path = self._path(entry)
         try:
-            os.unlink(self._path(entry))
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
         except FileNotFoundError:
             return False
         with contextlib.suppress(FileNotFoundError):
