@@ -10,6 +10,7 @@ Public API::
         info(now: float | None = None) -> dict
     load_database(path: str) -> OsvDatabase       # index now, no cache
     shared_database(path: str) -> OsvDatabase     # the cached index, re-indexed on change
+    clear_cache() -> None                         # forget every shared index
 
 The directory holds ``<Ecosystem>/all.zip`` files as OSV publishes them (one JSON record per
 member) and/or plain ``*.json`` records, at any depth.  Every record is checked before it is
@@ -215,9 +216,9 @@ def _affected(entry, record: Record) -> tuple[str, str, Affected] | None:
     return sys.intern(package["ecosystem"]), sys.intern(package["name"]), item
 
 
-def parse_record(doc) -> tuple[Record, list] | None:
-    """The record and its ``(ecosystem, name, Affected)`` entries; None when withdrawn.
-    Raises _Skip for a document that is not a well-typed OSV record."""
+def parse_record(doc) -> tuple[Record, list | None]:
+    """The record and its ``(ecosystem, name, Affected)`` entries (None instead of the entries
+    when it is withdrawn).  Raises _Skip for a document that is not a well-typed OSV record."""
     if not isinstance(doc, dict):
         raise _Skip(f"the record is a JSON {type(doc).__name__}, not an object")
     rid = doc.get("id")
