@@ -50,6 +50,10 @@ VULN_DB_STALE = "VULN_DB_STALE"
 MAX_RECORD_BYTES = 8 * 1024 * 1024
 #: all records of one database together, uncompressed: bounds the time a zip bomb can take
 MAX_TOTAL_BYTES = 4 * 1024 * 1024 * 1024
+#: members of one zip (OSV's largest distribution dump has about 66,000): more are refused before
+#: zipfile reads its directory, which costs a few hundred bytes of memory per member
+MAX_ZIP_MEMBERS = 500_000
+_EOCD_SIZE = 22
 #: skip reasons kept word for word (the counts are always complete)
 MAX_WARNINGS = 20
 
@@ -346,6 +350,11 @@ class OsvDatabase:
 
     def add_zip(self, path: str) -> None:
         try:
+            declared = declared_members(path)
+            if declared is not None and declared > MAX_ZIP_MEMBERS:
+                self._warn(f"{path}: declares {declared} members, more than the {MAX_ZIP_MEMBERS} a "
+                           "database zip may have: skipped", files=True)
+                return
             archive = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             self._warn(f"{path}: not a readable zip ({str(exc)[:80]}): skipped", files=True)
@@ -369,6 +378,28 @@ class OsvDatabase:
             self._warn(f"{origin}: larger than {MAX_RECORD_BYTES} bytes uncompressed")
             return
         self.add_document(raw, origin)
+
+
+def declared_members(path: str) -> int | None:
+    """The member count a zip's end record declares (zip64 included), read before zipfile builds
+    an object per member; None when there is no readable end record (zipfile then says why)."""
+    with open(path, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        start = max(0, size - (_EOCD_SIZE + 0xFFFF))  # the end record, then a comment of <= 64 KiB
+        fh.seek(start)
+        tail = fh.read()
+        pos = tail.rfind(b"PK\x05\x06")
+        if pos < 0 or len(tail) - pos < _EOCD_SIZE:
+            return None
+        total = int.from_bytes(tail[pos + 10:pos + 12], "little")
+        locator = tail[pos - 20:pos] if pos >= 20 else b""
+        if total != 0xFFFF or not locator.startswith(b"PK\x06\x07"):
+            return total
+        fh.seek(int.from_bytes(locator[8:16], "little"))  # the zip64 end record
+        record = fh.read(56)
+    if not record.startswith(b"PK\x06\x06") or len(record) < 40:
+        return None
+    return int.from_bytes(record[32:40], "little")
 
 
 def database_files(path: str) -> list[str]:
