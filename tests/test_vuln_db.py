@@ -213,3 +213,16 @@ def test_member_count_of_a_zip64_archive(tmp_path):
     assert osvdb.declared_members(small) == 2
     (tmp_path / "junk.zip").write_bytes(b"no end record here")
     assert osvdb.declared_members(str(tmp_path / "junk.zip")) is None
+
+
+def test_skip_reasons_escape_control_characters(tmp_path):
+    """Member names and ids reach logs and terminals: escape sequences and newlines are escaped."""
+    bad_id = json.dumps({"id": "X\x1b[31m\nFAKE", "modified": 7})
+    write_zip(tmp_path, "Debian", [_debian("DSA-1")],
+              extra_members=[("evil\x1b[2J\nline.json", b"not json"), ("id.json", bad_id)])
+    db = osvdb.load_database(str(tmp_path))
+    assert db.skipped == 2
+    for warning in db.warnings:
+        assert warning.isprintable(), warning
+    assert any("evil\\x1b[2J\\nline.json" in w for w in db.warnings)
+    assert any("X\\x1b[31m\\nFAKE: modified is not an RFC 3339 timestamp" in w for w in db.warnings)

@@ -297,7 +297,7 @@ class OsvDatabase:
         else:
             self.skipped += 1
         if len(self.warnings) < MAX_WARNINGS:
-            self.warnings.append(message)
+            self.warnings.append(_printable(message))
 
     def add_document(self, raw: bytes, origin: str) -> None:
         """Parse and index one record's bytes; a bad one is counted, never raised."""
@@ -378,6 +378,14 @@ class OsvDatabase:
             self._warn(f"{origin}: larger than {MAX_RECORD_BYTES} bytes uncompressed")
             return
         self.add_document(raw, origin)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: member names and ids come from the database and
+    end up in logs and on terminals (vulndb info)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def declared_members(path: str) -> int | None:
