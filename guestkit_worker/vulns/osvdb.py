@@ -297,7 +297,7 @@ class OsvDatabase:
         else:
             self.skipped += 1
         if len(self.warnings) < MAX_WARNINGS:
-            self.warnings.append(_printable(message))
+            self.warnings.append(printable(message))
 
     def add_document(self, raw: bytes, origin: str) -> None:
         """Parse and index one record's bytes; a bad one is counted, never raised."""
@@ -380,7 +380,7 @@ class OsvDatabase:
         self.add_document(raw, origin)
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """``text`` with control characters escaped: member names and ids come from the database and
     end up in logs and on terminals (vulndb info)."""
     if text.isprintable():
