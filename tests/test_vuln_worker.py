@@ -190,3 +190,18 @@ def test_without_a_database_the_age_is_absent_not_zero():
     assert not series(samples, "guestkit_vuln_db_age_seconds")  # 0 would read as a fresh database
     assert not series(samples, "guestkit_vuln_db_records")
     assert len(series(samples, "guestkit_scan_findings_total")) == 5
+
+
+def test_records_gauge_has_bounded_series():
+    """A database naming 500 ecosystems exports 32 of them and "other", never 500 series."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from guestkit_worker.metrics.live import MAX_ECOSYSTEM_SERIES, ScanTotals
+    registry = CollectorRegistry()
+    records = {f"Eco:{i}": 1000 - i for i in range(500)}
+    ScanTotals(registry).track(lambda: {"age_seconds": 5.0, "records": records, "findings": {}, "scans": 0})
+    samples = series(parse(generate_latest(registry).decode()), "guestkit_vuln_db_records")
+    values = {dict(k[1])["ecosystem"]: v for k, v in samples.items()}
+    assert len(values) == MAX_ECOSYSTEM_SERIES + 1 == 33
+    assert values["Eco:0"] == 1000 and "Eco:40" not in values
+    assert values["other"] == sum(1000 - i for i in range(32, 500))

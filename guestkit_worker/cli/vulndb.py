@@ -29,6 +29,7 @@ def add_vulndb_command(sub) -> None:
 
 
 def _text(info: dict, max_age: float, stale: bool) -> str:
+    from ..vulns.osvdb import printable
     from ..vulns.scanning import human_duration
     age = info["age_seconds"]
     lines = [f"database: {info['path']}",
@@ -40,7 +41,7 @@ def _text(info: dict, max_age: float, stale: bool) -> str:
              + (" - STALE: scans fail with VULN_DB_STALE" if stale else ""),
              f"indexed in: {info['index_seconds']:.2f} s",
              f"{'ecosystem':<32} records"]
-    lines += [f"{eco:<32} {count}" for eco, count in info["by_ecosystem"].items()]
+    lines += [f"{printable(eco):<32} {count}" for eco, count in info["by_ecosystem"].items()]
     lines += [f"skipped: {w}" for w in info["warnings"]]
     return "\n".join(lines)
 

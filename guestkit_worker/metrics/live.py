@@ -111,7 +111,8 @@ class ScanTotals(Collector):
     * ``guestkit_vuln_db_age_seconds`` -- now minus the newest ``modified`` of the database the
       last scan (or the worker's refresh) opened; absent until one was opened, so a worker
       without a database is not mistaken for one with a fresh database;
-    * ``guestkit_vuln_db_records{ecosystem}`` -- indexed records per ecosystem;
+    * ``guestkit_vuln_db_records{ecosystem}`` -- indexed records per ecosystem (the 32 largest;
+      the rest summed as ``other``);
     * ``guestkit_scan_findings_total{severity}`` and ``guestkit_scans_total`` -- findings
       counted per scan, and scans.
     """
@@ -146,7 +147,7 @@ class ScanTotals(Collector):
         records = GaugeMetricFamily("guestkit_vuln_db_records",
                                     "Records of the vulnerability database, by OSV ecosystem.",
                                     labels=["ecosystem"])
-        for ecosystem, count in sorted(snapshot.get("records", {}).items()):
+        for ecosystem, count in _bounded(snapshot.get("records", {})):
             records.add_metric([ecosystem], count)
         findings = CounterMetricFamily("guestkit_scan_findings",
                                        "Vulnerabilities found by scans, by severity (each scan's count).",
@@ -156,3 +157,18 @@ class ScanTotals(Collector):
         scans = CounterMetricFamily("guestkit_scans", "Vulnerability scans run.")
         scans.add_metric([], snapshot.get("scans", 0))
         return age, records, findings, scans
+
+
+#: ecosystems exported one by one; the records of the others are summed as ecosystem="other", so
+#: a database naming thousands of ecosystems cannot grow the number of series
+MAX_ECOSYSTEM_SERIES = 32
+
+
+def _bounded(records: dict) -> list:
+    """(ecosystem, records) of the MAX_ECOSYSTEM_SERIES largest, then ("other", the rest)."""
+    ranked = sorted(records.items(), key=lambda item: (-item[1], item[0]))
+    kept, rest = ranked[:MAX_ECOSYSTEM_SERIES], ranked[MAX_ECOSYSTEM_SERIES:]
+    out = sorted(kept)
+    if rest:
+        out.append(("other", sum(count for _, count in rest)))
+    return out

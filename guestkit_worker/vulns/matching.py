@@ -32,7 +32,12 @@ def _event_order(kind: str, event: tuple):
     """Where an event sorts: ``introduced: "0"`` before every version, the rest by version."""
     if event[0] == "introduced" and event[1] == "0":
         return (0, ())
-    return (1, versions.key(kind, event[1]))
+    return (1, _bound(kind, event[1]))
+
+
+def _bound(kind: str, version: str):
+    """A database bound's order key (its syntax is not checked: a bad one sorts somewhere)."""
+    return versions.key(kind, version, checked=False)
 
 
 def range_status(kind: str, version: str, events: tuple) -> tuple[bool, str | None]:
@@ -41,25 +46,25 @@ def range_status(kind: str, version: str, events: tuple) -> tuple[bool, str | No
     mine = versions.key(kind, version)
     if len(events) == 2 and events[0] == ("introduced", "0") and events[1][0] == "fixed":
         fixed = events[1][1]  # the common shape: affected below the fix
-        return (True, fixed) if mine < versions.key(kind, fixed) else (False, None)
+        return (True, fixed) if mine < _bound(kind, fixed) else (False, None)
     ordered = sorted(events, key=lambda event: _event_order(kind, event))
     affected = False
     for event, bound in ordered:
         if event == "introduced":
-            if bound == "0" or mine >= versions.key(kind, bound):
+            if bound == "0" or mine >= _bound(kind, bound):
                 affected = True
         elif event == "fixed":
-            if mine >= versions.key(kind, bound):
+            if mine >= _bound(kind, bound):
                 affected = False
-        elif event == "last_affected" and mine > versions.key(kind, bound):
+        elif event == "last_affected" and mine > _bound(kind, bound):
             affected = False
     limits = [bound for event, bound in events if event == "limit"]
     if affected and limits:
-        affected = any(bound == "*" or mine < versions.key(kind, bound) for bound in limits)
+        affected = any(bound == "*" or mine < _bound(kind, bound) for bound in limits)
     if not affected:
         return False, None
     for event, bound in ordered:
-        if event in ("fixed", "last_affected") and mine < versions.key(kind, bound):
+        if event in ("fixed", "last_affected") and mine < _bound(kind, bound):
             return True, bound if event == "fixed" else None
     return True, None
 

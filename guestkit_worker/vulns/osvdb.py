@@ -10,6 +10,7 @@ Public API::
         info(now: float | None = None) -> dict
     load_database(path: str) -> OsvDatabase       # index now, no cache
     shared_database(path: str) -> OsvDatabase     # the cached index, re-indexed on change
+    clear_cache() -> None                         # forget every shared index
 
 The directory holds ``<Ecosystem>/all.zip`` files as OSV publishes them (one JSON record per
 member) and/or plain ``*.json`` records, at any depth.  Every record is checked before it is
@@ -49,6 +50,10 @@ VULN_DB_STALE = "VULN_DB_STALE"
 MAX_RECORD_BYTES = 8 * 1024 * 1024
 #: all records of one database together, uncompressed: bounds the time a zip bomb can take
 MAX_TOTAL_BYTES = 4 * 1024 * 1024 * 1024
+#: members of one zip (OSV's largest distribution dump has about 66,000): more are refused before
+#: zipfile reads its directory, which costs a few hundred bytes of memory per member
+MAX_ZIP_MEMBERS = 500_000
+_EOCD_SIZE = 22
 #: skip reasons kept word for word (the counts are always complete)
 MAX_WARNINGS = 20
 
@@ -215,9 +220,9 @@ def _affected(entry, record: Record) -> tuple[str, str, Affected] | None:
     return sys.intern(package["ecosystem"]), sys.intern(package["name"]), item
 
 
-def parse_record(doc) -> tuple[Record, list] | None:
-    """The record and its ``(ecosystem, name, Affected)`` entries; None when withdrawn.
-    Raises _Skip for a document that is not a well-typed OSV record."""
+def parse_record(doc) -> tuple[Record, list | None]:
+    """The record and its ``(ecosystem, name, Affected)`` entries (None instead of the entries
+    when it is withdrawn).  Raises _Skip for a document that is not a well-typed OSV record."""
     if not isinstance(doc, dict):
         raise _Skip(f"the record is a JSON {type(doc).__name__}, not an object")
     rid = doc.get("id")
@@ -292,7 +297,7 @@ class OsvDatabase:
         else:
             self.skipped += 1
         if len(self.warnings) < MAX_WARNINGS:
-            self.warnings.append(message)
+            self.warnings.append(printable(message))
 
     def add_document(self, raw: bytes, origin: str) -> None:
         """Parse and index one record's bytes; a bad one is counted, never raised."""
@@ -345,6 +350,11 @@ class OsvDatabase:
 
     def add_zip(self, path: str) -> None:
         try:
+            declared = declared_members(path)
+            if declared is not None and declared > MAX_ZIP_MEMBERS:
+                self._warn(f"{path}: declares {declared} members, more than the {MAX_ZIP_MEMBERS} a "
+                           "database zip may have: skipped", files=True)
+                return
             archive = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             self._warn(f"{path}: not a readable zip ({str(exc)[:80]}): skipped", files=True)
@@ -368,6 +378,36 @@ class OsvDatabase:
             self._warn(f"{origin}: larger than {MAX_RECORD_BYTES} bytes uncompressed")
             return
         self.add_document(raw, origin)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: member names and ids come from the database and
+    end up in logs and on terminals (vulndb info)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def declared_members(path: str) -> int | None:
+    """The member count a zip's end record declares (zip64 included), read before zipfile builds
+    an object per member; None when there is no readable end record (zipfile then says why)."""
+    with open(path, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        start = max(0, size - (_EOCD_SIZE + 0xFFFF))  # the end record, then a comment of <= 64 KiB
+        fh.seek(start)
+        tail = fh.read()
+        pos = tail.rfind(b"PK\x05\x06")
+        if pos < 0 or len(tail) - pos < _EOCD_SIZE:
+            return None
+        total = int.from_bytes(tail[pos + 10:pos + 12], "little")
+        locator = tail[pos - 20:pos] if pos >= 20 else b""
+        if total != 0xFFFF or not locator.startswith(b"PK\x06\x07"):
+            return total
+        fh.seek(int.from_bytes(locator[8:16], "little"))  # the zip64 end record
+        record = fh.read(56)
+    if not record.startswith(b"PK\x06\x06") or len(record) < 40:
+        return None
+    return int.from_bytes(record[32:40], "little")
 
 
 def database_files(path: str) -> list[str]:
