@@ -30,6 +30,7 @@ import zipfile
 from datetime import datetime, timezone
 
 from diskimage import image_from_root, make_root_tree
+from diskimage import write_file as _write
 
 DEBIAN_STATUS = """Package: libssl3
 Status: install ok installed
@@ -93,15 +94,6 @@ RPM_SPECS = {
 
 CVSS_CRITICAL = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"  # 9.8
 CVSS_MEDIUM = "CVSS:3.1/AV:N/AC:H/PR:N/UI:R/S:U/C:L/I:L/A:N"  # 4.2
-
-
-def _write(root, rel, data, mode=0o644):
-    path = os.path.join(root, rel.lstrip("/"))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-    os.chmod(path, mode)
-    return path
 
 
 def _os_release(root, text):
