@@ -1,7 +1,8 @@
 """guestkit.scan and guestkit.inspect with ``options.vulnerabilities`` on real disk images built
-from files the tests write (tests/vulnimages.py): a Debian, an rpm (Rocky) and an apk (Alpine)
-guest and a Debian guest with a hostile dpkg status, matched against an OSV database in OSV's
-own layout.  One real worker run (``run --once --vuln-db``) of six image jobs, one appliance launch each,
+from files the tests write (tests/vulnimages.py): Debian, Rocky 9 (rpmdb.sqlite), Rocky 8
+(Berkeley DB Packages) and Alpine guests, a Debian guest with a hostile dpkg status and a Rocky
+guest whose rpm database is junk, matched against an OSV database in OSV's own layout.  One
+real worker run (``run --once --vuln-db``) of seven image jobs, one appliance launch each, is
 shared by the module's tests.
 """
 
@@ -59,6 +60,7 @@ def runs(scan_images, tmp_path_factory):
             "options": {"include_packages": True, "vulnerabilities": True}},
             execution={"timeout_seconds": 900}),
         "rpm": scan_job("scan-rpm-0001", qcow2["rpm"], sbom={"format": "cyclonedx"}),
+        "rpm8": scan_job("scan-rpm8-0001", qcow2["rpm8"]),
         "apk": scan_job("scan-apk-0001", qcow2["apk"], sbom={"format": "cyclonedx"}),
         "hostile": scan_job("scan-hostile-0001", qcow2["hostile"]),
         "badrpm": scan_job("scan-badrpm-0001", qcow2["badrpm"]),
@@ -98,7 +100,7 @@ def findings(report):
                    f["fixed_version"], f["state"]) for f in report["vulnerabilities"])
 
 
-@pytest.mark.parametrize("name", ["debian", "rpm", "apk"])
+@pytest.mark.parametrize("name", ["debian", "rpm", "rpm8", "apk"])
 def test_scan_finds_exactly_the_expected_vulnerabilities(runs, name):
     result, report = ok(runs, name)
     assert findings(report) == sorted(EXPECTED_FINDINGS[name])
@@ -119,6 +121,7 @@ def test_severity_comes_from_the_cvss_vector(runs):
 def test_scan_reads_the_packages_and_the_ecosystem(runs):
     expected = {"debian": ("Debian:12", "dpkg", "/var/lib/dpkg/status", 5),
                 "rpm": ("Rocky Linux:9", "rpm", "/var/lib/rpm/rpmdb.sqlite", 2),
+                "rpm8": ("Rocky Linux:8", "rpm", "/var/lib/rpm/Packages", 2),
                 "apk": ("Alpine:v3.19", "apk", "/lib/apk/db/installed", 2)}
     for name, (ecosystem, database, path, count) in expected.items():
         _, report = ok(runs, name)

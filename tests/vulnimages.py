@@ -9,6 +9,7 @@ tree, mkfs.ext4 -d, an MBR raw image and its qcow2 copy):
 * ``rpm``: Rocky Linux 9 with a real ``rpmdb.sqlite`` made by ``rpm --initdb`` and
   ``rpm -i --justdb`` of two tiny packages built by ``rpmbuild`` (openssl-libs from the openssl
   source RPM, epoch 1; bash);
+* ``rpm8``: Rocky Linux 8 with the same packages in a Berkeley DB ``Packages`` (db_load);
 * ``apk``: Alpine 3.19 with ``/lib/apk/db/installed`` (libcrypto3 with origin openssl; musl);
 * ``hostile``: Debian 12 whose dpkg status has a 10 MB version, NUL bytes and non-UTF-8 next to
   one good package;
@@ -22,11 +23,14 @@ withdrawn record, a fix older than the installed version) and returns the expect
 import json
 import os
 import shutil
+import sqlite3
+import struct
 import subprocess
 import zipfile
 from datetime import datetime, timezone
 
 from diskimage import image_from_root, make_root_tree
+from diskimage import write_file as _write
 
 DEBIAN_STATUS = """Package: libssl3
 Status: install ok installed
@@ -92,15 +96,6 @@ CVSS_CRITICAL = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"  # 9.8
 CVSS_MEDIUM = "CVSS:3.1/AV:N/AC:H/PR:N/UI:R/S:U/C:L/I:L/A:N"  # 4.2
 
 
-def _write(root, rel, data, mode=0o644):
-    path = os.path.join(root, rel.lstrip("/"))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-    os.chmod(path, mode)
-    return path
-
-
 def _os_release(root, text):
     os.unlink(os.path.join(root, "etc/debian_version"))
     os.unlink(os.path.join(root, "var/lib/dpkg/status"))
@@ -125,18 +120,44 @@ def _build_rpms(workdir):
     return sorted(out)
 
 
-def _rpm_root(directory):
-    root = make_root_tree(os.path.join(directory, "rpm-root"))
-    _os_release(root, 'NAME="Rocky Linux"\nVERSION="9.3 (Blue Onyx)"\nID="rocky"\nID_LIKE="rhel fedora"\n'
-                      'VERSION_ID="9.3"\nPRETTY_NAME="Rocky Linux 9.3 (Blue Onyx)"\n')
-    dbpath = os.path.join(root, "var/lib/rpm")
+def _rpmdb(dbpath, rpms):
+    """A real rpmdb.sqlite in dbpath holding rpms (rpm --initdb, rpm -i --justdb)."""
     os.makedirs(dbpath)
     subprocess.run(["rpm", "--dbpath", dbpath, "--initdb"], check=True, capture_output=True)
     subprocess.run(["rpm", "--dbpath", dbpath, "-i", "--justdb", "--nodeps", "--ignorearch", "--ignoreos",
-                    *_build_rpms(directory)], check=True, capture_output=True)
+                    *rpms], check=True, capture_output=True)
     for leftover in (".rpm.lock", "rpmdb.sqlite-shm"):
         if os.path.exists(os.path.join(dbpath, leftover)):
             os.unlink(os.path.join(dbpath, leftover))
+
+
+def _rpm_root(directory, rpms):
+    root = make_root_tree(os.path.join(directory, "rpm-root"))
+    _os_release(root, 'NAME="Rocky Linux"\nVERSION="9.3 (Blue Onyx)"\nID="rocky"\nID_LIKE="rhel fedora"\n'
+                      'VERSION_ID="9.3"\nPRETTY_NAME="Rocky Linux 9.3 (Blue Onyx)"\n')
+    _rpmdb(os.path.join(root, "var/lib/rpm"), rpms)
+    return root
+
+
+def _rpm8_root(directory, rpms):
+    """Rocky Linux 8: the same packages in a Berkeley DB hash ``Packages`` (as rpm < 4.16 keeps
+    them: 4-byte record number keys, header blob values), loaded by db_load from the headers
+    rpm wrote into a scratch sqlite database."""
+    root = make_root_tree(os.path.join(directory, "rpm8-root"))
+    _os_release(root, 'NAME="Rocky Linux"\nID="rocky"\nVERSION_ID="8.9"\n'
+                      'PRETTY_NAME="Rocky Linux 8.9 (Green Obsidian)"\n')
+    scratch = os.path.join(directory, "rpm8-sqlite")
+    _rpmdb(scratch, rpms)
+    db = sqlite3.connect(os.path.join(scratch, "rpmdb.sqlite"))
+    lines = ["VERSION=3", "format=bytevalue", "type=hash", "HEADER=END",
+             " " + struct.pack("<I", 0).hex(), " " + struct.pack("<I", 2).hex()]
+    for hnum, blob in db.execute("SELECT hnum, blob FROM Packages"):
+        lines += [" " + struct.pack("<I", hnum).hex(), " " + bytes(blob).hex()]
+    db.close()
+    os.makedirs(os.path.join(root, "var/lib/rpm"))
+    subprocess.run(["db_load", os.path.join(root, "var/lib/rpm/Packages")],
+                   input="\n".join(lines + ["DATA=END", ""]).encode(), check=True, capture_output=True)
+    shutil.rmtree(scratch)
     return root
 
 
@@ -176,7 +197,9 @@ def build_scan_images(directory):
     directory = os.fspath(directory)
     roots = {"debian": _debian_root(directory, "debian", DEBIAN_STATUS),
              "hostile": _debian_root(directory, "hostile", hostile_status()),
-             "rpm": _rpm_root(directory), "apk": _apk_root(directory), "badrpm": _bad_rpm_root(directory)}
+             "apk": _apk_root(directory), "badrpm": _bad_rpm_root(directory)}
+    rpms = _build_rpms(directory)
+    roots.update(rpm=_rpm_root(directory, rpms), rpm8=_rpm8_root(directory, rpms))
     images = {}
     for name, root in roots.items():
         raw, qcow2 = image_from_root(root, directory, f"scan-{name}")
@@ -213,6 +236,7 @@ OSV_RECORDS = [
     _record("TEST-2026-0101", "Rocky Linux:9", "openssl",
             [{"introduced": "0"}, {"fixed": "1:3.0.7-25.el9_3"}]),
     _record("TEST-2026-0102", "Rocky Linux:9", "bash", [{"introduced": "0"}, {"fixed": "5.1.8-6.el9"}]),
+    _record("TEST-2026-0104", "Rocky Linux:8", "openssl", [{"introduced": "0"}, {"fixed": "1:3.0.7-30.el8"}]),
     _record("TEST-2026-0103", "AlmaLinux:9", "openssl", [{"introduced": "0"}, {"fixed": "1:9.9.9-1.el9"}]),
     # Alpine 3.19
     _record("TEST-2026-0201", "Alpine:v3.19", "openssl", [{"introduced": "0"}, {"fixed": "3.1.4-r6"}]),
@@ -235,6 +259,10 @@ EXPECTED_FINDINGS = {
     "rpm": [
         ("TEST-2026-0101", "openssl-libs", "1:3.0.7-24.el9", "openssl", "1:3.0.7-24.el9",
          "1:3.0.7-25.el9_3", "fixed"),
+    ],
+    "rpm8": [
+        ("TEST-2026-0104", "openssl-libs", "1:3.0.7-24.el9", "openssl", "1:3.0.7-24.el9",
+         "1:3.0.7-30.el8", "fixed"),
     ],
     "apk": [
         ("TEST-2026-0201", "libcrypto3", "3.1.4-r5", "openssl", "3.1.4-r5", "3.1.4-r6", "fixed"),

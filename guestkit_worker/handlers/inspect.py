@@ -5,7 +5,8 @@ Payload (``guestkit.inspect.v1``)::
     image:   {path, format, checksum?, read_only?}   format is required: raw, qcow2, vmdk,
                                                     vdi, vhdx or vpc (a raw image is never probed)
     options: {include_packages, include_services, include_users, include_network,
-              include_security, include_storage, include_databases, deep_scan}
+              include_security, include_storage, include_databases, deep_scan,
+              vulnerabilities}
     output:  {format: json, destination?, overwrite?}
 
 Options: every section is reported unless its ``include_*`` flag is false (each costs a few
@@ -13,7 +14,9 @@ file reads in the appliance the job starts anyway); ``deep_scan``, the one costl
 off unless true.  The operating-system block and the mountpoints are always reported.
 ``include_storage`` adds filesystems (device, type, UUID, label), block devices, partitions
 and LVM volumes; ``deep_scan`` adds package summaries, kernels found in /boot and counts of
-SSH authorized keys per login account.  ``read_only`` is accepted, but the image is always
+SSH authorized keys per login account; ``vulnerabilities`` (off unless true) adds the section
+``vulnerabilities``, the known-vulnerability scan of :mod:`.scan` from the package databases the
+same appliance launch copies out (:mod:`.vulnscan`).  ``read_only`` is accepted, but the image is always
 opened read-only.
 
 Steps, each reported as a progress phase: ``validation`` (paths, --allow-path, engine),
