@@ -85,7 +85,8 @@ def free_port() -> int:
 def die_with_parent():
     """In the broker's child process before exec: SIGKILL it when the process that started it
     ends, however it ends (a pytest that crashes or is killed runs no fixture teardown, and a
-    JVM in a session of its own would outlive it)."""
+    JVM in a session of its own would outlive it).  The signal follows the starting thread:
+    start a broker from a thread that lives as long as the broker should (the main thread)."""
     import ctypes
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
