@@ -241,15 +241,15 @@ class PoolState:
         w, life = c["w"], c["life"]
         if not self.alive(w, life):
             return []
-        out = []
-        for entry in list(self.waiting.values()):
-            if len(out) >= int(c["n"]):
+        chosen = []
+        for entry in self.waiting.values():  # oldest first; stops at n (no copy of the queue)
+            if len(chosen) >= int(c["n"]):
                 break
-            if entry.skip.get(w, self.clock) > self.clock:
-                continue
+            if entry.skip.get(w, self.clock) <= self.clock:
+                chosen.append(entry)
+        for entry in chosen:
             del self.waiting[entry.id]
-            out.append(self._hand_out(entry, w, life, float(c["lease"]), started=False))
-        return out
+        return [self._hand_out(entry, w, life, float(c["lease"]), started=False) for entry in chosen]
 
     def _op_start(self, c: dict) -> bool:
         claim = self.claim_of(c["entry"], c["generation"])

@@ -138,6 +138,21 @@ class KafkaTransport(ReclaimMixin, StoreMixin, Transport):
         return statelog
 
     # -- life ----------------------------------------------------------------------------
+    @property
+    def identity_lost(self) -> str | None:
+        """Set when another process took this worker id (its hello came after this life
+        lapsed, e.g. while this process was stopped): this worker then stops."""
+        statelog = self._log
+        if statelog is None or self._closed or self._life is None:
+            return None
+        with statelog.cond:
+            cur = statelog.state.lives.get(self.worker_id)
+            other = cur.life if cur is not None and cur.life != self._life else None
+        if other is None:
+            return None
+        return (f"worker id {self.worker_id} of pool {self.topics.pool} was taken over by another live "
+                "process (its life in the pool's state is not this one's)")
+
     def describe(self) -> str:
         return f"{self.settings.describe()}, topics guestkit.{self.topics.pool}.*, worker {self.worker_id}"
 
