@@ -3,6 +3,9 @@ on the jobs topic, through the Kafka admin API."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 from ...job.errors import ConfigError
 from .settings import KafkaSettings, Topics
 from .statelog import MAX_RECORD_BYTES, STATE_TOPIC_CONFIG, KafkaUnavailable
@@ -16,8 +19,10 @@ class PoolAdmin:
 
     def __init__(self, settings: KafkaSettings, topics: Topics, timeout: float) -> None:
         from confluent_kafka.admin import AdminClient
-        self.topics, self.timeout = topics, timeout
+        self.settings, self.topics, self.timeout = settings, topics, timeout
         self.client = AdminClient(settings.client_config())
+        self._consumer = None
+        self._lag_lock = threading.Lock()
 
     def ensure_topics(self) -> None:
         """Make the pool's topics that are missing; ConfigError for a state topic with more than
@@ -57,24 +62,35 @@ class PoolAdmin:
                                        "README's Kafka section says") from None
 
     def lag(self) -> int:
-        """Records of the jobs topic the group has not taken in yet (end minus committed offset)."""
-        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-        from confluent_kafka.admin import OffsetSpec
+        """Records of the jobs topic the group has not taken in yet (end minus committed offset,
+        or minus the start where nothing is committed).  Read with a consumer of the group that
+        never joins it (``committed``): librdkafka 2.16's admin call for group offsets crashed
+        the process against a broker that had just started (bench/RESULTS.md)."""
+        from confluent_kafka import TopicPartition
         try:
-            meta = self.client.list_topics(self.topics.jobs, timeout=self.timeout).topics[self.topics.jobs]
-            parts = [TopicPartition(self.topics.jobs, p) for p in sorted(meta.partitions)]
-            request = [ConsumerGroupTopicPartitions(self.topics.group, parts)]
-            futures = self.client.list_consumer_group_offsets(request, request_timeout=self.timeout)
-            committed = futures[self.topics.group].result(self.timeout + 5).topic_partitions
-            ends = self._offsets(parts, OffsetSpec.latest())
-            starts = self._offsets(parts, OffsetSpec.earliest())
+            with self._lag_lock:
+                consumer = self._lag_consumer()
+                meta = consumer.list_topics(self.topics.jobs, timeout=self.timeout).topics[self.topics.jobs]
+                parts = [TopicPartition(self.topics.jobs, p) for p in sorted(meta.partitions)]
+                committed = consumer.committed(parts, timeout=self.timeout)
+                lag = 0
+                for tp in committed:
+                    low, high = consumer.get_watermark_offsets(tp, timeout=self.timeout, cached=False)
+                    lag += max(0, high - (tp.offset if tp.offset >= 0 else low))
+                return lag
         except Exception as exc:
             raise KafkaUnavailable(f"{self.topics.jobs}: cannot read the group's lag ({exc})") from None
-        return sum(max(0, ends[tp.partition] - (tp.offset if tp.offset >= 0 else starts[tp.partition]))
-                   for tp in committed)
 
-    def _offsets(self, parts: list, spec) -> dict:
-        from confluent_kafka import TopicPartition
-        futures = self.client.list_offsets({TopicPartition(tp.topic, tp.partition): spec for tp in parts},
-                                           request_timeout=self.timeout)
-        return {tp.partition: f.result(self.timeout + 5).offset for tp, f in futures.items()}
+    def _lag_consumer(self):
+        if self._consumer is None:
+            from confluent_kafka import Consumer
+            self._consumer = Consumer(dict(self.settings.client_config(), **{
+                "group.id": self.topics.group, "enable.auto.commit": False}))
+        return self._consumer
+
+    def close(self) -> None:
+        with self._lag_lock:
+            if self._consumer is not None:
+                with contextlib.suppress(Exception):
+                    self._consumer.close()
+                self._consumer = None

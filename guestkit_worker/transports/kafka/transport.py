@@ -213,6 +213,9 @@ class KafkaTransport(ReclaimMixin, StoreMixin, Transport):
             if self._log is not None:
                 self._log.close()
                 self._log = None
+            if self._admin is not None:
+                self._admin.close()
+                self._admin = None
 
     def health(self) -> dict:
         try:
