@@ -42,6 +42,7 @@ class Entry:
     job_id: str | None = None
     deliveries: int = 0
     size: int = 0
+    since: float = 0.0  # state time it was queued (this entry: a retry queues a new one)
     skip: dict = field(default_factory=dict)  # worker id -> state time it may have it again
 
     @property
@@ -162,7 +163,7 @@ class PoolState:
         return claim if claim is not None and claim.generation == generation else None
 
     def add_entry(self, raw: bytes, job_id: str | None, size: int | None = None) -> Entry:
-        entry = Entry(self.number(), raw, job_id, size=len(raw) if size is None else size)
+        entry = Entry(self.number(), raw, job_id, size=len(raw) if size is None else size, since=self.clock)
         self.waiting[entry.id] = entry
         return entry
 

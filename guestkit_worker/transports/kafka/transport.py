@@ -327,8 +327,11 @@ class KafkaTransport(ReclaimMixin, StoreMixin, Transport):
         """Entries waiting in the state, plus the jobs topic's records no worker took in yet
         (the group's lag)."""
         statelog = self._synced("depth")
+        now = statelog.now()
         with statelog.cond:
             waiting = len(statelog.state.waiting)
+            oldest = next(iter(statelog.state.waiting.values()), None)
+        self.observer.set_queue_oldest_age(max(0.0, now - oldest.since) if oldest is not None else 0.0)
         try:
             return waiting + self._admin.lag()
         except OSError:
