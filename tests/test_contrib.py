@@ -54,6 +54,7 @@ COUNTERS = {
     "guestkit_checksum_verifications_total", "guestkit_worker_disk_read_bytes_total",
     "guestkit_worker_disk_write_bytes_total", "guestkit_api_requests_total",
     "guestkit_api_connections_rejected_total", "guestkit_scan_findings_total", "guestkit_scans_total",
+    "guestkit_worker_dead_lettered_total",
 }
 #: served by a daemon's REST API only (never in a one-shot textfile); tests/test_api_load.py reads them
 API_METRICS = {"guestkit_api_requests_total", "guestkit_api_connections_rejected_total",

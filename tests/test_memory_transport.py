@@ -129,7 +129,7 @@ def test_memory_is_no_operators_choice():
     with pytest.raises(ConfigError, match="transport 'memory' keeps jobs inside one process"):
         open_transport(cfg)
     proc = cli("run", "--once", "--transport", "memory")
-    assert proc.returncode == 2 and "--transport: expected file or redis, got 'memory'" in proc.stderr
+    assert proc.returncode == 2 and "--transport: expected file, redis or kafka, got 'memory'" in proc.stderr
 
 
 @pytest.mark.integration

@@ -22,8 +22,10 @@ ENV_PREFIX = "GUESTKIT_WORKER_"
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-_transport = choice("file", "redis")
+_transport = choice("file", "redis", "kafka")
 _log_level = choice(*LOG_LEVELS, upper=True)
+_kafka_protocol = choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL", upper=True)
+_kafka_sasl = choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", upper=True)
 _log_format = choice("text", "json")
 
 
@@ -33,8 +35,9 @@ RUN_OPTIONS = [
      "(default: host name plus a short random suffix)"),
     (("--pool",), "pool", str, d.DEFAULT_POOL, "NAME",
      "worker pool; jobs routed to another pool are left alone"),
-    (("--transport",), "transport", _transport, d.DEFAULT_TRANSPORT, "file|redis",
-     "where jobs come from and results go: a jobs directory, or a Redis stream shared by a fleet"),
+    (("--transport",), "transport", _transport, d.DEFAULT_TRANSPORT, "file|redis|kafka",
+     "where jobs come from and results go: a jobs directory, or a Redis stream or Kafka topics shared by "
+     "a fleet"),
     (("--redis-url",), "redis_url", str, d.DEFAULT_REDIS_URL, "URL",
      "with --transport redis: redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH"),
     (("--redis-password-file",), "redis_password_file", str, None, "FILE",
@@ -45,13 +48,28 @@ RUN_OPTIONS = [
      "with a rediss:// URL: the client certificate (PEM) for a Redis that requires one (tls-auth-clients)"),
     (("--redis-tls-key-file",), "redis_tls_key_file", str, None, "FILE",
      "with a rediss:// URL: the client certificate's private key (PEM; default: in the certificate file)"),
+    (("--kafka-bootstrap-servers",), "kafka_bootstrap_servers", str, d.DEFAULT_KAFKA_BOOTSTRAP_SERVERS,
+     "SERVERS", "with --transport kafka: HOST:PORT[,HOST:PORT...] of the brokers to start from; the "
+     "pool lives in topics guestkit.POOL.jobs, guestkit.POOL.state and guestkit.POOL.dead"),
+    (("--kafka-security-protocol",), "kafka_security_protocol", _kafka_protocol, None, "PROTOCOL",
+     "with --transport kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default: SSL with "
+     "--kafka-tls-ca-file, SASL_* with --kafka-sasl-mechanism)"),
+    (("--kafka-sasl-mechanism",), "kafka_sasl_mechanism", _kafka_sasl, None, "MECHANISM",
+     "with --transport kafka: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (needs --kafka-sasl-username and "
+     "--kafka-sasl-password-file)"),
+    (("--kafka-sasl-username",), "kafka_sasl_username", str, None, "NAME",
+     "with --kafka-sasl-mechanism: the user name"),
+    (("--kafka-sasl-password-file",), "kafka_sasl_password_file", str, None, "FILE",
+     "with --kafka-sasl-mechanism: the password is this file's first line (never logged)"),
+    (("--kafka-tls-ca-file",), "kafka_tls_ca_file", str, None, "FILE",
+     "with --transport kafka: TLS to the brokers, their certificates checked against this CA (PEM)"),
     (("--lease-seconds",), "lease_seconds", _positive_float, d.DEFAULT_LEASE_SECONDS, "SECONDS",
-     "with --transport redis: a running job's claim is renewed every lease/4; a worker silent for "
+     "with --transport redis or kafka: a running job's claim is renewed every lease/4; a worker silent for "
      "longer loses its jobs to the others"),
     (("--max-deliveries",), "max_deliveries", _positive_int, d.DEFAULT_MAX_DELIVERIES, "N",
-     "with --transport redis: entries delivered more often go to the dead letters"),
+     "with --transport redis or kafka: entries delivered more often go to the dead letters"),
     (("--result-ttl",), "result_ttl", _positive_int, d.DEFAULT_RESULT_TTL, "SECONDS",
-     "with --transport redis: how long results and job states are kept"),
+     "with --transport redis or kafka: how long results and job states are kept"),
     (("--jobs-dir",), "jobs_dir", str, d.DEFAULT_JOBS_DIR, "DIR", "directory of incoming job files"),
     (("--results-dir",), "results_dir", str, d.DEFAULT_RESULTS_DIR, "DIR",
      "directory for result and progress files"),
@@ -131,11 +149,14 @@ API_CLIENT_OPTIONS = [
      "client certificate for an API run with --api-client-ca"),
     (("--api-client-key",), "api_client_key", str, None, "FILE", "private key of --api-client-cert"),
 ]
+#: the Kafka transport's settings (WorkerConfig fields of the same names)
+KAFKA_OPTIONS = ("kafka_bootstrap_servers", "kafka_security_protocol", "kafka_sasl_mechanism",
+                 "kafka_sasl_username", "kafka_sasl_password_file", "kafka_tls_ca_file")
 #: the run options of a command that talks to the queue without running jobs (submit, status,
 #: result, list, cancel): the transport, where it is and the limits its documents are held to
 QUEUE_OPTIONS = ("transport", "redis_url", "redis_password_file", "redis_tls_ca_file", "redis_tls_cert_file",
-                 "redis_tls_key_file", "pool", "jobs_dir", "results_dir", "lease_seconds", "max_deliveries",
-                 "result_ttl", "max_job_size")
+                 "redis_tls_key_file", *KAFKA_OPTIONS, "pool", "jobs_dir", "results_dir", "lease_seconds",
+                 "max_deliveries", "result_ttl", "max_job_size")
 
 
 def env_name(dest: str) -> str:
@@ -231,7 +252,7 @@ def transport_settings(args: argparse.Namespace) -> dict:
     return {"transport": args.transport, "redis_url": args.redis_url,
             "redis_password_file": args.redis_password_file, "redis_tls_ca_file": args.redis_tls_ca_file,
             "redis_tls_cert_file": args.redis_tls_cert_file, "redis_tls_key_file": args.redis_tls_key_file,
-            "lease_seconds": args.lease_seconds,
+            **{dest: getattr(args, dest) for dest in KAFKA_OPTIONS}, "lease_seconds": args.lease_seconds,
             "max_deliveries": args.max_deliveries, "result_ttl": args.result_ttl}
 
 

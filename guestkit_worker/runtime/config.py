@@ -43,6 +43,13 @@ class WorkerConfig:
     redis_tls_ca_file: str | None = None
     redis_tls_cert_file: str | None = None
     redis_tls_key_file: str | None = None
+    #: the Kafka transport's settings (README "A fleet on Kafka")
+    kafka_bootstrap_servers: str = d.DEFAULT_KAFKA_BOOTSTRAP_SERVERS
+    kafka_security_protocol: str | None = None
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password_file: str | None = None
+    kafka_tls_ca_file: str | None = None
     lease_seconds: float = d.DEFAULT_LEASE_SECONDS
     max_deliveries: int = d.DEFAULT_MAX_DELIVERIES
     result_ttl: int = d.DEFAULT_RESULT_TTL

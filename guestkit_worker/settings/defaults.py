@@ -39,6 +39,8 @@ DEFAULT_LOG_FORMAT = "text"
 # -- the Redis transport (--transport redis) --------------------------------------------------
 #: --redis-url
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+#: --kafka-bootstrap-servers (--transport kafka)
+DEFAULT_KAFKA_BOOTSTRAP_SERVERS = "localhost:9092"
 #: --lease-seconds: a running job's claim is renewed every lease/4
 DEFAULT_LEASE_SECONDS = 60.0
 #: --max-deliveries: entries delivered more often go to the dead letters
