@@ -126,6 +126,7 @@ class KafkaBroker:
         self.log = os.path.join(self.dir, "kafka.log")
         self.properties = dict(BASE_PROPERTIES, **(properties or {}))
         self.proc = None
+        self.log_start = 0
 
     # -- start and stop -------------------------------------------------------------------
     def write_config(self) -> str:
@@ -161,6 +162,7 @@ class KafkaBroker:
         config = self.write_config()
         if not os.path.isdir(os.path.join(self.dir, "data")):
             self.format(config)
+        self.log_start = os.path.getsize(self.log) if os.path.exists(self.log) else 0
         with open(self.log, "ab") as log:  # the JVM writes through its own copy of the descriptor
             argv = self.java("kafka.Kafka", config, heap="512m", log4j="log4j2")
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -176,6 +178,7 @@ class KafkaBroker:
         if self.proc.poll() is not None:
             raise AssertionError(f"kafka exited with {self.proc.returncode}; see {self.log}")
         with open(self.log, errors="replace") as fh:
+            fh.seek(self.log_start)  # this start's lines (a restart appends to the same log)
             if "Kafka Server started" not in fh.read():
                 return False
         try:
