@@ -69,7 +69,9 @@ def _schemas() -> dict:
             "job_id": {"type": "string"}, "status": statuses, "operation": text_or_null,
             "attempt": _nullable("integer"), "worker_id": text_or_null,
             "submitted_at": text_or_null, "started_at": text_or_null, "completed_at": text_or_null,
-            "error": _ref("schemas", "JobErrorOrNull")}}
+            "error": _ref("schemas", "JobErrorOrNull"),
+            "worker_gone": {"const": True, "description": "Present while the job is running on a worker "
+                            "known to be dead; another worker takes it over."}}}
     return {
         "Error": {
             "type": "object", "required": ["success", "error", "message"], "additionalProperties": False,
