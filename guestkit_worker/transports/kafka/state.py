@@ -250,7 +250,14 @@ class PoolState:
                 chosen.append(entry)
         for entry in chosen:
             del self.waiting[entry.id]
-        return [self._hand_out(entry, w, life, float(c["lease"]), started=False) for entry in chosen]
+            self._mark_running(entry, w, c.get("at"))
+        return [self._hand_out(entry, w, life, float(c["lease"]), started=True) for entry in chosen]
+
+    def _mark_running(self, entry: Entry, worker: str, at: Any) -> None:
+        """A take records the start (the transport's starts_on_fetch): the job is running."""
+        job = self.jobs.get(entry.job_id) if entry.job_id is not None else None
+        if job is not None and job.entry == entry.id:
+            job.status, job.worker_id, job.started_at = "running", worker, at
 
     def _op_start(self, c: dict) -> bool:
         claim = self.claim_of(c["entry"], c["generation"])

@@ -87,35 +87,41 @@ class StoreMixin:
     def commit(self, outcomes: Sequence[Outcome]) -> None:
         """Each outcome in one command: result stored, job state set, idempotency key kept or
         released, delivery acknowledged (or queued again: ``release``, or a job rejected
-        without a result whose id is known; or dead-lettered: poison).  An outcome whose
-        delivery another worker owns now gets LeaseLost; storage trouble gets its OSError."""
+        without a result whose id is known; or dead-lettered: poison).  The commands of a batch
+        are written together and their answers awaited together (one round trip).  An outcome
+        whose delivery another worker owns now gets LeaseLost; storage trouble its OSError."""
+        sent = []
         for o in outcomes:
             o.error = None
             try:
-                self._commit_one(o)
+                cmd = self._commit_command_of(o)
+                if cmd is not None:
+                    sent.append((o, self._state_log().send(cmd)))
             except (TypeError, ValueError, OSError) as exc:
                 o.error = exc
+        for o, slot in sent:
+            try:
+                answer, dead = self._state_log().wait(slot)
+            except OSError as exc:
+                o.error = exc
+                self.observer.transport_error("commit")
+                continue
+            if answer == "lost":
+                o.error = self._lose(o.delivery)
+                continue
+            self._held.discard(o.delivery.generation)
+            self._publish_dead(dead)
 
-    def _commit_one(self, o: Outcome) -> None:
+    def _commit_command_of(self, o: Outcome) -> dict | None:
+        """The commit command of o, or None (o.error set) when its delivery is known lost."""
         d = o.delivery
         if d.lost or d.generation not in self._held:
             o.error = self._lose(d) if not d.lost else LeaseLost(f"{d.name} now belongs to another worker")
-            return
+            return None
         body = o.encoded if o.encoded is not None else (
             self.encode_result(o.result) if o.result is not None else None)
-        answer, dead = self._state_log_call(self._commit_command(o, body))
-        if answer == "lost":
-            o.error = self._lose(d)
-            return
-        self._held.discard(d.generation)
-        self._publish_dead(dead)
-
-    def _state_log_call(self, cmd: dict) -> tuple:
-        try:
-            return self._state_log().call_full(cmd)
-        except OSError:
-            self.observer.transport_error("commit")
-            raise
+        self._state_log().reachable()
+        return self._commit_command(o, body)
 
     def _commit_command(self, o: Outcome, body: bytes | None) -> dict:
         result = o.result if isinstance(o.result, dict) else {}

@@ -88,6 +88,9 @@ class KafkaTransport(ReclaimMixin, StoreMixin, Transport):
 
     protected_paths = ()
     local_dirs: Mapping[str, str] = {}
+    #: the take command marks what it hands out started (one round trip less per job): a worker
+    #: that dies holding a taken job has used one of its attempts
+    starts_on_fetch = True
 
     def __init__(self, settings: KafkaSettings, worker_id: str, *, pool: str = "default",
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, max_deliveries: int = DEFAULT_MAX_DELIVERIES,
@@ -245,7 +248,7 @@ class KafkaTransport(ReclaimMixin, StoreMixin, Transport):
         while not self._closed:
             if self._waiting_for_me(statelog):
                 handed = self._call({"op": "take", "w": self.worker_id, "life": self._life, "n": max_count,
-                                     "lease": self.lease_seconds}, "fetch")
+                                     "lease": self.lease_seconds, "at": now_iso()}, "fetch")
                 if handed:
                     return [self._delivery(h) for h in handed]
             left = end - time.monotonic()
@@ -291,6 +294,10 @@ class KafkaTransport(ReclaimMixin, StoreMixin, Transport):
         return False
 
     def mark_started(self, delivery: Delivery) -> None:
+        """No round trip for a delivery fetch marked started (all of them but a reclaimed one
+        whose handler had not begun); the next renewal finds it lost if it was taken over."""
+        if delivery.started:
+            return
         delivery.started = True
         if self._fenced(delivery, "start", attempt=delivery.attempt, at=now_iso()):
             delivery.renewed = time.monotonic()
