@@ -114,13 +114,15 @@ def require_tool(*names):
         pytest.skip(reason)
 
 
-def _write(root, rel, text, mode=0o644):
+def write_file(root, rel, data, mode=0o644):
+    """root/rel with data (text as UTF-8, or bytes), parents made; its path."""
     path = os.path.join(root, rel.lstrip("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    with open(path, "wb") as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
     os.chmod(path, mode)
     return path
+
 
 
 def _dpkg_status():
@@ -148,30 +150,30 @@ def make_root_tree(root):
         src = shutil.which(prog) or f"/usr/bin/{prog}"
         if os.path.exists(src):
             shutil.copy2(src, os.path.join(root, "usr/bin", prog))
-    _write(root, "etc/os-release",
+    write_file(root, "etc/os-release",
            'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\n'
            'VERSION_ID="12"\nVERSION="12 (bookworm)"\nVERSION_CODENAME=bookworm\nID=debian\n'
            'HOME_URL="https://www.debian.org/"\n')
-    _write(root, "etc/debian_version", DEBIAN_VERSION + "\n")
-    _write(root, "etc/hostname", HOSTNAME + "\n")
-    _write(root, "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n")
-    _write(root, "etc/fstab",
+    write_file(root, "etc/debian_version", DEBIAN_VERSION + "\n")
+    write_file(root, "etc/hostname", HOSTNAME + "\n")
+    write_file(root, "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n")
+    write_file(root, "etc/fstab",
            f"# /etc/fstab: static file system information.\n"
            f"UUID={FS_UUID} / ext4 errors=remount-ro 0 1\n")
-    _write(root, "etc/passwd",
+    write_file(root, "etc/passwd",
            "".join(f"{n}:x:{u}:{g}:{gecos}:{h}:{s}\n" for n, u, g, gecos, h, s in PASSWD))
-    _write(root, "etc/group", "root:x:0:\nnogroup:x:65534:\nalice:x:1000:\n")
-    _write(root, "etc/shadow", "".join(f"{p[0]}:*:19700:0:99999:7:::\n" for p in PASSWD), 0o640)
-    _write(root, "etc/resolv.conf",
+    write_file(root, "etc/group", "root:x:0:\nnogroup:x:65534:\nalice:x:1000:\n")
+    write_file(root, "etc/shadow", "".join(f"{p[0]}:*:19700:0:99999:7:::\n" for p in PASSWD), 0o640)
+    write_file(root, "etc/resolv.conf",
            "# test resolver\nsearch example.invalid\n"
            + "".join(f"nameserver {ip}\n" for ip in DNS_SERVERS))
-    _write(root, "etc/selinux/config", f"# test\nSELINUX={SELINUX_MODE}\nSELINUXTYPE=default\n")
-    _write(root, "etc/machine-id", "0123456789abcdef0123456789abcdef\n")
-    _write(root, "var/lib/dpkg/status", _dpkg_status())
-    _write(root, f"usr/lib/systemd/system/{ENABLED_UNIT}",
+    write_file(root, "etc/selinux/config", f"# test\nSELINUX={SELINUX_MODE}\nSELINUXTYPE=default\n")
+    write_file(root, "etc/machine-id", "0123456789abcdef0123456789abcdef\n")
+    write_file(root, "var/lib/dpkg/status", _dpkg_status())
+    write_file(root, f"usr/lib/systemd/system/{ENABLED_UNIT}",
            "[Unit]\nDescription=OpenBSD Secure Shell server\n\n[Service]\n"
            "ExecStart=/usr/sbin/sshd -D\n\n[Install]\nWantedBy=multi-user.target\n")
-    _write(root, "usr/lib/systemd/system/cron.service",
+    write_file(root, "usr/lib/systemd/system/cron.service",
            "[Unit]\nDescription=cron (not enabled)\n\n[Service]\nExecStart=/usr/sbin/cron -f\n")
     os.symlink(f"/lib/systemd/system/{ENABLED_UNIT}",
                os.path.join(root, "etc/systemd/system/multi-user.target.wants", ENABLED_UNIT))
@@ -191,9 +193,16 @@ def build_debian_image(directory):
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     root = make_root_tree(os.path.join(directory, "rootfs"))
-    raw = os.path.join(directory, "debian12.raw")
-    fs_img = os.path.join(directory, "rootfs.ext4")
-    qcow2 = os.path.join(directory, "debian12.qcow2")
+    raw, qcow2 = image_from_root(root, directory, "debian12")
+    return {"raw": raw, "qcow2": qcow2, "expected": dict(EXPECTED), "raw_size": IMAGE_MIB * 1024 * 1024}
+
+
+def image_from_root(root, directory, stem):
+    """``STEM.raw`` (MBR, one ext4 partition holding the tree root) and its ``STEM.qcow2`` copy
+    in directory; returns (raw, qcow2)."""
+    raw = os.path.join(directory, f"{stem}.raw")
+    fs_img = os.path.join(directory, f"{stem}.ext4")
+    qcow2 = os.path.join(directory, f"{stem}.qcow2")
 
     image_bytes = IMAGE_MIB * 1024 * 1024
     part_sectors = image_bytes // SECTOR - PART_START_SECTOR
@@ -221,4 +230,4 @@ def build_debian_image(directory):
                 dst.write(block)
     os.unlink(fs_img)
     _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow2])
-    return {"raw": raw, "qcow2": qcow2, "expected": dict(EXPECTED), "raw_size": image_bytes}
+    return raw, qcow2

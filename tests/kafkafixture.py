@@ -82,6 +82,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def die_with_parent():
+    """In the broker's child process before exec: SIGKILL it when the process that started it
+    ends, however it ends (a pytest that crashes or is killed runs no fixture teardown, and a
+    JVM in a session of its own would outlive it).  The signal follows the starting thread:
+    start a broker from a thread that lives as long as the broker should (the main thread)."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def kafka_lib() -> str:
     """The directory of the broker's jars: fetched by tests/kafka/fetch (Maven) when not cached.
     Skips outside CI, fails in CI, when java, mvn or the jars cannot be had."""
@@ -153,7 +163,8 @@ class KafkaBroker:
             self.format(config)
         with open(self.log, "ab") as log:  # the JVM writes through its own copy of the descriptor
             argv = self.java("kafka.Kafka", config, heap="512m", log4j="log4j2")
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=die_with_parent)
         try:
             wait_for(self.ready, timeout=START_TIMEOUT, interval=0.5, what=f"kafka at {self.bootstrap}")
         except AssertionError as e:

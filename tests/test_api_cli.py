@@ -80,8 +80,7 @@ def test_cli_client_on_the_local_directories(dirs, tmp_path):
     doc, parked = make_job("job-local-0001"), make_job("job-local-0002")
     proc = cli("submit", job_file(tmp_path, doc), job_file(tmp_path, parked), "--jobs-dir", dirs.jobs,
                check=0)
-    placed = sorted(os.path.join(dirs.jobs, f"{d['job_id']}.json") for d in (doc, parked))
-    assert sorted(proc.stdout.split()) == placed
+    assert sorted(proc.stdout.splitlines()) == ["job-local-0001 pending", "job-local-0002 pending"]
     assert json.loads(cli("status", "job-local-0001", *local, check=0).stdout)["status"] == "pending"
     assert cli("result", "job-local-0001", *local).returncode == 4
     assert cli("cancel", "job-local-0002", *local, check=0).stdout.strip() == "job-local-0002 cancelled"

@@ -43,15 +43,18 @@ ENVFILE = CONTRIB / "default" / "guestkit-worker"
 README = CONTRIB / "README.md"
 
 BINARY = "/usr/bin/guestkit-worker"
+REFRESH = "/usr/libexec/guestkit-worker/guestkit-worker-vulndb-refresh"
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 UNITS = ("guestkit-worker.service", "guestkit-worker-once.service", "guestkit-worker-once.timer",
-         "guestkit-worker-prune.service", "guestkit-worker-prune.timer")
+         "guestkit-worker-prune.service", "guestkit-worker-prune.timer",
+         "guestkit-worker-vulndb.service", "guestkit-worker-vulndb.timer")
 
 COUNTERS = {
     "guestkit_worker_jobs_total", "guestkit_handler_executions_total",
     "guestkit_checksum_verifications_total", "guestkit_worker_disk_read_bytes_total",
     "guestkit_worker_disk_write_bytes_total", "guestkit_api_requests_total",
-    "guestkit_api_connections_rejected_total", "guestkit_worker_dead_lettered_total",
+    "guestkit_api_connections_rejected_total", "guestkit_scan_findings_total", "guestkit_scans_total",
+    "guestkit_worker_dead_lettered_total",
 }
 #: served by a daemon's REST API only (never in a one-shot textfile); tests/test_api_load.py reads them
 API_METRICS = {"guestkit_api_requests_total", "guestkit_api_connections_rejected_total",
@@ -61,6 +64,7 @@ GAUGES = {
     "guestkit_worker_max_concurrent_jobs", "guestkit_worker_last_success_timestamp_seconds",
     "guestkit_worker_last_run_timestamp_seconds", "guestkit_worker_health_check",
     "guestkit_worker_oldest_running_job_seconds", "guestkit_api_waiting_requests",
+    "guestkit_vuln_db_age_seconds", "guestkit_vuln_db_records",
 }
 HISTOGRAMS = {
     "guestkit_worker_jobs_duration_seconds", "guestkit_handler_duration_seconds",
@@ -71,7 +75,7 @@ ALLOWED_METRICS = (COUNTERS | GAUGES | {"up"}
 
 REQUIRED_ALERTS = {"HighJobFailureRate", "WorkerStalled", "ChecksumFailures", "WorkerDown", "Saturated",
                    "OneShotStale", "OneShotNeverSucceeded", "HandlerErrors", "HealthCheckFailing",
-                   "JobRunningLong"}
+                   "JobRunningLong", "VulnDatabaseStale"}
 
 
 # ----------------------------------------------------------------------------------------- tools
@@ -329,6 +333,9 @@ def _has(panels, title_rx, expr_rx):
      r"histogram_quantile\(0.95, .*guestkit_api_request_duration_seconds_bucket"),
     ("API waits and refusals", r"API waiting", [r"guestkit_api_waiting_requests",
                                                 r"rate\(guestkit_api_connections_rejected_total\["]),
+    ("vulnerability database age", r"vulnerability database age", r"guestkit_vuln_db_age_seconds"),
+    ("vulnerability database records", r"records by ecosystem", r"guestkit_vuln_db_records"),
+    ("scan findings", r"findings", r"rate\(guestkit_scan_findings_total\["),
 ])
 def test_dashboard_topic(topic, title_rx, expr_rx):
     assert _has(list(all_panels(dashboard())), title_rx, expr_rx), f"no panel for {topic}"
@@ -399,6 +406,10 @@ def _synthetic_series():
                 series.append((f'guestkit_api_requests_total{{{base}, route="{route}", method="POST", '
                                f'code="{code}"}}', f"0+{step}x15"))
             series += _histogram("guestkit_api_request_duration_seconds", f'{base}, route="/api/v1/jobs"')
+            series += [(f"guestkit_vuln_db_age_seconds{{{base}}}", "3600+60x15"),
+                       (f'guestkit_vuln_db_records{{{base}, ecosystem="Debian:12"}}', "65000x15")]
+            series += [(f'guestkit_scan_findings_total{{{base}, severity="{sev}"}}', "0+3x15")
+                       for sev in ("critical", "high", "medium", "low", "unknown")]
     return series
 
 
@@ -505,6 +516,7 @@ def test_systemd_analyze_verify(systemd_analyze, tmp_path):
     stub.chmod(0o755)
     for name in UNITS:
         text = (SYSTEMD / name).read_text()
+        text = text.replace(REFRESH, str(CONTRIB / "vulndb" / os.path.basename(REFRESH)))
         (tmp_path / name).write_text(text.replace(BINARY, str(stub)))
     rc, out = _run([systemd_analyze, "verify", "--man=no", *[str(tmp_path / n) for n in UNITS]], cwd=tmp_path)
     print(out)
@@ -515,7 +527,7 @@ def test_systemd_analyze_verify(systemd_analyze, tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("name", ["guestkit-worker.service", "guestkit-worker-once.service",
-                                  "guestkit-worker-prune.service"])
+                                  "guestkit-worker-prune.service", "guestkit-worker-vulndb.service"])
 def test_systemd_security_exposure(systemd_analyze, tmp_path, name):
     """The sandbox keeps `systemd-analyze security` at 2.5 or below (0 = locked down, 10 = none)."""
     (tmp_path / name).write_text((SYSTEMD / name).read_text())
@@ -820,5 +832,7 @@ def test_textfile_through_node_exporter(tmp_path):
         used |= metric_names(t["expr"])
     # /health's checks and the running jobs' age describe a live daemon: not in a finished run's file
     daemon_only = {"up", "guestkit_worker_health_check", "guestkit_worker_oldest_running_job_seconds"}
+    # the vulnerability database's gauges exist once a scan (or a daemon's refresher) opened one
+    daemon_only |= {"guestkit_vuln_db_age_seconds", "guestkit_vuln_db_records"}
     missing = {m for m in used - daemon_only - API_METRICS if m not in exported}
     assert not missing, f"used by contrib/ but not in the one-shot textfile: {missing}"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import threading
@@ -248,3 +249,27 @@ def test_timeout_kills_qemu_img_and_removes_partial(tmp_path, debian_image, monk
                     assert str(dest.parent).encode() not in fh.read()
             except OSError:
                 pass
+
+
+def test_progress_is_throttled_and_its_number_is_its_message(tmp_path, monkeypatch):
+    """qemu-img prints about 100 progress lines even for a 0.2 s conversion, with fractions
+    (13.50): the job gets one event per 5 % (or per second when slower) and the end, each with
+    the whole percent its message shows."""
+    real = shutil.which("qemu-img")  # there: the module's fixture requires it
+    fake = tmp_path / "bin" / "qemu-img"
+    fake.parent.mkdir()
+    steps = " ".join(f"{i * 1.5:.2f}" for i in range(67)) + " 100.00"
+    fake.write_text(f"#!/bin/sh\nif [ \"$1\" = convert ]; then\n  for p in {steps}; do "
+                    "printf '    (%s/100%%)\\r' \"$p\"; done\nfi\nexec " + real + " \"$@\"\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(convert_mod, "QEMU_IMG", str(fake))
+    src = tmp_path / "small.raw"
+    subprocess.run([real, "create", "-q", "-f", "raw", str(src), "8M"], check=True)
+    _, ctx, _ = run_job(tmp_path, {"image": {"path": str(src), "format": "raw"}, "target_format": "qcow2",
+                                   "output": {"destination": str(tmp_path / "small.qcow2")}})
+    steps = [e for e in progress_events(ctx) if e["phase"] == "convert" and "%" in e["message"]]
+    assert 2 <= len(steps) <= 22, [e["message"] for e in steps]
+    for e in steps:
+        assert e["message"] == f"qemu-img convert {e['progress_percent']:.0f}%" and \
+            e["progress_percent"] == int(e["progress_percent"]), e
+    assert steps[-1]["progress_percent"] == 100.0

@@ -152,8 +152,10 @@ def test_allow_path_refuses_before_looking_at_the_image(tmp_path):
 def test_effective_sections():
     assert effective_sections(None) == set(SECTIONS)
     basic = example("guestkit-inspect-basic.json")["payload"]["data"]["options"]
-    assert effective_sections(basic) == {"packages", "services", "network", "security"}
-    assert effective_sections({}) == set()
+    assert effective_sections(basic) == set(SECTIONS)  # four true, the others not mentioned
+    assert effective_sections({}) == set(SECTIONS)
+    assert effective_sections({"include_users": False, "include_databases": False}) == \
+        set(SECTIONS) - {"users", "databases"}
 
 
 def test_summary_caps_lists():

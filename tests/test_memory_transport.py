@@ -100,6 +100,29 @@ def test_duplicates_and_entries_delivered_too_often_are_dead_letters():
     assert status.status == "failed" and status.error["code"] == "DEAD_LETTERED"
 
 
+
+def test_a_job_dead_lettered_before_it_started_frees_its_id():
+    """Delivered too often without ever starting (its holders died before its handler ran):
+    dead-lettered, and its job id takes a new submission and a producer's own entry again;
+    requeueing the dead letter afterwards is refused as a duplicate of the new job."""
+    clock = Clock()
+    broker, a, _b = _pair(clock, max_deliveries=1)
+    doc = make_job("mem-unrun-1")
+    a.submit(doc)
+    [d] = a.fetch(1, 0)  # taken, never started
+    broker.declare_dead("mem-a")
+    c = MemoryTransport("mem-next", broker=broker, lease_seconds=10, max_deliveries=1)
+    c.open()
+    assert c.reclaim(lambda r, _p: None, 5) == 0
+    [dead] = c.dead_list().entries
+    assert dead.reason == "max_deliveries" and dead.job_id == "mem-unrun-1"
+    receipt = c.submit(dict(doc, payload={"type": "system.echo.v1", "data": {"fixed": True}}))
+    assert receipt.outcome == "created" and c.job_status("mem-unrun-1").status == "pending"
+    refused = c.dead_requeue(dead.entry)
+    assert (refused.outcome, refused.reason) == ("refused", "duplicate_job_id")
+    [again] = c.fetch(1, 0)
+    assert json.loads(c.read(again))["payload"]["data"] == {"fixed": True}
+
 @pytest.mark.integration
 def test_memory_is_no_operators_choice():
     cfg = WorkerConfig(transport="memory")

@@ -50,3 +50,4 @@ def test_wheel_holds_every_module_of_the_tree(tmp_path):
     assert len(expected) > 50 and "guestkit_worker/engines/guestfs_probe.py" in expected
     assert sorted(expected - shipped) == [], "modules the wheel leaves out"
     assert sorted(shipped - expected) == [], "modules the wheel has that the tree has not"
+    assert "guestkit_worker/py.typed" in names, "the PEP 561 marker of the typed package"

@@ -28,7 +28,7 @@ def test_submit_and_run_once_over_a_unix_socket(unix_server, tmp_path, pool, db)
     job_id = f"unix-job-{db or 0}-001"
     submitted, ran = submit_and_run_once(tmp_path, pool, job_id, ["--redis-url", url])
     assert submitted.returncode == 0, submitted.stderr
-    assert submitted.stdout.startswith(f"guestkit:{{{pool}}}:jobs "), submitted.stdout  # stream, entry id
+    assert submitted.stdout == f"{job_id} pending\n", submitted.stdout
     assert ran.returncode == 0, ran.stderr
     assert f"at unix://{unix_server.socket}" in ran.stderr  # where it says it works
     result = stored_result(unix_server.client(db or 0), pool, job_id)

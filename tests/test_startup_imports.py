@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 #: modules of other commands or of options not given (the REST API, the HTTP client of the
 #: client commands, the Redis transport); none is needed to build the parser
 NOT_AT_START = ("guestkit_worker.api.service", "guestkit_worker.api.app", "guestkit_worker.http.server",
-                "guestkit_worker.api.client", "guestkit_worker.transports.redis", "redis")
+                "guestkit_worker.client", "guestkit_worker.transports.redis", "redis")
 
 
 def imported(*args, cwd=None):

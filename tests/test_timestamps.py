@@ -61,7 +61,6 @@ def test_every_time_stamp_the_worker_writes_is_utc_with_z(dirs):
     stamps.update({f"log line {i}": line["time"] for i, line in enumerate(lines)})
     status = json.loads(cli("status", "stamp-convert-1", "--jobs-dir", dirs.jobs, "--results-dir",
                             dirs.results, check=0).stdout)
-    # (its submitted_at is the document's own created_at, as the submitter wrote it)
-    stamps.update({f"status {k}": status[k] for k in ("started_at", "completed_at")})
+    stamps.update({f"status {k}": status[k] for k in ("submitted_at", "started_at", "completed_at")})
     wrong = {name: value for name, value in stamps.items() if not STAMP.fullmatch(str(value))}
     assert not wrong, wrong

@@ -187,3 +187,42 @@ def test_concurrent_callers_share_one_index(tmp_path, monkeypatch):
         t.join(timeout=120)
     assert len(results) == 8 and len({id(r) for r in results}) == 1
     assert len(loads) == 1 and results[0].records == 2000
+
+
+def test_zip_declaring_too_many_members_is_skipped_unread(tmp_path, monkeypatch):
+    write_zip(tmp_path / "a", "Debian", [_debian(f"DSA-{i}") for i in range(11)])
+    write_zip(tmp_path / "b", "Debian", [_debian("DSA-1")])
+    monkeypatch.setattr(osvdb, "MAX_ZIP_MEMBERS", 10)
+    opened = []
+    real = zipfile.ZipFile
+    monkeypatch.setattr(osvdb.zipfile, "ZipFile", lambda path, *a: opened.append(path) or real(path, *a))
+    db = osvdb.load_database(str(tmp_path))
+    assert (db.records, db.skipped_files) == (1, 1)
+    assert "declares 11 members, more than the 10 a database zip may have" in db.warnings[0]
+    assert len(opened) == 1 and "/b/" in str(opened[0])
+
+
+def test_member_count_of_a_zip64_archive(tmp_path):
+    """More than 65,535 members (as OSV's Debian dump has) are counted from the zip64 end record."""
+    path = tmp_path / "big.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(70000):
+            archive.writestr(f"{i}.json", b"")
+    assert osvdb.declared_members(str(path)) == 70000
+    small = write_zip(tmp_path, "Debian", [_debian("DSA-1"), _debian("DSA-2")])
+    assert osvdb.declared_members(small) == 2
+    (tmp_path / "junk.zip").write_bytes(b"no end record here")
+    assert osvdb.declared_members(str(tmp_path / "junk.zip")) is None
+
+
+def test_skip_reasons_escape_control_characters(tmp_path):
+    """Member names and ids reach logs and terminals: escape sequences and newlines are escaped."""
+    bad_id = json.dumps({"id": "X\x1b[31m\nFAKE", "modified": 7})
+    write_zip(tmp_path, "Debian", [_debian("DSA-1")],
+              extra_members=[("evil\x1b[2J\nline.json", b"not json"), ("id.json", bad_id)])
+    db = osvdb.load_database(str(tmp_path))
+    assert db.skipped == 2
+    for warning in db.warnings:
+        assert warning.isprintable(), warning
+    assert any("evil\\x1b[2J\\nline.json" in w for w in db.warnings)
+    assert any("X\\x1b[31m\\nFAKE: modified is not an RFC 3339 timestamp" in w for w in db.warnings)

@@ -340,9 +340,9 @@ def test_validate_and_submit(dirs, tmp_path):
         f"{many}: execution.priority: must be 1-10, got 11"]
     proc = cli("submit", str(good), "--jobs-dir", dirs.jobs, check=0)
     placed = os.path.join(dirs.jobs, "submit-me-0001.json")
-    assert proc.stdout.strip() == placed
+    assert proc.stdout.strip() == "submit-me-0001 pending"
     assert json.loads(Path(placed).read_text())["job_id"] == "submit-me-0001"
-    assert cli("submit", str(good), "--jobs-dir", dirs.jobs).returncode == 1  # already waiting
+    assert cli("submit", str(good), "--jobs-dir", dirs.jobs).returncode == 0  # the same, already waiting
     assert cli("submit", str(bad), "--jobs-dir", dirs.jobs).returncode == 1
     assert not [n for n in os.listdir(dirs.jobs) if n.startswith(".") and n.endswith(".tmp")]
 
@@ -370,7 +370,8 @@ def test_validate_and_submit_judge_paths_like_the_worker(dirs, tmp_path):
     assert os.listdir(dirs.jobs) == []  # nothing queued
     env = __import__("conftest").worker_env(GUESTKIT_WORKER_ALLOW_PATH=f"{other}:{images}")
     proc = cli("submit", str(job), "--jobs-dir", dirs.jobs, env=env, check=0)
-    assert proc.stdout.strip() == os.path.join(dirs.jobs, "allowpath-0001.json")
+    assert proc.stdout.strip() == "allowpath-0001 pending"
+    assert os.listdir(dirs.jobs) == ["allowpath-0001.json"]
 
 
 
@@ -417,4 +418,4 @@ def test_list_operations_shows_engines():
     proc = cli("list-operations", check=0)
     lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
     assert lines["system.echo"].split()[1] == "available"
-    assert {"guestkit.inspect", "guestkit.convert", "test.sleep"} <= set(lines)
+    assert {"guestkit.inspect", "guestkit.convert", "guestkit.scan", "test.sleep"} <= set(lines)

@@ -8,15 +8,17 @@ Order of checks for every request: the route (404), the token (401 with
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
 from typing import Any, Callable
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from .. import PROTOCOL_VERSION
 from ..http.auth import CHALLENGE, CHALLENGE_INVALID, TokenSet, bearer_token
 from ..transports.base import TransportUnavailable
+from .dead import DeadApi
 from .jobs import JobsApi
 from .metrics import ApiMetrics
 from .responses import Answer, ApiError, encode, error_body, ok, status_line
@@ -33,20 +35,52 @@ ROUTES = (
     ("/api/v1/jobs/{id}", re.compile(rf"/api/v1/jobs/{_ID}"), {"GET": "status", "DELETE": "cancel"}),
     ("/api/v1/jobs/{id}/result", re.compile(rf"/api/v1/jobs/{_ID}/result"), {"GET": "result"}),
     ("/api/v1/jobs/{id}/progress", re.compile(rf"/api/v1/jobs/{_ID}/progress"), {"GET": "progress"}),
+    ("/api/v1/dead", re.compile(r"/api/v1/dead/?"), {"GET": "dead_list"}),
+    ("/api/v1/dead/{entry}", re.compile(rf"/api/v1/dead/{_ID}"),
+     {"GET": "dead_show", "DELETE": "dead_purge"}),
+    ("/api/v1/dead/{entry}/requeue", re.compile(rf"/api/v1/dead/{_ID}/requeue"), {"POST": "dead_requeue"}),
     ("/api/v1/capabilities", re.compile(r"/api/v1/capabilities"), {"GET": "capabilities"}),
     ("/api/v1/health", re.compile(r"/api/v1/health"), {"GET": "health"}),
+    ("/api/v1/openapi.json", re.compile(r"/api/v1/openapi\.json"), {"GET": "openapi"}),
 )
 #: route label of requests that match no route
 UNMATCHED = "unmatched"
 
 
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _unescape_unreserved(match_: re.Match) -> str:
+    char = chr(int(match_.group(1), 16))
+    return char if char in _UNRESERVED else match_.group(0)
+
+
+def request_path(environ: dict) -> str:
+    """The request's path with only its escaped unreserved characters decoded (RFC 3986
+    normalisation): an escaped ``/`` (``%2F``) stays inside its segment, so a job id holding
+    one cannot reach another route.  Without ``RAW_URI`` (another WSGI server): PATH_INFO."""
+    raw = environ.get("RAW_URI")
+    if not raw:
+        return environ.get("PATH_INFO", "")
+    return _ESCAPE.sub(_unescape_unreserved, raw.partition("?")[0].partition("#")[0])
+
+
 def match(path: str) -> tuple[str, dict[str, str] | None, dict[str, str]]:
-    """(route template, path parameters or None when nothing matched, methods)."""
+    """(route template, path parameters or None when nothing matched, methods) for a path as
+    :func:`request_path` gives it; the parameters are decoded (UTF-8)."""
     for template, pattern, methods in ROUTES:
         found = pattern.fullmatch(path)
         if found:
-            return template, found.groupdict(), methods
+            return template, {k: unquote(v, errors="replace") for k, v in found.groupdict().items()}, methods
     return UNMATCHED, None, {}
+
+
+@functools.lru_cache(maxsize=1)
+def _openapi_bytes() -> bytes:
+    """The OpenAPI document, rendered once (imported on first use: start-up stays light)."""
+    from .openapi import render
+    return render()
 
 
 def _media_type(value: str) -> str:
@@ -60,8 +94,9 @@ class ApiApp:
 
     def __init__(self, jobs: JobsApi, *, capabilities: Callable[[], dict],
                  health: Callable[[], tuple[bool, dict]], tokens: TokenSet | None,
-                 max_body: int, metrics: ApiMetrics) -> None:
+                 max_body: int, metrics: ApiMetrics, dead: DeadApi | None = None) -> None:
         self.jobs = jobs
+        self.dead = dead
         self.capabilities = capabilities
         self.health = health
         self.tokens = tokens
@@ -71,7 +106,7 @@ class ApiApp:
     def __call__(self, environ: dict, start_response: Callable) -> list:
         started = time.monotonic()
         method = environ.get("REQUEST_METHOD", "GET")
-        route, params, methods = match(environ.get("PATH_INFO", ""))
+        route, params, methods = match(request_path(environ))
         try:
             answer = self._answer(environ, method, params, methods)
         except ApiError as err:
@@ -88,7 +123,7 @@ class ApiApp:
             log.exception("API %s %s: unexpected error", method, route)
             answer = Answer(500, error_body(ApiError(500, "INTERNAL_ERROR", "internal error; see the "
                                                                             "worker's log")))
-        body = encode(answer.body)
+        body = answer.body if isinstance(answer.body, bytes) else encode(answer.body)
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                    ("Cache-Control", "no-store")] + answer.headers
         start_response(status_line(answer.status), headers)
@@ -131,10 +166,25 @@ class ApiApp:
             return self.jobs.result(job_id, query)
         if endpoint == "progress":
             return self.jobs.progress(job_id, query)
+        if endpoint.startswith("dead_"):
+            return self._dead(endpoint, job_id, query)
         if endpoint == "capabilities":
             return ok(self.capabilities())
+        if endpoint == "openapi":
+            return Answer(200, _openapi_bytes())
         healthy, body = self.health()
         return Answer(200 if healthy else 503, body)
+
+    def _dead(self, endpoint: str, entry: str | None, query: dict) -> Answer:
+        if self.dead is None:
+            raise ApiError(404, "NOT_FOUND", "this API serves no dead letters")
+        if endpoint == "dead_list":
+            return self.dead.list(query)
+        if endpoint == "dead_show":
+            return self.dead.show(entry)
+        if endpoint == "dead_requeue":
+            return self.dead.requeue(entry)
+        return self.dead.purge(entry)
 
     def _authenticate(self, environ: dict) -> None:
         token = bearer_token(environ.get("HTTP_AUTHORIZATION"))

@@ -93,13 +93,14 @@ _NO_JSON = object()
 
 
 def _job_not_found(body: Any) -> bool:
-    """Whether a 404's body is the API's "no such job" (its error code naming the job_id field),
-    not the 404 of a path that is no API endpoint (a wrong --api path, another server)."""
+    """Whether a 404's body is the API's "no such job" or "no such dead letter" (its error code
+    naming the job_id or entry field), not the 404 of a path that is no API endpoint (a wrong
+    --api path, another server)."""
     if not isinstance(body, dict) or body.get("success") is not False:
         return False
     details = body.get("details")
     return body.get("error") in ("NOT_FOUND", "JOB_NOT_FOUND") and isinstance(details, dict) \
-        and details.get("field") == "job_id"
+        and details.get("field") in ("job_id", "entry")
 
 
 class ApiClient:
@@ -285,3 +286,26 @@ class ApiClient:
         """
         given = {k: v for k, v in query.items() if v is not None}
         return self.request("GET", "/api/v1/jobs" + (f"?{urlencode(given)}" if given else ""))
+
+    @staticmethod
+    def dead_path(entry: str, tail: str = "") -> str:
+        """``/api/v1/dead/ENTRY`` followed by ``tail`` (the entry quoted whole)."""
+        return f"/api/v1/dead/{quote(entry, safe='')}{tail}"
+
+    def dead_list(self, **query: Any) -> tuple[int, Any]:
+        """GET one page of dead letters, newest first (``limit``, ``page_token``; None left
+        out): 200 with ``entries`` and ``next_page_token`` in ``data``, 400 naming the parameter."""
+        given = {k: v for k, v in query.items() if v is not None}
+        return self.request("GET", "/api/v1/dead" + (f"?{urlencode(given)}" if given else ""))
+
+    def dead_show(self, entry: str) -> tuple[int, Any]:
+        """GET one dead letter with its document: 200, 404 no such entry, 400 a name no entry has."""
+        return self.request("GET", self.dead_path(entry))
+
+    def dead_requeue(self, entry: str) -> tuple[int, Any]:
+        """POST a requeue: 200 queued again, 404, 409/422 ``NOT_REQUEUEABLE`` (reason in details)."""
+        return self.request("POST", self.dead_path(entry, "/requeue"), b"")
+
+    def dead_purge(self, entry: str) -> tuple[int, Any]:
+        """DELETE a dead letter: 200 deleted, 404 no such entry."""
+        return self.request("DELETE", self.dead_path(entry))

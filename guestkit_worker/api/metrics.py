@@ -27,6 +27,12 @@ class ApiMetrics:
         self.waiting = Gauge(
             "guestkit_api_waiting_requests", "REST API requests waiting for a job's result "
             "(result?wait=...)", registry=registry)
+        self.requeued = Counter(
+            "guestkit_worker_dead_letters_requeued", "Dead letters queued again as new deliveries "
+            "(dead requeue, POST /api/v1/dead/ENTRY/requeue)", registry=registry)
+        self.purged = Counter(
+            "guestkit_worker_dead_letters_purged", "Dead letters deleted for good (dead purge, "
+            "DELETE /api/v1/dead/ENTRY)", registry=registry)
         self._children: dict = {}  # (route, method, code) -> (counter child, histogram child)
 
     def observe(self, route: str, method: str, code: int, seconds: float) -> None:

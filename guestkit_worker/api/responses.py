@@ -27,7 +27,7 @@ class ApiError(Exception):
 
 
 class Answer:
-    """A successful (or raw) answer: status, JSON body, extra headers."""
+    """An answer: status, a JSON body (bytes are sent as they are), extra headers."""
 
     __slots__ = ("status", "body", "headers")
 

@@ -15,6 +15,7 @@ from ..job.errors import ConfigError
 from ..settings.defaults import DEFAULT_API_MAX_CONNECTIONS, DEFAULT_API_MAX_WAITS
 from ..transports.base import Transport
 from .app import ApiApp, capabilities_document
+from .dead import DeadApi
 from .jobs import JobsApi
 from .metrics import ApiMetrics
 from .precheck import check_submission
@@ -82,7 +83,9 @@ def start_api(options: ApiOptions, *, transport: Transport, registry: Any,
     app = ApiApp(jobs, capabilities=capabilities_document(
                      worker_id=worker_id, pool=pool, version=__version__, registry=registry,
                      max_concurrent=max_concurrent, max_job_size=max_job_size),
-                 health=health, tokens=tokens, max_body=max_job_size, metrics=metrics)
+                 health=health, tokens=tokens, max_body=max_job_size, metrics=metrics,
+                 dead=DeadApi(transport, max_job_bytes=max_job_size, on_requeued=metrics.requeued.inc,
+                              on_purged=metrics.purged.inc))
     service = start_api_server(addr, app, tls_cert=options.tls_cert, tls_key=options.tls_key,
                                client_ca=options.client_ca, max_connections=options.max_connections,
                                request_deadline=options.request_deadline, on_refused=metrics.rejected.inc,

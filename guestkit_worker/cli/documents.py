@@ -88,13 +88,11 @@ def cmd_submit(args):
     except OSError as exc:
         print(f"{args.job}: cannot queue it: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
-    if receipt.outcome == "exists":
-        print(f"{args.job}: job {job.job_id} was submitted before ({receipt.status}: {receipt.location})",
-              file=sys.stderr)
-        return EXIT_JOBS_FAILED
     if receipt.outcome == "conflict":
         print(f"{args.job}: job id {job.job_id} is already used by another job ({receipt.status}: "
-              f"{receipt.location})", file=sys.stderr)
+              f"{receipt.location}); give this document another job_id", file=sys.stderr)
         return EXIT_JOBS_FAILED
-    print(receipt.location)
+    # one line per job, JOB_ID STATUS, on every transport and over --api; the very same document
+    # submitted again is no error (as over the API, which answers 200): nothing new is queued
+    print(f"{job.job_id} {receipt.status}{' (already submitted)' if receipt.outcome == 'exists' else ''}")
     return EXIT_OK

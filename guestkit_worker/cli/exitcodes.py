@@ -30,9 +30,20 @@ EXIT_UNAVAILABLE = 6
 #: the same document again: it is never queued twice); also submit without --api over Redis
 EXIT_OUTCOME_UNKNOWN = 7
 
+# -- dead list, show, requeue, purge: 0, 2, 3 (no such dead letter), 5, 6 as the job commands ----
+#: dead requeue: refused (409/422 NOT_REQUEUEABLE): the dead letter still cannot run (not JSON,
+#: too large, no job id, a duplicate of another job); its reason is printed, the others go on
+EXIT_DEAD_REFUSED = EXIT_REFUSED
+
 # -- prune --------------------------------------------------------------------------------------
 #: a file could not be removed (the others were)
 EXIT_NOT_ALL_REMOVED = 1
+
+# -- vulndb info -------------------------------------------------------------------------------
+#: the database is unavailable: --vuln-db not set, not a directory, or no readable record
+EXIT_VULNDB_UNAVAILABLE = 1
+#: the database was read but is older than --vuln-db-max-age (scans would fail VULN_DB_STALE)
+EXIT_VULNDB_STALE = 3
 
 #: the statuses of run (and api, validate, plain submit), as the man page lists them
 RUN_STATUSES = (EXIT_OK, EXIT_JOBS_FAILED, EXIT_USAGE, EXIT_TEXTFILE, EXIT_WORKER_ID_TAKEN, EXIT_ABORTED)
@@ -41,3 +52,7 @@ JOB_COMMAND_STATUSES = (EXIT_OK, EXIT_JOBS_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, E
                         EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_OUTCOME_UNKNOWN)
 #: the statuses of prune
 PRUNE_STATUSES = (EXIT_OK, EXIT_NOT_ALL_REMOVED, EXIT_USAGE)
+#: the statuses of vulndb info
+VULNDB_STATUSES = (EXIT_OK, EXIT_VULNDB_UNAVAILABLE, EXIT_USAGE, EXIT_VULNDB_STALE)
+#: the statuses of the dead commands
+DEAD_STATUSES = (EXIT_OK, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_DEAD_REFUSED, EXIT_UNAVAILABLE)

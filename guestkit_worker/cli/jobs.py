@@ -1,6 +1,6 @@
 """The job commands an operator runs: ``status``, ``result``, ``list``, ``cancel`` and
-``submit --api``.  With ``--api URL`` they talk to a worker's REST API
-(:mod:`guestkit_worker.api.client`); without it they act on the local transport directly through
+``submit --api``.  With ``--api URL`` they talk to a worker's REST API through the producer
+library (:class:`guestkit_worker.client.Client`); without it they act on the local transport directly through
 the same endpoint code the API runs (:class:`guestkit_worker.api.jobs.JobsApi`), so both
 ways answer alike and exit alike, with the job commands' statuses of :mod:`.exitcodes`
 (an HTTP answer maps to one in :func:`_error`; with several files the highest wins).
@@ -30,10 +30,6 @@ from .options import API_CLIENT_OPTIONS, add_api_client_options, add_queue_optio
 
 #: ``--wait`` without a value: wait up to an hour.
 DEFAULT_WAIT = 3600.0
-#: Longest single ``?wait=`` asked of the API (it honours 60 s at most).
-_WAIT_STEP = 60.0
-#: ``error`` of the API's 503 answers that mean "too many clients now; retry" (Retry-After)
-_BUSY_ERRORS = ("TOO_MANY_WAITS", "TOO_MANY_CONNECTIONS")
 
 CLIENT_COMMANDS = ("status", "result", "list", "cancel")
 
@@ -75,21 +71,65 @@ def _client_setting(args: argparse.Namespace, dest: str) -> str | None:
 
 
 def api_client(args: argparse.Namespace):
-    """An ApiClient from --api and friends, or None without --api."""
+    """The job commands' backend over --api and friends (:class:`ApiJobs`), or None without --api."""
     url = _client_setting(args, "api_url")
     if not url:
         return None
-    from ..api.client import ApiClient, read_token
+    from ..client import Client
+    from ..http.auth import load_tokens
     token_file = _client_setting(args, "api_token_file")
-    return ApiClient(url, token=read_token(token_file) if token_file else None,
-                     ca_file=_client_setting(args, "api_ca"),
-                     client_cert=_client_setting(args, "api_client_cert"),
-                     client_key=_client_setting(args, "api_client_key"))
+    return ApiJobs(Client(url, token=load_tokens(token_file)[0] if token_file else None,
+                          ca=_client_setting(args, "api_ca"),
+                          client_cert=_client_setting(args, "api_client_cert"),
+                          client_key=_client_setting(args, "api_client_key")))
+
+
+def _ok(data: Any, status: int = 200) -> Reply:
+    return status, {"success": True, "data": data}
+
+
+class ApiJobs:
+    """The producer library's :class:`~guestkit_worker.client.Client` as the job commands'
+    backend: its calls, their results and typed errors answered as ``(HTTP status, body)``
+    like :class:`LocalJobs`, so both ways print and exit alike."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def _call(self, call: Callable[[], Reply]) -> Reply:
+        from ..client import ApiError, NotFinished
+        try:
+            return call()
+        except NotFinished as exc:
+            return _ok({"job_id": exc.job_id, "status": exc.job_status}, 202)
+        except ApiError as err:
+            return err.status, err.body
+
+    def submit(self, raw: bytes) -> Reply:
+        def call() -> Reply:
+            done = self.client.submit(raw)
+            return _ok({"job_id": done.job_id, "status": done.status}, 202 if done.created else 200)
+        return self._call(call)
+
+    def status(self, job_id: str) -> Reply:
+        return self._call(lambda: _ok(self.client.status(job_id)))
+
+    def result(self, job_id: str, wait: float = 0) -> Reply:
+        return self._call(lambda: _ok(self.client.result(job_id, wait)))
+
+    def cancel(self, job_id: str) -> Reply:
+        def call() -> Reply:
+            data = self.client.cancel(job_id)
+            return _ok(data, 200 if data.get("status") == "cancelled" else 202)
+        return self._call(call)
+
+    def list(self, **query: Any) -> Reply:
+        return self._call(lambda: _ok(self.client.list(**query)))
 
 
 class LocalJobs:
     """The API's endpoint code run in this process on the local file transport; answers
-    like :class:`ApiClient`: ``(HTTP status, JSON body)``.  ``opened``: a transport to close."""
+    like :class:`ApiJobs`: ``(HTTP status, JSON body)``.  ``opened``: a transport to close."""
 
     def __init__(self, jobs: Any, opened: Any = None) -> None:
         self.jobs = jobs
@@ -163,36 +203,15 @@ def _result_exit(data: dict) -> int:
 
 
 def wait_for_result(backend: Any, job_id: str, seconds: float) -> Reply:
-    """Ask for the result until it is final or ``seconds`` have passed (steps of at most 60 s).
-    A busy API (503 with Retry-After: too many waiting clients or connections) and a request
-    whose answer a busy server lost (connection reset or closed without an answer) are asked
-    again after a pause, while more than a second of ``seconds`` is left."""
-    from ..api.client import ApiUnreachable
-    end = time.monotonic() + seconds
-    while True:
-        left = end - time.monotonic()
-        try:
-            reply = backend.result(job_id, max(0.0, min(_WAIT_STEP, left)))
-        except ApiUnreachable as exc:
-            if not exc.transient or left <= 1:
-                raise
-            time.sleep(1.0)
-            continue
-        if _busy(reply) and left > 1:
-            time.sleep(1.0)
-            continue
-        if reply[0] != 202 or left <= _WAIT_STEP:
-            return reply
-
-
-def _busy(reply: Reply) -> bool:
-    """True for the API's 503 answers that say: too many clients right now, retry."""
-    status, body = reply
-    return status == 503 and isinstance(body, dict) and body.get("error") in _BUSY_ERRORS
+    """Ask for the result until it is final or ``seconds`` have passed, in steps of at most
+    60 s; a busy API and an answer a busy server lost are asked again after a pause
+    (:func:`guestkit_worker.client.poll_result`)."""
+    from ..client import poll_result
+    return poll_result(lambda step: backend.result(job_id, step), seconds)
 
 
 def run_client_command(args: argparse.Namespace, backend: Any) -> int:
-    """status / result / list / cancel against ``backend`` (ApiClient or LocalJobs)."""
+    """status / result / list / cancel against ``backend`` (ApiJobs or LocalJobs)."""
     if args.command == "status":
         reply = backend.status(args.job_id)
         if reply[0] != 200:
@@ -227,7 +246,8 @@ def run_client_command(args: argparse.Namespace, backend: Any) -> int:
         _print_json(page)
         return EXIT_OK
     for job in page["jobs"]:
-        fields = (job["job_id"], job["status"], job.get("operation") or "-", job.get("submitted_at") or "-")
+        status = job["status"] + (" (worker gone)" if job.get("worker_gone") else "")
+        fields = (job["job_id"], status, job.get("operation") or "-", job.get("submitted_at") or "-")
         print("\t".join(str(f) for f in fields))
     if page.get("next_page_token"):
         print(f"more: --page-token {page['next_page_token']}", file=sys.stderr)
@@ -309,16 +329,19 @@ def _local(transport: Any, allow_paths: list | None, max_bytes: int, lock: bool)
 def run_with_backend(args: argparse.Namespace, action: Callable[[argparse.Namespace, Any], int],
                      local: Callable[[argparse.Namespace], Any]) -> int:
     """Build the backend (API client, or ``local(args)``), run ``action``, map errors to exits."""
-    from ..api.client import ApiUnreachable
+    from ..client import BadUrl, ClientConfigError, Unreachable
     from ..transports.base import TransportUnavailable
     backend = None
     try:
         backend = api_client(args) or local(args)
         return action(args, backend)
-    except ConfigError as exc:
+    except BadUrl as exc:
+        print(f"guestkit-worker: error: --api {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ConfigError, ClientConfigError) as exc:
         print(f"guestkit-worker: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (ApiUnreachable, TransportUnavailable, OSError) as exc:
+    except (Unreachable, TransportUnavailable, OSError) as exc:
         print(f"guestkit-worker: unavailable: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     finally:
@@ -362,4 +385,4 @@ def cmd_submit_jobs(args: argparse.Namespace, submit_one: Callable[[argparse.Nam
 
 
 __all__ = ["add_client_commands", "run_client_command", "submit_many",
-           "run_with_backend", "LocalJobs"]
+           "run_with_backend", "ApiJobs", "LocalJobs"]

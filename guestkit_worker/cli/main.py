@@ -3,7 +3,8 @@
 :func:`get_parser` only builds the parser (argparse-manpage imports it); reading the
 environment, logging set-up and everything else happens in :func:`main`, which hands each
 command to its module: :mod:`.run`, :mod:`.api`, :mod:`.documents` (validate, submit,
-list-operations), :mod:`.jobs` (the queue clients) and :mod:`.prune`.  The options themselves
+list-operations), :mod:`.jobs` (the queue clients), :mod:`.dead` (dead letters), :mod:`.prune`,
+:mod:`.vulndb` and :mod:`.workers`.  The options themselves
 are in :mod:`.options`, the exit statuses in :mod:`.exitcodes`.
 """
 
@@ -27,7 +28,7 @@ from .options import (
 )
 
 COMMANDS = ("run", "api", "submit", "validate", "list-operations", "status", "result", "list", "cancel",
-            "prune")
+            "dead", "prune", "vulndb", "workers")
 
 
 def get_parser():
@@ -35,7 +36,11 @@ def get_parser():
     parser = argparse.ArgumentParser(
         prog="guestkit-worker",
         description="Run guestkit job protocol v1.0 jobs (VM disk inspection and conversion) from a jobs "
-                    "directory, with Prometheus metrics, a health endpoint and cron-friendly one-shot runs.")
+                    "directory or a Redis Streams pool (--transport redis), with Prometheus metrics, a "
+                    "health endpoint, a REST API (--api-addr) and cron-friendly one-shot runs (--once). "
+                    "Without a COMMAND the worker runs (run): as a daemon, or with --once it runs the "
+                    "jobs waiting now and exits.  run --help lists every option of the worker, "
+                    "COMMAND --help those of a command.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from .jobs import DEFAULT_WAIT, add_client_commands
@@ -55,7 +60,9 @@ def get_parser():
     submit = sub.add_parser("submit", help="validate job files and queue them (jobs dir, or --api URL)",
                             description="Validate each JOB and place it in the jobs directory as JOB_ID.json "
                                         "(written beside, then renamed), so the worker never reads it "
-                                        "half-way; with --api, POST it to a worker's REST API instead.")
+                                        "half-way; with --api, POST it to a worker's REST API instead. "
+                                        "Prints JOB_ID STATUS per job; the same document submitted again "
+                                        "is no error, another one with a used job id is.")
     submit.add_argument("jobs", nargs="+", metavar="JOB.json",
                         help="job documents to submit ('-' reads standard input)")
     submit.add_argument("--wait", type=float, nargs="?", const=DEFAULT_WAIT, default=0, metavar="SECONDS",
@@ -72,8 +79,14 @@ def get_parser():
                    description="Print each operation this worker serves and whether its engine is installed.")
     add_api_client_options(submit)
     add_client_commands(sub)
+    from .dead import add_dead_command
+    add_dead_command(sub)
     from .prune import add_prune_command
     add_prune_command(sub)
+    from .vulndb import add_vulndb_command
+    add_vulndb_command(sub)
+    from .workers import add_workers_command
+    add_workers_command(sub)
     return parser
 
 
@@ -94,12 +107,21 @@ def main(argv=None):
     if args.command in ("status", "result", "list", "cancel"):
         from .jobs import cmd_client
         return cmd_client(args)
+    if args.command == "dead":
+        from .dead import cmd_dead
+        return cmd_dead(args)
     if args.command == "validate":
         from .documents import cmd_validate
         return cmd_validate(args)
     if args.command == "prune":
         from .prune import cmd_prune
         return cmd_prune(args)
+    if args.command == "vulndb":
+        from .vulndb import cmd_vulndb
+        return cmd_vulndb(args)
+    if args.command == "workers":
+        from .workers import cmd_workers
+        return cmd_workers(args)
     if args.command == "list-operations" or getattr(args, "list_operations", False):
         from .documents import cmd_list_operations
         return cmd_list_operations()

@@ -12,6 +12,7 @@ from ..settings import defaults as d
 from .exitcodes import EXIT_USAGE
 from .optiontypes import boolean as _bool
 from .optiontypes import choice
+from .optiontypes import duration as _duration
 from .optiontypes import nonneg_float as _nonneg_float
 from .optiontypes import positive_float as _positive_float
 from .optiontypes import positive_int as _positive_int
@@ -104,6 +105,12 @@ RUN_OPTIONS = [
      "with one of this file's tokens (one a line) as Authorization: Bearer TOKEN; /health stays open"),
     (("--textfile-dir",), "textfile_dir", str, None, "DIR", "with --once: write DIR/guestkit_worker.prom "
      "for node_exporter's textfile collector"),
+    (("--vuln-db",), "vuln_db", str, None, "DIR", "the offline OSV database of vulnerability scans: "
+     "DIR/<Ecosystem>/all.zip as OSV publishes them and/or *.json records; without it a scan fails "
+     "with VULN_DB_UNAVAILABLE"),
+    (("--vuln-db-max-age",), "vuln_db_max_age", _duration, d.DEFAULT_VULN_DB_MAX_AGE, "DURATION",
+     "a scan fails with VULN_DB_STALE when the database's newest record is older than this "
+     "(7d, 12h, 3600; 0 = no limit)"),
     (("--log-level",), "log_level", _log_level, d.DEFAULT_LOG_LEVEL, "LEVEL",
      "DEBUG, INFO, WARNING or ERROR"),
     (("--log-format",), "log_format", _log_format, d.DEFAULT_LOG_FORMAT, "text|json",
@@ -129,7 +136,7 @@ RUN_OPTIONS += API_OPTIONS  # --api-*: the REST API beside the jobs (and for the
 #: (every one but those about running jobs, so a transport's own options apply to both)
 API_COMMAND_OPTIONS = {o[1] for o in RUN_OPTIONS} - {"work_dir", "max_concurrent", "poll_interval",
                                                      "shutdown_timeout", "max_job_timeout", "textfile_dir",
-                                                     "min_free_space"}
+                                                     "min_free_space", "vuln_db", "vuln_db_max_age"}
 #: (flags, dest, type, default, metavar, help): how the job commands (status, result, list,
 #: cancel, submit) reach a worker's REST API; each also reads GUESTKIT_WORKER_<DEST>
 API_CLIENT_OPTIONS = [

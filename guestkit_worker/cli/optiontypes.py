@@ -3,6 +3,7 @@
 CLI turns into ``guestkit-worker: error: ...`` and exit status 2 (never a traceback)."""
 
 import argparse
+import re
 from typing import Callable
 
 
@@ -74,3 +75,15 @@ def size(text: str) -> int:
     if not digits.isdigit():
         raise argparse.ArgumentTypeError(f"expected a size such as 104857600, 512M or 1G, got {text!r}")
     return int(digits) * _SIZE_UNITS[unit]
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(text: str) -> float:
+    """Seconds from ``7d``, ``12h``, ``90m``, ``45s``, ``2w`` or plain seconds; 0 is allowed."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(text))
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 7d, 12h, 90m, 3600 (seconds) or 0, "
+                                         f"got {text!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]

@@ -77,6 +77,7 @@ def _worker_config(args):
                         min_free_space=args.min_free_space, allow_paths=args.allow_path, once=args.once,
                         allow_backing_files=allow_backing(args),
                         metrics_enabled=args.metrics_enabled or bool(args.textfile_dir),
+                        vuln_db=args.vuln_db, vuln_db_max_age=args.vuln_db_max_age,
                         **transport_settings(args))
 
 

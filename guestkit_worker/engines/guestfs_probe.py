@@ -9,10 +9,14 @@ added read-only with its format given explicitly (a raw image is never format-pr
 Usage::
 
     guestfs_probe.py --image PATH --format FMT [--sections packages,users,...] [--deep-scan]
+                     [--extract-dir DIR]
 
 Sections: packages, services, users, network, security, storage, databases (what each reads
 is ``guestfs_sections.py`` beside this file, imported from this file's directory).  The
-operating system block and the mountpoints are always reported.
+operating system block and the mountpoints are always reported.  ``--extract-dir`` copies
+os-release and the package databases (dpkg, rpm, apk; each size-capped) into DIR, an empty
+directory of the worker's, with ``manifest.json`` naming them, for a vulnerability scan that
+parses them in the worker (the report's ``package_files`` gives the count and notes).
 
 Output: ``{"probe_version": 1, "engine": {...}, "operating_system": {...}, ...}``; an
 expected failure prints ``{"error": {"code": ..., "message": ...}}`` instead (exit status 0 in
@@ -35,6 +39,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from guestfs_sections import (  # noqa: E402
     Guest,
+    copy_package_files,
     kernels,
     known,
     section_databases,
@@ -146,7 +151,7 @@ def mount_all(g, root, guest):
     return mounted
 
 
-def inspect(image, fmt, sections, deep):
+def inspect(image, fmt, sections, deep, extract_dir=None):
     import guestfs  # imported here so --help works without the binding
 
     g = guestfs.GuestFS(python_return_dict=True)
@@ -206,6 +211,10 @@ def inspect(image, fmt, sections, deep):
                 guest.warn(name, exc)
         if deep:
             doc["kernels"] = kernels(guest)
+        if extract_dir:
+            progress("inspection", 95, "copying the package databases")
+            manifest = copy_package_files(guest, extract_dir)
+            doc["package_files"] = {"copied": sorted(manifest["files"]), "notes": manifest["notes"]}
         doc["warnings"] = guest.warnings
         progress("inspection", 100, "inspection complete")
         try:
@@ -225,13 +234,14 @@ def main(argv=None):
     parser.add_argument("--format", required=True)
     parser.add_argument("--sections", default=",".join(ALL_SECTIONS))
     parser.add_argument("--deep-scan", action="store_true")
+    parser.add_argument("--extract-dir", help="copy the package databases into this directory")
     args = parser.parse_args(argv)
     sections = {s for s in args.sections.split(",") if s}
     unknown = sections - set(ALL_SECTIONS)
     if unknown:
         parser.error("unknown sections: " + ", ".join(sorted(unknown)))
     try:
-        doc = inspect(args.image, args.format, sections, args.deep_scan)
+        doc = inspect(args.image, args.format, sections, args.deep_scan, args.extract_dir)
     except ImportError as exc:
         doc = {"error": {"code": "ENGINE_UNAVAILABLE", "message": f"cannot import guestfs: {exc}"}}
     except RuntimeError as exc:

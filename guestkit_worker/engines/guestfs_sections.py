@@ -273,3 +273,59 @@ def section_databases(guest):
 
 def kernels(guest):
     return [n for n in guest.ls("/boot") if n.startswith(("vmlinuz", "vmlinux", "kernel"))]
+
+
+# the files a vulnerability scan reads, each with the most bytes copied out of the guest
+PACKAGE_FILES = (("/etc/os-release", 64 * 1024), ("/usr/lib/os-release", 64 * 1024),
+                 ("/var/lib/dpkg/status", 64 << 20), ("/lib/apk/db/installed", 64 << 20),
+                 ("/usr/lib/sysimage/rpm/rpmdb.sqlite", 256 << 20),
+                 ("/usr/lib/sysimage/rpm/rpmdb.sqlite-wal", 256 << 20),
+                 ("/var/lib/rpm/rpmdb.sqlite", 256 << 20), ("/var/lib/rpm/rpmdb.sqlite-wal", 256 << 20),
+                 ("/usr/lib/sysimage/rpm/Packages", 256 << 20), ("/var/lib/rpm/Packages", 256 << 20))
+PACKAGE_FILES_TOTAL = 512 << 20
+
+
+def _copy_one(guest, path, cap, local, budget):
+    """Copy path to local when it is a regular file within cap and budget; (bytes, note)."""
+    g = guest.g
+    try:
+        size = g.filesize(path)
+    except RuntimeError as exc:
+        return 0, f"{path}: {str(exc).strip()[:200]}"
+    if size > min(cap, budget):
+        return 0, f"{path}: {size} bytes, more than the {min(cap, budget)} a scan copies; not read"
+    try:
+        g.download(path, local)
+    except RuntimeError as exc:
+        return 0, f"{path}: {str(exc).strip()[:200]}"
+    return size, None
+
+
+def copy_package_files(guest, directory):
+    """Copy os-release and the package databases into directory (size-capped, regular files
+    only, each guest file once however many links lead to it) and write manifest.json there:
+    ``{"files": {guest path: local name}, "notes": [...]}``; returns the manifest."""
+    import json
+    import os
+
+    files, notes, seen, budget = {}, [], {}, PACKAGE_FILES_TOTAL
+    for path, cap in PACKAGE_FILES:
+        if not guest.is_file(path):
+            continue
+        real = path
+        with contextlib.suppress(RuntimeError):
+            real = guest.g.realpath(path)
+        if real in seen:  # /var/lib/rpm -> /usr/lib/sysimage/rpm on Fedora
+            files[path] = seen[real]
+            continue
+        name = path.strip("/").replace("/", "_")
+        size, note = _copy_one(guest, path, cap, os.path.join(directory, name), budget)
+        if note:
+            notes.append(note)
+            continue
+        budget -= size
+        files[path] = seen[real] = name
+    manifest = {"files": files, "notes": notes}
+    with open(os.path.join(directory, "manifest.json"), "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh)
+    return manifest

@@ -87,14 +87,19 @@ class ImageHandler(Handler):
     """A handler whose payload names a disk image (``image.path``) and may name an output
     (``output.destination``); subclasses check the payload's shape in ``_check_payload``."""
 
+    #: the payload objects that may name an output file (``destination``, ``overwrite``)
+    output_sections = ("output",)
+
     def validate(self, data):
         data = self._check_payload(data)
-        output = data.get("output") or {}
         # the path policy before anything looks at the file system: a refused path gets the
         # same PATH_NOT_ALLOWED whether or not something exists there (and the job is rejected)
         real = self.check_payload_path(data["image"]["path"], "payload.data.image.path")
-        if output.get("destination") is not None:
-            self.check_payload_path(output["destination"], "payload.data.output.destination", for_output=True)
+        for section in self.output_sections:
+            target = data.get(section) or {}
+            if target.get("destination") is not None:
+                self.check_payload_path(target["destination"], f"payload.data.{section}.destination",
+                                        for_output=True)
         require_image_file(data["image"]["path"], "payload.data.image.path")
         # what the image references (backing files, data files, extents), before anything opens it
         check_chain(real, require_format(data["image"].get("format"), "payload.data.image.format",
@@ -108,30 +113,30 @@ class ImageHandler(Handler):
         raise NotImplementedError
 
     @staticmethod
-    def _check_output(data):
-        """``payload.data.output``'s shared fields (destination, overwrite); the dict or None."""
-        output = require_dict(data.get("output"), "payload.data.output", required=False)
+    def _check_output(data, section="output"):
+        """``payload.data.<section>``'s shared fields (destination, overwrite); the dict or None."""
+        output = require_dict(data.get(section), f"payload.data.{section}", required=False)
         if output is not None:
             if output.get("destination") is not None:
-                require_path(output["destination"], "payload.data.output.destination")
-            require_bool(output.get("overwrite"), "payload.data.output.overwrite", False)
+                require_path(output["destination"], f"payload.data.{section}.destination")
+            require_bool(output.get("overwrite"), f"payload.data.{section}.overwrite", False)
         return output
 
     @staticmethod
-    def _destination(context, data, default_name, source):
-        """(destination, overwrite) of a run: ``output.destination`` under the path policy, or
+    def _destination(context, data, default_name, source, section="output"):
+        """(destination, overwrite) of a run: ``<section>.destination`` under the path policy, or
         ``<work-dir>/<default_name>``; OUTPUT_EXISTS when it is the source image, or when
         something is there, unless overwrite is set or it is this job's own earlier output (a
         re-run after its outcome was lost)."""
-        output = data.get("output") or {}
+        output = data.get(section) or {}
         overwrite = bool(output.get("overwrite"))
+        field = f"payload.data.{section}.destination"
         if output.get("destination"):
-            dest = context.check_path(output["destination"], "payload.data.output.destination",
-                                      for_output=True)
+            dest = context.check_path(output["destination"], field, for_output=True)
         else:
             dest = os.path.join(os.path.realpath(context.work_dir), default_name)
         if dest == source:
             raise HandlerError("OUTPUT_EXISTS", f"the destination {dest} is the source image",
                                phase="validation", details={"path": dest})
-        check_destination(dest, "payload.data.output.destination", overwrite, job_id=context.job_id)
+        check_destination(dest, field, overwrite, job_id=context.job_id)
         return dest, overwrite

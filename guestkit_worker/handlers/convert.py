@@ -18,11 +18,13 @@ finished, fsynced conversion is renamed into place, and the private directory is
 any failure.  An existing destination is refused (OUTPUT_EXISTS) unless
 ``output.overwrite`` is true.  The default destination is ``<work-dir>/<job_id>.<target_format>``.
 
-``qemu-img convert -p`` progress is turned into ``convert`` progress events (at most one per
-whole percent).  Disk I/O accounting: the allocated size of the source is added to the read
-counter and the allocated size of the result to the write counter (qemu-img skips holes, so
-these are what it really moves).  The result holds the output path, the target format and the
-virtual and actual sizes reported by ``qemu-img info --output=json``.
+``qemu-img convert -p`` progress is turned into ``convert`` progress events: one per step of
+PROGRESS_STEP percent, or per PROGRESS_SECONDS when it moves slower, and the end; each
+event's number is the whole percent its message shows.  Disk I/O accounting: the allocated
+size of the source is added to the read counter and the allocated size of the result to the
+write counter (qemu-img skips holes, so these are what it really moves).  The result holds
+the output path, the target format and the virtual and actual sizes reported by
+``qemu-img info --output=json``.
 """
 
 import json
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 QEMU_IMG = "qemu-img"
 INSTALL_HINT = "install the Debian package qemu-utils"
 PROGRESS_RE = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
+#: a convert progress event per this many percent, or per this many seconds when slower
+PROGRESS_STEP, PROGRESS_SECONDS = 5, 1.0
 
 
 def _allocated(path):
@@ -160,15 +164,7 @@ class ConvertHandler(ImageHandler):
         if compress:
             argv.append("-c")
         argv += [chain.qemu_spec(), tmp]
-        last = {"pct": -1}
-
-        def on_stdout(line):
-            m = PROGRESS_RE.search(line)
-            if m:
-                pct = float(m.group(1))
-                if int(pct) > last["pct"]:
-                    last["pct"] = int(pct)
-                    context.progress("convert", pct, f"qemu-img convert {pct:.0f}%")
+        on_stdout = self._progress_reporter(context)
 
         context.progress("convert", 0, f"qemu-img convert -f {src_fmt} -O {target}")
         started = time.monotonic()
@@ -195,6 +191,22 @@ class ConvertHandler(ImageHandler):
                 "compression": compress, "virtual_size": info.get("virtual-size"),
                 "actual_size": info.get("actual-size"), "read_bytes": read,
                 "duration_seconds": round(elapsed, 3)}
+
+    def _progress_reporter(self, context):
+        """A callback for qemu-img's output lines that reports its progress as ``convert``
+        events, throttled (a 0.2 s conversion prints about 100 lines) and as whole percents."""
+        last = {"pct": 0, "at": time.monotonic()}
+
+        def on_stdout(line):
+            m = PROGRESS_RE.search(line)
+            if not m:
+                return
+            pct, now = int(float(m.group(1))), time.monotonic()
+            step = pct - last["pct"]
+            if step > 0 and (pct >= 100 or step >= PROGRESS_STEP or now - last["at"] >= PROGRESS_SECONDS):
+                last.update(pct=pct, at=now)
+                context.progress("convert", pct, f"qemu-img convert {pct}%")
+        return on_stdout
 
     # -- cleanup ------------------------------------------------------------------------
     def cleanup(self, context):

@@ -5,15 +5,18 @@ Payload (``guestkit.inspect.v1``)::
     image:   {path, format, checksum?, read_only?}   format is required: raw, qcow2, vmdk,
                                                     vdi, vhdx or vpc (a raw image is never probed)
     options: {include_packages, include_services, include_users, include_network,
-              include_security, include_storage, include_databases, deep_scan}
+              include_security, include_storage, include_databases, deep_scan,
+              vulnerabilities}
     output:  {format: json, destination?, overwrite?}
 
-Options: when the ``options`` object is absent every section is reported; when it is given,
-only the sections whose ``include_*`` flag is true (the protocol's default for each flag is
-false).  The operating-system block and the mountpoints are always reported.
+Options: every section is reported unless its ``include_*`` flag is false (each costs a few
+file reads in the appliance the job starts anyway); ``deep_scan``, the one costly option, is
+off unless true.  The operating-system block and the mountpoints are always reported.
 ``include_storage`` adds filesystems (device, type, UUID, label), block devices, partitions
 and LVM volumes; ``deep_scan`` adds package summaries, kernels found in /boot and counts of
-SSH authorized keys per login account.  ``read_only`` is accepted, but the image is always
+SSH authorized keys per login account; ``vulnerabilities`` (off unless true) adds the section
+``vulnerabilities``, the known-vulnerability scan of :mod:`.scan` from the package databases the
+same appliance launch copies out (:mod:`.vulnscan`).  ``read_only`` is accepted, but the image is always
 opened read-only.
 
 Steps, each reported as a progress phase: ``validation`` (paths, --allow-path, engine),
@@ -72,6 +75,7 @@ from ..job.timestamps import stamp
 from ..system.checksum import parse_checksum, verify_sha256
 from .base import HandlerResult, ImageHandler
 from .inspect_report import OPTION_FLAGS, SECTIONS, effective_sections, summarize
+from .vulnscan import OpenedImage, VulnScanning, scan_summary
 
 __all__ = ["InspectHandler"]
 
@@ -83,7 +87,7 @@ QEMU_IMG = "qemu-img"
 SOCKDIR_RE = re.compile(r"/[^\0]*/libguestfs[A-Za-z0-9]{6}")
 
 
-class InspectHandler(ImageHandler):
+class InspectHandler(VulnScanning, ImageHandler):
     """Inspects a disk image with libguestfs (see the module docstring)."""
 
     name = "guestkit.inspect"
@@ -100,16 +104,28 @@ class InspectHandler(ImageHandler):
     # -- validation ---------------------------------------------------------------------
     def _check_payload(self, data):
         """The payload's shape and values; looks at nothing on the file system."""
+        data = self._check_image(data)
+        options = require_dict(data.get("options"), "payload.data.options", required=False)
+        if options is not None:
+            for key in list(OPTION_FLAGS) + ["deep_scan", "vulnerabilities"]:
+                require_bool(options.get(key), f"payload.data.options.{key}", False)
+        self._check_json_output(data)
+        require_path(data["image"].get("path"), "payload.data.image.path")
+        return data
+
+    @staticmethod
+    def _check_image(data):
+        """``payload.data`` and its ``image`` (format, checksum, read_only); the data dict."""
         data = require_dict(data, "payload.data")
         image = require_dict(data.get("image"), "payload.data.image")
         require_format(image.get("format"), "payload.data.image.format")
         if image.get("checksum") is not None:
             parse_checksum(image["checksum"], "payload.data.image.checksum")
         require_bool(image.get("read_only"), "payload.data.image.read_only", True)
-        options = require_dict(data.get("options"), "payload.data.options", required=False)
-        if options is not None:
-            for key in list(OPTION_FLAGS) + ["deep_scan"]:
-                require_bool(options.get(key), f"payload.data.options.{key}", False)
+        return data
+
+    def _check_json_output(self, data):
+        """``payload.data.output``: the shared fields, format json, no compression."""
         output = self._check_output(data)
         if output is not None:
             fmt = output.get("format")
@@ -118,34 +134,69 @@ class InspectHandler(ImageHandler):
                                          f"only 'json' is supported, got {fmt!r}")
             if output.get("compression") not in (None, False, "none"):
                 raise JobValidationError("payload.data.output.compression", "compression is not supported")
-        require_path(image.get("path"), "payload.data.image.path")
-        return data
+        return output
 
     # -- execution ----------------------------------------------------------------------
     def execute(self, context, data):
         self._check_payload(data)  # the paths are checked below, resolved again now
         job_id = context.job_id
-        image = data["image"]
-        fmt = require_format(image.get("format"), "payload.data.image.format")
         options = data.get("options")
         sections = effective_sections(options)
         deep = bool(options and options.get("deep_scan"))
+        vulns = bool(options and options.get("vulnerabilities"))
+        database = self._vuln_database() if vulns else None  # before the launch: fails fast
+        image = self._open_image(context, data, f"{job_id}-inspection.json")
+        with self._extracting(context, image, vulns) as extract:
+            doc, elapsed = self._inspect(context, image, sections, deep, extract)
+            scan = self._scan_extracted(context, database, extract)[0] if vulns else None
 
+        context.progress("export", 0, f"writing {image.dest}")
+        report = {
+            "schema": "guestkit.inspect.report.v1",
+            "job_id": job_id,
+            "generated_at": stamp(),
+            "image": image.block(),
+            "engine": dict(doc.get("engine") or {}, inspection_seconds=round(elapsed, 2)),
+            "sections": sorted(sections),
+            "deep_scan": deep,
+            "report_path": image.dest,
+        }
+        for key, value in doc.items():
+            if key not in ("engine", "probe_version", "package_files"):
+                report[key] = value
+        if scan is not None:
+            report["vulnerabilities"] = scan
+        if options is not None:
+            ignored = sorted(set(options) - set(OPTION_FLAGS) - {"deep_scan", "vulnerabilities"})
+            if ignored:
+                report["ignored_options"] = ignored
+        self._write_report(context, image.dest, report, image.overwrite)
+        context.progress("export", 100, f"report written to {image.dest}")
+        summary = summarize(report)
+        if scan is not None:
+            summary["vulnerabilities"] = scan_summary(scan)
+        return HandlerResult(data=summary, output=image.dest)
+
+    def _open_image(self, context, data, default_name):
+        """The validation and checksum phases: the checked path, format, size and chain (held
+        open; closed by :meth:`_inspect`), the report's destination; an :class:`OpenedImage`."""
+        job_id = context.job_id
+        image = data["image"]
+        fmt = require_format(image.get("format"), "payload.data.image.format")
         context.progress("validation", 0, "checking paths and engine")
         path = context.check_path(image["path"], "payload.data.image.path")
         require_image_file(path, "payload.data.image.path")
-        dest, overwrite = self._destination(context, data, f"{job_id}-inspection.json", path)
+        dest, overwrite = self._destination(context, data, default_name, path)
         ok, detail = self.engine_status()
         if not ok:
             log.error("job %s: libguestfs unavailable: %s", job_id, detail)
-            raise EngineUnavailable(f"guestkit.inspect needs libguestfs: {detail}")
+            raise EngineUnavailable(f"{self.name} needs libguestfs: {detail}")
         size = image_size(path)
         # what the image references, before anything opens it; held open until the probe ends
         chain = checked_chain(path, fmt, "payload.data.image.path", allowed=context.allowed_paths,
                               allow_backing=self.allow_backing_files)
         context.progress("validation", 100, f"{path} ({fmt}, {size} bytes)")
-
-        checksum_state = "skipped"
+        opened = OpenedImage(path, fmt, size, chain, dest, overwrite)
         if image.get("checksum"):
             context.progress("checksum", 0, f"verifying sha256 of {path}")
             try:
@@ -153,40 +204,21 @@ class InspectHandler(ImageHandler):
             except BaseException:
                 chain.close()
                 raise
-            checksum_state = "verified"
+            opened.checksum = "verified"
             context.progress("checksum", 100, "checksum verified")
         else:
             context.record_checksum_verification("skipped")
             log.info("job %s: no checksum given for %s, verification skipped", job_id, path)
+        return opened
 
+    def _inspect(self, context, image, sections, deep, extract=None):
+        """The one appliance launch; (probe document, seconds it took).  Closes the chain."""
         started = time.monotonic()
         try:
-            doc = self._run_probe(context, chain, path, fmt, sections, deep)
+            doc = self._run_probe(context, image.chain, image.path, image.fmt, sections, deep, extract)
         finally:
-            chain.close()
-        elapsed = time.monotonic() - started
-
-        context.progress("export", 0, f"writing {dest}")
-        report = {
-            "schema": "guestkit.inspect.report.v1",
-            "job_id": job_id,
-            "generated_at": stamp(),
-            "image": {"path": path, "format": fmt, "size_bytes": size, "checksum": checksum_state},
-            "engine": dict(doc.get("engine") or {}, inspection_seconds=round(elapsed, 2)),
-            "sections": sorted(sections),
-            "deep_scan": deep,
-            "report_path": dest,
-        }
-        for key, value in doc.items():
-            if key not in ("engine", "probe_version"):
-                report[key] = value
-        if options is not None:
-            ignored = sorted(set(options) - set(OPTION_FLAGS) - {"deep_scan"})
-            if ignored:
-                report["ignored_options"] = ignored
-        self._write_report(context, dest, report, overwrite)
-        context.progress("export", 100, f"report written to {dest}")
-        return HandlerResult(data=summarize(report), output=dest)
+            image.chain.close()
+        return doc, time.monotonic() - started
 
     def _pinned_overlay(self, context, chain, fmt, tmpdir):
         """A qcow2 overlay in the job's private tmpdir whose backing is the checked chain's json:
@@ -209,7 +241,7 @@ class InspectHandler(ImageHandler):
                                phase="inspection")
         return overlay
 
-    def _run_probe(self, context, chain, path, fmt, sections, deep):
+    def _run_probe(self, context, chain, path, fmt, sections, deep, extract=None):
         """Launch the appliance once (child process through the context); return the JSON doc."""
         job_id = context.job_id
         tmpdir = tempfile.mkdtemp(prefix=f".{job_id}.guestfs-", dir=context.work_dir)
@@ -226,6 +258,8 @@ class InspectHandler(ImageHandler):
                 "--sections", ",".join(s for s in SECTIONS if s in sections)]
         if deep:
             argv.append("--deep-scan")
+        if extract:
+            argv += ["--extract-dir", extract]
         tail = collections.deque(maxlen=40)
 
         def on_stderr(line):
@@ -276,7 +310,11 @@ class InspectHandler(ImageHandler):
         return doc
 
     def _write_report(self, context, dest, report, overwrite):
-        data = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        self._write_bytes(context, dest, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
+                          overwrite)
+
+    def _write_bytes(self, context, dest, data, overwrite):
+        """data published at dest through a private directory (see PrivateOutput)."""
         try:
             with PrivateOutput(dest, context.job_id) as out:
                 fd = out.create(0o640)

@@ -10,10 +10,11 @@ SAMPLE_LIMIT = 25
 
 
 def effective_sections(options: Optional[Mapping[str, Any]]) -> set[str]:
-    """The set of report sections for the payload's options (see the docstring of :mod:`.inspect`)."""
-    if options is None:
-        return set(SECTIONS)
-    return {section for flag, section in OPTION_FLAGS.items() if options.get(flag) is True}
+    """The set of report sections for the payload's options: every section (each costs a few
+    file reads in an appliance that is running anyway) but those whose ``include_*`` flag is
+    false (see the docstring of :mod:`.inspect`)."""
+    options = options or {}
+    return {section for flag, section in OPTION_FLAGS.items() if options.get(flag) is not False}
 
 
 def _sample(items, limit=SAMPLE_LIMIT):

@@ -11,6 +11,7 @@ from importlib import metadata
 from .convert import ConvertHandler
 from .echo import EchoHandler
 from .inspect import InspectHandler
+from .scan import ScanHandler
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,14 @@ class HandlerRegistry:
                 else:
                     configure(allowed, protected, allow_backing=allow_backing)
 
+    def configure_vulns(self, db_dir, max_age_seconds):
+        """Hand the vulnerability database (--vuln-db, None when not set) and its age limit in
+        seconds (--vuln-db-max-age, 0 = none) to every handler that scans."""
+        for handler in self._handlers:
+            configure = getattr(handler, "configure_vulns", None)
+            if configure is not None:
+                configure(db_dir, max_age_seconds)
+
     def load_entry_points(self):
         """Register third-party handlers; a broken plugin is logged and skipped."""
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -72,6 +81,7 @@ def default_registry(load_plugins=True):
     reg.register(EchoHandler())
     reg.register(InspectHandler())
     reg.register(ConvertHandler())
+    reg.register(ScanHandler())
     if load_plugins:
         reg.load_entry_points()
     return reg

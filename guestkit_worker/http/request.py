@@ -321,6 +321,7 @@ class RequestHandler(WSGIRequestHandler):
         if self.requests >= getattr(self.server, "max_requests", MAX_REQUESTS_PER_CONNECTION):
             self.close_connection = True
         environ = self.get_environ()
+        environ["RAW_URI"] = self.path  # the target as sent: PATH_INFO has %2F decoded into "/"
         if length is None:
             self.close_connection = True   # a body we cannot delimit: the app reads the stream
             stdin = self.rfile

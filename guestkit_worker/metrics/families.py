@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from ..job.states import OUTCOME_STATUSES
 from ..system import atomic
 from .histogram import LeanHistogram
-from .live import HealthChecks, OldestRunningJob, OptionalTimestamp
+from .live import HealthChecks, OldestRunningJob, OptionalTimestamp, ScanTotals
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,11 @@ class WorkerMetricsInterface(abc.ABC):
     def track_queue_depth(self, depth: Callable[[], int]) -> None:
         """Serve ``guestkit_worker_queue_depth`` from ``depth()`` when scraped (the worker's
         last look at the queue plus the jobs it holds not started), never a stale copy."""
+
+    @abc.abstractmethod
+    def track_scans(self, snapshot: Callable[[], dict]) -> None:
+        """Serve the vulnerability database and scan families (``guestkit_vuln_db_*``,
+        ``guestkit_scan_findings_total``) from ``snapshot()`` when scraped (see ScanTotals)."""
 
     # -- one job ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -212,6 +217,7 @@ class WorkerMetrics(WorkerMetricsInterface):
         self.oldest_running = OldestRunningJob(
             "guestkit_worker_oldest_running_job_seconds",
             "How long the longest-running handler has been running; 0 when none runs.", registry=r)
+        self.scans = ScanTotals(registry=r)
 
     def _transport_families(self, r: CollectorRegistry) -> None:
         """What the transport reports (through the observer calls), every label exported from
@@ -250,7 +256,8 @@ class WorkerMetrics(WorkerMetricsInterface):
         return [self.jobs_total, self.jobs_duration, self.active, self.depth, self.handler_total,
                 self.handler_duration, self.checksums, self.disk_read, self.disk_write, self.info,
                 self.capacity, self.queue_wait, self.last_success, self.result_errors, self.reclaimed,
-                self.leases_lost, self.dead_letters, self.transport_errors, self.oldest_waiting]
+                self.leases_lost, self.dead_letters, self.transport_errors, self.oldest_waiting,
+                self.scans]
 
     @property
     def last_success_value(self) -> float | None:
@@ -271,6 +278,9 @@ class WorkerMetrics(WorkerMetricsInterface):
 
     def track_queue_depth(self, depth: Callable[[], int]) -> None:
         self.depth.set_function(depth)
+
+    def track_scans(self, snapshot: Callable[[], dict]) -> None:
+        self.scans.track(snapshot)
 
     def label_operation(self, operation: str) -> str:
         return operation if operation in self.operations else UNKNOWN_OPERATION
@@ -360,6 +370,9 @@ class NullMetrics(WorkerMetricsInterface):
         pass
 
     def track_queue_depth(self, depth: Callable[[], int]) -> None:
+        pass
+
+    def track_scans(self, snapshot: Callable[[], dict]) -> None:
         pass
 
     def label_operation(self, operation: str) -> str:

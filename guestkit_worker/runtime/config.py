@@ -53,6 +53,9 @@ class WorkerConfig:
     lease_seconds: float = d.DEFAULT_LEASE_SECONDS
     max_deliveries: int = d.DEFAULT_MAX_DELIVERIES
     result_ttl: int = d.DEFAULT_RESULT_TTL
+    #: the offline OSV database of vulnerability scans (--vuln-db) and its age limit (0: none)
+    vuln_db: str | None = None
+    vuln_db_max_age: float = d.DEFAULT_VULN_DB_MAX_AGE
 
     def timeout_of(self, job) -> float:
         """A job's timeout under --max-job-timeout."""

@@ -75,6 +75,9 @@ class Worker:
         self.metrics.track_health(lambda: {name: c["ok"]
                                            for name, c in self.health()[1]["checks"].items()})
         self.metrics.track_running(self.table.running_starts)
+        from .vulnwatch import DatabaseRefresher, scan_snapshot
+        self.metrics.track_scans(scan_snapshot)
+        self.vuln_refresher = DatabaseRefresher(cfg.vuln_db) if cfg.vuln_db and not cfg.once else None
         # the committer's callbacks go to the executor, which is built next (it hands outcomes over)
         self.committer = Committer(self.transport.commit, lambda r, o: self.executor.stored(r, o),
                                    lambda r, o: self.executor.store_failed(r, o),
@@ -159,6 +162,7 @@ class Worker:
         # path rejects the job before anything looks at the file system
         self.handlers.configure_paths(self.cfg.allow_paths, self.transport.protected_paths,
                                       allow_backing=self.cfg.allow_backing_files)
+        self.handlers.configure_vulns(self.cfg.vuln_db, self.cfg.vuln_db_max_age)
         self.transport.maintain()
         self.recovery.reclaim()
         self._last["recovery"] = self._last["sweep"] = time.monotonic()
@@ -175,6 +179,8 @@ class Worker:
         self.watchdog.start()
         if self.leases is not None:
             self.leases.start()
+        if self.vuln_refresher is not None:
+            self.vuln_refresher.start()
         if self.on_running is not None:
             self.on_running()
         log.info("worker %s (pool %s) serving %s from %s, %d at once%s", cfg.worker_id, cfg.pool,
@@ -345,6 +351,8 @@ class Worker:
         self.watchdog.stop()
         if self.leases is not None:
             self.leases.stop()
+        if self.vuln_refresher is not None:
+            self.vuln_refresher.stop()
         if not self.committer.close(max(1.0, deadline - time.monotonic())):
             log.error("stopping: outcomes still not stored; their jobs stay held for recovery")
         for _ in range(cfg.max_concurrent):

@@ -30,6 +30,8 @@ DEFAULT_HTTP_MAX_CONNECTIONS = 64
 DEFAULT_API_MAX_CONNECTIONS = 64
 #: --api-max-waits: API requests waiting for a result (result?wait=) at once; one more gets 503
 DEFAULT_API_MAX_WAITS = 32
+#: --vuln-db-max-age (seconds, 7 days): a scan refuses a database whose newest record is older
+DEFAULT_VULN_DB_MAX_AGE = 7 * 24 * 3600.0
 #: --log-level and --log-format
 DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_LOG_FORMAT = "text"

@@ -36,7 +36,8 @@ def open_transport(config: Any, *, metrics: TransportObserver | None = None) -> 
         from .files import FileTransport
         return FileTransport(config.jobs_dir, config.results_dir, config.worker_id,
                              max_job_bytes=config.max_job_bytes, durable=config.durable, once=config.once,
-                             poll_interval=config.poll_interval, observer=metrics)
+                             poll_interval=config.poll_interval, observer=metrics,
+                             pool=getattr(config, "pool", None))
     from ..job.errors import ConfigError
     if name == "memory":
         raise ConfigError("transport 'memory' keeps jobs inside one process: it is for tests and "

@@ -51,6 +51,9 @@ from .errors import (
     TransportUnavailable,
 )
 from .records import (
+    DeadLetter,
+    DeadPage,
+    DeadRequeue,
     Delivery,
     JobStatus,
     Outcome,
@@ -62,7 +65,7 @@ from .records import (
 )
 
 __all__ = [
-    "CancelledDocuments", "Delivery", "InvalidPageToken", "JobQueue",
+    "CancelledDocuments", "DeadLetter", "DeadPage", "DeadRequeue", "Delivery", "InvalidPageToken", "JobQueue",
     "JobStatus", "JobTooLarge", "LeaseLost", "Outcome", "OutcomeUnknown", "Page", "QueuedJob",
     "ReclaimDecision", "Reservation", "ResultStore", "StopRequested", "SubmitReceipt", "Transport",
     "TransportObserver", "TransportUnavailable", "UnrecoverableReason", "compact_job_bytes", "job_bytes",
@@ -558,3 +561,67 @@ class Transport(JobQueue, ResultStore):
             TransportUnavailable: the queue or store cannot be reached or written now (or the
                 file transport is not open: a waiting job is claimed to be cancelled).
         """
+
+    # -- dead letters: primitive storage operations (what may be requeued is the caller's call)
+    def dead_list(self, limit: int = 100, page_token: str | None = None) -> DeadPage:
+        """One page of dead letters, newest first (without their documents).
+
+        Args:
+            limit: the most entries on the page.
+            page_token: ``next_page_token`` of the previous page, or None for the first.
+
+        Returns:
+            The page and the token of the next one (None on the last).  This default: none.
+
+        Raises:
+            InvalidPageToken: a page_token this transport did not make.
+            TransportUnavailable: the dead letters cannot be read now.
+        """
+        if page_token:
+            raise InvalidPageToken()
+        return DeadPage()
+
+    def dead_get(self, entry: str) -> DeadLetter | None:
+        """One dead letter with its document's bytes (``raw``).
+
+        Args:
+            entry: its name as :meth:`dead_list` gave it; anything else (a path, a huge or
+                non-ASCII text) finds nothing.
+
+        Returns:
+            The dead letter, or None when there is no such entry.
+
+        Raises:
+            TransportUnavailable: the dead letters cannot be read now.
+        """
+        return None
+
+    def dead_requeue(self, entry: str) -> DeadRequeue:
+        """Queue a dead letter's original document again as a new delivery and drop the dead
+        letter, durably, in an order a crash cannot turn into a lost job.  A job id whose job
+        this dead letter ended (or that never ran) follows the new delivery.
+
+        Args:
+            entry: the dead letter's name; the caller has judged its document runnable.
+
+        Returns:
+            ``queued``, ``not_found``, or ``refused`` with the reason the transport found.
+
+        Raises:
+            TransportUnavailable: the queue cannot be written now (nothing was changed).
+        """
+        return DeadRequeue("not_found")
+
+    def dead_purge(self, entry: str) -> bool:
+        """Delete a dead letter for good.
+
+        Args:
+            entry: the dead letter's name.
+
+        Returns:
+            True when it was deleted now, False when there is no such entry.
+
+        Raises:
+            TransportUnavailable: the dead letters cannot be written now.
+        """
+        return False

@@ -132,11 +132,36 @@ class JobStatus:
     completed_at: str | None = None
     error: dict | None = None
     cancellable: bool = False
+    #: the worker holding this unfinished job is known dead (its lock is free, its liveness key
+    #: expired): the job waits to be taken over, it does not run
+    worker_gone: bool = False
 
     def to_dict(self) -> dict:
-        return {"job_id": self.job_id, "status": self.status, "operation": self.operation,
-                "attempt": self.attempt, "worker_id": self.worker_id, "submitted_at": self.submitted_at,
-                "started_at": self.started_at, "completed_at": self.completed_at, "error": self.error}
+        out = {"job_id": self.job_id, "status": self.status, "operation": self.operation,
+               "attempt": self.attempt, "worker_id": self.worker_id, "submitted_at": self.submitted_at,
+               "started_at": self.started_at, "completed_at": self.completed_at, "error": self.error}
+        if self.worker_gone:  # only then: the answer of a job whose worker lives is unchanged
+            out["worker_gone"] = True
+        return out
+
+
+@dataclass
+class WorkerInfo:
+    """One worker of a pool as the ``workers`` command shows it.  ``alive``: its lock is held
+    (files) or its liveness key is there (Redis); ``running``: ids of the jobs it holds
+    started; ``held``: how many deliveries it holds in all (started or not); ``last_seen``: its
+    last sign of life (RFC 3339), as far as the transport records one."""
+
+    worker_id: str
+    pool: str | None
+    alive: bool
+    running: list = field(default_factory=list)
+    held: int = 0
+    last_seen: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"worker_id": self.worker_id, "pool": self.pool, "alive": self.alive,
+                "running": list(self.running), "held": self.held, "last_seen": self.last_seen}
 
 
 @dataclass
@@ -159,3 +184,45 @@ class Page:
 
     jobs: list = field(default_factory=list)
     next_page_token: str | None = None
+
+
+@dataclass
+class DeadLetter:
+    """One dead letter: a queue entry moved aside for good.  ``entry`` names it in the
+    transport's dead letters (a stream entry id, a file name in failed/); ``reason`` is a short
+    code (``not_json``, ``too_large``, ``no_job_id``, ``duplicate_job_id``, ...), ``detail`` one
+    line; ``job_id`` when known; ``dead_at`` an RFC 3339 UTC time stamp; ``raw`` the document's
+    bytes as they were queued (None when the entry kept none; only :meth:`dead_get` fills it)."""
+
+    entry: str
+    reason: str
+    detail: str
+    job_id: str | None
+    dead_at: str
+    raw: bytes | None = None
+
+    def to_dict(self) -> dict:
+        return {"entry": self.entry, "reason": self.reason, "detail": self.detail, "job_id": self.job_id,
+                "dead_at": self.dead_at}
+
+
+@dataclass
+class DeadPage:
+    """One page of :meth:`Transport.dead_list`, newest first."""
+
+    entries: list = field(default_factory=list)
+    next_page_token: str | None = None
+
+
+@dataclass
+class DeadRequeue:
+    """What :meth:`Transport.dead_requeue` did: ``queued`` (a new delivery waits at
+    ``location``; the dead letter is gone), ``not_found``, or ``refused`` with ``reason`` and
+    ``detail`` (the transport found, in the same step, that it cannot run: e.g. another entry
+    is the job of its id)."""
+
+    outcome: str
+    location: str | None = None
+    job_id: str | None = None
+    reason: str | None = None
+    detail: str | None = None

@@ -4,6 +4,9 @@ Public API::
 
     range_status(kind: str, version: str, events: tuple) -> tuple[bool, str | None]
     entry_status(kind: str, version: str, entry: osvdb.Affected) -> tuple[bool, str | None]
+    match_source(database: osvdb.OsvDatabase, ecosystem: str, kind: str, source: str,
+                 version: str) -> list[tuple[osvdb.Record, str | None, str]]
+    findings_for(package: model.InstalledPackage, matches: list[tuple]) -> list[model.Finding]
     match_package(database: osvdb.OsvDatabase, ecosystem: str,
                   package: model.InstalledPackage) -> list[model.Finding]
 
@@ -20,50 +23,48 @@ format cannot parse is ignored.
 
 from __future__ import annotations
 
-import functools
-
 from . import severity, versions
 from .model import Finding, InstalledPackage
 from .osvdb import Affected, OsvDatabase
 
 
-def _event_key(kind: str):
-    def order(a: tuple, b: tuple) -> int:
-        if a[1] == b[1]:
-            return 0
-        if a[0] == "introduced" and a[1] == "0":
-            return -1
-        if b[0] == "introduced" and b[1] == "0":
-            return 1
-        return versions.compare(kind, a[1], b[1])
-    return functools.cmp_to_key(order)
+def _event_order(kind: str, event: tuple):
+    """Where an event sorts: ``introduced: "0"`` before every version, the rest by version."""
+    if event[0] == "introduced" and event[1] == "0":
+        return (0, ())
+    return (1, _bound(kind, event[1]))
 
 
-def _above(kind: str, version: str, bound: str) -> bool:
-    return versions.compare(kind, version, bound) < 0
+def _bound(kind: str, version: str):
+    """A database bound's order key (its syntax is not checked: a bad one sorts somewhere)."""
+    return versions.key(kind, version, checked=False)
 
 
 def range_status(kind: str, version: str, events: tuple) -> tuple[bool, str | None]:
     """Whether ``version`` lies in the range given by ``events`` ((event, version) pairs), and
     the first ``fixed`` version above it.  ValueError when a version cannot be parsed."""
-    ordered = sorted(events, key=_event_key(kind))
+    mine = versions.key(kind, version)
+    if len(events) == 2 and events[0] == ("introduced", "0") and events[1][0] == "fixed":
+        fixed = events[1][1]  # the common shape: affected below the fix
+        return (True, fixed) if mine < _bound(kind, fixed) else (False, None)
+    ordered = sorted(events, key=lambda event: _event_order(kind, event))
     affected = False
     for event, bound in ordered:
         if event == "introduced":
-            if bound == "0" or versions.compare(kind, version, bound) >= 0:
+            if bound == "0" or mine >= _bound(kind, bound):
                 affected = True
         elif event == "fixed":
-            if versions.compare(kind, version, bound) >= 0:
+            if mine >= _bound(kind, bound):
                 affected = False
-        elif event == "last_affected" and versions.compare(kind, version, bound) > 0:
+        elif event == "last_affected" and mine > _bound(kind, bound):
             affected = False
     limits = [bound for event, bound in events if event == "limit"]
     if affected and limits:
-        affected = any(bound == "*" or _above(kind, version, bound) for bound in limits)
+        affected = any(bound == "*" or mine < _bound(kind, bound) for bound in limits)
     if not affected:
         return False, None
     for event, bound in ordered:
-        if event in ("fixed", "last_affected") and _above(kind, version, bound):
+        if event in ("fixed", "last_affected") and mine < _bound(kind, bound):
             return True, bound if event == "fixed" else None
     return True, None
 
@@ -81,23 +82,36 @@ def entry_status(kind: str, version: str, entry: Affected) -> tuple[bool, str | 
     return version in entry.versions, None
 
 
-def match_package(database: OsvDatabase, ecosystem: str, package: InstalledPackage) -> list[Finding]:
-    """One Finding per record that affects ``package``'s source in ``ecosystem``."""
-    source = package.source_name or package.name
-    version = package.source_version or package.version
-    found: dict[str, Finding] = {}
+def match_source(database: OsvDatabase, ecosystem: str, kind: str, source: str,
+                 version: str) -> list[tuple]:
+    """(record, fixed version, severity) of each record affecting ``source`` at ``version``:
+    what every binary package built from that source shares."""
+    found: dict[str, list] = {}
     for entry in database.candidates(ecosystem, source):
-        record = entry.record
-        hit, fixed = entry_status(package.kind, version, entry)
+        hit, fixed = entry_status(kind, version, entry)
         if not hit:
             continue
-        known = found.get(record.id)
+        known = found.get(entry.record.id)
         if known is not None:  # several entries or ranges of one record: keep a known fix
-            if known.fixed_version is None and fixed is not None:
-                known.fixed_version = fixed
+            if known[1] is None and fixed is not None:
+                known[1] = fixed
             continue
-        found[record.id] = Finding(
-            id=record.id, aliases=list(record.aliases), package=package.name, version=package.version,
-            source_package=source, source_version=version, fixed_version=fixed,
-            severity=severity.rate(entry), summary=record.summary)
-    return list(found.values())
+        found[entry.record.id] = [entry.record, fixed, severity.rate(entry)]
+    return [tuple(item) for item in found.values()]
+
+
+def findings_for(package: InstalledPackage, matches: list[tuple]) -> list[Finding]:
+    """One Finding per match of ``package``'s source."""
+    source = package.source_name or package.name
+    version = package.source_version or package.version
+    return [Finding(id=record.id, aliases=list(record.aliases), package=package.name,
+                    version=package.version, source_package=source, source_version=version,
+                    fixed_version=fixed, severity=rating, summary=record.summary)
+            for record, fixed, rating in matches]
+
+
+def match_package(database: OsvDatabase, ecosystem: str, package: InstalledPackage) -> list[Finding]:
+    """One Finding per record that affects ``package``'s source in ``ecosystem``."""
+    matches = match_source(database, ecosystem, package.kind, package.source_name or package.name,
+                           package.source_version or package.version)
+    return findings_for(package, matches)

@@ -10,6 +10,7 @@ Public API::
         info(now: float | None = None) -> dict
     load_database(path: str) -> OsvDatabase       # index now, no cache
     shared_database(path: str) -> OsvDatabase     # the cached index, re-indexed on change
+    clear_cache() -> None                         # forget every shared index
 
 The directory holds ``<Ecosystem>/all.zip`` files as OSV publishes them (one JSON record per
 member) and/or plain ``*.json`` records, at any depth.  Every record is checked before it is
@@ -26,10 +27,12 @@ of its files; a change re-indexes (one thread indexes, the others wait for its r
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import zipfile
@@ -47,6 +50,10 @@ VULN_DB_STALE = "VULN_DB_STALE"
 MAX_RECORD_BYTES = 8 * 1024 * 1024
 #: all records of one database together, uncompressed: bounds the time a zip bomb can take
 MAX_TOTAL_BYTES = 4 * 1024 * 1024 * 1024
+#: members of one zip (OSV's largest distribution dump has about 66,000): more are refused before
+#: zipfile reads its directory, which costs a few hundred bytes of memory per member
+MAX_ZIP_MEMBERS = 500_000
+_EOCD_SIZE = 22
 #: skip reasons kept word for word (the counts are always complete)
 MAX_WARNINGS = 20
 
@@ -74,11 +81,12 @@ class Record:
 
 class Affected:
     """One ``affected[]`` entry of one record: its ECOSYSTEM ranges as tuples of (event,
-    version) pairs, its listed versions, and its own severity (which overrides the record's)."""
+    version) pairs, its listed versions (a tuple), and its own severity (which overrides the
+    record's)."""
 
     __slots__ = ("record", "ranges", "versions", "severity", "labels")
 
-    def __init__(self, record: Record, ranges: tuple, versions: frozenset, severity: tuple = (),
+    def __init__(self, record: Record, ranges: tuple, versions: tuple, severity: tuple = (),
                  labels: tuple = ()):
         self.record, self.ranges, self.versions = record, ranges, versions
         self.severity, self.labels = severity, labels
@@ -91,7 +99,6 @@ class _Skip(Exception):
 _RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)\Z")
 _EVENT_KEYS = ("introduced", "fixed", "last_affected", "limit")
 _LABEL_KEYS = ("severity", "urgency")
-_NONE: frozenset = frozenset()
 
 
 def parse_timestamp(text) -> float:
@@ -129,17 +136,21 @@ def _typed(doc: dict, key: str, kind, default, where: str):
 
 
 def _strings(values, where: str) -> tuple:
-    if not all(isinstance(v, str) for v in values):
+    """``values`` as a tuple of interned strings (versions repeat across records)."""
+    if set(map(type, values)) - {str}:
         raise _Skip(f"{where} holds a value that is not a string")
-    return tuple(values)
+    return tuple(map(sys.intern, values))
 
 
 def _severity(doc: dict, where: str) -> tuple:
-    entries = _typed(doc, "severity", list, [], where)
+    entries = doc.get("severity")
+    if not entries:
+        return ()
+    if type(entries) is not list:
+        raise _Skip(f"{where}severity is {type(entries).__name__}, not list")
     out = []
     for item in entries:
-        if not isinstance(item, dict) or not isinstance(item.get("type"), str) \
-                or not isinstance(item.get("score"), str):
+        if type(item) is not dict or type(item.get("type")) is not str or type(item.get("score")) is not str:
             raise _Skip(f"{where}severity[] entry is not {{type: str, score: str}}")
         out.append((item["type"], item["score"]))
     return tuple(out)
@@ -147,49 +158,71 @@ def _severity(doc: dict, where: str) -> tuple:
 
 def _labels(doc: dict) -> tuple:
     """Severity words of database_specific / ecosystem_specific (ignored when not strings)."""
-    out = []
+    out = ()
     for section in ("ecosystem_specific", "database_specific"):
         part = doc.get(section)
-        if isinstance(part, dict):
-            out.extend(part[k] for k in _LABEL_KEYS if isinstance(part.get(k), str))
-    return tuple(out)
+        if type(part) is dict:
+            for key in _LABEL_KEYS:
+                word = part.get(key)
+                if type(word) is str:
+                    out += (word,)
+    return out
+
+
+def _events(events, where: str) -> tuple:
+    if type(events) is not list:
+        raise _Skip(f"{where}ranges[].events is {type(events).__name__}, not list")
+    parsed = []
+    for event in events:
+        if type(event) is not dict or len(event) != 1:
+            raise _Skip(f"{where}ranges[].events[] entry is not one {{kind: version}}")
+        (kind, version), = event.items()
+        if kind not in _EVENT_KEYS or type(version) is not str:
+            raise _Skip(f"{where}ranges[].events[] has {kind!r}: {type(version).__name__}")
+        parsed.append((kind, sys.intern(version)))
+    return tuple(parsed)
 
 
 def _ranges(entry: dict, where: str) -> tuple:
+    ranges = entry.get("ranges")
+    if not ranges:
+        return ()
+    if type(ranges) is not list:
+        raise _Skip(f"{where}ranges is {type(ranges).__name__}, not list")
     out = []
-    for rng in _typed(entry, "ranges", list, [], where):
-        if not isinstance(rng, dict) or not isinstance(rng.get("type"), str):
+    for rng in ranges:
+        if type(rng) is not dict or type(rng.get("type")) is not str:
             raise _Skip(f"{where}ranges[] entry has no string type")
-        events = _typed(rng, "events", list, [], where + "ranges[].")
-        parsed = []
-        for event in events:
-            if not isinstance(event, dict) or len(event) != 1:
-                raise _Skip(f"{where}ranges[].events[] entry is not one {{kind: version}}")
-            (kind, version), = event.items()
-            if kind not in _EVENT_KEYS or not isinstance(version, str):
-                raise _Skip(f"{where}ranges[].events[] has {kind!r}: {type(version).__name__}")
-            parsed.append((kind, version))
-        if rng["type"] == "ECOSYSTEM" and parsed:
-            out.append(tuple(parsed))
+        events = _events(rng.get("events") or [], where)
+        if rng["type"] == "ECOSYSTEM" and events:
+            out.append(events)
     return tuple(out)
 
 
-def _affected(entry, record: Record) -> tuple[str, str, Affected]:
-    if not isinstance(entry, dict):
+def _affected(entry, record: Record) -> tuple[str, str, Affected] | None:
+    """(ecosystem, name, Affected) of one affected[] entry; None when it can match nothing
+    (no ECOSYSTEM range and no versions)."""
+    if type(entry) is not dict:
         raise _Skip("affected[] entry is not an object")
-    package = _typed(entry, "package", dict, {}, "affected[].")
-    ecosystem, name = package.get("ecosystem"), package.get("name")
-    if not isinstance(ecosystem, str) or not isinstance(name, str):
+    package = entry.get("package")
+    if type(package) is not dict or type(package.get("ecosystem")) is not str \
+            or type(package.get("name")) is not str:
         raise _Skip("affected[].package has no string ecosystem and name")
-    versions = _strings(_typed(entry, "versions", list, [], "affected[]."), "affected[].versions")
-    item = Affected(record, _ranges(entry, "affected[]."), frozenset(versions) if versions else _NONE,
-                    _severity(entry, "affected[]."), _labels(entry))
-    return ecosystem, name, item
+    listed = entry.get("versions") or []
+    if type(listed) is not list:
+        raise _Skip(f"affected[].versions is {type(listed).__name__}, not list")
+    versions = _strings(listed, "affected[].versions")
+    ranges = _ranges(entry, "affected[].")
+    severity = _severity(entry, "affected[].")
+    if not ranges and not versions:
+        return None
+    item = Affected(record, ranges, versions, severity, _labels(entry))
+    return sys.intern(package["ecosystem"]), sys.intern(package["name"]), item
 
 
-def parse_record(doc) -> tuple[Record, list] | None:
-    """The record and its ``(ecosystem, name, Affected)`` entries; None when withdrawn.
-    Raises _Skip for a document that is not a well-typed OSV record."""
+def parse_record(doc) -> tuple[Record, list | None]:
+    """The record and its ``(ecosystem, name, Affected)`` entries (None instead of the entries
+    when it is withdrawn).  Raises _Skip for a document that is not a well-typed OSV record."""
     if not isinstance(doc, dict):
         raise _Skip(f"the record is a JSON {type(doc).__name__}, not an object")
     rid = doc.get("id")
@@ -205,6 +238,7 @@ def parse_record(doc) -> tuple[Record, list] | None:
         record = Record(rid, aliases, summary[:300], modified, _severity(doc, where), _labels(doc))
         withdrawn = _typed(doc, "withdrawn", str, "", where)
         entries = [_affected(e, record) for e in _typed(doc, "affected", list, [], where)]
+        entries = [e for e in entries if e is not None]
     except _Skip as exc:
         raise _Skip(str(exc) if str(exc).startswith(where) else where + str(exc)) from None
     return (record, entries) if not withdrawn else (record, None)
@@ -263,7 +297,7 @@ class OsvDatabase:
         else:
             self.skipped += 1
         if len(self.warnings) < MAX_WARNINGS:
-            self.warnings.append(message)
+            self.warnings.append(printable(message))
 
     def add_document(self, raw: bytes, origin: str) -> None:
         """Parse and index one record's bytes; a bad one is counted, never raised."""
@@ -316,6 +350,11 @@ class OsvDatabase:
 
     def add_zip(self, path: str) -> None:
         try:
+            declared = declared_members(path)
+            if declared is not None and declared > MAX_ZIP_MEMBERS:
+                self._warn(f"{path}: declares {declared} members, more than the {MAX_ZIP_MEMBERS} a "
+                           "database zip may have: skipped", files=True)
+                return
             archive = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             self._warn(f"{path}: not a readable zip ({str(exc)[:80]}): skipped", files=True)
@@ -339,6 +378,36 @@ class OsvDatabase:
             self._warn(f"{origin}: larger than {MAX_RECORD_BYTES} bytes uncompressed")
             return
         self.add_document(raw, origin)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: member names and ids come from the database and
+    end up in logs and on terminals (vulndb info)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def declared_members(path: str) -> int | None:
+    """The member count a zip's end record declares (zip64 included), read before zipfile builds
+    an object per member; None when there is no readable end record (zipfile then says why)."""
+    with open(path, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        start = max(0, size - (_EOCD_SIZE + 0xFFFF))  # the end record, then a comment of <= 64 KiB
+        fh.seek(start)
+        tail = fh.read()
+        pos = tail.rfind(b"PK\x05\x06")
+        if pos < 0 or len(tail) - pos < _EOCD_SIZE:
+            return None
+        total = int.from_bytes(tail[pos + 10:pos + 12], "little")
+        locator = tail[pos - 20:pos] if pos >= 20 else b""
+        if total != 0xFFFF or not locator.startswith(b"PK\x06\x07"):
+            return total
+        fh.seek(int.from_bytes(locator[8:16], "little"))  # the zip64 end record
+        record = fh.read(56)
+    if not record.startswith(b"PK\x06\x06") or len(record) < 40:
+        return None
+    return int.from_bytes(record[32:40], "little")
 
 
 def database_files(path: str) -> list[str]:
@@ -373,8 +442,14 @@ def load_database(path: str) -> OsvDatabase:
     started = time.monotonic()
     database = OsvDatabase(path)
     files = database_files(path)
-    for name in files:
-        (database.add_zip if name.endswith(".zip") else database.add_json_file)(name)
+    collecting = gc.isenabled()
+    gc.disable()  # the index is millions of acyclic objects: collections while it grows are waste
+    try:
+        for name in files:
+            (database.add_zip if name.endswith(".zip") else database.add_json_file)(name)
+    finally:
+        if collecting:
+            gc.enable()
     database.index_seconds = time.monotonic() - started
     if database.skipped or database.skipped_files:
         log.warning("vulnerability database %s: %d records and %d files skipped (first: %s)", path,

@@ -28,7 +28,7 @@ an empty list and a ``note`` that says why: never a silently empty report.
 from __future__ import annotations
 
 from . import versions
-from .matching import match_package
+from .matching import findings_for, match_source
 from .model import DPKG, Finding, GuestOS, InstalledPackage
 from .osvdb import VULN_DB_STALE, OsvDatabase, ScanError, format_timestamp, shared_database
 from .severity import RATINGS
@@ -109,8 +109,13 @@ def scan(database: OsvDatabase, guest_os: GuestOS, packages: list[InstalledPacka
     """The vulnerability report of a guest (see the module docstring for its shape)."""
     findings: list[Finding] = []
     if guest_os.ecosystem is not None:
+        by_source: dict[tuple, list] = {}  # the binaries of one source share its matches
         for package in packages:
-            findings.extend(match_package(database, guest_os.ecosystem, package))
+            source = (package.kind, package.source_name or package.name,
+                      package.source_version or package.version)
+            if source not in by_source:
+                by_source[source] = match_source(database, guest_os.ecosystem, *source)
+            findings.extend(findings_for(package, by_source[source]))
     findings.sort(key=_sort_key)
     summary = _summary(findings)
     STATS.record_findings(summary["by_severity"])

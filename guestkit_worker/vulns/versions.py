@@ -3,10 +3,13 @@
 Public API::
 
     compare(kind: str, a: str, b: str) -> int      # -1, 0 or 1; kind is model.DPKG/RPM/APK
-    sort_key(kind: str) -> Callable[[str], object]  # a functools.cmp_to_key wrapper for sorted()
+    sort_key(kind: str) -> Callable[[str], object]  # a key function for sorted()
+    key(kind: str, version: str, checked: bool = True) -> object  # one version's sort key
 
-* dpkg: python-debian's ``Version`` (epochs, ``~`` before everything, ``+deb12u4`` <
-  ``+deb12u10``); a version dpkg would refuse raises ``ValueError``.
+* dpkg: python-debian's ``Version`` checks the syntax (a version dpkg would refuse raises
+  ``ValueError``); the order is dpkg's own (epochs, ``~`` before everything, letters before
+  other characters, digit runs as numbers: ``+deb12u4`` < ``+deb12u10``), computed as a tuple
+  once per version so that comparisons are cheap.
 * rpm: ``[EPOCH:]VERSION[-RELEASE]`` compared part by part with rpmvercmp's rules: runs of
   digits numerically, runs of letters by byte order, a digit run beats a letter run, ``~``
   sorts before anything (even the end) and ``^`` after the end but before anything else.  A
@@ -24,23 +27,67 @@ python-debian is imported on first use only: a worker that never scans does not 
 from __future__ import annotations
 
 import functools
+import re
 from typing import Callable
 
 from .model import APK, DPKG, RPM
 
 # -- dpkg ------------------------------------------------------------------------------------
+# The order is dpkg's verrevcmp turned into a tuple once per version, so a comparison is a
+# C-level tuple comparison (the matcher compares each installed version with thousands of
+# bounds).  python-debian checks a version's syntax where it matters (compare(), an installed
+# package's version); a database's bounds are only split, which is what makes the first scan of
+# a process cheap.
+
+_DPKG_RUNS = re.compile(r"([^0-9]*)([0-9]*)")
+#: dpkg's order of the characters of a non-digit run: ~ first, then the end (0), letters, others
+_DPKG_WEIGHTS = {chr(c): (c if chr(c).isalpha() else c + 256) for c in range(33, 127)}
+_DPKG_WEIGHTS["~"] = -1
+_DPKG_END = ((0,), 0)  # an empty non-digit run and no digits: what a part that ended compares as
+
+
+def _dpkg_part_key(text: str) -> tuple:
+    """The upstream version or revision as ((weights of a non-digit run + end, digits), ...,
+    _DPKG_END): runs compare weight by weight, digit runs as numbers, and a version that ended
+    as _DPKG_END against the other's next part.  Only the first pair can have an empty run (every
+    later one follows a digit run), so no pair but the last equals _DPKG_END, which is what
+    makes plain tuple comparison right for versions of different lengths."""
+    try:
+        pairs = [(tuple(map(_DPKG_WEIGHTS.__getitem__, letters)) + (0,), int(digits or 0))
+                 for letters, digits in _DPKG_RUNS.findall(text) if letters or digits]
+    except KeyError:
+        raise ValueError(f"not a dpkg version: {text!r}") from None
+    if not pairs:
+        pairs.append(_DPKG_END)  # "" is "0": both start with the neutral pair
+    pairs.append(_DPKG_END)
+    return tuple(pairs)
+
+
+@functools.lru_cache(maxsize=131072)
+def _dpkg_bound_key(text: str) -> tuple:
+    """The order key of a version split as dpkg splits it (epoch before the first ':', a
+    non-empty revision after the last '-'), without checking its syntax."""
+    epoch, sep, rest = text.partition(":")
+    if not sep:
+        epoch, rest = "0", text
+    upstream, sep, revision = rest.rpartition("-")
+    if not (sep and upstream and revision) or ":" in revision:  # as python-debian splits "1.0-", "-1"
+        upstream, revision = rest, ""
+    return (int(epoch), _dpkg_part_key(upstream), _dpkg_part_key(revision))
 
 
 @functools.lru_cache(maxsize=65536)
-def _dpkg_version(text: str):
+def _dpkg_key(text: str) -> tuple:
+    """The order key of a version python-debian accepts (ValueError for one dpkg would refuse)."""
     from debian.debian_support import Version  # optional extra "scan"
 
-    return Version(text)
+    Version(text)
+    return _dpkg_bound_key(text)
 
 
 def _dpkg_compare(a: str, b: str) -> int:
-    va, vb = _dpkg_version(a), _dpkg_version(b)
-    return (va > vb) - (va < vb)
+    ka, kb = _dpkg_key(a), _dpkg_key(b)
+    return (ka > kb) - (ka < kb)
 
 
 # -- rpm -------------------------------------------------------------------------------------
@@ -237,4 +284,20 @@ def compare(kind: str, a: str, b: str) -> int:
 
 def sort_key(kind: str) -> Callable[[str], object]:
     """A key for ``sorted()`` that orders version strings of ``kind``."""
+    if kind == DPKG:
+        return _dpkg_key
     return functools.cmp_to_key(functools.partial(compare, kind))
+
+
+def key(kind: str, version: str, checked: bool = True):
+    """An object that orders like ``version`` among versions of ``kind`` (a tuple for dpkg,
+    computed once per version; a comparison wrapper for rpm and apk).  ValueError as compare;
+    with ``checked`` false a dpkg version's syntax is not checked (a database's bounds)."""
+    if kind == DPKG:
+        return _dpkg_key(version) if checked else _dpkg_bound_key(version)
+    if kind not in _COMPARERS:
+        compare(kind, version, version)  # raises the unknown-kind error
+    return _WRAPPERS[kind](version)
+
+
+_WRAPPERS = {kind: functools.cmp_to_key(fn) for kind, fn in ((RPM, _rpm_compare), (APK, _apk_compare))}

@@ -678,3 +678,28 @@ def test_maintain_keeps_everything_live(transport_factory):
     done(t, held, idempotency_key="contract-maint-key")
     [last] = take(t)
     assert last.job_id == ids[2]
+
+
+def _seconds(stamp_text):
+    from datetime import datetime
+    return datetime.fromisoformat(stamp_text.replace("Z", "+00:00")).timestamp()
+
+
+def test_submitted_at_is_when_the_job_was_submitted_from_submit_to_its_end(t):
+    """``submitted_at`` is the real time of the submission (not the document's ``created_at``,
+    a producer's own field), the same while the job waits, runs, after a retry and once done."""
+    doc = job(max_attempts=3)  # created_at 2026-11-01
+    before = time.time()
+    t.submit(doc)
+    after = time.time()
+    first = t.job_status(doc["job_id"]).submitted_at
+    assert before - 1 <= _seconds(first) <= after + 1, (first, before, after)
+    [d] = take(t)
+    t.mark_started(d)
+    running = t.job_status(doc["job_id"])
+    assert running.submitted_at == first and _seconds(running.started_at) >= _seconds(first) - 1
+    t.retry(d, dict(doc, execution={"max_attempts": 3, "attempt": 2}))
+    assert t.job_status(doc["job_id"]).submitted_at == first
+    [d2] = take(t)
+    done(t, d2)
+    assert t.job_status(doc["job_id"]).submitted_at == first

@@ -103,3 +103,26 @@ class BadResultHandler(_Test):
 
     def execute(self, context, data):
         return HandlerResult(data={"value": object()})
+
+
+class VulnScanHandler(_Test):
+    """Scans payload.packages ([name, version, source, source_version, kind] each) of a guest in
+    payload.ecosystem against the worker's --vuln-db, as a scanning handler does: it keeps what
+    configure_vulns hands it and calls only open_database and scan."""
+    name = "test.vulnscan"
+    vuln_db = None
+    vuln_max_age = None
+
+    def configure_vulns(self, db_dir, max_age_seconds):
+        self.vuln_db, self.vuln_max_age = db_dir, max_age_seconds
+
+    def execute(self, context, data):
+        from guestkit_worker.vulns import scanning
+        from guestkit_worker.vulns.model import GuestOS, InstalledPackage
+        database = scanning.open_database(self.vuln_db, self.vuln_max_age)
+        guest = GuestOS("debian", "12", ecosystem=data.get("ecosystem"))
+        packages = [InstalledPackage(*p) for p in data.get("packages", [])]
+        report = scanning.scan(database, guest, packages)
+        return HandlerResult(data={"summary": report["summary"], "database": report["database"],
+                                   "ids": [v["id"] for v in report["vulnerabilities"]],
+                                   "max_age": self.vuln_max_age, "indexed_at": database.indexed_at})

@@ -53,7 +53,7 @@ def test_bytes_that_are_no_job_are_rejected_without_a_result(tmp_path):
     entry = rig.broker.add_raw(b'{"job_id": "not-json-001", ')
     rig.run_next()
     [dead] = rig.broker.dead_letters()
-    assert dead["entry"] == entry and dead["reason"] == "rejected" and dead["worker"] == "unit-w1"
+    assert dead["entry"] == entry and dead["reason"] == "not_json" and dead["worker"] == "unit-w1"
     assert dead["detail"].startswith("file: invalid JSON: Expecting property name")
     assert rig.result("not-json-001") is None and rig.table.outcomes() == {"rejected": 1}
 

@@ -19,6 +19,7 @@ from ...job.timestamps import stamp
 from ...system import atomic
 from ..base import InvalidPageToken, JobStatus, Page, SubmitReceipt, job_bytes
 from .layout import RUNNING_SUFFIX, Layout, alternate_names, read_json
+from .liveness import lock_held
 from .results import FileResultStore
 
 _RESULT_SUFFIX = "-result.json"
@@ -81,10 +82,16 @@ class FileIndex:
         return None
 
     def _archived_doc(self, job_id: str) -> Any:
+        found = self._archived(job_id)
+        return found[0] if found else None
+
+    def _archived(self, job_id: str) -> tuple | None:
+        """(document, path) of the job's archived job file in done/ or failed/, or None."""
         for d in (self.layout.done_dir, self.layout.failed_dir):
-            doc = read_json(os.path.join(d, f"{job_id}.json"))
+            path = os.path.join(d, f"{job_id}.json")
+            doc = read_json(path)
             if doc is not None:
-                return doc
+                return doc, path
         return None
 
     # -- submit -------------------------------------------------------------------------
@@ -128,22 +135,24 @@ class FileIndex:
             doc = read_json(path)
             doc = doc if isinstance(doc, dict) else {}
             facts = job_facts(doc)
+            submitted = _mtime_stamp(path)  # a claim and a start are renames: they keep the mtime
             if status == "running":
                 done = self._stored_outcome(job_id, facts.attempt)
                 if done is not None:  # its result is stored, its job file not archived yet
-                    done.submitted_at = doc.get("created_at")
+                    done.submitted_at = submitted
                     return done
             return JobStatus(job_id, status, operation=doc.get("operation"), attempt=facts.attempt,
-                             worker_id=worker, submitted_at=doc.get("created_at"),
-                             started_at=_mtime_stamp(path) if status == "running" else None,
-                             cancellable=facts.cancellable)
+                             worker_id=worker, submitted_at=submitted,
+                             started_at=_ctime_stamp(path) if status == "running" else None,
+                             cancellable=facts.cancellable,
+                             worker_gone=worker is not None and not lock_held(self.layout.lock_path(worker)))
         result = self.results.result_or_none(job_id)
         if result is None:
             return None
         status = _status_of_result(job_id, result)
-        archived = self._archived_doc(job_id)  # the result does not say when the job was created
-        if isinstance(archived, dict) and isinstance(archived.get("created_at"), str):
-            status.submitted_at = archived["created_at"]
+        archived = self._archived(job_id)  # the result does not say when the job was submitted
+        if archived is not None:
+            status.submitted_at = _mtime_stamp(archived[1])
         return status
 
     def _stored_outcome(self, job_id: str, attempt: object) -> JobStatus | None:
@@ -223,8 +232,20 @@ def _mtime_ns(entry) -> int:
 
 
 def _mtime_stamp(path: str) -> str | None:
+    """When a job file was submitted: its mtime, set when it was written into jobs/ (by
+    ``submit``, the API or a producer's rename) and kept by every later rename (claim, start,
+    archive) and by a retry's rewrite (:meth:`FileQueue.retry`)."""
     try:
         return stamp(os.lstat(path).st_mtime)
+    except OSError:
+        return None
+
+
+def _ctime_stamp(path: str) -> str | None:
+    """When a held job file was started: the inode change time its rename to NAME.running set
+    (the last change made to it)."""
+    try:
+        return stamp(os.lstat(path).st_ctime)
     except OSError:
         return None
 

@@ -4,6 +4,7 @@ never reading more than the size limit."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 
@@ -69,3 +70,28 @@ def read_job_file(path: str, name: str, max_bytes: int) -> bytes:
         raise JobFileError("file", f"cannot read: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def peek_priority(path: str, max_bytes: int, default: int) -> int:
+    """The ``execution.priority`` of a job file waiting in jobs/ (for the order of claims), or
+    ``default`` when it has none or is no regular, readable, valid job file of at most
+    ``max_bytes`` (admission judges it once claimed).  Opened without following a link or
+    blocking on a FIFO, and only when lstat says it is a regular file (checked again by fstat)."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return default
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return default
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return default
+        doc = json.loads(os.read(fd, max_bytes + 1))
+    except (OSError, ValueError, RecursionError):
+        return default
+    finally:
+        os.close(fd)
+    execution = doc.get("execution") if isinstance(doc, dict) else None
+    priority = execution.get("priority") if isinstance(execution, dict) else None
+    return priority if type(priority) is int and 1 <= priority <= 10 else default

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import socket
 from collections.abc import Iterator
 
 from ...job.errors import ConfigError
@@ -18,8 +20,9 @@ _LOCK_FLAGS = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
 class WorkerLock:
     """This worker's liveness lock, and the test of other workers' locks."""
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, pool: str | None = None) -> None:
         self.layout = layout
+        self.pool = pool
         self._fd: int | None = None
 
     @property
@@ -52,8 +55,25 @@ class WorkerLock:
             os.close(fd)
             raise
         self._fd = fd
+        self._write_identity(fd)
         L.make_dir(L.processing)
         return sorted(n for n in os.listdir(L.processing) if not n.startswith("."))
+
+    def _write_identity(self, fd: int) -> None:
+        """Who holds the lock, for the ``workers`` command: pool, host and pid, as JSON in the
+        lock file (its mtime, refreshed by :meth:`touch`, is the last sign of life)."""
+        me = {"worker_id": self.layout.worker_id, "pool": self.pool, "host": socket.gethostname(),
+              "pid": os.getpid()}
+        with contextlib.suppress(OSError):  # only information: the flock is the liveness
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode() + b"\n", 0)
+
+    def touch(self) -> None:
+        """Set the lock file's mtime to now: the last sign of life ``workers`` shows (the
+        daemon does it with every recovery pass, every 30 s)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.utime(self._fd)
 
     def drop(self) -> None:
         """Remove the processing dir (when empty) and the lock file, then unlock.  Both go while
@@ -72,17 +92,7 @@ class WorkerLock:
         L = self.layout
         if worker_id == L.worker_id:
             return self.held
-        try:
-            fd = os.open(L.lock_path(worker_id), _LOCK_FLAGS)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # closing drops a lock taken just now
-        return False
+        return lock_held(L.lock_path(worker_id))
 
     @staticmethod
     @contextlib.contextmanager
@@ -103,3 +113,19 @@ class WorkerLock:
             yield True
         finally:
             os.close(fd)
+
+
+def lock_held(path: str) -> bool:
+    """True while some process holds the flock of the lock file ``path`` (this process too,
+    through another descriptor); False when it is free or missing: that worker is dead."""
+    try:
+        fd = os.open(path, _LOCK_FLAGS)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock taken just now
+    return False

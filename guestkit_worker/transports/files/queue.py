@@ -5,6 +5,7 @@ archiving it.  A claim is an atomic rename, so two workers never run the same jo
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import hashlib
 import logging
@@ -13,10 +14,11 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 
+from ...job.protocol import EXECUTION_DEFAULTS
 from ...system import atomic
 from ..base import Delivery, LeaseLost, TransportObserver, compact_job_bytes
 from .claimed import ClaimedNames
-from .jobfile import read_job_file
+from .jobfile import peek_priority, read_job_file
 from .jobids import RunningIds
 from .layout import ALTERNATE_NAMES, MAX_NAME_BYTES, RUNNING_SUFFIX, Layout, alternate_names, json_bytes
 from .liveness import WorkerLock
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 FOREIGN_RECHECK_SECONDS = 60.0
 #: At most this many such names are remembered (the oldest are forgotten first).
 MAX_FOREIGN_NAMES = 10000
+#: The priority of a job file that names none (or cannot be read before it is claimed).
+DEFAULT_PRIORITY = EXECUTION_DEFAULTS["priority"]
 #: A depth() this soon after a fetch that listed jobs/ and took nothing reuses that listing.
 _DEPTH_REUSE_SECONDS = 0.1
 
@@ -68,6 +72,7 @@ class FileQueue:
         self._eligible: set | None = None      # --once: the names present at start (and retries)
         self._given_back: dict = {}            # names released unstarted: tried after the others
         self._depth_fresh = False              # the last fetch ended on a listing and took nothing
+        self._priorities: dict = {}            # name -> execution.priority, read once per name
 
     # -- listing ------------------------------------------------------------------------
     def _list_jobs_dir(self) -> list:
@@ -89,7 +94,7 @@ class FileQueue:
             foreign.popitem(last=False)  # oldest first: entries are added in time order
         if self._eligible is None and self.once:
             self._eligible = set(names)
-        pending = [n for n in names if n not in foreign]
+        pending = self._by_priority([n for n in names if n not in foreign])
         self._waiting = len(pending)
         if self._given_back:  # a job given back (e.g. its outcome could not be stored) goes last
             back = self._given_back
@@ -98,6 +103,22 @@ class FileQueue:
             pending = [n for n in pending if n in self._eligible]
         self._pending = collections.deque(self.names.unclaimed(pending))
         self._scanned_at = now
+
+    def _by_priority(self, names: list) -> list:
+        """``names`` (in file-name order), higher ``execution.priority`` first; file-name order
+        within a priority.  Each job file's priority is read once, when its name is first
+        listed (names no longer listed are forgotten)."""
+        known, jobs = self._priorities, self.layout.jobs_dir
+        now = {}
+        for n in names:
+            p = known.get(n)
+            if p is None:
+                p = peek_priority(f"{jobs}/{n}", self.max_job_bytes, DEFAULT_PRIORITY)
+            now[n] = p
+        self._priorities = now
+        if any(p != DEFAULT_PRIORITY for p in now.values()):
+            names.sort(key=lambda n: -now[n])  # stable: file-name order within a priority
+        return names
 
     def _refresh_after(self) -> float:
         return min(self.poll_interval, 0.5)
@@ -199,12 +220,15 @@ class FileQueue:
         if not self.still_ours(delivery):
             raise self.fenced(delivery)  # queued again by its new owner, if at all
         data = compact_job_bytes(doc)  # one line: an indented rewrite can outgrow --max-job-size
+        submitted = os.lstat(delivery.path).st_mtime_ns
         for dst in self._queue_names(delivery.name):
             try:
                 atomic.write_bytes(dst, data, durable=self.durable, mode=0o640, overwrite=False)
                 break
             except FileExistsError:
                 continue
+        with contextlib.suppress(OSError):  # the job's submission time (its status's submitted_at)
+            os.utime(dst, ns=(submitted, submitted), follow_symlinks=False)
         os.unlink(delivery.path)
         self._left(delivery)
         self._depth_fresh = False

@@ -14,6 +14,9 @@ from ...job.outcomes import QueuedJob
 from ...system.tempfiles import sweep_temp_files
 from ..base import (
     CancelledDocuments,
+    DeadLetter,
+    DeadPage,
+    DeadRequeue,
     Delivery,
     JobStatus,
     Outcome,
@@ -28,6 +31,7 @@ from ..base import (
 )
 from .cancels import CancelMarkers
 from .claimed import ClaimedNames
+from .dead import FileDeadLetters
 from .idempotency import FileIdempotency
 from .index import FileIndex
 from .jobids import RunningIds
@@ -48,8 +52,8 @@ class FileTransport(Transport):
     (:class:`~.liveness.WorkerLock`), ``names`` (:class:`~.claimed.ClaimedNames`), ``job_ids``
     (:class:`~.jobids.RunningIds`), ``queue`` (:class:`~.queue.FileQueue`), ``reclaimer``
     (:class:`~.reclaim.FileReclaimer`), ``results`` (:class:`~.results.FileResultStore`),
-    ``keys`` (:class:`~.idempotency.FileIdempotency`), ``index`` (:class:`~.index.FileIndex`)
-    and ``cancels`` (:class:`~.cancels.CancelMarkers`).
+    ``keys`` (:class:`~.idempotency.FileIdempotency`), ``index`` (:class:`~.index.FileIndex`),
+    ``cancels`` (:class:`~.cancels.CancelMarkers`) and ``dead`` (:class:`~.dead.FileDeadLetters`).
 
     durable: fsync results, retries and idempotency records (off only for tests and benches);
     once: fetch only the jobs present at the first fetch or depth (after open's recovery) and
@@ -62,11 +66,11 @@ class FileTransport(Transport):
 
     def __init__(self, jobs_dir: str, results_dir: str, worker_id: str, *, max_job_bytes: int,
                  durable: bool = True, once: bool = False, poll_interval: float = 1.0,
-                 observer: TransportObserver | None = None) -> None:
+                 observer: TransportObserver | None = None, pool: str | None = None) -> None:
         self.layout = L = Layout(jobs_dir, results_dir, worker_id)
         self.worker_id = worker_id
         observer = observer if observer is not None else TransportObserver()
-        self.lock = WorkerLock(L)
+        self.lock = WorkerLock(L, pool)
         self.names = ClaimedNames()
         self.job_ids = RunningIds(L)
         self.queue = FileQueue(L, self.lock, self.names, self.job_ids, observer, max_job_bytes=max_job_bytes,
@@ -76,6 +80,7 @@ class FileTransport(Transport):
         self.keys = FileIdempotency(L, self.results, self.lock.worker_alive, durable=durable)
         self.index = FileIndex(L, self.results, max_job_bytes=max_job_bytes, durable=durable)
         self.cancels = CancelMarkers(L)
+        self.dead = FileDeadLetters(L, max_job_bytes=max_job_bytes, durable=durable)
 
     @property
     def protected_paths(self) -> tuple:
@@ -141,7 +146,13 @@ class FileTransport(Transport):
 
     def reclaim(self, decide: ReclaimDecision, limit: int = 1 << 30, *,
                 unrecoverable: UnrecoverableReason | None = None) -> int:
+        self.lock.touch()  # the daemon reclaims every 30 s: its last sign of life for `workers`
         return self.reclaimer.reclaim(decide, limit, unrecoverable)
+
+    def workers(self) -> list:
+        """Every worker that has a lock file or a processing dir here (:mod:`.workers`)."""
+        from .workers import file_workers
+        return file_workers(self.layout)
 
     def depth(self) -> int:
         return self.queue.depth()
@@ -233,6 +244,19 @@ class FileTransport(Transport):
             return
         if o.delivery.job_id is not None:
             self.cancels.settled(o.delivery.job_id)
+
+    # -- dead letters -------------------------------------------------------------------
+    def dead_list(self, limit: int = 100, page_token: str | None = None) -> DeadPage:
+        return self.dead.dead_list(limit, page_token)
+
+    def dead_get(self, entry: str) -> DeadLetter | None:
+        return self.dead.dead_get(entry)
+
+    def dead_requeue(self, entry: str) -> DeadRequeue:
+        return self.dead.dead_requeue(entry)
+
+    def dead_purge(self, entry: str) -> bool:
+        return self.dead.dead_purge(entry)
 
     # -- cancel -------------------------------------------------------------------------
     def cancel(self, job_id: str, cancelled: CancelledDocuments) -> str:

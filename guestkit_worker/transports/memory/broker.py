@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ...job.timestamps import stamp
 from ..base import TransportUnavailable
 
 #: dead letters kept (the oldest are forgotten first)
@@ -78,6 +79,7 @@ class Job:
     started_at: str | None = None
     completed_at: str | None = None
     error: dict | None = None
+    unrun: bool = False    # dead-lettered before its handler started: its id is free again
     cancel: bool = False
     ended: float | None = None  # broker time it reached a final status (maintain forgets it later)
 
@@ -143,7 +145,7 @@ class MemoryBroker:
 
     def dead_letters(self) -> list:
         """Copies of the entries taken out of the queue as unusable, oldest first: {"entry",
-        "reason", "detail", "worker", "raw"}."""
+        "reason", "detail", "worker", "raw", "id", "job_id", "at"}."""
         with self.cond:
             return [dict(d) for d in self._dead]
 
@@ -173,7 +175,21 @@ class MemoryBroker:
         self.waiting.pop(entry.id, None)
         self.claims.pop(entry.id, None)
         self._dead.append({"entry": entry.name, "reason": reason, "detail": detail, "worker": worker_id,
-                           "raw": entry.raw})
+                           "raw": entry.raw, "id": entry.id, "job_id": entry.job_id, "at": stamp()})
+
+    def dead_index(self, name: str) -> int | None:
+        """Where dead letter ``name`` is in the dead letters, or None (cond held)."""
+        for i, d in enumerate(self._dead):
+            if d["entry"] == name:
+                return i
+        return None
+
+    def dead_rows(self) -> list:
+        """The dead letters themselves, oldest first (cond held; for the transports)."""
+        return list(self._dead)
+
+    def drop_dead(self, i: int) -> None:
+        del self._dead[i]
 
 
 def digest(doc: Mapping[str, Any]) -> str:

@@ -58,7 +58,7 @@ class ReclaimMixin:
                 log.warning("%s: delivered %d times (max_deliveries %d); moved to the dead letters",
                             claim.entry.name, times, self.max_deliveries)
                 detail = f"delivered {times} times; last owner {previous}"
-                self._fail_dead(claim.entry, "max_deliveries", detail)
+                self._fail_dead(claim.entry, "max_deliveries", detail, unrun=not claim.started)
                 continue
             del b.claims[claim.entry.id]
             taken.append((self._hand_out(claim.entry, started=claim.started), previous))
@@ -79,9 +79,11 @@ class ReclaimMixin:
                 self._held.discard(d.generation)
                 self._fail_dead(claim.entry, reason, detail, error)
 
-    def _fail_dead(self, entry: Entry, reason: str, detail: str, error: dict | None = None) -> None:
+    def _fail_dead(self, entry: Entry, reason: str, detail: str, error: dict | None = None, *,
+                   unrun: bool = False) -> None:
         """Dead-letter entry; the job it is ends failed with ``error`` as given, else the
-        transport's own record of the disposal, DEAD_LETTERED (cond held)."""
+        transport's own record of the disposal, DEAD_LETTERED (cond held).  unrun: its handler
+        never started, so its job id is free for a new submission."""
         b = self.broker
         b.dead_letter(entry, reason, detail, self.worker_id)
         self.observer.dead_lettered(reason)
@@ -90,4 +92,5 @@ class ReclaimMixin:
             job.status, job.completed_at, job.ended = "failed", now_iso(), b.clock()
             own = {"code": "DEAD_LETTERED", "message": f"{reason}: {detail}"}
             job.error = error if error is not None else own
+            job.unrun = unrun
         b.cond.notify_all()

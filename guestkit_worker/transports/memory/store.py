@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ...job.deadletters import unrunnable
 from ...job.states import FINAL_STATUSES
 from ...job.timestamps import stamp as now_iso
 from ..base import CancelledDocuments, JobStatus, Outcome, Page, QueuedJob, Reservation
@@ -144,8 +145,10 @@ class StoreMixin:
             self._held.discard(d.generation)
             error = o.reason.get("error") if isinstance(o.reason, dict) else None
             detail = str(error.get("message", "")) if isinstance(error, dict) else ""
-            b.dead_letter(entry, "rejected", detail, self.worker_id)
-            self.observer.dead_lettered("rejected")
+            why = unrunnable(entry.raw, self.max_job_bytes)
+            reason = why[0] if why else "rejected"
+            b.dead_letter(entry, reason, detail or (why[1] if why else ""), self.worker_id)
+            self.observer.dead_lettered(reason)
         else:
             del b.claims[entry.id]
             self._held.discard(d.generation)

@@ -34,6 +34,7 @@ from ..base import (
     job_bytes,
 )
 from .broker import Claim, Entry, Job, MemoryBroker, digest, peek
+from .dead import DeadMixin
 from .reclaim import ReclaimMixin
 from .store import StoreMixin
 
@@ -56,7 +57,7 @@ class MemoryDelivery(Delivery):
         self.lost = False       # another worker owns the entry now
 
 
-class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
+class MemoryTransport(ReclaimMixin, StoreMixin, DeadMixin, Transport):
     """Jobs and results in this process only, as worker ``worker_id`` of ``broker``'s queue.
 
     For tests and for embedding the worker in a program: nothing persists beyond the process
@@ -136,7 +137,7 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
         with b.cond:
             b.check()
             job = b.jobs.get(job_id)
-            if job is not None:
+            if job is not None and not job.unrun:
                 outcome = "exists" if job.digest == digest(doc) else "conflict"
                 return SubmitReceipt(job_id, outcome, job.status, location=f"entry-{job.entry}")
             entry = b.add_entry(bytes(body), job_id)
@@ -188,6 +189,8 @@ class MemoryTransport(ReclaimMixin, StoreMixin, Transport):
             if entry.job_id is not None and entry.job_id not in b.jobs:
                 self._new_job(entry.job_id, entry, doc)
         job = b.jobs.get(entry.job_id) if entry.job_id is not None else None
+        if job is not None and job.entry != entry.id and job.unrun:  # its only entry never ran
+            job = self._new_job(entry.job_id, entry, peek(entry.raw, self.max_job_bytes)[1])
         if job is not None and job.entry != entry.id:
             log.warning("%s: job %s already exists as entry-%d; moved to the dead letters", entry.name,
                         entry.job_id, job.entry)

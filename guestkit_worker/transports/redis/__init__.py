@@ -1,4 +1,4 @@
-"""Redis Streams transport (needs the ``redis`` extra: ``pip install 'guestkit-worker[redis]'``).
+"""Redis Streams transport (needs the ``redis`` extra: ``pip install '.[redis]'`` in a checkout).
 
 Modules: :mod:`.keys` (key names), :mod:`.connection` (URL, password, clients), :mod:`.tls`,
 :mod:`.scripts` (the Lua scripts; :func:`~.scripts.load_scripts`), :mod:`.hotcall` (the

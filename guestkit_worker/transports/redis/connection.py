@@ -31,7 +31,7 @@ def import_redis() -> Any:
         import redis  # noqa: PLC0415 - optional dependency, imported only when chosen
     except ImportError:
         raise ConfigError("the Redis transport needs the Python package 'redis': install "
-                          "guestkit-worker[redis] (pip install 'guestkit-worker[redis]')") from None
+                          "the extra guestkit-worker[redis] (pip install '.[redis]' in a checkout)") from None
     return redis
 
 

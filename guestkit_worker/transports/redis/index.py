@@ -63,7 +63,24 @@ class RedisIndex:
         link = self.link
         with link.guard("status"):
             h = link.r.hgetall(link.k.job(job_id))
-        return _status_of(job_id, h) if h else None
+            if not h:
+                return None
+            status = _status_of(job_id, h)
+            self._mark_gone([status])
+        return status
+
+    def _mark_gone(self, jobs: list) -> None:
+        """Flag the running jobs whose worker's liveness key has expired (worker_gone): they
+        wait for another worker to take them over, nothing runs them."""
+        link = self.link
+        running = [j for j in jobs if j.status == "running" and j.worker_id]
+        if not running:
+            return
+        pipe = link.r.pipeline(transaction=False)
+        for j in running:
+            pipe.exists(link.k.alive(j.worker_id))
+        for j, alive in zip(running, pipe.execute()):
+            j.worker_gone = not alive
 
     def list_jobs(self, *, status: str | None = None, operation: str | None = None,
                   limit: int = 100, page_token: str | None = None) -> Page:
@@ -101,6 +118,7 @@ class RedisIndex:
                     nxt = f"{s}:{m}"
                 if len(members) < _CHUNK:
                     break
+            self._mark_gone(jobs)
         return Page(jobs=jobs, next_page_token=nxt if len(jobs) == limit else None)
 
     def cancel(self, job_id: str, cancelled: CancelledDocuments) -> str:

@@ -298,7 +298,8 @@ class RedisQueue:
         goes to the dead letters.  Releasing an entry another worker owns by now does nothing."""
         if other_pool:
             self.dead_letter(delivery, "not_for_this_pool",
-                             f"routing or constraints exclude pool {self.link.pool}, whose stream holds it")
+                             f"routing or constraints exclude pool {self.link.pool}, whose stream holds it",
+                             unrun=True)
             return
         with contextlib.suppress(LeaseLost):  # counted and logged; the new owner disposes of it
             self._requeue(delivery, delivery.raw, delivery.attempt or 1, "release")
@@ -316,16 +317,19 @@ class RedisQueue:
             raise LeaseLost(f"stream entry {delivery.name} (job {delivery.job_id}) now belongs to another "
                             "worker")
 
-    def dead_letter(self, delivery: Delivery, reason: str, detail: str, error: dict | None = None) -> bool:
+    def dead_letter(self, delivery: Delivery, reason: str, detail: str, error: dict | None = None, *,
+                    unrun: bool = False) -> bool:
         """Move the entry to the dead letters; its job ends failed with ``error`` as given (a
         reason's error built by the worker), else the transport's own record of the disposal
-        (DEAD_LETTERED).  False when another worker owns the entry now."""
+        (DEAD_LETTERED).  unrun: its handler never started, so its job id is free again for a
+        new submission.  False when another worker owns the entry now."""
         link, k = self.link, self.link.k
         error = error if error is not None else {"code": "DEAD_LETTERED", "message": f"{reason}: {detail}"}
         keys = [k.jobs, k.dead, k.running] + ([k.job(delivery.job_id)] if delivery.job_id else [])
         with link.guard("dead_letter"):
             ok = link.s.dead(keys=keys, args=[GROUP, link.worker_id, delivery.name, reason, detail,
-                                              DEAD_MAXLEN, link.result_ttl, json.dumps(error)])
+                                              DEAD_MAXLEN, link.result_ttl, json.dumps(error),
+                                              "1" if unrun else "0"])
         self.held.forget(delivery)
         if ok:
             log.warning("stream entry %s (job %s): moved to the dead letters: %s: %s", delivery.name,

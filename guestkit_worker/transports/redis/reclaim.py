@@ -63,11 +63,12 @@ class RedisReclaimer:
     def _hand_over(self, rows: list, decide: ReclaimDecision,
                    unrecoverable: UnrecoverableReason | None) -> int:
         over = [r for r in rows if int(r[2]) > self.max_deliveries]
-        for entry, fields, count, owner, _ in over:
+        for entry, fields, count, owner, starter in over:
             d = RedisDelivery(text(entry), b"", {}, delivery_count=int(count))
             d.job_id = _job_id_of(fields)
             self.queue.dead_letter(d, "max_deliveries", f"delivered {int(count)} times (--max-deliveries "
-                                   f"{self.max_deliveries}); last owner {text(owner)}")
+                                   f"{self.max_deliveries}); last owner {text(owner)}",
+                                   unrun=not text(starter))
         rows = [r for r in rows if int(r[2]) <= self.max_deliveries]
         entries = [(text(r[0]), entry_fields(r[1])) for r in rows]
         deliveries = self.queue.admit(entries, [int(r[2]) for r in rows], [text(r[4]) for r in rows],

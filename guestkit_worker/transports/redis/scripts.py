@@ -59,11 +59,12 @@ SOURCES: dict[str, str] = {
     # KEYS jobs, job, index; ARGV doc, job_id, digest, operation, cancellable(1|0), attempt,
     # submitted_at -> {created|exists|conflict, status, entry}
     "submit": r"""
-local h = redis.call('HMGET', KEYS[2], 'status', 'digest', 'entry')
-if h[1] then
+local h = redis.call('HMGET', KEYS[2], 'status', 'digest', 'entry', 'unrun')
+if h[1] and h[4] ~= '1' then
   if h[2] == ARGV[3] then return {'exists', h[1], h[3] or ''} end
   return {'conflict', h[1], h[3] or ''}
 end
+if h[1] then redis.call('DEL', KEYS[2]) end  -- dead-lettered before it ever ran: not a job
 local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[1], 'job_id', ARGV[2])
 redis.call('HSET', KEYS[2], 'job_id', ARGV[2], 'status', 'pending', 'entry', id, 'digest', ARGV[3],
            'operation', ARGV[4], 'cancellable', ARGV[5], 'attempt', ARGV[6], 'submitted_at', ARGV[7])
@@ -74,7 +75,8 @@ return {'created', 'pending', id}
     # operation, cancellable, attempt, submitted_at, maxlen[, started_at]
     # -> ok | started | stored | duplicate | lost
     # A delivered entry becomes a known job (entries XADDed by other producers have no job
-    # hash yet); an entry whose job id another entry already holds is a duplicate: dead letter.
+    # hash yet); an entry whose job id another entry already holds is a duplicate: dead letter,
+    # unless that entry was dead-lettered before it ran (unrun): then this entry is the job.
     # 'stored' (with the result key given): admitted, and a result is stored under the job id
     # already ('ok': none is; only this entry's commit can store one while it is owned).
     # With started_at: an admitted entry with no result stored is also marked started
@@ -90,6 +92,10 @@ local function admitted()
   return 'ok'
 end
 local e = redis.call('HGET', KEYS[4], 'entry')
+if e and e ~= ARGV[3] and redis.call('HGET', KEYS[4], 'unrun') == '1' then
+  redis.call('DEL', KEYS[4])  -- its only entry was dead-lettered before it ran: this one is the job
+  e = nil
+end
 if not e then
   redis.call('HSET', KEYS[4], 'job_id', ARGV[4], 'status', 'pending', 'entry', ARGV[3], 'digest', ARGV[5],
              'operation', ARGV[6], 'cancellable', ARGV[7], 'attempt', ARGV[8], 'submitted_at', ARGV[9])
@@ -102,13 +108,15 @@ dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[2], 'duplicate_job
 return 'duplicate'
 """,
     # KEYS jobs, dead, running[, job]; ARGV group, me, entry, reason, detail, maxlen, ttl,
-    # error json -> 1 | 0 (not owned)
+    # error json[, unrun: '1' when its handler never started] -> 1 | 0 (not owned)
+    # An unrun job's id is free again: a new submission or entry of it is the job (submit, admit).
     "dead": r"""
 if not owned(KEYS[1], ARGV[1], ARGV[3], ARGV[2]) then return 0 end
 dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[2], ARGV[4], ARGV[5], ARGV[6])
 if KEYS[4] and redis.call('HGET', KEYS[4], 'entry') == ARGV[3] then
   local t = redis.call('TIME')
   redis.call('HSET', KEYS[4], 'status', 'failed', 'error', ARGV[8], 'completed_at', t[1])
+  if ARGV[9] == '1' then redis.call('HSET', KEYS[4], 'unrun', '1') end
   redis.call('EXPIRE', KEYS[4], tonumber(ARGV[7]))
 end
 return 1
@@ -338,6 +346,62 @@ if waiting > 0 then
   end
 end
 return {waiting, math.max(age, -1)}
+""",
+    # KEYS dead, jobs, index[, job]; ARGV dead entry, job_id, digest, operation, cancellable,
+    # attempt, submitted_at -> {queued, new entry} | {not_found} | {refused, reason, detail}
+    # A dead letter's original 'job' field queued again as a new entry and the dead letter
+    # deleted, in one step.  The job hash follows the new entry when it is the job this dead
+    # letter ended (it names the dead letter's entry), was dead-lettered before it ran, or is
+    # gone; a job hash naming another entry makes it a duplicate: refused.
+    "dead_requeue": r"""
+local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #e == 0 then return {'not_found'} end
+local f, doc, src = e[1][2], nil, nil
+for i = 1, #f - 1, 2 do
+  if f[i] == 'job' and not doc then doc = f[i + 1] end
+  if f[i] == 'entry' and not src then src = f[i + 1] end
+end
+if not doc then return {'refused', 'no_job_field', 'the entry has no field job'} end
+local id
+if KEYS[4] then
+  local h = redis.call('HMGET', KEYS[4], 'entry', 'unrun', 'status')
+  if h[1] and h[1] ~= src and h[2] ~= '1' then
+    return {'refused', 'duplicate_job_id',
+            'job ' .. ARGV[2] .. ' is known as entry ' .. h[1] .. ' (' .. (h[3] or 'pending') .. ')'}
+  end
+  id = redis.call('XADD', KEYS[2], '*', 'job', doc, 'job_id', ARGV[2])
+  redis.call('DEL', KEYS[4])
+  redis.call('HSET', KEYS[4], 'job_id', ARGV[2], 'status', 'pending', 'entry', id, 'digest', ARGV[3],
+             'operation', ARGV[4], 'cancellable', ARGV[5], 'attempt', ARGV[6], 'submitted_at', ARGV[7])
+  redis.call('ZADD', KEYS[3], tonumber(string.match(id, '^(%d+)')), ARGV[2])
+else
+  id = redis.call('XADD', KEYS[2], '*', 'job', doc)
+end
+redis.call('XDEL', KEYS[1], ARGV[1])
+return {'queued', id}
+""",
+    # KEYS dead; ARGV highest id ('+' or '(' id), how many
+    # -> {{id, reason, detail, job_id field or a job_id read from a document under 64 KiB, or ''}, ...}
+    # A page of dead letters newest first without their documents: a listing never carries
+    # the (maybe huge) 'job' fields over the wire.  The job_id read here is only a candidate:
+    # the caller checks it as the job layer does.
+    "dead_page": r"""
+local rows = redis.call('XREVRANGE', KEYS[1], ARGV[1], '-', 'COUNT', tonumber(ARGV[2]))
+local out = {}
+for _, e in ipairs(rows) do
+  local f, keep = e[2], {}
+  for i = 1, #f - 1, 2 do
+    if keep[f[i]] == nil then keep[f[i]] = f[i + 1] end
+  end
+  local jid = keep['job_id']
+  local doc = keep['job']
+  if not jid and doc and #doc <= 65536 then
+    local ok, d = pcall(cjson.decode, doc)
+    if ok and type(d) == 'table' and type(d['job_id']) == 'string' then jid = d['job_id'] end
+  end
+  out[#out + 1] = {e[1], keep['reason'] or 'unknown', keep['detail'] or '', jid or ''}
+end
+return out
 """,
     # KEYS jobs; ARGV group, me -> 1 consumer deleted | 0 it still holds entries
     "leave": r"""

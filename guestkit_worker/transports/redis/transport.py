@@ -26,6 +26,9 @@ from ...settings.defaults import (
 )
 from ..base import (
     CancelledDocuments,
+    DeadLetter,
+    DeadPage,
+    DeadRequeue,
     Delivery,
     JobStatus,
     Outcome,
@@ -39,6 +42,7 @@ from ..base import (
     UnrecoverableReason,
 )
 from . import connection, tls
+from .dead import RedisDeadLetters
 from .held import HeldEntries
 from .index import RedisIndex
 from .keys import GROUP
@@ -58,9 +62,10 @@ class RedisTransport(Transport):
 
     Parts: ``link`` (:class:`~.link.RedisLink`), ``held`` (:class:`~.held.HeldEntries`),
     ``queue`` (:class:`~.queue.RedisQueue`), ``reclaimer`` (:class:`~.reclaim.RedisReclaimer`),
-    ``store`` (:class:`~.store.RedisStore`) and ``index`` (:class:`~.index.RedisIndex`).
-    metrics: the :class:`~..base.TransportObserver` told of failed calls, takeovers, lost
-    leases, dead letters and the oldest waiting job's age."""
+    ``store`` (:class:`~.store.RedisStore`), ``index`` (:class:`~.index.RedisIndex`) and
+    ``dead`` (:class:`~.dead.RedisDeadLetters`).  metrics: the
+    :class:`~..base.TransportObserver` told of failed calls, takeovers, lost leases, dead
+    letters and the oldest waiting job's age."""
 
     protected_paths = ()
     starts_on_fetch = RedisQueue.starts_on_fetch
@@ -93,6 +98,7 @@ class RedisTransport(Transport):
         self.reclaimer = RedisReclaimer(self.link, self.held, self.queue, max_deliveries=self.max_deliveries)
         self.store = RedisStore(self.link, self.held)
         self.index = RedisIndex(self.link)
+        self.dead = RedisDeadLetters(self.link, max_job_bytes=self.max_job_bytes)
 
     @property
     def lease_seconds(self) -> float:
@@ -191,9 +197,27 @@ class RedisTransport(Transport):
     def job_status(self, job_id: str) -> JobStatus | None:
         return self.index.job_status(job_id)
 
+    def workers(self) -> list:
+        """The pool's workers, live and gone (:mod:`.workers`)."""
+        from .workers import redis_workers
+        return redis_workers(self.link)
+
     def list_jobs(self, *, status: str | None = None, operation: str | None = None,
                   limit: int = 100, page_token: str | None = None) -> Page:
         return self.index.list_jobs(status=status, operation=operation, limit=limit, page_token=page_token)
 
     def cancel(self, job_id: str, cancelled: CancelledDocuments) -> str:
         return self.index.cancel(job_id, cancelled)
+
+    # -- dead letters -------------------------------------------------------------------
+    def dead_list(self, limit: int = 100, page_token: str | None = None) -> DeadPage:
+        return self.dead.dead_list(limit, page_token)
+
+    def dead_get(self, entry: str) -> DeadLetter | None:
+        return self.dead.dead_get(entry)
+
+    def dead_requeue(self, entry: str) -> DeadRequeue:
+        return self.dead.dead_requeue(entry)
+
+    def dead_purge(self, entry: str) -> bool:
+        return self.dead.dead_purge(entry)

@@ -1,0 +1,114 @@
+"""guestkit.scan's payload checks, its failures before any appliance launch, the missing
+``scan`` extra, and the inventory's choice of package database (no appliance here)."""
+
+import json
+import sys
+
+import pytest
+from fixtures_disk import make_context
+
+from guestkit_worker import vulns as vulns_package
+from guestkit_worker.handlers.inspect import InspectHandler
+from guestkit_worker.handlers.registry import default_registry
+from guestkit_worker.handlers.scan import ScanHandler
+from guestkit_worker.job.errors import EngineUnavailable, HandlerError, JobValidationError
+from guestkit_worker.vulns import sbom
+from guestkit_worker.vulns.inventory import read_inventory
+from guestkit_worker.vulns.model import GuestOS, InstalledPackage
+
+IMAGE = {"path": "/srv/images/web-01.qcow2", "format": "qcow2"}
+
+
+def handler(allowed=("/",)):
+    h = ScanHandler()
+    h.configure_paths(list(allowed))
+    return h
+
+
+def test_scan_is_registered():
+    reg = default_registry(load_plugins=False)
+    assert isinstance(reg.get("guestkit.scan"), ScanHandler)
+    assert reg.get("guestkit.scan").payload_types == ("guestkit.scan.v1",)
+
+
+@pytest.mark.parametrize("data, field, words", [
+    ({"image": IMAGE, "sbom": {"format": "spdx"}}, "payload.data.sbom.format", "only 'cyclonedx'"),
+    ({"image": IMAGE, "output": {"destination": "/srv/r/a.json"}, "sbom": {"destination": "/srv/r/a.json"}},
+     "payload.data.sbom.destination", "must differ from payload.data.output.destination"),
+    ({"image": IMAGE, "sbom": {"overwrite": "yes"}}, "payload.data.sbom.overwrite", "true or false"),
+    ({"image": IMAGE, "sbom": "cyclonedx"}, "payload.data.sbom", "must be an object"),
+    ({"image": IMAGE, "options": {}}, "payload.data.options", "unknown field; known: image, output, sbom"),
+    ({"image": dict(IMAGE, format=None)}, "payload.data.image.format", "is required"),
+    ({"image": IMAGE, "output": {"format": "xml"}}, "payload.data.output.format", "only 'json'"),
+])
+def test_scan_payload_checks(data, field, words):
+    with pytest.raises(JobValidationError) as exc:
+        handler().validate(data)
+    assert exc.value.field == field and words in exc.value.reason
+
+
+def test_sbom_destination_outside_the_allowed_paths_is_refused_first(tmp_path):
+    data = {"image": {"path": str(tmp_path / "absent.qcow2"), "format": "qcow2"},
+            "sbom": {"destination": "/etc/guestkit.cdx.json"}}
+    with pytest.raises(JobValidationError) as exc:
+        handler([str(tmp_path)]).validate(data)
+    assert (exc.value.code, exc.value.field) == ("PATH_NOT_ALLOWED", "payload.data.sbom.destination")
+
+
+def test_inspect_vulnerabilities_option_is_a_boolean():
+    h = InspectHandler()
+    h.configure_paths(["/"])
+    with pytest.raises(JobValidationError) as exc:
+        h.validate({"image": IMAGE, "options": {"vulnerabilities": "yes"}})
+    assert exc.value.field == "payload.data.options.vulnerabilities"
+
+
+def test_no_database_fails_before_the_image_is_opened(tmp_path):
+    ctx, _ = make_context(tmp_path)
+    with pytest.raises(HandlerError) as exc:
+        handler().execute(ctx, {"image": {"path": str(tmp_path / "absent.qcow2"), "format": "qcow2"}})
+    assert exc.value.code == "VULN_DB_UNAVAILABLE"
+    assert ctx._progress_sink.events == []  # not even the validation phase began
+
+
+def test_missing_scan_extra_names_the_pip_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "guestkit_worker.vulns.scanning", None)  # as if python-debian failed
+    monkeypatch.delattr(vulns_package, "scanning", raising=False)
+    ctx, _ = make_context(tmp_path)
+    with pytest.raises(EngineUnavailable) as exc:
+        handler().execute(ctx, {"image": IMAGE})
+    assert exc.value.message.endswith("pip install '.[scan]' in a checkout")
+    monkeypatch.setitem(sys.modules, "cyclonedx", None)
+    monkeypatch.setitem(sys.modules, "cyclonedx.model", None)
+    hint = r"needs cyclonedx-python-lib .*pip install '\.\[scan\]' in a checkout"
+    with pytest.raises(ImportError, match=hint):
+        sbom.cyclonedx_json(GuestOS("debian", "12"), [])
+
+
+def extract(tmp_path, files):
+    """A probe extract directory holding files {guest path: bytes}."""
+    names = {}
+    for guest_path, data in files.items():
+        name = guest_path.strip("/").replace("/", "_")
+        (tmp_path / name).write_bytes(data)
+        names[guest_path] = name
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": names, "notes": ["a probe note"]}))
+    return str(tmp_path)
+
+
+def test_inventory_reads_the_distribution_s_database_and_notes_the_rest(tmp_path):
+    inv = read_inventory(extract(tmp_path, {
+        "/etc/os-release": b"ID=debian\nVERSION_ID=12\n",
+        "/var/lib/dpkg/status": b"Package: a\nStatus: install ok installed\nVersion: 1\n\n",
+        "/lib/apk/db/installed": b"P:b\nV:1-r0\n\n"}))
+    assert inv.packages == [InstalledPackage("a", "1", "a", "1", "", "dpkg")]
+    assert inv.notes == ["a probe note", "the apk installed database /lib/apk/db/installed was not read: "
+                                         "the guest's packages are dpkg's"]
+
+
+def test_inventory_without_database_or_ecosystem_says_so(tmp_path):
+    inv = read_inventory(extract(tmp_path, {"/etc/os-release": b"ID=gentoo\n"}))
+    assert (inv.packages, inv.guest_os.ecosystem) == ([], None)
+    assert inv.notes[1:] == ["no package database (dpkg, rpm or apk) found in the guest; no package was read",
+                             "no OSV ecosystem is known for the distribution 'gentoo' (supported: almalinux, "
+                             "alpine, debian, rocky, ubuntu); no package was matched"]
