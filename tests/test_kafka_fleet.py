@@ -145,7 +145,7 @@ def test_three_workers_drain_300_submitted_jobs_with_a_poison_record_and_one_sig
         # its 2 job threads, and at most 4 outcomes each waiting to be stored
         assert len(rerun) + len(late) <= 2 * (1 + 4), (rerun, late)
         [(value, headers)] = dead_letters(kafka_broker, pool, 1)
-        assert value == b"this is no job {" and headers["reason"] == "rejected", headers
+        assert value == b"this is no job {" and headers["reason"] == "not_json", headers
         wait_for(lambda: kafka_broker.group_lag(f"guestkit.{pool}.workers", f"guestkit.{pool}.jobs") == 0,
                  timeout=30, what="the group's lag 0")
         for w in survivors:

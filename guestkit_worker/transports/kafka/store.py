@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ...job.deadletters import unrunnable
 from ...job.states import FINAL_STATUSES
 from ...job.timestamps import stamp as now_iso
 from ..base import (
@@ -128,12 +129,14 @@ class StoreMixin:
         error = result.get("error") if result else (o.reason or {}).get("error")
         reason_error = (o.reason or {}).get("error") if isinstance(o.reason, dict) else None
         detail = str(reason_error.get("message", "")) if isinstance(reason_error, dict) else ""
+        why = _why_unrunnable(o.delivery, self.max_job_bytes) if o.status == "rejected" else None
         return {"op": "commit", "entry": o.delivery.entry, "generation": o.delivery.generation,
                 "w": self.worker_id, "job_id": o.delivery.job_id, "status": o.status,
                 "result": body.decode("utf-8", "surrogatepass") if body is not None else None,
                 "error": error if isinstance(error, dict) else None,
                 "completed_at": result.get("completed_at") or result.get("failed_at"),
-                "key": o.idempotency_key, "release": o.release, "detail": detail, "at": now_iso()}
+                "key": o.idempotency_key, "release": o.release, "at": now_iso(),
+                "reason": why[0] if why else None, "detail": detail or (why[1] if why else "")}
 
     # -- look-ups by job id --------------------------------------------------------------
     def job_status(self, job_id: str) -> JobStatus | None:
@@ -207,3 +210,11 @@ def _status_of(job: Any) -> JobStatus:
                      worker_id=job.worker_id, submitted_at=job.submitted_at, started_at=job.started_at,
                      completed_at=job.completed_at, error=job.error,
                      cancellable=job.status not in FINAL_STATUSES and job.cancellable)
+
+
+def _why_unrunnable(d: Any, max_bytes: int) -> tuple | None:
+    """(reason, detail) of a delivery that can never be a job (the dead letter's reason code),
+    or None; a record too large to be kept in the state has only its size there."""
+    if d.size > len(d.raw):
+        return "too_large", f"{d.size} bytes, larger than the limit of {max_bytes} bytes (--max-job-size)"
+    return unrunnable(d.raw, max_bytes)
