@@ -126,6 +126,7 @@ class KafkaBroker:
         self.log = os.path.join(self.dir, "kafka.log")
         self.properties = dict(BASE_PROPERTIES, **(properties or {}))
         self.proc = None
+        self.log_start = 0
 
     # -- start and stop -------------------------------------------------------------------
     def write_config(self) -> str:
@@ -161,6 +162,7 @@ class KafkaBroker:
         config = self.write_config()
         if not os.path.isdir(os.path.join(self.dir, "data")):
             self.format(config)
+        self.log_start = os.path.getsize(self.log) if os.path.exists(self.log) else 0
         with open(self.log, "ab") as log:  # the JVM writes through its own copy of the descriptor
             argv = self.java("kafka.Kafka", config, heap="512m", log4j="log4j2")
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -176,6 +178,7 @@ class KafkaBroker:
         if self.proc.poll() is not None:
             raise AssertionError(f"kafka exited with {self.proc.returncode}; see {self.log}")
         with open(self.log, errors="replace") as fh:
+            fh.seek(self.log_start)  # this start's lines (a restart appends to the same log)
             if "Kafka Server started" not in fh.read():
                 return False
         try:
@@ -280,7 +283,7 @@ class KafkaBroker:
             meta = reader.list_topics(topic, timeout=10).topics[topic]
             parts = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
             lag = 0
-            for tp in reader.committed(parts, timeout=30):
+            for tp in committed(reader, parts):
                 low, high = reader.get_watermark_offsets(tp, timeout=30)
                 lag += max(0, high - (tp.offset if tp.offset >= 0 else low))
             return lag
@@ -309,6 +312,23 @@ class KafkaBroker:
         admin = self.admin()  # kept alive until the futures are done
         for future in admin.incremental_alter_configs([resource]).values():
             future.result(30)
+
+
+def committed(reader, parts, timeout: float = 60) -> list:
+    """reader.committed(parts), asked again while the group's coordinator is not ready (a new
+    broker creates and loads its offsets topic on the first such request: NOT_COORDINATOR)."""
+    from confluent_kafka import KafkaError, KafkaException
+    not_ready = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                 KafkaError.COORDINATOR_NOT_AVAILABLE}
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            return reader.committed(parts, timeout=30)
+        except KafkaException as e:
+            err = e.args[0]
+            if not (err.retriable() or err.code() in not_ready) or time.monotonic() > end:
+                raise
+            time.sleep(0.2)
 
 
 def start_kafka(directory, properties: Optional[dict] = None) -> KafkaBroker:

@@ -14,7 +14,7 @@ try:
     import confluent_kafka  # noqa: F401
 except ImportError:
     raise ConfigError("--transport kafka needs the Python package confluent-kafka: pip install "
-                      "'.[kafka]' (or pip install 'guestkit-worker[kafka]')") from None
+                      "'.[kafka]' in a checkout") from None
 
 from .settings import KafkaSettings, Topics  # noqa: E402
 from .statelog import KafkaUnavailable  # noqa: E402
