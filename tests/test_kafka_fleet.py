@@ -140,9 +140,12 @@ def test_three_workers_drain_300_submitted_jobs_with_a_poison_record_and_one_sig
         for job_id, rs in by_job.items():  # one stored result, of the last run
             assert results[job_id]["status"] == "completed", results[job_id]
             assert results[job_id]["execution_summary"]["attempt"] == rs[-1][0], (job_id, rs)
-        assert len(rerun) <= 2, rerun  # its two job threads
+        # a job taken by the killed worker whose handler had not begun ran once, as attempt 2
+        late = {j for j, rs in by_job.items() if len(rs) == 1 and rs[0][0] == 2}
+        # its 2 job threads, and at most 4 outcomes each waiting to be stored
+        assert len(rerun) + len(late) <= 2 * (1 + 4), (rerun, late)
         [(value, headers)] = dead_letters(kafka_broker, pool, 1)
-        assert value == b"this is no job {" and headers["reason"] == "rejected", headers
+        assert value == b"this is no job {" and headers["reason"] == "not_json", headers
         wait_for(lambda: kafka_broker.group_lag(f"guestkit.{pool}.workers", f"guestkit.{pool}.jobs") == 0,
                  timeout=30, what="the group's lag 0")
         for w in survivors:
@@ -150,7 +153,7 @@ def test_three_workers_drain_300_submitted_jobs_with_a_poison_record_and_one_sig
             wait_for(lambda w=w: metric(w, "guestkit_worker_queue_depth") == 0, timeout=30,
                      what="queue_depth 0")
         reclaimed = sum(metric(w, "guestkit_worker_jobs_reclaimed_total") for w in survivors)
-        assert reclaimed >= len(rerun)
+        assert reclaimed >= len(rerun) + len(late)
         print(f"\nkafka fleet: 300 jobs, {len(rerun)} re-run after SIGKILL of {victim.name}, reclaimed "
               f"{reclaimed:.0f}, dead letter {headers}")
     finally:

@@ -83,9 +83,9 @@ def test_cli_submit_status_cancel_result_list_over_kafka(kafka_broker, pool, tmp
     job = tmp_path / "job.json"
     job.write_text(json.dumps(make_job("kcli-0001")))
     done = cli("submit", *where, str(job))
-    assert done.returncode == 0 and f"guestkit.{pool}.state entry-" in done.stdout, done.stderr
+    assert done.returncode == 0 and done.stdout == "kcli-0001 pending\n", done.stderr
     again = cli("submit", *where, str(job))
-    assert again.returncode == 1 and "was submitted before (pending" in again.stderr
+    assert again.returncode == 0 and again.stdout == "kcli-0001 pending (already submitted)\n", again
     status = cli("status", *where, "kcli-0001")
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "pending", status.stderr
     cancelled = cli("cancel", *where, "kcli-0001")
@@ -182,3 +182,22 @@ def read_topic(broker, topic, at_least, timeout=60):
     finally:
         consumer.close()
     return got
+
+
+def test_workers_lists_live_and_gone_workers_with_their_jobs(kafka_broker, pool):
+    require_confluent_kafka()
+    where = ["--transport", "kafka", "--kafka-bootstrap-servers", kafka_broker.bootstrap, "--pool", pool]
+    a = transport(kafka_broker, pool, "kworkers-a")
+    a.open()
+    a.submit(make_job("kworkers-0001"))
+    [d] = a.fetch(1, 5)
+
+    def listed():
+        done = cli("workers", *where, "--json")
+        assert done.returncode == 0, done.stderr
+        return {w["worker_id"]: w for w in json.loads(done.stdout)}
+    w = listed()["kworkers-a"]
+    assert (w["alive"], w["running"], w["held"], w["pool"]) == (True, ["kworkers-0001"], 1, pool), w
+    a.close()  # its goodbye: gone at once, its job still held until another takes it over
+    w = listed()["kworkers-a"]
+    assert (w["alive"], w["running"]) == (False, ["kworkers-0001"]), w

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 
 from ...job.errors import ConfigError
 from .settings import KafkaSettings, Topics
@@ -66,6 +67,16 @@ class PoolAdmin:
         or minus the start where nothing is committed).  Read with a consumer of the group that
         never joins it (``committed``): librdkafka 2.16's admin call for group offsets crashed
         the process against a broker that had just started (bench/RESULTS.md)."""
+        end = time.monotonic() + 2 * self.timeout
+        while True:
+            try:
+                return self._lag_once()
+            except KafkaUnavailable as exc:
+                if not _coordinator_busy(exc) or time.monotonic() > end:
+                    raise
+                time.sleep(0.2)  # a broker that just started loads its groups: ask again
+
+    def _lag_once(self) -> int:
         from confluent_kafka import TopicPartition
         try:
             with self._lag_lock:
@@ -94,3 +105,11 @@ class PoolAdmin:
                 with contextlib.suppress(Exception):
                     self._consumer.close()
                 self._consumer = None
+
+
+#: group coordinator errors of a broker that has just started or moved a group: asked again
+_COORDINATOR_BUSY = ("NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS", "COORDINATOR_NOT_AVAILABLE")
+
+
+def _coordinator_busy(exc: BaseException) -> bool:
+    return any(code in str(exc) for code in _COORDINATOR_BUSY)

@@ -75,6 +75,7 @@ class KafkaSettings:
         """The librdkafka settings shared by every client (the password read now)."""
         conf = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.protocol(),
                 "client.id": "guestkit-worker",
+                "socket.nagle.disable": True,
                 "logger": logging.getLogger("guestkit_worker.transports.kafka.client")}
         if self.tls_ca_file:
             conf["ssl.ca.location"] = self.tls_ca_file

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +81,7 @@ class Job:
     error: dict | None = None
     cancel: bool = False
     ended: float | None = None
+    unrun: bool = False  # dead-lettered before its handler started: its id is free again
     last_generation: int | None = None  # the hand-out whose outcome was stored last
 
 
@@ -170,8 +172,10 @@ class PoolState:
     def dead_letter(self, entry: Entry, reason: str, detail: str, worker: str) -> None:
         self.waiting.pop(entry.id, None)
         self.claims.pop(entry.id, None)
-        letter = {"entry": entry.name, "job_id": entry.job_id, "reason": reason, "detail": detail,
-                  "worker": worker, "raw": entry.raw, "size": entry.size}
+        at = datetime.datetime.fromtimestamp(self.clock, datetime.timezone.utc)
+        letter = {"entry": entry.name, "id": entry.id, "job_id": entry.job_id, "reason": reason,
+                  "detail": detail, "worker": worker, "raw": entry.raw, "size": entry.size,
+                  "at": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
         self.dead.append(letter)
         self.fresh_dead.append(letter)
 
@@ -219,7 +223,7 @@ class PoolState:
         raw = unb64(c["raw"]) if c.get("raw") is not None else b""
         entry = self.add_entry(raw, c.get("job_id"), size=int(c.get("size", len(raw))))
         job = self.jobs.get(entry.job_id) if entry.job_id is not None else None
-        if job is not None:
+        if job is not None and not job.unrun:
             detail = f"job {entry.job_id} is already known as entry-{job.entry}"
             self.dead_letter(entry, "duplicate_job_id", detail, c["w"])
             return {"admitted": False, "dead": "duplicate_job_id"}
@@ -250,7 +254,14 @@ class PoolState:
                 chosen.append(entry)
         for entry in chosen:
             del self.waiting[entry.id]
-        return [self._hand_out(entry, w, life, float(c["lease"]), started=False) for entry in chosen]
+            self._mark_running(entry, w, c.get("at"))
+        return [self._hand_out(entry, w, life, float(c["lease"]), started=True) for entry in chosen]
+
+    def _mark_running(self, entry: Entry, worker: str, at: Any) -> None:
+        """A take records the start (the transport's starts_on_fetch): the job is running."""
+        job = self.jobs.get(entry.job_id) if entry.job_id is not None else None
+        if job is not None and job.entry == entry.id:
+            job.status, job.worker_id, job.started_at = "running", worker, at
 
     def _op_start(self, c: dict) -> bool:
         claim = self.claim_of(c["entry"], c["generation"])
@@ -323,6 +334,9 @@ class PoolState:
             if times > int(c["max_deliveries"]):
                 detail = f"delivered {times} times; last owner {claim.owner}"
                 self._fail_dead(claim.entry, "max_deliveries", detail, w, None)
+                job = self.jobs.get(claim.entry.job_id or "")
+                if job is not None and job.entry == claim.entry.id:
+                    job.unrun = not claim.started
                 dead.append(claim.entry.name)
                 continue
             del self.claims[claim.entry.id]
@@ -370,7 +384,7 @@ class PoolState:
             self._requeue(claim, entry.raw)
             return "ok"
         if without_result:
-            self.dead_letter(entry, "rejected", c.get("detail") or "", c["w"])
+            self.dead_letter(entry, c.get("reason") or "rejected", c.get("detail") or "", c["w"])
             return "dead"
         del self.claims[entry.id]
         return "ok"
@@ -445,3 +459,34 @@ class PoolState:
         for entry in self.waiting.values():
             for worker in [w for w, until in entry.skip.items() if until <= self.clock]:
                 del entry.skip[worker]
+
+    # -- dead letters ----------------------------------------------------------------------
+    def dead_row(self, name: Any) -> dict | None:
+        for letter in self.dead:
+            if letter["entry"] == name:
+                return letter
+        return None
+
+    def _op_dead_purge(self, c: dict) -> bool:
+        letter = self.dead_row(c["entry"])
+        if letter is None:
+            return False
+        self.dead.remove(letter)
+        return True
+
+    def _op_dead_requeue(self, c: dict) -> dict:
+        """Queue a dead letter's bytes again as a new entry (its job follows it) and drop the
+        letter; refused when another entry is the job of its id."""
+        letter = self.dead_row(c["entry"])
+        if letter is None:
+            return {"outcome": "not_found"}
+        job_id = c.get("job_id")
+        job = self.jobs.get(job_id) if job_id is not None else None
+        if job is not None and job.entry != letter["id"] and not job.unrun:
+            return {"outcome": "refused", "job_id": job_id, "reason": "duplicate_job_id",
+                    "detail": f"job {job_id} is known as entry-{job.entry} ({job.status})"}
+        entry = self.add_entry(letter["raw"], job_id, size=letter["size"])
+        if job_id is not None:
+            self._new_job(job_id, entry, c.get("facts") or {}, c["at"])
+        self.dead.remove(letter)
+        return {"outcome": "queued", "location": entry.name, "job_id": job_id}

@@ -103,8 +103,9 @@ class StateLog:
     # -- the reader ----------------------------------------------------------------------
     def _read_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                msgs = self._reader.consume(500, 0.05)
+            try:  # poll answers at the first record; consume(…, 0) takes what else is there
+                first = self._reader.poll(0.1)
+                msgs = [] if first is None else [first, *self._reader.consume(500, 0)]
             except Exception:  # closed under us, or a client error: look again
                 if self._stop.wait(0.2):
                     return
@@ -181,7 +182,16 @@ class StateLog:
             KafkaOutcomeUnknown: taken, but its application was not seen in time.
         """
         self.reachable()
-        slot = self.send(cmd)
+        return self.wait(self.send(cmd))
+
+    def wait(self, slot: dict) -> tuple:
+        """(answer, dead letters) of a command :meth:`send` wrote, once this replica applied it;
+        several sent commands waited for in turn share their round trips (one flush, one read).
+
+        Raises:
+            KafkaUnavailable: the broker refused or did not take it (nothing was made).
+            KafkaOutcomeUnknown: taken, but its application was not seen in time.
+        """
         end = time.monotonic() + self.timeout + 2
         with self.cond:
             try:

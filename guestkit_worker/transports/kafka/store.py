@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ...job.deadletters import unrunnable
 from ...job.states import FINAL_STATUSES
 from ...job.timestamps import stamp as now_iso
 from ..base import (
@@ -87,47 +88,55 @@ class StoreMixin:
     def commit(self, outcomes: Sequence[Outcome]) -> None:
         """Each outcome in one command: result stored, job state set, idempotency key kept or
         released, delivery acknowledged (or queued again: ``release``, or a job rejected
-        without a result whose id is known; or dead-lettered: poison).  An outcome whose
-        delivery another worker owns now gets LeaseLost; storage trouble gets its OSError."""
+        without a result whose id is known; or dead-lettered: poison).  The commands of a batch
+        are written together and their answers awaited together (one round trip).  An outcome
+        whose delivery another worker owns now gets LeaseLost; storage trouble its OSError."""
+        sent = []
         for o in outcomes:
             o.error = None
             try:
-                self._commit_one(o)
+                cmd = self._commit_command_of(o)
+                if cmd is not None:
+                    sent.append((o, self._state_log().send(cmd)))
             except (TypeError, ValueError, OSError) as exc:
                 o.error = exc
+        for o, slot in sent:
+            try:
+                answer, dead = self._state_log().wait(slot)
+            except OSError as exc:
+                o.error = exc
+                self.observer.transport_error("commit")
+                continue
+            if answer == "lost":
+                o.error = self._lose(o.delivery)
+                continue
+            self._held.discard(o.delivery.generation)
+            self._publish_dead(dead)
 
-    def _commit_one(self, o: Outcome) -> None:
+    def _commit_command_of(self, o: Outcome) -> dict | None:
+        """The commit command of o, or None (o.error set) when its delivery is known lost."""
         d = o.delivery
         if d.lost or d.generation not in self._held:
             o.error = self._lose(d) if not d.lost else LeaseLost(f"{d.name} now belongs to another worker")
-            return
+            return None
         body = o.encoded if o.encoded is not None else (
             self.encode_result(o.result) if o.result is not None else None)
-        answer, dead = self._state_log_call(self._commit_command(o, body))
-        if answer == "lost":
-            o.error = self._lose(d)
-            return
-        self._held.discard(d.generation)
-        self._publish_dead(dead)
-
-    def _state_log_call(self, cmd: dict) -> tuple:
-        try:
-            return self._state_log().call_full(cmd)
-        except OSError:
-            self.observer.transport_error("commit")
-            raise
+        self._state_log().reachable()
+        return self._commit_command(o, body)
 
     def _commit_command(self, o: Outcome, body: bytes | None) -> dict:
         result = o.result if isinstance(o.result, dict) else {}
         error = result.get("error") if result else (o.reason or {}).get("error")
         reason_error = (o.reason or {}).get("error") if isinstance(o.reason, dict) else None
         detail = str(reason_error.get("message", "")) if isinstance(reason_error, dict) else ""
+        why = _why_unrunnable(o.delivery, self.max_job_bytes) if o.status == "rejected" else None
         return {"op": "commit", "entry": o.delivery.entry, "generation": o.delivery.generation,
                 "w": self.worker_id, "job_id": o.delivery.job_id, "status": o.status,
                 "result": body.decode("utf-8", "surrogatepass") if body is not None else None,
                 "error": error if isinstance(error, dict) else None,
                 "completed_at": result.get("completed_at") or result.get("failed_at"),
-                "key": o.idempotency_key, "release": o.release, "detail": detail, "at": now_iso()}
+                "key": o.idempotency_key, "release": o.release, "at": now_iso(),
+                "reason": why[0] if why else None, "detail": detail or (why[1] if why else "")}
 
     # -- look-ups by job id --------------------------------------------------------------
     def job_status(self, job_id: str) -> JobStatus | None:
@@ -201,3 +210,11 @@ def _status_of(job: Any) -> JobStatus:
                      worker_id=job.worker_id, submitted_at=job.submitted_at, started_at=job.started_at,
                      completed_at=job.completed_at, error=job.error,
                      cancellable=job.status not in FINAL_STATUSES and job.cancellable)
+
+
+def _why_unrunnable(d: Any, max_bytes: int) -> tuple | None:
+    """(reason, detail) of a delivery that can never be a job (the dead letter's reason code),
+    or None; a record too large to be kept in the state has only its size there."""
+    if d.size > len(d.raw):
+        return "too_large", f"{d.size} bytes, larger than the limit of {max_bytes} bytes (--max-job-size)"
+    return unrunnable(d.raw, max_bytes)

@@ -12,6 +12,7 @@ command); its idempotency reservations end with it.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
@@ -40,7 +41,9 @@ from ..base import (
     compact_job_bytes,
     job_bytes,
 )
+from ..records import WorkerInfo
 from .admin import PoolAdmin
+from .dead import DeadMixin
 from .intake import Intake, facts_of
 from .reclaim import ReclaimMixin
 from .settings import KafkaSettings, Topics
@@ -54,6 +57,11 @@ log = logging.getLogger(__name__)
 FOREIGN_RECHECK_SECONDS = 60.0
 #: seconds a call waits for the broker by default
 DEFAULT_TIMEOUT = 10.0
+
+
+def _iso(seconds: float) -> str:
+    at = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def digest(doc: Any) -> str:
@@ -77,7 +85,7 @@ class KafkaDelivery(Delivery):
         self.lost = False
 
 
-class KafkaTransport(ReclaimMixin, StoreMixin, Transport):
+class KafkaTransport(DeadMixin, ReclaimMixin, StoreMixin, Transport):
     """Jobs and results of pool ``pool`` on a Kafka cluster, as worker ``worker_id``.
 
     settings: the cluster and its credentials; lease_seconds: a delivery not renewed this long
@@ -88,6 +96,9 @@ class KafkaTransport(ReclaimMixin, StoreMixin, Transport):
 
     protected_paths = ()
     local_dirs: Mapping[str, str] = {}
+    #: the take command marks what it hands out started (one round trip less per job): a worker
+    #: that dies holding a taken job has used one of its attempts
+    starts_on_fetch = True
 
     def __init__(self, settings: KafkaSettings, worker_id: str, *, pool: str = "default",
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, max_deliveries: int = DEFAULT_MAX_DELIVERIES,
@@ -245,7 +256,7 @@ class KafkaTransport(ReclaimMixin, StoreMixin, Transport):
         while not self._closed:
             if self._waiting_for_me(statelog):
                 handed = self._call({"op": "take", "w": self.worker_id, "life": self._life, "n": max_count,
-                                     "lease": self.lease_seconds}, "fetch")
+                                     "lease": self.lease_seconds, "at": now_iso()}, "fetch")
                 if handed:
                     return [self._delivery(h) for h in handed]
             left = end - time.monotonic()
@@ -291,6 +302,10 @@ class KafkaTransport(ReclaimMixin, StoreMixin, Transport):
         return False
 
     def mark_started(self, delivery: Delivery) -> None:
+        """No round trip for a delivery fetch marked started (all of them but a reclaimed one
+        whose handler had not begun); the next renewal finds it lost if it was taken over."""
+        if delivery.started:
+            return
         delivery.started = True
         if self._fenced(delivery, "start", attempt=delivery.attempt, at=now_iso()):
             delivery.renewed = time.monotonic()
@@ -337,6 +352,22 @@ class KafkaTransport(ReclaimMixin, StoreMixin, Transport):
         except OSError:
             self.observer.transport_error("depth")
             raise
+
+    def workers(self) -> list:
+        """The pool's workers as its state knows them: each live one (its life signed within its
+        lease) and each gone one still holding deliveries, with the jobs it runs."""
+        statelog = self._synced("workers")
+        now = statelog.now()
+        with statelog.cond:
+            s = statelog.state
+            found = {w: WorkerInfo(w, self.topics.pool, now - life.beat <= life.lease,
+                                   last_seen=_iso(life.beat)) for w, life in s.lives.items()}
+            for claim in s.claims.values():
+                info = found.setdefault(claim.owner, WorkerInfo(claim.owner, self.topics.pool, False))
+                info.held += 1
+                if claim.started and claim.entry.job_id is not None:
+                    info.running.append(claim.entry.job_id)
+        return sorted(found.values(), key=lambda w: w.worker_id)
 
     def cancel_requests(self, job_ids) -> set:
         statelog = self._log
