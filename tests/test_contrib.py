@@ -211,6 +211,18 @@ def test_every_alert_has_firing_and_silent_unit_tests():
         assert "# silent" in body, f"{r['alert']}: no series that must stay silent"
 
 
+def test_alerts_and_readme_name_the_shipped_units():
+    """A unit an alert tells the operator to look at is one contrib/systemd ships, and the README's
+    vulnerability database section points at those units instead of an inline copy of its own."""
+    for r in alert_rules():
+        for unit in re.findall(r"[\w@.-]+\.(?:timer|service)\b", " ".join(r["annotations"].values())):
+            assert (SYSTEMD / unit).is_file(), f"{r['alert']} names {unit}, which contrib/systemd lacks"
+    text = (ROOT / "README.md").read_text()
+    section = re.search(r"\n## Vulnerability database\n(.*?)\n## ", text, re.S).group(1)
+    assert "contrib/systemd/guestkit-worker-vulndb.service" in section
+    assert "[Timer]" not in section and "[Service]" not in section
+
+
 # -------------------------------------------------------------------------------------- promtool
 
 @pytest.fixture

@@ -6,13 +6,14 @@ import sys
 
 import pytest
 from fixtures_disk import make_context
+from osvkit import affected, record, write_zip
 
 from guestkit_worker import vulns as vulns_package
 from guestkit_worker.handlers.inspect import InspectHandler
 from guestkit_worker.handlers.registry import default_registry
 from guestkit_worker.handlers.scan import ScanHandler
 from guestkit_worker.job.errors import EngineUnavailable, HandlerError, JobValidationError
-from guestkit_worker.vulns import sbom
+from guestkit_worker.vulns import osvdb, sbom
 from guestkit_worker.vulns.inventory import read_inventory
 from guestkit_worker.vulns.model import GuestOS, InstalledPackage
 
@@ -112,3 +113,23 @@ def test_inventory_without_database_or_ecosystem_says_so(tmp_path):
     assert inv.notes[1:] == ["no package database (dpkg, rpm or apk) found in the guest; no package was read",
                              "no OSV ecosystem is known for the distribution 'gentoo' (supported: almalinux, "
                              "alpine, debian, rocky, ubuntu); no package was matched"]
+
+
+def test_scan_report_has_one_notes_list_with_the_os_note_once(tmp_path):
+    """Nothing looked up (no ecosystem for the guest): the reason is in ``notes`` beside what the
+    readers skipped, once and first, and there is no second note field; a guest fully looked up has []."""
+    write_zip(tmp_path / "osv", "Debian", [record("DSA-1", affected("Debian:12", "a", [{"introduced": "0"}]),
+                                                  modified="2026-12-01T00:00:00Z")])
+    database = osvdb.load_database(str(tmp_path / "osv"))
+    context, _ = make_context(tmp_path)
+    (tmp_path / "gentoo").mkdir()
+    report, inv = InspectHandler()._scan_extracted(context, database, extract(tmp_path / "gentoo", {
+        "/etc/os-release": b"ID=gentoo\n"}))
+    assert "note" not in report and "note" not in report["os"]
+    assert sorted(report["notes"]) == sorted(inv.notes) and len(set(report["notes"])) == 3
+    assert report["notes"][0].startswith("no OSV ecosystem is known for the distribution 'gentoo'")
+    (tmp_path / "debian").mkdir()
+    report, _ = InspectHandler()._scan_extracted(context, database, extract(tmp_path / "debian", {
+        "/etc/os-release": b"ID=debian\nVERSION_ID=12\n",
+        "/var/lib/dpkg/status": b"Package: a\nStatus: install ok installed\nVersion: 1\n\n"}))
+    assert report["summary"]["total"] == 1 and report["notes"] == ["a probe note"]

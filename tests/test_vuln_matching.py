@@ -168,7 +168,7 @@ def test_report_shape_order_and_summary(debian_db):
         ("high", "DSA-OPEN", "openpkg"), ("low", "DSA-DEBU", "libc6")]
     assert report["summary"] == {"total": 4, "fixable": 3, "by_severity": {
         "critical": 2, "high": 1, "medium": 0, "low": 1, "unknown": 0}}
-    assert "note" not in report
+    assert report["notes"] == [] and "note" not in report
     after = STATS.snapshot()
     assert after["scans"] == before["scans"] + 1
     assert after["findings"]["critical"] == before["findings"]["critical"] + 2
@@ -178,15 +178,16 @@ def test_no_ecosystem_gives_an_explicit_note(debian_db):
     guest = GuestOS(id="gentoo", version_id="2.15", ecosystem=None)
     report = scanning.scan(debian_db, guest, [deb("openssl", "1.0-1")], now=NOW)
     assert report["vulnerabilities"] == [] and report["summary"]["total"] == 0
-    assert report["note"] == "no OSV ecosystem is known for gentoo 2.15: no vulnerabilities were looked up"
-    assert report["os"]["ecosystem"] is None
+    assert report["notes"] == ["no OSV ecosystem is known for gentoo 2.15: no vulnerabilities were looked up"]
+    assert report["os"]["ecosystem"] is None and "note" not in report
 
 
 def test_ecosystem_missing_from_the_database_gives_a_note(debian_db):
     guest = GuestOS(id="debian", version_id="13", ecosystem="Debian:13")
     report = scanning.scan(debian_db, guest, [deb("openssl", "1.0-1")], now=NOW)
     assert report["vulnerabilities"] == [] and report["database"]["ecosystem_records"] == 0
-    assert "holds no records for Debian:13: add OSV's Debian/all.zip" in report["note"]
+    [note] = report["notes"]
+    assert "holds no records for Debian:13: add OSV's Debian/all.zip" in note
 
 
 def test_unparsable_installed_version_is_counted(debian_db):

@@ -63,7 +63,7 @@ def scan_summary(report: dict) -> dict:
     """The short form of a scan report: OS, package count, database, summary, notes."""
     return {"os": report.get("os"), "packages": report.get("packages"),
             "database": report.get("database"), "summary": report.get("summary"),
-            "notes": (report.get("notes") or [])[:5]}
+            "notes": report.get("notes", [])[:5]}
 
 
 class VulnScanning:
@@ -111,8 +111,9 @@ class VulnScanning:
             raise HandlerError("PACKAGE_DB_UNREADABLE", f"the guest's package database cannot be read: "
                                f"{exc}", phase="scan") from None
         context.progress("scan", 50, f"matching {len(inventory.packages)} packages")
-        report = _scanning().scan(database, inventory.guest_os, inventory.packages)
+        scanning = _scanning()
+        report = scanning.scan(database, inventory.guest_os, inventory.packages)
         report["inventory"] = {"database": inventory.database, "path": inventory.database_path}
-        report["notes"] = list(report.get("notes") or []) + inventory.notes
+        report["notes"] = scanning.merge_notes(report["notes"], inventory.notes)
         context.progress("scan", 100, f"{report.get('summary', {}).get('total', 0)} findings")
         return report, inventory

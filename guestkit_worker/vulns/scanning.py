@@ -14,15 +14,16 @@ a directory, nothing readable) or ``VULN_DB_STALE`` (newest record older than
 
 ``scan`` returns the whole report::
 
-    {"os": {"id", "version_id", "pretty_name", "ecosystem"[, "note"]},
+    {"os": {"id", "version_id", "pretty_name", "ecosystem"},
      "packages": {"count", "unparsable_versions"},
      "database": {"records", "ecosystem_records", "newest_modified", "age_seconds", "skipped"},
      "vulnerabilities": [Finding.as_dict(), ...],  # most severe first, then id, package, version
      "summary": {"total", "by_severity": {critical, high, medium, low, unknown}, "fixable"},
-     "note": "..."}                                 # only when nothing could be looked up
+     "notes": ["..."]}                              # always a list; [] when all was looked up
 
 A guest whose OS has no OSV ecosystem, or whose ecosystem the database holds no record of, gets
-an empty list and a ``note`` that says why: never a silently empty report.
+an empty list and a note in ``notes`` that says why: never a silently empty report.  A handler
+adds its readers' notes to the same list (:func:`merge_notes`).
 """
 
 from __future__ import annotations
@@ -63,11 +64,14 @@ def open_database(path: str | None, max_age_seconds: float, now: float | None = 
 
 
 def _os_dict(guest_os: GuestOS) -> dict:
-    out = {"id": guest_os.id, "version_id": guest_os.version_id, "pretty_name": guest_os.pretty_name,
-           "ecosystem": guest_os.ecosystem}
-    if guest_os.note:
-        out["note"] = guest_os.note
-    return out
+    return {"id": guest_os.id, "version_id": guest_os.version_id, "pretty_name": guest_os.pretty_name,
+            "ecosystem": guest_os.ecosystem}
+
+
+def merge_notes(*lists: list[str]) -> list[str]:
+    """One list of the notes given, in order, each once (the OS note reaches a report both from
+    the scan and from the inventory that read os-release)."""
+    return list(dict.fromkeys(note for notes in lists for note in notes))
 
 
 def _unparsable(packages: list[InstalledPackage]) -> int:
@@ -131,6 +135,5 @@ def scan(database: OsvDatabase, guest_os: GuestOS, packages: list[InstalledPacka
         "summary": summary,
     }
     note = _note(guest_os, database)
-    if note:
-        report["note"] = note
+    report["notes"] = [note] if note else []
     return report
