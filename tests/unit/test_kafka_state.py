@@ -44,6 +44,7 @@ def test_the_first_of_two_racing_takes_wins_and_a_lapsed_claim_moves_with_its_ge
     assert answers[5] is True and answers[6] is True  # start and renewal by the owner
     taken = answers[8]["taken"]
     assert [(h["entry"], h["previous"], h["started"], h["deliveries"]) for h in taken] == [(1, "a", True, 2)]
+    assert state.jobs[JOB].worker_id == "b"  # the status names the owner that took it over
     assert answers[9] == "lost" and answers[10] == "ok"  # the old owner fenced, the new one stores
     assert state.results[JOB] == '{"worker_id": "b"}' and state.jobs[JOB].status == "completed"
 

@@ -340,6 +340,9 @@ class PoolState:
                 dead.append(claim.entry.name)
                 continue
             del self.claims[claim.entry.id]
+            job = self.jobs.get(claim.entry.job_id or "")
+            if job is not None and job.entry == claim.entry.id and job.status == "running":
+                job.worker_id = w  # the status names the worker that holds it now
             handed = self._hand_out(claim.entry, w, life, float(c["lease"]), started=claim.started)
             taken.append(dict(handed, previous=claim.owner))
         return {"taken": taken, "dead": dead}
