@@ -48,6 +48,7 @@ __all__ = ["Client", "Submission", "Reply", "JobStatus", "Page", "ClientError", 
            "NotFound", "Conflict", "Unavailable", "OutcomeUnknown", "error_for", "poll_result", "read_token"]
 
 JOBS_PATH = "/api/v1/jobs"
+DEAD_PATH = "/api/v1/dead"
 #: Longest single ``?wait=`` the API honours, in seconds.
 WAIT_STEP = 60.0
 #: ``error`` codes of the API's 503 answers that mean "too many clients now; retry".
@@ -258,12 +259,13 @@ def parse_base_url(url: str) -> tuple[str, str, int, str]:
 
 
 def _is_job_not_found(body: Any) -> bool:
-    """Whether a 404's body is the API's "no such job" (its error naming the job_id field)."""
+    """Whether a 404's body is the API's "no such job" or "no such dead letter" (its error
+    naming the job_id or entry field)."""
     if not isinstance(body, dict) or body.get("success") is not False:
         return False
     details = body.get("details")
     return body.get("error") in ("NOT_FOUND", "JOB_NOT_FOUND") and isinstance(details, dict) \
-        and details.get("field") == "job_id"
+        and details.get("field") in ("job_id", "entry")
 
 
 def _busy(reply: Reply) -> bool:
@@ -466,3 +468,44 @@ class Client:
     def capabilities(self) -> dict:
         """The worker's id, pool, version and operations (and whether their engine is installed)."""
         return self._data(self.request("GET", "/api/v1/capabilities"), 200)
+
+    # -- dead letters ------------------------------------------------------------------------
+    @staticmethod
+    def dead_path(entry: str, tail: str = "") -> str:
+        """``/api/v1/dead/ENTRY`` + ``tail``; the entry is escaped whole."""
+        return f"{DEAD_PATH}/{quote(entry, safe='')}{tail}"
+
+    def dead_list(self, *, limit: int | None = None, page_token: str | None = None) -> dict:
+        """One page of dead letters, newest first: ``{"entries": [...], "next_page_token": ...}``,
+        each with ``entry``, ``reason``, ``detail``, ``job_id`` and ``dead_at``."""
+        query = {k: v for k, v in (("limit", limit), ("page_token", page_token)) if v is not None}
+        return self._data(self.request("GET", DEAD_PATH + (f"?{urlencode(query)}" if query else "")), 200)
+
+    def dead_letters(self) -> Iterator[dict]:
+        """Every dead letter (newest first), page after page."""
+        token = None
+        while True:
+            page = self.dead_list(page_token=token)
+            yield from page["entries"]
+            token = page.get("next_page_token")
+            if not token:
+                return
+
+    def dead_show(self, entry: str) -> dict:
+        """One dead letter with ``size`` and its ``document`` as text.  NotFound when unknown."""
+        return self._data(self.request("GET", self.dead_path(entry)), 200)
+
+    def dead_requeue(self, entry: str) -> dict:
+        """Queue a dead letter's original document again: ``{"entry", "job_id", "status"}``.
+
+        Raises:
+            Invalid: 422 ``NOT_REQUEUEABLE``: its document still cannot run (the reason in
+                ``body["details"]["reason"]``).
+            Conflict: 409 ``NOT_REQUEUEABLE``: its job id belongs to another job.
+            NotFound: No such dead letter.
+        """
+        return self._data(self.request("POST", self.dead_path(entry, "/requeue"), b""), 200)
+
+    def dead_purge(self, entry: str) -> dict:
+        """Delete a dead letter for good: ``{"entry", "purged": true}``.  NotFound when unknown."""
+        return self._data(self.request("DELETE", self.dead_path(entry)), 200)

@@ -104,6 +104,7 @@ def _schemas() -> dict:
                                     "after": {"type": "integer", "minimum": 0},
                                     "events": {"type": "array", "items": {"type": "object"}},
                                     "next": {"type": "integer", "minimum": 0}}},
+        **_dead_schemas(),
         "Capabilities": _capabilities(),
         "Health": {"type": "object", "required": ["status", "checks"],
                    "properties": {"status": {"type": "string", "enum": ["healthy", "unhealthy"]},
@@ -193,6 +194,7 @@ def _responses() -> dict:
         "QueryTooLong": _error(f"The query string is over {_MAX_QUERY} bytes."),
         "Unavailable": _error("The job store cannot be reached, or a bound was reached (too many waiting "
                               "requests or connections); nothing was changed.", _RETRY_AFTER),
+        **_dead_responses(),
     }
 
 
@@ -293,6 +295,80 @@ def _job_routes() -> dict:
     }
 
 
+_ENTRY = {"name": "entry", "in": "path", "required": True,
+          "description": "A dead letter's name as the listing gives it: a Redis stream entry id, or a file "
+                         "name in jobs/failed/ (% and bytes outside printable ASCII as %XX).",
+          "schema": {"type": "string", "minLength": 1, "maxLength": 256}, "example": "1796586008057-0"}
+
+
+def _dead_schemas() -> dict:
+    """The dead-letter endpoints' bodies (api/dead.py)."""
+    text_or_null = _nullable("string")
+    item = {"entry": {"type": "string"},
+            "reason": {"type": "string",
+                       "description": "Why it was moved aside: not_json, too_large, no_job_id, no_job_field, "
+                                      "unreadable, duplicate_job_id, not_for_this_pool, max_deliveries, ..."},
+            "detail": {"type": "string"}, "job_id": text_or_null,
+            "dead_at": {"type": "string", "format": "date-time", "description": "RFC 3339, UTC."}}
+    required = ["entry", "reason", "detail", "job_id", "dead_at"]
+    shown = dict(item, size=_nullable("integer"), document=text_or_null)
+    return {
+        "DeadLetter": {"type": "object", "required": required, "additionalProperties": False,
+                       "properties": item},
+        "DeadLetterShown": {"type": "object", "required": [*required, "size", "document"],
+                            "additionalProperties": False, "properties": shown,
+                            "description": "document: the queued bytes as text (null when unreadable or "
+                                           "over --max-job-size); size: their length."},
+        "DeadPage": {"type": "object", "required": ["entries", "next_page_token"],
+                     "additionalProperties": False,
+                     "properties": {"entries": {"type": "array", "items": _ref("schemas", "DeadLetter")},
+                                    "next_page_token": text_or_null}},
+        "DeadRequeued": {"type": "object", "required": ["entry", "job_id", "status"],
+                         "additionalProperties": False,
+                         "properties": {"entry": {"type": "string"}, "job_id": text_or_null,
+                                        "status": {"const": "pending"}}},
+        "DeadPurged": {"type": "object", "required": ["entry", "purged"], "additionalProperties": False,
+                       "properties": {"entry": {"type": "string"}, "purged": {"const": True}}},
+    }
+
+
+def _dead_responses() -> dict:
+    return {
+        "DeadNotFound": _error("No dead letter by this name (details.field is entry)."),
+        "BadEntry": _error("A name no dead letter can have: over 256 characters, not printable ASCII "
+                           "(INVALID_PARAMETER naming entry)."),
+    }
+
+
+def _dead_routes() -> dict:
+    """GET /api/v1/dead, GET and DELETE /api/v1/dead/{entry}, POST /api/v1/dead/{entry}/requeue."""
+    listing = _op("One page of dead letters, newest first", "listDeadLetters", {
+        "200": _answer("A page of dead letters.", _success(_ref("schemas", "DeadPage"))),
+        **_common(("400", "BadParameter"))}, [
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+               f"Dead letters on a page (default {DEFAULT_PAGE})."),
+        _query("page_token", {"type": "string"}, "The next page, as next_page_token gave it.")])
+    show = _op("One dead letter with its document", "getDeadLetter", {
+        "200": _answer("The dead letter.", _success(_ref("schemas", "DeadLetterShown"))),
+        **_common(("400", "BadEntry"), ("404", "DeadNotFound"))}, [_ENTRY])
+    location = {"Location": dict(_LOCATION["Location"], required=False)}
+    requeue = _op("Queue a dead letter's document again", "requeueDeadLetter", {
+        "200": _answer("Queued again as a new delivery (durably); the dead letter is gone.",
+                       _success(_ref("schemas", "DeadRequeued")), location),
+        "409": _error("NOT_REQUEUEABLE: its job_id belongs to another job (details.reason)."),
+        "422": _error("NOT_REQUEUEABLE: its document still cannot run: not JSON, too large, no job id "
+                      "(details.reason)."),
+        **_common(("400", "BadEntry"), ("404", "DeadNotFound"))}, [_ENTRY])
+    purge = _op("Delete a dead letter for good", "purgeDeadLetter", {
+        "200": _answer("Deleted (durably).", _success(_ref("schemas", "DeadPurged"))),
+        **_common(("400", "BadEntry"), ("404", "DeadNotFound"))}, [_ENTRY])
+    return {
+        "/api/v1/dead": {"get": listing, "head": _head_of(listing)},
+        "/api/v1/dead/{entry}": {"get": show, "head": _head_of(show), "delete": purge},
+        "/api/v1/dead/{entry}/requeue": {"post": requeue},
+    }
+
+
 def _other_routes() -> dict:
     capabilities = _op("What this worker runs", "getCapabilities", {
         "200": _answer("Worker id, pool, version, operations and whether their engine is installed.",
@@ -318,13 +394,14 @@ def document() -> dict:
         "openapi": "3.1.0",
         "info": {"title": "guestkit-worker REST API", "version": __version__,
                  "description": "Submit, follow, fetch and cancel guestkit job protocol v"
-                                f"{PROTOCOL_VERSION} jobs.  A success is {{success: true, data}}, an error "
+                                f"{PROTOCOL_VERSION} jobs; list, show, requeue and purge dead letters.  A "
+                                "success is {success: true, data}, an error "
                                 "{success: false, error, message, details}.  Every GET route also answers "
                                 "HEAD; another method gets 405 with Allow.  With --api-token-file every "
                                 "request needs a bearer token."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
-        "paths": {**_job_routes(), **_other_routes()},
+        "paths": {**_job_routes(), **_dead_routes(), **_other_routes()},
         "components": {"schemas": _schemas(), "responses": _responses(),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "A token of --api-token-file."}}},

@@ -52,6 +52,33 @@ def add_dead_command(sub: Any) -> None:
         add_queue_options(p.add_argument_group("without --api"))
 
 
+class ApiDead:
+    """The producer library's Client (:mod:`guestkit_worker.client`) as the dead command's
+    backend over --api: answers ``(HTTP status, body)`` like :class:`LocalDead`."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def _call(self, call: Any) -> tuple:
+        from ..client import ApiError
+        try:
+            return 200, {"success": True, "data": call()}
+        except ApiError as err:
+            return err.status, err.body
+
+    def dead_list(self, **query: Any) -> tuple:
+        return self._call(lambda: self.client.dead_list(**query))
+
+    def dead_show(self, entry: str) -> tuple:
+        return self._call(lambda: self.client.dead_show(entry))
+
+    def dead_requeue(self, entry: str) -> tuple:
+        return self._call(lambda: self.client.dead_requeue(entry))
+
+    def dead_purge(self, entry: str) -> tuple:
+        return self._call(lambda: self.client.dead_purge(entry))
+
+
 class LocalDead(LocalJobs):
     """The API's dead-letter endpoint code (``jobs``: a DeadApi) run in this process."""
 
@@ -149,6 +176,8 @@ def _act(args: argparse.Namespace, backend: Any) -> int:
 
 
 def _run(args: argparse.Namespace, backend: Any) -> int:
+    if not hasattr(backend, "dead_list"):  # --api: the job commands' backend over the library's Client
+        backend = ApiDead(backend.client)
     if args.dead_action == "list":
         return _list(args, backend)
     if args.dead_action == "show":
