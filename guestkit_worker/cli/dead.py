@@ -2,10 +2,11 @@
 ENTRY... | purge --all``: the dead letters of the queue (Redis: the pool's ``dead`` stream;
 files: job files rejected without ever becoming a job, in jobs/failed/).
 
-With ``--api URL`` each action is a request to a worker's REST API (:mod:`..api.client`);
-without it the same endpoint code (:class:`guestkit_worker.api.dead.DeadApi`) runs in this
-process on the local transport, so both ways answer and exit alike (:mod:`.exitcodes`,
-``DEAD_STATUSES``).  With several entries every one is tried and the highest status wins.
+With ``--api URL`` each action is a request to a worker's REST API (through
+:mod:`guestkit_worker.client`); without it the same endpoint code
+(:class:`guestkit_worker.api.dead.DeadApi`) runs in this process on the local transport, so
+both ways answer and exit alike (:mod:`.exitcodes`, ``DEAD_STATUSES``).  With several entries
+every one is tried and the highest status wins.
 """
 
 from __future__ import annotations
