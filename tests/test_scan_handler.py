@@ -17,6 +17,7 @@ from guestkit_worker.handlers.inspect import InspectHandler
 from guestkit_worker.handlers.registry import default_registry
 from guestkit_worker.handlers.scan import ScanHandler
 from guestkit_worker.job.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
+from guestkit_worker.system import procs
 from guestkit_worker.vulns import osvdb, sbom
 from guestkit_worker.vulns.inventory import read_inventory
 from guestkit_worker.vulns.model import GuestOS, InstalledPackage
@@ -139,15 +140,6 @@ def test_scan_report_has_one_notes_list_with_the_os_note_once(tmp_path):
     assert report["summary"]["total"] == 1 and report["notes"] == ["a probe note"]
 
 
-def _running(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] not in (b"Z", b"X")
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("reason", ["timeout", "cancelled"])
 def test_db_dump_is_killed_with_its_tree_by_the_job_s_cancel_or_timeout(tmp_path, monkeypatch, reason):
@@ -172,4 +164,4 @@ def test_db_dump_is_killed_with_its_tree_by_the_job_s_cancel_or_timeout(tmp_path
     timer.cancel()
     assert time.monotonic() - started < 30
     pids = [int((tmp_path / name).read_text()) for name in ("pid", "kid")]
-    wait_for(lambda: not any(_running(p) for p in pids), timeout=10, what=f"db_dump and its child {pids}")
+    wait_for(lambda: not any(procs.alive(p) for p in pids), timeout=10, what=f"db_dump and its child {pids}")

@@ -73,13 +73,13 @@ def kill_tree(proc, grace=KILL_GRACE_SECONDS, job_id="-"):
         _signal(pid, signal.SIGTERM)
     end = time.monotonic() + grace
     while time.monotonic() < end:
-        if proc.poll() is not None and not any(_alive(p) for p in pids[1:]):
+        if proc.poll() is not None and not any(alive(p) for p in pids[1:]):
             break
         time.sleep(0.05)
     pids += [p for p in descendants(proc.pid) if p not in pids]
     _signal(proc.pid, signal.SIGKILL, group=True)
     for pid in pids:
-        if _alive(pid):
+        if alive(pid):
             log.warning("job %s: pid %s ignored SIGTERM, sending SIGKILL", job_id, pid)
             _signal(pid, signal.SIGKILL)
     try:
@@ -97,7 +97,8 @@ def kill_tree_now(pid):
         _signal(p, signal.SIGKILL)
 
 
-def _alive(pid):
+def alive(pid):
+    """Whether pid runs (a zombie or a dead process does not)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
