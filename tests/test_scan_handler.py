@@ -2,9 +2,13 @@
 ``scan`` extra, and the inventory's choice of package database (no appliance here)."""
 
 import json
+import os
 import sys
+import threading
+import time
 
 import pytest
+from conftest import wait_for
 from fixtures_disk import make_context
 from osvkit import affected, record, write_zip
 
@@ -12,7 +16,8 @@ from guestkit_worker import vulns as vulns_package
 from guestkit_worker.handlers.inspect import InspectHandler
 from guestkit_worker.handlers.registry import default_registry
 from guestkit_worker.handlers.scan import ScanHandler
-from guestkit_worker.job.errors import EngineUnavailable, HandlerError, JobValidationError
+from guestkit_worker.job.errors import EngineUnavailable, HandlerError, JobCancelled, JobValidationError
+from guestkit_worker.system import procs
 from guestkit_worker.vulns import osvdb, sbom
 from guestkit_worker.vulns.inventory import read_inventory
 from guestkit_worker.vulns.model import GuestOS, InstalledPackage
@@ -133,3 +138,30 @@ def test_scan_report_has_one_notes_list_with_the_os_note_once(tmp_path):
         "/etc/os-release": b"ID=debian\nVERSION_ID=12\n",
         "/var/lib/dpkg/status": b"Package: a\nStatus: install ok installed\nVersion: 1\n\n"}))
     assert report["summary"]["total"] == 1 and report["notes"] == ["a probe note"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("reason", ["timeout", "cancelled"])
+def test_db_dump_is_killed_with_its_tree_by_the_job_s_cancel_or_timeout(tmp_path, monkeypatch, reason):
+    """A db_dump that hangs (a hostile Berkeley DB) and a process it started stop when the job is
+    cancelled or its deadline passes (the worker calls context.cancel for both); the handler
+    then raises JobCancelled, not PACKAGE_DB_UNREADABLE after db_dump's own 120 s limit."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "db_dump"
+    fake.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nsleep 600 &\necho $! > {tmp_path}/kid\nwait\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    (tmp_path / "x").mkdir()
+    directory = extract(tmp_path / "x", {"/etc/os-release": b"ID=rocky\nVERSION_ID=8.9\n",
+                                          "/var/lib/rpm/Packages": b"\0" * 8192})
+    context, _ = make_context(tmp_path)
+    timer = threading.Timer(1.0, context.cancel, [reason])
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(JobCancelled, match=reason):
+        InspectHandler()._scan_extracted(context, None, directory)
+    timer.cancel()
+    assert time.monotonic() - started < 30
+    pids = [int((tmp_path / name).read_text()) for name in ("pid", "kid")]
+    wait_for(lambda: not any(procs.alive(p) for p in pids), timeout=10, what=f"db_dump and its child {pids}")

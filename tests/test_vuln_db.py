@@ -226,3 +226,23 @@ def test_skip_reasons_escape_control_characters(tmp_path):
         assert warning.isprintable(), warning
     assert any("evil\\x1b[2J\\nline.json" in w for w in db.warnings)
     assert any("X\\x1b[31m\\nFAKE: modified is not an RFC 3339 timestamp" in w for w in db.warnings)
+
+
+def test_the_refresher_warms_the_scanning_libraries_after_indexing(tmp_path):
+    """The worker's refresher does the scan's first-use work when it indexes (python-debian's and
+    cvss's first use, each distinct CVSS vector of the database scored), so the first job's scan
+    costs what later ones do."""
+    from osvkit import CVSS_HIGH, CVSS_LOW
+
+    from guestkit_worker.runtime.vulnwatch import DatabaseRefresher
+    from guestkit_worker.vulns import severity
+    entry = affected("Debian:12", "warm", [{"introduced": "0"}],
+                     severity=[{"type": "CVSS_V3", "score": CVSS_LOW}])
+    write_zip(tmp_path, "Debian", [record("DSA-WARM", entry, severity=CVSS_HIGH)])
+    osvdb.clear_cache()
+    severity.rating_from_vector.cache_clear()
+    DatabaseRefresher(str(tmp_path)).refresh()
+    before = severity.rating_from_vector.cache_info()
+    assert [severity.rating_from_vector("CVSS_V3", v) for v in (CVSS_HIGH, CVSS_LOW)] == ["high", "low"]
+    after = severity.rating_from_vector.cache_info()
+    assert (after.hits - before.hits, after.misses - before.misses) == (2, 0)

@@ -95,15 +95,19 @@ def test_dpkg_chain_is_in_order():
     _check_chain(model.DPKG, DPKG_CHAIN)
 
 
+def _check_against(kind, pairs, reference, tool):
+    """Our order of each pair is the reference tool's."""
+    ours = [versions.compare(kind, a, b) for a, b in pairs]
+    wrong = [(a, b, r, o) for (a, b), r, o in zip(pairs, reference, ours) if r != o]
+    assert not wrong, f"{len(wrong)} of {len(pairs)} pairs differ from {tool}: {wrong[:10]}"
+
+
 def test_dpkg_matches_dpkg_compare_versions():
     require_tool("dpkg")
     pool = DPKG_CHAIN + DPKG_EXTRA
     pairs = list(itertools.combinations(pool, 2))
     assert len(pairs) >= 500
-    reference = _dpkg_reference(pairs)
-    ours = [versions.compare(model.DPKG, a, b) for a, b in pairs]
-    wrong = [(a, b, r, o) for (a, b), r, o in zip(pairs, reference, ours) if r != o]
-    assert not wrong, f"{len(wrong)} of {len(pairs)} pairs differ from dpkg: {wrong[:10]}"
+    _check_against(model.DPKG, pairs, _dpkg_reference(pairs), "dpkg")
 
 
 def test_dpkg_issue_cases():
@@ -123,10 +127,7 @@ def test_rpm_matches_rpm_label_compare():
     pool = RPM_CHAIN + RPM_EXTRA
     pairs = [(a, b) for a, b in itertools.product(pool, pool) if a != b]
     assert len(pairs) >= 1000
-    reference = _rpm_reference(pairs)
-    ours = [versions.compare(model.RPM, a, b) for a, b in pairs]
-    wrong = [(a, b, r, o) for (a, b), r, o in zip(pairs, reference, ours) if r != o]
-    assert not wrong, f"{len(wrong)} of {len(pairs)} pairs differ from rpm: {wrong[:10]}"
+    _check_against(model.RPM, pairs, _rpm_reference(pairs), "rpm")
 
 
 def test_rpm_issue_cases():

@@ -106,10 +106,12 @@ class VulnScanning:
         """(scan report, inventory) of the probe's copies, matched against database."""
         context.progress("scan", 0, "reading the package databases")
         try:
-            inventory = read_inventory(extract)
+            inventory = read_inventory(extract, stop=context.cancel_event)
         except PackageDbError as exc:
+            context.check_cancelled()  # a reader stopped by the job's cancel or timeout
             raise HandlerError("PACKAGE_DB_UNREADABLE", f"the guest's package database cannot be read: "
                                f"{exc}", phase="scan") from None
+        context.check_cancelled()
         context.progress("scan", 50, f"matching {len(inventory.packages)} packages")
         scanning = _scanning()
         report = scanning.scan(database, inventory.guest_os, inventory.packages)

@@ -3,7 +3,8 @@ thread that keeps the shared OSV index fresh.
 
 The vulnerability library and the metrics import nothing of each other; the worker joins them
 here.  With --vuln-db the refresher indexes the database when the worker starts and looks for
-changed files every :data:`REFRESH_SECONDS`, so the first scan does not wait for indexing, and
+changed files every :data:`REFRESH_SECONDS`, so the first scan does not wait for indexing nor
+for the scanning libraries' first use (:func:`~..vulns.scanning.warm_up`), and
 ``guestkit_vuln_db_age_seconds`` exists, and follows a refreshed database, without any scan.
 """
 
@@ -38,6 +39,7 @@ class DatabaseRefresher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error = ""
+        self._warmed = None  # the index the scanning libraries were last warmed on
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vuln-db", daemon=True)
@@ -50,6 +52,17 @@ class DatabaseRefresher:
         while not self._stop.is_set():
             self.refresh()
             self._stop.wait(self.interval)
+
+    def _warm_up(self, database) -> None:
+        """The scan's first-use work done now (imports, CVSS scores), not in the first job."""
+        try:
+            from ..vulns.scanning import warm_up
+            seconds = warm_up(database)
+        except ImportError as exc:  # the scan extra is missing: the jobs will say so
+            log.warning("vulnerability scans cannot run: %s", exc)
+        else:
+            log.info("vulnerability scanning warmed up in %.1f s", seconds)
+        self._warmed = database
 
     def refresh(self) -> None:
         """Index (or find unchanged) the database; an unusable one is logged once per reason."""
@@ -64,6 +77,8 @@ class DatabaseRefresher:
         except Exception:  # a bug must not end the thread: scans still open the database themselves
             log.exception("vulnerability database %s: indexing failed", self.path)
             return
+        if database is not self._warmed:
+            self._warm_up(database)
         if self._last_error or not STATS.snapshot()["database"]:
             log.info("vulnerability database %s: %d records indexed in %.1f s", self.path,
                      database.records, database.index_seconds)

@@ -73,13 +73,13 @@ def kill_tree(proc, grace=KILL_GRACE_SECONDS, job_id="-"):
         _signal(pid, signal.SIGTERM)
     end = time.monotonic() + grace
     while time.monotonic() < end:
-        if proc.poll() is not None and not any(_alive(p) for p in pids[1:]):
+        if proc.poll() is not None and not any(alive(p) for p in pids[1:]):
             break
         time.sleep(0.05)
     pids += [p for p in descendants(proc.pid) if p not in pids]
     _signal(proc.pid, signal.SIGKILL, group=True)
     for pid in pids:
-        if _alive(pid):
+        if alive(pid):
             log.warning("job %s: pid %s ignored SIGTERM, sending SIGKILL", job_id, pid)
             _signal(pid, signal.SIGKILL)
     try:
@@ -97,7 +97,8 @@ def kill_tree_now(pid):
         _signal(p, signal.SIGKILL)
 
 
-def _alive(pid):
+def alive(pid):
+    """Whether pid runs (a zombie or a dead process does not)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
@@ -180,3 +181,59 @@ class ChildProcess:
     @property
     def stderr(self):
         return b"".join(self.stderr_chunks)
+
+
+class StreamedChild:
+    """A child in its own session whose stdout the caller reads as a stream (output larger than
+    memory, parsed as it comes) while stderr's last ``STDERR_KEEP`` bytes are kept by a reader
+    thread.  :meth:`stop_on` kills its whole tree when a job's cancel event is set (cancel,
+    timeout, shutdown) or a time limit passes, as :class:`ChildProcess` children are."""
+
+    STDERR_KEEP = 4096
+
+    def __init__(self, argv, *, job_id="-"):
+        self.argv, self.job_id = list(argv), job_id
+        self.proc = subprocess.Popen(
+            pdeathsig_prefix() + self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
+        self.stdout = self.proc.stdout
+        self._stderr = b""
+        self._err_reader = threading.Thread(target=self._drain, name=f"err-{self.proc.pid}", daemon=True)
+        self._err_reader.start()
+        self.stopped = threading.Event()  # set when stop_on killed the child
+
+    def _drain(self):
+        for chunk in iter(lambda: self.proc.stderr.read(65536), b""):
+            self._stderr = (self._stderr + chunk)[-self.STDERR_KEEP:]
+        self.proc.stderr.close()
+
+    def stop_on(self, event, seconds):
+        """Watch in a thread: kill the tree once ``event`` (a threading.Event or None) is set
+        or ``seconds`` have passed, whichever comes first while the child runs."""
+        end = time.monotonic() + seconds
+
+        waiter = event if event is not None else threading.Event()
+
+        def watch():
+            while self.proc.poll() is None:
+                left = end - time.monotonic()
+                if left <= 0 or waiter.wait(min(0.1, left)):
+                    self.stopped.set()
+                    kill_tree(self.proc, job_id=self.job_id)
+                    return
+
+        threading.Thread(target=watch, name=f"watch-{self.proc.pid}", daemon=True).start()
+
+    def finish(self):
+        """Close stdout and wait for the exit (the tree killed if it does not end within the
+        grace period); (returncode, stderr's tail)."""
+        self.stdout.close()
+        try:
+            self.proc.wait(timeout=KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            kill_tree(self.proc, job_id=self.job_id)
+        self._err_reader.join(timeout=5)
+        return self.proc.returncode, self._stderr
+
+    def kill(self):
+        kill_tree(self.proc, job_id=self.job_id)

@@ -11,12 +11,11 @@ from __future__ import annotations
 from .guestfiles import (
     MAX_NAME,
     MAX_TEXT_DB_BYTES,
-    MAX_VERSION,
     NAME_RE,
-    VERSION_RE,
     Notes,
     clean,
-    optional_arch,
+    identity,
+    paragraphs,
     read_capped,
     utf8,
 )
@@ -26,31 +25,20 @@ INSTALLED_PATH = "/lib/apk/db/installed"
 KEPT = {b"P": "name", b"V": "version", b"A": "arch", b"o": "origin"}
 
 
-def _blocks(data: bytes):
-    entry: dict = {}
-    for line in data.split(b"\n"):
-        if not line.strip():
-            if entry:
-                yield entry
-            entry = {}
-            continue
-        key = KEPT.get(line[:1]) if line[1:2] == b":" else None
-        if key:
-            entry[key] = line[2:].strip()
-    if entry:
-        yield entry
+def _field(line: bytes) -> tuple[str, bytes] | None:
+    key = KEPT.get(line[:1]) if line[1:2] == b":" else None
+    return (key, line[2:].strip()) if key else None
 
 
 def parse_installed(data: bytes) -> tuple[list[InstalledPackage], list[str]]:
     """(installed packages, notes about skipped entries) of an apk installed file's bytes."""
     notes = Notes()
     packages = []
-    for entry in _blocks(data):
-        name = clean(utf8(entry.get("name")), NAME_RE, MAX_NAME)
-        version = clean(utf8(entry.get("version")), VERSION_RE, MAX_VERSION)
-        arch = optional_arch(utf8(entry.get("arch")))
+    for entry in paragraphs(data, _field):
+        checked = identity(entry.get("name"), entry.get("version"), entry.get("arch"))
+        name, version, arch = checked or (None, None, None)
         origin = clean(utf8(entry.get("origin")) or name, NAME_RE, MAX_NAME)
-        if None in (name, version, arch, origin):
+        if checked is None or origin is None:
             label = (utf8(entry.get("name")) or "?")[:60]
             notes.add(f"apk installed: package {label!r} skipped (unreadable name, version, arch or origin)")
             continue

@@ -20,7 +20,8 @@ from .guestfiles import (
     VERSION_RE,
     Notes,
     clean,
-    optional_arch,
+    identity,
+    paragraphs,
     read_capped,
     utf8,
 )
@@ -31,25 +32,14 @@ KEPT_FIELDS = ("package", "status", "version", "source", "architecture")
 SOURCE_RE = re.compile(r"(\S+)(?:\s+\((\S+)\))?")
 
 
-def _stanzas(data: bytes):
-    """Each stanza's kept fields (lower-case names, raw bytes), continuation lines dropped."""
-    fields: dict = {}
-    for line in data.split(b"\n"):
-        if not line.strip():
-            if fields:
-                yield fields
-            fields = {}
-            continue
-        if line[:1] in (b" ", b"\t"):
-            continue  # a continuation line (Description, Conffiles): nothing kept there
-        name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        key = name.strip().lower().decode("ascii", "replace")
-        if key in KEPT_FIELDS:
-            fields[key] = value.strip()
-    if fields:
-        yield fields
+def _field(line: bytes) -> tuple[str, bytes] | None:
+    """A kept field's (lower-case name, raw value); continuation lines (Description,
+    Conffiles) and other fields are dropped."""
+    if line[:1] in (b" ", b"\t"):
+        return None
+    name, sep, value = line.partition(b":")
+    key = name.strip().lower().decode("ascii", "replace")
+    return (key, value.strip()) if sep and key in KEPT_FIELDS else None
 
 
 def _package(fields: dict, notes: Notes) -> InstalledPackage | None:
@@ -57,12 +47,11 @@ def _package(fields: dict, notes: Notes) -> InstalledPackage | None:
     if status.split() != ["install", "ok", "installed"]:
         return None
     label = (utf8(fields.get("package")) or "?")[:60]
-    name = clean(utf8(fields.get("package")), NAME_RE, MAX_NAME)
-    version = clean(utf8(fields.get("version")), VERSION_RE, MAX_VERSION)
-    arch = optional_arch(utf8(fields.get("architecture")))
-    if name is None or version is None or arch is None:
+    checked = identity(fields.get("package"), fields.get("version"), fields.get("architecture"))
+    if checked is None:
         notes.add(f"dpkg status: package {label!r} skipped (unreadable name, version or architecture)")
         return None
+    name, version, arch = checked
     source_name, source_version = name, version
     raw_source = utf8(fields.get("source"))
     if raw_source is not None:
@@ -81,7 +70,7 @@ def parse_status(data: bytes) -> tuple[list[InstalledPackage], list[str]]:
     """(installed packages, notes about skipped entries) of a dpkg status file's bytes."""
     notes = Notes()
     packages = []
-    for fields in _stanzas(data):
+    for fields in paragraphs(data, _field):
         package = _package(fields, notes)
         if package is not None:
             packages.append(package)

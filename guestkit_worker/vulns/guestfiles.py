@@ -4,6 +4,8 @@ package reader applies to names and versions (a guest's files are untrusted inpu
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from typing import Callable
 
 #: the most bytes a reader takes from one package database or os-release copy
 MAX_DB_BYTES = 256 * 1024 * 1024
@@ -54,6 +56,31 @@ def utf8(raw: bytes | None) -> str | None:
 def optional_arch(value: str | None) -> str | None:
     """An architecture value: "" when absent, None when implausible."""
     return clean(value, ARCH_RE, MAX_NAME) if value else ""
+
+
+def paragraphs(data: bytes, field: Callable[[bytes], tuple[str, bytes] | None]) -> Iterator[dict]:
+    """Each blank-line-separated paragraph of ``data`` (dpkg's status, apk's installed) as
+    {key: raw value} of the lines ``field`` keeps (it returns (key, value) or None)."""
+    entry: dict = {}
+    for line in data.split(b"\n"):
+        if not line.strip():
+            if entry:
+                yield entry
+            entry = {}
+            continue
+        kept = field(line)
+        if kept is not None:
+            entry[kept[0]] = kept[1]
+    if entry:
+        yield entry
+
+
+def identity(name: bytes | None, version: bytes | None, arch: bytes | None) -> tuple | None:
+    """(name, version, arch) of a package entry's raw values, checked as every reader checks
+    them; None when one is implausible (the entry is then skipped with a note)."""
+    checked = (clean(utf8(name), NAME_RE, MAX_NAME), clean(utf8(version), VERSION_RE, MAX_VERSION),
+               optional_arch(utf8(arch)))
+    return None if None in checked else checked
 
 
 class Notes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 
 from . import apk, dpkg, osrelease, rpmdb
@@ -56,7 +57,7 @@ def _local(directory: str, files: dict, guest_paths) -> tuple[str, str] | None:
     return None
 
 
-def _readers(directory: str, files: dict) -> dict:
+def _readers(directory: str, files: dict, stop: threading.Event | None) -> dict:
     """kind -> (guest path, reader call) for each database the probe copied."""
     found = {}
     hit = _local(directory, files, [dpkg.STATUS_PATH])
@@ -71,20 +72,21 @@ def _readers(directory: str, files: dict) -> dict:
     else:
         hit = _local(directory, files, rpmdb.BDB_PATHS)
         if hit:
-            found[RPM] = (hit[0], lambda p=hit[1]: rpmdb.read_bdb(p))
+            found[RPM] = (hit[0], lambda p=hit[1]: rpmdb.read_bdb(p, stop))
     return found
 
 
-def read_inventory(directory: str) -> Inventory:
+def read_inventory(directory: str, stop: threading.Event | None = None) -> Inventory:
     """The Inventory of a probe's extract directory; PackageDbError when the chosen database
-    cannot be read at all (entries it skips are notes)."""
+    cannot be read at all (entries it skips are notes).  ``stop`` (the job's cancel event)
+    stops a reader's helper process (db_dump)."""
     doc = _manifest(directory)
     files = doc["files"]
     notes = [str(n)[:300] for n in (doc.get("notes") or [])[:20]]
     hit = _local(directory, files, osrelease.PATHS)
     guest_os = osrelease.read_os_release(hit[1] if hit else None)
     inv = Inventory(guest_os=guest_os)
-    found = _readers(directory, files)
+    found = _readers(directory, files, stop)
     kind = KIND_OF_OS.get(guest_os.id) or next((k for k in (DPKG, RPM, APK) if k in found), None)
     if kind is None or kind not in found:
         wanted = LABELS[kind] if kind else "package database (dpkg, rpm or apk)"

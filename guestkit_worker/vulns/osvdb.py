@@ -6,6 +6,7 @@ Public API::
     VULN_DB_UNAVAILABLE, VULN_DB_STALE      # its codes
     class OsvDatabase:                      # an immutable index; see its attributes
         candidates(ecosystem: str, name: str) -> list[Affected]
+        entries() -> Iterator[Affected]
         age_seconds(now: float | None = None) -> float | None
         info(now: float | None = None) -> dict
     load_database(path: str) -> OsvDatabase       # index now, no cache
@@ -273,6 +274,11 @@ class OsvDatabase:
     def candidates(self, ecosystem: str, name: str) -> list:
         """The affected entries naming package ``name`` in exactly ``ecosystem``."""
         return self._index.get((ecosystem, name), [])
+
+    def entries(self):
+        """Every indexed affected entry (an iterator over the index, for warming caches)."""
+        for entries in self._index.values():
+            yield from entries
 
     def age_seconds(self, now: float | None = None) -> float | None:
         """Seconds since the newest ``modified`` (never negative); None without records."""

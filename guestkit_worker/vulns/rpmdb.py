@@ -9,7 +9,8 @@ Two formats, both holding one rpm *header* blob per installed package:
   (Debian package db-util, found on PATH at run time; a clear error names it when absent).
   Why db_dump rather than python3-rpm's bdb_ro backend: the worker may run in an interpreter
   without the rpm binding, the headers are then parsed by the same code as sqlite's, and a
-  hostile file only ever reaches a small separate process that is killed after a timeout.
+  hostile file only ever reaches a small separate process, in its own process group, that is
+  killed with its tree after a timeout or when the job is cancelled or times out.
 
 The header blob (big-endian): index count, data length, that many 16-byte entries (tag, type,
 offset, count), then the data.  Only NAME, VERSION, RELEASE, EPOCH, ARCH and SOURCERPM are
@@ -24,9 +25,9 @@ import os
 import shutil
 import sqlite3
 import struct
-import subprocess
 import threading
 
+from ..system.procs import StreamedChild
 from .guestfiles import (
     MAX_DB_BYTES,
     MAX_NAME,
@@ -185,37 +186,32 @@ def _dump_pairs(lines):
         key = None
 
 
-def read_bdb(path: str) -> tuple[list[InstalledPackage], list[str]]:
-    """Installed packages of a Berkeley DB ``Packages`` copy, through db_dump."""
+def read_bdb(path: str, stop: threading.Event | None = None) -> tuple[list[InstalledPackage], list[str]]:
+    """Installed packages of a Berkeley DB ``Packages`` copy, through db_dump, which runs in its
+    own process group and is killed with its tree after DB_DUMP_TIMEOUT or once ``stop`` (the
+    job's cancel event: cancel, timeout, shutdown) is set."""
     _check_size(path, "the rpm Berkeley DB")
     tool = shutil.which(DB_DUMP)
     if tool is None:
         raise PackageDbError(f"the guest's rpm database is a Berkeley DB and {DB_DUMP} is not "
                              f"installed: {DB_DUMP_HINT}")
-    proc = subprocess.Popen([tool, path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    expired = threading.Event()
-
-    def expire():
-        expired.set()
-        proc.kill()
-
-    timer = threading.Timer(DB_DUMP_TIMEOUT, expire)
-    timer.start()
+    child = StreamedChild([tool, path])
+    child.stop_on(stop, DB_DUMP_TIMEOUT)
     notes = Notes()
     try:
-        lines = iter(lambda: proc.stdout.readline(2 * MAX_HEADER + 64), b"")
+        lines = iter(lambda: child.stdout.readline(2 * MAX_HEADER + 64), b"")
         blobs = ((k, v) for k, v in _dump_pairs(lines) if len(v) >= 8)  # key 0: a counter
         packages = _collect(blobs, notes)
     except BaseException:
-        proc.kill()
+        child.kill()
         raise
     finally:
-        err = proc.communicate()[1][-4096:]
-        timer.cancel()
-    if proc.returncode != 0:
+        returncode, err = child.finish()
+    if stop is not None and stop.is_set():
+        raise PackageDbError(f"{DB_DUMP} was stopped: the job was cancelled or timed out")
+    if returncode != 0:
         lines = err.decode("utf-8", "replace").strip().splitlines()
-        detail = "timed out" if expired.is_set() else (lines[-1][:200] if lines else "no diagnostics")
+        detail = "timed out" if child.stopped.is_set() else (lines[-1][:200] if lines else "no diagnostics")
         if not packages:
             raise PackageDbError(f"{DB_DUMP} cannot read the rpm Berkeley DB: {detail}")
         notes.add(f"rpm Berkeley DB read only in part ({DB_DUMP}: {detail})")

@@ -6,6 +6,7 @@ Public API::
     rating_from_score(score: float) -> str            # the CVSS rating bands
     rating_from_vector(kind: str, vector: str) -> str | None
     rating_from_label(label: str) -> str | None       # a distribution's own severity word
+    warm_vectors(entries: Iterable[osvdb.Affected]) -> int
     rate(entry: osvdb.Affected) -> str
 
 The rating comes from the CVSS vector first (the affected entry's own ``severity[]``, else the
@@ -48,7 +49,10 @@ def rating_from_score(score: float) -> str:
     return "unknown"
 
 
-@functools.lru_cache(maxsize=8192)
+_CACHE_SIZE = 8192
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def rating_from_vector(kind: str, vector: str) -> str | None:
     """The rating of a CVSS vector of type ``kind`` (CVSS_V2/V3/V4); None when it is unusable."""
     try:
@@ -73,6 +77,19 @@ def rating_from_vector(kind: str, vector: str) -> str | None:
     if kind == "CVSS_V2" and score >= 9.0:
         return "high"  # CVSS 2 has no critical band
     return rating_from_score(score)
+
+
+def warm_vectors(entries) -> int:
+    """Score the distinct CVSS vectors of ``entries`` (affected entries and their records) into
+    rating_from_vector's cache, at most its size; the count scored.  Run when a database is
+    indexed, so that the first scan of a process costs what later ones do."""
+    seen: set = set()
+    for entry in entries:
+        for kind, vector in entry.severity + entry.record.severity:
+            if kind in _CVSS_TYPES and (kind, vector) not in seen and len(seen) < _CACHE_SIZE:
+                seen.add((kind, vector))
+                rating_from_vector(kind, vector)
+    return len(seen)
 
 
 def rating_from_label(label: str) -> str | None:
