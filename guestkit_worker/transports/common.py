@@ -1,11 +1,15 @@
 """Steps that the transports holding their pool's state as rows in one process (the in-memory
-broker, the Kafka state log's replica) take the same way: disposing of a reclaimed delivery."""
+broker, the Kafka state log's replica) take the same way: disposing of a reclaimed delivery, and
+paging through the dead letters newest first."""
 
 from __future__ import annotations
 
 import logging
+import re
 
-from .base import Delivery, ReclaimDecision, UnrecoverableReason
+from .base import DeadLetter, DeadPage, Delivery, InvalidPageToken, ReclaimDecision, UnrecoverableReason
+
+DEAD_ENTRY = re.compile(r"entry-[0-9]{1,18}")
 
 
 class ReclaimDisposal:
@@ -32,3 +36,30 @@ class ReclaimDisposal:
             reason = unrecoverable(d, previous, exc) if unrecoverable is not None else None
             error = reason.get("error") if isinstance(reason, dict) else None
             self._dead_letter(d, "reclaim_failed", f"{type(exc).__name__}: {exc}", error)
+
+
+def dead_letter_of(row: dict, *, with_raw: bool) -> DeadLetter:
+    """The dead letter a state row describes, with its bytes only when with_raw."""
+    return DeadLetter(row["entry"], row["reason"], row["detail"], row.get("job_id"), row["at"],
+                      row["raw"] if with_raw else None)
+
+
+def dead_page_args(limit: int, page_token: str | None) -> tuple[int, int | None]:
+    """dead_list's limit clamped to 1..1000 and the entry number its page token starts below
+    (None for the first page); checked before any state is read.
+
+    Raises:
+        InvalidPageToken: the token is not an ``entry-N`` this listing hands out.
+    """
+    limit = max(1, min(int(limit), 1000))
+    if page_token and not DEAD_ENTRY.fullmatch(page_token):
+        raise InvalidPageToken()
+    return limit, int(page_token.split("-", 1)[1]) if page_token else None
+
+
+def dead_page(rows: list[dict], limit: int, below: int | None) -> DeadPage:
+    """One page of the dead-letter rows (given newest first) whose number is under below."""
+    if below is not None:
+        rows = [r for r in rows if r["id"] < below]
+    page = [dead_letter_of(r, with_raw=False) for r in rows[:limit]]
+    return DeadPage(page, page[-1].entry if len(rows) > limit else None)
