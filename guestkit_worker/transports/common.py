@@ -1,13 +1,25 @@
 """Steps that the transports holding their pool's state as rows in one process (the in-memory
 broker, the Kafka state log's replica) take the same way: disposing of a reclaimed delivery, and
-paging through the dead letters newest first."""
+paging through the jobs and the dead letters newest first."""
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
+from typing import Any
 
-from .base import DeadLetter, DeadPage, Delivery, InvalidPageToken, ReclaimDecision, UnrecoverableReason
+from ..job.states import FINAL_STATUSES
+from .base import (
+    DeadLetter,
+    DeadPage,
+    Delivery,
+    InvalidPageToken,
+    JobStatus,
+    Page,
+    ReclaimDecision,
+    UnrecoverableReason,
+)
 
 DEAD_ENTRY = re.compile(r"entry-[0-9]{1,18}")
 
@@ -63,3 +75,31 @@ def dead_page(rows: list[dict], limit: int, below: int | None) -> DeadPage:
         rows = [r for r in rows if r["id"] < below]
     page = [dead_letter_of(r, with_raw=False) for r in rows[:limit]]
     return DeadPage(page, page[-1].entry if len(rows) > limit else None)
+
+
+def job_status_of(job: Any) -> JobStatus:
+    """The status a job row (with the fields of a Redis job hash) answers; a job in a final
+    status is never cancellable."""
+    return JobStatus(job.job_id, job.status, operation=job.operation, attempt=job.attempt,
+                     worker_id=job.worker_id, submitted_at=job.submitted_at, started_at=job.started_at,
+                     completed_at=job.completed_at, error=job.error,
+                     cancellable=job.status not in FINAL_STATUSES and job.cancellable)
+
+
+def jobs_page(jobs: Iterable[Any], limit: int, below: int | None, status: str | None,
+              operation: str | None) -> Page:
+    """One page of list_jobs from the job rows (given newest first): those created before the
+    creation number below that match status and operation.  The next page token is the
+    creation number of the last job shown, so the next page starts after it even when newer
+    jobs arrived meanwhile."""
+    page, last = Page(), None
+    for job in jobs:
+        if (below is not None and job.seq >= below) or (status and job.status != status) or \
+                (operation and job.operation != operation):
+            continue
+        if len(page.jobs) == limit:
+            page.next_page_token = str(last)
+            break
+        page.jobs.append(job_status_of(job))
+        last = job.seq
+    return page
