@@ -1,6 +1,6 @@
 """Steps that the transports holding their pool's state as rows in one process (the in-memory
-broker, the Kafka state log's replica) take the same way: disposing of a reclaimed delivery, and
-paging through the jobs and the dead letters newest first."""
+broker, the Kafka state log's replica) take the same way: disposing of a reclaimed delivery,
+forgetting finished jobs, and paging through the jobs and the dead letters newest first."""
 
 from __future__ import annotations
 
@@ -75,6 +75,23 @@ def dead_page(rows: list[dict], limit: int, below: int | None) -> DeadPage:
         rows = [r for r in rows if r["id"] < below]
     page = [dead_letter_of(r, with_raw=False) for r in rows[:limit]]
     return DeadPage(page, page[-1].entry if len(rows) > limit else None)
+
+
+def forget_finished(pool: Any, now: float, cutoff: float) -> None:
+    """Forget in pool (an in-process state with jobs, results, progress, keys, waiting and
+    claims) the jobs in a final status that ended before cutoff and are neither waiting nor
+    claimed, with their result and progress; the idempotency keys that ended before cutoff;
+    and the marks of jobs released as meant for another worker that have run out by now."""
+    for job in [j for j in pool.jobs.values() if j.ended is not None and j.ended < cutoff]:
+        if job.status in FINAL_STATUSES and job.entry not in pool.waiting and job.entry not in pool.claims:
+            del pool.jobs[job.job_id]
+            pool.results.pop(job.job_id, None)
+            pool.progress.pop(job.job_id, None)
+    for key in [k for k, h in pool.keys.items() if h.ended is not None and h.ended < cutoff]:
+        del pool.keys[key]
+    for entry in pool.waiting.values():
+        for worker in [w for w, until in entry.skip.items() if until <= now]:
+            del entry.skip[worker]
 
 
 def job_status_of(job: Any) -> JobStatus:

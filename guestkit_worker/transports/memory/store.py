@@ -13,7 +13,7 @@ from ...job.deadletters import unrunnable
 from ...job.states import FINAL_STATUSES
 from ...job.timestamps import stamp as now_iso
 from ..base import CancelledDocuments, JobStatus, Outcome, Page, QueuedJob, Reservation
-from ..common import job_status_of, jobs_page
+from ..common import forget_finished, job_status_of, jobs_page
 from .broker import KeyHold, peek
 
 #: one shared encoder (stateless, so threads share it): compact, UTF-8, no NaN
@@ -211,14 +211,4 @@ class StoreMixin:
         with b.cond:
             b.check()
             now = b.clock()
-            cutoff = now - self.result_ttl
-            for job in [j for j in b.jobs.values() if j.ended is not None and j.ended < cutoff]:
-                if job.status in FINAL_STATUSES and job.entry not in b.waiting and job.entry not in b.claims:
-                    del b.jobs[job.job_id]
-                    b.results.pop(job.job_id, None)
-                    b.progress.pop(job.job_id, None)
-            for key in [k for k, h in b.keys.items() if h.ended is not None and h.ended < cutoff]:
-                del b.keys[key]
-            for entry in b.waiting.values():
-                for worker in [w for w, until in entry.skip.items() if until <= now]:
-                    del entry.skip[worker]
+            forget_finished(b, now, now - self.result_ttl)
