@@ -1,6 +1,7 @@
 """Steps that the transports holding their pool's state as rows in one process (the in-memory
 broker, the Kafka state log's replica) take the same way: disposing of a reclaimed delivery,
-forgetting finished jobs, and paging through the jobs and the dead letters newest first."""
+queueing a job's entry again, forgetting finished jobs, and paging through the jobs and the
+dead letters newest first."""
 
 from __future__ import annotations
 
@@ -92,6 +93,18 @@ def forget_finished(pool: Any, now: float, cutoff: float) -> None:
     for entry in pool.waiting.values():
         for worker in [w for w, until in entry.skip.items() if until <= now]:
             del entry.skip[worker]
+
+
+def follow_requeue(jobs: dict, old: Any, new_entry: int, attempt: int | None) -> None:
+    """The job of entry old, queued again as new_entry, follows it when it named old: pending
+    again, with no worker and no start time (and attempt when given); a duplicate's entry
+    leaves the job alone."""
+    job = jobs.get(old.job_id or "")
+    if job is not None and job.entry == old.id:
+        job.entry, job.status, job.ended = new_entry, "pending", None
+        job.worker_id = job.started_at = None
+        if attempt is not None:
+            job.attempt = attempt
 
 
 def job_status_of(job: Any) -> JobStatus:

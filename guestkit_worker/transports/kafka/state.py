@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...job.states import FINAL_STATUSES
-from ..common import forget_finished
+from ..common import follow_requeue, forget_finished
 
 #: request ids remembered to drop a command the producer sent twice (a retry after a lost answer)
 SEEN_REQUESTS = 20000
@@ -286,12 +286,7 @@ class PoolState:
         old = self.claims.pop(claim.entry.id).entry
         entry = self.add_entry(raw, old.job_id)
         entry.deliveries = 0
-        job = self.jobs.get(old.job_id or "")
-        if job is not None and job.entry == old.id:
-            job.entry, job.status, job.ended = entry.id, "pending", None
-            job.worker_id = job.started_at = None
-            if attempt is not None:
-                job.attempt = attempt
+        follow_requeue(self.jobs, old, entry.id, attempt)
         return entry
 
     def _op_retry(self, c: dict) -> bool:
