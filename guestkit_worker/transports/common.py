@@ -1,13 +1,16 @@
 """Steps that the transports holding their pool's state as rows in one process (the in-memory
 broker, the Kafka state log's replica) take the same way: disposing of a reclaimed delivery,
 queueing a job's entry again, forgetting finished jobs, and paging through the jobs and the
-dead letters newest first."""
+dead letters newest first; and what the transports read of a job's bytes (:func:`peek`) and
+compare of two submissions (:func:`digest`)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..job.states import FINAL_STATUSES
@@ -23,6 +26,26 @@ from .base import (
 )
 
 DEAD_ENTRY = re.compile(r"entry-[0-9]{1,18}")
+
+
+def digest(doc: Mapping[str, Any]) -> str:
+    """What makes two submissions of one job id 'the same document'."""
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def peek(raw: bytes, max_bytes: int) -> tuple:
+    """(job id, document) of a queued entry's bytes, or (None, None) when they are over
+    max_bytes or not a JSON object with a non-empty string job_id (the worker rejects such an
+    entry)."""
+    if len(raw) > max_bytes:
+        return None, None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    job_id = doc.get("job_id") if isinstance(doc, dict) else None
+    return (job_id, doc) if isinstance(job_id, str) and job_id else (None, None)
 
 
 class ReclaimDisposal:

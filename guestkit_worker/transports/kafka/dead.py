@@ -9,7 +9,7 @@ from ...job.deadletters import job_id_of
 from ...job.decode import decode_job_bytes
 from ...job.timestamps import stamp as now_iso
 from ..base import DeadLetter, DeadPage, DeadRequeue
-from ..common import DEAD_ENTRY, dead_letter_of, dead_page, dead_page_args
+from ..common import DEAD_ENTRY, dead_letter_of, dead_page, dead_page_args, digest
 from .intake import facts_of
 
 
@@ -39,7 +39,6 @@ class DeadMixin:
         job_id = job_id_of(letter.raw, limit)
         facts = facts_of(decode_job_bytes(letter.raw, limit), "") if job_id is not None else None
         if facts is not None:
-            from .transport import digest
             facts["digest"] = digest(decode_job_bytes(letter.raw, limit))
         a = self._call({"op": "dead_requeue", "entry": entry, "job_id": job_id, "facts": facts,
                         "at": now_iso()}, "dead_requeue")

@@ -23,8 +23,7 @@ from ..base import (
     QueuedJob,
     Reservation,
 )
-from ..common import job_status_of, jobs_page
-from .intake import peek
+from ..common import job_status_of, jobs_page, peek
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 #: how often a cancel looks again when the job moved between its look and its command

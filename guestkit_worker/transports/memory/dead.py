@@ -4,8 +4,7 @@ queued again as a new entry, and deleted, each in one step under the broker's lo
 from __future__ import annotations
 
 from ..base import DeadLetter, DeadPage, DeadRequeue
-from ..common import dead_letter_of, dead_page, dead_page_args
-from .broker import peek
+from ..common import dead_letter_of, dead_page, dead_page_args, peek
 
 
 class DeadMixin:

@@ -13,8 +13,8 @@ from ...job.deadletters import unrunnable
 from ...job.states import FINAL_STATUSES
 from ...job.timestamps import stamp as now_iso
 from ..base import CancelledDocuments, JobStatus, Outcome, Page, QueuedJob, Reservation
-from ..common import forget_finished, job_status_of, jobs_page
-from .broker import KeyHold, peek
+from ..common import forget_finished, job_status_of, jobs_page, peek
+from .broker import KeyHold
 
 #: one shared encoder (stateless, so threads share it): compact, UTF-8, no NaN
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))

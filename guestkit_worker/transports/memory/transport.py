@@ -33,8 +33,8 @@ from ..base import (
     compact_job_bytes,
     job_bytes,
 )
-from ..common import follow_requeue
-from .broker import Claim, Entry, Job, MemoryBroker, digest, peek
+from ..common import digest, follow_requeue, peek
+from .broker import Claim, Entry, Job, MemoryBroker
 from .dead import DeadMixin
 from .reclaim import ReclaimMixin
 from .store import StoreMixin
