@@ -138,9 +138,11 @@ def test_it_imports_nothing_of_the_runtime():
             "print('\\n'.join(sorted(n for n in sys.modules if n.startswith('guestkit_worker'))))")
     out = subprocess.run([sys.executable, "-c", code], env=worker_env(), capture_output=True, text=True,
                          timeout=60, check=True).stdout.split()
-    # the job layer and the defaults below it, the interface and the transport itself only
+    # the job layer and the defaults below it, the interface, the steps the transports share
+    # (transports.common) and the transport itself only
     allowed = ("guestkit_worker.job", "guestkit_worker.settings", "guestkit_worker.transports.memory")
     interface = {"guestkit_worker", "guestkit_worker.transports", "guestkit_worker.transports.base",
-                 "guestkit_worker.transports.errors", "guestkit_worker.transports.records"}
+                 "guestkit_worker.transports.errors", "guestkit_worker.transports.records",
+                 "guestkit_worker.transports.common"}
     assert interface | {"guestkit_worker.transports.memory.transport"} <= set(out)
     assert [m for m in out if m not in interface and not m.startswith(allowed)] == []

@@ -12,13 +12,13 @@ every one is tried and the highest status wins.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from .exitcodes import EXIT_DEAD_REFUSED, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from .jobs import LocalJobs, run_with_backend
 from .options import add_api_client_options, add_queue_options, queue_config
+from .pages import add_page_options, print_json, print_rows
 
 #: pages of this many entries are read for --all
 _ALL_PAGE = 500
@@ -34,11 +34,7 @@ def add_dead_command(sub: Any) -> None:
     actions = dead.add_subparsers(dest="dead_action", metavar="ACTION", required=True)
     p = actions.add_parser("list", help="one line per dead letter, newest first",
                            description="Print one line per dead letter: entry, reason, job id, time, detail.")
-    p.add_argument("--limit", type=int, default=100, metavar="N",
-                   help="at most N entries (1-500; default 100)")
-    p.add_argument("--page-token", default=None, metavar="TOKEN", help="the next page, as printed by the "
-                                                                       "previous list")
-    p.add_argument("--json", action="store_true", help="print the page as JSON")
+    add_page_options(p, "entries")
     p = actions.add_parser("show", help="print one dead letter with its document, as JSON",
                            description="Print a dead letter as JSON: entry, reason, detail, job_id, "
                                        "dead_at, size and the document as text.")
@@ -124,23 +120,16 @@ def _failed(reply: tuple, what: str) -> int:
     return EXIT_UNAVAILABLE
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
-
-
 def _list(args: argparse.Namespace, backend: Any) -> int:
     reply = backend.dead_list(limit=args.limit, page_token=args.page_token)
     if reply[0] != 200:
         return _failed(reply, "list")
     page = reply[1]["data"]
     if args.json:
-        _print_json(page)
+        print_json(page)
         return EXIT_OK
-    for e in page["entries"]:
-        print("\t".join(str(f) for f in (e["entry"], e["reason"], e.get("job_id") or "-", e["dead_at"],
-                                          " ".join(str(e.get("detail") or "-").split()))))
-    if page.get("next_page_token"):
-        print(f"more: --page-token {page['next_page_token']}", file=sys.stderr)
+    print_rows(page, ((e["entry"], e["reason"], e.get("job_id") or "-", e["dead_at"],
+                       " ".join(str(e.get("detail") or "-").split())) for e in page["entries"]))
     return EXIT_OK
 
 
@@ -185,7 +174,7 @@ def _run(args: argparse.Namespace, backend: Any) -> int:
         reply = backend.dead_show(args.entry)
         if reply[0] != 200:
             return _failed(reply, f"show {args.entry}")
-        _print_json(reply[1]["data"])
+        print_json(reply[1]["data"])
         return EXIT_OK
     return _act(args, backend)
 

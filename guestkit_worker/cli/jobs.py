@@ -9,7 +9,6 @@ ways answer alike and exit alike, with the job commands' statuses of :mod:`.exit
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any, Callable
@@ -27,6 +26,7 @@ from .exitcodes import (
     EXIT_USAGE,
 )
 from .options import API_CLIENT_OPTIONS, add_api_client_options, add_queue_options, queue_config, setting
+from .pages import add_page_options, print_json, print_rows
 
 #: ``--wait`` without a value: wait up to an hour.
 DEFAULT_WAIT = 3600.0
@@ -53,10 +53,7 @@ def add_client_commands(sub: Any) -> None:
                        description="Print one line per job: id, status, operation, submission time.")
     p.add_argument("--status", choices=JOB_STATUSES, default=None, help="only jobs in this status")
     p.add_argument("--operation", default=None, metavar="OP", help="only jobs of this operation")
-    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N jobs (1-500; default 100)")
-    p.add_argument("--page-token", default=None, metavar="TOKEN", help="the next page, as printed by the "
-                                                                       "previous list")
-    p.add_argument("--json", action="store_true", help="print the page as JSON")
+    add_page_options(p, "jobs")
     p = sub.add_parser("cancel", help="cancel a waiting job, or a running one that allows it",
                        description="Cancel a job: a waiting one never runs and gets a cancelled result; a "
                                    "running one whose execution.cancellable is true is stopped.")
@@ -194,8 +191,10 @@ def _flag_error(body: Any) -> int:
     return EXIT_USAGE
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+def _job_line(job: dict) -> tuple:
+    """The fields of a job's line in ``jobs list``: id, status, operation, submission time."""
+    status = job["status"] + (" (worker gone)" if job.get("worker_gone") else "")
+    return job["job_id"], status, job.get("operation") or "-", job.get("submitted_at") or "-"
 
 
 def _result_exit(data: dict) -> int:
@@ -216,7 +215,7 @@ def run_client_command(args: argparse.Namespace, backend: Any) -> int:
         reply = backend.status(args.job_id)
         if reply[0] != 200:
             return _error(reply, args.job_id)
-        _print_json(reply[1]["data"])
+        print_json(reply[1]["data"])
         return EXIT_OK
     if args.command == "result":
         reply = wait_for_result(backend, args.job_id, args.wait) if args.wait else backend.result(args.job_id)
@@ -226,7 +225,7 @@ def run_client_command(args: argparse.Namespace, backend: Any) -> int:
             return EXIT_NOT_FINISHED
         if reply[0] != 200:
             return _error(reply, args.job_id)
-        _print_json(reply[1]["data"])
+        print_json(reply[1]["data"])
         return _result_exit(reply[1]["data"])
     if args.command == "cancel":
         reply = backend.cancel(args.job_id)
@@ -243,14 +242,9 @@ def run_client_command(args: argparse.Namespace, backend: Any) -> int:
         return _error(reply, "list")
     page = reply[1]["data"]
     if args.json:
-        _print_json(page)
+        print_json(page)
         return EXIT_OK
-    for job in page["jobs"]:
-        status = job["status"] + (" (worker gone)" if job.get("worker_gone") else "")
-        fields = (job["job_id"], status, job.get("operation") or "-", job.get("submitted_at") or "-")
-        print("\t".join(str(f) for f in fields))
-    if page.get("next_page_token"):
-        print(f"more: --page-token {page['next_page_token']}", file=sys.stderr)
+    print_rows(page, (_job_line(job) for job in page["jobs"]))
     return EXIT_OK
 
 

@@ -5,45 +5,31 @@ written (an append-only log): requeue and purge change the pool's state, not tha
 
 from __future__ import annotations
 
-import re
-
 from ...job.deadletters import job_id_of
 from ...job.decode import decode_job_bytes
 from ...job.timestamps import stamp as now_iso
-from ..base import DeadLetter, DeadPage, DeadRequeue, InvalidPageToken
+from ..base import DeadLetter, DeadPage, DeadRequeue
+from ..common import DEAD_ENTRY, dead_letter_of, dead_page, dead_page_args, digest
 from .intake import facts_of
-
-_ENTRY = re.compile(r"entry-[0-9]{1,18}")
-
-
-def _letter(row: dict, *, with_raw: bool) -> DeadLetter:
-    return DeadLetter(row["entry"], row["reason"], row["detail"], row.get("job_id"), row["at"],
-                      row["raw"] if with_raw else None)
 
 
 class DeadMixin:
     """dead_list, dead_get, dead_requeue and dead_purge of :class:`~.transport.KafkaTransport`."""
 
     def dead_list(self, limit: int = 100, page_token: str | None = None) -> DeadPage:
-        limit = max(1, min(int(limit), 1000))
-        if page_token and not _ENTRY.fullmatch(page_token):
-            raise InvalidPageToken()
+        limit, below = dead_page_args(limit, page_token)
         statelog = self._synced("dead_list")
         with statelog.cond:
             rows = list(statelog.state.dead)[::-1]
-        if page_token:
-            after = int(page_token.split("-", 1)[1])
-            rows = [r for r in rows if r["id"] < after]
-        page = [_letter(r, with_raw=False) for r in rows[:limit]]
-        return DeadPage(page, page[-1].entry if len(rows) > limit else None)
+        return dead_page(rows, limit, below)
 
     def dead_get(self, entry: str) -> DeadLetter | None:
-        if not isinstance(entry, str) or not _ENTRY.fullmatch(entry):
+        if not isinstance(entry, str) or not DEAD_ENTRY.fullmatch(entry):
             return None
         statelog = self._synced("dead_get")
         with statelog.cond:
             row = statelog.state.dead_row(entry)
-            return _letter(row, with_raw=True) if row is not None else None
+            return dead_letter_of(row, with_raw=True) if row is not None else None
 
     def dead_requeue(self, entry: str) -> DeadRequeue:
         letter = self.dead_get(entry)
@@ -53,7 +39,6 @@ class DeadMixin:
         job_id = job_id_of(letter.raw, limit)
         facts = facts_of(decode_job_bytes(letter.raw, limit), "") if job_id is not None else None
         if facts is not None:
-            from .transport import digest
             facts["digest"] = digest(decode_job_bytes(letter.raw, limit))
         a = self._call({"op": "dead_requeue", "entry": entry, "job_id": job_id, "facts": facts,
                         "at": now_iso()}, "dead_requeue")
@@ -61,6 +46,6 @@ class DeadMixin:
                            reason=a.get("reason"), detail=a.get("detail"))
 
     def dead_purge(self, entry: str) -> bool:
-        if not isinstance(entry, str) or not _ENTRY.fullmatch(entry):
+        if not isinstance(entry, str) or not DEAD_ENTRY.fullmatch(entry):
             return False
         return bool(self._call({"op": "dead_purge", "entry": entry}, "dead_purge"))

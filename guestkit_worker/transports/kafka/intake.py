@@ -11,13 +11,13 @@ transport moves to the dead-letter topic."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 from typing import Any, Callable
 
 from ...job.facts import job_facts
 from ...job.timestamps import stamp as now_iso
+from ..common import peek
 from .settings import KafkaSettings, Topics
 from .state import b64
 from .statelog import MAX_RECORD_BYTES, StateLog
@@ -26,19 +26,6 @@ from .statelog import MAX_RECORD_BYTES, StateLog
 MAX_KEPT_BYTES = MAX_RECORD_BYTES // 2
 
 log = logging.getLogger(__name__)
-
-
-def peek(raw: bytes, max_bytes: int) -> tuple:
-    """(job id, document) of a record's bytes, or (None, None) when they are over max_bytes or
-    not a JSON object with a non-empty string job_id."""
-    if len(raw) > max_bytes:
-        return None, None
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None, None
-    job_id = doc.get("job_id") if isinstance(doc, dict) else None
-    return (job_id, doc) if isinstance(job_id, str) and job_id else (None, None)
 
 
 def facts_of(doc: Any, digest: str) -> dict:

@@ -11,12 +11,15 @@ import logging
 
 from ...job.timestamps import stamp as now_iso
 from ..base import Delivery, ReclaimDecision, UnrecoverableReason
+from ..common import ReclaimDisposal
 
 log = logging.getLogger(__name__)
 
 
-class ReclaimMixin:
+class ReclaimMixin(ReclaimDisposal):
     """reclaim and the dead letters of :class:`~.transport.KafkaTransport`."""
+
+    _reclaim_log = log
 
     def reclaim(self, decide: ReclaimDecision, limit: int, *,
                 unrecoverable: UnrecoverableReason | None = None) -> int:
@@ -42,22 +45,6 @@ class ReclaimMixin:
         for h in answer["taken"]:
             self._dispose(self._delivery(h), h["previous"], decide, unrecoverable)
         return len(answer["taken"])
-
-    def _dispose(self, d: Delivery, previous: str, decide: ReclaimDecision,
-                 unrecoverable: UnrecoverableReason | None) -> None:
-        self.observer.jobs_reclaimed()
-        log.warning("%s (job %s): taken over from worker %s (delivery %d%s)", d.name, d.job_id, previous,
-                    d.delivery_count, ", its handler had started" if d.started else "")
-        try:
-            decide(d, previous)
-        except OSError as exc:  # storage trouble: offered again at the next reclaim
-            log.error("%s: disposing of the reclaimed job failed (%s); trying again later", d.name, exc)
-            self._let_go(d)
-        except Exception as exc:
-            log.exception("%s: disposing of the reclaimed job failed; moved to the dead letters", d.name)
-            reason = unrecoverable(d, previous, exc) if unrecoverable is not None else None
-            error = reason.get("error") if isinstance(reason, dict) else None
-            self._dead_letter(d, "reclaim_failed", f"{type(exc).__name__}: {exc}", error)
 
     def _let_go(self, d: Delivery) -> None:
         """Stop holding d without giving it back: the next reclaim (anyone's) takes it over."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...job.states import FINAL_STATUSES
+from ..common import follow_requeue, forget_finished
 
 #: request ids remembered to drop a command the producer sent twice (a retry after a lost answer)
 SEEN_REQUESTS = 20000
@@ -285,12 +286,7 @@ class PoolState:
         old = self.claims.pop(claim.entry.id).entry
         entry = self.add_entry(raw, old.job_id)
         entry.deliveries = 0
-        job = self.jobs.get(old.job_id or "")
-        if job is not None and job.entry == old.id:
-            job.entry, job.status, job.ended = entry.id, "pending", None
-            job.worker_id = job.started_at = None
-            if attempt is not None:
-                job.attempt = attempt
+        follow_requeue(self.jobs, old, entry.id, attempt)
         return entry
 
     def _op_retry(self, c: dict) -> bool:
@@ -450,18 +446,7 @@ class PoolState:
 
     def _op_maintain(self, c: dict) -> None:
         """Forget finished jobs (state, result, progress, completed key) ttl after they ended."""
-        cutoff = self.clock - float(c["ttl"])
-        for job in [j for j in self.jobs.values() if j.ended is not None and j.ended < cutoff]:
-            held = job.entry in self.waiting or job.entry in self.claims
-            if job.status in FINAL_STATUSES and not held:
-                del self.jobs[job.job_id]
-                self.results.pop(job.job_id, None)
-                self.progress.pop(job.job_id, None)
-        for key in [k for k, h in self.keys.items() if h.ended is not None and h.ended < cutoff]:
-            del self.keys[key]
-        for entry in self.waiting.values():
-            for worker in [w for w, until in entry.skip.items() if until <= self.clock]:
-                del entry.skip[worker]
+        forget_finished(self, self.clock, self.clock - float(c["ttl"]))
 
     # -- dead letters ----------------------------------------------------------------------
     def dead_row(self, name: Any) -> dict | None:

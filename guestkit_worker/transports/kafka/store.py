@@ -23,7 +23,7 @@ from ..base import (
     QueuedJob,
     Reservation,
 )
-from .intake import peek
+from ..common import job_status_of, jobs_page, peek
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 #: how often a cancel looks again when the job moved between its look and its command
@@ -143,7 +143,7 @@ class StoreMixin:
         statelog = self._synced("job_status")
         with statelog.cond:
             job = statelog.state.jobs.get(job_id)
-            return _status_of(job) if job is not None else None
+            return job_status_of(job) if job is not None else None
 
     def list_jobs(self, *, status: str | None = None, operation: str | None = None,
                   limit: int = 100, page_token: str | None = None) -> Page:
@@ -153,18 +153,9 @@ class StoreMixin:
             below = int(page_token) if page_token else None
         except ValueError:
             raise InvalidPageToken() from None
-        statelog, page, last = self._synced("list_jobs"), Page(), None
+        statelog = self._synced("list_jobs")
         with statelog.cond:
-            for job in reversed(list(statelog.state.jobs.values())):
-                if (below is not None and job.seq >= below) or (status and job.status != status) or \
-                        (operation and job.operation != operation):
-                    continue
-                if len(page.jobs) == limit:
-                    page.next_page_token = str(last)
-                    break
-                page.jobs.append(_status_of(job))
-                last = job.seq
-        return page
+            return jobs_page(reversed(list(statelog.state.jobs.values())), limit, below, status, operation)
 
     def cancel(self, job_id: str, cancelled: CancelledDocuments) -> str:
         """A job still waiting is taken out of the queue and stores the result ``cancelled``
@@ -203,13 +194,6 @@ class StoreMixin:
         """Forget finished jobs (state, result, progress, completed key) result_ttl after they
         ended, and marks of jobs released as meant for another worker that have run out."""
         self._call({"op": "maintain", "ttl": self.result_ttl}, "maintain")
-
-
-def _status_of(job: Any) -> JobStatus:
-    return JobStatus(job.job_id, job.status, operation=job.operation, attempt=job.attempt,
-                     worker_id=job.worker_id, submitted_at=job.submitted_at, started_at=job.started_at,
-                     completed_at=job.completed_at, error=job.error,
-                     cancellable=job.status not in FINAL_STATUSES and job.cancellable)
 
 
 def _why_unrunnable(d: Any, max_bytes: int) -> tuple | None:

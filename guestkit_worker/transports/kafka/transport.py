@@ -13,8 +13,6 @@ command); its idempotency reservations end with it.
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -41,6 +39,7 @@ from ..base import (
     compact_job_bytes,
     job_bytes,
 )
+from ..common import digest
 from ..records import WorkerInfo
 from .admin import PoolAdmin
 from .dead import DeadMixin
@@ -62,12 +61,6 @@ DEFAULT_TIMEOUT = 10.0
 def _iso(seconds: float) -> str:
     at = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
     return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def digest(doc: Any) -> str:
-    """What makes two submissions of one job id 'the same document'."""
-    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class KafkaDelivery(Delivery):

@@ -10,14 +10,11 @@ waiters (``fetch``, ``wait_result``) are woken by it.
 from __future__ import annotations
 
 import collections
-import hashlib
 import itertools
-import json
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from ...job.timestamps import stamp
 from ..base import TransportUnavailable
@@ -190,22 +187,3 @@ class MemoryBroker:
 
     def drop_dead(self, i: int) -> None:
         del self._dead[i]
-
-
-def digest(doc: Mapping[str, Any]) -> str:
-    """What makes two submissions of one job id 'the same document'."""
-    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def peek(raw: bytes, max_bytes: int) -> tuple:
-    """(job id, document) of an entry's bytes, or (None, None) when they are over max_bytes or
-    not a JSON object with a non-empty string job_id (the worker rejects such an entry)."""
-    if len(raw) > max_bytes:
-        return None, None
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None, None
-    job_id = doc.get("job_id") if isinstance(doc, dict) else None
-    return (job_id, doc) if isinstance(job_id, str) and job_id else (None, None)

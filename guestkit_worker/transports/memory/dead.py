@@ -3,17 +3,8 @@ queued again as a new entry, and deleted, each in one step under the broker's lo
 
 from __future__ import annotations
 
-import re
-
-from ..base import DeadLetter, DeadPage, DeadRequeue, InvalidPageToken
-from .broker import peek
-
-_ENTRY = re.compile(r"entry-[0-9]{1,18}")
-
-
-def _letter(row: dict, *, with_raw: bool) -> DeadLetter:
-    return DeadLetter(row["entry"], row["reason"], row["detail"], row.get("job_id"), row["at"],
-                      row["raw"] if with_raw else None)
+from ..base import DeadLetter, DeadPage, DeadRequeue
+from ..common import dead_letter_of, dead_page, dead_page_args, peek
 
 
 class DeadMixin:
@@ -21,25 +12,19 @@ class DeadMixin:
     which provides the broker and ``_new_job``."""
 
     def dead_list(self, limit: int = 100, page_token: str | None = None) -> DeadPage:
-        limit = max(1, min(int(limit), 1000))
-        if page_token and not _ENTRY.fullmatch(page_token):
-            raise InvalidPageToken()
+        limit, below = dead_page_args(limit, page_token)
         b = self.broker
         with b.cond:
             b.check()
             rows = b.dead_rows()[::-1]
-        if page_token:
-            after = int(page_token.split("-", 1)[1])
-            rows = [r for r in rows if r["id"] < after]
-        page = [_letter(r, with_raw=False) for r in rows[:limit]]
-        return DeadPage(page, page[-1].entry if len(rows) > limit else None)
+        return dead_page(rows, limit, below)
 
     def dead_get(self, entry: str) -> DeadLetter | None:
         b = self.broker
         with b.cond:
             b.check()
             i = b.dead_index(entry) if isinstance(entry, str) else None
-            return _letter(b.dead_rows()[i], with_raw=True) if i is not None else None
+            return dead_letter_of(b.dead_rows()[i], with_raw=True) if i is not None else None
 
     def dead_requeue(self, entry: str) -> DeadRequeue:
         b = self.broker

@@ -8,14 +8,17 @@ import logging
 
 from ...job.timestamps import stamp as now_iso
 from ..base import Delivery, ReclaimDecision, UnrecoverableReason
+from ..common import ReclaimDisposal
 from .broker import Entry
 
 log = logging.getLogger(__name__)
 
 
-class ReclaimMixin:
+class ReclaimMixin(ReclaimDisposal):
     """reclaim and the dead letters of :class:`~.transport.MemoryTransport`, which provides the
     broker, the hand-out and the claim checks."""
+
+    _reclaim_log = log
 
     def reclaim(self, decide: ReclaimDecision, limit: int, *,
                 unrecoverable: UnrecoverableReason | None = None) -> int:
@@ -29,19 +32,7 @@ class ReclaimMixin:
             self.broker.check()
             taken = self._take_over(limit)
         for d, previous in taken:
-            self.observer.jobs_reclaimed()
-            log.warning("%s (job %s): taken over from worker %s (delivery %d%s)", d.name, d.job_id, previous,
-                        d.delivery_count, ", its handler had started" if d.started else "")
-            try:
-                decide(d, previous)
-            except OSError as exc:  # storage trouble: offered again at the next reclaim
-                log.error("%s: disposing of the reclaimed job failed (%s); trying again later", d.name, exc)
-                self._let_go(d)
-            except Exception as exc:
-                log.exception("%s: disposing of the reclaimed job failed; moved to the dead letters", d.name)
-                reason = unrecoverable(d, previous, exc) if unrecoverable is not None else None
-                error = reason.get("error") if isinstance(reason, dict) else None
-                self._dead_letter(d, "reclaim_failed", f"{type(exc).__name__}: {exc}", error)
+            self._dispose(d, previous, decide, unrecoverable)
         return len(taken)
 
     def _take_over(self, limit: int) -> list:

@@ -13,7 +13,8 @@ from ...job.deadletters import unrunnable
 from ...job.states import FINAL_STATUSES
 from ...job.timestamps import stamp as now_iso
 from ..base import CancelledDocuments, JobStatus, Outcome, Page, QueuedJob, Reservation
-from .broker import Job, KeyHold, peek
+from ..common import forget_finished, job_status_of, jobs_page, peek
+from .broker import KeyHold
 
 #: one shared encoder (stateless, so threads share it): compact, UTF-8, no NaN
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
@@ -158,7 +159,7 @@ class StoreMixin:
         with self.broker.cond:
             self.broker.check()
             job = self.broker.jobs.get(job_id)
-            return _status_of(job) if job is not None else None
+            return job_status_of(job) if job is not None else None
 
     def list_jobs(self, *, status: str | None = None, operation: str | None = None,
                   limit: int = 100, page_token: str | None = None) -> Page:
@@ -169,19 +170,10 @@ class StoreMixin:
             below = int(page_token) if page_token else None
         except ValueError:
             raise ValueError("invalid page token") from None
-        b, page, last = self.broker, Page(), None
+        b = self.broker
         with b.cond:
             b.check()
-            for job in reversed(list(b.jobs.values())):
-                if (below is not None and job.seq >= below) or (status and job.status != status) or \
-                        (operation and job.operation != operation):
-                    continue
-                if len(page.jobs) == limit:
-                    page.next_page_token = str(last)
-                    break
-                page.jobs.append(_status_of(job))
-                last = job.seq
-        return page
+            return jobs_page(reversed(list(b.jobs.values())), limit, below, status, operation)
 
     def cancel(self, job_id: str, cancelled: CancelledDocuments) -> str:
         """A job still waiting is taken out of the queue and stores the result ``cancelled``
@@ -219,21 +211,4 @@ class StoreMixin:
         with b.cond:
             b.check()
             now = b.clock()
-            cutoff = now - self.result_ttl
-            for job in [j for j in b.jobs.values() if j.ended is not None and j.ended < cutoff]:
-                if job.status in FINAL_STATUSES and job.entry not in b.waiting and job.entry not in b.claims:
-                    del b.jobs[job.job_id]
-                    b.results.pop(job.job_id, None)
-                    b.progress.pop(job.job_id, None)
-            for key in [k for k, h in b.keys.items() if h.ended is not None and h.ended < cutoff]:
-                del b.keys[key]
-            for entry in b.waiting.values():
-                for worker in [w for w, until in entry.skip.items() if until <= now]:
-                    del entry.skip[worker]
-
-
-def _status_of(job: Job) -> JobStatus:
-    return JobStatus(job.job_id, job.status, operation=job.operation, attempt=job.attempt,
-                     worker_id=job.worker_id, submitted_at=job.submitted_at, started_at=job.started_at,
-                     completed_at=job.completed_at, error=job.error,
-                     cancellable=job.status not in FINAL_STATUSES and job.cancellable)
+            forget_finished(b, now, now - self.result_ttl)

@@ -33,7 +33,8 @@ from ..base import (
     compact_job_bytes,
     job_bytes,
 )
-from .broker import Claim, Entry, Job, MemoryBroker, digest, peek
+from ..common import digest, follow_requeue, peek
+from .broker import Claim, Entry, Job, MemoryBroker
 from .dead import DeadMixin
 from .reclaim import ReclaimMixin
 from .store import StoreMixin
@@ -300,12 +301,7 @@ class MemoryTransport(ReclaimMixin, StoreMixin, DeadMixin, Transport):
         old = b.claims.pop(delivery.entry).entry
         self._held.discard(delivery.generation)
         entry = b.add_entry(raw, old.job_id)
-        job = b.jobs.get(old.job_id or "")
-        if job is not None and job.entry == old.id:
-            job.entry, job.status, job.ended = entry.id, "pending", None
-            job.worker_id = job.started_at = None
-            if attempt is not None:
-                job.attempt = attempt
+        follow_requeue(b.jobs, old, entry.id, attempt)
         return entry
 
     # -- depth and cancel requests ------------------------------------------------------

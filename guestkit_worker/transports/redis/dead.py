@@ -14,8 +14,9 @@ from ...job.errors import JobFileError
 from ...job.protocol import peek_job_id
 from ...job.timestamps import stamp
 from ..base import DeadLetter, DeadPage, DeadRequeue, InvalidPageToken
+from ..common import digest
 from .link import RedisLink, text
-from .queue import digest, entry_fields, hash_facts
+from .queue import entry_fields, hash_facts
 
 #: a stream entry id, the only entry name of the dead stream (and its page token)
 _ENTRY = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")

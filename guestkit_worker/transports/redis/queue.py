@@ -5,7 +5,6 @@ taking over the entries of dead workers is :mod:`.reclaim`)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -18,6 +17,7 @@ from ...job.facts import job_facts
 from ...job.protocol import peek_job_id
 from ...job.timestamps import stamp as now_iso
 from ..base import Delivery, LeaseLost, SubmitReceipt, TransportUnavailable, compact_job_bytes, job_bytes
+from ..common import digest
 from .connection import MAX_BLOCK_SECONDS
 from .held import HeldEntries
 from .keys import GROUP
@@ -42,12 +42,6 @@ class RedisDelivery(Delivery):
         self.job_id = peek_job_id(doc)
         self.attempt = job_facts(doc).attempt
         self.renewed = time.monotonic()
-
-
-def digest(doc: Mapping[str, Any]) -> str:
-    """What makes two submissions of one job id 'the same document'."""
-    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def hash_facts(doc: Mapping[str, Any]) -> tuple:
