@@ -1,21 +1,12 @@
 """Helpers shared by the fleet tests (tests/test_redis_fleet.py, tests/test_kafka_fleet.py): a
-:class:`Fleet` of real worker processes of one pool, the ``fault.journal`` journal reader and a
-labelled metric sum, so both transports' fleets are driven and checked the same way."""
+:class:`Fleet` of real worker processes of one pool, a labelled metric sum and the long-job
+steps, so both transports' fleets are driven and checked the same way."""
 
-import os
 import signal
 
 from conftest import Dirs, wait_for
-from faultkit import Worker, journal_job, plugin_env
+from faultkit import Worker, journal_job, plugin_env, read_runs
 from metricskit import parse, scrape
-
-
-def read_runs(path) -> list:
-    """[(job_id, attempt, pid), ...] in the order the runs started."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as fh:
-        return [(j, int(a), int(p)) for j, a, p in (line.split() for line in fh)]
 
 
 def metric(w: Worker, name: str, **labels) -> float:

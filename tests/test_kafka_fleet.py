@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import fleetkit
 import pytest
 from conftest import wait_for
-from faultkit import journal_job
-from fleetkit import long_job_taken, metric, read_runs, stop_past_lease
+from faultkit import journal_job, read_runs
+from fleetkit import long_job_taken, metric, stop_past_lease
 from kafkafixture import read_topic, require_confluent_kafka
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

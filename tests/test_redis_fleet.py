@@ -16,8 +16,8 @@ import time
 import fleetkit
 import pytest
 from conftest import wait_for
-from faultkit import journal_job, plugin_env
-from fleetkit import long_job_taken, metric, read_runs, stop_past_lease
+from faultkit import journal_job, plugin_env, read_runs
+from fleetkit import long_job_taken, metric, stop_past_lease
 from metricskit import scrape
 from redisfixture import require_redis_py, start_redis
 
