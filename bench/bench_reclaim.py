@@ -13,7 +13,6 @@ it at most lease/4 before it died.
 """
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,21 +24,17 @@ from redisserver import RedisServer  # noqa: E402
 
 ENTRIES = 100
 LEASE = 4.0
-PLUGIN_DIR = os.path.join(common.ROOT, "tests", "plugin")
 
 
 def sleep_job(i):
-    doc = common.echo_job(f"reclaim-{i:06d}", i)
-    doc.update(operation="test.sleep", payload={"type": "test.sleep.v1", "data": {"seconds": 600}})
-    return doc
+    return common.sleep_job(f"reclaim-{i:06d}", i)
 
 
 def _worker(url, name, base):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUESTKIT_WORKER_")}
-    env["PYTHONPATH"] = os.pathsep.join([PLUGIN_DIR] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     argv = fleet.worker_argv(url, ENTRIES, name, base) + ["--lease-seconds", f"{LEASE:g}"]
     argv[argv.index("--worker-id") + 1] = f"reclaim-{name}"
-    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(argv, env=common.plugin_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def _owners(client, k):
@@ -84,10 +79,7 @@ def one_round(srv):
             time.sleep(0.01)
         took = time.monotonic() - t0
     finally:
-        for p in (a, b):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                p.wait(10)
+        common.kill_all((a, b))
         client.close()
     return took
 
@@ -106,14 +98,9 @@ def main():
             srv.fresh()
             took.append(one_round(srv))
             print(f"round {r + 1}/{rounds}: {took[-1]:.2f} s", file=sys.stderr, flush=True)
-    ratio = common.med(took) / LEASE
-    text = (f"Time from SIGKILL of a worker with {ENTRIES} running entries until another worker owns all "
-            f"of them, --lease-seconds {LEASE:g}, {rounds} rounds\n"
-            + common.table(["measure", "s median (min–max)", "× lease"],
-                           [["taken over after", common.summary(took, "{:.2f}"), f"{ratio:.2f}"]]))
-    goals = [common.goal("reclaim", ratio <= 1.3,
-                         f"{common.med(took):.2f} s = {ratio:.2f} × lease ({LEASE:g} s)", "≤ 1.3 × lease")]
-    common.finish(args, goals, text)
+    what = (f"Time from SIGKILL of a worker with {ENTRIES} running entries until another worker owns all "
+            f"of them, --lease-seconds {LEASE:g}, {rounds} rounds")
+    common.finish_reclaim(args, "reclaim", took, LEASE, what)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -56,6 +57,39 @@ def worker_exe():
     found = shutil.which("guestkit-worker")
     return [found] if found else [sys.executable, "-m", "guestkit_worker"]
 
+
+
+def worker_has(option, *modules):
+    """True when every module imports and the installed CLI's ``run --help`` lists option (a
+    transport's benchmark is skipped on a worker built without that transport)."""
+    import importlib
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except ImportError:
+        return False
+    out = subprocess.run(worker_exe() + ["run", "--help"], capture_output=True, text=True).stdout
+    return option in out
+
+
+#: the test suite's plugin handlers (test.sleep, fault.journal)
+PLUGIN_DIR = os.path.join(ROOT, "tests", "plugin")
+
+
+def plugin_env():
+    """The environment for a worker that runs the test suite's plugin handlers: no
+    GUESTKIT_WORKER_* settings inherited, tests/plugin first on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUESTKIT_WORKER_")}
+    env["PYTHONPATH"] = os.pathsep.join([PLUGIN_DIR] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def kill_all(procs):
+    """SIGKILL and reap every process of procs still running (None entries are skipped)."""
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait(10)
 
 # -- statistics ---------------------------------------------------------------------------
 
@@ -121,6 +155,13 @@ def settle():
     time.sleep(0.05)
 
 
+
+def sleep_job(job_id, n):
+    """A test.sleep job of 600 s (tests/plugin): it runs until its worker is killed."""
+    doc = echo_job(job_id, n)
+    doc.update(operation="test.sleep", payload={"type": "test.sleep.v1", "data": {"seconds": 600}})
+    return doc
+
 # -- results for bench/run ------------------------------------------------------------------
 
 def goal(name, ok, value, target, note=""):
@@ -136,6 +177,16 @@ def finish(args, goals, text):
         with open(args.json, "w") as fh:
             json.dump({"goals": goals, "table": text}, fh, indent=2)
 
+
+
+def finish_reclaim(args, name, took, lease, what):
+    """Report reclaim times took (s, one a round) against the goal of at most 1.3 leases; what
+    is the table's first line (what was timed, on what)."""
+    ratio = med(took) / lease
+    text = (what + "\n" + table(["measure", "s median (min–max)", "× lease"],
+                                 [["taken over after", summary(took, "{:.2f}"), f"{ratio:.2f}"]]))
+    value = f"{med(took):.2f} s = {ratio:.2f} × lease ({lease:g} s)"
+    finish(args, [goal(name, ratio <= 1.3, value, "≤ 1.3 × lease")], text)
 
 def format_goal(g):
     verdict = {True: "PASS", False: "FALL SHORT", None: "SKIPPED"}[g["ok"]]

@@ -39,14 +39,7 @@ POOL = "default"
 
 def worker_has_redis():
     """True when the installed CLI has ``--transport redis`` (and redis-py is importable)."""
-    try:
-        import redis  # noqa: F401
-
-        from guestkit_worker.transports.redis import scripts  # noqa: F401
-    except ImportError:
-        return False
-    out = subprocess.run(common.worker_exe() + ["run", "--help"], capture_output=True, text=True).stdout
-    return "--transport" in out
+    return common.worker_has("--transport", "redis", "guestkit_worker.transports.redis.scripts")
 
 
 def worker_argv(url, threads, i, base):

@@ -49,12 +49,7 @@ class SideFailed(Exception):
 
 def worker_has_kafka() -> bool:
     """True when the installed CLI has ``--transport kafka`` (and confluent-kafka imports)."""
-    try:
-        import confluent_kafka  # noqa: F401
-    except ImportError:
-        return False
-    out = subprocess.run(common.worker_exe() + ["run", "--help"], capture_output=True, text=True).stdout
-    return "--kafka-bootstrap-servers" in out
+    return common.worker_has("--kafka-bootstrap-servers", "confluent_kafka")
 
 
 def run_floor(srv, n, procs, threads):

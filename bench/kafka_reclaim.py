@@ -12,7 +12,6 @@ no knowledge of its topics.  Goal (issue 25): ≤ 1.3 × lease.
 """
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,24 +24,19 @@ from kafkaserver import KafkaServer  # noqa: E402
 
 ENTRIES = 4
 LEASE = 6.0
-PLUGIN_DIR = os.path.join(common.ROOT, "tests", "plugin")
 
 
 def sleep_job(i):
-    doc = common.echo_job(f"reclaim-{uuid.uuid4().hex[:6]}-{i}", i)
-    doc.update(operation="test.sleep", payload={"type": "test.sleep.v1", "data": {"seconds": 600}})
-    return doc
+    return common.sleep_job(f"reclaim-{uuid.uuid4().hex[:6]}-{i}", i)
 
 
 def start_worker(bootstrap, pool, name, base):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUESTKIT_WORKER_")}
-    env["PYTHONPATH"] = os.pathsep.join([PLUGIN_DIR] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     argv = [*common.worker_exe(), "run", "--transport", "kafka", "--kafka-bootstrap-servers", bootstrap,
             "--pool", pool, "--max-concurrent", str(ENTRIES), "--lease-seconds", f"{LEASE:g}",
             "--worker-id", name, "--log-level", "WARNING", "--metrics-enabled", "false",
             "--work-dir", os.path.join(base, name)]
     log = open(os.path.join(base, f"{name}.log"), "wb")  # noqa: SIM115 (the child keeps writing)
-    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    return subprocess.Popen(argv, env=common.plugin_env(), stdout=subprocess.DEVNULL, stderr=log)
 
 
 def held_by(transport, jobs, worker):
@@ -80,10 +74,7 @@ def one_round(srv):
         wait(lambda: held_by(transport, jobs, "reclaim-a") == 0, 20 * LEASE, "A's jobs taken over", [b])
         return time.monotonic() - t0
     finally:
-        for p in (a, b):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                p.wait(10)
+        common.kill_all((a, b))
         transport.close()
 
 
@@ -101,14 +92,9 @@ def main():
         for r in range(rounds):
             took.append(one_round(srv))
             print(f"round {r + 1}/{rounds}: {took[-1]:.2f} s", file=sys.stderr, flush=True)
-    ratio = common.med(took) / LEASE
-    text = (f"Time from SIGKILL of a worker with {ENTRIES} running jobs until job_status shows none of them "
-            f"running on it, --lease-seconds {LEASE:g}, {rounds} rounds, one Kafka node\n"
-            + common.table(["measure", "s median (min–max)", "× lease"],
-                           [["taken over after", common.summary(took, "{:.2f}"), f"{ratio:.2f}"]]))
-    goals = [common.goal("kafka reclaim", ratio <= 1.3,
-                         f"{common.med(took):.2f} s = {ratio:.2f} × lease ({LEASE:g} s)", "≤ 1.3 × lease")]
-    common.finish(args, goals, text)
+    what = (f"Time from SIGKILL of a worker with {ENTRIES} running jobs until job_status shows none of them "
+            f"running on it, --lease-seconds {LEASE:g}, {rounds} rounds, one Kafka node")
+    common.finish_reclaim(args, "kafka reclaim", took, LEASE, what)
 
 
 if __name__ == "__main__":

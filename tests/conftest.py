@@ -171,6 +171,19 @@ def start_worker(dirs, *args, env=None):
                             text=True)
 
 
+def run_bench(tmp_path, script: str, *args: str, timeout: float) -> dict:
+    """Run bench/SCRIPT ARGS --json in a fresh interpreter (this checkout first on PYTHONPATH,
+    its scratch files under tmp_path), assert it exits 0, and return its JSON report."""
+    out = tmp_path / f"{script}.json"
+    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    env = dict(os.environ, GKW_BENCH_SCRATCH=str(tmp_path / "scratch"),
+               PYTHONPATH=os.pathsep.join([ROOT] + inherited))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), *args, "--json", str(out)],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
 def wait_for(predicate, timeout=60, interval=0.05, what="condition"):
     """Poll predicate until true; bounded (never an open-ended sleep)."""
     end = time.monotonic() + timeout

@@ -121,11 +121,20 @@ def journal_job(job_id, journal, seconds=0.0, **top):
     return make_job(job_id, "fault.journal", data, **top)
 
 
+def read_runs(path) -> list:
+    """[(job_id, attempt, pid), ...] of a fault.journal journal, in the order the runs started."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return [(j, int(a), int(p)) for j, a, p in (line.split() for line in fh)]
+
+
 def read_journal(path):
     """{job_id: [attempt, ...]} in the order the runs started."""
     runs = {}
-    if not os.path.exists(path):
-        return runs
+    for job_id, attempt, _pid in read_runs(path):
+        runs.setdefault(job_id, []).append(attempt)
+    return runs
     with open(path) as fh:
         for line in fh:
             job_id, attempt, _pid = line.split()

@@ -331,6 +331,27 @@ def committed(reader, parts, timeout: float = 60) -> list:
             time.sleep(0.2)
 
 
+def read_topic(broker, topic: str, at_least: int, timeout: float = 60, group: Optional[str] = None) -> list:
+    """At least at_least records of topic from its start, read by a consumer of group (by default
+    a new one) that commits nothing: [(value, {header: value})]."""
+    from confluent_kafka import Consumer
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap,
+                         "group.id": group or f"test-read-{time.time()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    got = []
+    try:
+        def read():
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                got.append((msg.value(), {k: v.decode() for k, v in msg.headers() or ()}))
+            return len(got) >= at_least
+        wait_for(read, timeout=timeout, interval=0, what=f"{at_least} records of {topic}")
+    finally:
+        consumer.close()
+    return got
+
+
 def start_kafka(directory, properties: Optional[dict] = None) -> KafkaBroker:
     """A started KafkaBroker in directory (a few tries: a free port can be taken meanwhile)."""
     require_confluent_kafka()

@@ -5,13 +5,9 @@ processes that must complete every job exactly once (the harness reports a side 
 as failed); here the floor runs at 1 process x 2 threads, and the worker side too once the CLI
 has --transport kafka."""
 
-import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
+from conftest import run_bench
 from kafkafixture import kafka_lib, require_confluent_kafka
 
 pytestmark = pytest.mark.integration
@@ -20,15 +16,8 @@ pytestmark = pytest.mark.integration
 def test_kafka_fleet_harness_runs_the_floor(tmp_path):
     require_confluent_kafka()
     kafka_lib()  # java and the broker's jars (fails in CI when missing)
-    out = tmp_path / "kafka-fleet.json"
-    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
-    env = dict(os.environ, GKW_BENCH_SCRATCH=str(tmp_path / "scratch"),
-               PYTHONPATH=os.pathsep.join([ROOT] + inherited))
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "kafka_fleet.py"), "--rounds", "1",
-                           "--jobs", "40", "--shapes", "1x2", "--json", str(out)], env=env,
-                          capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(out.read_text())
+    doc = run_bench(tmp_path, "kafka_fleet.py", "--rounds", "1", "--jobs", "40", "--shapes", "1x2",
+                    timeout=280)
     rows = [line for line in doc["table"].splitlines() if line.startswith("1x2 ")]
     assert rows and rows[0].split()[1] == "floor" and "failed" not in rows[0], doc["table"]
     assert "failed sides" not in doc["table"], doc["table"]

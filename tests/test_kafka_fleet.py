@@ -6,17 +6,17 @@ Every job is a ``fault.journal`` job (tests/faultkit.py): each run appends ``JOB
 to a journal before anything else, so the tests count how often each job ran and where."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import fleetkit
 import pytest
-from conftest import Dirs, wait_for
-from faultkit import Worker, journal_job, plugin_env
-from kafkafixture import require_confluent_kafka
-from metricskit import parse, scrape
+from conftest import wait_for
+from faultkit import journal_job, read_runs
+from fleetkit import long_job_taken, metric, stop_past_lease
+from kafkafixture import read_topic, require_confluent_kafka
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,44 +26,23 @@ def _confluent_kafka():
     require_confluent_kafka()
 
 
-def read_runs(path):
-    """[(job_id, attempt, pid), ...] in the order the runs started."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as fh:
-        return [(j, int(a), int(p)) for j, a, p in (line.split() for line in fh)]
-
-
 def fleet_args(broker, pool, *, lease=3, threads=2):
     return ["--transport", "kafka", "--kafka-bootstrap-servers", broker.bootstrap, "--pool", pool,
             "--lease-seconds", str(lease), "--max-concurrent", str(threads)]
 
 
-class Fleet:
-    """Worker processes of one pool, each with its own directories and worker id."""
+class Fleet(fleetkit.Fleet):
+    """Worker processes of one Kafka pool, and the CLI's submit to it."""
 
     def __init__(self, tmp_path, broker, pool, **kw):
-        self.tmp, self.broker, self.pool, self.kw = tmp_path, broker, pool, kw
-        self.env = plugin_env(tmp_path)
-        self.workers = []
-
-    def start(self, name, *extra):
-        w = Worker(Dirs(self.tmp / name), "--worker-id", name, *fleet_args(self.broker, self.pool, **self.kw),
-                   *extra, env=self.env, log_name=f"{name}.log")
-        w.name = name
-        self.workers.append(w)
-        w.wait_running()
-        return w
+        super().__init__(tmp_path, fleet_args(broker, pool, **kw))
+        self.broker, self.pool = broker, pool
 
     def submit(self, paths):
         """``guestkit-worker submit --transport kafka`` of job files; its CompletedProcess."""
         argv = [sys.executable, "-m", "guestkit_worker", "submit", "--transport", "kafka",
                 "--kafka-bootstrap-servers", self.broker.bootstrap, "--pool", self.pool, *map(str, paths)]
         return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=120)
-
-    def stop_all(self):
-        for w in self.workers:
-            w.ensure_stopped()
 
 
 def reader(broker, pool):
@@ -74,26 +53,7 @@ def reader(broker, pool):
 
 def dead_letters(broker, pool, at_least, timeout=60):
     """The records of guestkit.POOL.dead: [(value, {header: value})]."""
-    from confluent_kafka import Consumer
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"{pool}-test-dead",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([f"guestkit.{pool}.dead"])
-    got = []
-    try:
-        def read():
-            msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None:
-                got.append((msg.value(), {k: v.decode() for k, v in msg.headers() or ()}))
-            return len(got) >= at_least
-        wait_for(read, timeout=timeout, interval=0, what=f"{at_least} dead letters")
-    finally:
-        consumer.close()
-    return got
-
-
-def metric(w, name, **labels):
-    return sum(v for (n, ls), v in parse(scrape(w.url)).items()
-               if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
+    return read_topic(broker, f"guestkit.{pool}.dead", at_least, timeout, group=f"{pool}-test-dead")
 
 
 def completed(t):
@@ -170,12 +130,9 @@ def test_a_job_longer_than_the_lease_runs_once_while_its_worker_lives(tmp_path, 
     """An 8 s job, a 2 s lease, a second worker looking for work all along: one run, one result."""
     journal = tmp_path / "journal"
     fleet = Fleet(tmp_path, kafka_broker, pool, lease=2, threads=1)
+    t = reader(kafka_broker, pool)
     try:
-        a = fleet.start("long-a")
-        t = reader(kafka_broker, pool)
-        t.submit(journal_job("long-job-0001", journal, seconds=8, execution={"max_attempts": 3}))
-        wait_for(lambda: read_runs(journal), timeout=60, what="the job to start on worker a")
-        b = fleet.start("long-b")
+        a, b = long_job_taken(fleet, t, journal, "long-job-0001", ("long-a", "long-b"))
         result = t.wait_result("long-job-0001", 90)
         assert result["worker_id"] == "long-a" and result["execution_summary"]["attempt"] == 1
         assert [(j, att, pid) for j, att, pid in read_runs(journal)] == [("long-job-0001", 1, a.pid)]
@@ -187,17 +144,10 @@ def test_a_job_longer_than_the_lease_runs_once_while_its_worker_lives(tmp_path, 
 def test_a_worker_stopped_past_its_lease_loses_the_job_to_another(tmp_path, kafka_broker, pool):
     journal = tmp_path / "journal"
     fleet = Fleet(tmp_path, kafka_broker, pool, lease=2, threads=1)
+    t = reader(kafka_broker, pool)
     try:
-        a = fleet.start("stop-a")
-        t = reader(kafka_broker, pool)
-        t.submit(journal_job("stopped-job-001", journal, seconds=8, execution={"max_attempts": 3}))
-        wait_for(lambda: read_runs(journal), timeout=60, what="the job to start on worker a")
-        b = fleet.start("stop-b")
-        a.proc.send_signal(signal.SIGSTOP)
-        try:
-            wait_for(lambda: len(read_runs(journal)) == 2, timeout=90, what="worker b to take the job over")
-        finally:
-            a.proc.send_signal(signal.SIGCONT)
+        a, b = long_job_taken(fleet, t, journal, "stopped-job-001", ("stop-a", "stop-b"))
+        stop_past_lease(a, journal)
         result = t.wait_result("stopped-job-001", 60)
         assert result["worker_id"] == "stop-b" and result["execution_summary"]["attempt"] == 2
         assert read_runs(journal) == [("stopped-job-001", 1, a.pid), ("stopped-job-001", 2, b.pid)]

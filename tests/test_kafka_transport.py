@@ -6,11 +6,10 @@ tests/kafkafixture.py)."""
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 from conftest import make_job, wait_for, worker_env
-from kafkafixture import require_confluent_kafka
+from kafkafixture import read_topic, require_confluent_kafka
 
 pytestmark = pytest.mark.integration
 
@@ -164,24 +163,6 @@ def test_entries_delivered_too_often_go_to_the_dead_letter_topic(kafka_broker, p
         assert b.depth() == 0 and b.fetch(4, 0.3) == []
     finally:
         b.close()
-
-
-def read_topic(broker, topic, at_least, timeout=60):
-    from confluent_kafka import Consumer
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"test-read-{time.time()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([topic])
-    got = []
-    try:
-        def read():
-            msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None:
-                got.append((msg.value(), {k: v.decode() for k, v in msg.headers() or ()}))
-            return len(got) >= at_least
-        wait_for(read, timeout=timeout, interval=0, what=f"{at_least} records of {topic}")
-    finally:
-        consumer.close()
-    return got
 
 
 def test_workers_lists_live_and_gone_workers_with_their_jobs(kafka_broker, pool):

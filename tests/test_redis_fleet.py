@@ -8,16 +8,17 @@ its lease, the expected dead letters, an empty pending list and ``queue_depth`` 
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
+import fleetkit
 import pytest
-from conftest import Dirs, wait_for
-from faultkit import Worker, journal_job, plugin_env
-from metricskit import parse, scrape
+from conftest import wait_for
+from faultkit import journal_job, plugin_env, read_runs
+from fleetkit import long_job_taken, metric, stop_past_lease
+from metricskit import scrape
 from redisfixture import require_redis_py, start_redis
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -30,38 +31,16 @@ def _redis_py():
     require_redis_py()
 
 
-def read_runs(path):
-    """[(job_id, attempt, pid), ...] in the order the runs started."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as fh:
-        return [(j, int(a), int(p)) for j, a, p in (line.split() for line in fh)]
-
-
 def fleet_args(server, pool, *, lease=2, threads=2):
     return ["--transport", "redis", "--redis-url", server.url, "--pool", pool, "--lease-seconds", str(lease),
             "--max-concurrent", str(threads)]
 
 
-class Fleet:
-    """Worker processes of one pool, each with its own directories and worker id."""
+class Fleet(fleetkit.Fleet):
+    """Worker processes of one Redis pool."""
 
     def __init__(self, tmp_path, server, pool, **kw):
-        self.tmp, self.server, self.pool, self.kw = tmp_path, server, pool, kw
-        self.env = plugin_env(tmp_path)
-        self.workers = []
-
-    def start(self, name, *extra):
-        w = Worker(Dirs(self.tmp / name), "--worker-id", name, *fleet_args(self.server, self.pool, **self.kw),
-                   *extra, env=self.env, log_name=f"{name}.log")
-        w.name = name
-        w.wait_running()
-        self.workers.append(w)
-        return w
-
-    def stop_all(self):
-        for w in self.workers:
-            w.ensure_stopped()
+        super().__init__(tmp_path, fleet_args(server, pool, **kw))
 
 
 def producer(server, pool):
@@ -84,11 +63,6 @@ def group_info(server, pool):
     k = Keys(pool)
     (g,) = [g for g in r.xinfo_groups(k.jobs) if g["name"] == GROUP.encode()]
     return {"group": g, "xlen": r.xlen(k.jobs), "dead": r.xrange(k.dead)}
-
-
-def metric(w, name, **labels):
-    return sum(v for (n, ls), v in parse(scrape(w.url)).items()
-               if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
 
 
 def test_three_workers_drain_1000_jobs_with_one_sigkilled(tmp_path, redis_server, pool):
@@ -150,15 +124,8 @@ def test_a_worker_stopped_past_its_lease_loses_the_job_to_another(tmp_path, redi
     t = producer(redis_server, pool)
     fleet = Fleet(tmp_path, redis_server, pool, lease=2, threads=1)
     try:
-        a = fleet.start("stop-a")
-        t.submit(journal_job("stopped-job-001", journal, seconds=8, execution={"max_attempts": 3}))
-        wait_for(lambda: read_runs(journal), timeout=60, what="the job to start on worker a")
-        b = fleet.start("stop-b")
-        a.proc.send_signal(signal.SIGSTOP)
-        try:
-            wait_for(lambda: len(read_runs(journal)) == 2, timeout=90, what="worker b to take the job over")
-        finally:
-            a.proc.send_signal(signal.SIGCONT)
+        a, b = long_job_taken(fleet, t, journal, "stopped-job-001", ("stop-a", "stop-b"))
+        stop_past_lease(a, journal)
         result = t.wait_result("stopped-job-001", 60)
         assert result["worker_id"] == "stop-b" and result["execution_summary"]["attempt"] == 2
         assert [(j, att, pid) for j, att, pid in read_runs(journal)] == [
